@@ -1,0 +1,64 @@
+"""Activation binarizers, for W1A1 configurations (BiT, Liu et al. 2022; BiBERT, Qin et al. 2022).
+
+- ``sign``: signed activations (inputs of Q/K/V/O and FFN-up, i.e. layer-norm outputs) become
+  ``alpha_t * sign(x)`` with ``alpha_t = mean|x|`` per token.
+- ``binary01``: non-negative-ish activations (the FFN-down input, after GELU) become
+  ``m_t * 1[x >= mean_t(x)]`` with ``m_t`` the mean of the values above the token's mean
+  (a {0, 1} code with one scale per token, as BiT does for non-negative inputs).
+- attention probabilities (:class:`BinaryAttentionProbs`): ``1[p >= 1 / L]`` over the L valid keys,
+  i.e. keep the keys that get more than a uniform share, then average them (a {0,1} mask and one
+  scale per query row).
+
+Backward: the chosen STE evaluated on ``x / alpha_t`` (clipped by default).
+"""
+from __future__ import annotations
+
+import torch
+
+from .binarizers import sign
+from .ste import apply_ste
+
+
+def act_sign(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    a = x.abs().mean(-1, keepdim=True).clamp_min(1e-8)
+    return a * sign(x), a
+
+
+def act_binary01(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mu = x.mean(-1, keepdim=True)
+    up = (x >= mu).to(x.dtype)
+    m = (x * up).sum(-1, keepdim=True) / up.sum(-1, keepdim=True).clamp_min(1)
+    return m * up, m.abs().clamp_min(1e-8)
+
+
+ACTIVATIONS = {"sign": act_sign, "binary01": act_binary01}
+
+
+def get_activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation binarizer {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class ActQuant(torch.nn.Module):
+    def __init__(self, name: str, ste: str = "clipped"):
+        super().__init__()
+        self.name, self.fn, self.ste = name, get_activation(name), ste
+
+    def forward(self, x):
+        q, scale = self.fn(x.detach())
+        return apply_ste(x, q, self.ste, scale)
+
+    def extra_repr(self):
+        return f"{self.name}, ste={self.ste}"
+
+
+class BinaryAttentionProbs(torch.nn.Module):
+    """{0,1} attention: ``A_b = 1[p >= 1/L]`` per query over its L valid keys, averaged (scale 1/count).
+    Backward: straight-through to the softmax probabilities."""
+
+    def forward(self, probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        L = mask.sum(-1, keepdim=True).clamp_min(1).to(probs.dtype)  # (B, 1, 1, 1)
+        keep = ((probs >= 1.0 / L) & mask).to(probs.dtype)
+        q = keep / keep.sum(-1, keepdim=True).clamp_min(1)
+        return probs + (q - probs).detach()

@@ -1,0 +1,194 @@
+"""Command line: ``binlab data | train | eval | size | experiments | app``.
+
+Examples::
+
+    binlab data --data ../shared/ag_news
+    binlab train --preset scratch
+    binlab eval --preset minilm-l2 --spec '{"rules":[{"target":"QK","method":{"method":"xnor"}}]}'
+    binlab size --preset scratch --target all-except-head --method bucket
+    binlab experiments run T4 --preset scratch
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _progress():
+    from tqdm.auto import tqdm
+
+    bar = {"t": None}
+
+    def cb(e):
+        if bar["t"] is None:
+            bar["t"] = tqdm(total=e["total"], unit="step", dynamic_ncols=True)
+        if e["kind"] == "step":
+            bar["t"].update(e["step"] - bar["t"].n)
+            bar["t"].set_postfix(loss=f"{e['loss']:.3f}")
+        elif e["kind"] == "eval":
+            bar["t"].write(f"step {e['step']}: val accuracy {e['val_accuracy']:.4f}")
+
+    return cb
+
+
+def _spec(args):
+    from .quantize import MethodConfig, QuantSpec
+
+    if getattr(args, "spec", None):
+        text = Path(args.spec).read_text() if os.path.exists(args.spec) else args.spec
+        return QuantSpec.from_json(text)
+    if getattr(args, "target", None):
+        opts = json.loads(args.options) if args.options else {}
+        return QuantSpec.simple(args.target, MethodConfig(args.method, options=opts, ste=args.ste))
+    return QuantSpec()
+
+
+def _load(args, need_model=True):
+    from .presets import get_baseline, get_preset, load_data
+
+    p = get_preset(args.preset)
+    splits = load_data(p, source=args.data)
+    if not need_model:
+        return p, splits, None
+    model, meta = get_baseline(p, splits, callback=_progress())
+    return p, splits, model
+
+
+def cmd_data(args):
+    from .data import data_status
+
+    st = data_status(args.data)
+    print(f"source: {st['source']}  (from {st['origin']})")
+    if st["ok"]:
+        print("rows: " + ", ".join(f"{k}={v}" for k, v in st["rows"].items()))
+        return 0
+    print(st["error"], file=sys.stderr)
+    return 1
+
+
+def cmd_train(args):
+    from dataclasses import replace
+
+    from .presets import get_baseline, get_preset, load_data
+    from .train import evaluate
+
+    p = get_preset(args.preset)
+    cfg = p.train if args.epochs is None else replace(p.train, epochs=args.epochs)
+    splits = load_data(p, source=args.data)
+    model, meta = get_baseline(p, splits, cfg, callback=_progress(), retrain=args.retrain)
+    test = evaluate(model, splits.test)
+    print(json.dumps({"preset": p.name, "val_accuracy": meta["val_accuracy"], "test_accuracy": test.accuracy,
+                      "test_per_class": test.per_class, "train_seconds": meta["history"]["seconds"],
+                      "test_eval_seconds": test.seconds}, indent=2))
+    return 0
+
+
+def cmd_eval(args):
+    from .quantize import quantize_
+    from .size import model_size
+    from .train import evaluate
+
+    p, splits, model = _load(args)
+    quantize_(model, _spec(args))
+    r = evaluate(model, getattr(splits, args.split))
+    print(json.dumps({"split": args.split, **r.to_dict(), "size": model_size(model).summary()}, indent=2))
+    return 0
+
+
+def cmd_size(args):
+    from .presets import build_model, get_preset, load_data
+    from .quantize import quantize_
+    from .size import model_size
+
+    p = get_preset(args.preset)
+    model = build_model(p, load_data(p, source=args.data))
+    quantize_(model, _spec(args))
+    rep = model_size(model)
+    print(f"{'component':<22}{'method':<11}{'params':>11}{'bits':>13}{'bits/param':>11}")
+    for r in rep.rows():
+        print(f"{r['component']:<22}{r['method']:<11}{r['params']:>11,}{r['total_bits']:>13,}{r['bits_per_param']:>11.3f}")
+    s = rep.summary()
+    print(f"total {s['megabytes']:.3f} MB (fp32 {s['fp32_megabytes']:.3f} MB), reduction {s['reduction_percent']:.2f} %, "
+          f"{s['bits_per_quantized_weight']:.3f} bits per quantized weight")
+    return 0
+
+
+def cmd_experiments(args):
+    from . import experiments
+
+    if args.action == "list":
+        for name, e in experiments.EXPERIMENTS.items():
+            print(f"{name:<5} {e.title}")
+        return 0
+    names = list(experiments.EXPERIMENTS) if args.name == "all" else [args.name]
+    for n in names:
+        out = experiments.run(n, preset=args.preset, source=args.data, fast=args.fast, callback=print)
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_app(args):
+    app = Path(__file__).resolve().parents[1] / "app" / "Home.py"
+    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="binlab", description="Binarize a small transformer text classifier on AG_NEWS.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p, model=True):
+        p.add_argument("--data", default=None, help="AG_NEWS folder in HF layout or hub id (default: $BINLAB_DATA, else the hub)")
+        if model:
+            p.add_argument("--preset", default="scratch", help="tiny | scratch | minilm-l2 (default: scratch)")
+
+    p = sub.add_parser("data", help="show where AG_NEWS comes from and check that it loads")
+    common(p, model=False)
+    p.set_defaults(fn=cmd_data)
+
+    p = sub.add_parser("train", help="train (or load the cached) full-precision baseline of a preset")
+    common(p)
+    p.add_argument("--epochs", type=float, default=None, help="override the preset's epochs")
+    p.add_argument("--retrain", action="store_true", help="ignore the cached checkpoint")
+    p.set_defaults(fn=cmd_train)
+
+    for name, fn, hlp in (("eval", cmd_eval, "evaluate the baseline, optionally binarized (PTQ)"),
+                          ("size", cmd_size, "exact storage per component")):
+        p = sub.add_parser(name, help=hlp)
+        common(p)
+        p.add_argument("--spec", help="QuantSpec as JSON text or a JSON file")
+        p.add_argument("--target", help="group or pattern to quantize, e.g. QK, all-except-head, 'layers.*.attn.q'")
+        p.add_argument("--method", default="xnor", help="binarizer name (see binlab.binarizers.BINARIZERS)")
+        p.add_argument("--options", help='method options as JSON, e.g. \'{"tau": 0.5}\'')
+        p.add_argument("--ste", default=None)
+        if name == "eval":
+            p.add_argument("--split", default="test", choices=["val", "test"])
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("experiments", help="regenerate the seed tables (writes docs/results/)")
+    p.add_argument("action", choices=["list", "run"])
+    p.add_argument("name", nargs="?", default="all", help="T1..T6 or all")
+    common(p)
+    p.add_argument("--fast", action="store_true", help="tiny budget (for smoke tests)")
+    p.set_defaults(fn=cmd_experiments)
+
+    p = sub.add_parser("app", help="start the Streamlit lab")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(fn=cmd_app)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except (ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

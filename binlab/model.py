@@ -1,0 +1,172 @@
+"""A small BERT-style transformer-encoder text classifier with stable component names.
+
+Every part the lab can binarize is a named submodule::
+
+    embed.token  embed.pos  embed.norm
+    layers.{i}.attn.q  layers.{i}.attn.k  layers.{i}.attn.v  layers.{i}.attn.o  layers.{i}.norm1
+    layers.{i}.ffn.up  layers.{i}.ffn.down  layers.{i}.norm2
+    head
+
+The block is BERT's post-norm layer (Devlin et al. 2019), so the first layers of
+all-MiniLM-L6-v2 load into it unchanged (see :mod:`binlab.pretrained`)::
+
+    h = LN(x + O(softmax(Q x K x^T / sqrt(d_h)) V x))      # (B, T, d)
+    y = LN(h + Down(gelu(Up h)))
+
+The sentence vector is the mean of the non-padding token states (sentence-transformers'
+pooling), then a linear ``head`` gives the 4 class logits.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import PAD_ID
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 16000
+    max_len: int = 128  # size of the position table
+    d_model: int = 128  # small: the scratch model must train in minutes on 2 CPU cores
+    n_heads: int = 4
+    d_ff: int = 512
+    n_layers: int = 2  # the seed's setup: 2 encoder layers
+    n_classes: int = 4
+    dropout: float = 0.1
+    norm_eps: float = 1e-12  # BERT's value, so pretrained layer norms behave identically
+
+    def __post_init__(self):
+        for name in ("vocab_size", "max_len", "d_model", "n_heads", "d_ff", "n_layers", "n_classes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.token = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, d)
+        T = ids.shape[1]
+        if T > self.pos.weight.shape[0]:
+            raise ValueError(f"sequence length {T} exceeds the position table ({self.pos.weight.shape[0]}); lower max_len")
+        x = self.token(ids) + self.pos(torch.arange(T, device=ids.device))[None]
+        return self.drop(self.norm(x))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with separate, named Q/K/V/O linears.
+
+    ``prob_quantizer`` (set by :func:`binlab.quantize.quantize_` for W1A1 runs) is applied to
+    the attention probabilities; without it the fused ``scaled_dot_product_attention`` is used.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.n_heads = cfg.n_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.p_drop = cfg.dropout
+        self.prob_quantizer = None
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        B, T, d = x.shape
+        h = self.n_heads
+        split = lambda t: t.view(B, T, h, d // h).transpose(1, 2)  # noqa: E731  (B, h, T, dh)
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        mask = key_mask[:, None, None, :]  # (B, 1, 1, T) True = attend
+        if self.prob_quantizer is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p_drop if self.training else 0.0)
+        else:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // h)
+            probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+            y = self.prob_quantizer(probs, mask) @ v
+        return self.o(y.transpose(1, 2).reshape(B, T, d))
+
+
+class FFN(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.ffn = FFN(cfg)
+        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, key_mask):
+        x = self.norm1(x + self.drop(self.attn(x, key_mask)))
+        return self.norm2(x + self.drop(self.ffn(x)))
+
+
+class Classifier(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = Embeddings(cfg)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.d_model, cfg.n_classes)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        # BERT's initialisation: N(0, 0.02) weights, zero biases
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        """Token states after the embeddings and after each layer: ``n_layers + 1`` tensors (B, T, d)."""
+        key_mask = ids != PAD_ID
+        xs = [self.embed(ids)]
+        for layer in self.layers:
+            xs.append(layer(xs[-1], key_mask))
+        return xs
+
+    def pool(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        m = (ids != PAD_ID).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+        return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, n_classes)
+        key_mask = ids != PAD_ID
+        x = self.embed(ids)
+        for layer in self.layers:
+            x = layer(x, key_mask)
+        return self.head(self.drop(self.pool(x, ids)))
+
+
+def component_names(model: Classifier) -> list[str]:
+    """Names of every component the lab can binarize (linears and the token embedding), in model order."""
+    return [n for n, m in model.named_modules() if _is_component(m)]
+
+
+def _is_component(m: nn.Module) -> bool:
+    from .quantize import QuantEmbedding, QuantLinear
+
+    return isinstance(m, (nn.Linear, nn.Embedding, QuantLinear, QuantEmbedding))

@@ -1,0 +1,273 @@
+"""Quantize any named component of a model: ``quantize_(model, spec)`` and ``restore_(model)``.
+
+A :class:`QuantSpec` is an ordered list of rules ``target -> MethodConfig``; a target is a
+named group (``QK``, ``attention``, ``all-except-head`` ...) or an fnmatch pattern over component
+names (``layers.*.attn.q``, ``layers.1.ffn.*``, ``embed.token``, ``head``). Later rules win.
+The spec is a plain dataclass that round-trips through JSON (the app keeps it in the URL).
+
+``quantize_`` swaps ``nn.Linear``/``nn.Embedding`` for :class:`QuantLinear`/:class:`QuantEmbedding`
+that *share the same Parameter objects* (latent weights), so ``restore_`` gives back bit-identical
+weights after PTQ (and the trained latent weights after QAT). Re-applying a spec only touches the
+components whose method changed, which keeps the app's live loop fast.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .activations import ACTIVATIONS, ActQuant, BinaryAttentionProbs
+from .binarizers import BINARIZERS, Quantizer
+from .ste import STES, apply_ste
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """One quantization method: a binarizer from :data:`binlab.binarizers.BINARIZERS`, its options
+    (e.g. ``{"tau": 0.5}`` for ``bucket``, ``{"bits": 4}`` for ``uniform``), the STE used in QAT
+    (``None``: the method's default) and an optional activation binarizer for the layer's input."""
+
+    method: str = "xnor"
+    options: dict = field(default_factory=dict)
+    ste: str | None = None
+    act: str | None = None
+
+    def __post_init__(self):
+        if self.method not in BINARIZERS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(BINARIZERS)}")
+        if self.ste is not None and self.ste not in STES:
+            raise ValueError(f"unknown STE {self.ste!r}; choose one of {sorted(STES)}")
+        if self.act is not None and self.act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation binarizer {self.act!r}; choose one of {sorted(ACTIVATIONS)} or None")
+        valid = BINARIZERS[self.method].options()
+        bad = set(self.options) - set(valid)
+        if bad:
+            raise ValueError(f"method {self.method!r} has no option(s) {sorted(bad)}; valid options: {valid}")
+        self.make()  # the quantizer validates its option values (e.g. tau range)
+
+    def make(self) -> Quantizer:
+        return BINARIZERS[self.method](**self.options)
+
+    @property
+    def ste_name(self) -> str:
+        return self.ste or BINARIZERS[self.method].default_ste
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+# --------------------------------------------------------------------------------------------
+# quantized modules
+
+
+class _Fake(nn.Module):
+    """Shared logic: a latent ``weight`` and its cached fake-quantized value."""
+
+    def _setup(self, method: MethodConfig):
+        self.method = method
+        self.quantizer = method.make()
+        self.act = ActQuant(method.act) if method.act else None
+        self._cache_key = None
+        self._cache = None
+
+    def ste_scale(self, w: torch.Tensor) -> torch.Tensor:
+        # the estimator acts on weights normalised by 3 std per row, so "clipped" cuts the tails
+        return 3 * w.detach().reshape(w.shape[0], -1).std(1, keepdim=True).clamp_min(1e-8).reshape(-1, *([1] * (w.ndim - 1)))
+
+    def quantized_weight(self) -> torch.Tensor:
+        w = self.weight
+        if torch.is_grad_enabled() and w.requires_grad and self.training:
+            return apply_ste(w, self.quantizer(w), self.method.ste_name, self.ste_scale(w))
+        key = (w.data_ptr(), w._version, w.device, w.dtype)
+        if key != self._cache_key:
+            self._cache = self.quantizer(w.detach())
+            self._cache_key = key
+        return self._cache
+
+    def storage(self) -> dict[str, int]:
+        return self.quantizer.storage(tuple(self.weight.shape))
+
+    def extra_repr(self):
+        return f"{tuple(self.weight.shape)}, method={self.method.method}, options={self.method.options}, ste={self.method.ste_name}, act={self.method.act}"
+
+
+class QuantLinear(_Fake):
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None, method: MethodConfig):
+        super().__init__()
+        self.weight, self.bias = weight, bias
+        self._setup(method)
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, method: MethodConfig) -> "QuantLinear":
+        return cls(lin.weight, lin.bias, method)
+
+    def to_linear(self) -> nn.Linear:
+        lin = nn.Linear(self.weight.shape[1], self.weight.shape[0], bias=self.bias is not None, device="meta")
+        lin.weight, lin.bias = self.weight, self.bias
+        return lin.train(self.training)
+
+    def forward(self, x):
+        if self.act is not None:
+            x = self.act(x)
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+
+class QuantEmbedding(_Fake):
+    def __init__(self, weight: nn.Parameter, method: MethodConfig, padding_idx=None):
+        super().__init__()
+        self.weight = weight
+        self.padding_idx = padding_idx
+        self._setup(method)
+
+    @classmethod
+    def from_embedding(cls, emb: nn.Embedding, method: MethodConfig) -> "QuantEmbedding":
+        if method.act:
+            raise ValueError("embeddings have no input activations to binarize; use act=None for embedding targets")
+        return cls(emb.weight, method, emb.padding_idx)
+
+    def to_embedding(self) -> nn.Embedding:
+        emb = nn.Embedding(*self.weight.shape, padding_idx=self.padding_idx, device="meta")
+        emb.weight = self.weight
+        return emb.train(self.training)
+
+    def forward(self, ids):
+        return F.embedding(ids, self.quantized_weight(), self.padding_idx)
+
+
+# --------------------------------------------------------------------------------------------
+# targets and specs
+
+GROUPS: dict[str, list[str]] = {
+    "Q": ["layers.*.attn.q"],
+    "K": ["layers.*.attn.k"],
+    "V": ["layers.*.attn.v"],
+    "O": ["layers.*.attn.o"],
+    "QK": ["layers.*.attn.q", "layers.*.attn.k"],
+    "QV": ["layers.*.attn.q", "layers.*.attn.v"],
+    "KV": ["layers.*.attn.k", "layers.*.attn.v"],
+    "QKV": ["layers.*.attn.q", "layers.*.attn.k", "layers.*.attn.v"],
+    "attention": ["layers.*.attn.*"],
+    "ffn": ["layers.*.ffn.*"],
+    "encoder": ["layers.*.attn.*", "layers.*.ffn.*"],
+    "embeddings": ["embed.token", "embed.pos"],
+    "head": ["head"],
+    "all": ["*"],
+    "all-except-head": ["layers.*", "embed.*"],
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    target: str
+    method: MethodConfig
+
+    def __post_init__(self):
+        if isinstance(self.method, dict):
+            object.__setattr__(self, "method", MethodConfig(**self.method))
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """Ordered rules (later wins) plus an optional binarizer for attention probabilities (W1A1)."""
+
+    rules: tuple[Rule, ...] = ()
+    attn_probs: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "rules", tuple(r if isinstance(r, Rule) else Rule(**r) for r in self.rules))
+        if self.attn_probs not in (None, "binary01"):
+            raise ValueError(f"attn_probs must be None or 'binary01', got {self.attn_probs!r}")
+
+    @classmethod
+    def simple(cls, targets, method: str | MethodConfig = "xnor", **kw) -> "QuantSpec":
+        """``QuantSpec.simple("QK", "bucket", options={"tau": 0.3})`` or a list of targets."""
+        m = method if isinstance(method, MethodConfig) else MethodConfig(method, **kw)
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        return cls(tuple(Rule(t, m) for t in targets))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, s: str) -> "QuantSpec":
+        try:
+            d = json.loads(s)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"spec is not valid JSON: {err}") from err
+        if not isinstance(d, dict) or set(d) - {"rules", "attn_probs"}:
+            raise ValueError("spec JSON must be an object with keys 'rules' (list) and optionally 'attn_probs'")
+        return cls(rules=tuple(Rule(r["target"], MethodConfig(**r["method"])) for r in d.get("rules", [])), attn_probs=d.get("attn_probs"))
+
+
+def quantizable(model: nn.Module) -> dict[str, nn.Module]:
+    """Component name -> module, for every Linear/Embedding (plain or quantized)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding, QuantLinear, QuantEmbedding))}
+
+
+def resolve(model: nn.Module, target: str) -> list[str]:
+    """Component names a target (group or pattern) selects; ``ValueError`` naming the choices if none."""
+    names = list(quantizable(model))
+    pats = GROUPS.get(target, [target])
+    hit = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in pats)]
+    if not hit:
+        raise ValueError(f"target {target!r} matches no component. Groups: {sorted(GROUPS)}; components: {names}")
+    return hit
+
+
+def plan(model: nn.Module, spec: QuantSpec) -> dict[str, MethodConfig]:
+    """Component name -> method, after applying the rules in order."""
+    out: dict[str, MethodConfig] = {}
+    for rule in spec.rules:
+        for n in resolve(model, rule.target):
+            out[n] = rule.method
+    return out
+
+
+def _set(model: nn.Module, name: str, module: nn.Module):
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _plain(m: nn.Module) -> nn.Module:
+    if isinstance(m, QuantLinear):
+        return m.to_linear()
+    if isinstance(m, QuantEmbedding):
+        return m.to_embedding()
+    return m
+
+
+def quantize_(model: nn.Module, spec: QuantSpec) -> dict[str, MethodConfig]:
+    """Make ``model`` follow ``spec`` (in place): components named by the spec become fake-quantized,
+    every other component is restored to full precision. Returns the plan."""
+    p = plan(model, spec)
+    for name, m in quantizable(model).items():
+        want = p.get(name)
+        if want is None:
+            if isinstance(m, (QuantLinear, QuantEmbedding)):
+                _set(model, name, _plain(m))
+            continue
+        if isinstance(m, (QuantLinear, QuantEmbedding)) and m.method == want:
+            continue  # unchanged: keep its cached quantized weight
+        base = _plain(m)
+        new = QuantLinear.from_linear(base, want) if isinstance(base, nn.Linear) else QuantEmbedding.from_embedding(base, want)
+        new.train(m.training)
+        _set(model, name, new)
+    for mod in model.modules():
+        if hasattr(mod, "prob_quantizer"):
+            mod.prob_quantizer = BinaryAttentionProbs() if spec.attn_probs else None
+    return p
+
+
+def restore_(model: nn.Module) -> nn.Module:
+    """Undo :func:`quantize_`: every component back to a plain module with the same latent weights."""
+    quantize_(model, QuantSpec())
+    return model
+
+
+def current_plan(model: nn.Module) -> dict[str, MethodConfig]:
+    return {n: m.method for n, m in quantizable(model).items() if isinstance(m, (QuantLinear, QuantEmbedding))}

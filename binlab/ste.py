@@ -1,0 +1,108 @@
+"""Straight-through estimators: the backward rule used in place of sign's zero gradient.
+
+A binarizer's forward value ``q(x)`` is piecewise constant, so ``dq/dx = 0`` almost everywhere.
+QAT keeps latent real weights and back-propagates ``dL/dx = dL/dq * g(x)`` where ``g`` is the
+derivative of a smooth stand-in for sign. Any binarizer can be paired with any STE by name.
+
+Every estimator here is a pure function ``g(x)`` (its own helper, as in larq), applied through
+:func:`apply_ste`. Scales (e.g. XNOR's alpha) are treated as constants in the backward pass.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class STE:
+    name: str
+    grad: Callable[[torch.Tensor], torch.Tensor]  # g(x) = d Approx(x) / dx
+    forward_proxy: Callable[[torch.Tensor], torch.Tensor]  # Approx(x), for plots
+    doc: str
+
+
+def _identity(x):
+    return torch.ones_like(x)
+
+
+def _clipped(x):
+    return (x.abs() <= 1).to(x.dtype)
+
+
+def _approxsign(x):
+    return ((2 - 2 * x.abs()) * (x.abs() <= 1)).to(x.dtype)
+
+
+FDA_TERMS = 4
+FDA_OMEGA = math.pi / 2  # period T = 4: the series approximates sign on (-2, 2)
+
+
+def _fda(x):
+    g = torch.zeros_like(x)
+    for i in range(FDA_TERMS):
+        g = g + torch.cos((2 * i + 1) * FDA_OMEGA * x)
+    return (4 * FDA_OMEGA / math.pi) * g * (x.abs() <= 2).to(x.dtype) / FDA_TERMS
+
+
+def _fda_proxy(x):
+    s = torch.zeros_like(x)
+    for i in range(FDA_TERMS):
+        s = s + torch.sin((2 * i + 1) * FDA_OMEGA * x) / (2 * i + 1)
+    return (4 / math.pi) * s / FDA_TERMS * ((x.abs() <= 2).to(x.dtype)) + torch.sign(x) * (x.abs() > 2)
+
+
+TANH_K = 2.0
+
+
+def _tanh(x):
+    return TANH_K * (1 - torch.tanh(TANH_K * x) ** 2)
+
+
+STES: dict[str, STE] = {
+    "identity": STE("identity", _identity, lambda x: x, "g(x) = 1: plain straight-through (Bengio et al. 2013)."),
+    "clipped": STE("clipped", _clipped, lambda x: x.clamp(-1, 1),
+                   "g(x) = 1[|x| <= 1], the derivative of clip(x, -1, 1) (Hubara et al. 2016, BNN)."),
+    "approxsign": STE("approxsign", _approxsign,
+                      lambda x: torch.where(x.abs() <= 1, 2 * x - x * x.abs(), torch.sign(x)),
+                      "g(x) = (2 - 2|x|) 1[|x| <= 1], derivative of the piecewise quadratic ApproxSign (Liu et al. 2018, Bi-Real Net)."),
+    "fda": STE("fda", _fda, _fda_proxy,
+               f"Fourier-series derivative of sign (Xu et al. 2021, FDA): g(x) = (4w/pi) sum_i cos((2i+1) w x) / n, "
+               f"n={FDA_TERMS} terms, w=pi/2, zero for |x| > 2 (divided by n so g(0) stays O(1))."),
+    "tanh": STE("tanh", _tanh, lambda x: torch.tanh(TANH_K * x), f"g(x) = k (1 - tanh^2(k x)), k={TANH_K}: a smooth sign surrogate."),
+}
+
+
+def get_ste(name: str) -> STE:
+    if name not in STES:
+        raise ValueError(f"unknown STE {name!r}; choose one of {sorted(STES)}")
+    return STES[name]
+
+
+class _STEFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, q, grad_fn):
+        ctx.save_for_backward(x)
+        ctx.grad_fn = grad_fn
+        return q
+
+    @staticmethod
+    def backward(ctx, g_out):
+        (x,) = ctx.saved_tensors
+        return g_out * ctx.grad_fn(x), None, None
+
+
+def apply_ste(x: torch.Tensor, q: torch.Tensor, ste: STE | str, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """Return ``q`` in the forward pass and ``dL/dq * g(x / scale)`` as ``dL/dx`` in the backward pass.
+
+    ``scale`` lets an estimator act on a normalised input (e.g. weights divided by their std).
+    """
+    ste = get_ste(ste) if isinstance(ste, str) else ste
+    if not x.requires_grad:
+        return q
+    if ste.name == "identity":
+        return x + (q - x).detach()
+    s = scale.detach() if isinstance(scale, torch.Tensor) else scale
+    return _STEFunction.apply(x, q.detach(), lambda t: ste.grad(t / s))

@@ -1,0 +1,57 @@
+"""Post-training quantization (PTQ) and quantization-aware training (QAT) of a trained model.
+
+- :func:`ptq`: binarize a trained model with no training (what the app does live).
+- :func:`qat`: binarize, then fine-tune the latent weights through the straight-through
+  estimators, optionally distilling from the full-precision model (logit KD, see
+  :func:`binlab.train.kd_loss`). Components matched by ``freeze`` keep their weights fixed, so
+  their quantized value is computed once (used for large embedding tables).
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from .data import EncodedSplit
+from .quantize import QuantSpec, quantize_
+from .train import Callback, TrainConfig, train
+
+
+def ptq(model: nn.Module, spec: QuantSpec, inplace: bool = False) -> nn.Module:
+    """Quantize ``model`` (a copy unless ``inplace``) following ``spec``; no data, no training."""
+    m = model if inplace else copy.deepcopy(model)
+    quantize_(m, spec)
+    return m.eval()
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    train: TrainConfig = TrainConfig(epochs=1, lr=5e-4, warmup=0.05, distill=0.5)
+    freeze: tuple[str, ...] = ()  # fnmatch patterns over parameter names, e.g. ("embed.*",)
+
+    def __post_init__(self):
+        if isinstance(self.train, dict):
+            object.__setattr__(self, "train", TrainConfig(**self.train))
+        object.__setattr__(self, "freeze", tuple(self.freeze))
+
+
+def qat(
+    teacher: nn.Module,
+    spec: QuantSpec,
+    train_split: EncodedSplit,
+    cfg: QATConfig = QATConfig(),
+    val_split: EncodedSplit | None = None,
+    callback: Callback | None = None,
+    should_stop=None,
+) -> tuple[nn.Module, dict]:
+    """Return ``(student, history)``: a quantized copy of ``teacher`` fine-tuned with the STE."""
+    student = copy.deepcopy(teacher)
+    quantize_(student, spec)
+    for name, p in student.named_parameters():
+        if any(fnmatch.fnmatchcase(name, pat) for pat in cfg.freeze):
+            p.requires_grad_(False)
+    hist = train(student, train_split, cfg.train, val_split=val_split, callback=callback,
+                 teacher=teacher if cfg.train.distill > 0 else None, should_stop=should_stop)
+    return student.eval(), hist

@@ -1,6 +1,22 @@
-"""binlab: placeholder home page until the lab's pages land."""
-import streamlit as st
+"""binlab's Streamlit lab: the entry point (`streamlit run app/Home.py`)."""
+import sys
+from pathlib import Path
 
-st.set_page_config(page_title="binlab", layout="wide")
-st.title("binlab: binarize a language model")
-st.write("The interactive lab is being built. Use the CLI meanwhile: `binlab --help`.")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # so pages can `import common`
+
+import streamlit as st  # noqa: E402
+
+st.set_page_config(page_title="binlab", page_icon=":material/memory:", layout="wide")
+
+PAGES = {
+    "Lab": [
+        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("pages/binarize.py", title="Binarize (live)", icon=":material/tune:"),
+        st.Page("pages/train.py", title="Train (QAT)", icon=":material/model_training:"),
+        st.Page("pages/sensitivity.py", title="Sensitivity", icon=":material/grid_on:"),
+    ],
+    "Reference": [
+        st.Page("pages/results.py", title="Results", icon=":material/table_chart:"),
+    ],
+}
+st.navigation(PAGES).run()

@@ -1,0 +1,97 @@
+"""Shared UI helpers for the lab's pages: the sidebar, cached loaders, error display.
+
+No torch math here: every computation is a call into ``binlab``.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import streamlit as st
+
+from binlab.data import DataUnavailableError
+from binlab.presets import PRESETS
+
+
+def sidebar() -> tuple[str, str | None]:
+    """Preset and data source pickers, shared by every page (kept in session state and the URL)."""
+    qp = st.query_params
+    names = list(PRESETS)
+    default = qp.get("preset", os.environ.get("BINLAB_PRESET", "scratch"))
+    if "preset" not in st.session_state:
+        st.session_state["preset"] = default if default in names else "scratch"
+    with st.sidebar:
+        st.selectbox("Model preset", names, key="preset", help="\n\n".join(f"**{n}**: {p.description}" for n, p in PRESETS.items()))
+        src = st.text_input("AG_NEWS source", value=os.environ.get("BINLAB_DATA", ""), key="source",
+                            help="A local folder in the Hugging Face layout, or empty for the hub (fancyzhx/ag_news).")
+    return st.session_state["preset"], (src or None)
+
+
+@st.cache_resource(show_spinner="Loading and tokenising AG_NEWS ...")
+def splits_for(preset: str, source: str | None):
+    from binlab.presets import load_data
+
+    return load_data(preset, source=source)
+
+
+@st.cache_resource(show_spinner="Loading the cached baseline ...")
+def cached_baseline_for(preset: str, source: str | None):
+    """The cached baseline, or None (cached as None; cleared after training)."""
+    from binlab.presets import cached_baseline
+
+    hit = cached_baseline(preset, splits_for(preset, source))
+    return hit
+
+
+def train_baseline_ui(preset: str, source: str | None):
+    """Train the preset's baseline with a progress bar and a live loss curve, then cache it."""
+    import plotly.graph_objects as go
+
+    from binlab.presets import get_baseline
+
+    bar = st.progress(0.0, text="starting ...")
+    chart = st.empty()
+    losses, steps = [], []
+
+    def cb(e):
+        if e["kind"] == "step":
+            losses.append(e["loss"])
+            steps.append(e["step"])
+            bar.progress(e["step"] / e["total"], text=f"step {e['step']}/{e['total']}  loss {e['loss']:.3f}")
+            if e["step"] % 25 == 0 or e["step"] == e["total"]:
+                fig = go.Figure(go.Scatter(x=steps, y=losses, mode="lines", name="training loss"))
+                fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), title="training loss", xaxis_title="step")
+                chart.plotly_chart(fig, width="stretch", key=f"train_curve_{e['step']}")
+        elif e["kind"] == "eval":
+            st.write(f"step {e['step']}: validation accuracy **{100 * e['val_accuracy']:.2f} %**")
+
+    model, meta = get_baseline(preset, splits_for(preset, source), callback=cb)
+    cached_baseline_for.clear()
+    bar.progress(1.0, text="done: baseline trained and cached")
+    return model, meta
+
+
+def require_baseline(preset: str, source: str | None):
+    """Return (splits, model) or stop the page with a message and a button to train it."""
+    splits = splits_for(preset, source)
+    hit = cached_baseline_for(preset, source)
+    if hit is None:
+        st.info(f"No trained **{preset}** baseline yet. Train it once (it is cached on disk for every later visit).")
+        if st.button(f"Train the {preset} baseline", key="train_baseline_inline"):
+            train_baseline_ui(preset, source)
+            st.rerun()
+        st.stop()
+    return splits, hit[0]
+
+
+@contextmanager
+def friendly_errors():
+    """Turn anything a user can trigger into an ``st.error`` with what to do, never a traceback."""
+    try:
+        yield
+    except DataUnavailableError as err:
+        st.error(str(err))
+    except ValueError as err:
+        st.error(f"Invalid input: {err}")
+    except (RuntimeError, OSError) as err:
+        st.error(f"Something went wrong: {err}. Try another setting, or retrain the baseline on the Home page.")

@@ -1,0 +1,182 @@
+"""Binarize (live): pick components and a method; accuracy, size and the weight histogram follow."""
+import json
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from common import friendly_errors, require_baseline, sidebar
+
+from binlab.binarizers import BINARIZERS, Bucket
+from binlab.lab import SEED_POINTS, LiveLab, component_view, layout, spec_components
+from binlab.quantize import MethodConfig, QuantSpec, Rule
+from binlab.ste import STES
+from binlab.train import evaluate
+
+preset, source = sidebar()
+st.title("Binarize (live)")
+
+
+def live_lab(baseline, splits) -> LiveLab:
+    key = f"lab:{preset}:{source}"
+    if key not in st.session_state:
+        st.session_state[key] = LiveLab(baseline, splits.val)
+    return st.session_state[key]
+
+
+def seed_widgets_from_url(names):
+    """On the first run of a session, a spec in the URL sets the widgets."""
+    if st.session_state.get("_url_loaded") or "spec" not in st.query_params:
+        st.session_state["_url_loaded"] = True
+        return
+    st.session_state["_url_loaded"] = True
+    spec = QuantSpec.from_json(st.query_params["spec"])
+    comps, m = spec_components(spec)
+    for n in names:
+        st.session_state[f"c:{n}"] = n in comps
+    if m is not None:
+        st.session_state["method"] = m.method
+        st.session_state["ste"] = m.ste or "(default)"
+        for k, v in m.options.items():
+            if k == "per_channel":
+                st.session_state[f"opt:per_channel:{m.method}"] = v
+            elif k == "tau" and m.method == "recu":
+                st.session_state["opt:recu_tau"] = v
+            elif k == "tau":
+                st.session_state["opt:optimal"] = v is None
+                if v is not None:
+                    st.session_state["opt:tau"] = v
+            else:
+                st.session_state[f"opt:{k}"] = v
+        if m.method == "bucket" and "tau" not in m.options:
+            st.session_state["opt:optimal"] = True
+        st.session_state["act"] = m.act or "none"
+
+
+def set_selection(names, chosen):
+    for n in names:
+        st.session_state[f"c:{n}"] = n in chosen
+
+
+with friendly_errors():
+    splits, baseline = require_baseline(preset, source)
+    lab = live_lab(baseline, splits)
+    lay = layout(lab.model)
+    names = lay["embeddings"] + [n for row in lay["layers"] for _, n in row] + [lay["head"]]
+    seed_widgets_from_url(names)
+    for n in names:
+        st.session_state.setdefault(f"c:{n}", n.endswith("attn.q") or n.endswith("attn.k"))
+    for k, v in {"method": "bucket", "ste": "(default)", "act": "none", "opt:optimal": False, "opt:tau": 0.0,
+                 "opt:recu_tau": 0.99, "opt:bits": 4, "opt:salient": 0.1}.items():
+        st.session_state.setdefault(k, v)
+
+    left, right = st.columns([5, 7], gap="large")
+    with left:
+        st.subheader("1 · Components")
+        q1, q2, q3, q4 = st.columns(4)
+        if q1.button("QK", key="pick_qk", help="Q and K in every layer"):
+            set_selection(names, [n for n in names if n.endswith((".attn.q", ".attn.k"))]); st.rerun()  # noqa: E702
+        if q2.button("encoder", key="pick_encoder"):
+            set_selection(names, [n for n in names if n.startswith("layers.")]); st.rerun()  # noqa: E702
+        if q3.button("all but head", key="pick_all"):
+            set_selection(names, [n for n in names if n != "head"]); st.rerun()  # noqa: E702
+        if q4.button("none", key="pick_none"):
+            set_selection(names, []); st.rerun()  # noqa: E702
+        st.caption("Embeddings")
+        ec = st.columns(len(lay["embeddings"]))
+        for c, n in zip(ec, lay["embeddings"]):
+            c.checkbox(n.split(".")[1], key=f"c:{n}")
+        for i, row in enumerate(lay["layers"]):
+            st.caption(f"Layer {i}")
+            cols = st.columns(len(row))
+            for c, (label, n) in zip(cols, row):
+                c.checkbox(label, key=f"c:{n}")
+        st.caption("Classifier")
+        st.checkbox("head", key=f"c:{lay['head']}")
+
+        st.subheader("2 · Method")
+        method = st.selectbox("Binarizer", sorted(BINARIZERS), key="method",
+                              help="\n\n".join(f"**{k}**: {v.paper}" for k, v in sorted(BINARIZERS.items())))
+        cls = BINARIZERS[method]
+        st.caption((cls.__doc__ or "").strip().split("\n\n")[0])
+        ste = st.selectbox("Straight-through estimator (for QAT)", ["(default)"] + sorted(STES), key="ste",
+                           help=f"default for {method}: {cls.default_ste}")
+        options = {}
+        fields = cls.options()
+        if "per_channel" in fields:
+            st.session_state.setdefault(f"opt:per_channel:{method}", cls().per_channel)
+            options["per_channel"] = st.checkbox("per channel (one scale per output row)", key=f"opt:per_channel:{method}")
+        if method == "bucket":
+            optimal = st.checkbox("squared-error-optimal threshold", key="opt:optimal")
+            lo, hi = Bucket.TAU_RANGE
+            tau = st.slider("threshold tau (in std units: t = mean + tau * std)", lo, hi, step=0.05, key="opt:tau", disabled=optimal)
+            options["tau"] = None if optimal else float(tau)
+        elif method == "recu":
+            options["tau"] = st.slider("quantile tau", 0.5, 1.0, step=0.005, key="opt:recu_tau")
+        if "bits" in fields:
+            options["bits"] = st.select_slider("bits", [1, 2, 3, 4, 5, 6, 7, 8], key="opt:bits")
+        if "salient" in fields:
+            options["salient"] = st.slider("salient fraction", 0.0, 0.5, step=0.01, key="opt:salient")
+        act = st.selectbox("Input activations", ["none", "sign", "binary01"], key="act",
+                           help="binarize the inputs of the chosen linears too (W1A1); embeddings ignore this")
+        chosen = [n for n in names if st.session_state[f"c:{n}"]]
+        if act != "none" and any(n.startswith("embed.") for n in chosen):
+            st.warning("Embeddings have no input activations: the activation binarizer applies to linears only.")
+        mc = MethodConfig(method, options={k: v for k, v in options.items() if k in fields}, ste=None if ste == "(default)" else ste)
+        spec_rules = []
+        for n in chosen:
+            spec_rules.append((n, MethodConfig(mc.method, mc.options, mc.ste, None if n.startswith("embed.") or act == "none" else act)))
+        spec = QuantSpec(tuple(Rule(n, m) for n, m in spec_rules))
+
+    with right:
+        r = lab.apply(spec)
+        st.query_params["preset"] = preset
+        st.query_params["spec"] = spec.to_json()
+        st.session_state["spec_json"] = spec.to_json()
+        st.subheader("3 · What changed")
+        m1, m2, m3, m4 = st.columns(4)
+        m1.metric("validation accuracy", f"{r['accuracy']:.2f} %", f"{r['accuracy'] - r['baseline_accuracy']:+.2f} pts vs fp32")
+        m2.metric("model size", f"{r['megabytes']:.3f} MB", f"{r['megabytes'] - r['fp32_megabytes']:+.3f} MB", delta_color="inverse")
+        m3.metric("size reduction", f"{r['reduction_percent']:.2f} %")
+        m4.metric("bits / quantized weight", f"{r['bits_per_quantized_weight']:.3f}" if chosen else "-")
+        st.caption(f"{r['rows']} validation rows · updated in {r['seconds']:.2f} s · sizes are exact (codes, scales, means, masks and fp32 rest)")
+
+        points = st.session_state.setdefault("points", {})
+        label = ", ".join(chosen[:3]) + (f" +{len(chosen) - 3}" if len(chosen) > 3 else "") if chosen else "fp32"
+        points[spec.to_json()] = {"label": f"{label} · {method}", "reduction": r["reduction_percent"], "accuracy": r["accuracy"], "source": "PTQ"}
+
+        view_default = chosen[0] if chosen else names[0]
+        comp = st.selectbox("Weight matrix to inspect", names, index=names.index(view_default), key="view")
+        v = component_view(lab.model, comp, mc)
+        fig = go.Figure()
+        fig.add_histogram(x=v["latent"], nbinsx=120, name="latent (fp32) weights", opacity=0.6)
+        fig.add_histogram(x=v["quantized"], nbinsx=240, name=f"{method} values", opacity=0.6)
+        if v["threshold"] is not None:
+            fig.add_vline(x=v["threshold"], line_dash="dash", line_color="black", annotation_text="threshold")
+            for lv, nm in zip(v["levels"], ("low mean", "high mean")):
+                fig.add_vline(x=lv, line_color="crimson", annotation_text=nm)
+        fig.update_layout(barmode="overlay", height=320, margin=dict(l=10, r=10, t=40, b=10),
+                          title=f"{comp} {v['shape']}: relative error {v['relative_error']:.3f}, SQNR {v['sqnr_db']:.1f} dB",
+                          xaxis_title=f"weight, in {v['units']}", legend=dict(orientation="h", y=-0.25))
+        st.plotly_chart(fig, width="stretch")
+
+        sc = go.Figure()
+        pts = list(points.values())
+        for src, sym in (("PTQ", "circle"), ("QAT", "diamond")):
+            ps = [p for p in pts if p["source"] == src]
+            if ps:
+                sc.add_scatter(x=[p["reduction"] for p in ps], y=[p["accuracy"] for p in ps], mode="markers", name=f"this session ({src})",
+                               text=[p["label"] for p in ps], marker=dict(size=9, symbol=sym))
+        sc.add_scatter(x=[p["reduction"] for p in SEED_POINTS], y=[p["accuracy"] for p in SEED_POINTS], mode="markers", name="seed (reported)",
+                       text=[p["label"] for p in SEED_POINTS], marker=dict(size=9, symbol="x", color="gray"))
+        sc.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), title="accuracy vs size reduction (every configuration tried)",
+                         xaxis_title="size reduction %", yaxis_title="accuracy %")
+        st.plotly_chart(sc, width="stretch")
+
+        if st.button("Evaluate on the full test set", key="eval_test"):
+            with st.spinner(f"evaluating {len(splits.test):,} test rows ..."):
+                t = evaluate(lab.model, splits.test)
+            st.success(f"test accuracy **{100 * t.accuracy:.2f} %** on {t.n:,} rows ({t.seconds:.1f} s)")
+            st.dataframe([{"class": k, "accuracy %": round(100 * a, 2)} for k, a in t.per_class.items()], hide_index=True)
+        with st.expander("Share this configuration"):
+            st.code("?preset=" + preset + "&spec=" + json.dumps(json.loads(spec.to_json())), language=None)
+            st.caption("The URL of this page already holds it: copy the address bar to reproduce this view.")

@@ -1,0 +1,70 @@
+"""Home: what the lab is, where the data comes from, which presets exist, and the baseline."""
+import plotly.graph_objects as go
+import streamlit as st
+
+from common import cached_baseline_for, friendly_errors, sidebar, splits_for, train_baseline_ui
+
+from binlab.data import data_status, resolve_source
+from binlab.presets import PRESETS
+
+preset, source = sidebar()
+st.title("binlab: binarize a language model, live")
+st.markdown(
+    """
+Binarization stores each weight in **1 bit** (+1 or -1, or two bucket means) instead of 32. This lab
+lets you choose *which* parts of a small transformer text classifier to binarize — attention
+**Q/K/V/O**, the **FFN**, the **embeddings**, the classifier **head**, layer by layer — with which
+binarizer and straight-through estimator, and see accuracy on AG_NEWS and the exact model size change.
+
+1. **Home** (here): check the data and train the full-precision baseline once (cached on disk).
+2. **Binarize (live)**: pick components and a method, drag the threshold; numbers update in about a second.
+3. **Train (QAT)**: fine-tune the binarized model through the STE, with distillation.
+4. **Sensitivity**: which components hurt most when binarized alone.
+5. **Results**: the seed's tables, regenerated and compared.
+"""
+)
+
+
+@st.cache_data(show_spinner="Checking the data source ...", ttl=600)
+def status(src):
+    return data_status(src)
+
+
+with friendly_errors():
+    st.subheader("Data")
+    s = status(source)
+    if s["ok"]:
+        st.success(f"AG_NEWS loads from **{s['source']}** ({s['origin']}): " + ", ".join(f"{k} {v:,} rows" for k, v in s["rows"].items()))
+    else:
+        st.error(s["error"])
+        st.stop()
+
+    st.subheader("Model presets")
+    st.dataframe([{"preset": n, "description": p.description, "epochs": p.train.epochs} for n, p in PRESETS.items()],
+                 hide_index=True, width="stretch")
+
+    st.subheader(f"Baseline: {preset}")
+    splits = splits_for(preset, source)
+    st.caption(f"train {len(splits.train):,} rows · validation {len(splits.val):,} · test {len(splits.test):,} · vocabulary {splits.vocab_size:,}")
+    hit = cached_baseline_for(preset, source)
+    if hit is None:
+        st.info("Not trained yet. Training runs once and is cached on disk; later visits reuse it.")
+        if st.button(f"Train the {preset} baseline", key="train_baseline", type="primary"):
+            train_baseline_ui(preset, source)
+            st.rerun()
+    else:
+        model, meta = hit
+        c1, c2, c3 = st.columns(3)
+        c1.metric("validation accuracy", f"{100 * meta['val_accuracy']:.2f} %")
+        c2.metric("training time", f"{meta['history']['seconds'] / 60:.1f} min")
+        c3.metric("epochs", f"{meta['history']['epochs']:.1f}")
+        if meta.get("loss_curve"):
+            fig = go.Figure(go.Scatter(y=meta["loss_curve"], mode="lines", name="loss"))
+            fig.update_layout(height=240, margin=dict(l=10, r=10, t=30, b=10), title="training loss (subsampled)")
+            st.plotly_chart(fig, width="stretch")
+        if st.button("Retrain from scratch", key="retrain"):
+            from binlab.presets import get_baseline
+
+            get_baseline(preset, splits, retrain=True)
+            cached_baseline_for.clear()
+            st.rerun()

@@ -1,0 +1,39 @@
+"""Sensitivity: binarize one component (or one attention pair) at a time and measure the drop."""
+import plotly.express as px
+import streamlit as st
+
+from common import friendly_errors, require_baseline, sidebar
+
+from binlab.binarizers import BINARIZERS
+from binlab.lab import layout, sensitivity
+from binlab.quantize import MethodConfig
+
+preset, source = sidebar()
+st.title("Sensitivity")
+st.markdown("Each bar binarizes **only** the named component (or pair, or group) with the chosen method, "
+            "post-training, and measures validation accuracy. The seed found QK the cheapest pair to binarize "
+            "and the head the most damaging component.")
+
+with friendly_errors():
+    splits, baseline = require_baseline(preset, source)
+    method = st.selectbox("Binarizer", sorted(BINARIZERS), index=sorted(BINARIZERS).index("sign"), key="sens_method")
+    key = f"sens:{preset}:{source}:{method}"
+    if st.button("Run the sweep", key="run_sweep", type="primary") or key in st.session_state:
+        if key not in st.session_state:
+            bar = st.progress(0.0)
+            st.session_state[key] = sensitivity(baseline, splits.val, MethodConfig(method),
+                                                callback=lambda i, n, lbl: bar.progress(i / n, text=f"{i}/{n}: {lbl}"))
+        rows = st.session_state[key]
+        fig = px.bar(rows, x="label", y="accuracy", color="kind", hover_data=["target", "reduction_percent"],
+                     title=f"validation accuracy with one part binarized ({method}, PTQ)")
+        fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), xaxis_title=None, yaxis_title="accuracy %")
+        st.plotly_chart(fig, width="stretch")
+        n_layers = len(layout(baseline)["layers"])
+        comp = [r for r in rows if r["kind"] == "component" and r["label"].startswith("L")]
+        parts = sorted({r["label"].split(" ", 1)[1] for r in comp}, key=lambda p: ["Q", "K", "V", "O", "FFN up", "FFN down"].index(p))
+        grid = [[next(r["drop"] for r in comp if r["label"] == f"L{i} {p}") for p in parts] for i in range(n_layers)]
+        hm = px.imshow(grid, x=parts, y=[f"layer {i}" for i in range(n_layers)], color_continuous_scale="Reds", text_auto=".2f",
+                       labels=dict(color="accuracy drop (pts)"), title="accuracy drop per component")
+        hm.update_layout(height=140 + 60 * n_layers, margin=dict(l=10, r=10, t=40, b=10))
+        st.plotly_chart(hm, width="stretch")
+        st.dataframe(rows, hide_index=True, width="stretch")

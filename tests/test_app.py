@@ -1,0 +1,119 @@
+"""Every page of the Streamlit lab through streamlit.testing.v1.AppTest on the tiny preset."""
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import make_ag_news_fixture
+
+APP = str(Path(__file__).resolve().parents[1] / "app" / "Home.py")
+
+
+@pytest.fixture(scope="module")
+def app_data(tmp_path_factory):
+    return make_ag_news_fixture(tmp_path_factory.mktemp("app_data"), n_train=900, n_test=300)
+
+
+@pytest.fixture()
+def env(app_data, monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("BINLAB_DATA", str(app_data))
+    monkeypatch.setenv("BINLAB_PRESET", "tiny")
+    return app_data
+
+
+@pytest.fixture(scope="module")
+def trained(app_data, tmp_path_factory):
+    """A tiny baseline trained once for the module, through the Home page's button."""
+    import os
+
+    os.environ["BINLAB_DATA"], os.environ["BINLAB_PRESET"] = str(app_data), "tiny"
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception
+    if at.button(key="train_baseline") is not None and any(b.key == "train_baseline" for b in at.button):
+        at.button(key="train_baseline").click().run()
+        assert not at.exception
+    return True
+
+
+def metric(at, label):
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def new_app(page=None):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    return at
+
+
+def test_home_shows_data_and_baseline(env, trained):
+    at = new_app()
+    assert not at.exception
+    assert any("AG_NEWS loads from" in s.value for s in at.success)
+    assert metric(at, "validation accuracy").endswith("%")
+
+
+def test_bad_source_is_an_error_not_a_traceback(env, monkeypatch, tmp_path):
+    monkeypatch.setenv("BINLAB_DATA", str(tmp_path / "missing"))
+    at = new_app()
+    assert not at.exception
+    assert any("BINLAB_DATA" in e.value for e in at.error)
+
+
+def test_binarize_numbers_follow_the_configuration(env, trained):
+    at = new_app("pages/binarize.py")
+    assert not at.exception
+    at.selectbox(key="method").set_value("bucket").run()
+    at.slider(key="opt:tau").set_value(0.0).run()
+    acc0, size0 = metric(at, "validation accuracy"), metric(at, "model size")
+    at.slider(key="opt:tau").set_value(2.0).run()
+    assert not at.exception
+    acc1 = metric(at, "validation accuracy")
+    assert acc1 != acc0  # a lopsided threshold changes the model's predictions
+    at.checkbox(key="c:layers.0.ffn.up").check().run()
+    assert metric(at, "model size") != size0
+    spec = json.loads(at.query_params["spec"][0] if isinstance(at.query_params["spec"], list) else at.query_params["spec"])
+    targets = [r["target"] for r in spec["rules"]]
+    assert "layers.0.ffn.up" in targets and spec["rules"][0]["method"]["options"]["tau"] == 2.0
+    # quick-select buttons and the full test evaluation
+    at.button(key="pick_all").click().run()
+    assert not at.exception and at.checkbox(key="c:embed.token").value
+    at.button(key="eval_test").click().run()
+    assert not at.exception and any("test accuracy" in s.value for s in at.success)
+
+
+def test_binarize_restores_from_url(env, trained):
+    spec = {"rules": [{"target": "layers.0.attn.v", "method": {"method": "xnor", "options": {"per_channel": False}, "ste": "tanh", "act": None}}],
+            "attn_probs": None}
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["spec"] = json.dumps(spec)
+    at.run()
+    at.switch_page("pages/binarize.py").run()
+    assert not at.exception
+    assert at.checkbox(key="c:layers.0.attn.v").value and not at.checkbox(key="c:layers.0.attn.q").value
+    assert at.selectbox(key="method").value == "xnor" and at.selectbox(key="ste").value == "tanh"
+
+
+def test_train_page_runs_qat(env, trained):
+    at = new_app("pages/binarize.py")
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    at.slider(key="qat_epochs").set_value(0.3).run()
+    at.button(key="run_qat").click().run()
+    assert not at.exception
+    assert metric(at, "validation accuracy after QAT").endswith("%")
+
+
+def test_sensitivity_page(env, trained):
+    at = new_app("pages/sensitivity.py")
+    assert not at.exception
+    at.button(key="run_sweep").click().run()
+    assert not at.exception
+    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) > 5
+
+
+def test_results_page(env):
+    at = new_app("pages/results.py")
+    assert not at.exception

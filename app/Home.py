@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # so pages can `import common`
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # so views can `import common`
 
 import streamlit as st  # noqa: E402
 
@@ -10,13 +10,13 @@ st.set_page_config(page_title="binlab", page_icon=":material/memory:", layout="w
 
 PAGES = {
     "Lab": [
-        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("pages/binarize.py", title="Binarize (live)", icon=":material/tune:"),
-        st.Page("pages/train.py", title="Train (QAT)", icon=":material/model_training:"),
-        st.Page("pages/sensitivity.py", title="Sensitivity", icon=":material/grid_on:"),
+        st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("views/binarize.py", title="Binarize (live)", icon=":material/tune:"),
+        st.Page("views/train.py", title="Train (QAT)", icon=":material/model_training:"),
+        st.Page("views/sensitivity.py", title="Sensitivity", icon=":material/grid_on:"),
     ],
     "Reference": [
-        st.Page("pages/results.py", title="Results", icon=":material/table_chart:"),
+        st.Page("views/results.py", title="Results", icon=":material/table_chart:"),
     ],
 }
 st.navigation(PAGES).run()

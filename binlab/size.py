@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import torch
 import torch.nn as nn
 
 from .binarizers import FP_BITS
@@ -89,22 +90,24 @@ class SizeReport:
 
 def model_size(model: nn.Module) -> SizeReport:
     """Per-component storage of ``model`` in bits (see the module docstring for the rules)."""
-    from .quantize import QuantEmbedding, QuantLinear
-
     comps: list[ComponentSize] = []
     seen: set[int] = set()
     for name, mod in model.named_modules():
         own = [(pn, p) for pn, p in mod.named_parameters(recurse=False) if id(p) not in seen]
-        if not own:
+        if not own and not callable(getattr(mod, "storage", None)):
             continue
         seen.update(id(p) for _, p in own)
         n_params = sum(p.numel() for _, p in own)
-        if isinstance(mod, (QuantLinear, QuantEmbedding)):
+        if callable(getattr(mod, "storage", None)):  # QuantLinear, QuantEmbedding, kernels.PackedBinaryLinear
             bits = dict(mod.storage())
             bias = getattr(mod, "bias", None)
             if bias is not None:
                 bits["bias"] = FP_BITS * bias.numel()
-            comps.append(ComponentSize(name, mod.method.method, mod.weight.numel(), n_params, bits))
+            w = getattr(mod, "weight", None)
+            n_w = w.numel() if isinstance(w, torch.Tensor) else mod.out_features * mod.in_features
+            n_params = n_w + (bias.numel() if bias is not None else 0)
+            method = mod.method.method if hasattr(mod, "method") else "packed-binary"
+            comps.append(ComponentSize(name, method, n_w, n_params, bits))
         else:
             w = getattr(mod, "weight", None)
             nw = w.numel() if isinstance(mod, (nn.Linear, nn.Embedding)) and w is not None else 0

@@ -63,7 +63,7 @@ def test_bad_source_is_an_error_not_a_traceback(env, monkeypatch, tmp_path):
 
 
 def test_binarize_numbers_follow_the_configuration(env, trained):
-    at = new_app("pages/binarize.py")
+    at = new_app("views/binarize.py")
     assert not at.exception
     at.selectbox(key="method").set_value("bucket").run()
     at.slider(key="opt:tau").set_value(0.0).run()
@@ -90,15 +90,15 @@ def test_binarize_restores_from_url(env, trained):
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params["spec"] = json.dumps(spec)
     at.run()
-    at.switch_page("pages/binarize.py").run()
+    at.switch_page("views/binarize.py").run()
     assert not at.exception
     assert at.checkbox(key="c:layers.0.attn.v").value and not at.checkbox(key="c:layers.0.attn.q").value
     assert at.selectbox(key="method").value == "xnor" and at.selectbox(key="ste").value == "tanh"
 
 
 def test_train_page_runs_qat(env, trained):
-    at = new_app("pages/binarize.py")
-    at.switch_page("pages/train.py").run()
+    at = new_app("views/binarize.py")
+    at.switch_page("views/train.py").run()
     assert not at.exception
     at.slider(key="qat_epochs").set_value(0.3).run()
     at.button(key="run_qat").click().run()
@@ -107,7 +107,7 @@ def test_train_page_runs_qat(env, trained):
 
 
 def test_sensitivity_page(env, trained):
-    at = new_app("pages/sensitivity.py")
+    at = new_app("views/sensitivity.py")
     assert not at.exception
     at.button(key="run_sweep").click().run()
     assert not at.exception
@@ -115,5 +115,5 @@ def test_sensitivity_page(env, trained):
 
 
 def test_results_page(env):
-    at = new_app("pages/results.py")
+    at = new_app("views/results.py")
     assert not at.exception

@@ -89,7 +89,7 @@ with friendly_errors():
             st.caption(f"Layer {i}")
             cols = st.columns(len(row))
             for c, (label, n) in zip(cols, row):
-                c.checkbox(label, key=f"c:{n}")
+                c.checkbox(label.replace("FFN ", ""), key=f"c:{n}", help=n)
         st.caption("Classifier")
         st.checkbox("head", key=f"c:{lay['head']}")
 
@@ -97,7 +97,7 @@ with friendly_errors():
         method = st.selectbox("Binarizer", sorted(BINARIZERS), key="method",
                               help="\n\n".join(f"**{k}**: {v.paper}" for k, v in sorted(BINARIZERS.items())))
         cls = BINARIZERS[method]
-        st.caption((cls.__doc__ or "").strip().split("\n\n")[0])
+        st.caption((cls.__doc__ or "").strip().split("\n\n")[0].replace("::", ":"))
         ste = st.selectbox("Straight-through estimator (for QAT)", ["(default)"] + sorted(STES), key="ste",
                            help=f"default for {method}: {cls.default_ste}")
         options = {}
@@ -133,7 +133,8 @@ with friendly_errors():
         st.query_params["spec"] = spec.to_json()
         st.session_state["spec_json"] = spec.to_json()
         st.subheader("3 · What changed")
-        m1, m2, m3, m4 = st.columns(4)
+        m1, m2 = st.columns(2)
+        m3, m4 = st.columns(2)
         m1.metric("validation accuracy", f"{r['accuracy']:.2f} %", f"{r['accuracy'] - r['baseline_accuracy']:+.2f} pts vs fp32")
         m2.metric("model size", f"{r['megabytes']:.3f} MB", f"{r['megabytes'] - r['fp32_megabytes']:+.3f} MB", delta_color="inverse")
         m3.metric("size reduction", f"{r['reduction_percent']:.2f} %")
@@ -148,15 +149,16 @@ with friendly_errors():
         comp = st.selectbox("Weight matrix to inspect", names, index=names.index(view_default), key="view")
         v = component_view(lab.model, comp, mc)
         fig = go.Figure()
-        fig.add_histogram(x=v["latent"], nbinsx=120, name="latent (fp32) weights", opacity=0.6)
-        fig.add_histogram(x=v["quantized"], nbinsx=240, name=f"{method} values", opacity=0.6)
+        fig.add_histogram(x=v["latent"], nbinsx=120, name="latent (fp32) weights", opacity=0.75)
+        fig.add_histogram(x=v["quantized"], nbinsx=240, name=f"{method} values (right axis)", opacity=0.5, yaxis="y2")
         if v["threshold"] is not None:
             fig.add_vline(x=v["threshold"], line_dash="dash", line_color="black", annotation_text="threshold")
             for lv, nm in zip(v["levels"], ("low mean", "high mean")):
                 fig.add_vline(x=lv, line_color="crimson", annotation_text=nm)
         fig.update_layout(barmode="overlay", height=320, margin=dict(l=10, r=10, t=40, b=10),
                           title=f"{comp} {v['shape']}: relative error {v['relative_error']:.3f}, SQNR {v['sqnr_db']:.1f} dB",
-                          xaxis_title=f"weight, in {v['units']}", legend=dict(orientation="h", y=-0.25))
+                          xaxis_title=f"weight, in {v['units']}", legend=dict(orientation="h", y=-0.25),
+                          yaxis=dict(title="latent count"), yaxis2=dict(overlaying="y", side="right", title=f"{method} count", showgrid=False))
         st.plotly_chart(fig, width="stretch")
 
         sc = go.Figure()

@@ -1,0 +1,82 @@
+"""Benchmark: the lab's live loop (widget change -> numbers updated) and evaluation speed.
+
+Measures, on the chosen preset's cached baseline, side by side in one run:
+- LiveLab.apply (PTQ re-binarization of what changed + accuracy on 1,000 validation rows + exact
+  size) for a sequence of changes a learner makes: dragging tau on layers.0.attn.q, toggling
+  components, switching methods; median and max over the changes;
+- full test-set evaluation (7,600 rows) and a 1,000-row validation slice.
+
+    python bench/live_loop.py --preset scratch      # writes docs/results/bench-live-loop-<preset>.{json,md}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from binlab.experiments import RESULTS, machine
+from binlab.lab import LiveLab
+from binlab.presets import get_baseline, get_preset, load_data
+from binlab.quantize import MethodConfig, QuantSpec, Rule
+from binlab.train import evaluate
+
+
+def changes():
+    """The sequence of configurations a learner clicks through."""
+    out = []
+    for tau in (0.0, 0.25, 0.5, 0.75, 1.0, -0.5):  # dragging the threshold on one component
+        out.append(("tau on layers.0.attn.q", QuantSpec((Rule("layers.0.attn.q", MethodConfig("bucket", options={"tau": tau})),))))
+    qk = [Rule(t, MethodConfig("bucket")) for t in ("layers.0.attn.q", "layers.0.attn.k", "layers.1.attn.q", "layers.1.attn.k")]
+    out.append(("QK, optimal threshold", QuantSpec(tuple(qk))))
+    out.append(("+ layer 0 FFN up", QuantSpec(tuple(qk) + (Rule("layers.0.ffn.up", MethodConfig("bucket")),))))
+    out.append(("+ embeddings", QuantSpec(tuple(qk) + (Rule("layers.0.ffn.up", MethodConfig("bucket")), Rule("embed.token", MethodConfig("bucket"))))))
+    out.append(("all but head, xnor", QuantSpec.simple("all-except-head", "xnor")))
+    out.append(("all but head, sign", QuantSpec.simple("all-except-head", "sign")))
+    out.append(("back to fp32", QuantSpec()))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="scratch")
+    ap.add_argument("--data", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    p = get_preset(args.preset)
+    splits = load_data(p, source=args.data)
+    model, _ = get_baseline(p, splits)
+    lab = LiveLab(model, splits.val, val_rows=1000)
+    lab.apply(QuantSpec.simple("QK", "bucket"))  # warm-up
+    rows = []
+    for label, spec in changes():
+        t0 = time.perf_counter()
+        r = lab.apply(spec)
+        rows.append({"change": label, "seconds": time.perf_counter() - t0, "accuracy": r["accuracy"], "reduction_percent": r["reduction_percent"]})
+    evaluate(model, splits.val.head(200))  # warm-up
+    val_s = min(evaluate(model, splits.val.head(1000)).seconds for _ in range(3))
+    test_s = evaluate(model, splits.test).seconds
+    secs = [r["seconds"] for r in rows]
+    payload = {"preset": args.preset, "machine": machine(), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+               "live_median_s": statistics.median(secs), "live_max_s": max(secs), "val_1000_eval_s": val_s,
+               "test_eval_s": test_s, "test_rows": len(splits.test), "changes": rows,
+               "command": f"python bench/live_loop.py --preset {args.preset}"}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"bench-live-loop-{args.preset}"
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+    md = [f"# Live loop benchmark ({args.preset})", "", f"Machine: {payload['machine']}, {payload['threads']} threads. Date: {payload['date']}.",
+          f"Reproduce: `{payload['command']}`", "",
+          f"- live change (PTQ of what changed + 1,000-row validation accuracy + exact size): median **{payload['live_median_s']:.3f} s**, max {payload['live_max_s']:.3f} s",
+          f"- 1,000-row validation evaluation: **{val_s:.3f} s**",
+          f"- full test set ({len(splits.test):,} rows): **{test_s:.2f} s**", "",
+          "| change | seconds | accuracy % | reduction % |", "|---|---|---|---|"]
+    md += [f"| {r['change']} | {r['seconds']:.3f} | {r['accuracy']:.2f} | {r['reduction_percent']:.2f} |" for r in rows]
+    stem.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""Bit-packed binary kernels in numba, and packed inference of binarized models.
+
+Packing: a ±1 (or {0,1}) matrix (M, K) becomes uint64 words (M, ceil(K/64)), bit ``k % 64`` of
+word ``k // 64`` set where the value is +1 (``x >= 0``; sign(0) = +1) or non-zero for {0,1}.
+Padding bits are 0 in every operand, so they never contribute.
+
+- :func:`xnor_gemm` (W1A1): for ±1 rows a, b of length K,
+  ``a . b = K - 2 popcount(a XOR b)``; int32 output, exact.
+- :func:`binary_gemm` (W1A32): for packed bits w of a row and real x,
+  ``P = sum_{k: w_k = 1} x_k``; then a row with two levels {lo, hi} gives
+  ``y = lo * sum_k x_k + (hi - lo) * P`` (sign with scale alpha: lo = -alpha, hi = alpha).
+  P is computed with byte lookup tables (as in LUT-GEMM/T-MAC): for every 8 inputs, the 256
+  partial sums are tabulated once per input row, then each weight byte is one table read.
+
+Hardware note (checked on this project's machine, AMD EPYC with AVX2 and POPCNT, no AVX-512, so
+no VPOPCNTDQ): the ``popcount64`` intrinsic below emits ``llvm.ctpop.i64``. In the assembly of
+:func:`_xnor_gemm_kernel` LLVM turns it into both the scalar ``popcntq`` instruction (16 sites) and,
+where it vectorizes the word loop, AVX2's nibble-lookup popcount (``vpshufb`` + ``vpsadbw``);
+``tests/test_kernels.py::test_llvm_uses_hardware_popcount`` checks this on every run.
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+import torch
+import torch.nn as nn
+from numba import types
+from numba.extending import intrinsic
+
+WORD = 64
+
+
+@intrinsic
+def popcount64(typingctx, x):
+    """Population count of a uint64 via ``llvm.ctpop`` (the hardware ``popcnt`` instruction where available)."""
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return sig, codegen
+
+
+# --------------------------------------------------------------------------------------------
+# packing
+
+
+def n_words(K: int) -> int:
+    return (K + WORD - 1) // WORD
+
+
+def pack_bits(x, signed: bool = True) -> np.ndarray:
+    """Pack a 2-D array along its last axis into uint64 words (see module docstring for the bit rule)."""
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if a.ndim != 2:
+        raise ValueError(f"pack_bits needs a 2-D array (rows, K), got shape {a.shape}")
+    if a.shape[1] == 0:
+        raise ValueError("pack_bits needs K >= 1")
+    bits = (a >= 0) if signed else (a != 0)
+    M, K = bits.shape
+    W = n_words(K)
+    padded = np.zeros((M, W * WORD), dtype=bool)
+    padded[:, :K] = bits
+    return np.ascontiguousarray(np.packbits(padded, axis=1, bitorder="little").view("<u8").reshape(M, W))
+
+
+def unpack_bits(packed: np.ndarray, K: int, signed: bool = True) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: float32 ±1 (signed) or {0, 1}, shape (rows, K)."""
+    _check_packed(packed, "packed")
+    if not 1 <= K <= packed.shape[1] * WORD:
+        raise ValueError(f"K={K} does not fit {packed.shape[1]} words")
+    bits = np.unpackbits(packed.view(np.uint8).reshape(packed.shape[0], -1), axis=1, bitorder="little")[:, :K].astype(np.float32)
+    return 2 * bits - 1 if signed else bits
+
+
+def _check_packed(a, name):
+    if not isinstance(a, np.ndarray) or a.dtype != np.uint64 or a.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D numpy uint64 array from pack_bits, got {type(a).__name__} "
+                         f"{getattr(a, 'dtype', None)} {getattr(a, 'shape', None)}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
+
+
+# --------------------------------------------------------------------------------------------
+# W1A1: XNOR-popcount GEMM
+
+ROW_BLOCK = 4  # rows of A per task: each B row loaded from cache is reused 4 times
+COL_BLOCK = 64  # rows of B per tile: 64 x W words stay in L1/L2 while a row block sweeps them
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _xnor_gemm_kernel(A, B, K, out):
+    M, W = A.shape
+    N = B.shape[0]
+    n_blocks = (M + ROW_BLOCK - 1) // ROW_BLOCK
+    for ib in nb.prange(n_blocks):
+        i0 = ib * ROW_BLOCK
+        i1 = min(i0 + ROW_BLOCK, M)
+        for j0 in range(0, N, COL_BLOCK):
+            j1 = min(j0 + COL_BLOCK, N)
+            if i1 - i0 == ROW_BLOCK:
+                for j in range(j0, j1):
+                    c0 = 0
+                    c1 = 0
+                    c2 = 0
+                    c3 = 0
+                    for w in range(W):
+                        b = B[j, w]
+                        c0 += popcount64(A[i0, w] ^ b)
+                        c1 += popcount64(A[i0 + 1, w] ^ b)
+                        c2 += popcount64(A[i0 + 2, w] ^ b)
+                        c3 += popcount64(A[i0 + 3, w] ^ b)
+                    out[i0, j] = K - 2 * np.int32(c0)
+                    out[i0 + 1, j] = K - 2 * np.int32(c1)
+                    out[i0 + 2, j] = K - 2 * np.int32(c2)
+                    out[i0 + 3, j] = K - 2 * np.int32(c3)
+            else:
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        c = 0
+                        for w in range(W):
+                            c += popcount64(A[i, w] ^ B[j, w])
+                        out[i, j] = K - 2 * np.int32(c)
+
+
+def xnor_gemm(A: np.ndarray, B: np.ndarray, K: int) -> np.ndarray:
+    """``A_pm @ B_pm.T`` for packed ±1 matrices A (M, K) and B (N, K); int32 (M, N), exact."""
+    _check_packed(A, "A")
+    _check_packed(B, "B")
+    if A.shape[1] != B.shape[1]:
+        raise ValueError(f"A and B must have the same number of words, got {A.shape[1]} and {B.shape[1]}")
+    if not 1 <= K <= A.shape[1] * WORD or n_words(K) != A.shape[1]:
+        raise ValueError(f"K={K} does not match {A.shape[1]} words")
+    out = np.empty((A.shape[0], B.shape[0]), dtype=np.int32)
+    _xnor_gemm_kernel(A, B, np.int32(K), out)
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _popcount_roofline_kernel(a, reps):
+    """Tight in-cache loop: xor + popcount over ``a`` (uint64) ``reps`` times; returns the count."""
+    total = np.uint64(0)
+    n = a.shape[0]
+    for r in range(reps):
+        key = np.uint64(r)
+        for i in range(n):
+            total += popcount64(a[i] ^ key)
+    return total
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _popcount_roofline_parallel(a, reps, n_threads):
+    out = np.zeros(n_threads, dtype=np.uint64)
+    for t in nb.prange(n_threads):
+        out[t] = _popcount_roofline_kernel(a, reps)
+    return out.sum()
+
+
+# --------------------------------------------------------------------------------------------
+# W1A32: binary-weight GEMM via byte lookup tables
+
+
+@nb.njit(cache=True, nogil=True)
+def _build_lut(x, lut):
+    """lut[g, v] = sum of x[8g + b] over the set bits b of byte value v (x padded to 8 * G)."""
+    G = lut.shape[0]
+    K = x.shape[0]
+    for g in range(G):
+        base = 8 * g
+        lut[g, 0] = 0.0
+        for b in range(8):
+            xv = x[base + b] if base + b < K else np.float32(0.0)
+            step = 1 << b
+            for v in range(step):
+                lut[g, v + step] = lut[g, v] + xv
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _binary_gemm_kernel(X, Wb, out):
+    Bn, K = X.shape
+    N, nbytes = Wb.shape
+    lut = np.empty((Bn, nbytes, 256), dtype=np.float32)
+    for r in nb.prange(Bn):
+        _build_lut(X[r], lut[r])
+    for n in nb.prange(N):
+        for r in range(Bn):
+            acc = np.float32(0.0)
+            for g in range(nbytes):
+                acc += lut[r, g, Wb[n, g]]
+            out[r, n] = acc
+
+
+def binary_gemm(X: np.ndarray, Wp: np.ndarray, K: int) -> np.ndarray:
+    """``P[r, n] = sum_{k: bit(n, k) = 1} X[r, k]`` for float32 X (B, K) and packed weights Wp (N, K)."""
+    _check_packed(Wp, "Wp")
+    if not isinstance(X, np.ndarray) or X.dtype != np.float32 or X.ndim != 2 or not X.flags.c_contiguous:
+        raise ValueError(f"X must be a C-contiguous 2-D float32 array, got {getattr(X, 'dtype', type(X))} {getattr(X, 'shape', None)}")
+    if X.shape[1] != K or n_words(K) != Wp.shape[1]:
+        raise ValueError(f"X has K={X.shape[1]}, weights were packed for {Wp.shape[1]} words; K={K}")
+    Wb = Wp.view(np.uint8)  # (N, 8 W): byte g holds bits 8g .. 8g+7 (little-endian words)
+    out = np.empty((X.shape[0], Wp.shape[0]), dtype=np.float32)
+    _binary_gemm_kernel(X, Wb, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# packed inference
+
+
+def two_levels(q: torch.Tensor):
+    """If every row of ``q`` takes at most two values, return (bits, lo, hi) with q = lo + (hi - lo) * bits."""
+    q2 = q.detach().reshape(q.shape[0], -1).float().cpu()
+    hi = q2.max(1).values
+    lo = q2.min(1).values
+    bits = q2 == hi[:, None]
+    if not torch.equal(torch.where(bits, hi[:, None], lo[:, None]), q2):
+        return None
+    return bits, lo, hi
+
+
+class PackedBinaryLinear(nn.Module):
+    """Inference module for a binarized linear: 1 bit per weight packed in uint64, two fp32 levels
+    per row (lo, hi), fp32 bias. Input activations are used as they are (W1A32, via
+    :func:`binary_gemm`) or, if the source layer binarizes them with ``sign``, as packed signs with
+    one scale per token (W1A1, via :func:`xnor_gemm`)."""
+
+    def __init__(self, bits: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bias, act: str | None):
+        super().__init__()
+        self.out_features, self.in_features = bits.shape
+        self.packed = pack_bits(bits.numpy().astype(np.int8) * 2 - 1)  # bit set where the weight is hi
+        self.register_buffer("lo", lo.float().clone(), persistent=False)
+        self.register_buffer("hi", hi.float().clone(), persistent=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+        self.act = act
+
+    @classmethod
+    def from_quant(cls, mod) -> "PackedBinaryLinear | None":
+        """Build from a :class:`binlab.quantize.QuantLinear`, or None if its weights are not two-level per row."""
+        if mod.act is not None and mod.act.name != "sign":
+            return None
+        with torch.no_grad():
+            tl = two_levels(mod.quantizer(mod.weight.detach()))
+        if tl is None:
+            return None
+        return cls(*tl, mod.bias, mod.act.name if mod.act is not None else None)
+
+    def storage(self) -> dict[str, int]:
+        """Bits stored: one per weight (padding excluded) and the two fp32 levels per row."""
+        return {"codes": self.out_features * self.in_features, "scales": 2 * 32 * self.out_features}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.detach().reshape(-1, self.in_features).float().cpu().contiguous()
+        lo, hi = self.lo[None], self.hi[None]
+        if self.act == "sign":
+            a = x2.abs().mean(1, keepdim=True).clamp_min(1e-8)  # per-token scale, as binlab.activations.act_sign
+            s = pack_bits(x2.numpy())
+            dot = torch.from_numpy(xnor_gemm(s, self.packed, self.in_features)).float()  # sum_k s_k b_k, exact
+            S = torch.from_numpy((2 * popcount_rows(s) - self.in_features).astype(np.float32))[:, None]  # sum_k s_k
+            P = (dot + S) / 2  # sum over hi-bits of s_k
+            y = a * (lo * S + (hi - lo) * P)
+        else:
+            P = torch.from_numpy(binary_gemm(x2.numpy(), self.packed, self.in_features))
+            y = lo * x2.sum(1, keepdim=True) + (hi - lo) * P
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+
+@nb.njit(cache=True)
+def _popcount_rows_kernel(a, out):
+    for i in range(a.shape[0]):
+        c = 0
+        for w in range(a.shape[1]):
+            c += popcount64(a[i, w])
+        out[i] = c
+
+
+def popcount_rows(a: np.ndarray) -> np.ndarray:
+    _check_packed(a, "a")
+    out = np.empty(a.shape[0], dtype=np.int64)
+    _popcount_rows_kernel(a, out)
+    return out
+
+
+def pack_model(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """A copy of ``model`` with every eligible binarized linear replaced by :class:`PackedBinaryLinear`.
+    Returns (packed model, names of the packed layers)."""
+    import copy
+
+    from .quantize import QuantLinear, _set
+
+    m = copy.deepcopy(model).cpu().eval()
+    done = []
+    for name, mod in list(m.named_modules()):
+        if isinstance(mod, QuantLinear):
+            packed = PackedBinaryLinear.from_quant(mod)
+            if packed is not None:
+                _set(m, name, packed)
+                done.append(name)
+    return m, done

@@ -1,0 +1,97 @@
+"""The lab in a real browser: streamlit run headless on a free localhost port, driven by Playwright
+on Debian's Chromium. Moves the threshold slider and a component checkbox and checks that the
+accuracy shown changes. Skipped (with the reason) where Chromium or Playwright is missing."""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import make_ag_news_fixture
+
+pytestmark = pytest.mark.e2e
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+APP = Path(__file__).resolve().parents[1] / "app" / "Home.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    data = make_ag_news_fixture(tmp_path_factory.mktemp("e2e_data"), n_train=900, n_test=300)
+    env = {**os.environ, "BINLAB_DATA": str(data), "BINLAB_PRESET": "tiny"}
+    # train the tiny baseline once up front, in the cache the server will use
+    subprocess.run([sys.executable, "-c", "from binlab.presets import *; get_baseline('tiny', load_data('tiny'))"], env=env, check=True)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read().strip() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not become healthy in 60 s: " + proc.stdout.read().decode()[-2000:])
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def first_metric(page) -> str:
+    return page.locator('[data-testid="stMetricValue"]').first.inner_text()
+
+
+def wait_change(page, before: str, timeout: float = 30) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        page.wait_for_timeout(300)
+        now = first_metric(page)
+        if now != before and not page.locator('[data-testid="stStatusWidget"]').is_visible():
+            return now
+    return first_metric(page)
+
+
+def test_slider_and_checkbox_change_accuracy(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(server + "/binarize", wait_until="networkidle")
+        page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=60_000)
+        acc0 = first_metric(page)
+        assert re.match(r"\d+\.\d\d %", acc0), acc0
+        # the threshold slider: focus its thumb and step it far to the right with the keyboard
+        thumb = page.get_by_role("slider").first
+        thumb.focus()
+        for _ in range(40):
+            page.keyboard.press("ArrowRight")
+        acc1 = wait_change(page, acc0)
+        assert acc1 != acc0, "moving the threshold did not change the accuracy shown"
+        # a component checkbox: binarize layer 0's FFN-up as well
+        page.get_by_text("up", exact=True).first.click()
+        acc2 = wait_change(page, acc1)
+        page.screenshot(path=str(tmp_path / "binarize.png"), full_page=True)
+        assert acc2 != acc1, "binarizing FFN up did not change the accuracy shown"
+        assert "spec=" in page.url  # the configuration lives in the URL
+        browser.close()
+    assert (tmp_path / "binarize.png").stat().st_size > 10_000

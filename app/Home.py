@@ -14,6 +14,7 @@ PAGES = {
         st.Page("views/binarize.py", title="Binarize (live)", icon=":material/tune:"),
         st.Page("views/train.py", title="Train (QAT)", icon=":material/model_training:"),
         st.Page("views/sensitivity.py", title="Sensitivity", icon=":material/grid_on:"),
+        st.Page("views/landscape.py", title="Loss landscape", icon=":material/landscape:"),
     ],
     "Reference": [
         st.Page("views/results.py", title="Results", icon=":material/table_chart:"),

@@ -131,6 +131,40 @@ def cmd_experiments(args):
     return 0
 
 
+def cmd_landscape(args):
+    import numpy as np
+
+    from . import landscape as L
+
+    p, splits, model = _load(args)
+    spec = _spec(args)
+    spec = spec if spec.rules else None
+    if args.probe == "interpolate":
+        out = L.interpolate(model, spec or _default_spec(), splits.val, alphas=np.linspace(-0.5, 1.5, args.steps), rows=args.rows)
+    elif args.probe == "slice":
+        out = L.slice_model(model, splits.val, spec, steps=args.steps, span=args.span, two_d=not args.one_d, rows=args.rows, seed=args.seed)
+    else:
+        out = L.curvature(model, splits.val, spec, rows=args.rows, k=args.k, seed=args.seed)
+    text = json.dumps({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in out.items()}, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def _default_spec():
+    from .quantize import QuantSpec
+
+    return QuantSpec.simple("encoder", "xnor")
+
+
+def cmd_bench(args):
+    script = Path(__file__).resolve().parents[1] / "bench" / {"kernels": "kernels.py", "live": "live_loop.py", "landscape": "landscape.py"}[args.what]
+    return subprocess.call([sys.executable, str(script), *args.rest])
+
+
 def cmd_app(args):
     app = Path(__file__).resolve().parents[1] / "app" / "Home.py"
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)])
@@ -174,6 +208,28 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--fast", action="store_true", help="tiny budget (for smoke tests)")
     p.set_defaults(fn=cmd_experiments)
+
+    p = sub.add_parser("landscape", help="loss-landscape probes: interpolate | slice | curvature (JSON out)")
+    p.add_argument("probe", choices=["interpolate", "slice", "curvature"])
+    common(p)
+    p.add_argument("--spec", help="QuantSpec JSON (default: fp32 for slice/curvature, encoder xnor for interpolate)")
+    p.add_argument("--target")
+    p.add_argument("--method", default="xnor")
+    p.add_argument("--options")
+    p.add_argument("--ste", default=None)
+    p.add_argument("--rows", type=int, default=512)
+    p.add_argument("--steps", type=int, default=21)
+    p.add_argument("--span", type=float, default=1.0)
+    p.add_argument("--one-d", action="store_true")
+    p.add_argument("--k", type=int, default=1, help="number of top eigenvalues")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write JSON here instead of stdout")
+    p.set_defaults(fn=cmd_landscape)
+
+    p = sub.add_parser("bench", help="benchmarks: kernels | live | landscape (write docs/results/)")
+    p.add_argument("what", choices=["kernels", "live", "landscape"])
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("app", help="start the Streamlit lab")
     p.add_argument("--port", type=int, default=8501)

@@ -117,3 +117,19 @@ def test_sensitivity_page(env, trained):
 def test_results_page(env):
     at = new_app("views/results.py")
     assert not at.exception
+
+
+def test_landscape_page(env, trained):
+    at = new_app("views/binarize.py")
+    at.switch_page("views/landscape.py").run()
+    assert not at.exception
+    at.select_slider(key="ls_rows").set_value(64).run()
+    at.button(key="ls_interp").click().run()
+    assert not at.exception
+    at.slider(key="ls_steps").set_value(5).run()
+    at.button(key="ls_2d").click().run()
+    assert not at.exception
+    at.button(key="ls_cmp").click().run()
+    at.button(key="ls_curv").click().run()
+    assert not at.exception
+    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 2

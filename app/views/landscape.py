@@ -1,0 +1,95 @@
+"""Loss landscape: why binary networks are hard to train, on the current model and configuration."""
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from common import friendly_errors, require_baseline, sidebar
+
+from binlab.landscape import curvature, interpolate, slice_model
+from binlab.quantize import MethodConfig, QuantSpec, Rule
+
+preset, source = sidebar()
+st.title("Loss landscape")
+st.markdown("Probes of the loss surface around the model. The binarized configuration comes from **Binarize (live)**; "
+            "binary landscapes are steeper and more irregular than full-precision ones (BinaryBERT, Bai et al. 2021), "
+            "which is why QAT needs the STE and small steps. Slices follow Li et al. 2018 (filter-normalised random directions).")
+
+
+def cached(key, fn):
+    store = st.session_state.setdefault("landscape_cache", {})
+    if key not in store:
+        store[key] = fn()
+    return store[key]
+
+
+with friendly_errors():
+    splits, baseline = require_baseline(preset, source)
+    spec_json = st.session_state.get("spec_json") or st.query_params.get("spec")
+    spec = QuantSpec.from_json(spec_json) if spec_json else QuantSpec.simple("encoder", "xnor")
+    if not spec.rules:
+        spec = QuantSpec.simple("encoder", "xnor")
+    st.caption("Binarized configuration: " + ", ".join(f"`{r.target}`→{r.method.method}" for r in spec.rules[:6])
+               + (" …" if len(spec.rules) > 6 else ""))
+    rows = st.select_slider("evaluation rows (fixed batch set)", [64, 128, 256, 512], value=128 if preset == "tiny" else 256, key="ls_rows")
+    t1, t2, t3, t4 = st.tabs(["1-D: fp → binary", "2-D slice", "precisions compared", "curvature"])
+
+    with t1:
+        if st.button("Interpolate", key="ls_interp"):
+            bar = st.progress(0.0)
+            out = cached(("interp", preset, spec.to_json(), rows), lambda: interpolate(
+                baseline, spec, splits.val, alphas=np.linspace(-0.5, 1.5, 21), rows=rows, callback=lambda i, n: bar.progress(i / n)))
+            fig = go.Figure()
+            fig.add_scatter(x=out["alphas"], y=out["loss"][0], name="loss", mode="lines+markers")
+            fig.add_scatter(x=out["alphas"], y=100 * out["accuracy"][0], name="accuracy %", mode="lines+markers", yaxis="y2")
+            fig.add_vline(x=0, line_dash="dot", annotation_text="fp32")
+            fig.add_vline(x=1, line_dash="dot", annotation_text="binarized")
+            fig.update_layout(height=360, xaxis_title="alpha: w + alpha (Q(w) - w)", yaxis_title="loss",
+                              yaxis2=dict(overlaying="y", side="right", title="accuracy %"), margin=dict(l=10, r=10, t=30, b=10))
+            st.plotly_chart(fig, width="stretch", key="interp_plot")
+
+    with t2:
+        c1, c2 = st.columns(2)
+        steps = c1.slider("grid size", 5, 21, 7 if preset == "tiny" else 11, 2, key="ls_steps")
+        span = c2.slider("span (filter-normalised units)", 0.1, 2.0, 1.0, 0.1, key="ls_span")
+        if st.button("Compute 2-D slices (fp32 and binarized)", key="ls_2d"):
+            cols = st.columns(2)
+            for col, (name, sp) in zip(cols, (("fp32", None), ("binarized", spec))):
+                bar = col.progress(0.0, text=name)
+                out = cached(("2d", preset, name, sp.to_json() if sp else "", steps, span, rows), lambda: slice_model(
+                    baseline, splits.val, sp, steps=steps, span=span, rows=rows, callback=lambda i, n: bar.progress(i / n, text=f"{name}: {i}/{n}")))
+                fig = go.Figure(go.Surface(x=out["alphas"], y=out["betas"], z=out["loss"], colorscale="Viridis"))
+                fig.update_layout(title=f"{name}: loss surface", height=420, margin=dict(l=0, r=0, t=40, b=0))
+                col.plotly_chart(fig, width="stretch", key=f"surf_{name}")
+                ct = go.Figure(go.Contour(x=out["alphas"], y=out["betas"], z=out["loss"], colorscale="Viridis"))
+                ct.update_layout(height=300, margin=dict(l=0, r=0, t=10, b=0))
+                col.plotly_chart(ct, width="stretch", key=f"contour_{name}")
+
+    with t3:
+        st.write("The same filter-normalised random direction through four versions of the same weights.")
+        if st.button("Compare fp32 / 2-bit / ternary / binary", key="ls_cmp"):
+            targets = [r.target for r in spec.rules]
+            versions = {"fp32": None,
+                        "2-bit": QuantSpec(tuple(Rule(t, MethodConfig("uniform", options={"bits": 2})) for t in targets)),
+                        "ternary (TWN)": QuantSpec(tuple(Rule(t, MethodConfig("twn")) for t in targets)),
+                        "binary": spec}
+            fig = go.Figure()
+            bar = st.progress(0.0)
+            for k, (name, sp) in enumerate(versions.items()):
+                out = cached(("1d", preset, name, sp.to_json() if sp else "", rows), lambda: slice_model(
+                    baseline, splits.val, sp, steps=21, span=1.0, two_d=False, rows=rows))
+                bar.progress((k + 1) / len(versions), text=name)
+                fig.add_scatter(x=out["alphas"], y=out["loss"][0], name=name, mode="lines+markers")
+            fig.update_layout(height=380, xaxis_title="step along a random direction", yaxis_title="loss", margin=dict(l=10, r=10, t=30, b=10))
+            st.plotly_chart(fig, width="stretch", key="cmp_plot")
+
+    with t4:
+        st.write("Top Hessian eigenvalue (power iteration on Hessian-vector products) and the trace (Hutchinson, ± standard error). "
+                 "For the binarized model these are taken on the latent weights through the STE.")
+        if st.button("Estimate curvature", key="ls_curv"):
+            res = []
+            for name, sp in (("fp32", None), ("binarized", spec)):
+                with st.spinner(f"{name} ..."):
+                    c = cached(("curv", preset, name, sp.to_json() if sp else "", rows), lambda: curvature(
+                        baseline, splits.val, sp, rows=min(rows, 256), iters=10, trace_samples=5))
+                res.append({"model": name, "top eigenvalue": c["top_eigenvalues"][0], "trace": c["trace"], "trace ± se": c["trace_se"]})
+            st.dataframe(res, hide_index=True, width="stretch")

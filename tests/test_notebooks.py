@@ -1,0 +1,52 @@
+"""Execute every course notebook top to bottom in fast mode, and keep logic out of notebooks."""
+import ast
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import make_ag_news_fixture
+
+NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
+MAX_DEF_LINES = 8  # a widget callback may be a few lines; logic belongs in binlab
+
+
+def test_there_are_six_notebooks():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_defines_no_core_logic(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.cells[0].cell_type == "markdown" and "Learning goals" in nb.cells[0].source
+    assert "Exercises" in nb.cells[-1].source
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "import binlab" in code or "from binlab" in code
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+            assert node.end_lineno - node.lineno + 1 <= MAX_DEF_LINES, f"{path.name}: {node.name} is too long for a notebook"
+            assert not isinstance(node, ast.ClassDef), f"{path.name}: classes belong in binlab"
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
+
+
+@pytest.fixture(scope="module")
+def nb_env(tmp_path_factory):
+    data = make_ag_news_fixture(tmp_path_factory.mktemp("nb_data"), n_train=1500, n_test=300)
+    old = dict(os.environ)
+    os.environ.update({"FAST": "1", "BINLAB_DATA": str(data), "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")})
+    yield
+    os.environ.clear()
+    os.environ.update(old)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_in_fast_mode(path, nb_env):
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NB_DIR)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors

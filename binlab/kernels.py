@@ -175,19 +175,50 @@ def _build_lut(x, lut):
                 lut[g, v + step] = lut[g, v] + xv
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _lut_dot(lut, wrow):
+    """sum_g lut[g, wrow[g]] with four independent accumulators (hides the add latency)."""
+    n = wrow.shape[0]
+    a0 = np.float32(0.0)
+    a1 = np.float32(0.0)
+    a2 = np.float32(0.0)
+    a3 = np.float32(0.0)
+    g = 0
+    while g + 4 <= n:
+        a0 += lut[g, wrow[g]]
+        a1 += lut[g + 1, wrow[g + 1]]
+        a2 += lut[g + 2, wrow[g + 2]]
+        a3 += lut[g + 3, wrow[g + 3]]
+        g += 4
+    while g < n:
+        a0 += lut[g, wrow[g]]
+        g += 1
+    return (a0 + a1) + (a2 + a3)
+
+
 @nb.njit(parallel=True, cache=True, nogil=True)
-def _binary_gemm_kernel(X, Wb, out):
-    Bn, K = X.shape
+def _binary_gemm_few_rows(X, Wb, out):
+    """Few input rows (GEMV-like): tabulate every row once, then parallelise over output channels."""
+    Bn = X.shape[0]
     N, nbytes = Wb.shape
     lut = np.empty((Bn, nbytes, 256), dtype=np.float32)
-    for r in nb.prange(Bn):
+    for r in range(Bn):
         _build_lut(X[r], lut[r])
     for n in nb.prange(N):
         for r in range(Bn):
-            acc = np.float32(0.0)
-            for g in range(nbytes):
-                acc += lut[r, g, Wb[n, g]]
-            out[r, n] = acc
+            out[r, n] = _lut_dot(lut[r], Wb[n])
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _binary_gemm_many_rows(X, Wb, out):
+    """Many input rows (tokens of a batch): parallelise over rows, one small table per row."""
+    Bn = X.shape[0]
+    N, nbytes = Wb.shape
+    for r in nb.prange(Bn):
+        lut = np.empty((nbytes, 256), dtype=np.float32)
+        _build_lut(X[r], lut)
+        for n in range(N):
+            out[r, n] = _lut_dot(lut, Wb[n])
 
 
 def binary_gemm(X: np.ndarray, Wp: np.ndarray, K: int) -> np.ndarray:
@@ -199,7 +230,10 @@ def binary_gemm(X: np.ndarray, Wp: np.ndarray, K: int) -> np.ndarray:
         raise ValueError(f"X has K={X.shape[1]}, weights were packed for {Wp.shape[1]} words; K={K}")
     Wb = Wp.view(np.uint8)  # (N, 8 W): byte g holds bits 8g .. 8g+7 (little-endian words)
     out = np.empty((X.shape[0], Wp.shape[0]), dtype=np.float32)
-    _binary_gemm_kernel(X, Wb, out)
+    if X.shape[0] < 4 * nb.get_num_threads():
+        _binary_gemm_few_rows(X, Wb, out)
+    else:
+        _binary_gemm_many_rows(X, Wb, out)
     return out
 
 

@@ -160,19 +160,23 @@ def _popcount_roofline_parallel(a, reps, n_threads):
 # W1A32: binary-weight GEMM via byte lookup tables
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _build_lut_group(x, lut, g):
+    """lut[g, v] = sum of x[8g + b] over the set bits b of byte value v (x zero-padded past K)."""
+    K = x.shape[0]
+    base = 8 * g
+    lut[g, 0] = 0.0
+    for b in range(8):
+        xv = x[base + b] if base + b < K else np.float32(0.0)
+        step = 1 << b
+        for v in range(step):
+            lut[g, v + step] = lut[g, v] + xv
+
+
 @nb.njit(cache=True, nogil=True)
 def _build_lut(x, lut):
-    """lut[g, v] = sum of x[8g + b] over the set bits b of byte value v (x padded to 8 * G)."""
-    G = lut.shape[0]
-    K = x.shape[0]
-    for g in range(G):
-        base = 8 * g
-        lut[g, 0] = 0.0
-        for b in range(8):
-            xv = x[base + b] if base + b < K else np.float32(0.0)
-            step = 1 << b
-            for v in range(step):
-                lut[g, v + step] = lut[g, v] + xv
+    for g in range(lut.shape[0]):
+        _build_lut_group(x, lut, g)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -203,7 +207,8 @@ def _binary_gemm_few_rows(X, Wb, out):
     N, nbytes = Wb.shape
     lut = np.empty((Bn, nbytes, 256), dtype=np.float32)
     for r in range(Bn):
-        _build_lut(X[r], lut[r])
+        for g in nb.prange(nbytes):  # tables built in parallel too: K/8 x 256 adds per row
+            _build_lut_group(X[r], lut[r], g)
     for n in nb.prange(N):
         for r in range(Bn):
             out[r, n] = _lut_dot(lut[r], Wb[n])

@@ -8,7 +8,18 @@ from binlab.lab import LiveLab
 from binlab.qat import QATConfig, qat
 from binlab.quantize import QuantSpec
 from binlab.size import model_size
-from binlab.train import TrainConfig, evaluate
+from binlab.train import TrainConfig, evaluate, save_checkpoint
+
+
+def save_qat(student, spec, preset, cfg, metrics):
+    """Keep the QAT result on disk (safetensors + JSON with the spec), so a crash loses nothing."""
+    from dataclasses import asdict
+
+    from binlab.data import _fingerprint, cache_dir
+
+    stem = cache_dir() / "qat" / f"{preset}-{_fingerprint([spec.to_json(), asdict(cfg)])}"
+    save_checkpoint(student, stem, {"spec": spec.to_json(), "qat": asdict(cfg), "val_accuracy": metrics["accuracy"]})
+    return stem
 
 preset, source = sidebar()
 st.title("Train (QAT)")
@@ -76,7 +87,8 @@ with friendly_errors():
         pts["qat:" + spec.to_json() + f":{epochs}:{lr}:{distill}"] = {"label": f"QAT {epochs} ep, KD {distill}", "reduction": size["reduction_percent"],
                                                                       "accuracy": after["accuracy"], "source": "QAT"}
         st.session_state["qat_model"] = student
-        st.success("Added to the accuracy-vs-size scatter on the Binarize page.")
+        stem = save_qat(student, spec, preset, cfg, after)
+        st.success(f"Added to the accuracy-vs-size scatter on the Binarize page. Saved (latent weights + spec) to `{stem}`.")
     if "qat_model" in st.session_state and st.button("Evaluate the QAT model on the full test set", key="qat_test"):
         with st.spinner("evaluating ..."):
             t = evaluate(st.session_state["qat_model"], splits.test)

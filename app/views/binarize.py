@@ -89,7 +89,7 @@ with friendly_errors():
             st.caption(f"Layer {i}")
             cols = st.columns(len(row))
             for c, (label, n) in zip(cols, row):
-                c.checkbox(label.replace("FFN ", ""), key=f"c:{n}", help=n)
+                c.checkbox(label.replace("FFN ", ""), key=f"c:{n}")
         st.caption("Classifier")
         st.checkbox("head", key=f"c:{lay['head']}")
 

@@ -73,10 +73,13 @@ def _accuracy(model, batches) -> tuple[float, float]:
 class LiveLab:
     """One working copy of a baseline that follows the spec it is given (PTQ), fast enough for a slider."""
 
-    def __init__(self, baseline: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000, batch_size: int = 256):
-        self.model = copy.deepcopy(baseline).cpu().eval()
+    def __init__(self, baseline: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000, batch_size: int = 256, device: str = "auto"):
+        from .train import pick_device
+
+        self.device = pick_device(device)  # a GPU when there is one
+        self.model = copy.deepcopy(baseline).to(self.device).eval()
         self.val = val.head(val_rows)
-        self.batches = list(self.val.batches(batch_size))  # padded once, reused on every change
+        self.batches = list(self.val.batches(batch_size, device=self.device))  # padded once, reused on every change
         self.spec = QuantSpec()
         self.baseline_accuracy, _ = _accuracy(self.model, self.batches)
         self.fp_size = model_size(self.model).summary()

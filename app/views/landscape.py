@@ -65,7 +65,8 @@ with friendly_errors():
                 col.plotly_chart(ct, width="stretch", key=f"contour_{name}")
 
     with t3:
-        st.write("The same filter-normalised random direction through four versions of the same weights.")
+        st.write("The same filter-normalised random direction through four versions of the same weights"
+                 " (and, after a run on **Train (QAT)**, through the QAT model: before/after QAT).")
         if st.button("Compare fp32 / 2-bit / ternary / binary", key="ls_cmp"):
             targets = [r.target for r in spec.rules]
             versions = {"fp32": None,
@@ -79,6 +80,10 @@ with friendly_errors():
                     baseline, splits.val, sp, steps=21, span=1.0, two_d=False, rows=rows))
                 bar.progress((k + 1) / len(versions), text=name)
                 fig.add_scatter(x=out["alphas"], y=out["loss"][0], name=name, mode="lines+markers")
+            qat_model = st.session_state.get("qat_model")
+            if qat_model is not None:
+                out = slice_model(qat_model, splits.val, None, steps=21, span=1.0, two_d=False, rows=rows)
+                fig.add_scatter(x=out["alphas"], y=out["loss"][0], name="binary after QAT", mode="lines+markers", line=dict(dash="dash"))
             fig.update_layout(height=380, xaxis_title="step along a random direction", yaxis_title="loss", margin=dict(l=10, r=10, t=30, b=10))
             st.plotly_chart(fig, width="stretch", key="cmp_plot")
 

@@ -204,3 +204,19 @@ def test_ste_scale_normalises_input():
     x = torch.tensor([0.05, 0.2, 0.5], requires_grad=True)
     apply_ste(x, torch.sign(x), "clipped", scale=0.1).sum().backward()
     assert x.grad.tolist() == [1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("name", sorted(BINARIZERS))
+def test_latent_gradient_through_each_binarizer(name):
+    """In QAT, dL/dW = dL/dQ * g(W / (3 std_row)) for the method's default STE (vectorised numpy reference)."""
+    from binlab.quantize import MethodConfig, QuantLinear
+
+    w = W(7, (5, 33))
+    lin = torch.nn.Linear(33, 5, bias=False)
+    lin.weight.data = torch.from_numpy(w.copy())
+    q = QuantLinear.from_linear(lin, MethodConfig(name)).train()
+    R = torch.from_numpy(np.random.default_rng(8).normal(size=(5, 33)).astype(np.float32))
+    (q.quantized_weight() * R).sum().backward()
+    s = 3 * w.std(axis=1, ddof=1, keepdims=True)
+    ste = BINARIZERS[name].default_ste
+    np.testing.assert_allclose(lin.weight.grad.numpy(), R.numpy() * NP_STE[ste](w / s), rtol=1e-5, atol=1e-6)

@@ -126,7 +126,8 @@ def cmd_experiments(args):
         return 0
     names = list(experiments.EXPERIMENTS) if args.name == "all" else [args.name]
     for n in names:
-        out = experiments.run(n, preset=args.preset, source=args.data, fast=args.fast, callback=print)
+        only = [int(i) for i in args.only.split(",")] if args.only else None
+        out = experiments.run(n, preset=args.preset, source=args.data, fast=args.fast, callback=print, only=only)
         print(f"wrote {out}")
     return 0
 
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", default="all", help="T1..T6 or all")
     common(p)
     p.add_argument("--fast", action="store_true", help="tiny budget (for smoke tests)")
+    p.add_argument("--only", help="comma-separated indices of the configurations to run (e.g. 0,1,2)")
     p.set_defaults(fn=cmd_experiments)
 
     p = sub.add_parser("landscape", help="loss-landscape probes: interpolate | slice | curvature (JSON out)")

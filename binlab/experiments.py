@@ -181,11 +181,17 @@ def run_config(c: Config, teacher, splits, budget: QATConfig, key_base: str, cal
 
 
 def run(name: str, preset: str = "scratch", source: str | None = None, fast: bool = False,
-        callback: Callable | None = None, out_dir: Path | None = None) -> Path:
-    """Run experiment ``name`` on ``preset``; write JSON + markdown; return the markdown path."""
+        callback: Callable | None = None, out_dir: Path | None = None, only: list[int] | None = None) -> Path:
+    """Run experiment ``name`` on ``preset`` (``only``: indices of the configurations to run, for
+    budget-limited runs); write JSON + markdown; return the markdown path."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
+    if only is not None:
+        bad = [i for i in only if not 0 <= i < len(exp.configs)]
+        if bad:
+            raise ValueError(f"config indices {bad} out of range; {name} has {len(exp.configs)} configurations (0..{len(exp.configs) - 1})")
+        exp = replace(exp, configs=tuple(exp.configs[i] for i in only))
     p = get_preset(preset)
     splits = load_data(p, source=source, **({"train_size": 300, "test_size": 200} if fast else {}))
     budget = BUDGETS.get(preset, BUDGETS["scratch"])
@@ -208,7 +214,8 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     payload = {"experiment": name, "title": exp.title, "note": exp.note, "preset": preset, "machine": machine(),
                "date": time.strftime("%Y-%m-%d"), "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
                "budget": asdict(budget), "baseline_val_accuracy": meta.get("val_accuracy"), "rows": rows,
-               "command": f"binlab experiments run {name} --preset {preset}" + (" --fast" if fast else "")}
+               "command": f"binlab experiments run {name} --preset {preset}" + (" --fast" if fast else "")
+               + (f" --only {','.join(map(str, only))}" if only is not None else "")}
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
     stem.with_suffix(".md").write_text(to_markdown(payload))
     return stem.with_suffix(".md")

@@ -61,13 +61,32 @@ def metrics(page) -> tuple[str, str]:
     return vals.nth(0).inner_text(), vals.nth(1).inner_text()
 
 
-def wait_change(page, before: tuple, timeout: float = 90) -> tuple:
-    """Wait until the shown metrics differ from ``before`` and the app has finished running."""
+def running(page) -> bool:
+    return page.locator('[data-testid="stStatusWidget"]').is_visible()
+
+
+def wait_settled(page, timeout: float = 90, quiet: float = 2.0) -> tuple:
+    """Wait until the app is idle and the shown metrics have not moved for ``quiet`` seconds
+    (keyboard steps on a slider queue several reruns; a change is not the end of them)."""
+    deadline = time.time() + timeout
+    last, since = metrics(page), time.time()
+    while time.time() < deadline:
+        page.wait_for_timeout(250)
+        now = metrics(page)
+        if now != last or running(page):
+            last, since = now, time.time()
+        elif time.time() - since >= quiet:
+            return now
+    return metrics(page)
+
+
+def wait_for(page, predicate, timeout: float = 90) -> tuple:
+    """Wait until ``predicate(metrics)`` holds and the app is idle; return the metrics then."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        page.wait_for_timeout(300)
+        page.wait_for_timeout(250)
         now = metrics(page)
-        if now != before and not page.locator('[data-testid="stStatusWidget"]').is_visible():
+        if predicate(now) and not running(page):
             return now
     return metrics(page)
 
@@ -88,12 +107,16 @@ def test_slider_and_checkbox_change_accuracy(server, tmp_path):
         thumb.focus()
         for _ in range(40):
             page.keyboard.press("ArrowRight")
-        m1 = wait_change(page, m0)
+        wait_for(page, lambda m: m != m0)
+        m1 = wait_settled(page)
         assert m1[0] != m0[0], "moving the threshold did not change the accuracy shown"
         assert m1[1] == m0[1], "moving the threshold must not change the size"
         # a component checkbox: binarize layer 0's FFN-up as well
+        box = page.get_by_role("checkbox", name="up", exact=True).first
+        assert not box.is_checked()
         page.get_by_text("up", exact=True).first.click()
-        m2 = wait_change(page, m1)
+        m2 = wait_for(page, lambda m: m[1] != m1[1])
+        assert box.is_checked(), "the FFN-up checkbox did not take the click"
         page.screenshot(path=str(tmp_path / "binarize.png"), full_page=True)
         # one more binarized matrix: the exact size must drop (on the easy fixture data the
         # accuracy can stay the same to two decimals, so it is recorded, not required to move)

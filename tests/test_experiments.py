@@ -20,6 +20,17 @@ def test_run_writes_json_and_markdown(fixture_data, tmp_path):
         assert 0 <= r["accuracy"] <= 100 and 0 < r["reduction_percent"] < 100
     text = md.read_text()
     assert "| QK | qat |" in text and "seed accuracy" in text
+    assert not (tmp_path / "README.md").exists()  # fast runs stay out of the index
+
+
+def test_index_lists_every_table_with_drops(tmp_path):
+    rows = [{"label": "fp32 baseline", "mode": "fp", "accuracy": 90.0, "reduction_percent": 0.0, "seed": [91.8]},
+            {"label": "b", "mode": "qat", "accuracy": 88.5, "reduction_percent": 95.0, "seed": None}]
+    for name in ("T1", "T2"):
+        (tmp_path / f"{name}-scratch.json").write_text(json.dumps({"experiment": name, "preset": "scratch", "title": name, "rows": rows}))
+    text = E.write_index(tmp_path).read_text()
+    assert text.count("| b | qat | 88.50 | -1.50 | 95.00 | - |") == 2
+    assert "[T2 (scratch)](T2-scratch.md)" in text
 
 
 def test_bad_names_and_indices(fixture_data, tmp_path):

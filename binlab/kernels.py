@@ -10,7 +10,8 @@ Padding bits are 0 in every operand, so they never contribute.
   ``P = sum_{k: w_k = 1} x_k``; then a row with two levels {lo, hi} gives
   ``y = lo * sum_k x_k + (hi - lo) * P`` (sign with scale alpha: lo = -alpha, hi = alpha).
   P is computed with byte lookup tables (as in LUT-GEMM/T-MAC): for every 8 inputs, the 256
-  partial sums are tabulated once per input row, then each weight byte is one table read.
+  partial sums are tabulated once per input row, then each weight byte is one table read; the
+  weights are re-laid in blocks of 16 bytes (:class:`LutWeights`) so a block's tables stay in L1.
 
 Hardware note (checked on this project's machine, AMD EPYC with AVX2 and POPCNT, no AVX-512, so
 no VPOPCNTDQ): the ``popcount64`` intrinsic below emits ``llvm.ctpop.i64``. In the assembly of
@@ -179,66 +180,114 @@ def _build_lut(x, lut):
         _build_lut_group(x, lut, g)
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
-def _lut_dot(lut, wrow):
-    """sum_g lut[g, wrow[g]] with four independent accumulators (hides the add latency)."""
-    n = wrow.shape[0]
-    a0 = np.float32(0.0)
-    a1 = np.float32(0.0)
-    a2 = np.float32(0.0)
-    a3 = np.float32(0.0)
-    g = 0
-    while g + 4 <= n:
-        a0 += lut[g, wrow[g]]
-        a1 += lut[g + 1, wrow[g + 1]]
-        a2 += lut[g + 2, wrow[g + 2]]
-        a3 += lut[g + 3, wrow[g + 3]]
-        g += 4
-    while g < n:
-        a0 += lut[g, wrow[g]]
-        g += 1
-    return (a0 + a1) + (a2 + a3)
+LUT_GROUP = 16  # weight bytes per block: a block's tables (16 x 256 fp32 = 16 KiB) stay in L1
+
+
+class LutWeights:
+    """Packed 1-bit weights re-laid for :func:`binary_gemm`: bytes ``(blocks, N, LUT_GROUP)``, block
+    ``b`` holding bytes ``b*G .. b*G+G-1`` of every row contiguously (zero bytes pad the last block;
+    a zero byte reads ``lut[g, 0] = 0``). While one block's tables sit in L1, the kernel streams that
+    block's bytes for all N rows; the plain (N, words) layout would re-read a 512 KiB table set per row
+    at K = 4096, which does not fit L2. Same bits as the packed words, rearranged once at load time."""
+
+    def __init__(self, Wp: np.ndarray, K: int):
+        _check_packed(Wp, "Wp")
+        if n_words(K) != Wp.shape[1]:
+            raise ValueError(f"weights were packed for {Wp.shape[1]} words, which does not match K={K}")
+        N, nbytes = Wp.shape[0], 8 * Wp.shape[1]
+        blocks = -(-nbytes // LUT_GROUP)
+        b = np.zeros((N, blocks * LUT_GROUP), dtype=np.uint8)
+        b[:, :nbytes] = Wp.view(np.uint8)  # byte g holds bits 8g .. 8g+7 (little-endian words)
+        self.bytes = np.ascontiguousarray(b.reshape(N, blocks, LUT_GROUP).transpose(1, 0, 2))
+        self.N, self.K = N, K
+
+    @property
+    def nbytes(self) -> int:
+        return self.bytes.nbytes
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
-def _binary_gemm_few_rows(X, Wb, out):
-    """Few input rows (GEMV-like): tabulate every row once, then parallelise over output channels."""
+def _binary_gemm_few_rows(X, Wt, out, nt):
+    """Few input rows (GEMV-like): tabulate each row once (in parallel), then each of the ``nt``
+    threads takes a slice of output channels and sweeps the blocks, keeping the block's tables in L1
+    (``nt`` is passed in: numba's get_num_threads inside a kernel would make it uncacheable)."""
     Bn = X.shape[0]
-    N, nbytes = Wb.shape
-    lut = np.empty((Bn, nbytes, 256), dtype=np.float32)
+    blocks, N, G = Wt.shape
+    lut = np.empty((Bn, blocks * G, 256), dtype=np.float32)
     for r in range(Bn):
-        for g in nb.prange(nbytes):  # tables built in parallel too: K/8 x 256 adds per row
+        for g in nb.prange(blocks * G):
             _build_lut_group(X[r], lut[r], g)
-    for n in nb.prange(N):
+    chunk = (N + nt - 1) // nt
+    for t in nb.prange(nt):
+        n0 = t * chunk
+        n1 = min(N, n0 + chunk)
         for r in range(Bn):
-            out[r, n] = _lut_dot(lut[r], Wb[n])
+            for n in range(n0, n1):
+                out[r, n] = 0.0
+        for b in range(blocks):
+            for r in range(Bn):
+                L = lut[r, b * G:(b + 1) * G]
+                for n in range(n0, n1):
+                    # sum_g L[g, w[g]] with four independent accumulators (hides the add latency);
+                    # written out here: through a helper numba's code ran about 1.5x slower
+                    w = Wt[b, n]
+                    a0 = np.float32(0.0)
+                    a1 = np.float32(0.0)
+                    a2 = np.float32(0.0)
+                    a3 = np.float32(0.0)
+                    g = 0
+                    while g + 4 <= G:
+                        a0 += L[g, w[g]]
+                        a1 += L[g + 1, w[g + 1]]
+                        a2 += L[g + 2, w[g + 2]]
+                        a3 += L[g + 3, w[g + 3]]
+                        g += 4
+                    out[r, n] += (a0 + a1) + (a2 + a3)
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
-def _binary_gemm_many_rows(X, Wb, out):
-    """Many input rows (tokens of a batch): parallelise over rows, one small table per row."""
+def _binary_gemm_many_rows(X, Wt, out):
+    """Many input rows (tokens of a batch): parallelise over rows, one table set per row."""
     Bn = X.shape[0]
-    N, nbytes = Wb.shape
+    blocks, N, G = Wt.shape
     for r in nb.prange(Bn):
-        lut = np.empty((nbytes, 256), dtype=np.float32)
-        _build_lut(X[r], lut)
+        L = np.empty((blocks * G, 256), dtype=np.float32)
+        _build_lut(X[r], L)
         for n in range(N):
-            out[r, n] = _lut_dot(lut, Wb[n])
+            out[r, n] = 0.0
+        for b in range(blocks):
+            Lb = L[b * G:(b + 1) * G]
+            for n in range(N):
+                w = Wt[b, n]
+                a0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                a2 = np.float32(0.0)
+                a3 = np.float32(0.0)
+                g = 0
+                while g + 4 <= G:
+                    a0 += Lb[g, w[g]]
+                    a1 += Lb[g + 1, w[g + 1]]
+                    a2 += Lb[g + 2, w[g + 2]]
+                    a3 += Lb[g + 3, w[g + 3]]
+                    g += 4
+                out[r, n] += (a0 + a1) + (a2 + a3)
 
 
-def binary_gemm(X: np.ndarray, Wp: np.ndarray, K: int) -> np.ndarray:
-    """``P[r, n] = sum_{k: bit(n, k) = 1} X[r, k]`` for float32 X (B, K) and packed weights Wp (N, K)."""
-    _check_packed(Wp, "Wp")
+def binary_gemm(X: np.ndarray, W, K: int) -> np.ndarray:
+    """``P[r, n] = sum_{k: bit(n, k) = 1} X[r, k]`` for float32 X (B, K) and 1-bit weights W given as
+    a :class:`LutWeights` (fast path) or packed words (N, ceil(K/64)) from :func:`pack_bits`
+    (re-laid on every call, which costs about a copy of the weights)."""
+    if not isinstance(W, LutWeights):
+        W = LutWeights(W, K)
     if not isinstance(X, np.ndarray) or X.dtype != np.float32 or X.ndim != 2 or not X.flags.c_contiguous:
         raise ValueError(f"X must be a C-contiguous 2-D float32 array, got {getattr(X, 'dtype', type(X))} {getattr(X, 'shape', None)}")
-    if X.shape[1] != K or n_words(K) != Wp.shape[1]:
-        raise ValueError(f"X has K={X.shape[1]}, weights were packed for {Wp.shape[1]} words; K={K}")
-    Wb = Wp.view(np.uint8)  # (N, 8 W): byte g holds bits 8g .. 8g+7 (little-endian words)
-    out = np.empty((X.shape[0], Wp.shape[0]), dtype=np.float32)
+    if X.shape[1] != K or W.K != K:
+        raise ValueError(f"X has K={X.shape[1]}, the weights have K={W.K}; they must match (and match the K given, {K})")
+    out = np.empty((X.shape[0], W.N), dtype=np.float32)
     if X.shape[0] < 4 * nb.get_num_threads():
-        _binary_gemm_few_rows(X, Wb, out)
+        _binary_gemm_few_rows(X, W.bytes, out, nb.get_num_threads())
     else:
-        _binary_gemm_many_rows(X, Wb, out)
+        _binary_gemm_many_rows(X, W.bytes, out)
     return out
 
 
@@ -266,7 +315,10 @@ class PackedBinaryLinear(nn.Module):
     def __init__(self, bits: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bias, act: str | None):
         super().__init__()
         self.out_features, self.in_features = bits.shape
-        self.packed = pack_bits(bits.numpy().astype(np.int8) * 2 - 1)  # bit set where the weight is hi
+        packed = pack_bits(bits.numpy().astype(np.int8) * 2 - 1)  # bit set where the weight is hi
+        # W1A1 reads the packed words; W1A32 the same bits re-laid in blocks for the lookup tables
+        self.packed = packed if act == "sign" else None
+        self.lut = None if act == "sign" else LutWeights(packed, self.in_features)
         self.register_buffer("lo", lo.float().clone(), persistent=False)
         self.register_buffer("hi", hi.float().clone(), persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
@@ -299,7 +351,7 @@ class PackedBinaryLinear(nn.Module):
             P = (dot + S) / 2  # sum over hi-bits of s_k
             y = a * (lo * S + (hi - lo) * P)
         else:
-            P = torch.from_numpy(binary_gemm(x2.numpy(), self.packed, self.in_features))
+            P = torch.from_numpy(binary_gemm(x2.numpy(), self.lut, self.in_features))
             y = lo * x2.sum(1, keepdim=True) + (hi - lo) * P
         if self.bias is not None:
             y = y + self.bias

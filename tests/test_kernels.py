@@ -134,4 +134,5 @@ def test_pack_model_predictions_equal_fake_quant(tiny_splits):
     s_fq, s_p = model_size(fq), model_size(packed)
     assert s_p.total_bits == s_fq.total_bits and s_p.n_params == s_fq.n_params
     lay = packed.layers[0].attn.q
-    assert lay.packed.nbytes * 8 == lay.out_features * ((lay.in_features + 63) // 64) * 64
+    # the bytes held: one bit per weight, rows padded to whole 16-byte blocks (128 weights)
+    assert lay.packed is None and lay.lut.nbytes * 8 == lay.out_features * ((lay.in_features + 127) // 128) * 128

@@ -205,6 +205,11 @@ class LutWeights:
     def nbytes(self) -> int:
         return self.bytes.nbytes
 
+    def unpack(self) -> np.ndarray:
+        """The bits as a float32 {0, 1} matrix (N, K)."""
+        b = self.bytes.transpose(1, 0, 2).reshape(self.N, -1)
+        return np.unpackbits(b, axis=1, bitorder="little")[:, :self.K].astype(np.float32)
+
 
 @nb.njit(parallel=True, cache=True, nogil=True)
 def _binary_gemm_few_rows(X, Wt, out, nt):
@@ -309,8 +314,13 @@ def two_levels(q: torch.Tensor):
 class PackedBinaryLinear(nn.Module):
     """Inference module for a binarized linear: 1 bit per weight packed in uint64, two fp32 levels
     per row (lo, hi), fp32 bias. Input activations are used as they are (W1A32, via
-    :func:`binary_gemm`) or, if the source layer binarizes them with ``sign``, as packed signs with
+    :func:`binary_gemm` for up to ``DENSE_ROWS`` rows, else unpacked for the dense GEMM) or, if the source layer binarizes them with ``sign``, as packed signs with
     one scale per token (W1A1, via :func:`xnor_gemm`)."""
+
+    #: W1A32 with at least this many input rows (a batch of tokens rather than one decode step)
+    #: unpacks the bits once per call and uses the dense GEMM: the lookup tables cost K/8 x 256
+    #: adds per row, which only pays off when there are few rows to share the weight stream
+    DENSE_ROWS = 64
 
     def __init__(self, bits: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bias, act: str | None):
         super().__init__()
@@ -350,6 +360,9 @@ class PackedBinaryLinear(nn.Module):
             S = torch.from_numpy((2 * popcount_rows(s) - self.in_features).astype(np.float32))[:, None]  # sum_k s_k
             P = (dot + S) / 2  # sum over hi-bits of s_k
             y = a * (lo * S + (hi - lo) * P)
+        elif x2.shape[0] >= self.DENSE_ROWS:
+            W = lo[0][:, None] + (hi - lo)[0][:, None] * torch.from_numpy(self.lut.unpack())  # (N, K), this call only
+            y = x2 @ W.T
         else:
             P = torch.from_numpy(binary_gemm(x2.numpy(), self.lut, self.in_features))
             y = lo * x2.sum(1, keepdim=True) + (hi - lo) * P

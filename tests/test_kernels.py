@@ -62,6 +62,17 @@ def test_binary_gemm_matches_numpy(B, N, K, seed):
     np.testing.assert_allclose(binary_gemm(x, pack_bits(w), K), ref, rtol=1e-5, atol=1e-4)
 
 
+def test_lut_layout_unpacks_to_the_bits():
+    from binlab.kernels import LutWeights
+
+    rng = np.random.default_rng(3)
+    for N, K in [(1, 1), (3, 63), (5, 129), (7, 1000)]:
+        w = pm1(rng, (N, K))
+        lw = LutWeights(pack_bits(w), K)
+        np.testing.assert_array_equal(lw.unpack(), (w >= 0).astype(np.float32))
+        assert lw.bytes.shape == (-(-((K + 63) // 64 * 8) // 16), N, 16)
+
+
 @pytest.mark.parametrize("bad", [
     lambda: xnor_gemm(np.zeros((2, 1), np.int64), np.zeros((2, 1), np.uint64), 3),
     lambda: xnor_gemm(np.zeros((2, 2), np.uint64), np.zeros((2, 1), np.uint64), 3),
@@ -111,7 +122,9 @@ def test_packed_linear_w1a32_and_w1a1_close():
         q = QuantLinear.from_linear(lin, m).eval()
         p = PackedBinaryLinear.from_quant(q)
         assert p is not None, m
-        torch.testing.assert_close(p(x), q(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(p(x), q(x), rtol=1e-4, atol=1e-4)  # 24 rows: lookup-table kernel
+        xl = torch.randn(3, p.DENSE_ROWS, 130)
+        torch.testing.assert_close(p(xl), q(xl), rtol=1e-4, atol=1e-4)  # many rows: unpacked dense path
     assert PackedBinaryLinear.from_quant(QuantLinear.from_linear(lin, MethodConfig("uniform", options={"bits": 4}))) is None
 
 

@@ -73,7 +73,7 @@ def _accuracy(model, batches) -> tuple[float, float]:
 class LiveLab:
     """One working copy of a baseline that follows the spec it is given (PTQ), fast enough for a slider."""
 
-    def __init__(self, baseline: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000, batch_size: int = 256, device: str = "auto"):
+    def __init__(self, baseline: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000, batch_size: int = 64, device: str = "auto"):
         from .train import pick_device
 
         self.device = pick_device(device)  # a GPU when there is one

@@ -38,7 +38,7 @@ class ModelLoss:
     through binarized weights), which leaves forward values unchanged.
     """
 
-    def __init__(self, model: nn.Module, split: EncodedSplit, rows: int = 512, batch_size: int = 256, ste: bool = True):
+    def __init__(self, model: nn.Module, split: EncodedSplit, rows: int = 512, batch_size: int = 64, ste: bool = True):
         self.model = model
         self.batches = list(split.head(rows).batches(batch_size))
         self.n = sum(len(y) for _, y in self.batches)
@@ -213,13 +213,13 @@ def slice_model(model: nn.Module, split: EncodedSplit, spec: QuantSpec | None = 
 
 
 def curvature(model: nn.Module, split: EncodedSplit, spec: QuantSpec | None = None, rows: int = 256, k: int = 1, iters: int = 20,
-              trace_samples: int = 10, seed: int = 0) -> dict:
+              trace_samples: int = 10, seed: int = 0, tol: float = 1e-4, callback=None) -> dict:
     """Top Hessian eigenvalue(s) and Hutchinson trace of the loss on ``rows`` rows (latent weights through the STE)."""
     m = copy.deepcopy(model).cpu().eval()
     if spec is not None:
         quantize_(m, spec)
     ml = ModelLoss(m, split, rows=rows, ste=True)
     params = [p for _, p in ml.params()]
-    eig = top_eigenvalues(ml, params, k=k, iters=iters, seed=seed)
+    eig = top_eigenvalues(ml, params, k=k, iters=iters, tol=tol, seed=seed, callback=callback)
     tr, se = hessian_trace(ml, params, samples=trace_samples, seed=seed) if trace_samples else (float("nan"), float("nan"))
     return {"top_eigenvalues": eig, "trace": tr, "trace_se": se, "rows": rows, "through_ste": spec is not None}

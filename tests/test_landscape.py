@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from binlab.landscape import (ModelLoss, curvature, hessian_trace, interpolate, random_direction, slice_model, surface,
-                              top_eigenvalues)
+from binlab.landscape import (ModelLoss, curvature, hessian_trace, interpolate, lanczos_eigenvalues, random_direction, slice_model,
+                              surface, top_eigenvalues)
 from binlab.qat import ptq
 from binlab.quantize import QuantSpec
 
@@ -27,6 +27,22 @@ def test_power_iteration_matches_eigvalsh(quadratic):
     by_mag = ev[np.argsort(-np.abs(ev))]
     got = top_eigenvalues(loss, [x], k=3, iters=500, tol=1e-12)
     np.testing.assert_allclose(got, by_mag[:3], rtol=1e-6)
+
+
+def test_lanczos_matches_eigvalsh_in_few_products(quadratic):
+    A, x, loss = quadratic
+    ev = np.linalg.eigvalsh(A.numpy())
+    by_mag = ev[np.argsort(-np.abs(ev))]
+    calls = []
+    got = lanczos_eigenvalues(loss, [x], k=2, iters=12, tol=1e-12, callback=lambda *a: calls.append(a))
+    np.testing.assert_allclose(got, by_mag[:2], rtol=1e-8)  # a 12-dim Krylov space is all of R^12: exact
+    calls.clear()
+    got = lanczos_eigenvalues(loss, [x], k=1, iters=12, tol=1e-3)
+    assert abs(got[0] - 9.0) < 9e-2
+    with torch.no_grad():
+        x0 = x.clone()
+    lanczos_eigenvalues(loss, [x], k=1, iters=3)
+    assert torch.equal(x, x0)
 
 
 def test_hutchinson_trace_within_three_standard_errors(quadratic):

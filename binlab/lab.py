@@ -19,6 +19,7 @@ from .binarizers import Bucket
 from .data import EncodedSplit
 from .quantize import GROUPS, MethodConfig, QuantEmbedding, QuantLinear, QuantSpec, Rule, quantizable, quantize_
 from .size import model_size
+from .train import EVAL_BATCH
 
 PARTS = (("Q", "attn.q"), ("K", "attn.k"), ("V", "attn.v"), ("O", "attn.o"), ("FFN up", "ffn.up"), ("FFN down", "ffn.down"))
 
@@ -73,7 +74,7 @@ def _accuracy(model, batches) -> tuple[float, float]:
 class LiveLab:
     """One working copy of a baseline that follows the spec it is given (PTQ), fast enough for a slider."""
 
-    def __init__(self, baseline: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000, batch_size: int = 64, device: str = "auto"):
+    def __init__(self, baseline: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000, batch_size: int = EVAL_BATCH, device: str = "auto"):
         from .train import pick_device
 
         self.device = pick_device(device)  # a GPU when there is one

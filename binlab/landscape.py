@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from .data import EncodedSplit
 from .quantize import QuantSpec, quantizable, quantize_
+from .train import EVAL_BATCH
 
 
 class ModelLoss:
@@ -41,7 +42,7 @@ class ModelLoss:
     through binarized weights), which leaves forward values unchanged.
     """
 
-    def __init__(self, model: nn.Module, split: EncodedSplit, rows: int = 512, batch_size: int = 64, ste: bool = True):
+    def __init__(self, model: nn.Module, split: EncodedSplit, rows: int = 512, batch_size: int = EVAL_BATCH, ste: bool = True):
         self.model = model
         self.batches = list(split.head(rows).batches(batch_size))
         self.n = sum(len(y) for _, y in self.batches)
@@ -197,6 +198,8 @@ def lanczos_eigenvalues(loss_fn, params: list[torch.Tensor], k: int = 1, iters: 
     tridiagonal ``T_j = tridiag(beta, alpha, beta)`` (Ritz values) converge to the extreme
     eigenvalues of H first; iteration stops once the top-``k`` Ritz values move by less than ``tol``
     (relative), or the Krylov space is exhausted (``beta = 0``)."""
+    if iters < 1 or k < 1:
+        raise ValueError(f"need iters >= 1 and k >= 1, got iters={iters}, k={k}")
     g = torch.Generator().manual_seed(seed)
     q = [torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device) for p in params]
     n = math.sqrt(_dot(q, q))

@@ -82,12 +82,14 @@ class EvalResult:
         return asdict(self)
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, split: EncodedSplit, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (n, C) and labels (n,), in length-sorted order (the order does not matter for metrics).
+#: rows per evaluation batch (length-sorted): on AG_NEWS (mean 54 tokens, max 128) a 1,000-row
+#: slice pads to 95 % useful tokens, against 77 % with batches of 256 (0.46 s vs 0.69 s on 2 cores)
+EVAL_BATCH = 64
 
-    Batches of 64 length-sorted rows: on AG_NEWS (mean 54 tokens, max 128) a 1,000-row slice pads
-    to 95 % useful tokens, against 77 % with batches of 256 (measured: 0.46 s vs 0.69 s on 2 cores)."""
+
+@torch.inference_mode()
+def predict(model: nn.Module, split: EncodedSplit, batch_size: int = EVAL_BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (n, C) and labels (n,), in length-sorted order (the order does not matter for metrics)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -101,7 +103,7 @@ def predict(model: nn.Module, split: EncodedSplit, batch_size: int = 64) -> tupl
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
 
-def evaluate(model: nn.Module, split: EncodedSplit, batch_size: int = 64) -> EvalResult:
+def evaluate(model: nn.Module, split: EncodedSplit, batch_size: int = EVAL_BATCH) -> EvalResult:
     """Accuracy, mean cross-entropy and per-class accuracy on ``split``."""
     t0 = time.perf_counter()
     logits, labels = predict(model, split, batch_size)

@@ -43,6 +43,8 @@ def test_lanczos_matches_eigvalsh_in_few_products(quadratic):
         x0 = x.clone()
     lanczos_eigenvalues(loss, [x], k=1, iters=3)
     assert torch.equal(x, x0)
+    with pytest.raises(ValueError, match="iters >= 1"):
+        lanczos_eigenvalues(loss, [x], k=1, iters=0)
 
 
 def test_hutchinson_trace_within_three_standard_errors(quadratic):

@@ -5,11 +5,14 @@
 - ``binary01``: non-negative-ish activations (the FFN-down input, after GELU) become
   ``m_t * 1[x >= mean_t(x)]`` with ``m_t`` the mean of the values above the token's mean
   (a {0, 1} code with one scale per token, as BiT does for non-negative inputs).
+- ``absmax8``: 8-bit per-token absmax quantization, ``x~ = clip(round(127 x / gamma), -127, 127) gamma / 127``
+  with ``gamma = max|x|`` per token (BitNet's and BitNet b1.58's BitLinear inputs, W1A8); identity STE.
 - attention probabilities (:class:`BinaryAttentionProbs`): ``1[p >= 1 / L]`` over the L valid keys,
   i.e. keep the keys that get more than a uniform share, then average them (a {0,1} mask and one
   scale per query row).
 
-Backward: the chosen STE evaluated on ``x / alpha_t`` (clipped by default).
+Backward: the chosen STE evaluated on ``x / alpha_t``: the weight method's ``act_ste`` (clipped by
+default; ApproxSign for Bi-Real and ReCU, the Fourier series for FDA), identity for ``absmax8``.
 """
 from __future__ import annotations
 
@@ -31,7 +34,16 @@ def act_binary01(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return m * up, m.abs().clamp_min(1e-8)
 
 
-ACTIVATIONS = {"sign": act_sign, "binary01": act_binary01}
+def act_absmax8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    g = x.abs().amax(-1, keepdim=True).clamp_min(1e-8)
+    return torch.clamp(torch.round(127 * x / g), -127, 127) * g / 127, g
+
+
+ACTIVATIONS = {"sign": act_sign, "binary01": act_binary01, "absmax8": act_absmax8}
+#: estimators fixed by the activation quantizer itself (others take the weight method's act_ste)
+ACT_STE = {"absmax8": "identity"}
+#: bits per activation value, for labels (W1A1, W1A8)
+ACT_BITS = {"sign": 1, "binary01": 1, "absmax8": 8}
 
 
 def get_activation(name: str):
@@ -43,7 +55,7 @@ def get_activation(name: str):
 class ActQuant(torch.nn.Module):
     def __init__(self, name: str, ste: str = "clipped"):
         super().__init__()
-        self.name, self.fn, self.ste = name, get_activation(name), ste
+        self.name, self.fn, self.ste = name, get_activation(name), ACT_STE.get(name, ste)
 
     def forward(self, x):
         q, scale = self.fn(x.detach())

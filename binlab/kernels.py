@@ -340,6 +340,8 @@ class PackedBinaryLinear(nn.Module):
         """Build from a :class:`binlab.quantize.QuantLinear`, or None if its weights are not two-level per row."""
         if mod.act is not None and mod.act.name != "sign":
             return None
+        if getattr(mod, "shortcut", False):
+            return None  # Bi-Real's real-valued shortcut is not part of this packed layer (it stays fake-quant)
         with torch.no_grad():
             tl = two_levels(mod.quantizer(mod.weight.detach()))
         if tl is None:

@@ -5,6 +5,10 @@
   estimators, optionally distilling from the full-precision model (logit KD, see
   :func:`binlab.train.kd_loss`). Components matched by ``freeze`` keep their weights fixed, so
   their quantized value is computed once (used for large embedding tables).
+
+Methods with schedules hear how far QAT has come (:func:`binlab.quantize.set_progress`: ReCU's
+tau, FDA's noise weight) and methods that constrain their latent weights apply it after every
+step (:func:`binlab.quantize.post_step`: BinaryConnect's clip to [-H, H]).
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from .data import EncodedSplit
-from .quantize import QuantSpec, quantize_
+from .quantize import QuantSpec, post_step, quantize_, set_progress
 from .train import Callback, TrainConfig, train
 
 
@@ -52,6 +56,18 @@ def qat(
     for name, p in student.named_parameters():
         if any(fnmatch.fnmatchcase(name, pat) for pat in cfg.freeze):
             p.requires_grad_(False)
-    hist = train(student, train_split, cfg.train, val_split=val_split, callback=callback,
-                 teacher=teacher if cfg.train.distill > 0 else None, should_stop=should_stop)
+    set_progress(student, 0.0)
+
+    def on_event(ev: dict):
+        if ev.get("kind") == "step":
+            post_step(student)  # after the optimiser step: latent-weight constraints (BinaryConnect's clip)
+            set_progress(student, ev["step"] / max(ev["total"], 1))  # schedules (ReCU's tau, FDA's noise weight)
+        if callback:
+            callback(ev)
+
+    try:
+        hist = train(student, train_split, cfg.train, val_split=val_split, callback=on_event,
+                     teacher=teacher if cfg.train.distill > 0 else None, should_stop=should_stop)
+    finally:
+        set_progress(student, 1.0)  # evaluation and export use each method's final state
     return student.eval(), hist

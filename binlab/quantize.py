@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .activations import ACTIVATIONS, ActQuant, BinaryAttentionProbs
 from .binarizers import BINARIZERS, Quantizer
-from .ste import STES, apply_ste
+from .ste import STES
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,9 @@ class _Fake(nn.Module):
     def _setup(self, method: MethodConfig):
         self.method = method
         self.quantizer = method.make()
-        self.act = ActQuant(method.act) if method.act else None
+        self.act = ActQuant(method.act, ste=self.quantizer.act_ste) if method.act else None
+        # training-only state of the method (FDA's noise adaptation): trained in QAT, never stored or counted
+        self.train_aux = self.quantizer.make_aux(tuple(self.weight.shape))
         self._cache_key = None
         self._cache = None
 
@@ -82,8 +84,8 @@ class _Fake(nn.Module):
     def quantized_weight(self) -> torch.Tensor:
         w = self.weight
         if torch.is_grad_enabled() and w.requires_grad and self.training:
-            return apply_ste(w, self.quantizer(w), self.method.ste_name, self.ste_scale(w))
-        key = (w.data_ptr(), w._version, w.device, w.dtype)
+            return self.quantizer.train_forward(w, self.method.ste_name, self.ste_scale(w), self.train_aux)
+        key = (w.data_ptr(), w._version, w.device, w.dtype, self.quantizer.state())
         if key != self._cache_key:
             self._cache = self.quantizer(w.detach())
             self._cache_key = key
@@ -111,10 +113,15 @@ class QuantLinear(_Fake):
         lin.weight, lin.bias = self.weight, self.bias
         return lin.train(self.training)
 
+    @property
+    def shortcut(self) -> bool:
+        """Bi-Real's real-valued shortcut ``y = W_b x + x``: only where the method asks and in == out."""
+        return bool(getattr(self.quantizer, "shortcut", False)) and self.weight.shape[0] == self.weight.shape[1]
+
     def forward(self, x):
-        if self.act is not None:
-            x = self.act(x)
-        return F.linear(x, self.quantized_weight(), self.bias)
+        xb = self.act(x) if self.act is not None else x
+        y = F.linear(xb, self.quantized_weight(), self.bias)
+        return y + x if self.shortcut else y
 
 
 class QuantEmbedding(_Fake):
@@ -204,9 +211,15 @@ class QuantSpec:
         return cls(rules=tuple(Rule(r["target"], MethodConfig(**r["method"])) for r in d.get("rules", [])), attn_probs=d.get("attn_probs"))
 
 
+def is_training_aux(name: str) -> bool:
+    """Modules under a quantized component's ``train_aux`` are QAT machinery, not model components."""
+    return "train_aux" in name.split(".")
+
+
 def quantizable(model: nn.Module) -> dict[str, nn.Module]:
     """Component name -> module, for every Linear/Embedding (plain or quantized)."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding, QuantLinear, QuantEmbedding))}
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.Embedding, QuantLinear, QuantEmbedding)) and not is_training_aux(n)}
 
 
 def resolve(model: nn.Module, target: str) -> list[str]:
@@ -267,6 +280,24 @@ def restore_(model: nn.Module) -> nn.Module:
     """Undo :func:`quantize_`: every component back to a plain module with the same latent weights."""
     quantize_(model, QuantSpec())
     return model
+
+
+def quantized_modules(model: nn.Module) -> list[_Fake]:
+    return [m for m in model.modules() if isinstance(m, _Fake)]
+
+
+def set_progress(model: nn.Module, frac: float) -> None:
+    """Tell every quantized component's method how far QAT has come (ReCU's tau, FDA's noise weight)."""
+    for m in quantized_modules(model):
+        m.quantizer.set_progress(frac)
+
+
+def post_step(model: nn.Module) -> None:
+    """After an optimiser step: methods that constrain their latent weights (BinaryConnect's clip) do so."""
+    for m in quantized_modules(model):
+        hook = getattr(m.quantizer, "post_step", None)
+        if hook is not None:
+            hook(m.weight)
 
 
 def current_plan(model: nn.Module) -> dict[str, MethodConfig]:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from .binarizers import FP_BITS
+from .methods import FP_BITS
 
 
 @dataclass
@@ -93,6 +93,8 @@ def model_size(model: nn.Module) -> SizeReport:
     comps: list[ComponentSize] = []
     seen: set[int] = set()
     for name, mod in model.named_modules():
+        if "train_aux" in name.split("."):
+            continue  # QAT-only machinery (FDA's noise module): not part of the deployed model
         own = [(pn, p) for pn, p in mod.named_parameters(recurse=False) if id(p) not in seen]
         if not own and not callable(getattr(mod, "storage", None)):
             continue

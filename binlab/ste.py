@@ -5,7 +5,8 @@ QAT keeps latent real weights and back-propagates ``dL/dx = dL/dq * g(x)`` where
 derivative of a smooth stand-in for sign. Any binarizer can be paired with any STE by name.
 
 Every estimator here is a pure function ``g(x)`` (its own helper, as in larq), applied through
-:func:`apply_ste`. Scales (e.g. XNOR's alpha) are treated as constants in the backward pass.
+:func:`apply_ste`. Methods whose paper specifies a fuller weight gradient (XNOR's and Bi-Real's
+scale, ReCU's clamp, FDA's noise module) build it in their ``train_forward`` from these pieces.
 """
 from __future__ import annotations
 
@@ -36,22 +37,32 @@ def _approxsign(x):
     return ((2 - 2 * x.abs()) * (x.abs() <= 1)).to(x.dtype)
 
 
-FDA_TERMS = 4
-FDA_OMEGA = math.pi / 2  # period T = 4: the series approximates sign on (-2, 2)
+FDA_TERMS = 10  # the BiBench port of FDA starts at 10 terms (and grows to 18); binlab keeps 10
+FDA_OMEGA = math.pi / 2  # period 4: the series is sign's square wave on (-2, 2)
+
+
+def fourier_sign(x: torch.Tensor, terms: int = FDA_TERMS, omega: float = FDA_OMEGA) -> torch.Tensor:
+    """FDA's truncated series (Xu et al. 2021, §3.1): ``(4/pi) sum_{i<n} sin((2i+1) w x) / (2i+1)``."""
+    s = torch.zeros_like(x)
+    for i in range(terms):
+        s = s + torch.sin((2 * i + 1) * omega * x) / (2 * i + 1)
+    return (4 / math.pi) * s
+
+
+def fourier_sign_grad(x: torch.Tensor, terms: int = FDA_TERMS, omega: float = FDA_OMEGA) -> torch.Tensor:
+    """Its derivative ``(4 w / pi) sum_{i<n} cos((2i+1) w x)``: FDA's estimate of sign's gradient."""
+    g = torch.zeros_like(x)
+    for i in range(terms):
+        g = g + torch.cos((2 * i + 1) * omega * x)
+    return (4 * omega / math.pi) * g
 
 
 def _fda(x):
-    g = torch.zeros_like(x)
-    for i in range(FDA_TERMS):
-        g = g + torch.cos((2 * i + 1) * FDA_OMEGA * x)
-    return (4 * FDA_OMEGA / math.pi) * g * (x.abs() <= 2).to(x.dtype) / FDA_TERMS
+    return fourier_sign_grad(x) * (x.abs() <= 1).to(x.dtype)
 
 
 def _fda_proxy(x):
-    s = torch.zeros_like(x)
-    for i in range(FDA_TERMS):
-        s = s + torch.sin((2 * i + 1) * FDA_OMEGA * x) / (2 * i + 1)
-    return (4 / math.pi) * s / FDA_TERMS * ((x.abs() <= 2).to(x.dtype)) + torch.sign(x) * (x.abs() > 2)
+    return fourier_sign(x.clamp(-1, 1))
 
 
 TANH_K = 2.0
@@ -69,8 +80,8 @@ STES: dict[str, STE] = {
                       lambda x: torch.where(x.abs() <= 1, 2 * x - x * x.abs(), torch.sign(x)),
                       "g(x) = (2 - 2|x|) 1[|x| <= 1], derivative of the piecewise quadratic ApproxSign (Liu et al. 2018, Bi-Real Net)."),
     "fda": STE("fda", _fda, _fda_proxy,
-               f"Fourier-series derivative of sign (Xu et al. 2021, FDA): g(x) = (4w/pi) sum_i cos((2i+1) w x) / n, "
-               f"n={FDA_TERMS} terms, w=pi/2, zero for |x| > 2 (divided by n so g(0) stays O(1))."),
+               f"Derivative of sign's truncated Fourier series (Xu et al. 2021, FDA, §3.1): g(x) = (4w/pi) sum_(i<n) cos((2i+1) w x), "
+               f"n={FDA_TERMS} terms, w=pi/2 (sign on (-2, 2)), zero for |x| > 1; the proxy is the series itself on [-1, 1]."),
     "tanh": STE("tanh", _tanh, lambda x: torch.tanh(TANH_K * x), f"g(x) = k (1 - tanh^2(k x)), k={TANH_K}: a smooth sign surrogate."),
 }
 
@@ -92,6 +103,13 @@ class _STEFunction(torch.autograd.Function):
     def backward(ctx, g_out):
         (x,) = ctx.saved_tensors
         return g_out * ctx.grad_fn(x), None, None
+
+
+def apply_grad(x: torch.Tensor, q: torch.Tensor, grad_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``q`` forward, ``dL/dq * grad_fn(x)`` as ``dL/dx`` backward (any elementwise rule)."""
+    if not x.requires_grad:
+        return q
+    return _STEFunction.apply(x, q.detach(), grad_fn)
 
 
 def apply_ste(x: torch.Tensor, q: torch.Tensor, ste: STE | str, scale: torch.Tensor | float = 1.0) -> torch.Tensor:

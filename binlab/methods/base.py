@@ -1,0 +1,121 @@
+"""The quantizer contract and the registry every UI lists.
+
+A quantizer maps a weight matrix ``W`` (out, in) -- or an embedding table (vocab, d), whose rows
+play the role of channels -- to its fake-quantized value ``Q(W)`` of the same shape.
+
+- :meth:`Quantizer.quantize` is the deployed value (no gradient): PTQ, evaluation, size, export.
+- :meth:`Quantizer.train_forward` is the value used in QAT, with the method's own backward rule
+  (by default the chosen straight-through estimator; methods whose paper specifies more -- XNOR's
+  and Bi-Real's scale gradient, ReCU's clamp, FDA's noise adaptation -- override it).
+- :meth:`Quantizer.make_aux` returns a training-only module (FDA's noise adaptation) or None;
+  it is never stored in a deployed model and never counted in its size.
+- :meth:`Quantizer.set_progress` receives the fraction of QAT done, for schedules (ReCU's tau,
+  FDA's noise weight). Outside QAT the quantizer is at progress 1 (its final state).
+- :meth:`Quantizer.storage` gives the exact bits a packed deployment stores.
+
+Convention everywhere: ``sign(0) = +1``; every stored real number is fp32 (32 bits).
+
+Estimator inputs: trained transformer weights are about 100x smaller than 1, while the papers'
+estimators are defined for weights of order 1 (BNN clips latent weights to [-1, 1]). binlab
+therefore evaluates every weight estimator on ``x = w / (3 std_row(w))`` (the ``scale`` passed to
+:meth:`train_forward`), so ``|x| <= 1`` is the bulk of each row; this is the one reading we add
+to every paper, and the docstrings say so.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+
+FP_BITS = 32  # every stored real number (scale, mean, threshold) is fp32
+
+
+def sign(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) with sign(0) = +1, in x's dtype."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def reduce_dims(w: torch.Tensor, per_channel: bool) -> dict:
+    return dict(dim=tuple(range(1, w.ndim)), keepdim=True) if per_channel else dict(dim=tuple(range(w.ndim)), keepdim=True)
+
+
+def n_groups(shape, per_channel: bool) -> int:
+    return shape[0] if per_channel else 1
+
+
+def numel(shape) -> int:
+    return int(math.prod(shape))
+
+
+def rows(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """``w`` as (groups, n): one row per output channel, or a single row."""
+    return w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
+
+
+@dataclass
+class Quantizer:
+    """Base class. Subclasses set the class variables, declare their options as dataclass fields
+    (and only options that change what they compute), and implement ``quantize`` and ``storage``."""
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""  # authors, year, title
+    arxiv: ClassVar[str] = ""
+    mode: ClassVar[str] = "PTQ or QAT"  # how the paper uses it
+    stores: ClassVar[str] = ""  # what a packed deployment keeps, in words
+    default_ste: ClassVar[str] = "clipped"
+    act_ste: ClassVar[str] = "clipped"  # estimator for input activations binarized alongside (W1A1)
+    nominal_bits: ClassVar[float] = 1.0
+    #: option name -> widget description for UIs: {"kind": "bool"|"float"|"int"|"choice", "label", "min", "max", "step", "choices", "none"}
+    ui: ClassVar[dict[str, dict]] = {}
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def storage(self, shape) -> dict[str, int]:
+        """Bits stored, by kind: ``{"codes": ..., "scales": ..., ...}``."""
+        raise NotImplementedError
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.quantize(w)
+
+    def train_forward(self, w: torch.Tensor, ste, scale: torch.Tensor, aux: torch.nn.Module | None = None) -> torch.Tensor:
+        """QAT value of ``w`` with gradient; default: ``Q(w)`` forward, ``dL/dQ * g(w / scale)`` backward."""
+        from ..ste import apply_ste
+
+        return apply_ste(w, self.quantize(w.detach()), ste, scale)
+
+    def make_aux(self, shape) -> torch.nn.Module | None:
+        return None
+
+    def set_progress(self, frac: float) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def state(self) -> tuple:
+        """What, besides the weight, ``quantize`` depends on (keys the evaluation cache)."""
+        return ()
+
+    @classmethod
+    def options(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {f.name: f.default for f in fields(cls)}
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first paragraph of the docstring (one line for pickers)."""
+        return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+
+
+BINARIZERS: dict[str, type[Quantizer]] = {}
+
+
+def register(cls):
+    if cls.name in BINARIZERS:
+        raise ValueError(f"method {cls.name!r} registered twice")
+    BINARIZERS[cls.name] = cls
+    return cls

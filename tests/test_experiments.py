@@ -38,3 +38,49 @@ def test_bad_names_and_indices(fixture_data, tmp_path):
         E.run("T99", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path)
     with pytest.raises(ValueError, match="out of range"):
         E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[42])
+
+
+def test_code_fingerprint_follows_the_methods_source(monkeypatch):
+    """A row's cache key includes the code it ran: the core and the source of each method it uses."""
+    import inspect
+
+    from binlab.methods import classic
+
+    xnor, sign = E._spec(("encoder", "xnor")), E._spec(("encoder", "sign"))
+    assert E.code_fingerprint(xnor) == E.code_fingerprint(xnor)
+    assert E.code_fingerprint(xnor) != E.code_fingerprint(sign)
+    before = E.code_fingerprint(xnor)
+    real = inspect.getsource
+    monkeypatch.setattr(inspect, "getsource", lambda obj: real(obj) + ("# changed" if obj is classic.XNOR else ""))
+    assert E.code_fingerprint(xnor) != before  # XNOR's code changed
+    assert E.code_fingerprint(E._spec(("encoder", "uniform"))) == E.code_fingerprint(E._spec(("encoder", "uniform")))
+
+
+def test_cached_rows_are_recomputed_when_the_code_changes(fixture_data, tmp_path, monkeypatch):
+    import uuid
+
+    calls = []
+    real_ptq = E.ptq
+    monkeypatch.setattr(E, "ptq", lambda *a, **k: (calls.append(1), real_ptq(*a, **k))[1])
+    this_code = uuid.uuid4().hex  # a code version no other test has cached
+    monkeypatch.setattr(E, "code_fingerprint", lambda spec: this_code)
+    E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[3])
+    E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[3])
+    assert len(calls) == 1  # the second run is served from the cache
+    monkeypatch.setattr(E, "code_fingerprint", lambda spec: "other-code")
+    E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[3])
+    assert len(calls) == 2  # a code change invalidates it
+    payload = json.loads((tmp_path / "T4-tiny-fast.json").read_text())
+    assert payload["rows"][0]["code"] == "other-code" and payload["rows"][0]["budget"] == "none (PTQ)"
+
+
+def test_t5_has_no_duplicate_plans_and_budgets_are_shown():
+    for e in E.EXPERIMENTS.values():
+        keys = [(c.spec.to_json(), c.mode) for c in e.configs]
+        assert len(keys) == len(set(keys)), e.name
+    md = E.to_markdown({"experiment": "T5", "title": "t", "note": "n", "preset": "scratch", "machine": "m", "date": "d",
+                        "data": {"train": 1, "test": 1}, "budget": {"train": {"epochs": 2, "lr": 1e-3, "distill": 0.5}}, "command": "c",
+                        "rows": [{"label": "sign", "mode": "qat", "budget": "QAT 2 ep + KD 0.5", "accuracy": 80.0, "seed": [83.7, "4.7M", 94.03],
+                                  "seed_budget": E.SEED_BUDGET, "megabytes": 1.0, "reduction_percent": 94.0,
+                                  "bits_per_quantized_weight": 1.0, "train_seconds": 1.0}]})
+    assert "QAT 2 ep + KD 0.5" in md and "10 ep from scratch, no KD" in md

@@ -1,4 +1,4 @@
-"""Command line: ``binlab data | train | eval | size | experiments | app``.
+"""Command line: ``binlab data | train | eval | size | experiments | landscape | bench | methods | app``.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
     binlab eval --preset minilm-l2 --spec '{"rules":[{"target":"QK","method":{"method":"xnor"}}]}'
     binlab size --preset scratch --target all-except-head --method bucket
     binlab experiments run T4 --preset scratch
+    binlab methods recu                 # one method card; --write regenerates docs/methods.md
 """
 from __future__ import annotations
 
@@ -166,6 +167,27 @@ def cmd_bench(args):
     return subprocess.call([sys.executable, str(script), *args.rest])
 
 
+METHODS_MD = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
+
+
+def cmd_methods(args):
+    from .methods import BINARIZERS, cards_markdown, method_card
+
+    if args.write:
+        METHODS_MD.write_text(cards_markdown())
+        print(f"wrote {METHODS_MD}")
+        return 0
+    if args.name:
+        c = method_card(args.name)
+        print(f"{c['name']}: {c['paper']} (arXiv {c['arxiv'] or '-'}); {c['mode']}; stores {c['stores']}; "
+              f"{c['bits_per_weight_128x128']:.3f} bits/weight on 128x128\n\n{c['doc']}")
+        return 0
+    for name in sorted(BINARIZERS):
+        c = method_card(name)
+        print(f"{name:<11} {c['bits_per_weight_128x128']:6.3f} bits/w  {c['mode']:<10.10} {c['paper']}")
+    return 0
+
+
 def cmd_app(args):
     app = Path(__file__).resolve().parents[1] / "app" / "Home.py"
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)])
@@ -232,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["kernels", "live", "landscape"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("methods", help="method cards: list, one method's card, or --write docs/methods.md")
+    p.add_argument("name", nargs="?", help="one method's card")
+    p.add_argument("--write", action="store_true", help="regenerate docs/methods.md from the registry")
+    p.set_defaults(fn=cmd_methods)
 
     p = sub.add_parser("app", help="start the Streamlit lab")
     p.add_argument("--port", type=int, default=8501)

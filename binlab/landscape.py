@@ -274,3 +274,22 @@ def curvature(model: nn.Module, split: EncodedSplit, spec: QuantSpec | None = No
     eig = solver(ml, params, k=k, iters=iters, tol=tol, seed=seed, callback=callback)
     tr, se = hessian_trace(ml, params, samples=trace_samples, seed=seed) if trace_samples else (float("nan"), float("nan"))
     return {"top_eigenvalues": eig, "trace": tr, "trace_se": se, "rows": rows, "through_ste": spec is not None, "method": method}
+
+
+def committed_curvature(preset: str = "scratch") -> dict | None:
+    """Top Hessian eigenvalues from the committed landscape bench (``docs/results/bench-landscape-<preset>.json``):
+    ``{"fp32": ..., "binary": ..., "binary_label": ..., "file": ...}``, or None when there is none.
+    The pages quote these instead of a general claim about binary landscapes."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "results" / f"bench-landscape-{preset}.json"
+    if not path.exists():
+        return None
+    res = json.loads(path.read_text())["results"]
+    fp = res.get("fp32")
+    binary = next(((k, v) for k, v in res.items() if k != "fp32"), None)
+    if fp is None or binary is None:
+        return None
+    return {"fp32": fp["top_eigenvalue"], "binary": binary[1]["top_eigenvalue"], "binary_label": binary[0],
+            "file": f"docs/results/{path.name}"}

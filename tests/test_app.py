@@ -66,9 +66,9 @@ def test_binarize_numbers_follow_the_configuration(env, trained):
     at = new_app("views/binarize.py")
     assert not at.exception
     at.selectbox(key="method").set_value("bucket").run()
-    at.slider(key="opt:tau").set_value(0.0).run()
+    at.slider(key="opt:bucket:tau").set_value(0.0).run()
     acc0, size0 = metric(at, "validation accuracy"), metric(at, "model size")
-    at.slider(key="opt:tau").set_value(2.0).run()
+    at.slider(key="opt:bucket:tau").set_value(2.0).run()
     assert not at.exception
     acc1 = metric(at, "validation accuracy")
     assert acc1 != acc0  # a lopsided threshold changes the model's predictions
@@ -133,3 +133,23 @@ def test_landscape_page(env, trained):
     at.button(key="ls_curv").click().run()
     assert not at.exception
     assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 2
+
+
+def test_binarize_shows_only_options_that_act(env, trained):
+    """Every method can be picked; the page shows exactly the options its quantizer declares (no dead widgets)."""
+    from binlab.binarizers import BINARIZERS
+
+    at = new_app("views/binarize.py")
+    for name, cls in sorted(BINARIZERS.items()):
+        at.selectbox(key="method").set_value(name).run()
+        assert not at.exception, name
+        shown = {w.key for kind in (at.checkbox, at.slider, at.number_input, at.select_slider) for w in kind
+                 if w.key and w.key.startswith("opt:")}
+        want = {f"opt:{name}:{k}" for k in cls.ui} | {f"opt:{name}:{k}:none" for k, u in cls.ui.items() if u.get("none")}
+        assert shown == want, name
+        assert set(cls.ui) <= set(cls.options())
+    # an option set on the page reaches the spec in the URL
+    at.selectbox(key="method").set_value("recu").run()
+    at.slider(key="opt:recu:tau").set_value(0.9).run()
+    spec = json.loads(at.query_params["spec"][0] if isinstance(at.query_params["spec"], list) else at.query_params["spec"])
+    assert spec["rules"][0]["method"]["options"]["tau"] == 0.9

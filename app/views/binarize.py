@@ -6,8 +6,10 @@ import streamlit as st
 
 from common import friendly_errors, require_baseline, sidebar
 
-from binlab.binarizers import BINARIZERS, Bucket
+from binlab.activations import ACTIVATIONS
+from binlab.binarizers import BINARIZERS
 from binlab.lab import SEED_POINTS, LiveLab, component_view, layout, spec_components
+from binlab.methods import method_card
 from binlab.quantize import MethodConfig, QuantSpec, Rule
 from binlab.ste import STES
 from binlab.train import evaluate
@@ -36,20 +38,52 @@ def seed_widgets_from_url(names):
     if m is not None:
         st.session_state["method"] = m.method
         st.session_state["ste"] = m.ste or "(default)"
-        for k, v in m.options.items():
-            if k == "per_channel":
-                st.session_state[f"opt:per_channel:{m.method}"] = v
-            elif k == "tau" and m.method == "recu":
-                st.session_state["opt:recu_tau"] = v
-            elif k == "tau":
-                st.session_state["opt:optimal"] = v is None
+        cls = BINARIZERS[m.method]
+        for k, v in (cls.defaults() | m.options).items():
+            ui = cls.ui.get(k)
+            if ui is None:
+                continue
+            if ui.get("none") is not None:
+                st.session_state[f"opt:{m.method}:{k}:none"] = v is None
                 if v is not None:
-                    st.session_state["opt:tau"] = v
+                    st.session_state[f"opt:{m.method}:{k}"] = v
             else:
-                st.session_state[f"opt:{k}"] = v
-        if m.method == "bucket" and "tau" not in m.options:
-            st.session_state["opt:optimal"] = True
+                st.session_state[f"opt:{m.method}:{k}"] = v
         st.session_state["act"] = m.act or "none"
+
+
+def option_widgets(method: str) -> dict:
+    """One widget per option the method declares in its ``ui`` (only options that change its output)."""
+    cls = BINARIZERS[method]
+    defaults = cls.defaults()
+    out = {}
+    for k, ui in cls.ui.items():
+        key = f"opt:{method}:{k}"
+        d = defaults[k]
+        if ui.get("none") is not None:  # an option whose None means "let the method choose" (bucket's optimal tau)
+            st.session_state.setdefault(f"{key}:none", d is None)
+            auto = st.checkbox(ui["none"], key=f"{key}:none")
+            st.session_state.setdefault(key, 0.0 if d is None else d)
+            v = st.slider(ui["label"], ui["min"], ui["max"], step=ui["step"], key=key, disabled=auto)
+            out[k] = None if auto else float(v)
+            continue
+        st.session_state.setdefault(key, d)
+        if ui["kind"] == "bool":
+            out[k] = st.checkbox(ui["label"], key=key)
+        elif ui["kind"] == "float":
+            out[k] = float(st.slider(ui["label"], ui["min"], ui["max"], step=ui["step"], key=key))
+        elif ui["kind"] == "int":
+            out[k] = int(st.number_input(ui["label"], ui["min"], ui["max"], step=1, key=key))
+        elif ui["kind"] == "choice":
+            out[k] = st.select_slider(ui["label"], ui["choices"], key=key)
+    return out
+
+
+def method_help(name: str) -> str:
+    c = method_card(name)
+    return (f"**{name}** — {c['paper']}" + (f" (arXiv {c['arxiv']})" if c["arxiv"] else "") + f". {c['summary']} "
+            f"Used as: {c['mode']}. Stores: {c['stores']} ({c['bits_per_weight_128x128']:.2f} bits/weight on 128 x 128). "
+            "Full card: docs/methods.md.")
 
 
 def set_selection(names, chosen):
@@ -65,8 +99,8 @@ with friendly_errors():
     seed_widgets_from_url(names)
     for n in names:
         st.session_state.setdefault(f"c:{n}", n.endswith("attn.q") or n.endswith("attn.k"))
-    for k, v in {"method": "bucket", "ste": "(default)", "act": "none", "opt:optimal": False, "opt:tau": 0.0,
-                 "opt:recu_tau": 0.99, "opt:bits": 4, "opt:salient": 0.1}.items():
+    for k, v in {"method": "bucket", "ste": "(default)", "act": "none", "opt:bucket:tau:none": False, "opt:bucket:tau": 0.0,
+                 "opt:uniform:bits": 4}.items():
         st.session_state.setdefault(k, v)
 
     left, right = st.columns([5, 7], gap="large")
@@ -94,30 +128,20 @@ with friendly_errors():
         st.checkbox("head", key=f"c:{lay['head']}")
 
         st.subheader("2 · Method")
-        method = st.selectbox("Binarizer", sorted(BINARIZERS), key="method",
-                              help="\n\n".join(f"**{k}**: {v.paper}" for k, v in sorted(BINARIZERS.items())))
+        method = st.selectbox("Binarizer", sorted(BINARIZERS), key="method", help=method_help(st.session_state["method"]),
+                              format_func=lambda k: f"{k} — {BINARIZERS[k].paper.split(' (')[0]}")
         cls = BINARIZERS[method]
-        st.caption((cls.__doc__ or "").strip().split("\n\n")[0].replace("::", ":"))
+        st.caption(cls.summary())
+        with st.expander(f"Method card: {method}"):
+            st.markdown(method_help(method))
+            st.code(method_card(method)["doc"], language=None)
         ste = st.selectbox("Straight-through estimator (for QAT)", ["(default)"] + sorted(STES), key="ste",
-                           help=f"default for {method}: {cls.default_ste}")
-        options = {}
+                           help=f"default for {method}: {cls.default_ste}; " + "; ".join(f"{k}: {v.doc}" for k, v in sorted(STES.items())))
+        options = option_widgets(method)
         fields = cls.options()
-        if "per_channel" in fields:
-            st.session_state.setdefault(f"opt:per_channel:{method}", cls().per_channel)
-            options["per_channel"] = st.checkbox("per channel (one scale per output row)", key=f"opt:per_channel:{method}")
-        if method == "bucket":
-            optimal = st.checkbox("squared-error-optimal threshold", key="opt:optimal")
-            lo, hi = Bucket.TAU_RANGE
-            tau = st.slider("threshold tau (in std units: t = mean + tau * std)", lo, hi, step=0.05, key="opt:tau", disabled=optimal)
-            options["tau"] = None if optimal else float(tau)
-        elif method == "recu":
-            options["tau"] = st.slider("quantile tau", 0.5, 1.0, step=0.005, key="opt:recu_tau")
-        if "bits" in fields:
-            options["bits"] = st.select_slider("bits", [1, 2, 3, 4, 5, 6, 7, 8], key="opt:bits")
-        if "salient" in fields:
-            options["salient"] = st.slider("salient fraction", 0.0, 0.5, step=0.01, key="opt:salient")
-        act = st.selectbox("Input activations", ["none", "sign", "binary01"], key="act",
-                           help="binarize the inputs of the chosen linears too (W1A1); embeddings ignore this")
+        act = st.selectbox("Input activations", ["none"] + sorted(ACTIVATIONS), key="act",
+                           help="binarize (sign, binary01) or 8-bit quantize (absmax8) the inputs of the chosen linears too; "
+                                f"in QAT their estimator is the method's ({cls.act_ste}); embeddings have no inputs to quantize")
         chosen = [n for n in names if st.session_state[f"c:{n}"]]
         if act != "none" and any(n.startswith("embed.") for n in chosen):
             st.warning("Embeddings have no input activations: the activation binarizer applies to linears only.")

@@ -1,0 +1,103 @@
+"""Every sentence of the app, the notebooks and the README that states a result either agrees with the
+committed measurements or is attributed to a paper. This scans the texts for the claims that the
+committed results can check."""
+import ast
+import inspect
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+#: a sentence that says who found it ("X reports", "the seed's table"), not merely one that cites a paper
+ATTRIBUTION = re.compile(r"\b(reports?|reported|finds|found|according to|the seed|seed's|the paper's|the survey's)\b", re.I)
+
+
+def app_texts() -> list[tuple[str, str]]:
+    """String literals of the app's pages (f-string parts included)."""
+    out = []
+    for path in sorted((ROOT / "app").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) > 20:
+                out.append((str(path.relative_to(ROOT)), node.value))
+    # adjacent literals are concatenated by the parser, so a sentence split over lines is one constant
+    return out
+
+
+def notebook_texts() -> list[tuple[str, str]]:
+    out = []
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            if cell["cell_type"] == "markdown":
+                out.append((nb.name, "".join(cell["source"])))
+    return out
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n\n", text) if s.strip()]
+
+
+ALL = app_texts() + notebook_texts() + [("README.md", (ROOT / "README.md").read_text())]
+
+
+def test_the_scan_sees_the_pages_and_notebooks():
+    where = {w for w, _ in ALL}
+    assert any(w.startswith("app/views/landscape") for w in where) and any(w.endswith(".ipynb") for w in where)
+
+
+def test_landscape_claims_agree_with_the_committed_curvature():
+    from binlab.landscape import committed_curvature
+
+    cv = committed_curvature("scratch")
+    if cv is None:
+        pytest.skip("no committed landscape bench")
+    binary_sharper = cv["binary"] > cv["fp32"]
+    wrong = re.compile(r"\b(flatter|smoother)\b" if binary_sharper else r"\b(steeper|sharper|more curved|more irregular)\b", re.I)
+    bad = [(w, s) for w, t in ALL for s in sentences(t)
+           if re.search(r"binar", s, re.I) and wrong.search(s) and not ATTRIBUTION.search(s)]
+    assert not bad, f"unattributed landscape claims contradicted by {cv['file']}: {bad}"
+
+
+def test_curvature_method_named_as_it_runs():
+    from binlab.landscape import curvature
+
+    default = inspect.signature(curvature).parameters["method"].default
+    other = "power iteration" if default == "lanczos" else "lanczos"
+    bad = [(w, s) for w, t in app_texts() for s in sentences(t) if other in s.lower() and "eigen" in s.lower()]
+    assert not bad, f"the pages name {other!r} but curvature() runs {default!r}: {bad}"
+
+
+def _committed_numbers() -> set[str]:
+    nums = set()
+    for p in RESULTS.glob("*.json"):
+        def walk(x):
+            if isinstance(x, dict):
+                for v in x.values():
+                    walk(v)
+            elif isinstance(x, list):
+                for v in x:
+                    walk(v)
+            elif isinstance(x, (int, float)) and not isinstance(x, bool):
+                for f in (x, 100 * x):
+                    nums.update({f"{f:.2f}", f"{f:.1f}", f"{f:+.2f}"})
+        walk(json.loads(p.read_text()))
+    return nums
+
+
+def test_readme_accuracies_are_committed_numbers():
+    """Every 'NN.NN %' (and every signed '+-N.NN' point difference) in the README's results is in a committed file,
+    or is attributed to the seed or a paper in the same sentence."""
+    nums = _committed_numbers()
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Results", 1)[1].split("\n## ", 1)[0] if "## Results" in text else text
+    bad = []
+    for line in section.splitlines():
+        for s in sentences(line):
+            if ATTRIBUTION.search(s):
+                continue
+            for m in re.finditer(r"(?<![\d.])(\d{1,3}\.\d{2})\s*%", s):
+                if m.group(1) not in nums:
+                    bad.append((m.group(1), s[:120]))
+    assert not bad, f"README numbers not found in docs/results/*.json: {bad}"

@@ -53,16 +53,21 @@ def get_activation(name: str):
 
 
 class ActQuant(torch.nn.Module):
-    def __init__(self, name: str, ste: str = "clipped"):
+    def __init__(self, name: str, ste="clipped"):
         super().__init__()
-        self.name, self.fn, self.ste = name, get_activation(name), ACT_STE.get(name, ste)
+        self.name, self.fn = name, get_activation(name)
+        self.ste = ACT_STE.get(name, ste)  # a name from binlab.ste.STES or an STE object (e.g. FDA with its own terms)
 
     def forward(self, x):
         q, scale = self.fn(x.detach())
         return apply_ste(x, q, self.ste, scale)
 
+    @property
+    def ste_name(self) -> str:
+        return self.ste if isinstance(self.ste, str) else self.ste.name
+
     def extra_repr(self):
-        return f"{self.name}, ste={self.ste}"
+        return f"{self.name}, ste={self.ste_name}"
 
 
 class BinaryAttentionProbs(torch.nn.Module):

@@ -343,7 +343,7 @@ class PackedBinaryLinear(nn.Module):
         if getattr(mod, "shortcut", False):
             return None  # Bi-Real's real-valued shortcut is not part of this packed layer (it stays fake-quant)
         with torch.no_grad():
-            tl = two_levels(mod.quantizer(mod.weight.detach()))
+            tl = two_levels(mod.quantized_weight())  # the value evaluation uses (for stochastic: its cached draw)
         if tl is None:
             return None
         return cls(*tl, mod.bias, mod.act.name if mod.act is not None else None)

@@ -53,7 +53,8 @@ class ModelLoss:
                     m.train()  # STE path; dropout modules stay in eval mode
 
     def params(self, include_1d: bool = False) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and (include_1d or p.ndim >= 2)]
+        return [(n, p) for n, p in self.model.named_parameters()
+                if p.requires_grad and (include_1d or p.ndim >= 2) and "train_aux" not in n.split(".")]
 
     def __call__(self) -> torch.Tensor:
         from torch.nn.attention import SDPBackend, sdpa_kernel

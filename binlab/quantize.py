@@ -71,9 +71,10 @@ class _Fake(nn.Module):
     def _setup(self, method: MethodConfig):
         self.method = method
         self.quantizer = method.make()
-        self.act = ActQuant(method.act, ste=self.quantizer.act_ste) if method.act else None
+        self.act = ActQuant(method.act, ste=self.quantizer.act_estimator()) if method.act else None
         # training-only state of the method (FDA's noise adaptation): trained in QAT, never stored or counted
-        self.train_aux = self.quantizer.make_aux(tuple(self.weight.shape))
+        aux = self.quantizer.make_aux(tuple(self.weight.shape))
+        self.train_aux = aux.to(self.weight.device, self.weight.dtype) if aux is not None else None
         self._cache_key = None
         self._cache = None
 
@@ -268,6 +269,7 @@ def quantize_(model: nn.Module, spec: QuantSpec) -> dict[str, MethodConfig]:
             continue  # unchanged: keep its cached quantized weight
         base = _plain(m)
         new = QuantLinear.from_linear(base, want) if isinstance(base, nn.Linear) else QuantEmbedding.from_embedding(base, want)
+        new.quantizer.bind(name)  # e.g. each component its own noise stream
         new.train(m.training)
         _set(model, name, new)
     for mod in model.modules():
@@ -296,7 +298,7 @@ def post_step(model: nn.Module) -> None:
     """After an optimiser step: methods that constrain their latent weights (BinaryConnect's clip) do so."""
     for m in quantized_modules(model):
         hook = getattr(m.quantizer, "post_step", None)
-        if hook is not None:
+        if hook is not None and m.weight.requires_grad:  # frozen weights (e.g. embeddings in QAT) stay as they are
             hook(m.weight)
 
 

@@ -42,3 +42,31 @@ def test_recu_schedule_runs_during_qat(tiny_model, tiny_splits, monkeypatch):
     qat(tiny_model, spec, tiny_splits.train.head(256), QATConfig(TrainConfig(epochs=1, lr=1e-3, warmup=0.0, device="cpu")), callback=cb)
     assert seen[0] > 0.85 and seen[-1] == pytest.approx(0.99)
     assert all(a <= b + 1e-12 for a, b in zip(seen, seen[1:]))
+
+
+def test_qat_applies_binaryconnect_clip(tiny_model, tiny_splits):
+    """After every QAT step the latent weights of stochastic layers are clipped to [-H, H] (BinaryConnect §2.4)."""
+    from binlab.methods import glorot_h
+
+    spec = QuantSpec((Rule("encoder", MethodConfig("stochastic")),))
+    student, _ = qat(tiny_model, spec, tiny_splits.train.head(128), QATConfig(TrainConfig(epochs=1, lr=1e-2, warmup=0.0, device="cpu")))
+    for m in quantized_modules(student):
+        H = glorot_h(tuple(m.weight.shape))
+        assert float(m.weight.detach().abs().max()) <= H + 1e-7
+
+
+def test_training_only_modules_stay_out_of_checkpoints_and_probes(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from binlab.landscape import ModelLoss
+    from binlab.quantize import quantize_
+    from binlab.train import save_checkpoint
+
+    quantize_(tiny_model, QuantSpec((Rule("encoder", MethodConfig("fda")),)))
+    assert any("train_aux" in n for n, _ in tiny_model.named_parameters())  # it exists for QAT ...
+    save_checkpoint(tiny_model, tmp_path / "m")
+    assert not [k for k in load_file(str(tmp_path / "m.safetensors")) if "train_aux" in k]  # ... but is never saved
+    probe = ModelLoss.__new__(ModelLoss)
+    probe.model = tiny_model
+    names = [n for n, _ in probe.params(include_1d=True)]
+    assert names and not [n for n in names if "train_aux" in n]  # nor part of landscape directions / Hessians

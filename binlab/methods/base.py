@@ -93,6 +93,13 @@ class Quantizer:
     def set_progress(self, frac: float) -> None:  # noqa: B027 - optional hook
         pass
 
+    def bind(self, component: str) -> None:  # noqa: B027 - optional hook
+        """Told the component's name when it is quantized (BinaryConnect: one noise stream per component)."""
+
+    def act_estimator(self):
+        """The estimator for inputs binarized alongside (W1A1): ``act_ste`` by name, or an STE object."""
+        return self.act_ste
+
     def state(self) -> tuple:
         """What, besides the weight, ``quantize`` depends on (keys the evaluation cache)."""
         return ()

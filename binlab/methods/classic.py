@@ -6,6 +6,7 @@ reference code disagree, or a detail is left open, the docstring says which read
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -60,9 +61,11 @@ class Stochastic(Quantizer):
     with ``H = sqrt(1.5 / (fan_in + fan_out))`` per layer, as in the paper's experiments' code
     (``H=None``; a number sets it). ``E[w_b] = H (2p - 1) = clip(w, -H, H)``.
 
-    Every call draws fresh noise from the instance's own generator, seeded by ``seed``: QAT sees a
-    new binary network at every step (Algorithm 1), and a fresh instance reproduces the same
-    stream. Backward: identity (the gradient w.r.t. ``w_b`` is applied to ``w``), and after each
+    Every call draws fresh noise from the instance's own generator, seeded by ``seed`` (and, once
+    bound to a model component, by the component's name, so no two layers share a stream): QAT sees
+    a new binary network at every step (Algorithm 1), and a fresh instance reproduces the same
+    stream. For an embedding table (vocab x d) H is computed the same way and is small (about
+    0.007 for 30k x 128): the paper has no embeddings. Backward: identity (the gradient w.r.t. ``w_b`` is applied to ``w``), and after each
     QAT step the latent weights are clipped to [-H, H] (the paper's clipping, §2.4).
 
     Evaluation: the paper evaluates stochastic BinaryConnect with the real-valued weights (§2.6).
@@ -84,6 +87,11 @@ class Stochastic(Quantizer):
         if self.H is not None and not self.H > 0:
             raise ValueError(f"stochastic H must be None (Glorot) or > 0, got {self.H}")
         self._gen: dict = {}
+        self._stream = int(self.seed)
+
+    def bind(self, component: str) -> None:
+        self._stream = (int(self.seed) * 1_000_003 + zlib.crc32(component.encode())) % (2**63)
+        self._gen = {}
 
     def h(self, shape) -> float:
         return glorot_h(shape) if self.H is None else float(self.H)
@@ -91,7 +99,7 @@ class Stochastic(Quantizer):
     def generator(self, device) -> torch.Generator:
         key = str(device)
         if key not in self._gen:
-            self._gen[key] = torch.Generator(device=device).manual_seed(self.seed)
+            self._gen[key] = torch.Generator(device=device).manual_seed(self._stream)
         return self._gen[key]
 
     def quantize(self, w):
@@ -182,7 +190,7 @@ class BiReal(XNOR):
     mode: ClassVar[str] = "QAT"
     act_ste: ClassVar[str] = "approxsign"
     ui: ClassVar[dict] = {"per_channel": PER_CHANNEL_UI,
-                          "shortcut": {"kind": "bool", "label": "real-valued shortcut y = W_b x + x (square linears, for QAT)"}}
+                          "shortcut": {"kind": "bool", "label": "real-valued shortcut y = W_b x + x (square linears; for QAT)"}}
     shortcut: bool = False
 
     def scale_grad_term(self, w) -> float:
@@ -223,7 +231,7 @@ class ReCU(Quantizer):
     default_ste: ClassVar[str] = "identity"
     act_ste: ClassVar[str] = "approxsign"
     ui: ClassVar[dict] = {"tau": {"kind": "float", "label": "quantile tau (final; PTQ)", "min": 0.5, "max": 0.999, "step": 0.005},
-                          "tau_start": {"kind": "float", "label": "tau at the start of QAT", "min": 0.5, "max": 0.999, "step": 0.005}}
+                          "tau_start": {"kind": "float", "label": "tau at the start of QAT (QAT only)", "min": 0.5, "max": 0.999, "step": 0.005}}
     tau: float = 0.99
     tau_start: float = 0.85
 
@@ -309,9 +317,10 @@ class FDA(XNOR):
     Noise adaptation (§3.2, ``noise=True``): in QAT the forward is
     ``alpha (sign(t) + lambda e(t))`` with ``e`` a small learned module (:class:`NoiseAdaptation`)
     and ``lambda = 0.05 (1 + cos(pi p))`` falling from 0.1 to 0 over QAT (p = fraction done), so the
-    gradient is ``alpha (g(t) + lambda e'(t))`` and the final model is pure sign. The module is
-    training-only: never stored, never counted. Activations binarized alongside use the same series
-    (without a noise module: binlab leaves that part out).
+    gradient is ``alpha (g(t) + lambda e'(t))`` (both w.r.t. t) and the final model is pure sign. The module is
+    training-only: never counted in the size, never saved in checkpoints. Activations binarized
+    alongside use the same series with the same ``terms`` (without a noise module: binlab leaves
+    that part out).
     """
 
     name: ClassVar[str] = "fda"
@@ -321,8 +330,8 @@ class FDA(XNOR):
     default_ste: ClassVar[str] = "fda"
     act_ste: ClassVar[str] = "fda"
     ui: ClassVar[dict] = {"per_channel": PER_CHANNEL_UI,
-                          "terms": {"kind": "int", "label": "Fourier terms n", "min": 1, "max": 30},
-                          "noise": {"kind": "bool", "label": "noise adaptation module (QAT)"}}
+                          "terms": {"kind": "int", "label": "Fourier terms n (QAT gradient)", "min": 1, "max": 30},
+                          "noise": {"kind": "bool", "label": "noise adaptation module (QAT only)"}}
     terms: int = FDA_TERMS
     noise: bool = True
 
@@ -349,9 +358,17 @@ class FDA(XNOR):
         else:
             b = apply_ste(w, sign(w.detach()), ste, s)
         if aux is not None and self._lambda > 0:
-            t = (w / s).reshape(w.shape[0], -1)
-            b = b + self._lambda * aux(t).reshape(w.shape)
+            t = (w / s).detach() + (w - w.detach())  # the value t = w / s, with dt/dw = 1 as for the series term
+            b = b + self._lambda * aux(t.reshape(w.shape[0], -1)).reshape(w.shape)
         return self.alpha(w.detach()) * b
+
+    def act_estimator(self):
+        """The same series (with this instance's ``terms``) for inputs binarized alongside."""
+        from ..ste import STE
+
+        n = self.terms
+        return STE("fda", lambda x: fourier_sign_grad(x, n) * (x.abs() <= 1).to(x.dtype),
+                   lambda x: fourier_sign(x.clamp(-1, 1), n), f"FDA series, {n} terms")
 
 
 # --------------------------------------------------------------------------------------------

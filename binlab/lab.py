@@ -106,8 +106,9 @@ def component_view(model: torch.nn.Module, name: str, method: MethodConfig | Non
     if mod is None:
         raise ValueError(f"no component {name!r}; choose one of {list(quantizable(model))}")
     w = mod.weight.detach().float().cpu()
-    q = method.make()(w) if method is not None else w
-    per_channel = bool(method is not None and getattr(method.make(), "per_channel", False))
+    q = method.make()(w) if method is not None else w  # for stochastic: the first draw of a fresh instance
+    # methods without a per_channel option work per row (ReCU, BiLLM, OneBit) or have no scale (sign): show row units
+    per_channel = bool(method is not None and getattr(method.make(), "per_channel", True))
     w2, q2 = w.reshape(w.shape[0], -1), q.reshape(q.shape[0], -1)
     if per_channel:
         mu, sd = w2.mean(1, keepdim=True), w2.std(1, keepdim=True, unbiased=False).clamp_min(1e-12)

@@ -19,6 +19,7 @@ from .binarizers import Bucket
 from .data import EncodedSplit
 from .quantize import GROUPS, MethodConfig, QuantEmbedding, QuantLinear, QuantSpec, Rule, quantizable, quantize_
 from .size import model_size
+from .stats import paired_difference, wilson_interval
 from .train import EVAL_BATCH
 
 PARTS = (("Q", "attn.q"), ("K", "attn.k"), ("V", "attn.v"), ("O", "attn.o"), ("FFN up", "ffn.up"), ("FFN down", "ffn.down"))
@@ -60,15 +61,16 @@ def spec_components(spec: QuantSpec) -> tuple[list[str], MethodConfig | None]:
     return comps, (spec.rules[0].method if spec.rules else None)
 
 
-def _accuracy(model, batches) -> tuple[float, float]:
-    correct, total, loss = 0, 0, 0.0
+def _correct(model, batches) -> tuple[np.ndarray, float]:
+    """Per-row correctness (in batch order) and the mean cross-entropy."""
+    hits, loss, total = [], 0.0, 0
     with torch.inference_mode():
         for x, y in batches:
             logits = model(x)
-            correct += int((logits.argmax(1) == y).sum())
+            hits.append((logits.argmax(1) == y).cpu().numpy())
             loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
             total += len(y)
-    return correct / total, loss / total
+    return np.concatenate(hits), loss / total
 
 
 class LiveLab:
@@ -82,18 +84,46 @@ class LiveLab:
         self.val = val.head(val_rows)
         self.batches = list(self.val.batches(batch_size, device=self.device))  # padded once, reused on every change
         self.spec = QuantSpec()
-        self.baseline_accuracy, _ = _accuracy(self.model, self.batches)
+        self.baseline_correct, _ = _correct(self.model, self.batches)
+        self.baseline_accuracy = float(self.baseline_correct.mean())
         self.fp_size = model_size(self.model).summary()
 
     def apply(self, spec: QuantSpec) -> dict:
-        """Binarize to ``spec`` (only changed components are redone) and measure; returns plain numbers."""
+        """Binarize to ``spec`` (only changed components are redone) and measure; returns plain numbers.
+
+        Accuracies on the sample carry their 95 % Wilson interval (``accuracy_low``/``accuracy_high``), and
+        the change against fp32 on the same rows its paired 95 % interval (``diff_low``/``diff_high``) and
+        McNemar p-value; ``within_noise`` is True when that interval contains 0 (:mod:`binlab.stats`)."""
         t0 = time.perf_counter()
         quantize_(self.model, spec)
         self.spec = spec
-        acc, loss = _accuracy(self.model, self.batches)
+        correct, loss = _correct(self.model, self.batches)
         size = model_size(self.model).summary()
-        return {"accuracy": 100 * acc, "loss": loss, "baseline_accuracy": 100 * self.baseline_accuracy, **size,
-                "fp32_bytes": self.fp_size["total_bytes"], "seconds": time.perf_counter() - t0, "rows": len(self.val)}
+        n = len(correct)
+        lo, hi = wilson_interval(int(correct.sum()), n)
+        pd = paired_difference(correct, self.baseline_correct)
+        return {"accuracy": 100 * float(correct.mean()), "accuracy_low": 100 * lo, "accuracy_high": 100 * hi, "loss": loss,
+                "baseline_accuracy": 100 * self.baseline_accuracy, "diff": 100 * pd.diff, "diff_low": 100 * pd.low,
+                "diff_high": 100 * pd.high, "p_value": pd.p_value, "within_noise": pd.within_noise, **size,
+                "fp32_bytes": self.fp_size["total_bytes"], "seconds": time.perf_counter() - t0, "rows": n}
+
+
+def compare_models(model_a: torch.nn.Module, model_b: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000,
+                   batch_size: int = EVAL_BATCH) -> dict:
+    """Accuracy of A and B on the same rows, each with its 95 % interval, and A - B with its paired
+    95 % interval and McNemar p-value (percent points)."""
+    rows = val.head(val_rows)
+    out = {}
+    correct = []
+    for tag, m in (("a", model_a), ("b", model_b)):
+        dev = next(m.parameters()).device
+        c, _ = _correct(m.eval(), list(rows.batches(batch_size, device=dev)))
+        lo, hi = wilson_interval(int(c.sum()), len(c))
+        out.update({f"accuracy_{tag}": 100 * float(c.mean()), f"low_{tag}": 100 * lo, f"high_{tag}": 100 * hi})
+        correct.append(c)
+    pd = paired_difference(*correct)
+    return out | {"diff": 100 * pd.diff, "diff_low": 100 * pd.low, "diff_high": 100 * pd.high, "p_value": pd.p_value,
+                  "within_noise": pd.within_noise, "rows": len(correct[0])}
 
 
 def component_view(model: torch.nn.Module, name: str, method: MethodConfig | None, max_points: int = 200_000) -> dict:

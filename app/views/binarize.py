@@ -159,15 +159,24 @@ with friendly_errors():
         st.subheader("3 · What changed")
         m1, m2 = st.columns(2)
         m3, m4 = st.columns(2)
-        m1.metric("validation accuracy", f"{r['accuracy']:.2f} %", f"{r['accuracy'] - r['baseline_accuracy']:+.2f} pts vs fp32")
+        m1.metric("validation accuracy", f"{r['accuracy']:.2f} %",
+                  f"{r['diff']:+.2f} pts vs fp32" + (" (within noise)" if r["within_noise"] else ""),
+                  delta_color="off" if r["within_noise"] else "normal",
+                  help=f"95 % interval of the accuracy on these {r['rows']} rows: {r['accuracy_low']:.1f}-{r['accuracy_high']:.1f} %. "
+                       f"Change against fp32 on the same rows: {r['diff']:+.2f} pts, 95 % interval "
+                       f"{r['diff_low']:+.2f} to {r['diff_high']:+.2f} (paired; McNemar p = {r['p_value']:.3f}).")
         m2.metric("model size", f"{r['megabytes']:.3f} MB", f"{r['megabytes'] - r['fp32_megabytes']:+.3f} MB", delta_color="inverse")
         m3.metric("size reduction", f"{r['reduction_percent']:.2f} %")
         m4.metric("bits / quantized weight", f"{r['bits_per_quantized_weight']:.3f}" if chosen else "-")
-        st.caption(f"{r['rows']} validation rows · updated in {r['seconds']:.2f} s · sizes are exact (codes, scales, means, masks and fp32 rest)")
+        st.caption(f"{r['rows']} validation rows: accuracy {r['accuracy']:.2f} % (95 % interval {r['accuracy_low']:.1f}-{r['accuracy_high']:.1f}); "
+                   f"change vs fp32 {r['diff']:+.2f} pts (95 % interval {r['diff_low']:+.2f} to {r['diff_high']:+.2f}"
+                   + ("; within noise" if r["within_noise"] else "") + f") · updated in {r['seconds']:.2f} s · "
+                   "sizes are exact (codes, scales, means, masks and fp32 rest)")
 
         points = st.session_state.setdefault("points", {})
         label = ", ".join(chosen[:3]) + (f" +{len(chosen) - 3}" if len(chosen) > 3 else "") if chosen else "fp32"
-        points[spec.to_json()] = {"label": f"{label} · {method}", "reduction": r["reduction_percent"], "accuracy": r["accuracy"], "source": "PTQ"}
+        points[spec.to_json()] = {"label": f"{label} · {method}", "reduction": r["reduction_percent"], "accuracy": r["accuracy"],
+                                  "low": r["accuracy_low"], "high": r["accuracy_high"], "source": "PTQ"}
 
         view_default = chosen[0] if chosen else names[0]
         comp = st.selectbox("Weight matrix to inspect", names, index=names.index(view_default), key="view")
@@ -191,10 +200,12 @@ with friendly_errors():
             ps = [p for p in pts if p["source"] == src]
             if ps:
                 sc.add_scatter(x=[p["reduction"] for p in ps], y=[p["accuracy"] for p in ps], mode="markers", name=f"this session ({src})",
-                               text=[p["label"] for p in ps], marker=dict(size=9, symbol=sym))
+                               text=[p["label"] for p in ps], marker=dict(size=9, symbol=sym),
+                               error_y=dict(type="data", symmetric=False, array=[p.get("high", p["accuracy"]) - p["accuracy"] for p in ps],
+                                            arrayminus=[p["accuracy"] - p.get("low", p["accuracy"]) for p in ps], thickness=1))
         sc.add_scatter(x=[p["reduction"] for p in SEED_POINTS], y=[p["accuracy"] for p in SEED_POINTS], mode="markers", name="seed (reported)",
                        text=[p["label"] for p in SEED_POINTS], marker=dict(size=9, symbol="x", color="gray"))
-        sc.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), title="accuracy vs size reduction (every configuration tried)",
+        sc.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), title="accuracy vs size reduction (every configuration tried; bars: 95 % interval)",
                          xaxis_title="size reduction %", yaxis_title="accuracy %")
         st.plotly_chart(sc, width="stretch")
 

@@ -4,8 +4,8 @@ import streamlit as st
 
 from common import friendly_errors, require_baseline, sidebar
 
-from binlab.lab import LiveLab
-from binlab.qat import QATConfig, qat
+from binlab.lab import compare_models
+from binlab.qat import QATConfig, ptq, qat
 from binlab.quantize import QuantSpec
 from binlab.size import model_size
 from binlab.train import TrainConfig, evaluate, save_checkpoint
@@ -76,16 +76,21 @@ with friendly_errors():
         student, hist = qat(baseline, spec, splits.train, cfg, val_split=splits.val.head(500), callback=cb)
         draw()
         bar.progress(1.0, text=f"done in {hist['seconds']:.0f} s")
-        before = LiveLab(baseline, splits.val).apply(spec)
-        after = LiveLab(student, splits.val).apply(spec)
+        cmp = compare_models(student, ptq(baseline, spec), splits.val)  # QAT vs PTQ on the same validation rows
+        after = {"accuracy": cmp["accuracy_a"]}
         size = model_size(student).summary()
         m1, m2, m3 = st.columns(3)
-        m1.metric("validation accuracy after QAT", f"{after['accuracy']:.2f} %", f"{after['accuracy'] - before['accuracy']:+.2f} pts vs PTQ")
-        m2.metric("PTQ (no training)", f"{before['accuracy']:.2f} %")
+        m1.metric("validation accuracy after QAT", f"{cmp['accuracy_a']:.2f} %",
+                  f"{cmp['diff']:+.2f} pts vs PTQ" + (" (within noise)" if cmp["within_noise"] else ""),
+                  delta_color="off" if cmp["within_noise"] else "normal",
+                  help=f"95 % interval {cmp['low_a']:.1f}-{cmp['high_a']:.1f} % on {cmp['rows']} rows; QAT - PTQ on the same rows: "
+                       f"{cmp['diff_low']:+.2f} to {cmp['diff_high']:+.2f} pts (paired 95 %; McNemar p = {cmp['p_value']:.3f})")
+        m2.metric("PTQ (no training)", f"{cmp['accuracy_b']:.2f} %", help=f"95 % interval {cmp['low_b']:.1f}-{cmp['high_b']:.1f} %")
         m3.metric("size reduction", f"{size['reduction_percent']:.2f} %")
         pts = st.session_state.setdefault("points", {})
         pts["qat:" + spec.to_json() + f":{epochs}:{lr}:{distill}"] = {"label": f"QAT {epochs} ep, KD {distill}", "reduction": size["reduction_percent"],
-                                                                      "accuracy": after["accuracy"], "source": "QAT"}
+                                                                      "accuracy": cmp["accuracy_a"], "low": cmp["low_a"], "high": cmp["high_a"],
+                                                                      "source": "QAT"}
         st.session_state["qat_model"] = student
         stem = save_qat(student, spec, preset, cfg, after)
         st.success(f"Added to the accuracy-vs-size scatter on the Binarize page. Saved (latent weights + spec) to `{stem}`.")

@@ -6,7 +6,9 @@ from binlab.experiments import load_results
 
 st.title("Results")
 st.markdown("Committed outputs of `binlab experiments run NAME --preset PRESET` (files in `docs/results/`). "
-            "Sizes are exact (every code, scale, mean and mask counted); the seed's sizes are as reported.")
+            "Sizes are exact (every code, scale, mean and mask counted); the seed's sizes are as reported. "
+            "Budgets differ: the seed trained each model 10 epochs from scratch without distillation; our QAT rows "
+            "fine-tune the fp32 baseline for the budget shown, distilling from it. One seed per row.")
 payloads = load_results()
 if not payloads:
     st.info("No committed results yet: run `binlab experiments run all --preset scratch`.")
@@ -16,11 +18,13 @@ preset = st.radio("Preset", presets, horizontal=True, key="res_preset")
 for p in [p for p in payloads if p["preset"] == preset]:
     st.subheader(f"{p['experiment']}: {p['title']}")
     st.caption(p["note"] + f"  \nMachine: {p['machine']} · {p['date']} · `{p['command']}`")
-    rows = [{"configuration": r["label"], "mode": r["mode"], "accuracy %": round(r["accuracy"], 2),
-             "seed accuracy %": (r.get("seed") or [None])[0], "size MB": round(r["megabytes"], 3),
+    rows = [{"configuration": r["label"], "mode": r["mode"], "budget": r.get("budget"), "accuracy %": round(r["accuracy"], 2),
+             "seed accuracy %": (r.get("seed") or [None])[0], "seed budget": r.get("seed_budget"), "size MB": round(r["megabytes"], 3),
              "reduction %": round(r["reduction_percent"], 2), "seed reduction %": (r.get("seed") or [None, None, None])[2],
              "bits/weight": round(r["bits_per_quantized_weight"], 3)} for r in p["rows"]]
     st.dataframe(rows, hide_index=True, width="stretch")
+    if p.get("finding"):
+        st.markdown(p["finding"])
     fig = go.Figure()
     fig.add_bar(x=[r["configuration"] for r in rows], y=[r["accuracy %"] for r in rows], name="binlab")
     fig.add_bar(x=[r["configuration"] for r in rows], y=[r["seed accuracy %"] for r in rows], name="seed")

@@ -109,6 +109,9 @@ def cmd_size(args):
     model = build_model(p, load_data(p, source=args.data))
     quantize_(model, _spec(args))
     rep = model_size(model)
+    if getattr(args, "json", False):
+        print(json.dumps(rep.to_dict(), indent=2))
+        return 0
     print(f"{'component':<22}{'method':<11}{'params':>11}{'bits':>13}{'bits/param':>11}")
     for r in rep.rows():
         print(f"{r['component']:<22}{r['method']:<11}{r['params']:>11,}{r['total_bits']:>13,}{r['bits_per_param']:>11.3f}")
@@ -223,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ste", default=None)
         if name == "eval":
             p.add_argument("--split", default="test", choices=["val", "test"])
+        else:
+            p.add_argument("--json", action="store_true", help="print the size report as JSON (summary with total_bytes, and components)")
         p.set_defaults(fn=fn)
 
     p = sub.add_parser("experiments", help="regenerate the seed tables (writes docs/results/)")

@@ -42,3 +42,23 @@ def test_quantized_sizes_match_hand_count():
     r = model_size(m)
     assert r.total_bits == enc + bucket + emb + rest
     assert math.isclose(r.reduction, 100 * (32 * n - r.total_bits) / (32 * n))
+
+
+def test_cli_size_json(fixture_data, capsys):
+    """`binlab size --json` prints the same report as model_size, with total_bytes."""
+    import json
+
+    from binlab.cli import main
+    from binlab.presets import build_model, get_preset, load_data
+    from binlab.quantize import QuantSpec, quantize_
+    from binlab.size import model_size
+
+    assert main(["size", "--preset", "tiny", "--data", str(fixture_data), "--target", "encoder", "--method", "xnor", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    p = get_preset("tiny")
+    m = build_model(p, load_data(p, source=str(fixture_data)))
+    quantize_(m, QuantSpec.simple("encoder", "xnor"))
+    rep = model_size(m)
+    assert out["summary"]["total_bytes"] == rep.total_bytes == rep.total_bits / 8
+    assert {c["name"] for c in out["components"] if c["method"] == "xnor"} == {f"layers.0.{n}" for n in
+                                                                              ("attn.q", "attn.k", "attn.v", "attn.o", "ffn.up", "ffn.down")}

@@ -128,6 +128,10 @@ def cmd_experiments(args):
         for name, e in experiments.EXPERIMENTS.items():
             print(f"{name:<5} {e.title}")
         return 0
+    if args.action == "render":
+        for path in experiments.render():
+            print(f"wrote {path}")
+        return 0
     names = list(experiments.EXPERIMENTS) if args.name == "all" else [args.name]
     for n in names:
         only = [int(i) for i in args.only.split(",")] if args.only else None
@@ -231,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
 
     p = sub.add_parser("experiments", help="regenerate the seed tables (writes docs/results/)")
-    p.add_argument("action", choices=["list", "run"])
+    p.add_argument("action", choices=["list", "run", "render"], help="render: rewrite the markdown of every committed table from its JSON")
     p.add_argument("name", nargs="?", default="all", help="T1..T6 or all")
     common(p)
     p.add_argument("--fast", action="store_true", help="tiny budget (for smoke tests)")

@@ -309,8 +309,10 @@ def t6_finding(rows: list[dict]) -> str:
         fail = [r["label"].split(" ")[0] for r in rs if r["accuracy"] < CHANCE + 5]
         verdict = ("holds" if len(fail) == len(rs) else "does not hold" if not fail else f"holds only for {', '.join(fail)}")
         drops = ", ".join(f"{r['label'].split(' ')[0]} {r['accuracy']:.2f} % ({r['accuracy'] - fp:+.2f})" for r in rs)
+        big = [r["label"].split(" ")[0] for r in rs if r["accuracy"] < fp - 5]
         out.append(f"Under {mode.upper()} PB-LLM's finding {verdict} ({len(fail)} of {len(rs)} classic methods within 5 points "
-                   f"of chance, {CHANCE:.0f} %): {drops} against fp32 {fp:.2f} %.")
+                   f"of chance, {CHANCE:.0f} %): {drops} against fp32 {fp:.2f} %."
+                   + (f" More than 5 points below fp32: {', '.join(big)}." if big else " All within 5 points of fp32."))
     if not out:
         return ""
     return ("**Finding** (generated from the rows above; one seed, so differences under about 1 point are within the "
@@ -341,6 +343,21 @@ def to_markdown(payload: dict) -> str:
     if payload.get("finding"):
         lines += ["", payload["finding"]]
     return "\n".join(lines) + "\n"
+
+
+def render(out_dir: Path | None = None) -> list[Path]:
+    """Rewrite every committed table's markdown (and finding) from its JSON, without running anything."""
+    d = out_dir or RESULTS
+    written = []
+    for path in sorted(d.glob("T*.json")):
+        payload = json.loads(path.read_text())
+        if payload["experiment"] in FINDINGS:
+            payload["finding"] = FINDINGS[payload["experiment"]](payload["rows"])
+            path.write_text(json.dumps(payload, indent=2))
+        path.with_suffix(".md").write_text(to_markdown(payload))
+        written.append(path.with_suffix(".md"))
+    write_index(d)
+    return written
 
 
 def write_index(out_dir: Path | None = None) -> Path:

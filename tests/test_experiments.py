@@ -95,3 +95,17 @@ def test_t6_finding_reads_the_rows():
     rows = [r | {"accuracy": 24.0} if r["mode"] == "ptq" else r for r in rows]
     assert "Under PTQ PB-LLM's finding holds (5 of 5" in E.t6_finding(rows)
     assert any(c.mode == "fp" for c in E.EXPERIMENTS["T6"].configs)  # T6 has its own fp32 row to compare with
+
+
+def test_render_rewrites_markdown_from_json(tmp_path):
+    rows = [{"label": "fp32 baseline", "mode": "fp", "accuracy": 87.0, "reduction_percent": 0.0, "megabytes": 9.8,
+             "bits_per_quantized_weight": 32.0, "train_seconds": 0.0, "seed": None},
+            {"label": "sign (PTQ)", "mode": "ptq", "accuracy": 28.0, "reduction_percent": 96.0, "megabytes": 0.3,
+             "bits_per_quantized_weight": 1.0, "train_seconds": 0.0, "seed": None}]
+    payload = {"experiment": "T6", "title": "t", "note": "n", "preset": "scratch", "machine": "m", "date": "d", "command": "c",
+               "data": {"train": 1, "test": 1}, "budget": {"train": {"epochs": 2, "lr": 1e-3, "distill": 0.5}}, "rows": rows}
+    (tmp_path / "T6-scratch.json").write_text(json.dumps(payload))
+    [md] = E.render(tmp_path)
+    text = md.read_text()
+    assert "| sign (PTQ) | ptq |" in text and "PB-LLM's finding holds (1 of 1" in text and "More than 5 points below fp32: sign" in text
+    assert (tmp_path / "README.md").exists()

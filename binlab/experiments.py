@@ -205,6 +205,20 @@ def code_fingerprint(spec: QuantSpec) -> str:
     return h.hexdigest()[:16]
 
 
+def baseline_budget(preset: str) -> str:
+    """How the preset's fp32 baseline was trained, for the fp rows' budget cell."""
+    p = get_preset(preset)
+    how = "fine-tuned from all-MiniLM-L6-v2" if p.pretrained else "from scratch"
+    return f"{p.train.epochs:g} ep {how}"
+
+
+def _fill_budgets(payload: dict) -> dict:
+    for r in payload["rows"]:
+        if r["mode"] == "fp":
+            r["budget"] = baseline_budget(payload["preset"])
+    return payload
+
+
 def budget_label(mode: str, budget: QATConfig) -> str:
     if mode != "qat":
         return "-" if mode == "fp" else "none (PTQ)"
@@ -284,6 +298,7 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
                "budget": asdict(budget), "baseline_val_accuracy": meta.get("val_accuracy"), "rows": rows,
                "command": f"binlab experiments run {name} --preset {preset}" + (" --fast" if fast else "")
                + (f" --only {','.join(map(str, only))}" if only is not None else "")}
+    _fill_budgets(payload)
     if name in FINDINGS:
         payload["finding"] = FINDINGS[name](rows)
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
@@ -350,10 +365,10 @@ def render(out_dir: Path | None = None) -> list[Path]:
     d = out_dir or RESULTS
     written = []
     for path in sorted(d.glob("T*.json")):
-        payload = json.loads(path.read_text())
+        payload = _fill_budgets(json.loads(path.read_text()))
         if payload["experiment"] in FINDINGS:
             payload["finding"] = FINDINGS[payload["experiment"]](payload["rows"])
-            path.write_text(json.dumps(payload, indent=2))
+        path.write_text(json.dumps(payload, indent=2))
         path.with_suffix(".md").write_text(to_markdown(payload))
         written.append(path.with_suffix(".md"))
     write_index(d)

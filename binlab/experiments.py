@@ -184,24 +184,38 @@ _CORE = (ste_mod, activations, quantize_mod, qat_mod, train_mod, model_mod, size
 _METHODS_DIR = Path(methods_base.__file__).parent
 
 
+def _code_only(src: str) -> str:
+    """Source text reduced to what it computes: the AST with docstrings removed (comments and formatting
+    never reach the AST), so a documentation change does not invalidate cached results."""
+    import ast
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(src))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def code_fingerprint(spec: QuantSpec) -> str:
-    """A hash of the code a row depends on: the training/quantization core, how a row is run, every
-    method module, and the source of every method class the spec uses (with its binlab base classes)."""
+    """A hash of the code a row depends on (docstrings and comments excluded): the training/quantization
+    core, how a row is run, every method module, and every method class the spec uses (with its binlab
+    base classes)."""
     h = hashlib.sha256()
     for mod in _CORE:
-        h.update(inspect.getsource(mod).encode())
-    h.update(inspect.getsource(run_config).encode())
+        h.update(_code_only(inspect.getsource(mod)).encode())
+    h.update(_code_only(inspect.getsource(run_config)).encode())
     for path in sorted(_METHODS_DIR.glob("*.py")):  # methods call each other (PB-LLM uses the k-bit quantizer)
-        h.update(path.read_bytes())
+        h.update(_code_only(path.read_text()).encode())
     classes = set()
     for r in spec.rules:
         for k in BINARIZERS[r.method.method].__mro__:
             if k.__module__.startswith("binlab."):
                 classes.add(k)
     for k in sorted(classes, key=lambda k: (k.__module__, k.__qualname__)):
-        h.update(inspect.getsource(k).encode())
-        mod_src = inspect.getsource(inspect.getmodule(k))  # module-level helpers the class calls
-        h.update(hashlib.sha256(mod_src.encode()).digest())
+        h.update(_code_only(inspect.getsource(k)).encode())
     return h.hexdigest()[:16]
 
 

@@ -73,16 +73,16 @@ def _tanh(x):
 
 
 STES: dict[str, STE] = {
-    "identity": STE("identity", _identity, lambda x: x, "g(x) = 1: plain straight-through (Bengio et al. 2013)."),
+    "identity": STE("identity", _identity, lambda x: x, "g(x) = 1: plain straight-through (Bengio, Leonard, Courville 2013, arXiv 1308.3432); BinaryConnect's and BitNet's rule."),
     "clipped": STE("clipped", _clipped, lambda x: x.clamp(-1, 1),
-                   "g(x) = 1[|x| <= 1], the derivative of clip(x, -1, 1) (Hubara et al. 2016, BNN)."),
+                   "g(x) = 1[|x| <= 1], the derivative of clip(x, -1, 1) (Hubara et al. 2016, BNN, eq. 4)."),
     "approxsign": STE("approxsign", _approxsign,
                       lambda x: torch.where(x.abs() <= 1, 2 * x - x * x.abs(), torch.sign(x)),
-                      "g(x) = (2 - 2|x|) 1[|x| <= 1], derivative of the piecewise quadratic ApproxSign (Liu et al. 2018, Bi-Real Net)."),
+                      "g(x) = (2 - 2|x|) 1[|x| <= 1], derivative of the piecewise quadratic ApproxSign (Liu et al. 2018, Bi-Real Net, eq. 3)."),
     "fda": STE("fda", _fda, _fda_proxy,
                f"Derivative of sign's truncated Fourier series (Xu et al. 2021, FDA, §3.1): g(x) = (4w/pi) sum_(i<n) cos((2i+1) w x), "
                f"n={FDA_TERMS} terms, w=pi/2 (sign on (-2, 2)), zero for |x| > 1; the proxy is the series itself on [-1, 1]."),
-    "tanh": STE("tanh", _tanh, lambda x: torch.tanh(TANH_K * x), f"g(x) = k (1 - tanh^2(k x)), k={TANH_K}: a smooth sign surrogate."),
+    "tanh": STE("tanh", _tanh, lambda x: torch.tanh(TANH_K * x), f"g(x) = k (1 - tanh^2(k x)), k={TANH_K}: a smooth sign surrogate (no single paper; binlab's teaching baseline)."),
 }
 
 

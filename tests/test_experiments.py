@@ -51,8 +51,11 @@ def test_code_fingerprint_follows_the_methods_source(monkeypatch):
     assert E.code_fingerprint(xnor) != E.code_fingerprint(sign)
     before = E.code_fingerprint(xnor)
     real = inspect.getsource
-    monkeypatch.setattr(inspect, "getsource", lambda obj: real(obj) + ("# changed" if obj is classic.XNOR else ""))
+    monkeypatch.setattr(inspect, "getsource", lambda obj: real(obj) + ("\n# only a comment\n" if obj is classic.XNOR else ""))
+    assert E.code_fingerprint(xnor) == before  # comments and docstrings are not code
+    monkeypatch.setattr(inspect, "getsource", lambda obj: real(obj) + ("\nCHANGED = 1\n" if obj is classic.XNOR else ""))
     assert E.code_fingerprint(xnor) != before  # XNOR's code changed
+    assert E._code_only('def f():\n    """doc"""\n    return 1\n') == E._code_only("def f():\n    return 1\n")
 
 
 def test_cached_rows_are_recomputed_when_the_code_changes(fixture_data, tmp_path, monkeypatch):

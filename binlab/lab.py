@@ -172,7 +172,8 @@ def sensitivity(baseline: torch.nn.Module, val: EncodedSplit, method: MethodConf
     for i, (label, target, kind) in enumerate(targets):
         r = lab.apply(QuantSpec((Rule(target, method),)))
         rows.append({"label": label, "target": target, "kind": kind, "accuracy": r["accuracy"], "drop": r["baseline_accuracy"] - r["accuracy"],
-                     "reduction_percent": r["reduction_percent"]})
+                     "drop_low": -r["diff_high"], "drop_high": -r["diff_low"], "within_noise": r["within_noise"],
+                     "accuracy_low": r["accuracy_low"], "accuracy_high": r["accuracy_high"], "reduction_percent": r["reduction_percent"]})
         if callback:
             callback(i + 1, len(targets), label)
     return rows

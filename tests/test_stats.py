@@ -76,3 +76,14 @@ def test_live_lab_reports_intervals(tiny_splits, tiny_model):
     assert r["diff_low"] <= r["diff"] <= r["diff_high"]
     c = compare_models(tiny_model, tiny_model, tiny_splits.val, val_rows=50)
     assert c["diff"] == 0 and c["within_noise"] and c["rows"] == 50
+
+
+def test_sensitivity_rows_carry_intervals(tiny_splits, tiny_model):
+    from binlab.lab import sensitivity
+    from binlab.quantize import MethodConfig
+
+    rows = sensitivity(tiny_model, tiny_splits.val, MethodConfig("sign"), val_rows=100)
+    for r in rows:
+        assert r["accuracy_low"] <= r["accuracy"] <= r["accuracy_high"]
+        assert r["drop_low"] <= r["drop"] + 1e-9 and r["drop"] <= r["drop_high"] + 1e-9
+        assert r["within_noise"] == (r["drop_low"] <= 0 <= r["drop_high"])

@@ -3,12 +3,14 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from binlab.experiments import load_results
+from binlab.stats import wilson_interval
 
 st.title("Results")
 st.markdown("Committed outputs of `binlab experiments run NAME --preset PRESET` (files in `docs/results/`). "
             "Sizes are exact (every code, scale, mean and mask counted); the seed's sizes are as reported. "
             "Budgets differ: the seed trained each model 10 epochs from scratch without distillation; our QAT rows "
-            "fine-tune the fp32 baseline for the budget shown, distilling from it. One seed per row.")
+            "fine-tune the fp32 baseline for the budget shown, distilling from it. One seed per row; the interval is the "
+            "95 % Wilson interval of each accuracy on the test rows (sampling only, not seed-to-seed variation).")
 payloads = load_results()
 if not payloads:
     st.info("No committed results yet: run `binlab experiments run all --preset scratch`.")
@@ -18,15 +20,20 @@ preset = st.radio("Preset", presets, horizontal=True, key="res_preset")
 for p in [p for p in payloads if p["preset"] == preset]:
     st.subheader(f"{p['experiment']}: {p['title']}")
     st.caption(p["note"] + f"  \nMachine: {p['machine']} · {p['date']} · `{p['command']}`")
+    n_test = p["data"]["test"]
+    ci = [wilson_interval(round(r["accuracy"] * n_test / 100), n_test) for r in p["rows"]]
     rows = [{"configuration": r["label"], "mode": r["mode"], "budget": r.get("budget"), "accuracy %": round(r["accuracy"], 2),
+             "95 % interval": f"{100 * lo:.2f}-{100 * hi:.2f}",
              "seed accuracy %": (r.get("seed") or [None])[0], "seed budget": r.get("seed_budget"), "size MB": round(r["megabytes"], 3),
              "reduction %": round(r["reduction_percent"], 2), "seed reduction %": (r.get("seed") or [None, None, None])[2],
-             "bits/weight": round(r["bits_per_quantized_weight"], 3)} for r in p["rows"]]
+             "bits/weight": round(r["bits_per_quantized_weight"], 3)} for r, (lo, hi) in zip(p["rows"], ci)]
     st.dataframe(rows, hide_index=True, width="stretch")
     if p.get("finding"):
         st.markdown(p["finding"])
     fig = go.Figure()
-    fig.add_bar(x=[r["configuration"] for r in rows], y=[r["accuracy %"] for r in rows], name="binlab")
+    fig.add_bar(x=[r["configuration"] for r in rows], y=[r["accuracy %"] for r in rows], name="binlab",
+                error_y=dict(type="data", symmetric=False, array=[100 * hi - r["accuracy %"] for r, (lo, hi) in zip(rows, ci)],
+                             arrayminus=[r["accuracy %"] - 100 * lo for r, (lo, hi) in zip(rows, ci)]))
     fig.add_bar(x=[r["configuration"] for r in rows], y=[r["seed accuracy %"] for r in rows], name="seed")
     fig.update_layout(barmode="group", height=320, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="accuracy %", yaxis_range=[0, 100])
     st.plotly_chart(fig, width="stretch")

@@ -42,8 +42,6 @@ def act_absmax8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 ACTIVATIONS = {"sign": act_sign, "binary01": act_binary01, "absmax8": act_absmax8}
 #: estimators fixed by the activation quantizer itself (others take the weight method's act_ste)
 ACT_STE = {"absmax8": "identity"}
-#: bits per activation value, for labels (W1A1, W1A8)
-ACT_BITS = {"sign": 1, "binary01": 1, "absmax8": 8}
 
 
 def get_activation(name: str):

@@ -11,6 +11,7 @@ method the row uses), so a fixed method never returns a stale cached number.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -199,16 +200,24 @@ def _code_only(src: str) -> str:
     return ast.dump(tree)
 
 
-def code_fingerprint(spec: QuantSpec) -> str:
-    """A hash of the code a row depends on (docstrings and comments excluded): the training/quantization
-    core, how a row is run, every method module, and every method class the spec uses (with its binlab
-    base classes)."""
+@functools.lru_cache(maxsize=1)
+def _shared_code_hash() -> str:
+    """The part every row shares (core, run_config, all method modules), read once per process: the
+    code a process runs is the code it imported."""
     h = hashlib.sha256()
     for mod in _CORE:
         h.update(_code_only(inspect.getsource(mod)).encode())
     h.update(_code_only(inspect.getsource(run_config)).encode())
     for path in sorted(_METHODS_DIR.glob("*.py")):  # methods call each other (PB-LLM uses the k-bit quantizer)
         h.update(_code_only(path.read_text()).encode())
+    return h.hexdigest()
+
+
+def code_fingerprint(spec: QuantSpec) -> str:
+    """A hash of the code a row depends on (docstrings and comments excluded): the training/quantization
+    core, how a row is run, every method module, and every method class the spec uses (with its binlab
+    base classes)."""
+    h = hashlib.sha256(_shared_code_hash().encode())
     classes = set()
     for r in spec.rules:
         for k in BINARIZERS[r.method.method].__mro__:

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import EncodedSplit
-from .quantize import QuantSpec, quantizable, quantize_
+from .quantize import QuantSpec, is_training_aux, quantizable, quantize_
 from .train import EVAL_BATCH
 
 
@@ -54,7 +54,7 @@ class ModelLoss:
 
     def params(self, include_1d: bool = False) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters()
-                if p.requires_grad and (include_1d or p.ndim >= 2) and "train_aux" not in n.split(".")]
+                if p.requires_grad and (include_1d or p.ndim >= 2) and not is_training_aux(n)]
 
     def __call__(self) -> torch.Tensor:
         from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from .methods import FP_BITS
+from .quantize import is_training_aux
 
 
 @dataclass
@@ -93,7 +94,7 @@ def model_size(model: nn.Module) -> SizeReport:
     comps: list[ComponentSize] = []
     seen: set[int] = set()
     for name, mod in model.named_modules():
-        if "train_aux" in name.split("."):
+        if is_training_aux(name):
             continue  # QAT-only machinery (FDA's noise module): not part of the deployed model
         own = [(pn, p) for pn, p in mod.named_parameters(recurse=False) if id(p) not in seen]
         if not own and not callable(getattr(mod, "storage", None)):

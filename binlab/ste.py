@@ -57,12 +57,13 @@ def fourier_sign_grad(x: torch.Tensor, terms: int = FDA_TERMS, omega: float = FD
     return (4 * omega / math.pi) * g
 
 
-def _fda(x):
-    return fourier_sign_grad(x) * (x.abs() <= 1).to(x.dtype)
-
-
-def _fda_proxy(x):
-    return fourier_sign(x.clamp(-1, 1))
+def fda_ste(terms: int = FDA_TERMS) -> "STE":
+    """FDA's estimator with ``terms`` terms: ``g`` is the series' derivative on |x| <= 1 (zero beyond),
+    the proxy the series itself on [-1, 1]. ``STES["fda"]`` is the default; FDA layers build their own."""
+    return STE("fda", lambda x: fourier_sign_grad(x, terms) * (x.abs() <= 1).to(x.dtype),
+               lambda x: fourier_sign(x.clamp(-1, 1), terms),
+               f"Derivative of sign's truncated Fourier series (Xu et al. 2021, FDA, §3.1): g(x) = (4w/pi) sum_(i<n) cos((2i+1) w x), "
+               f"n={terms} terms, w=pi/2 (sign on (-2, 2)), zero for |x| > 1; the proxy is the series itself on [-1, 1].")
 
 
 TANH_K = 2.0
@@ -79,9 +80,7 @@ STES: dict[str, STE] = {
     "approxsign": STE("approxsign", _approxsign,
                       lambda x: torch.where(x.abs() <= 1, 2 * x - x * x.abs(), torch.sign(x)),
                       "g(x) = (2 - 2|x|) 1[|x| <= 1], derivative of the piecewise quadratic ApproxSign (Liu et al. 2018, Bi-Real Net, eq. 3)."),
-    "fda": STE("fda", _fda, _fda_proxy,
-               f"Derivative of sign's truncated Fourier series (Xu et al. 2021, FDA, §3.1): g(x) = (4w/pi) sum_(i<n) cos((2i+1) w x), "
-               f"n={FDA_TERMS} terms, w=pi/2 (sign on (-2, 2)), zero for |x| > 1; the proxy is the series itself on [-1, 1]."),
+    "fda": fda_ste(FDA_TERMS),
     "tanh": STE("tanh", _tanh, lambda x: torch.tanh(TANH_K * x), f"g(x) = k (1 - tanh^2(k x)), k={TANH_K}: a smooth sign surrogate (no single paper; binlab's teaching baseline)."),
 }
 

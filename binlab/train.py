@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .data import CLASSES, EncodedSplit
 from .model import Classifier, ModelConfig
+from .quantize import is_training_aux
 
 Callback = Callable[[dict], None]
 
@@ -236,8 +237,8 @@ def save_checkpoint(model: Classifier, stem: str | Path, meta: dict | None = Non
     stem.parent.mkdir(parents=True, exist_ok=True)
     weights, info = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
     tmp = weights.with_name(weights.name + f".tmp{os.getpid()}")
-    # QAT-only machinery (FDA's noise module under ``train_aux``) is not part of the model
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if "train_aux" not in k.split(".")}
+    # QAT-only machinery (FDA's noise module) is not part of the model
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not is_training_aux(k)}
     save_file(state, str(tmp))
     os.replace(tmp, weights)
     payload = {"format": "binlab-checkpoint-1", "model_config": model.config.to_dict(), "meta": meta or {}, "sha256": _sha256(weights)}

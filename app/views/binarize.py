@@ -138,14 +138,13 @@ with friendly_errors():
         ste = st.selectbox("Straight-through estimator (for QAT)", ["(default)"] + sorted(STES), key="ste",
                            help=f"default for {method}: {cls.default_ste}; " + "; ".join(f"{k}: {v.doc}" for k, v in sorted(STES.items())))
         options = option_widgets(method)
-        fields = cls.options()
         act = st.selectbox("Input activations", ["none"] + sorted(ACTIVATIONS), key="act",
                            help="binarize (sign, binary01) or 8-bit quantize (absmax8) the inputs of the chosen linears too; "
                                 f"in QAT their estimator is the method's ({cls.act_ste}); embeddings have no inputs to quantize")
         chosen = [n for n in names if st.session_state[f"c:{n}"]]
         if act != "none" and any(n.startswith("embed.") for n in chosen):
             st.warning("Embeddings have no input activations: the activation binarizer applies to linears only.")
-        mc = MethodConfig(method, options={k: v for k, v in options.items() if k in fields}, ste=None if ste == "(default)" else ste)
+        mc = MethodConfig(method, options=options, ste=None if ste == "(default)" else ste)
         spec_rules = []
         for n in chosen:
             spec_rules.append((n, MethodConfig(mc.method, mc.options, mc.ste, None if n.startswith("embed.") or act == "none" else act)))

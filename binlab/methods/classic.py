@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ste import FDA_OMEGA, FDA_TERMS, apply_grad, apply_ste, fourier_sign, fourier_sign_grad, get_ste  # noqa: F401
+from ..ste import FDA_OMEGA, FDA_TERMS, apply_grad, apply_ste, fda_ste, fourier_sign, fourier_sign_grad, get_ste  # noqa: F401
 from .base import FP_BITS, Quantizer, n_groups, numel, reduce_dims, register, rows, sign
 
 PER_CHANNEL_UI = {"kind": "bool", "label": "per channel (one scale per output row)"}
@@ -352,11 +352,7 @@ class FDA(XNOR):
             return self.quantize(w)
         ste = get_ste(ste) if isinstance(ste, str) else ste
         s = scale.detach() if isinstance(scale, torch.Tensor) else scale
-        if ste.name == "fda":
-            n = self.terms
-            b = apply_grad(w, sign(w.detach()), lambda x: fourier_sign_grad(x / s, n) * ((x / s).abs() <= 1).to(x.dtype))
-        else:
-            b = apply_ste(w, sign(w.detach()), ste, s)
+        b = apply_ste(w, sign(w.detach()), fda_ste(self.terms) if ste.name == "fda" else ste, s)
         if aux is not None and self._lambda > 0:
             t = (w / s).detach() + (w - w.detach())  # the value t = w / s, with dt/dw = 1 as for the series term
             b = b + self._lambda * aux(t.reshape(w.shape[0], -1)).reshape(w.shape)
@@ -364,11 +360,7 @@ class FDA(XNOR):
 
     def act_estimator(self):
         """The same series (with this instance's ``terms``) for inputs binarized alongside."""
-        from ..ste import STE
-
-        n = self.terms
-        return STE("fda", lambda x: fourier_sign_grad(x, n) * (x.abs() <= 1).to(x.dtype),
-                   lambda x: fourier_sign(x.clamp(-1, 1), n), f"FDA series, {n} terms")
+        return fda_ste(self.terms)
 
 
 # --------------------------------------------------------------------------------------------

@@ -82,9 +82,11 @@ def cmd_train(args):
     splits = load_data(p, source=args.data)
     model, meta = get_baseline(p, splits, cfg, callback=_progress(), retrain=args.retrain)
     test = evaluate(model, splits.test)
-    print(json.dumps({"preset": p.name, "val_accuracy": meta["val_accuracy"], "test_accuracy": test.accuracy,
-                      "test_per_class": test.per_class, "train_seconds": meta["history"]["seconds"],
-                      "test_eval_seconds": test.seconds}, indent=2))
+    out = {"preset": p.name, "val_accuracy": meta["val_accuracy"], "test_accuracy": test.accuracy,
+           "test_per_class": test.per_class, "train_seconds": meta["history"]["seconds"], "test_eval_seconds": test.seconds}
+    if test.perplexity is not None:
+        out |= {"val_perplexity": meta.get("val_perplexity"), "test_perplexity": test.perplexity, "test_tokens": test.tokens}
+    print(json.dumps(out, indent=2))
     return 0
 
 

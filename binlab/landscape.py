@@ -28,9 +28,9 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .data import EncodedSplit
+from . import objective
 from .quantize import QuantSpec, is_training_aux, quantizable, quantize_
 from .train import EVAL_BATCH
 
@@ -44,6 +44,7 @@ class ModelLoss:
 
     def __init__(self, model: nn.Module, split: EncodedSplit, rows: int = 512, batch_size: int = EVAL_BATCH, ste: bool = True):
         self.model = model
+        self.task = objective.task_of(model)
         self.batches = list(split.head(rows).batches(batch_size))
         self.n = sum(len(y) for _, y in self.batches)
         model.eval()
@@ -60,19 +61,22 @@ class ModelLoss:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         total = 0.0
+        units = 0.0
         with sdpa_kernel([SDPBackend.MATH]):  # the fused CPU kernel has no double backward (needed for H v)
             for x, y in self.batches:
-                total = total + F.cross_entropy(self.model(x), y, reduction="sum")
-        return total / self.n
+                nll, n, _ = objective.row_stats(self.model(x), x, y, self.task)
+                total = total + nll.sum()
+                units += float(n.sum())
+        return total / units
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
-        loss, correct = 0.0, 0
-        for x, y in self.batches:
-            logits = self.model(x)
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-        return loss / self.n, correct / self.n
+        """Mean loss per unit and accuracy (a language model: per token, next-token top-1)."""
+        loss, units, hits = 0.0, 0.0, 0.0
+        for x, y in self.batches:  # modes untouched: quantized components stay on their STE path
+            nll, n, h = objective.row_stats(self.model(x), x, y, self.task)
+            loss, units, hits = loss + float(nll.sum()), units + float(n.sum()), hits + float(h.sum())
+        return loss / units, hits / units
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""A small BERT-style transformer-encoder text classifier with stable component names.
+"""Small transformers with stable component names: a BERT-style text classifier and a causal LM.
 
 Every part the lab can binarize is a named submodule::
 
@@ -15,6 +15,11 @@ all-MiniLM-L6-v2 load into it unchanged (see :mod:`binlab.pretrained`)::
 
 The sentence vector is the mean of the non-padding token states (sentence-transformers'
 pooling), then a linear ``head`` gives the 4 class logits.
+
+:class:`CausalLM` (``task="lm"``, the ``lm`` preset) is the same stack with causal self-attention
+(token t attends to tokens <= t) and a ``head`` over the vocabulary at every position: the logits
+at position t predict token t + 1. The component names are the same, so everything that quantizes,
+sizes or probes a classifier works on it unchanged.
 """
 from __future__ import annotations
 
@@ -28,6 +33,9 @@ import torch.nn.functional as F
 from .data import PAD_ID
 
 
+TASKS = ("classify", "lm")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int = 16000
@@ -39,6 +47,7 @@ class ModelConfig:
     n_classes: int = 4
     dropout: float = 0.1
     norm_eps: float = 1e-12  # BERT's value, so pretrained layer norms behave identically
+    task: str = "classify"  # "classify" (pooled sentence -> n_classes) or "lm" (causal, next-token logits)
 
     def __post_init__(self):
         for name in ("vocab_size", "max_len", "d_model", "n_heads", "d_ff", "n_layers", "n_classes"):
@@ -46,11 +55,21 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def fingerprint_dict(self) -> dict:
+        """The fields that identify a trained model (``task`` only when it is not the default, so
+        classifier checkpoints cached before the LM track keep their keys)."""
+        d = asdict(self)
+        if d["task"] == "classify":
+            d.pop("task")
+        return d
 
 
 class Embeddings(nn.Module):
@@ -74,6 +93,7 @@ class Attention(nn.Module):
 
     ``prob_quantizer`` (set by :func:`binlab.quantize.quantize_` for W1A1 runs) is applied to
     the attention probabilities; without it the fused ``scaled_dot_product_attention`` is used.
+    With ``causal`` (the LM), position t attends to positions <= t only.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -82,6 +102,7 @@ class Attention(nn.Module):
         self.n_heads = cfg.n_heads
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
         self.p_drop = cfg.dropout
+        self.causal = cfg.task == "lm"
         self.prob_quantizer = None
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
@@ -90,6 +111,11 @@ class Attention(nn.Module):
         split = lambda t: t.view(B, T, h, d // h).transpose(1, 2)  # noqa: E731  (B, h, T, dh)
         q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
         mask = key_mask[:, None, None, :]  # (B, 1, 1, T) True = attend
+        if self.causal:  # padding sits after every real token, so the causal mask already hides it from real queries
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None, None] & mask
+            if self.prob_quantizer is None:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.p_drop if self.training else 0.0)
+                return self.o(y.transpose(1, 2).reshape(B, T, d))
         if self.prob_quantizer is None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p_drop if self.training else 0.0)
         else:
@@ -130,7 +156,7 @@ class Classifier(nn.Module):
         self.embed = Embeddings(cfg)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(cfg.d_model, cfg.n_classes)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size if cfg.task == "lm" else cfg.n_classes)
         self.apply(self._init)
 
     @staticmethod
@@ -159,6 +185,28 @@ class Classifier(nn.Module):
         for layer in self.layers:
             x = layer(x, key_mask)
         return self.head(self.drop(self.pool(x, ids)))
+
+
+class CausalLM(Classifier):
+    """Decoder-only language model: the blocks with causal attention, and ``head`` (d -> vocab) at
+    every position. ``forward(ids)`` gives logits (B, T, vocab); position t predicts ``ids[:, t+1]``."""
+
+    def __init__(self, cfg: ModelConfig):
+        if cfg.task != "lm":
+            raise ValueError("CausalLM needs ModelConfig(task='lm')")
+        super().__init__(cfg)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, vocab)
+        x = self.embed(ids)
+        key_mask = ids != PAD_ID
+        for layer in self.layers:
+            x = layer(x, key_mask)
+        return self.head(self.drop(x))
+
+
+def build(cfg: ModelConfig) -> Classifier:
+    """The model a config describes: :class:`Classifier` or :class:`CausalLM`."""
+    return CausalLM(cfg) if cfg.task == "lm" else Classifier(cfg)
 
 
 def component_names(model: Classifier) -> list[str]:

@@ -12,6 +12,14 @@
       d = (b - c) / n,   Var(d) = (b + c - (b - c)^2 / n) / n^2
 
   and :func:`mcnemar_p` gives the exact two-sided McNemar p-value (binomial on b + c trials).
+- :func:`ratio_interval` and :func:`paired_ratio_difference`: a language model's mean NLL per token,
+  ``r = sum_i a_i / sum_i b_i`` over rows i (a: the row's NLL, b: its tokens), with the
+  delta-method (ratio-estimator) standard error, rows as the sampling unit::
+
+      SE(r)^2 = n / (n - 1) * sum_i (a_i - r b_i)^2 / (sum_i b_i)^2
+
+  and the same for the paired difference of two models on the same rows (``a_i - a'_i``).
+  Perplexity intervals are ``exp`` of the NLL interval.
 """
 from __future__ import annotations
 
@@ -74,3 +82,30 @@ def paired_difference(correct_a, correct_b, z: float = Z95) -> PairedDiff:
     d = (b - c) / n
     se = math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
     return PairedDiff(d, d - z * se, d + z * se, b, c, n, mcnemar_p(b, c))
+
+
+@dataclass(frozen=True)
+class RatioEstimate:
+    value: float
+    low: float
+    high: float
+
+    @property
+    def within_noise(self) -> bool:
+        return self.low <= 0 <= self.high
+
+
+def ratio_interval(a, b, z: float = Z95) -> RatioEstimate:
+    """``sum a / sum b`` with its 95 % delta-method interval (rows are the sampling unit)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or a.ndim != 1 or a.size < 2 or b.sum() <= 0:
+        raise ValueError("ratio_interval needs two equal-length 1-D arrays of at least 2 rows with a positive total")
+    n = a.size
+    r = a.sum() / b.sum()
+    se = math.sqrt(n / (n - 1) * float(((a - r * b) ** 2).sum())) / b.sum()
+    return RatioEstimate(r, r - z * se, r + z * se)
+
+
+def paired_ratio_difference(a1, a2, b, z: float = Z95) -> RatioEstimate:
+    """``(sum a1 - sum a2) / sum b`` on the same rows (e.g. the change of mean NLL per token), 95 % interval."""
+    return ratio_interval(np.asarray(a1, float) - np.asarray(a2, float), b, z)

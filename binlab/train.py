@@ -6,6 +6,9 @@ knowledge distillation from a teacher (Hinton et al. 2015)::
 
     L = (1 - a) CE(z_s, y) + a T^2 KL(softmax(z_t / T) || softmax(z_s / T))
 
+Losses and metrics come from :mod:`binlab.objective`, so the same loop trains the classifier
+(per row) and the causal language model (per token; evaluation reports perplexity).
+
 Progress goes to a callback that receives plain dicts, so the CLI can draw a tqdm bar and the app
 a Streamlit progress bar with the same code.
 """
@@ -25,8 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import objective
 from .data import CLASSES, EncodedSplit
-from .model import Classifier, ModelConfig
+from .model import Classifier, ModelConfig, build
 from .quantize import is_training_aux
 
 Callback = Callable[[dict], None]
@@ -73,11 +77,13 @@ class TrainConfig:
 
 @dataclass
 class EvalResult:
-    accuracy: float
-    loss: float
+    accuracy: float  # top-1 per row (classifier) or per next token (LM)
+    loss: float  # mean cross-entropy per unit
     per_class: dict[str, float]
-    n: int
+    n: int  # rows
     seconds: float
+    perplexity: float | None = None  # LM only: exp(loss)
+    tokens: int | None = None  # LM only: predicted tokens
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,15 +111,40 @@ def predict(model: nn.Module, split: EncodedSplit, batch_size: int = EVAL_BATCH)
 
 
 def evaluate(model: nn.Module, split: EncodedSplit, batch_size: int = EVAL_BATCH) -> EvalResult:
-    """Accuracy, mean cross-entropy and per-class accuracy on ``split``."""
+    """Accuracy, mean cross-entropy and per-class accuracy on ``split``; for a language model,
+    next-token accuracy, mean NLL per token and perplexity."""
+    if len(split) == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    if objective.task_of(model) == "lm":
+        t0 = time.perf_counter()
+        nll, units, hits = stats_on(model, split, batch_size)
+        mean = float(nll.sum() / units.sum())
+        return EvalResult(float(hits.sum() / units.sum()), mean, {}, len(split), time.perf_counter() - t0,
+                          perplexity=objective.perplexity(mean), tokens=int(units.sum()))
     t0 = time.perf_counter()
     logits, labels = predict(model, split, batch_size)
-    if len(labels) == 0:
-        raise ValueError("cannot evaluate on an empty split")
     pred = logits.argmax(1)
     loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
     per_class = {c: float((pred[labels == i] == i).mean()) if (labels == i).any() else float("nan") for i, c in enumerate(CLASSES)}
     return EvalResult(float((pred == labels).mean()), loss, per_class, int(len(labels)), time.perf_counter() - t0)
+
+
+@torch.inference_mode()
+def stats_on(model: nn.Module, batches, batch_size: int = EVAL_BATCH) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row (NLL sum, units, correct units) over a split or a list of ``(x, y)`` batches, in batch
+    order (:func:`binlab.objective.row_stats`): the one evaluation loop of training, the lab and probes."""
+    was_training = model.training
+    model.eval()
+    task = objective.task_of(model)
+    if isinstance(batches, EncodedSplit):
+        device = next(model.parameters()).device
+        batches = batches.batches(batch_size, device=device)
+    out = [[], [], []]
+    for x, y in batches:
+        for acc, v in zip(out, objective.row_stats(model(x), x, y, task)):
+            acc.append(v.double().cpu())
+    model.train(was_training)
+    return tuple(torch.cat(v).numpy() if v else np.zeros(0) for v in out)
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -126,14 +157,6 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (1 - frac if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def kd_loss(student_logits, teacher_logits, labels, alpha: float, T: float) -> torch.Tensor:
-    ce = F.cross_entropy(student_logits, labels)
-    if alpha == 0:
-        return ce
-    kl = F.kl_div(F.log_softmax(student_logits / T, -1), F.log_softmax(teacher_logits / T, -1), log_target=True, reduction="batchmean")
-    return (1 - alpha) * ce + alpha * T * T * kl
-
-
 def train(
     model: nn.Module,
     train_split: EncodedSplit,
@@ -142,13 +165,20 @@ def train(
     callback: Callback | None = None,
     teacher: nn.Module | None = None,
     should_stop: Callable[[], bool] | None = None,
+    hidden_weight: float = 0.0,
 ) -> dict:
-    """Train ``model`` in place; return the history (losses, learning rates, validation accuracy)."""
+    """Train ``model`` in place; return the history (losses, learning rates, validation accuracy).
+
+    ``hidden_weight`` > 0 adds OneBit's hidden-state distillation from ``teacher``
+    (:func:`binlab.objective.hidden_loss`) to the loss."""
+    if hidden_weight > 0 and teacher is None:
+        raise ValueError("hidden-state distillation needs a teacher model")
     if cfg.distill > 0 and teacher is None:
         raise ValueError("TrainConfig.distill > 0 needs a teacher model")
     if len(train_split) == 0:
         raise ValueError("cannot train on an empty split")
     device = pick_device(cfg.device)
+    task = objective.task_of(model)
     torch.manual_seed(cfg.seed)
     model.to(device).train()
     if teacher is not None:
@@ -170,21 +200,32 @@ def train(
         hist["val_step"].append(step)
         hist["val_accuracy"].append(r.accuracy)
         hist["val_loss"].append(r.loss)
+        if r.perplexity is not None:
+            hist.setdefault("val_perplexity", []).append(r.perplexity)
         if callback:
-            callback({"kind": "eval", "step": step, "total": total, "val_accuracy": r.accuracy, "val_loss": r.loss})
+            callback({"kind": "eval", "step": step, "total": total, "val_accuracy": r.accuracy, "val_loss": r.loss, "val_perplexity": r.perplexity})
 
     while step < total:
         for x, y in train_split.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, device=device):
             lr = lr_at(step, total, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            logits = model(x)
-            if teacher is not None and cfg.distill > 0:
-                with torch.no_grad():
+            if hidden_weight > 0:
+                with objective.HiddenCapture(model) as hs:
+                    logits = model(x)
+                with torch.no_grad(), objective.HiddenCapture(teacher) as ht:
                     t_logits = teacher(x)
-                loss = kd_loss(logits, t_logits, y, cfg.distill, cfg.temperature)
             else:
-                loss = F.cross_entropy(logits, y)
+                logits = model(x)
+                if teacher is not None and cfg.distill > 0:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+            if teacher is not None and cfg.distill > 0:
+                loss = objective.kd_loss(logits, t_logits, x, y, task, cfg.distill, cfg.temperature)
+            else:
+                loss = objective.loss(logits, x, y, task)
+            if hidden_weight > 0:
+                loss = loss + hidden_weight * objective.hidden_loss(hs.states, ht.states, x)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
@@ -266,7 +307,7 @@ def load_checkpoint(stem: str | Path, expect: ModelConfig | None = None) -> tupl
     if expect is not None and expect != cfg:
         diff = {k: (v, getattr(expect, k)) for k, v in cfg.to_dict().items() if getattr(expect, k) != v}
         raise CheckpointError(f"checkpoint {stem} has a different model config (saved, expected): {diff}")
-    model = Classifier(cfg)
+    model = build(cfg)
     try:
         state = load_file(str(weights))
         model.load_state_dict(state)

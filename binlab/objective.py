@@ -1,0 +1,108 @@
+"""The one place that knows what a model's output means: losses and metrics for both tasks.
+
+Every loop in binlab (training, evaluation, the live lab, landscape probes, calibration) asks
+this module for the loss of a batch, so a classifier and a language model share them all.
+
+- ``classify``: logits (B, C) against labels (B,); a row is one unit; accuracy is top-1.
+- ``lm``: logits (B, T, V); position t predicts token t+1 of the same row; every non-padding
+  target is a unit. The loss is the mean negative log-likelihood per token and
+  ``perplexity = exp(loss)`` (Jelinek et al. 1977); "accuracy" is next-token top-1.
+
+:func:`row_stats` returns per-row sums (negative log-likelihood, units, correct units), from
+which any metric on any subset of rows is exact -- the paired intervals of :mod:`binlab.stats`
+resample rows.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import PAD_ID
+
+
+def task_of(model: nn.Module) -> str:
+    """``"classify"`` or ``"lm"`` (from the model's config)."""
+    return getattr(getattr(model, "config", None), "task", "classify")
+
+
+def _lm_targets(logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits predicting a token (B, T-1, V), their targets (B, T-1)) -- padding targets are PAD_ID."""
+    return logits[:, :-1], ids[:, 1:]
+
+
+def row_stats(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: summed negative log-likelihood, number of units, number of correct units (all (B,) float)."""
+    if task == "lm":
+        lg, tgt = _lm_targets(logits, ids)
+        valid = tgt != PAD_ID
+        nll = F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), tgt.reshape(-1), reduction="none", ignore_index=PAD_ID).view(tgt.shape)
+        hit = (lg.argmax(-1) == tgt) & valid
+        return nll.sum(1), valid.sum(1).to(nll.dtype), hit.sum(1).to(nll.dtype)
+    nll = F.cross_entropy(logits.float(), labels, reduction="none")
+    return nll, torch.ones_like(nll), (logits.argmax(-1) == labels).to(nll.dtype)
+
+
+def loss(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+    """Mean cross-entropy per unit (row or token): the training loss."""
+    if task == "lm":
+        lg, tgt = _lm_targets(logits, ids)
+        return F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), ignore_index=PAD_ID)
+    return F.cross_entropy(logits, labels)
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, task: str, alpha: float, T: float) -> torch.Tensor:
+    """Hinton et al. 2015: ``(1 - a) CE(z_s, y) + a T^2 KL(softmax(z_t / T) || softmax(z_s / T))``, per unit.
+
+    For a language model the KL is taken at every position that predicts a real token (token-level
+    distillation from the full-precision model, as in FBI-LLM's autoregressive distillation and
+    OneBit's logit term)."""
+    ce = loss(student, ids, labels, task)
+    if alpha == 0:
+        return ce
+    if task == "lm":
+        s, tgt = _lm_targets(student, ids)
+        t = teacher[:, :-1]
+        valid = tgt != PAD_ID
+        s, t = s[valid], t[valid]
+    else:
+        s, t = student, teacher
+    kl = F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True, reduction="batchmean")
+    return (1 - alpha) * ce + alpha * T * T * kl
+
+
+class HiddenCapture:
+    """Records the token states after the embeddings and after each layer during a forward pass
+    (forward hooks, so the model computes them once)."""
+
+    def __init__(self, model: nn.Module):
+        self.states: list[torch.Tensor] = []
+        mods = [model.embed] + list(model.layers)
+        self.handles = [m.register_forward_hook(lambda _m, _i, out: self.states.append(out)) for m in mods]
+
+    def __enter__(self):
+        self.states.clear()
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def hidden_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
+    """OneBit's hidden-state term (Xu et al. 2024, eq. 8):
+    ``sum_l mean_tokens || h_l^T / ||h_l^T|| - h_l^S / ||h_l^S|| ||^2`` over the embedding output and
+    every layer but the last (whose output the logit term already covers), non-padding tokens only."""
+    valid = ids != PAD_ID
+    total = student[0].new_zeros(())
+    for hs, ht in zip(student[:-1], teacher[:-1]):
+        d = F.normalize(hs[valid], dim=-1) - F.normalize(ht[valid].detach(), dim=-1)
+        total = total + (d**2).sum(-1).mean()
+    return total
+
+
+def perplexity(mean_nll: float) -> float:
+    """exp of the mean negative log-likelihood per token (inf when it overflows)."""
+    return math.exp(mean_nll) if mean_nll < 700 else float("inf")

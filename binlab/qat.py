@@ -3,7 +3,7 @@
 - :func:`ptq`: binarize a trained model with no training (what the app does live).
 - :func:`qat`: binarize, then fine-tune the latent weights through the straight-through
   estimators, optionally distilling from the full-precision model (logit KD, see
-  :func:`binlab.train.kd_loss`). Components matched by ``freeze`` keep their weights fixed, so
+  :func:`binlab.objective.kd_loss`). Components matched by ``freeze`` keep their weights fixed, so
   their quantized value is computed once (used for large embedding tables).
 
 Methods with schedules hear how far QAT has come (:func:`binlab.quantize.set_progress`: ReCU's
@@ -23,10 +23,23 @@ from .quantize import QuantSpec, post_step, quantize_, set_progress
 from .train import Callback, TrainConfig, train
 
 
-def ptq(model: nn.Module, spec: QuantSpec, inplace: bool = False) -> nn.Module:
-    """Quantize ``model`` (a copy unless ``inplace``) following ``spec``; no data, no training."""
+def ptq(model: nn.Module, spec: QuantSpec, inplace: bool = False, calib: EncodedSplit | None = None,
+        sequential: bool = True, hessians: dict | None = None) -> nn.Module:
+    """Quantize ``model`` (a copy unless ``inplace``) following ``spec``; no training.
+
+    Methods that use data (GPTQ, PB-LLM, BiLLM ...) are calibrated on ``calib``
+    (:func:`binlab.calibration.calibration_set`; see :func:`binlab.calibration.calibrate_` for
+    ``sequential`` and the ``hessians`` cache)."""
+    from .calibration import calibrate_, needs_calibration
+
     m = model if inplace else copy.deepcopy(model)
     quantize_(m, spec)
+    todo = needs_calibration(m)
+    if todo:
+        if calib is None:
+            raise ValueError(f"{todo[0]} uses {m.get_submodule(todo[0]).method.method!r}, which needs calibration data: pass "
+                             "calib=binlab.calibration.calibration_set(splits)")
+        calibrate_(m, calib, sequential=sequential, cache=hessians)
     return m.eval()
 
 
@@ -34,11 +47,14 @@ def ptq(model: nn.Module, spec: QuantSpec, inplace: bool = False) -> nn.Module:
 class QATConfig:
     train: TrainConfig = TrainConfig(epochs=1, lr=5e-4, warmup=0.05, distill=0.5)
     freeze: tuple[str, ...] = ()  # fnmatch patterns over parameter names, e.g. ("embed.*",)
+    hidden_distill: float = 0.0  # weight of OneBit's hidden-state distillation term (0: logits only)
 
     def __post_init__(self):
         if isinstance(self.train, dict):
             object.__setattr__(self, "train", TrainConfig(**self.train))
         object.__setattr__(self, "freeze", tuple(self.freeze))
+        if self.hidden_distill < 0:
+            raise ValueError(f"hidden_distill must be >= 0, got {self.hidden_distill}")
 
 
 def qat(
@@ -49,10 +65,11 @@ def qat(
     val_split: EncodedSplit | None = None,
     callback: Callback | None = None,
     should_stop=None,
+    calib: EncodedSplit | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Return ``(student, history)``: a quantized copy of ``teacher`` fine-tuned with the STE."""
-    student = copy.deepcopy(teacher)
-    quantize_(student, spec)
+    """Return ``(student, history)``: a quantized copy of ``teacher`` fine-tuned with the STE
+    (methods that need data are calibrated on ``calib`` first, on the teacher's weights)."""
+    student = ptq(teacher, spec, calib=calib)
     for name, p in student.named_parameters():
         if any(fnmatch.fnmatchcase(name, pat) for pat in cfg.freeze):
             p.requires_grad_(False)
@@ -67,7 +84,8 @@ def qat(
 
     try:
         hist = train(student, train_split, cfg.train, val_split=val_split, callback=on_event,
-                     teacher=teacher if cfg.train.distill > 0 else None, should_stop=should_stop)
+                     teacher=teacher if (cfg.train.distill > 0 or cfg.hidden_distill > 0) else None, should_stop=should_stop,
+                     hidden_weight=cfg.hidden_distill)
     finally:
         set_progress(student, 1.0)  # evaluation and export use each method's final state
     return student.eval(), hist

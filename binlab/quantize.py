@@ -75,8 +75,14 @@ class _Fake(nn.Module):
         # training-only state of the method (FDA's noise adaptation): trained in QAT, never stored or counted
         aux = self.quantizer.make_aux(tuple(self.weight.shape))
         self.train_aux = aux.to(self.weight.device, self.weight.dtype) if aux is not None else None
+        # stored, learned state of the method (OneBit's value vectors): trained in QAT, counted by the method's storage()
+        qp = self.quantizer.make_params(self.weight.detach())
+        self.qparams = qp.to(self.weight.device, self.weight.dtype) if qp is not None else None
+        if qp is not None:
+            self.quantizer.attach(self.qparams)
         self._cache_key = None
         self._cache = None
+        self.bypass = False  # True while calibration needs this component's full-precision output
 
     def ste_scale(self, w: torch.Tensor) -> torch.Tensor:
         # the estimator acts on weights normalised by 3 std per row, so "clipped" cuts the tails
@@ -84,6 +90,8 @@ class _Fake(nn.Module):
 
     def quantized_weight(self) -> torch.Tensor:
         w = self.weight
+        if self.bypass:
+            return w
         if torch.is_grad_enabled() and w.requires_grad and self.training:
             return self.quantizer.train_forward(w, self.method.ste_name, self.ste_scale(w), self.train_aux)
         key = (w.data_ptr(), w._version, w.device, w.dtype, self.quantizer.state())
@@ -93,6 +101,9 @@ class _Fake(nn.Module):
         return self._cache
 
     def storage(self) -> dict[str, int]:
+        if getattr(self.quantizer, "data_dependent_storage", False):
+            with torch.no_grad():
+                self.quantized_weight()  # e.g. BiLLM's salient column count is decided when it quantizes
         return self.quantizer.storage(tuple(self.weight.shape))
 
     def extra_repr(self):
@@ -215,6 +226,12 @@ class QuantSpec:
 def is_training_aux(name: str) -> bool:
     """Modules under a quantized component's ``train_aux`` are QAT machinery, not model components."""
     return "train_aux" in name.split(".")
+
+
+def is_method_state(name: str) -> bool:
+    """Modules under a quantized component's ``qparams`` are its method's learned values (stored, but
+    counted by the method's own :meth:`~binlab.methods.base.Quantizer.storage`, not as components)."""
+    return "qparams" in name.split(".")
 
 
 def quantizable(model: nn.Module) -> dict[str, nn.Module]:

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .methods import FP_BITS
-from .quantize import is_training_aux
+from .quantize import is_method_state, is_training_aux
 
 
 @dataclass
@@ -96,6 +96,8 @@ def model_size(model: nn.Module) -> SizeReport:
     for name, mod in model.named_modules():
         if is_training_aux(name):
             continue  # QAT-only machinery (FDA's noise module): not part of the deployed model
+        if is_method_state(name):
+            continue  # a method's learned values (OneBit's vectors): in the parent's storage()
         own = [(pn, p) for pn, p in mod.named_parameters(recurse=False) if id(p) not in seen]
         if not own and not callable(getattr(mod, "storage", None)):
             continue

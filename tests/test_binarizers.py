@@ -85,23 +85,38 @@ REFS = {
 }
 
 
+def calibrated(q, cols: int, seed: int = 0):
+    """Give a method that needs data a Hessian 2 X X^T / N from random correlated inputs."""
+    if q.needs_calibration:
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(cols, 400)) * rng.uniform(0.3, 2, size=(cols, 1))
+        q.calibrate(torch.from_numpy(2 * x @ x.T / 400))
+    return q
+
+
+def make(name, w, **options):
+    return calibrated(BINARIZERS[name](**options), w.shape[1])
+
+
 @pytest.mark.parametrize("name", sorted(BINARIZERS))
 def test_every_binarizer_basic_contract(name):
     w = W()
-    q = BINARIZERS[name]()(torch.from_numpy(w)) if name != "bucket" else Bucket(tau=0.0)(torch.from_numpy(w))
+    q = make(name, w)(torch.from_numpy(w)) if name != "bucket" else Bucket(tau=0.0)(torch.from_numpy(w))
     assert q.shape == w.shape and torch.isfinite(q).all()
     levels = [len(np.unique(r)) for r in q.numpy()]
-    expected_max = {"twn": 3, "bitnet158": 3, "uniform": 256, "pbllm": 40, "billm": 8, "onebit": w.shape[1]}.get(name, 2)
+    expected_max = {"twn": 3, "bitnet158": 3, "uniform": 256, "pbllm": 40, "billm": 8, "onebit": w.shape[1], "rtn": 16, "gptq": 16,
+                    "arb": w.shape[1], "stbllm": 11}.get(name, 2)
     assert max(levels) <= expected_max
     st = BINARIZERS[name]().storage(w.shape)
-    assert st["codes"] >= w.size  # at least one bit per weight is stored
+    sparse = {"stbllm": 0.5}.get(name, 1.0)  # N:M methods store sign bits of the kept weights only
+    assert st["codes"] >= sparse * w.size  # at least one bit per (kept) weight is stored
     if name in REFS:
         np.testing.assert_allclose(q.numpy(), REFS[name](w), rtol=1e-5, atol=1e-7)
 
 
 def test_every_method_has_a_reference_test():
     """A new method must come with a reference here (or a dedicated test below)."""
-    dedicated = {"stochastic", "uniform", "pbllm", "billm"}
+    dedicated = {"stochastic", "uniform", "pbllm", "billm", "rtn", "gptq", "arb", "stbllm"}  # the last six: tests/test_lm_track.py
     assert set(BINARIZERS) <= set(REFS) | dedicated
 
 
@@ -110,13 +125,16 @@ def test_options_are_only_those_that_act():
     w = torch.from_numpy(W(11, (8, 64)) + np.linspace(0, 0.03, 64, dtype=np.float32))
     alt = {"per_channel": lambda v: not v, "tau": lambda v: 0.5 if v is None else (0.9 if v > 0.9 else v + 0.05),
            "tau_start": lambda v: v, "bits": lambda v: 2, "salient": lambda v: 0.3, "seed": lambda v: v + 1, "H": lambda v: 0.01,
-           "terms": lambda v: v, "noise": lambda v: v, "shortcut": lambda v: v}
+           "terms": lambda v: v, "noise": lambda v: v, "shortcut": lambda v: v, "group": lambda v: 16, "act_order": lambda v: not v,
+           "percdamp": lambda v: 0.5, "blocksize": lambda v: 16, "metric": lambda v: "magnitude", "gptq": lambda v: not v,
+           "high_bits": lambda v: 3, "variant": lambda v: "rc", "iters": lambda v: 0, "n": lambda v: 2, "m": lambda v: 4}
     training_only = {"tau_start", "terms", "noise", "shortcut"}  # act in QAT (tested below), not on Q(W)
+    same_result = {("gptq", "blocksize")}  # GPTQ's lazy batches change the speed, not the result (tested in test_lm_track)
     for name, cls in BINARIZERS.items():
         for opt, default in cls.defaults().items():
-            if opt in training_only:
+            if opt in training_only or (name, opt) in same_result:
                 continue
-            a, b = cls()(w), cls(**{opt: alt[opt](default)})(w)
+            a, b = calibrated(cls(), 64)(w), calibrated(cls(**{opt: alt[opt](default)}), 64)(w)
             assert not torch.equal(a, b), f"{name}.{opt} does nothing"
 
 
@@ -226,59 +244,7 @@ def test_stochastic_clips_latent_weights_after_a_step():
 
 
 # --------------------------------------------------------------------------------------------
-# today's LLM-era methods (simplified; each checked against a numpy version of its equations)
-
-
-def test_pbllm_against_numpy():
-    w = W(5, (8, 50)).astype(np.float64).astype(np.float32)
-    q = BINARIZERS["pbllm"](salient=0.1)(torch.from_numpy(w)).numpy()
-    k = int(round(0.1 * w.size))
-    thr = np.sort(np.abs(w).ravel())[::-1][k - 1]
-    sal = np.abs(w) >= thr
-    nb = ~sal
-    alpha = (np.abs(w) * nb).sum(1, keepdims=True) / nb.sum(1, keepdims=True)
-    np.testing.assert_allclose(q[nb], (alpha * np_sign(w))[nb], rtol=1e-5)
-    step = 2 * np.abs(w * sal).max(1, keepdims=True) / 256  # 8-bit step of each row's salient range
-    assert np.all(np.abs(q - w)[sal] <= np.broadcast_to(step, w.shape)[sal] * 0.5 + 1e-7)
-
-
-def np_billm(w, salient=0.05):
-    """BiLLM (data-free reading): salient columns by squared norm get residual binarization; the rest is
-    split at the break point p (searched over 40 quantiles of |w| in [0.5, 0.99]) into two groups, each
-    alpha * sign per row; the p with the least squared error wins."""
-    w = w.astype(np.float64)
-    k = int(round(salient * w.shape[1]))
-    cols = np.zeros(w.shape[1], bool)
-    if k:
-        cols[np.argsort(-(w**2).sum(0), kind="stable")[:k]] = True
-    sal = np.broadcast_to(cols, w.shape)
-
-    def grp(mask):
-        cnt = np.maximum(mask.sum(1, keepdims=True), 1)
-        return (np.abs(w) * mask).sum(1, keepdims=True) / cnt * np_sign(w) * mask
-
-    a1 = (np.abs(w) * sal).sum(1, keepdims=True) / np.maximum(sal.sum(1, keepdims=True), 1)
-    r = w - a1 * np_sign(w)
-    a2 = (np.abs(r) * sal).sum(1, keepdims=True) / np.maximum(sal.sum(1, keepdims=True), 1)
-    out = (a1 * np_sign(w) + a2 * np_sign(r)) * sal
-    rest = ~sal
-    best, best_err = None, np.inf
-    for p in np.quantile(np.abs(w[rest]), np.linspace(0.5, 0.99, 40)):
-        conc = rest & (np.abs(w) <= p)
-        qq = out + grp(conc) + grp(rest & ~conc)
-        e = ((qq - w) ** 2).sum()
-        if e < best_err:
-            best, best_err = qq, e
-    return best
-
-
-def test_billm_against_numpy():
-    w = W(6, (16, 64))
-    q = BINARIZERS["billm"]()(torch.from_numpy(w)).numpy()
-    ref = np_billm(w)
-    err_q, err_ref = ((q - w) ** 2).sum(), ((ref - w) ** 2).sum()
-    assert err_q == pytest.approx(err_ref, rel=1e-4)  # the same optimum (quantile interpolation may differ in the last digits)
-    assert err_q < ((np_xnor(w) - w) ** 2).sum()
+# OneBit's PTQ value (the calibrated LLM-era methods are tested in test_lm_track.py)
 
 
 def test_onebit_value_vectors_are_the_rank1_of_abs():
@@ -477,10 +443,27 @@ def test_fda_noise_module_trains_and_fades():
     assert {c.name for c in model_size(wrapper).components} == {"0"}  # the noise module is not counted
 
 
-PAPER_GRADIENTS = {"xnor", "bireal", "fda", "recu"}  # tested one by one above
+PAPER_GRADIENTS = {"xnor", "bireal", "fda", "recu", "onebit", "pbllm"}  # tested one by one (pbllm: test_lm_track)
+PTQ_ONLY = {n for n, c in BINARIZERS.items() if c.needs_calibration is True}  # GPTQ, BiLLM, ARB, STBLLM: post-training methods
 
 
-@pytest.mark.parametrize("name", sorted(set(BINARIZERS) - PAPER_GRADIENTS))
+def test_onebit_gradient_flows_through_signs_and_value_vectors():
+    """d/dW of sign_ste(W) * (a b^T) is dL/dQ * a b^T * g(W / (3 std_row)); a and b get dL/dQ * sign(W) summed."""
+    from binlab.methods.onebit import svid
+
+    w = W(7, (5, 33))
+    lin = torch.nn.Linear(33, 5, bias=False)
+    lin.weight.data = torch.from_numpy(w.copy())
+    q = QuantLinear.from_linear(lin, MethodConfig("onebit")).train()
+    R = torch.from_numpy(np.random.default_rng(8).normal(size=w.shape).astype(np.float32))
+    (q.quantized_weight() * R).sum().backward()
+    a, b = (t.numpy().astype(np.float64) for t in svid(torch.from_numpy(w)))
+    ste = BINARIZERS["onebit"].default_ste
+    np.testing.assert_allclose(lin.weight.grad.numpy(), R.numpy() * np.outer(a, b) * NP_STE[ste](_x(w)), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(q.qparams.a.grad.numpy(), (R.numpy() * np_sign(w) * b[None, :]).sum(1), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(set(BINARIZERS) - PAPER_GRADIENTS - PTQ_ONLY))
 def test_default_gradient_of_plain_methods(name):
     """Methods without a paper-specific gradient use dL/dW = dL/dQ * g(W / (3 std_row)) with their default STE."""
     w = W(7, (5, 33))

@@ -3,7 +3,10 @@
 - :mod:`.base`: the :class:`Quantizer` contract and the registry.
 - :mod:`.classic`: BNN sign, BinaryConnect (stochastic), XNOR-Net, Bi-Real, ReCU, FDA, the seed's bucket.
 - :mod:`.lowbit`: BitNet, TWN, BitNet b1.58, k-bit uniform.
-- :mod:`.llm`: today's simplified PB-LLM, BiLLM, OneBit.
+- :mod:`.gptq`: round-to-nearest and GPTQ (and the OBS machinery the calibrated methods share).
+- :mod:`.pbllm`: PB-LLM (PB-GPTQ and its QAT); :mod:`.billm`: BiLLM; :mod:`.arb`: ARB-LLM (ARB, ARB-X, ARB-RC);
+  :mod:`.stbllm`: STBLLM (N:M sparse binarization).
+- :mod:`.onebit`: OneBit (SVID, learned value vectors).
 
 :func:`method_card` and :func:`cards_markdown` describe each method from the registry (the app's
 method-picker help and ``docs/methods.md``).
@@ -13,7 +16,12 @@ from __future__ import annotations
 from .base import BINARIZERS, FP_BITS, Quantizer, register, sign  # noqa: F401
 from .classic import FDA, XNOR, BiReal, Bucket, NoiseAdaptation, ReCU, Sign, Stochastic, fourier_sign, fourier_sign_grad, glorot_h, optimal_threshold  # noqa: F401
 from .lowbit import TWN, BitNet, BitNet158, Uniform, uniform_midrise  # noqa: F401
-from .llm import OneBit, PBLLM, BiLLM  # noqa: F401
+from .gptq import GPTQ, RTN  # noqa: F401
+from .pbllm import PBLLM  # noqa: F401
+from .billm import BiLLM  # noqa: F401
+from .arb import ARB  # noqa: F401
+from .stbllm import STBLLM  # noqa: F401
+from .onebit import OneBit  # noqa: F401
 
 
 def bits_per_weight(name: str, shape=(128, 128), **options) -> float:

@@ -9,9 +9,14 @@ play the role of channels -- to its fake-quantized value ``Q(W)`` of the same sh
   and Bi-Real's scale gradient, ReCU's clamp, FDA's noise adaptation -- override it).
 - :meth:`Quantizer.make_aux` returns a training-only module (FDA's noise adaptation) or None;
   it is never stored in a deployed model and never counted in its size.
+- :meth:`Quantizer.make_params` returns learned values the method stores (OneBit's value
+  vectors) or None; they are trained in QAT and counted by :meth:`Quantizer.storage`.
 - :meth:`Quantizer.set_progress` receives the fraction of QAT done, for schedules (ReCU's tau,
   FDA's noise weight). Outside QAT the quantizer is at progress 1 (its final state).
 - :meth:`Quantizer.storage` gives the exact bits a packed deployment stores.
+- Methods that use calibration data (``needs_calibration = True``: GPTQ, PB-LLM, BiLLM ...) get
+  the layer's Hessian ``H = 2 X X^T / N`` through :meth:`Quantizer.calibrate` before they can
+  quantize (:func:`binlab.calibration.calibrate_` does this for a whole model).
 
 Convention everywhere: ``sign(0) = +1``; every stored real number is fp32 (32 bits).
 
@@ -69,6 +74,7 @@ class Quantizer:
     nominal_bits: ClassVar[float] = 1.0
     #: option name -> widget description for UIs: {"kind": "bool"|"float"|"int"|"choice", "label", "min", "max", "step", "choices", "none"}
     ui: ClassVar[dict[str, dict]] = {}
+    needs_calibration: ClassVar[bool] = False  # quantize() needs the layer's input Hessian
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -90,6 +96,15 @@ class Quantizer:
     def make_aux(self, shape) -> torch.nn.Module | None:
         return None
 
+    def make_params(self, w: torch.Tensor) -> torch.nn.Module | None:
+        """Learned values the method stores with the component (OneBit's value vectors), initialised
+        from the weight ``w``; trained in QAT, saved with the model, counted by :meth:`storage`."""
+        return None
+
+    def attach(self, params: torch.nn.Module) -> None:
+        """Receive the module :meth:`make_params` made (after it is moved to the weight's device)."""
+        self.params = params
+
     def set_progress(self, frac: float) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -102,7 +117,24 @@ class Quantizer:
 
     def state(self) -> tuple:
         """What, besides the weight, ``quantize`` depends on (keys the evaluation cache)."""
-        return ()
+        return (id(getattr(self, "_hessian", None)),)
+
+    def calibrate(self, hessian: torch.Tensor) -> None:
+        """Receive the layer-wise Hessian ``H = 2 X X^T / N`` (in x in) of this component's inputs."""
+        if hessian.ndim != 2 or hessian.shape[0] != hessian.shape[1]:
+            raise ValueError(f"a Hessian must be square, got shape {tuple(hessian.shape)}")
+        self._hessian = hessian
+
+    def hessian_for(self, w: torch.Tensor) -> torch.Tensor:
+        """The calibrated Hessian, checked against ``w`` (out, in); a clear error when missing."""
+        h = getattr(self, "_hessian", None)
+        if h is None:
+            raise ValueError(f"method {self.name!r} needs calibration data: quantize the model, then call "
+                             "binlab.calibration.calibrate_(model, binlab.calibration.calibration_set(splits)) "
+                             "(the CLI and the lab do this for you)")
+        if h.shape[0] != w.shape[1]:
+            raise ValueError(f"Hessian is {tuple(h.shape)} but the weight has {w.shape[1]} input columns")
+        return h
 
     @classmethod
     def options(cls) -> list[str]:

@@ -1,0 +1,211 @@
+"""ARB-LLM: alternating refined binarizations for LLMs (Li et al., ICLR 2025, arXiv 2410.03129)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .base import FP_BITS, Quantizer, register, sign
+from .billm import block_compensated, break_point, salient_columns
+
+EPS = 1e-8
+
+
+def _mean(x, m, cnt):
+    return (x * m).sum(1, keepdim=True) / cnt
+
+
+def arb(w: torch.Tensor, mask: torch.Tensor, order: int = 1, iters: int = 15) -> tuple[torch.Tensor, dict]:
+    """Alternating refined binarization (ARB, sec. 3.1) of the ``mask`` entries, per row:
+    ``W ~ sum_k alpha_k B_k + mu``. Start from the residual binarization with means (order 1 or 2),
+    then ``iters`` rounds of, in this order:
+
+    - the mean takes up the residual's mean: ``mu <- mu + mean(W - W_hat)``  (the paper's mean refinement),
+    - each scale is the least-squares one for fixed signs:
+      ``alpha_k = <B_k, W - mu - sum_{l != k} alpha_l B_l> / <B_k, B_k>`` (the scale refinement),
+    - the signs are refitted: ``B = sign(W - mu)`` for order 1; for order 2 the pair
+      ``(B_1, B_2)`` with ``alpha_1 B_1 + alpha_2 B_2`` nearest to ``W - mu`` (the sign refinement).
+
+    Returns ``W_hat`` (zero outside the mask) and the parameters (for ARB-X)."""
+    m = mask.to(w.dtype)
+    cnt = m.sum(1, keepdim=True).clamp_min(1)
+    mus, alphas, bs = [], [], []
+    r = w * m
+    for _ in range(order):  # initial residual binarization with a mean per order
+        mu = _mean(r, m, cnt)
+        a = _mean((r - mu).abs(), m, cnt)
+        b = sign(r - mu) * m
+        mus.append(mu), alphas.append(a), bs.append(b)
+        r = (r - (a * b + mu)) * m
+    mu = sum(mus)
+    for _ in range(iters):
+        w_hat = (sum(a * b for a, b in zip(alphas, bs)) + mu) * m
+        mu = mu + _mean(w - w_hat, m, cnt)
+        for k in range(order):
+            rest = sum((alphas[j] * bs[j] for j in range(order) if j != k), torch.zeros_like(w))
+            alphas[k] = ((bs[k] * (w - mu - rest)) * m).sum(1, keepdim=True) / ((bs[k] ** 2) * m).sum(1, keepdim=True).clamp_min(EPS)
+        bs = _refit_signs(w - mu, alphas, m)
+    w_hat = (sum(a * b for a, b in zip(alphas, bs)) + mu) * m
+    return w_hat, {"mu": mu, "alphas": alphas, "bs": bs}
+
+
+def _refit_signs(target: torch.Tensor, alphas: list[torch.Tensor], m: torch.Tensor) -> list[torch.Tensor]:
+    if len(alphas) == 1:
+        return [sign(target) * m]
+    a1, a2 = alphas
+    best, best_err = None, None
+    for s1 in (1.0, -1.0):
+        for s2 in (1.0, -1.0):
+            err = (target - (s1 * a1 + s2 * a2)) ** 2
+            if best is None:
+                best, best_err = (torch.full_like(target, s1), torch.full_like(target, s2)), err
+            else:
+                take = err < best_err
+                best = (torch.where(take, s1, best[0]), torch.where(take, s2, best[1]))
+                best_err = torch.where(take, err, best_err)
+    return [best[0] * m, best[1] * m]
+
+
+def arb_x(w: torch.Tensor, mask: torch.Tensor, gram: torch.Tensor, order: int = 1, iters: int = 15) -> torch.Tensor:
+    """ARB-X (sec. 3.2): ARB, then ``iters`` rounds that refit mean and scales with the signs fixed
+    to minimise the calibration-aware error ``(w_i - w_hat_i) S (w_i - w_hat_i)^T`` per row, with
+    ``S = X X^T`` the block's input Gram matrix (= H / 2)::
+
+        mu_i      = m_i S (w_i - sum_k alpha_ik b_ik)^T / (m_i S m_i^T)
+        alpha_ik  = b_ik S (w_i - mu_i m_i - sum_{l != k} alpha_il b_il)^T / (b_ik S b_ik^T)"""
+    _, p = arb(w, mask, order, iters)
+    m = mask.to(w.dtype)
+    wm = w * m
+    mu, alphas, bs = p["mu"], p["alphas"], p["bs"]
+    mS = m @ gram
+    for _ in range(iters):
+        fit = sum(a * b for a, b in zip(alphas, bs))
+        mu = ((mS * (wm - fit)).sum(1, keepdim=True) / (mS * m).sum(1, keepdim=True).clamp_min(1e-10))
+        for k in range(order):
+            rest = sum((alphas[j] * bs[j] for j in range(order) if j != k), torch.zeros_like(w))
+            bS = bs[k] @ gram
+            alphas[k] = (bS * (wm - mu * m - rest)).sum(1, keepdim=True) / (bS * bs[k]).sum(1, keepdim=True).clamp_min(1e-10)
+    return (sum(a * b for a, b in zip(alphas, bs)) + mu) * m
+
+
+def arb_rc(w: torch.Tensor, mask: torch.Tensor, order: int = 1, iters: int = 15) -> torch.Tensor:
+    """ARB-RC (sec. 3.3): row and column scales, no mean: ``W ~ sum_k (a_k c_k^T) * B_k``.
+    Start from ``a = mean |W|`` per row, ``c_j = mean_i |W_ij| / a_i``, ``B = sign(W)`` (order 2: the
+    same on the residual); then alternate the least-squares updates
+    ``a_i = sum_j g_ij W'_ij / sum_j g_ij^2`` with ``g_ij = c_j B_ij`` and
+    ``c_j = sum_i h_ij W'_ij / sum_i h_ij^2`` with ``h_ij = a_i B_ij`` (``W'``: W minus the other
+    term); for order 2 the signs are refitted jointly to the nearest of ``+-c1 +- c2``."""
+    m = mask.to(w.dtype)
+    cnt_r = m.sum(1, keepdim=True).clamp_min(1)
+    cnt_c = m.sum(0, keepdim=True).clamp_min(1)
+    terms = []
+    r = w * m
+    for _ in range(order):
+        a = (r.abs() * m).sum(1, keepdim=True) / cnt_r
+        c = ((r.abs() / a.clamp_min(EPS)) * m).sum(0, keepdim=True) / cnt_c
+        b = sign(r) * m
+        terms.append([a, c, b])
+        r = (r - a * c * b) * m
+    for _ in range(iters):
+        for k in range(order):
+            other = sum((t[0] * t[1] * t[2] for j, t in enumerate(terms) if j != k), torch.zeros_like(w))
+            tgt = (w - other) * m
+            a, c, b = terms[k]
+            g = c * b
+            a = (g * tgt).sum(1, keepdim=True) / (g**2).sum(1, keepdim=True).clamp_min(EPS)
+            h = a * b
+            c = (h * tgt).sum(0, keepdim=True) / (h**2).sum(0, keepdim=True).clamp_min(EPS)
+            terms[k] = [a, c, b]
+        if order == 2:
+            scales = [t[0] * t[1] for t in terms]
+            b1, b2 = _refit_signs(w, scales, m)
+            terms[0][2], terms[1][2] = b1, b2
+    return sum(t[0] * t[1] * t[2] for t in terms) * m
+
+
+@register
+@dataclass
+class ARB(Quantizer):
+    """ARB-LLM (Li et al. 2025) in BiLLM's framework: per block of 128 input columns, BiLLM's
+    Hessian-chosen salient columns and break-point split into concentrated and sparse groups (the
+    searches as in :mod:`.billm`, as the ARB code keeps them), with every group binarized by
+    ``variant``:
+
+    - ``"arb"``: alternating refined binarization (:func:`arb`; salient columns order 2, the two
+      other groups order 1), 15 iterations;
+    - ``"x"``: ARB-X, the same refined against the calibration data (:func:`arb_x`);
+    - ``"rc"``: ARB-RC, row and column scales without a mean (:func:`arb_rc`).
+
+    Then BiLLM's block-wise error compensation (:func:`.billm.block_compensated`). Left out: the
+    column-group bitmap (CGB) that also splits the salient columns.
+
+    Storage, counted in full: 1 sign bit per weight and a second per salient weight, the column and
+    group bitmaps, and per block per row alpha and mu for each of the 4 binarizations with a mean
+    (7 fp32: the two salient orders share a mean); ARB-RC: a row and a column scale vector per term
+    (4 terms). :meth:`paper_bits` counts only the sign bits, as the paper does. Needs calibration data.
+    """
+
+    name: ClassVar[str] = "arb"
+    paper: ClassVar[str] = "Li et al. 2025, ARB-LLM: Alternating Refined Binarizations for Large Language Models"
+    arxiv: ClassVar[str] = "2410.03129"
+    mode: ClassVar[str] = "PTQ with calibration data"
+    stores: ClassVar[str] = "as BiLLM, with a mean per group (ARB, ARB-X) or row and column scales (ARB-RC)"
+    needs_calibration: ClassVar[bool] = True
+    data_dependent_storage: ClassVar[bool] = True
+    ui: ClassVar[dict] = {"variant": {"kind": "choice", "label": "variant", "choices": ["arb", "x", "rc"]}}
+    variant: str = "x"
+    iters: int = 15
+    blocksize: int = 128
+
+    def __post_init__(self):
+        if self.variant not in ("arb", "x", "rc"):
+            raise ValueError(f"arb variant must be 'arb', 'x' (ARB-X) or 'rc' (ARB-RC), got {self.variant!r}")
+        if not (isinstance(self.iters, int) and self.iters >= 0):
+            raise ValueError(f"arb iters must be an int >= 0, got {self.iters!r}")
+        if not (isinstance(self.blocksize, int) and self.blocksize >= 2):
+            raise ValueError(f"arb blocksize must be an int >= 2, got {self.blocksize!r}")
+        self._salient_per_block = None
+
+    def _group(self, wb, m, order, gram):
+        if self.variant == "x":
+            return arb_x(wb, m, gram, order, self.iters)
+        if self.variant == "rc":
+            return arb_rc(wb, m, order, self.iters)
+        return arb(wb, m, order, self.iters)[0]
+
+    def quantize(self, w):
+        w2 = w.reshape(w.shape[0], -1)
+        stats = []
+        h = self.hessian_for(w2).double()
+
+        def quant_block(wb, d, hb, i1):
+            gram = h[i1 : i1 + wb.shape[1], i1 : i1 + wb.shape[1]] / 2  # S = X X^T (undamped)
+            sal = salient_columns(wb, d)
+            m3 = sal[None, :].expand_as(wb)
+            rest = ~m3
+            p = break_point(wb, rest)
+            m1 = rest & (wb.abs() <= p)
+            stats.append((wb.shape[1], int(sal.sum())))
+            return self._group(wb, m3, 2, gram) + self._group(wb, m1, 1, gram) + self._group(wb, rest & ~m1, 1, gram)
+
+        q = block_compensated(w2, h, quant_block, self.blocksize)
+        self._salient_per_block = stats
+        return q.to(w.dtype).reshape(w.shape)
+
+    def _blocks(self, shape):
+        from .billm import BiLLM
+
+        return BiLLM._blocks(self, shape)
+
+    def storage(self, shape):
+        rows = shape[0]
+        blocks = self._blocks(shape)
+        per_block = (lambda c: 4 * (rows + c)) if self.variant == "rc" else (lambda c: 7 * rows)
+        return {"codes": sum(rows * (c + k) for c, k in blocks), "index": sum(c + rows * (c - k) for c, k in blocks),
+                "scales": FP_BITS * sum(per_block(c) for c, _ in blocks)}
+
+    def paper_bits(self):
+        from .billm import BiLLM
+
+        return BiLLM.paper_bits(self)

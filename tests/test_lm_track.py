@@ -1,0 +1,630 @@
+"""The language-model track: the causal LM, perplexity, the bigram floor, calibration, and the
+calibrated PTQ methods (RTN, GPTQ, PB-LLM, BiLLM) against references written from the papers'
+equations in numpy float64."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from binlab.methods import BINARIZERS
+
+
+# ------------------------------------------------------------------------------------------------
+# independent references (numpy, float64)
+
+
+def np_minmax(w, bits):
+    maxq = 2**bits - 1
+    lo = np.minimum(w.min(1, keepdims=True), 0)
+    hi = np.maximum(w.max(1, keepdims=True), 0)
+    dead = (lo == 0) & (hi == 0)
+    lo, hi = np.where(dead, -1, lo), np.where(dead, 1, hi)
+    s = (hi - lo) / maxq
+    z = np.round(-lo / s)
+    return s, z
+
+
+def np_quant(w, s, z, bits):
+    return s * (np.clip(np.round(w / s) + z, 0, 2**bits - 1) - z)
+
+
+def np_damped(W, H, damp=0.01):
+    W, H = W.copy(), H.copy()
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += damp * np.mean(np.diag(H)) * np.eye(len(H))
+    return W, H
+
+
+def obs_reference(W, H, quant_col):
+    """Optimal Brain Surgeon one column at a time, with explicit inverses (GPTQ eq. 2-3):
+    quantize column j, then w_F -= (w_j - q_j) / [H_F^-1]_jj [H_F^-1]_{j,F} with F = {j, ..., n-1}."""
+    W = W.copy()
+    Q = np.zeros_like(W)
+    n = W.shape[1]
+    for j in range(n):
+        Hf_inv = np.linalg.inv(H[j:, j:])
+        q = quant_col(j, W[:, j])
+        e = (W[:, j] - q) / Hf_inv[0, 0]
+        W[:, j:] -= np.outer(e, Hf_inv[0, :])
+        Q[:, j] = q
+    return Q
+
+
+def hf_inv_diag(H):
+    """[H_F^-1]_jj for F = {j, ..., n-1} (what the Cholesky factor's diagonal squares to)."""
+    return np.array([np.linalg.inv(H[j:, j:])[0, 0] for j in range(len(H))])
+
+
+def layer(rows=6, cols=20, n=200, seed=0, dead=()):
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(rows, cols)) * 0.05
+    X = rng.normal(size=(cols, n)) * rng.uniform(0.2, 2.0, size=(cols, 1))  # unequal input scales
+    X[1] += 0.8 * X[0]  # correlated inputs: compensation matters
+    for d in dead:
+        X[d] = 0
+    H = 2 * X @ X.T / n
+    return W, X, H
+
+
+# ------------------------------------------------------------------------------------------------
+# RTN and GPTQ
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_rtn_matches_the_minmax_grid(bits):
+    W, _, _ = layer()
+    s, z = np_minmax(W, bits)
+    got = BINARIZERS["rtn"](bits=bits).quantize(torch.from_numpy(W)).numpy()
+    np.testing.assert_allclose(got, np_quant(W, s, z, bits), atol=1e-12)
+    assert all(len(np.unique(row)) <= 2**bits for row in got)
+
+
+@pytest.mark.parametrize("bits,blocksize,dead", [(2, 128, ()), (3, 5, ()), (2, 7, (3,))])
+def test_gptq_equals_obs_with_explicit_inverses(bits, blocksize, dead):
+    W, X, H = layer(dead=dead)
+    s, z = np_minmax(W, bits)  # the grid is fitted on the original rows
+    Wd, Hd = np_damped(W, H)
+    ref = obs_reference(Wd, Hd, lambda j, w: np_quant(w[:, None], s, z, bits)[:, 0])
+    q = BINARIZERS["gptq"](bits=bits, blocksize=blocksize)
+    q.calibrate(torch.from_numpy(H))
+    got = q.quantize(torch.from_numpy(W)).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-9)
+    # and it pays: the layer's output error is below round-to-nearest's
+    rtn = np_quant(W, s, z, bits)
+    assert np.linalg.norm((W - got) @ X) < np.linalg.norm((W - rtn) @ X)
+
+
+def test_gptq_act_order_is_obs_in_permuted_order():
+    W, _, H = layer(seed=3)
+    s, z = np_minmax(W, 2)
+    perm = np.argsort(-np.diag(H), kind="stable")
+    Wd, Hd = np_damped(W[:, perm], H[perm][:, perm])
+    ref = obs_reference(Wd, Hd, lambda j, w: np_quant(w[:, None], s, z, 2)[:, 0])[:, np.argsort(perm)]
+    q = BINARIZERS["gptq"](bits=2, act_order=True)
+    q.calibrate(torch.from_numpy(H))
+    np.testing.assert_allclose(q.quantize(torch.from_numpy(W)).numpy(), ref, atol=1e-9)
+
+
+def test_gptq_without_calibration_says_what_to_do():
+    with pytest.raises(ValueError, match="calibration"):
+        BINARIZERS["gptq"]().quantize(torch.randn(4, 8))
+
+
+# ------------------------------------------------------------------------------------------------
+# PB-LLM
+
+
+def test_pbllm_round_to_nearest_matches_reference():
+    W, _, _ = layer(rows=8, cols=30)
+    k = int(round(0.1 * W.size))
+    thr = np.sort(np.abs(W).ravel())[-k]
+    sal = np.abs(W) >= thr
+    s, z = np_minmax(W, 8)
+    alpha = np.array([np.abs(W[r][~sal[r]]).mean() for r in range(len(W))])[:, None]
+    ref = np.where(sal, np_quant(W, s, z, 8), alpha * np.where(W >= 0, 1, -1))
+    got = BINARIZERS["pbllm"](metric="magnitude", gptq=False).quantize(torch.from_numpy(W)).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-12)
+    assert sal.sum() == k
+
+
+def test_pb_gptq_matches_obs_reference_with_hessian_salience():
+    W, X, H = layer(rows=8, cols=24, seed=5)
+    Wd, Hd = np_damped(W, H)
+    score = Wd**2 / hf_inv_diag(Hd)[None, :]  # w^2 / U_jj^2 with U_jj^2 = [H_F^-1]_jj
+    k = int(round(0.1 * W.size))
+    sal = np.zeros(W.size, bool)
+    sal[np.argsort(-score.ravel(), kind="stable")[:k]] = True
+    sal = sal.reshape(W.shape)
+    s, z = np_minmax(W, 8)
+    alpha = np.array([np.abs(Wd[r][~sal[r]]).mean() for r in range(len(W))])
+
+    def col(j, w):
+        return np.where(sal[:, j], np_quant(w[:, None], s, z, 8)[:, 0], alpha * np.where(w >= 0, 1, -1))
+
+    ref = obs_reference(Wd, Hd, col)
+    q = BINARIZERS["pbllm"]()
+    q.calibrate(torch.from_numpy(H))
+    got = q.quantize(torch.from_numpy(W)).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-9)
+    plain = BINARIZERS["pbllm"](metric="hessian", gptq=False)
+    plain.calibrate(torch.from_numpy(H))
+    assert np.linalg.norm((W - got) @ X) < np.linalg.norm((W - plain.quantize(torch.from_numpy(W)).numpy()) @ X)
+
+
+def test_pbllm_storage_by_hand():
+    rows, cols = 64, 256
+    n, k = rows * cols, round(0.1 * rows * cols)
+    csr = k * 8 + (rows + 1) * 32  # 8-bit column index (256 columns) + row pointers
+    want = (n - k) + 8 * k + min(n, csr) + 2 * rows * 32 + rows * 8
+    assert sum(BINARIZERS["pbllm"]().storage((rows, cols)).values()) == want
+
+
+def test_pbllm_qat_freezes_salient_weights():
+    from binlab.ste import STES  # noqa: F401  (the registry the default estimator comes from)
+
+    torch.manual_seed(0)
+    w = torch.randn(8, 40, requires_grad=True)
+    q = BINARIZERS["pbllm"](metric="magnitude", gptq=False)
+    out = q.train_forward(w, "identity", torch.full((8, 1), 3.0))
+    out.sum().backward()
+    sal = q._qat_mask
+    assert sal.sum() == round(0.1 * w.numel())
+    assert torch.all(w.grad[sal] == 0) and torch.all(w.grad[~sal] != 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# BiLLM
+
+
+def np_binarize_group(w, m, order):
+    out = np.zeros_like(w)
+    r = np.where(m, w, 0.0)
+    for _ in range(order):
+        cnt = np.maximum(m.sum(1, keepdims=True), 1)
+        a = np.abs(r).sum(1, keepdims=True) / cnt
+        b = np.where(m, a * np.where(r >= 0, 1, -1), 0.0)
+        out += b
+        r = np.where(m, r - b, 0.0)
+    return out
+
+
+def test_split_errors_closed_form_matches_direct_binarization():
+    from binlab.methods.billm import split_errors
+
+    rng = np.random.default_rng(1)
+    w = rng.laplace(size=(5, 40))
+    m = rng.random((5, 40)) > 0.2
+    ps = np.array([0.2, 0.7, 1.5])
+    got = split_errors(torch.from_numpy(w), torch.from_numpy(m), torch.from_numpy(ps)).numpy()
+    for p, e in zip(ps, got):
+        lo = m & (np.abs(w) <= p)
+        q = np_binarize_group(w, lo, 1) + np_binarize_group(w, m & ~lo, 1)
+        assert e == pytest.approx(float((((w - q) * m) ** 2).sum()), rel=1e-9)
+
+
+def test_break_point_grid_is_near_the_exhaustive_optimum():
+    from binlab.methods.billm import break_point, split_errors
+
+    rng = np.random.default_rng(2)
+    w = torch.from_numpy(rng.laplace(size=(16, 64)))
+    m = torch.ones_like(w, dtype=torch.bool)
+    every = torch.unique(w.abs())  # every distinct split point
+    best_all = float(split_errors(w, m, every).min())
+    p = break_point(w, m)
+    mine = float(split_errors(w, m, torch.tensor([p], dtype=w.dtype))[0])
+    assert best_all <= mine <= 1.01 * best_all
+    no_split = float(split_errors(w, m, torch.tensor([float(w.abs().max())], dtype=w.dtype))[0])
+    assert mine < 0.8 * no_split  # splitting the bell-shaped weights helps
+
+
+def np_billm_block(Wb, u_diag):
+    """One BiLLM block from the equations: salient columns by summed w^2 / U_jj^2 with the count
+    searched, residual (order-2) binarization on them, the break-point split on the rest."""
+    from binlab.methods.billm import break_point
+
+    cols = Wb.shape[1]
+    score = (Wb**2 / u_diag[None, :] ** 2).sum(0)
+    order = np.argsort(-score, kind="stable")
+    errs = []
+    for k in range(1, min(50, cols)):
+        m = np.zeros(Wb.shape, bool)
+        m[:, order[:k]] = True
+        errs.append(((Wb - np_binarize_group(Wb, m, 2) - np_binarize_group(Wb, ~m, 2)) ** 2).sum())
+    k = 1 + int(np.argmin(errs))
+    m3 = np.zeros(Wb.shape, bool)
+    m3[:, order[:k]] = True
+    p = break_point(torch.from_numpy(Wb), torch.from_numpy(~m3))
+    m1 = ~m3 & (np.abs(Wb) <= p)
+    return np_binarize_group(Wb, m3, 2) + np_binarize_group(Wb, m1, 1) + np_binarize_group(Wb, ~m3 & ~m1, 1), k
+
+
+def np_upper_chol_inv(H):
+    return np.linalg.cholesky(np.linalg.inv(H)).T  # U with H^-1 = U^T U
+
+
+def test_billm_single_block_matches_reference():
+    W, _, H = layer(rows=10, cols=24, seed=7)
+    Wd, Hd = np_damped(W, H)
+    ref, k = np_billm_block(Wd, np.sqrt(hf_inv_diag(Hd)))
+    q = BINARIZERS["billm"]()
+    q.calibrate(torch.from_numpy(H))
+    np.testing.assert_allclose(q.quantize(torch.from_numpy(W)).numpy(), ref, atol=1e-12)
+    assert q.paper_bits() == pytest.approx(1 + k / 24)
+    st = q.storage(W.shape)
+    assert st == {"codes": 10 * (24 + k), "index": 24 + 10 * (24 - k), "scales": 4 * 10 * 32}
+
+
+def test_billm_compensates_each_block_error_on_later_columns():
+    """Algorithm 1 of the paper: E = (W_b - Q_b) / diag(U_b); W_after -= E U[b, after]."""
+    W, X, H = layer(rows=12, cols=64, seed=9)
+    Wd, Hd = np_damped(W, H)
+    U = np_upper_chol_inv(Hd)
+    Wc = Wd.copy()
+    Q = np.zeros_like(Wc)
+    for i1 in range(0, 64, 16):
+        i2 = i1 + 16
+        Q[:, i1:i2], _ = np_billm_block(Wc[:, i1:i2], np.diag(U)[i1:i2])
+        E = (Wc[:, i1:i2] - Q[:, i1:i2]) / np.diag(U)[i1:i2][None, :]
+        Wc[:, i2:] -= E @ U[i1:i2, i2:]
+    q = BINARIZERS["billm"](blocksize=16)
+    q.calibrate(torch.from_numpy(H))
+    got = q.quantize(torch.from_numpy(W)).numpy()
+    np.testing.assert_allclose(got, Q, atol=1e-9)
+    assert len(q._salient_per_block) == 4
+
+
+# ------------------------------------------------------------------------------------------------
+# calibration on a model
+
+
+def test_calibration_hessian_equals_2xxT_over_non_padding_rows(tiny_model, tiny_splits):
+    from binlab.calibration import calibration_set, collect_hessians
+    from binlab.data import PAD_ID
+
+    calib = calibration_set(tiny_splits, 16, seed=1)
+    H = collect_hessians(tiny_model, calib, ["layers.0.attn.q"])["layers.0.attn.q"]
+    xs = []
+    with torch.no_grad():
+        for x, _ in calib.batches(32):
+            xs.append(tiny_model.embed(x)[x != PAD_ID].double())
+    X = torch.cat(xs)
+    torch.testing.assert_close(H, 2 * X.T @ X / len(X))
+
+
+def test_calibration_rows_come_from_train_only(tiny_splits):
+    from binlab.calibration import calibration_set
+
+    calib = calibration_set(tiny_splits, 64, seed=3)
+    rows = lambda s: {tuple(s.ids[s.offsets[i]:s.offsets[i + 1]]) for i in range(len(s))}  # noqa: E731
+    assert rows(calib) <= rows(tiny_splits.train)
+    assert len(calib) == 64 and calib.labels.tolist() != []
+    with pytest.raises(ValueError):
+        calibration_set(tiny_splits.test, 4)  # a bare split is refused: calibration draws from Splits.train
+
+
+def test_sequential_calibration_sees_quantized_earlier_layers(fixture_data):
+    from binlab.calibration import calibrate_, calibration_set
+    from binlab.presets import build_model, get_preset, load_data
+    from binlab.quantize import QuantSpec, quantize_
+
+    from dataclasses import replace
+
+    p = get_preset("tiny")
+    p = replace(p, model=replace(p.model, n_layers=2))
+    splits = load_data(p, source=str(fixture_data), val_size=100, test_size=100)
+    model = build_model(p, splits)
+    calib = calibration_set(splits, 32)
+    quantize_(model, QuantSpec.simple("encoder", "gptq", options={"bits": 2}))
+    seq = calibrate_(model, calib, sequential=True)
+    cache = {}
+    fp = calibrate_(model, calib, sequential=False, cache=cache)
+    assert set(cache) == set(fp)
+    torch.testing.assert_close(seq["layers.0.attn.q"], fp["layers.0.attn.q"])  # nothing before layer 0 is quantized
+    assert not torch.allclose(seq["layers.1.attn.q"], fp["layers.1.attn.q"])  # layer 1 sees a 2-bit layer 0
+
+
+def test_ptq_of_a_calibrated_method_without_data_is_a_clear_error(tiny_model):
+    from binlab.qat import ptq
+    from binlab.quantize import QuantSpec
+
+    with pytest.raises(ValueError, match="calibration data"):
+        ptq(tiny_model, QuantSpec.simple("encoder", "billm"))
+    with pytest.raises(ValueError, match="embedding"):
+        from binlab.calibration import collect_hessians
+
+        collect_hessians(tiny_model, None, ["embed.token"])
+
+
+# ------------------------------------------------------------------------------------------------
+# the causal LM
+
+
+@pytest.fixture(scope="module")
+def lm_splits(fixture_data):
+    from binlab.presets import load_data
+
+    return load_data("tiny-lm", source=str(fixture_data))
+
+
+def test_lm_is_causal_and_has_the_component_names(lm_splits):
+    from binlab.model import component_names
+    from binlab.presets import build_model, get_preset
+
+    m = build_model(get_preset("tiny-lm"), lm_splits).eval()
+    names = component_names(m)
+    assert {"embed.token", "layers.0.attn.q", "layers.0.ffn.down", "head"} <= set(names)
+    x = torch.from_numpy(lm_splits.val.ids[:12].astype(np.int64))[None]
+    y1 = m(x)
+    x2 = x.clone()
+    x2[0, 8:] = 5  # change the future
+    y2 = m(x2)
+    assert y1.shape == (1, 12, lm_splits.vocab_size)
+    torch.testing.assert_close(y1[0, :8], y2[0, :8])  # earlier positions do not see it
+    assert not torch.allclose(y1[0, 8:], y2[0, 8:])
+
+
+def test_perplexity_is_exp_of_the_token_nll(lm_splits):
+    from binlab.presets import build_model, get_preset
+    from binlab.train import evaluate
+
+    m = build_model(get_preset("tiny-lm"), lm_splits).eval()
+    r = evaluate(m, lm_splits.val)
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for i in range(len(lm_splits.val)):
+            ids = torch.from_numpy(lm_splits.val.ids[lm_splits.val.offsets[i]:lm_splits.val.offsets[i + 1]].astype(np.int64))
+            logp = torch.log_softmax(m(ids[None])[0].double(), -1)
+            nll -= float(logp[torch.arange(len(ids) - 1), ids[1:]].sum())
+            n += len(ids) - 1
+    assert r.tokens == n
+    assert r.perplexity == pytest.approx(math.exp(nll / n), rel=1e-5)
+    assert r.perplexity == pytest.approx(lm_splits.vocab_size, rel=0.5)  # untrained: about uniform
+
+
+def test_tiny_lm_trains_and_beats_its_start(lm_splits):
+    from binlab.presets import build_model, get_preset
+    from binlab.train import evaluate, train
+
+    p = get_preset("tiny-lm")
+    m = build_model(p, lm_splits)
+    before = evaluate(m, lm_splits.val).perplexity
+    hist = train(m, lm_splits.train, p.train, val_split=lm_splits.val)
+    after = evaluate(m, lm_splits.val).perplexity
+    assert after < 0.5 * before
+    assert hist["val_perplexity"][-1] == pytest.approx(after, rel=1e-6)
+
+
+def test_bigram_floor_matches_direct_counts(lm_splits):
+    from binlab.ngram import Bigram, _pairs, bigram_perplexity
+
+    bg = Bigram(lm_splits.train, lm_splits.vocab_size)
+    v, w = _pairs(lm_splits.train)
+    V = lm_splits.vocab_size
+    counts = np.zeros((V, V))
+    np.add.at(counts, (v, w), 1)
+    p1 = (np.bincount(w, minlength=V) + 1) / (len(w) + V)
+    tv, tw = _pairs(lm_splits.test)
+    cv = counts.sum(1)[tv]
+    lam = 0.7
+    p = np.where(cv > 0, lam * counts[tv, tw] / np.maximum(cv, 1) + (1 - lam) * p1[tw], p1[tw])
+    assert bg.perplexity(lm_splits.test, lam) == pytest.approx(math.exp(-np.log(p).mean()), rel=1e-10)
+    out = bigram_perplexity(lm_splits)
+    assert out["test_perplexity"] < V  # far better than uniform
+
+
+def test_lm_ptq_with_calibrated_methods_and_size(lm_splits):
+    from binlab.calibration import calibration_set
+    from binlab.presets import build_model, get_preset
+    from binlab.qat import ptq
+    from binlab.quantize import QuantSpec
+    from binlab.size import model_size
+    from binlab.train import evaluate
+
+    m = build_model(get_preset("tiny-lm"), lm_splits)
+    calib = calibration_set(lm_splits, 32)
+    for name in ("gptq", "pbllm", "billm"):
+        q = ptq(m, QuantSpec.simple("encoder", name), calib=calib)
+        r = evaluate(q, lm_splits.val)
+        assert math.isfinite(r.perplexity)
+        rep = model_size(q)
+        quantized = [c for c in rep.components if c.method == name]
+        assert len(quantized) == 6
+        for c in quantized:  # every stored bit of the component comes from the method's own count
+            mod = q.get_submodule(c.name)
+            assert c.total_bits - c.bits["bias"] == sum(mod.quantizer.storage(tuple(mod.weight.shape)).values())
+
+
+# ------------------------------------------------------------------------------------------------
+# ARB-LLM
+
+
+def np_arb1(w, m, iters):
+    """ARB order 1 from the paper's updates, one row at a time."""
+    out = np.zeros_like(w)
+    for r in range(len(w)):
+        x = w[r][m[r]]
+        if len(x) == 0:
+            continue
+        mu = x.mean()
+        a = np.abs(x - mu).mean()
+        b = np.where(x - mu >= 0, 1.0, -1.0)
+        for _ in range(iters):
+            mu = mu + (x - (a * b + mu)).mean()
+            a = (b * (x - mu)).sum() / (b * b).sum()
+            b = np.where(x - mu >= 0, 1.0, -1.0)
+        out[r][m[r]] = a * b + mu
+    return out
+
+
+def test_arb_order1_matches_reference_and_beats_plain_binarization():
+    from binlab.methods.arb import arb
+
+    rng = np.random.default_rng(4)
+    w = rng.laplace(size=(6, 30)) + 0.3
+    m = rng.random(w.shape) > 0.3
+    got, _ = arb(torch.from_numpy(w), torch.from_numpy(m), 1, 15)
+    np.testing.assert_allclose(got.numpy(), np_arb1(w, m, 15), atol=1e-12)
+    plain = np_binarize_group(w, m, 1)
+    assert (((w - got.numpy()) * m) ** 2).sum() < (((w - plain) * m) ** 2).sum()
+
+
+def test_arb_x_is_least_squares_in_the_calibration_metric():
+    """After ARB-X the last-updated scale is the minimiser of (w - w_hat) S (w - w_hat)^T per row
+    (its derivative is zero), and the calibration error is no larger than plain ARB's."""
+    from binlab.methods.arb import arb, arb_x
+
+    W, X, H = layer(rows=5, cols=16, seed=11)
+    S = H / 2
+    m = np.ones(W.shape, bool)
+    m[:, :3] = False
+    got = arb_x(torch.from_numpy(W), torch.from_numpy(m), torch.from_numpy(S), 1, 15).numpy()
+    plain = arb(torch.from_numpy(W), torch.from_numpy(m), 1, 15)[0].numpy()
+    for r in range(5):
+        e_x, e_p = (W[r] * m[r] - got[r]), (W[r] * m[r] - plain[r])
+        assert e_x @ S @ e_x <= e_p @ S @ e_p + 1e-15
+        b = np.sign(got[r] - (got[r][m[r]].max() + got[r][m[r]].min()) / 2) * m[r]  # the row's signs
+        assert abs(b @ S @ e_x) < 1e-9 * (abs(W[r]) @ S @ abs(W[r]))  # d/d alpha = -2 b S e = 0
+
+
+def test_arb_rc_row_scales_are_least_squares():
+    from binlab.methods.arb import arb_rc
+
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(6, 20)) * rng.uniform(0.5, 2, size=(1, 20))
+    m = np.ones_like(w, bool)
+    got = arb_rc(torch.from_numpy(w), torch.from_numpy(m), 1, 15).numpy()
+    # the fit is rank-one-scaled signs: |got| = a c^T
+    a_c = np.abs(got)
+    assert np.linalg.matrix_rank(a_c, tol=1e-9) == 1
+    plain = np_binarize_group(w, m, 1)  # one scale per row
+    assert ((w - got) ** 2).sum() < ((w - plain) ** 2).sum()
+
+
+# ------------------------------------------------------------------------------------------------
+# STBLLM
+
+
+def test_nm_mask_keeps_exactly_n_of_every_m():
+    from binlab.methods.stbllm import nm_mask
+
+    score = torch.randn(7, 40)
+    for n, m in ((4, 8), (6, 8), (2, 4)):
+        keep = nm_mask(score, n, m)
+        groups = keep.reshape(7, 40 // m, m)
+        assert torch.all(groups.sum(2) == n)
+        # the kept ones are the group's best
+        s = score.reshape(7, 40 // m, m)
+        assert torch.all(s.masked_fill(~groups, float("inf")).min(2).values >= s.masked_fill(groups, -float("inf")).max(2).values)
+
+
+def test_standardized_importance_matches_formula():
+    from binlab.methods.stbllm import standardized_importance
+
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=(5, 12))
+    hd = rng.uniform(0.1, 3, size=12)
+    a = np.abs(w)
+    rel = a / a.sum(0, keepdims=True) + a / a.sum(1, keepdims=True)
+    z = (rel - rel.mean()) / rel.std(ddof=1)
+    np.testing.assert_allclose(standardized_importance(torch.from_numpy(w), torch.from_numpy(hd)).numpy(), z * np.sqrt(hd)[None], rtol=1e-12)
+
+
+def test_three_group_errors_match_direct():
+    from binlab.methods.stbllm import three_group_errors
+
+    rng = np.random.default_rng(8)
+    w = rng.laplace(size=(4, 32))
+    m = rng.random(w.shape) > 0.4
+    for p in (0.3, 0.8):
+        a = np.abs(w)
+        q = sum(np_binarize_group(w, g, 1) for g in (m & (a < p), m & (a >= p) & (a < 2 * p), m & (a >= 2 * p)))
+        got = float(three_group_errors(torch.from_numpy(w), torch.from_numpy(m), torch.tensor([p], dtype=torch.float64))[0])
+        assert got == pytest.approx(float((((w - q) * m) ** 2).sum()), rel=1e-9)
+
+
+def test_stbllm_is_n_m_sparse_and_counts_its_storage():
+    from binlab.methods.stbllm import nm_mask, standardized_importance
+
+    W, X, H = layer(rows=8, cols=32, seed=12)
+    q = BINARIZERS["stbllm"](n=4, m=8)
+    q.calibrate(torch.from_numpy(H))
+    got = q.quantize(torch.from_numpy(W)).numpy()
+    keep = nm_mask(standardized_importance(torch.from_numpy(W), torch.from_numpy(np.diag(H).copy())), 4, 8).numpy()
+    assert np.all(got[~keep] == 0) and np.all(got[keep] != 0)
+    c, k, kept, ks = q._stats[0]
+    assert kept == 8 * 32 // 2
+    st = q.storage(W.shape)
+    assert st["codes"] == kept + ks
+    assert st["index"] == 8 * 4 * 7 + 32 + 8 * math.ceil((kept - ks) / 5)  # C(8,4) = 70 -> 7 bits per group
+    assert st["scales"] == 5 * 8 * 32
+    assert q.paper_bits() == pytest.approx((kept + ks) / W.size)
+
+
+# ------------------------------------------------------------------------------------------------
+# OneBit
+
+
+def test_svid_is_the_rank1_svd_of_abs_w_and_the_nmf_optimum():
+    from binlab.methods.onebit import svid
+
+    rng = np.random.default_rng(13)
+    W = rng.normal(size=(9, 14))
+    a, b = svid(torch.from_numpy(W))
+    U, S, Vt = np.linalg.svd(np.abs(W))
+    np.testing.assert_allclose(np.outer(a.numpy(), b.numpy()), S[0] * np.outer(U[:, 0], Vt[0]), atol=1e-10)
+    assert (a.numpy() >= 0).all() and (b.numpy() >= 0).all()
+    # rank-1 NMF by Lee-Seung multiplicative updates from a random start reaches the same product
+    x, y = rng.uniform(0.1, 1, 9), rng.uniform(0.1, 1, 14)
+    A = np.abs(W)
+    for _ in range(3000):
+        x *= (A @ y) / (x * (y @ y))
+        y *= (A.T @ x) / (y * (x @ x))
+    np.testing.assert_allclose(np.outer(x, y), np.outer(a.numpy(), b.numpy()), rtol=1e-6, atol=1e-8)
+
+
+def test_onebit_value_vectors_are_learned_stored_and_counted(tiny_model, tiny_splits):
+    from binlab.qat import QATConfig, qat
+    from binlab.quantize import QuantSpec
+    from binlab.size import model_size
+    from binlab.train import TrainConfig
+
+    spec = QuantSpec.simple("encoder", "onebit")
+    student, _ = qat(tiny_model, spec, tiny_splits.train.head(128),
+                     QATConfig(TrainConfig(epochs=1, lr=1e-2, warmup=0.0, device="cpu", distill=0.5), hidden_distill=1.0))
+    mod = student.get_submodule("layers.0.attn.q")
+    from binlab.methods.onebit import svid
+
+    a0, b0 = svid(tiny_model.get_submodule("layers.0.attn.q").weight.detach())
+    assert not torch.allclose(mod.qparams.a, a0)  # learned, not recomputed
+    w = mod.weight.detach()
+    torch.testing.assert_close(mod.quantized_weight(), torch.where(w >= 0, 1.0, -1.0) * torch.outer(mod.qparams.a, mod.qparams.b).detach())
+    assert "layers.0.attn.q.qparams.a" in student.state_dict()
+    rep = model_size(student)
+    names = [c.name for c in rep.components]
+    assert not any("qparams" in n for n in names)
+    c = next(c for c in rep.components if c.name == "layers.0.attn.q")
+    assert c.bits["codes"] == w.numel() and c.bits["scales"] == 32 * sum(w.shape)
+
+
+def test_hidden_loss_matches_reference():
+    from binlab.objective import hidden_loss
+
+    torch.manual_seed(0)
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
+    hs = [torch.randn(2, 4, 3) for _ in range(3)]
+    ht = [torch.randn(2, 4, 3) for _ in range(3)]
+    want = 0.0
+    for s, t in zip(hs[:-1], ht[:-1]):
+        terms = []
+        for i in range(2):
+            for j in range(4):
+                if ids[i, j] != 0:
+                    d = s[i, j] / s[i, j].norm() - t[i, j] / t[i, j].norm()
+                    terms.append(float((d**2).sum()))
+        want += np.mean(terms)
+    assert float(hidden_loss(hs, ht, ids)) == pytest.approx(want, rel=1e-6)

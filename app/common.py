@@ -18,13 +18,28 @@ def sidebar() -> tuple[str, str | None]:
     qp = st.query_params
     names = list(PRESETS)
     default = qp.get("preset", os.environ.get("BINLAB_PRESET", "scratch"))
-    if "preset" not in st.session_state:
-        st.session_state["preset"] = default if default in names else "scratch"
+    if "_preset" not in st.session_state:
+        if default not in names:
+            st.warning(f"Unknown preset {default!r} (from the URL or BINLAB_PRESET); using 'scratch'. Presets: {', '.join(names)}.")
+        st.session_state["_preset"] = default if default in names else "scratch"
+    # a widget's state does not survive a page switch: re-seed it from the page-independent choice
+    st.session_state["preset"] = st.session_state["_preset"]
+
+    def keep():
+        st.session_state["_preset"] = st.session_state["preset"]
+
     with st.sidebar:
-        st.selectbox("Model preset", names, key="preset", help="\n\n".join(f"**{n}**: {p.description}" for n, p in PRESETS.items()))
-        src = st.text_input("AG_NEWS source", value=os.environ.get("BINLAB_DATA", ""), key="source",
+        st.selectbox("Model preset", names, key="preset", on_change=keep,
+                     help="\n\n".join(f"**{n}**: {p.description}" for n, p in PRESETS.items()))
+        st.session_state.setdefault("_source", os.environ.get("BINLAB_DATA", ""))
+        st.session_state["source"] = st.session_state["_source"]
+
+        def keep_source():
+            st.session_state["_source"] = st.session_state["source"]
+
+        src = st.text_input("AG_NEWS source", key="source", on_change=keep_source,
                             help="A local folder in the Hugging Face layout, or empty for the hub (fancyzhx/ag_news).")
-    return st.session_state["preset"], (src or None)
+    return st.session_state["_preset"], (src or None)
 
 
 @st.cache_resource(show_spinner="Loading and tokenising AG_NEWS ...")

@@ -1,7 +1,9 @@
 """The computations behind the Streamlit lab, with no widgets: the app is a thin layer over these.
 
 - :class:`LiveLab` keeps one working copy of a trained model and re-binarizes it (PTQ) on every
-  change, measuring validation accuracy on pre-batched rows, exact size, and weight statistics.
+  change, measuring validation accuracy (a language model: perplexity) on pre-batched rows, exact
+  size, and weight statistics. Methods that need data are calibrated on training rows, each
+  component's Hessian computed once from the full-precision model and cached.
 - :func:`component_view` gives what the histogram of one weight matrix draws.
 - :func:`sensitivity` binarizes each component alone (and the QK/QV/KV pairs) and measures.
 - :data:`SEED_POINTS`: the seed's (reduction, accuracy) points for reference in scatter plots.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,8 +22,9 @@ from .binarizers import Bucket
 from .data import EncodedSplit
 from .quantize import GROUPS, MethodConfig, QuantEmbedding, QuantLinear, QuantSpec, Rule, quantizable, quantize_
 from .size import model_size
-from .stats import paired_difference, wilson_interval
-from .train import EVAL_BATCH
+from .objective import perplexity, task_of
+from .stats import paired_difference, paired_ratio_difference, ratio_interval, wilson_interval
+from .train import EVAL_BATCH, stats_on
 
 PARTS = (("Q", "attn.q"), ("K", "attn.k"), ("V", "attn.v"), ("O", "attn.o"), ("FFN up", "ffn.up"), ("FFN down", "ffn.down"))
 
@@ -62,59 +66,115 @@ def spec_components(spec: QuantSpec) -> tuple[list[str], MethodConfig | None]:
 
 
 def _correct(model, batches) -> tuple[np.ndarray, float]:
-    """Per-row correctness (in batch order) and the mean cross-entropy."""
-    hits, loss, total = [], 0.0, 0
-    with torch.inference_mode():
-        for x, y in batches:
-            logits = model(x)
-            hits.append((logits.argmax(1) == y).cpu().numpy())
-            loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-            total += len(y)
-    return np.concatenate(hits), loss / total
+    """Per-row correctness (in batch order) and the mean cross-entropy (classifiers)."""
+    nll, _, hits = stats_on(model, batches)
+    return hits.astype(bool), float(nll.mean())
+
+
+def lm_metrics(nll: np.ndarray, units: np.ndarray, base_nll: np.ndarray) -> dict:
+    """Perplexity on the rows with its 95 % interval, and the change of mean NLL per token against
+    the baseline on the same rows (paired, delta method); ``ppl_ratio`` = exp of that change."""
+    r = ratio_interval(nll, units)
+    d = paired_ratio_difference(nll, base_nll, units)
+    return {"perplexity": perplexity(r.value), "perplexity_low": perplexity(r.low), "perplexity_high": perplexity(r.high),
+            "baseline_perplexity": perplexity(float(base_nll.sum() / units.sum())), "ppl_ratio": perplexity(d.value),
+            "ppl_ratio_low": perplexity(d.low), "ppl_ratio_high": perplexity(d.high), "ppl_within_noise": d.within_noise,
+            "tokens": int(units.sum())}
 
 
 class LiveLab:
-    """One working copy of a baseline that follows the spec it is given (PTQ), fast enough for a slider."""
+    """One working copy of a baseline that follows the spec it is given (PTQ), fast enough for a slider.
 
-    def __init__(self, baseline: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000, batch_size: int = EVAL_BATCH, device: str = "auto"):
+    ``calib`` (training rows, :func:`binlab.calibration.calibration_set`) lets methods that need data
+    (GPTQ, PB-LLM, BiLLM ...) run; their Hessians come from the full-precision model and are cached
+    per component, so a change of options never recomputes them."""
+
+    def __init__(self, baseline: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000, batch_size: int = EVAL_BATCH, device: str = "auto",
+                 calib: EncodedSplit | None = None):
         from .train import pick_device
 
         self.device = pick_device(device)  # a GPU when there is one
         self.model = copy.deepcopy(baseline).to(self.device).eval()
+        self.task = task_of(self.model)
         self.val = val.head(val_rows)
         self.batches = list(self.val.batches(batch_size, device=self.device))  # padded once, reused on every change
+        self.calib = calib
+        self.hessians: dict[str, torch.Tensor] = {}
         self.spec = QuantSpec()
-        self.baseline_correct, _ = _correct(self.model, self.batches)
-        self.baseline_accuracy = float(self.baseline_correct.mean())
+        self.baseline_nll, self.units, hits = stats_on(self.model, self.batches)
+        self.baseline_correct = hits.astype(bool) if self.task == "classify" else hits
+        self.baseline_accuracy = float(hits.sum() / self.units.sum())
         self.fp_size = model_size(self.model).summary()
+
+    def hessian(self, name: str) -> torch.Tensor:
+        """The full-precision Hessian of a component's inputs on the calibration rows (cached)."""
+        from .calibration import _bypassed, collect_hessians
+        from .quantize import quantized_modules
+
+        if self.calib is None:
+            raise ValueError("this lab has no calibration data (pass calib=...)")
+        if name not in self.hessians:
+            with _bypassed(quantized_modules(self.model)):
+                self.hessians.update(collect_hessians(self.model, self.calib, [name]))
+        return self.hessians[name]
 
     def apply(self, spec: QuantSpec) -> dict:
         """Binarize to ``spec`` (only changed components are redone) and measure; returns plain numbers.
 
         Accuracies on the sample carry their 95 % Wilson interval (``accuracy_low``/``accuracy_high``), and
         the change against fp32 on the same rows its paired 95 % interval (``diff_low``/``diff_high``) and
-        McNemar p-value; ``within_noise`` is True when that interval contains 0 (:mod:`binlab.stats`)."""
+        McNemar p-value; ``within_noise`` is True when that interval contains 0 (:mod:`binlab.stats`).
+        A language model adds :func:`lm_metrics` (perplexity; ``accuracy`` is next-token top-1)."""
+        from .calibration import calibrate_, needs_calibration
+
         t0 = time.perf_counter()
         quantize_(self.model, spec)
         self.spec = spec
-        correct, loss = _correct(self.model, self.batches)
+        todo = needs_calibration(self.model)
+        if todo:
+            if self.calib is None:
+                raise ValueError(f"{todo[0]}'s method needs calibration data, and this lab has none (pass calib=...)")
+            calibrate_(self.model, self.calib, sequential=False, cache=self.hessians)
+        nll, units, hits = stats_on(self.model, self.batches)
         size = model_size(self.model).summary()
-        n = len(correct)
-        lo, hi = wilson_interval(int(correct.sum()), n)
-        pd = paired_difference(correct, self.baseline_correct)
-        return {"accuracy": 100 * float(correct.mean()), "accuracy_low": 100 * lo, "accuracy_high": 100 * hi, "loss": loss,
-                "baseline_accuracy": 100 * self.baseline_accuracy, "diff": 100 * pd.diff, "diff_low": 100 * pd.low,
-                "diff_high": 100 * pd.high, "p_value": pd.p_value, "within_noise": pd.within_noise, **size,
-                "fp32_bytes": self.fp_size["total_bytes"], "seconds": time.perf_counter() - t0, "rows": n}
+        out = {"loss": float(nll.sum() / units.sum()), **size, "fp32_bytes": self.fp_size["total_bytes"], "rows": len(nll),
+               "baseline_accuracy": 100 * self.baseline_accuracy}
+        if self.task == "lm":
+            acc = ratio_interval(hits, units)
+            dacc = paired_ratio_difference(hits, self.baseline_correct, units)
+            out |= {"accuracy": 100 * acc.value, "accuracy_low": 100 * acc.low, "accuracy_high": 100 * acc.high,
+                    "diff": 100 * dacc.value, "diff_low": 100 * dacc.low, "diff_high": 100 * dacc.high, "p_value": float("nan"),
+                    "within_noise": dacc.within_noise, **lm_metrics(nll, units, self.baseline_nll)}
+        else:
+            correct = hits.astype(bool)
+            n = len(correct)
+            lo, hi = wilson_interval(int(correct.sum()), n)
+            pd = paired_difference(correct, self.baseline_correct)
+            out |= {"accuracy": 100 * float(correct.mean()), "accuracy_low": 100 * lo, "accuracy_high": 100 * hi,
+                    "diff": 100 * pd.diff, "diff_low": 100 * pd.low, "diff_high": 100 * pd.high, "p_value": pd.p_value,
+                    "within_noise": pd.within_noise}
+        out["seconds"] = time.perf_counter() - t0
+        return out
 
 
 def compare_models(model_a: torch.nn.Module, model_b: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000,
                    batch_size: int = EVAL_BATCH) -> dict:
     """Accuracy of A and B on the same rows, each with its 95 % interval, and A - B with its paired
-    95 % interval and McNemar p-value (percent points)."""
+    95 % interval and McNemar p-value (percent points). Language models: next-token accuracy and
+    perplexity, with delta-method intervals (:func:`lm_metrics`, B as the reference)."""
     rows = val.head(val_rows)
     out = {}
     correct = []
+    if task_of(model_a) == "lm":
+        st = [stats_on(m.eval(), list(rows.batches(batch_size, device=next(m.parameters()).device))) for m in (model_a, model_b)]
+        units = st[0][1]
+        for tag, (nll, _, hits) in zip("ab", st):
+            r = ratio_interval(hits, units)
+            out.update({f"accuracy_{tag}": 100 * r.value, f"low_{tag}": 100 * r.low, f"high_{tag}": 100 * r.high,
+                        f"perplexity_{tag}": perplexity(float(nll.sum() / units.sum()))})
+        d = paired_ratio_difference(st[0][2], st[1][2], units)
+        return out | {"diff": 100 * d.value, "diff_low": 100 * d.low, "diff_high": 100 * d.high, "p_value": float("nan"),
+                      "within_noise": d.within_noise, "rows": len(units), **lm_metrics(st[0][0], units, st[1][0])}
     for tag, m in (("a", model_a), ("b", model_b)):
         dev = next(m.parameters()).device
         c, _ = _correct(m.eval(), list(rows.batches(batch_size, device=dev)))
@@ -126,17 +186,26 @@ def compare_models(model_a: torch.nn.Module, model_b: torch.nn.Module, val: Enco
                   "within_noise": pd.within_noise, "rows": len(correct[0])}
 
 
-def component_view(model: torch.nn.Module, name: str, method: MethodConfig | None, max_points: int = 200_000) -> dict:
+def component_view(model: torch.nn.Module, name: str, method: MethodConfig | None, max_points: int = 200_000,
+                   hessian: Callable[[str], torch.Tensor] | None = None) -> dict:
     """Latent and quantized weights of one component for a histogram, plus error statistics.
 
     With a per-channel method the values are shown per row in std units, ``(w - mean_row) / std_row``,
-    so a bucket threshold ``tau`` is one vertical line for every row.
+    so a bucket threshold ``tau`` is one vertical line for every row. A method that needs data gets
+    the component's Hessian from ``hessian(name)`` (:meth:`LiveLab.hessian`).
     """
     mod = quantizable(model).get(name)
     if mod is None:
         raise ValueError(f"no component {name!r}; choose one of {list(quantizable(model))}")
     w = mod.weight.detach().float().cpu()
-    q = method.make()(w) if method is not None else w  # for stochastic: the first draw of a fresh instance
+    q = w
+    if method is not None:
+        quantizer = method.make()  # for stochastic: the first draw of a fresh instance
+        if quantizer.needs_calibration:
+            if hessian is None:
+                raise ValueError(f"{method.method} needs calibration data to show its values")
+            quantizer.calibrate(hessian(name).cpu())
+        q = quantizer(w)
     # methods without a per_channel option work per row (ReCU, BiLLM, OneBit) or have no scale (sign): show row units
     per_channel = bool(method is not None and getattr(method.make(), "per_channel", True))
     w2, q2 = w.reshape(w.shape[0], -1), q.reshape(q.shape[0], -1)
@@ -161,9 +230,11 @@ def component_view(model: torch.nn.Module, name: str, method: MethodConfig | Non
     return out
 
 
-def sensitivity(baseline: torch.nn.Module, val: EncodedSplit, method: MethodConfig, callback=None, val_rows: int = 1000) -> list[dict]:
-    """PTQ accuracy when each component alone, each attention pair, and a few groups are binarized."""
-    lab = LiveLab(baseline, val, val_rows)
+def sensitivity(baseline: torch.nn.Module, val: EncodedSplit, method: MethodConfig, callback=None, val_rows: int = 1000,
+                calib: EncodedSplit | None = None) -> list[dict]:
+    """PTQ accuracy (a language model: also perplexity) when each component alone, each attention
+    pair, and a few groups are binarized."""
+    lab = LiveLab(baseline, val, val_rows, calib=calib)
     lay = layout(lab.model)
     targets = [(f"L{i} {label}", name, "component") for i, row in enumerate(lay["layers"]) for label, name in row]
     targets += [(n, n, "component") for n in lay["embeddings"]] + [("head", "head", "component")]
@@ -173,7 +244,8 @@ def sensitivity(baseline: torch.nn.Module, val: EncodedSplit, method: MethodConf
         r = lab.apply(QuantSpec((Rule(target, method),)))
         rows.append({"label": label, "target": target, "kind": kind, "accuracy": r["accuracy"], "drop": r["baseline_accuracy"] - r["accuracy"],
                      "drop_low": -r["diff_high"], "drop_high": -r["diff_low"], "within_noise": r["within_noise"],
-                     "accuracy_low": r["accuracy_low"], "accuracy_high": r["accuracy_high"], "reduction_percent": r["reduction_percent"]})
+                     "accuracy_low": r["accuracy_low"], "accuracy_high": r["accuracy_high"], "reduction_percent": r["reduction_percent"],
+                     **({"perplexity": r["perplexity"], "ppl_ratio": r["ppl_ratio"]} if "perplexity" in r else {})})
         if callback:
             callback(i + 1, len(targets), label)
     return rows

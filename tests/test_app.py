@@ -153,3 +153,67 @@ def test_binarize_shows_only_options_that_act(env, trained):
     at.slider(key="opt:recu:tau").set_value(0.9).run()
     spec = json.loads(at.query_params["spec"][0] if isinstance(at.query_params["spec"], list) else at.query_params["spec"])
     assert spec["rules"][0]["method"]["options"]["tau"] == 0.9
+
+
+# ------------------------------------------------------------------------------------------------
+# the language-model preset
+
+
+@pytest.fixture()
+def lm_env(app_data, monkeypatch):
+    monkeypatch.setenv("BINLAB_DATA", str(app_data))
+    monkeypatch.setenv("BINLAB_PRESET", "tiny-lm")
+    return app_data
+
+
+@pytest.fixture(scope="module")
+def lm_trained(app_data):
+    import os
+
+    old = os.environ.get("BINLAB_PRESET")
+    os.environ["BINLAB_DATA"], os.environ["BINLAB_PRESET"] = str(app_data), "tiny-lm"
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception
+    if any(b.key == "train_baseline" for b in at.button):
+        at.button(key="train_baseline").click().run()
+        assert not at.exception
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert metric(at, "validation perplexity")  # the LM's home shows perplexity
+    os.environ["BINLAB_PRESET"] = old or "tiny"
+    return True
+
+
+def test_lm_binarize_shows_perplexity_calibrates_and_generates(lm_env, lm_trained):
+    at = new_app("views/binarize.py")
+    assert not at.exception
+    assert at.selectbox(key="preset").value == "tiny-lm"
+    p0 = float(metric(at, "validation perplexity"))
+    at.button(key="pick_encoder").click().run()
+    at.selectbox(key="method").set_value("sign").run()
+    assert not at.exception
+    p_sign = float(metric(at, "validation perplexity"))
+    at.selectbox(key="method").set_value("billm").run()  # needs calibration: Hessians from training rows, cached
+    assert not at.exception, at.exception
+    p_billm = float(metric(at, "validation perplexity"))
+    assert p_billm < p_sign and p0 > 1
+    at.selectbox(key="method").set_value("gptq").run()
+    assert not at.exception
+    assert any("binarized" in m.value for m in at.markdown) and any("fp32" in m.value for m in at.markdown)  # the generate box
+    at.text_input(key="prompt").set_value("team wins").run()
+    assert not at.exception
+    at.button(key="eval_test").click().run()
+    assert any("test perplexity" in s.value for s in at.success)
+
+
+def test_lm_sensitivity_and_train_pages(lm_env, lm_trained):
+    at = new_app("views/sensitivity.py")
+    at.selectbox(key="sens_method").set_value("xnor").run()
+    at.button(key="run_sweep").click().run()
+    assert not at.exception
+    at = new_app("views/binarize.py")
+    at.button(key="pick_encoder").click().run()
+    at.switch_page("views/train.py").run()
+    at.slider(key="qat_epochs").set_value(0.2).run()
+    at.button(key="run_qat").click().run()
+    assert not at.exception
+    assert float(metric(at, "validation perplexity after QAT")) > 1

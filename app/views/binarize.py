@@ -8,6 +8,8 @@ from common import friendly_errors, require_baseline, sidebar
 
 from binlab.activations import ACTIVATIONS
 from binlab.binarizers import BINARIZERS
+from binlab.calibration import calibration_set
+from binlab.generate import greedy
 from binlab.lab import SEED_POINTS, LiveLab, component_view, layout, spec_components
 from binlab.methods import method_card
 from binlab.quantize import MethodConfig, QuantSpec, Rule
@@ -21,7 +23,8 @@ st.title("Binarize (live)")
 def live_lab(baseline, splits) -> LiveLab:
     key = f"lab:{preset}:{source}"
     if key not in st.session_state:
-        st.session_state[key] = LiveLab(baseline, splits.val)
+        # calibration rows (train only) for the methods that need data; their Hessians are cached in the lab
+        st.session_state[key] = LiveLab(baseline, splits.val, calib=calibration_set(splits))
     return st.session_state[key]
 
 
@@ -124,7 +127,7 @@ with friendly_errors():
             cols = st.columns(len(row))
             for c, (label, n) in zip(cols, row):
                 c.checkbox(label.replace("FFN ", ""), key=f"c:{n}")
-        st.caption("Classifier")
+        st.caption("LM head" if lab.task == "lm" else "Classifier")
         st.checkbox("head", key=f"c:{lay['head']}")
 
         st.subheader("2 · Method")
@@ -158,28 +161,46 @@ with friendly_errors():
         st.subheader("3 · What changed")
         m1, m2 = st.columns(2)
         m3, m4 = st.columns(2)
-        m1.metric("validation accuracy", f"{r['accuracy']:.2f} %",
-                  f"{r['diff']:+.2f} pts vs fp32" + (" (within noise)" if r["within_noise"] else ""),
-                  delta_color="off" if r["within_noise"] else "normal",
-                  help=f"95 % interval of the accuracy on these {r['rows']} rows: {r['accuracy_low']:.1f}-{r['accuracy_high']:.1f} %. "
-                       f"Change against fp32 on the same rows: {r['diff']:+.2f} pts, 95 % interval "
-                       f"{r['diff_low']:+.2f} to {r['diff_high']:+.2f} (paired; McNemar p = {r['p_value']:.3f}).")
+        if lab.task == "lm":
+            m1.metric("validation perplexity", f"{r['perplexity']:.2f}",
+                      f"x{r['ppl_ratio']:.3f} vs fp32 {r['baseline_perplexity']:.2f}" + (" (within noise)" if r["ppl_within_noise"] else ""),
+                      delta_color="off" if r["ppl_within_noise"] else "inverse",
+                      help=f"95 % interval on these {r['rows']} rows ({r['tokens']:,} tokens): {r['perplexity_low']:.2f}-{r['perplexity_high']:.2f}. "
+                           f"Ratio to fp32 on the same rows x{r['ppl_ratio']:.3f}, 95 % interval x{r['ppl_ratio_low']:.3f}-x{r['ppl_ratio_high']:.3f} "
+                           f"(paired, delta method). Next-token accuracy {r['accuracy']:.2f} %.")
+        else:
+            m1.metric("validation accuracy", f"{r['accuracy']:.2f} %",
+                      f"{r['diff']:+.2f} pts vs fp32" + (" (within noise)" if r["within_noise"] else ""),
+                      delta_color="off" if r["within_noise"] else "normal",
+                      help=f"95 % interval of the accuracy on these {r['rows']} rows: {r['accuracy_low']:.1f}-{r['accuracy_high']:.1f} %. "
+                           f"Change against fp32 on the same rows: {r['diff']:+.2f} pts, 95 % interval "
+                           f"{r['diff_low']:+.2f} to {r['diff_high']:+.2f} (paired; McNemar p = {r['p_value']:.3f}).")
         m2.metric("model size", f"{r['megabytes']:.3f} MB", f"{r['megabytes'] - r['fp32_megabytes']:+.3f} MB", delta_color="inverse")
         m3.metric("size reduction", f"{r['reduction_percent']:.2f} %")
         m4.metric("bits / quantized weight", f"{r['bits_per_quantized_weight']:.3f}" if chosen else "-")
-        st.caption(f"{r['rows']} validation rows: accuracy {r['accuracy']:.2f} % (95 % interval {r['accuracy_low']:.1f}-{r['accuracy_high']:.1f}); "
-                   f"change vs fp32 {r['diff']:+.2f} pts (95 % interval {r['diff_low']:+.2f} to {r['diff_high']:+.2f}"
-                   + ("; within noise" if r["within_noise"] else "") + f") · updated in {r['seconds']:.2f} s · "
-                   "sizes are exact (codes, scales, means, masks and fp32 rest)")
+        if lab.task == "lm":
+            st.caption(f"{r['rows']} validation rows ({r['tokens']:,} tokens): perplexity {r['perplexity']:.2f} (95 % interval "
+                       f"{r['perplexity_low']:.2f}-{r['perplexity_high']:.2f}); x{r['ppl_ratio']:.3f} the fp32 model's (95 % interval "
+                       f"x{r['ppl_ratio_low']:.3f}-x{r['ppl_ratio_high']:.3f}" + ("; within noise" if r["ppl_within_noise"] else "")
+                       + f") · updated in {r['seconds']:.2f} s · sizes are exact")
+        else:
+            st.caption(f"{r['rows']} validation rows: accuracy {r['accuracy']:.2f} % (95 % interval {r['accuracy_low']:.1f}-{r['accuracy_high']:.1f}); "
+                       f"change vs fp32 {r['diff']:+.2f} pts (95 % interval {r['diff_low']:+.2f} to {r['diff_high']:+.2f}"
+                       + ("; within noise" if r["within_noise"] else "") + f") · updated in {r['seconds']:.2f} s · "
+                       "sizes are exact (codes, scales, means, masks and fp32 rest)")
 
         points = st.session_state.setdefault("points", {})
         label = ", ".join(chosen[:3]) + (f" +{len(chosen) - 3}" if len(chosen) > 3 else "") if chosen else "fp32"
-        points[spec.to_json()] = {"label": f"{label} · {method}", "reduction": r["reduction_percent"], "accuracy": r["accuracy"],
-                                  "low": r["accuracy_low"], "high": r["accuracy_high"], "source": "PTQ"}
+        if lab.task == "lm":  # the scatter plots perplexity for a language model
+            points[spec.to_json()] = {"label": f"{label} · {method}", "reduction": r["reduction_percent"], "accuracy": r["perplexity"],
+                                      "low": r["perplexity_low"], "high": r["perplexity_high"], "source": "PTQ"}
+        else:
+            points[spec.to_json()] = {"label": f"{label} · {method}", "reduction": r["reduction_percent"], "accuracy": r["accuracy"],
+                                      "low": r["accuracy_low"], "high": r["accuracy_high"], "source": "PTQ"}
 
         view_default = chosen[0] if chosen else names[0]
         comp = st.selectbox("Weight matrix to inspect", names, index=names.index(view_default), key="view")
-        v = component_view(lab.model, comp, mc)
+        v = component_view(lab.model, comp, mc, hessian=lab.hessian)
         fig = go.Figure()
         fig.add_histogram(x=v["latent"], nbinsx=120, name="latent (fp32) weights", opacity=0.75)
         fig.add_histogram(x=v["quantized"], nbinsx=240, name=f"{method} values (right axis)", opacity=0.5, yaxis="y2")
@@ -202,17 +223,33 @@ with friendly_errors():
                                text=[p["label"] for p in ps], marker=dict(size=9, symbol=sym),
                                error_y=dict(type="data", symmetric=False, array=[p.get("high", p["accuracy"]) - p["accuracy"] for p in ps],
                                             arrayminus=[p["accuracy"] - p.get("low", p["accuracy"]) for p in ps], thickness=1))
-        sc.add_scatter(x=[p["reduction"] for p in SEED_POINTS], y=[p["accuracy"] for p in SEED_POINTS], mode="markers", name="seed (reported)",
-                       text=[p["label"] for p in SEED_POINTS], marker=dict(size=9, symbol="x", color="gray"))
-        sc.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), title="accuracy vs size reduction (every configuration tried; bars: 95 % interval)",
-                         xaxis_title="size reduction %", yaxis_title="accuracy %")
+        if lab.task == "lm":
+            sc.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), yaxis_type="log",
+                             title="validation perplexity vs size reduction (every configuration tried; bars: 95 % interval)",
+                             xaxis_title="size reduction %", yaxis_title="perplexity (log)")
+        else:
+            sc.add_scatter(x=[p["reduction"] for p in SEED_POINTS], y=[p["accuracy"] for p in SEED_POINTS], mode="markers", name="seed (reported)",
+                           text=[p["label"] for p in SEED_POINTS], marker=dict(size=9, symbol="x", color="gray"))
+            sc.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), title="accuracy vs size reduction (every configuration tried; bars: 95 % interval)",
+                             xaxis_title="size reduction %", yaxis_title="accuracy %")
         st.plotly_chart(sc, width="stretch")
 
-        if st.button("Evaluate on the full test set", key="eval_test"):
+        if lab.task == "lm":
+            st.subheader("Generate")
+            prompt = st.text_input("Prompt (greedy continuation, fp32 and binarized side by side)", "oil prices rose on", key="prompt")
+            if prompt.strip():
+                g1, g2 = st.columns(2)
+                fp_out, q_out = greedy(baseline, splits.tokenizer, prompt, 20), greedy(lab.model, splits.tokenizer, prompt, 20)
+                g1.markdown(f"**fp32** ({1000 * fp_out['seconds']:.0f} ms)\n\n{prompt} *{fp_out['text']}*")
+                g2.markdown(f"**binarized** ({1000 * q_out['seconds']:.0f} ms)\n\n{prompt} *{q_out['text']}*")
+        if st.button("Evaluate on the full test set", key="eval_test", help="for the final check: choose settings on validation, test once"):
             with st.spinner(f"evaluating {len(splits.test):,} test rows ..."):
                 t = evaluate(lab.model, splits.test)
-            st.success(f"test accuracy **{100 * t.accuracy:.2f} %** on {t.n:,} rows ({t.seconds:.1f} s)")
-            st.dataframe([{"class": k, "accuracy %": round(100 * a, 2)} for k, a in t.per_class.items()], hide_index=True)
+            if t.perplexity is not None:
+                st.success(f"test perplexity **{t.perplexity:.2f}** on {t.n:,} rows ({t.tokens:,} tokens, {t.seconds:.1f} s)")
+            else:
+                st.success(f"test accuracy **{100 * t.accuracy:.2f} %** on {t.n:,} rows ({t.seconds:.1f} s)")
+                st.dataframe([{"class": k, "accuracy %": round(100 * a, 2)} for k, a in t.per_class.items()], hide_index=True)
         with st.expander("Share this configuration"):
             st.code("?preset=" + preset + "&spec=" + json.dumps(json.loads(spec.to_json())), language=None)
             st.caption("The URL of this page already holds it: copy the address bar to reproduce this view.")

@@ -12,9 +12,11 @@ st.title("binlab: binarize a language model, live")
 st.markdown(
     """
 Binarization stores each weight in **1 bit** (+1 or -1, or two bucket means) instead of 32. This lab
-lets you choose *which* parts of a small transformer text classifier to binarize — attention
-**Q/K/V/O**, the **FFN**, the **embeddings**, the classifier **head**, layer by layer — with which
-binarizer and straight-through estimator, and see accuracy on AG_NEWS and the exact model size change.
+lets you choose *which* parts of a small transformer to binarize — attention **Q/K/V/O**, the
+**FFN**, the **embeddings**, the **head**, layer by layer — with which binarizer and
+straight-through estimator, and see the exact model size change with accuracy on AG_NEWS (a text
+classifier) or perplexity on AG_NEWS text (the `lm` preset, a small causal language model, where the
+LLM-era methods -- GPTQ, PB-LLM, BiLLM, ARB-LLM, STBLLM, OneBit -- calibrate on training text).
 
 1. **Home** (here): check the data and train the full-precision baseline once (cached on disk).
 2. **Binarize (live)**: pick components and a method, drag the threshold; numbers update in about a second.
@@ -55,7 +57,10 @@ with friendly_errors():
     else:
         model, meta = hit
         c1, c2, c3 = st.columns(3)
-        c1.metric("validation accuracy", f"{100 * meta['val_accuracy']:.2f} %")
+        if meta.get("val_perplexity") is not None:
+            c1.metric("validation perplexity", f"{meta['val_perplexity']:.2f}", help=f"next-token accuracy {100 * meta['val_accuracy']:.2f} %")
+        else:
+            c1.metric("validation accuracy", f"{100 * meta['val_accuracy']:.2f} %")
         c2.metric("training time", f"{meta['history']['seconds'] / 60:.1f} min")
         c3.metric("epochs", f"{meta['history']['epochs']:.1f}")
         if meta.get("loss_curve"):

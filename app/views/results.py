@@ -20,6 +20,23 @@ preset = st.radio("Preset", presets, horizontal=True, key="res_preset")
 for p in [p for p in payloads if p["preset"] == preset]:
     st.subheader(f"{p['experiment']}: {p['title']}")
     st.caption(p["note"] + f"  \nMachine: {p['machine']} · {p['date']} · `{p['command']}`")
+    if any("perplexity" in r for r in p["rows"]):  # the language-model table
+        fp = next((r["perplexity"] for r in p["rows"] if r["mode"] == "fp"), None)
+        bg = (p.get("bigram_perplexity") or {}).get("test_perplexity")
+        st.caption(f"Test perplexity of the fp32 LM: {fp:.2f}" + (f"; a bigram model on the same tokens: {bg:.2f}." if bg else "."))
+        rows = [{"configuration": r["label"], "mode": r["mode"], "budget": r.get("budget"), "perplexity": round(r["perplexity"], 2),
+                 "x fp32": round(r["perplexity"] / fp, 3) if fp else None, "bits / weight (all stored)": round(r["bits_per_quantized_weight"], 3),
+                 "paper bits": r.get("paper_bits"), "reduction %": round(r["reduction_percent"], 2),
+                 "the survey reports (LLaMA-7B)": r.get("survey")} for r in p["rows"]]
+        st.dataframe(rows, hide_index=True, width="stretch")
+        if p.get("finding"):
+            st.markdown(p["finding"])
+        fig = go.Figure(go.Bar(x=[r["configuration"] for r in rows], y=[r["perplexity"] for r in rows], name="test perplexity"))
+        if bg:
+            fig.add_hline(y=bg, line_dash="dot", annotation_text="bigram")
+        fig.update_layout(height=340, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="test perplexity (log)", yaxis_type="log")
+        st.plotly_chart(fig, width="stretch")
+        continue
     n_test = p["data"]["test"]
     ci = [wilson_interval(round(r["accuracy"] * n_test / 100), n_test) for r in p["rows"]]
     rows = [{"configuration": r["label"], "mode": r["mode"], "budget": r.get("budget"), "accuracy %": round(r["accuracy"], 2),

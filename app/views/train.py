@@ -4,6 +4,7 @@ import streamlit as st
 
 from common import friendly_errors, require_baseline, sidebar
 
+from binlab.calibration import calibration_set
 from binlab.lab import compare_models
 from binlab.qat import QATConfig, ptq, qat
 from binlab.quantize import QuantSpec
@@ -73,28 +74,38 @@ with friendly_errors():
 
         cfg = QATConfig(TrainConfig(epochs=epochs, lr=lr, warmup=0.05, distill=distill, eval_every=max(1, int(epochs * rows / 32 / 4))),
                         freeze=("embed.token.*",) if preset == "minilm-l2" else ())
-        student, hist = qat(baseline, spec, splits.train, cfg, val_split=splits.val.head(500), callback=cb)
+        calib = calibration_set(splits)  # training rows, for methods that need data
+        student, hist = qat(baseline, spec, splits.train, cfg, val_split=splits.val.head(500), callback=cb, calib=calib)
         draw()
         bar.progress(1.0, text=f"done in {hist['seconds']:.0f} s")
-        cmp = compare_models(student, ptq(baseline, spec), splits.val)  # QAT vs PTQ on the same validation rows
+        cmp = compare_models(student, ptq(baseline, spec, calib=calib), splits.val)  # QAT vs PTQ on the same validation rows
         after = {"accuracy": cmp["accuracy_a"]}
         size = model_size(student).summary()
         m1, m2, m3 = st.columns(3)
-        m1.metric("validation accuracy after QAT", f"{cmp['accuracy_a']:.2f} %",
-                  f"{cmp['diff']:+.2f} pts vs PTQ" + (" (within noise)" if cmp["within_noise"] else ""),
-                  delta_color="off" if cmp["within_noise"] else "normal",
-                  help=f"95 % interval {cmp['low_a']:.1f}-{cmp['high_a']:.1f} % on {cmp['rows']} rows; QAT - PTQ on the same rows: "
-                       f"{cmp['diff_low']:+.2f} to {cmp['diff_high']:+.2f} pts (paired 95 %; McNemar p = {cmp['p_value']:.3f})")
-        m2.metric("PTQ (no training)", f"{cmp['accuracy_b']:.2f} %", help=f"95 % interval {cmp['low_b']:.1f}-{cmp['high_b']:.1f} %")
+        if "perplexity" in cmp:  # a language model
+            m1.metric("validation perplexity after QAT", f"{cmp['perplexity_a']:.2f}",
+                      f"x{cmp['ppl_ratio']:.3f} vs PTQ" + (" (within noise)" if cmp["ppl_within_noise"] else ""),
+                      delta_color="off" if cmp["ppl_within_noise"] else "inverse",
+                      help=f"QAT / PTQ perplexity on the same {cmp['rows']} rows, 95 % interval x{cmp['ppl_ratio_low']:.3f}-x{cmp['ppl_ratio_high']:.3f}")
+            m2.metric("PTQ (no training)", f"{cmp['perplexity_b']:.2f}")
+        else:
+            m1.metric("validation accuracy after QAT", f"{cmp['accuracy_a']:.2f} %",
+                      f"{cmp['diff']:+.2f} pts vs PTQ" + (" (within noise)" if cmp["within_noise"] else ""),
+                      delta_color="off" if cmp["within_noise"] else "normal",
+                      help=f"95 % interval {cmp['low_a']:.1f}-{cmp['high_a']:.1f} % on {cmp['rows']} rows; QAT - PTQ on the same rows: "
+                           f"{cmp['diff_low']:+.2f} to {cmp['diff_high']:+.2f} pts (paired 95 %; McNemar p = {cmp['p_value']:.3f})")
+            m2.metric("PTQ (no training)", f"{cmp['accuracy_b']:.2f} %", help=f"95 % interval {cmp['low_b']:.1f}-{cmp['high_b']:.1f} %")
         m3.metric("size reduction", f"{size['reduction_percent']:.2f} %")
         pts = st.session_state.setdefault("points", {})
+        y = ({"accuracy": cmp["perplexity_a"], "low": cmp["perplexity_a"], "high": cmp["perplexity_a"]} if "perplexity" in cmp
+             else {"accuracy": cmp["accuracy_a"], "low": cmp["low_a"], "high": cmp["high_a"]})  # the scatter's y: perplexity for an LM
         pts["qat:" + spec.to_json() + f":{epochs}:{lr}:{distill}"] = {"label": f"QAT {epochs} ep, KD {distill}", "reduction": size["reduction_percent"],
-                                                                      "accuracy": cmp["accuracy_a"], "low": cmp["low_a"], "high": cmp["high_a"],
-                                                                      "source": "QAT"}
+                                                                      **y, "source": "QAT"}
         st.session_state["qat_model"] = student
         stem = save_qat(student, spec, preset, cfg, after)
         st.success(f"Added to the accuracy-vs-size scatter on the Binarize page. Saved (latent weights + spec) to `{stem}`.")
     if "qat_model" in st.session_state and st.button("Evaluate the QAT model on the full test set", key="qat_test"):
         with st.spinner("evaluating ..."):
             t = evaluate(st.session_state["qat_model"], splits.test)
-        st.success(f"test accuracy **{100 * t.accuracy:.2f} %** ({t.n:,} rows)")
+        st.success(f"test perplexity **{t.perplexity:.2f}** ({t.n:,} rows)" if t.perplexity is not None
+                   else f"test accuracy **{100 * t.accuracy:.2f} %** ({t.n:,} rows)")

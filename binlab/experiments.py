@@ -35,6 +35,7 @@ from .size import model_size
 from .train import TrainConfig, evaluate
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+CALIB_ROWS = 128  # calibration rows (train only) for the methods that need data, as in GPTQ and its successors
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,11 @@ class Config:
     spec: QuantSpec
     mode: str = "qat"  # fp | ptq | qat
     seed: tuple | None = None  # the seed's (accuracy %, size, reduction %) for this row, if any
+    survey: str | None = None  # LM rows: what the survey reports for the method on LLaMA (attributed, not measured)
+    qat: dict | None = None  # this row's changes to the table's QAT budget (e.g. {"hidden_distill": 1.0})
+
+    def budget(self, base: QATConfig) -> QATConfig:
+        return replace(base, **self.qat) if self.qat else base
 
 
 def _spec(*rules, attn_probs=None) -> QuantSpec:
@@ -163,11 +169,53 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     )),
 ]}
 
+def _enc(method: str, **options) -> QuantSpec:
+    """Every block linear (attention and FFN) with ``method``; embeddings and head full precision, as
+    the LLM papers keep them."""
+    return _spec(("encoder", MethodConfig(method, options=options)))
+
+
+WIKI = "LLaMA-7B WikiText2 ppl"
+LM_CONFIGS = (
+    Config("fp32 baseline", FP, "fp"),
+    Config("RTN 4-bit", _enc("rtn", bits=4), "ptq"),
+    Config("RTN 3-bit", _enc("rtn", bits=3), "ptq"),
+    Config("RTN 2-bit", _enc("rtn", bits=2), "ptq"),
+    Config("GPTQ 4-bit", _enc("gptq", bits=4), "ptq"),
+    Config("GPTQ 3-bit", _enc("gptq", bits=3), "ptq"),
+    Config("GPTQ 2-bit", _enc("gptq", bits=2), "ptq"),
+    Config("sign (BNN), PTQ", _enc("sign"), "ptq"),
+    Config("XNOR, PTQ", _enc("xnor"), "ptq"),
+    Config("PB-LLM 10 % salient, magnitude, no compensation (PTQ)", _enc("pbllm", metric="magnitude", gptq=False), "ptq"),
+    Config("PB-LLM 10 % salient, Hessian, PB-GPTQ (PTQ)", _enc("pbllm"), "ptq", survey=f"{WIKI} 102.36 (PTQ, 1.7 bits)"),
+    Config("BiLLM (PTQ)", _enc("billm"), "ptq", survey=f"{WIKI} 35.04 (1.08 bits)"),
+    Config("ARB-LLM: ARB (PTQ)", _enc("arb", variant="arb"), "ptq"),
+    Config("ARB-LLM: ARB-X (PTQ)", _enc("arb", variant="x"), "ptq"),
+    Config("ARB-LLM: ARB-RC (PTQ)", _enc("arb", variant="rc"), "ptq"),
+    Config("STBLLM 4:8 (PTQ)", _enc("stbllm", n=4, m=8), "ptq", survey=f"{WIKI} 31.72 (0.55 bits)"),
+    Config("STBLLM 6:8 (PTQ)", _enc("stbllm", n=6, m=8), "ptq"),
+    Config("XNOR, QAT + KD", _enc("xnor"), "qat"),
+    Config("PB-LLM 10 % salient, frozen, QAT + KD", _enc("pbllm", metric="magnitude", gptq=False), "qat", survey=f"{WIKI} 20.61 (QAT)"),
+    Config("BitNet W1A8, QAT + KD", _spec(("encoder", MethodConfig("bitnet", act="absmax8"))), "qat"),
+    Config("OneBit: SVID only (PTQ)", _enc("onebit"), "ptq"),
+    Config("OneBit: SVID, then QAT + KD on logits and hidden states", _enc("onebit"), "qat", survey=f"{WIKI} 10.19",
+           qat={"hidden_distill": 1.0}),
+)
+EXPERIMENTS["T8"] = Experiment("T8", "Binarizing a language model: perplexity of the LLM-era methods", (
+    "A 2-layer causal LM trained from scratch on AG_NEWS text (preset lm); every block linear (attention Q/K/V/O, "
+    "FFN up/down) quantized, embeddings and LM head kept in fp32 as the LLM papers keep them. Perplexity on the "
+    "test text. PTQ methods that need data are calibrated on 128 training rows (sequentially, block by block, as "
+    "GPTQ does). QAT rows distil from the fp32 model token by token. Bits per quantized weight count everything "
+    "stored (scales, masks, indices); 'paper bits' is the paper's own count where it differs. The survey's numbers "
+    "are for LLaMA-7B on WikiText2 and are quoted, not measured: compare orderings, not values."), LM_CONFIGS)
+
 # QAT budget per preset; ``fast`` shrinks everything for smoke tests
 BUDGETS: dict[str, QATConfig] = {
     "tiny": QATConfig(TrainConfig(epochs=2, lr=3e-3, warmup=0.05, distill=0.5)),
     "scratch": QATConfig(TrainConfig(epochs=2, lr=5e-4, warmup=0.05, distill=0.5)),
     "minilm-l2": QATConfig(TrainConfig(epochs=1, lr=2e-4, warmup=0.05, distill=0.5), freeze=("embed.token.*",)),
+    "lm": QATConfig(TrainConfig(epochs=0.5, lr=5e-4, warmup=0.05, distill=0.5)),
+    "tiny-lm": QATConfig(TrainConfig(epochs=1, lr=3e-3, warmup=0.05, distill=0.5)),
 }
 
 
@@ -246,17 +294,20 @@ def budget_label(mode: str, budget: QATConfig) -> str:
     if mode != "qat":
         return "-" if mode == "fp" else "none (PTQ)"
     t = budget.train
-    return f"QAT {t.epochs:g} ep" + (f" + KD {t.distill:g}" if t.distill else ", no KD")
+    return (f"QAT {t.epochs:g} ep" + (f" + KD {t.distill:g}" if t.distill else ", no KD")
+            + (f" + hidden {budget.hidden_distill:g}" if budget.hidden_distill else ""))
 
 
 #: the seed's training budget, for every row that has a seed number
 SEED_BUDGET = "10 ep from scratch, no KD"
 
 
-def run_config(c: Config, teacher, splits, budget: QATConfig, key_base: str, callback=None, code: str | None = None) -> dict:
-    """One row (cached). ``code``: the row's :func:`code_fingerprint`, taken when the run started."""
+def run_config(c: Config, teacher, splits, budget: QATConfig, key_base: str, callback=None, code: str | None = None,
+               calib=None) -> dict:
+    """One row (cached). ``code``: the row's :func:`code_fingerprint`, taken when the run started;
+    ``calib``: calibration rows for the methods that need data (drawn from train only)."""
     code = code or code_fingerprint(c.spec)
-    key = _fingerprint([key_base, c.spec.to_json(), c.mode, asdict(budget), code])
+    key = _fingerprint([key_base, c.spec.to_json(), c.mode, asdict(budget), code, CALIB_ROWS])
     path = cache_dir() / "results" / f"{key}.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -264,9 +315,9 @@ def run_config(c: Config, teacher, splits, budget: QATConfig, key_base: str, cal
     if c.mode == "fp":
         model = teacher
     elif c.mode == "ptq":
-        model = ptq(teacher, c.spec)
+        model = ptq(teacher, c.spec, calib=calib)
     else:
-        model, _ = qat(teacher, c.spec, splits.train, budget, callback=callback)
+        model, _ = qat(teacher, c.spec, splits.train, budget, callback=callback, calib=calib)
     seconds = time.perf_counter() - t0
     model.cpu()
     r = evaluate(model, splits.test)
@@ -275,6 +326,11 @@ def run_config(c: Config, teacher, splits, budget: QATConfig, key_base: str, cal
            "per_class": r.per_class, "megabytes": s["megabytes"], "reduction_percent": s["reduction_percent"],
            "bits_per_quantized_weight": s["bits_per_quantized_weight"], "train_seconds": seconds, "code": code,
            "budget": budget_label(c.mode, budget)}
+    if r.perplexity is not None:
+        row |= {"perplexity": r.perplexity, "test_tokens": r.tokens}
+    paper_bits = [m.quantizer.paper_bits() for m in quantize_mod.quantized_modules(model) if hasattr(m.quantizer, "paper_bits")]
+    if paper_bits and all(b is not None for b in paper_bits):
+        row["paper_bits"] = sum(paper_bits) / len(paper_bits)  # as the paper counts (e.g. BiLLM's 1 + salient fraction)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(row))
@@ -303,25 +359,36 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     teacher, meta = get_baseline(p, splits, replace(p.train, epochs=0.3) if fast else None)
     key_base = str(baseline_stem(p, splits, replace(p.train, epochs=0.3) if fast else p.train))
     log = callback or (lambda *_: None)
+    from .calibration import calibration_set
+
+    calib = calibration_set(splits, CALIB_ROWS)
     rows = []
     for c, code in zip(exp.configs, codes):
         log(f"[{name}/{preset}] {c.label} ({c.mode}) ...")
-        row = run_config(c, teacher, splits, budget, key_base, code=code)
+        row = run_config(c, teacher, splits, c.budget(budget), key_base, code=code, calib=calib)
         row["label"] = c.label  # a cached row may come from another table
+        row["survey"] = c.survey
         row["seed"] = list(c.seed) if c.seed else None
-        row["budget"] = budget_label(c.mode, budget)
+        row["budget"] = budget_label(c.mode, c.budget(budget))
         row["seed_budget"] = SEED_BUDGET if c.seed else None
         rows.append(row)
-        log(f"    accuracy {row['accuracy']:.2f} %  size {row['megabytes']:.3f} MB  reduction {row['reduction_percent']:.2f} %")
+        log(f"    accuracy {row['accuracy']:.2f} %" + (f"  perplexity {row['perplexity']:.2f}" if "perplexity" in row else "")
+            + f"  size {row['megabytes']:.3f} MB  reduction {row['reduction_percent']:.2f} %")
     out_dir = out_dir or RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"{name}-{preset}{'-fast' if fast else ''}"
+    if only is not None and stem.with_suffix(".json").exists():
+        rows = _merge_rows(json.loads(stem.with_suffix(".json").read_text())["rows"], rows, [c.label for c in EXPERIMENTS[name].configs])
     payload = {"experiment": name, "title": exp.title, "note": exp.note, "preset": preset, "machine": machine(),
                "date": time.strftime("%Y-%m-%d"), "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
-               "budget": asdict(budget), "baseline_val_accuracy": meta.get("val_accuracy"), "rows": rows,
+               "budget": asdict(budget), "baseline_val_accuracy": meta.get("val_accuracy"), "rows": rows, "calibration_rows": len(calib),
                "command": f"binlab experiments run {name} --preset {preset}" + (" --fast" if fast else "")
                + (f" --only {','.join(map(str, only))}" if only is not None else "")}
     _fill_budgets(payload)
+    if get_preset(preset).model.task == "lm":
+        from .ngram import bigram_perplexity
+
+        payload["bigram_perplexity"] = bigram_perplexity(splits)
     if name in FINDINGS:
         payload["finding"] = FINDINGS[name](rows)
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
@@ -329,6 +396,13 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     if not fast:
         write_index(out_dir)
     return stem.with_suffix(".md")
+
+
+def _merge_rows(old: list[dict], new: list[dict], order: list[str]) -> list[dict]:
+    """A partial run (``only``) replaces its rows in the committed table and keeps the others, in the
+    experiment's order (rows no longer in the experiment are dropped)."""
+    by = {r["label"]: r for r in old if r["label"] in order} | {r["label"]: r for r in new}
+    return [by[label] for label in order if label in by]
 
 
 CHANCE = 25.0  # AG_NEWS has 4 balanced classes
@@ -357,14 +431,69 @@ def t6_finding(rows: list[dict]) -> str:
             "test set's noise; PB-LLM measured OPT language models zero-shot, this is a 2-layer classifier): " + " ".join(out))
 
 
-FINDINGS = {"T6": t6_finding}
+def t8_finding(rows: list[dict]) -> str:
+    """Does the small LM order the methods as the survey does (on LLaMA-7B), and are the calibrated
+    1-bit-class PTQ methods far ahead of plain sign/XNOR PTQ?"""
+    by = {r["label"]: r for r in rows if "perplexity" in r}
+    fp = next((r["perplexity"] for r in rows if r["mode"] == "fp" and "perplexity" in r), None)
+    surveyed = [(r["label"], r["perplexity"], float(r["survey"].split("ppl ")[1].split()[0])) for r in rows
+                if r.get("survey") and "ppl " in r["survey"] and "perplexity" in r]
+    out = []
+    if len(surveyed) >= 2:
+        ours = [lab for lab, _, _ in sorted(surveyed, key=lambda t: t[1])]
+        theirs = [lab for lab, _, _ in sorted(surveyed, key=lambda t: t[2])]
+        out.append(("The order of the surveyed methods matches the survey's" if ours == theirs else
+                    "The order of the surveyed methods differs from the survey's")
+                   + " (ours, best first: " + "; ".join(f"{lab} {by[lab]['perplexity']:.1f}" for lab in ours) + "; "
+                   f"the survey's: {'; '.join(theirs)}).")
+    plain = [r for r in rows if r["mode"] == "ptq" and r["label"].startswith(("sign", "XNOR")) and "perplexity" in r]
+    calibrated = [r for r in rows if r["mode"] == "ptq" and r["label"].startswith(("PB-LLM", "BiLLM")) and "perplexity" in r]
+    if plain and calibrated and fp:
+        best_plain = min(plain, key=lambda r: r["perplexity"])
+        worst_cal = max(calibrated, key=lambda r: r["perplexity"])
+        ahead = worst_cal["perplexity"] < best_plain["perplexity"]
+        out.append(f"PB-LLM and BiLLM PTQ {'are all ahead of' if ahead else 'are not all ahead of'} plain 1-bit PTQ: worst of them "
+                   f"{worst_cal['label']} {worst_cal['perplexity']:.1f} vs best plain {best_plain['label']} {best_plain['perplexity']:.1f} "
+                   f"(fp32 {fp:.1f}), at {worst_cal['bits_per_quantized_weight']:.2f} vs {best_plain['bits_per_quantized_weight']:.2f} stored bits per weight.")
+    return ("**Finding** (generated from the rows above, one seed): " + " ".join(out)) if out else ""
+
+
+FINDINGS = {"T6": t6_finding, "T8": t8_finding}
 
 
 def _fmt(v, f="{:.2f}"):
     return "-" if v is None else (f.format(v) if isinstance(v, (int, float)) else str(v))
 
 
+def lm_markdown(payload: dict) -> str:
+    fp = next((r["perplexity"] for r in payload["rows"] if r["mode"] == "fp"), None)
+    bg = payload.get("bigram_perplexity") or {}
+    lines = [f"# {payload['experiment']}: {payload['title']} ({payload['preset']})", "", payload["note"], "",
+             f"Data: {payload['data']['train']} train / {payload['data']['test']} test rows; calibration: "
+             f"{payload.get('calibration_rows', '-')} train rows. QAT budget: {payload['budget']['train']['epochs']} epoch(s), "
+             f"lr {payload['budget']['train']['lr']}, distillation weight {payload['budget']['train']['distill']}. "
+             f"Machine: {payload['machine']}. Date: {payload['date']}.",
+             f"Reproduce: `{payload['command']}`", ""]
+    if bg:
+        lines += [f"Floor: an interpolated bigram model (lambda {bg['lambda']}, chosen on validation) has test perplexity "
+                  f"**{bg['test_perplexity']:.2f}** on the same tokens" + (f"; the fp32 LM has **{fp:.2f}**." if fp else "."), ""]
+    lines += ["| configuration | mode | budget | perplexity | x fp32 | bits / quantized weight (all stored) | paper bits | size MB | "
+              "reduction % | calibration / train s | the survey reports |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        ratio = None if not fp else r["perplexity"] / fp
+        lines.append(f"| {r['label']} | {r['mode']} | {r.get('budget') or '-'} | {_fmt(r['perplexity'])} | {_fmt(ratio, '{:.2f}')} | "
+                     f"{_fmt(r['bits_per_quantized_weight'], '{:.3f}') if r['mode'] != 'fp' else '32'} | {_fmt(r.get('paper_bits'), '{:.3f}')} | "
+                     f"{_fmt(r['megabytes'], '{:.3f}')} | {_fmt(r['reduction_percent'])} | {_fmt(r['train_seconds'], '{:.0f}')} | "
+                     f"{r.get('survey') or '-'} |")
+    if payload.get("finding"):
+        lines += ["", payload["finding"]]
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(payload: dict) -> str:
+    if any("perplexity" in r for r in payload["rows"]):
+        return lm_markdown(payload)
     lines = [f"# {payload['experiment']}: {payload['title']} ({payload['preset']})", "", payload["note"], "",
              f"Data: {payload['data']['train']} train / {payload['data']['test']} test rows. QAT budget: "
              f"{payload['budget']['train']['epochs']} epoch(s), lr {payload['budget']['train']['lr']}, distillation weight "
@@ -414,6 +543,15 @@ def write_index(out_dir: Path | None = None) -> Path:
                 baselines[pl["preset"]] = r["accuracy"]
     for pl in sorted(payloads, key=lambda q: (q["preset"], q["experiment"])):
         base = baselines.get(pl["preset"])
+        if any("perplexity" in r for r in pl["rows"]):
+            fp = next((r["perplexity"] for r in pl["rows"] if r["mode"] == "fp"), None)
+            lines += [f"## [{pl['experiment']} ({pl['preset']})]({pl['experiment']}-{pl['preset']}.md): {pl['title']}", "",
+                      "| configuration | mode | test perplexity | x fp32 | bits / quantized weight | reduction % |", "|---|---|---|---|---|---|"]
+            for r in pl["rows"]:
+                lines.append(f"| {r['label']} | {r['mode']} | {r['perplexity']:.2f} | {_fmt(r['perplexity'] / fp if fp else None)} | "
+                             f"{r['bits_per_quantized_weight']:.3f} | {r['reduction_percent']:.2f} |")
+            lines.append("")
+            continue
         lines += [f"## [{pl['experiment']} ({pl['preset']})]({pl['experiment']}-{pl['preset']}.md): {pl['title']}", "",
                   "| configuration | mode | accuracy % | vs fp32 (pts) | reduction % | seed accuracy % |", "|---|---|---|---|---|---|"]
         for r in pl["rows"]:

@@ -15,6 +15,13 @@ PB-LLM's PB-GPTQ, BiLLM, ARB-X, STBLLM ...).
   full-precision weights (GPTQ's behaviour without ``--true-sequential``). With
   ``sequential=False`` every Hessian comes from the full-precision model, so it can be cached per
   component (the live lab does this).
+- Methods with ``hessian_kind = "output"`` (OAC, Edalati et al. 2025) get the *output-adaptive*
+  Hessian instead: the empirical Fisher of the model's own loss with respect to the layer's weights,
+  aggregated over rows (:func:`collect_output_hessians`)::
+
+      G_n = dl_n / dW = delta_n^T X_n   (out x in, one calibration row n),   H_OAC = (1/N) sum_n G_n^T G_n
+
+  with ``l_n`` the row's summed cross-entropy (next-token NLL for a language model).
 """
 from __future__ import annotations
 
@@ -125,28 +132,88 @@ def collect_hessians(model: nn.Module, calib: EncodedSplit, names: list[str], ba
     return col.H
 
 
+def collect_output_hessians(model: nn.Module, calib: EncodedSplit, names: list[str]) -> dict[str, torch.Tensor]:
+    """OAC's output-adaptive Hessian ``(1/N) sum_n G_n^T G_n`` (float64, in x in) of the named linears:
+    one backward pass per calibration row (per-row gradients; the outer products of a batch's summed
+    gradient would not be their sum)."""
+    from . import objective
+
+    mods = dict(model.named_modules())
+    for n in names:
+        if isinstance(mods.get(n), (nn.Embedding, QuantEmbedding)):
+            raise ValueError(f"{n} is an embedding: OAC's Hessian needs a linear layer's inputs")
+    task = objective.task_of(model)
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    H: dict[str, torch.Tensor] = {}
+    io: dict[str, tuple] = {}
+
+    def hook(name):
+        def fn(mod, args, out):
+            io[name] = (args[0], out)
+
+        return fn
+
+    handles = [mods[n].register_forward_hook(hook(n)) for n in names]
+    rows = 0
+    try:
+        with torch.enable_grad():
+            for x, y in calib.batches(1, device=device):
+                io.clear()
+                logits = model(x)
+                nll, _, _ = objective.row_stats(logits, x, y, task)
+                grads = torch.autograd.grad(nll.sum(), [io[n][1] for n in names], allow_unused=True)
+                for n, g in zip(names, grads):
+                    if g is None:
+                        continue
+                    xin = io[n][0].detach().reshape(-1, io[n][0].shape[-1]).double()
+                    G = g.detach().reshape(-1, g.shape[-1]).double().T @ xin  # (out, in)
+                    H[n] = H.get(n, 0) + G.T @ G
+                rows += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    missing = [n for n in names if n not in H]
+    if missing or rows == 0:
+        raise ValueError(f"no calibration gradients reached {missing or names}")
+    return {n: h / rows for n, h in H.items()}
+
+
+def _collect(model, calib, names):
+    """Each method's kind of Hessian: layer-wise (GPTQ's) or output-adaptive (OAC's)."""
+    mods = dict(model.named_modules())
+    out_kind = [n for n in names if getattr(mods[n].quantizer, "hessian_kind", "layer") == "output"]
+    layer = [n for n in names if n not in out_kind]
+    hs = collect_hessians(model, calib, layer) if layer else {}
+    if out_kind:
+        hs |= collect_output_hessians(model, calib, out_kind)
+    return hs
+
+
 def calibrate_(model: nn.Module, calib: EncodedSplit, sequential: bool = True, cache: dict | None = None,
                callback: Callable[[int, int, str], None] | None = None) -> dict[str, torch.Tensor]:
     """Give every component whose method needs data its Hessian (see the module docstring); returns them.
 
-    ``cache`` (name -> H, only with ``sequential=False``) is read and filled, so a component's
-    Hessian is computed once per full-precision model."""
+    ``cache`` (``(name, kind)`` -> H, only with ``sequential=False``) is read and filled, so a
+    component's Hessian of each kind is computed once per full-precision model."""
     names = needs_calibration(model)
     if not names:
         return {}
     if cache is not None and sequential:
         raise ValueError("a Hessian cache holds full-precision Hessians: use it with sequential=False")
     mods = dict(model.named_modules())
-    pending = [mods[n] for n in names]
     out: dict[str, torch.Tensor] = {}
     if not sequential:
-        todo = [n for n in names if cache is None or n not in cache]
+        key = {n: (n, getattr(mods[n].quantizer, "hessian_kind", "layer")) for n in names}
+        cache = {} if cache is None else cache
+        todo = [n for n in names if key[n] not in cache]
         with _bypassed(quantized_modules(model)):
-            fresh = collect_hessians(model, calib, todo) if todo else {}
-        if cache is not None:
-            cache.update(fresh)
+            fresh = _collect(model, calib, todo) if todo else {}
+        cache.update({key[n]: h for n, h in fresh.items()})
         for i, n in enumerate(names):
-            out[n] = cache[n] if cache is not None else fresh[n]
+            out[n] = cache[key[n]]
             mods[n].quantizer.calibrate(out[n])
             if callback:
                 callback(i + 1, len(names), n)
@@ -160,12 +227,11 @@ def calibrate_(model: nn.Module, calib: EncodedSplit, sequential: bool = True, c
         here = [n for n in names if stage_of(n) == s]
         waiting = [mods[n] for n in names if n not in out]  # this stage and later ones: full precision for now
         with _bypassed(waiting):
-            hs = collect_hessians(model, calib, here)
+            hs = _collect(model, calib, here)
         for n in here:
             out[n] = hs[n]
             mods[n].quantizer.calibrate(hs[n])
             done += 1
             if callback:
                 callback(done, len(names), n)
-    del pending
     return out

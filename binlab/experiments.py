@@ -197,9 +197,17 @@ LM_CONFIGS = (
     Config("XNOR, QAT + KD", _enc("xnor"), "qat"),
     Config("PB-LLM 10 % salient, frozen, QAT + KD", _enc("pbllm", metric="magnitude", gptq=False), "qat", survey=f"{WIKI} 20.61 (QAT)"),
     Config("BitNet W1A8, QAT + KD", _spec(("encoder", MethodConfig("bitnet", act="absmax8"))), "qat"),
+    Config("OAC: BiLLM with the output-adaptive Hessian (PTQ)", _enc("oac"), "ptq", survey=f"{WIKI} 17.79 (1.09 bits)"),
     Config("OneBit: SVID only (PTQ)", _enc("onebit"), "ptq"),
     Config("OneBit: SVID, then QAT + KD on logits and hidden states", _enc("onebit"), "qat", survey=f"{WIKI} 10.19",
            qat={"hidden_distill": 1.0}),
+    Config("DB-LLM: flexible dual binarization (2 bits), QAT + deviation-aware KD", _enc("dbllm"), "qat", survey=f"{WIKI} 7.59 (2 bits)",
+           qat={"dad_gamma": 1.0}),
+    Config("BinaryMoS: 4 scale experts, QAT + KD on logits and hidden states", _enc("binarymos"), "qat", survey=f"{WIKI} 7.97",
+           qat={"hidden_distill": 1.0}),
+    Config("FBI-LLM: from scratch, autoregressive distillation (3 ep)", _enc("fbi"), "qat",
+           survey="LLaMA2-7B-sized, trained from scratch: WikiText2 ppl 5.7 (1.01 bits)",
+           qat={"from_scratch": True, "train": TrainConfig(epochs=3, lr=2e-3, warmup=0.05, schedule="cosine", distill=1.0, temperature=1.0)}),
 )
 EXPERIMENTS["T8"] = Experiment("T8", "Binarizing a language model: perplexity of the LLM-era methods", (
     "A 2-layer causal LM trained from scratch on AG_NEWS text (preset lm); every block linear (attention Q/K/V/O, "
@@ -294,8 +302,9 @@ def budget_label(mode: str, budget: QATConfig) -> str:
     if mode != "qat":
         return "-" if mode == "fp" else "none (PTQ)"
     t = budget.train
-    return (f"QAT {t.epochs:g} ep" + (f" + KD {t.distill:g}" if t.distill else ", no KD")
-            + (f" + hidden {budget.hidden_distill:g}" if budget.hidden_distill else ""))
+    return (("from scratch " if budget.from_scratch else "QAT ") + f"{t.epochs:g} ep" + (f" + KD {t.distill:g}" if t.distill else ", no KD")
+            + (f" + hidden {budget.hidden_distill:g}" if budget.hidden_distill else "")
+            + (f" (DAD gamma {budget.dad_gamma:g})" if budget.dad_gamma else ""))
 
 
 #: the seed's training budget, for every row that has a seed number

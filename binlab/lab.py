@@ -99,24 +99,26 @@ class LiveLab:
         self.val = val.head(val_rows)
         self.batches = list(self.val.batches(batch_size, device=self.device))  # padded once, reused on every change
         self.calib = calib
-        self.hessians: dict[str, torch.Tensor] = {}
+        self.hessians: dict[tuple[str, str], torch.Tensor] = {}  # (component, "layer" | "output") -> H
         self.spec = QuantSpec()
         self.baseline_nll, self.units, hits = stats_on(self.model, self.batches)
         self.baseline_correct = hits.astype(bool) if self.task == "classify" else hits
         self.baseline_accuracy = float(hits.sum() / self.units.sum())
         self.fp_size = model_size(self.model).summary()
 
-    def hessian(self, name: str) -> torch.Tensor:
-        """The full-precision Hessian of a component's inputs on the calibration rows (cached)."""
-        from .calibration import _bypassed, collect_hessians
+    def hessian(self, name: str, kind: str = "layer") -> torch.Tensor:
+        """The full-precision Hessian of a component on the calibration rows (cached): ``"layer"``
+        (GPTQ's ``2 X X^T / N``) or ``"output"`` (OAC's output-adaptive one)."""
+        from .calibration import _bypassed, collect_hessians, collect_output_hessians
         from .quantize import quantized_modules
 
         if self.calib is None:
             raise ValueError("this lab has no calibration data (pass calib=...)")
-        if name not in self.hessians:
+        if (name, kind) not in self.hessians:
+            collect = collect_output_hessians if kind == "output" else collect_hessians
             with _bypassed(quantized_modules(self.model)):
-                self.hessians.update(collect_hessians(self.model, self.calib, [name]))
-        return self.hessians[name]
+                self.hessians[(name, kind)] = collect(self.model, self.calib, [name])[name]
+        return self.hessians[(name, kind)]
 
     def apply(self, spec: QuantSpec) -> dict:
         """Binarize to ``spec`` (only changed components are redone) and measure; returns plain numbers.
@@ -204,7 +206,7 @@ def component_view(model: torch.nn.Module, name: str, method: MethodConfig | Non
         if quantizer.needs_calibration:
             if hessian is None:
                 raise ValueError(f"{method.method} needs calibration data to show its values")
-            quantizer.calibrate(hessian(name).cpu())
+            quantizer.calibrate(hessian(name, getattr(quantizer, "hessian_kind", "layer")).cpu())
         q = quantizer(w)
     # methods without a per_channel option work per row (ReCU, BiLLM, OneBit) or have no scale (sign): show row units
     per_channel = bool(method is not None and getattr(method.make(), "per_channel", True))

@@ -53,12 +53,18 @@ def loss(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, task: st
     return F.cross_entropy(logits, labels)
 
 
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, task: str, alpha: float, T: float) -> torch.Tensor:
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, task: str, alpha: float, T: float,
+            dad_gamma: float = 0.0) -> torch.Tensor:
     """Hinton et al. 2015: ``(1 - a) CE(z_s, y) + a T^2 KL(softmax(z_t / T) || softmax(z_s / T))``, per unit.
 
     For a language model the KL is taken at every position that predicts a real token (token-level
     distillation from the full-precision model, as in FBI-LLM's autoregressive distillation and
-    OneBit's logit term)."""
+    OneBit's logit term). With ``a = 1`` and ``T = 1`` it is FBI-LLM's loss (cross-entropy against
+    the teacher's distribution, up to the teacher's constant entropy).
+
+    ``dad_gamma > 0``: DB-LLM's deviation-aware distillation -- each unit's KL weighted by
+    ``(H(p_t) H(p_s))^gamma`` (the entropies of teacher and student, detached, normalised to mean 1),
+    so ambiguous tokens count more (binlab's reading of the paper's description)."""
     ce = loss(student, ids, labels, task)
     if alpha == 0:
         return ce
@@ -69,7 +75,16 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, ids: torch.Tensor, lab
         s, t = s[valid], t[valid]
     else:
         s, t = student, teacher
-    kl = F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True, reduction="batchmean")
+    ls, lt = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
+    if dad_gamma > 0:
+        per = (lt.exp() * (lt - ls)).sum(-1)
+        with torch.no_grad():
+            ent = lambda lp: -(lp.exp() * lp).sum(-1)  # noqa: E731
+            w = (ent(lt) * ent(ls)).clamp_min(1e-12) ** dad_gamma
+            w = w / w.mean()
+        kl = (w * per).mean()
+    else:
+        kl = F.kl_div(ls, lt, log_target=True, reduction="batchmean")
     return (1 - alpha) * ce + alpha * T * T * kl
 
 

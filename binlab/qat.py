@@ -16,6 +16,8 @@ import copy
 import fnmatch
 from dataclasses import dataclass
 
+import torch
+
 import torch.nn as nn
 
 from .data import EncodedSplit
@@ -48,6 +50,8 @@ class QATConfig:
     train: TrainConfig = TrainConfig(epochs=1, lr=5e-4, warmup=0.05, distill=0.5)
     freeze: tuple[str, ...] = ()  # fnmatch patterns over parameter names, e.g. ("embed.*",)
     hidden_distill: float = 0.0  # weight of OneBit's hidden-state distillation term (0: logits only)
+    dad_gamma: float = 0.0  # DB-LLM's deviation-aware weighting of the logit distillation (0: plain KD)
+    from_scratch: bool = False  # FBI-LLM: the student starts from random weights, not the teacher's
 
     def __post_init__(self):
         if isinstance(self.train, dict):
@@ -55,6 +59,8 @@ class QATConfig:
         object.__setattr__(self, "freeze", tuple(self.freeze))
         if self.hidden_distill < 0:
             raise ValueError(f"hidden_distill must be >= 0, got {self.hidden_distill}")
+        if self.dad_gamma < 0:
+            raise ValueError(f"dad_gamma must be >= 0, got {self.dad_gamma}")
 
 
 def qat(
@@ -68,8 +74,16 @@ def qat(
     calib: EncodedSplit | None = None,
 ) -> tuple[nn.Module, dict]:
     """Return ``(student, history)``: a quantized copy of ``teacher`` fine-tuned with the STE
-    (methods that need data are calibrated on ``calib`` first, on the teacher's weights)."""
-    student = ptq(teacher, spec, calib=calib)
+    (methods that need data are calibrated on ``calib`` first, on the teacher's weights). With
+    ``cfg.from_scratch`` the student is a freshly initialised model of the same shape (FBI-LLM)."""
+    if cfg.from_scratch:
+        from .model import build
+
+        torch.manual_seed(cfg.train.seed)
+        fresh = build(teacher.config).to(next(teacher.parameters()).device)
+        student = ptq(fresh, spec, inplace=True, calib=calib)
+    else:
+        student = ptq(teacher, spec, calib=calib)
     for name, p in student.named_parameters():
         if any(fnmatch.fnmatchcase(name, pat) for pat in cfg.freeze):
             p.requires_grad_(False)
@@ -85,7 +99,7 @@ def qat(
     try:
         hist = train(student, train_split, cfg.train, val_split=val_split, callback=on_event,
                      teacher=teacher if (cfg.train.distill > 0 or cfg.hidden_distill > 0) else None, should_stop=should_stop,
-                     hidden_weight=cfg.hidden_distill)
+                     hidden_weight=cfg.hidden_distill, dad_gamma=cfg.dad_gamma)
     finally:
         set_progress(student, 1.0)  # evaluation and export use each method's final state
     return student.eval(), hist

@@ -132,7 +132,13 @@ class QuantLinear(_Fake):
 
     def forward(self, x):
         xb = self.act(x) if self.act is not None else x
-        y = F.linear(xb, self.quantized_weight(), self.bias)
+        custom = getattr(self.quantizer, "linear", None)
+        if custom is not None and not self.bypass:  # a method whose layer is not a weight matrix (BinaryMoS's token-adaptive scales)
+            w = self.weight
+            train = torch.is_grad_enabled() and w.requires_grad and self.training
+            y = custom(xb, w, self.bias, train, self.method.ste_name, self.ste_scale(w))
+        else:
+            y = F.linear(xb, self.quantized_weight(), self.bias)
         return y + x if self.shortcut else y
 
 

@@ -166,11 +166,13 @@ def train(
     teacher: nn.Module | None = None,
     should_stop: Callable[[], bool] | None = None,
     hidden_weight: float = 0.0,
+    dad_gamma: float = 0.0,
 ) -> dict:
     """Train ``model`` in place; return the history (losses, learning rates, validation accuracy).
 
     ``hidden_weight`` > 0 adds OneBit's hidden-state distillation from ``teacher``
-    (:func:`binlab.objective.hidden_loss`) to the loss."""
+    (:func:`binlab.objective.hidden_loss`) to the loss; ``dad_gamma`` > 0 weights the logit
+    distillation as DB-LLM's deviation-aware distillation (:func:`binlab.objective.kd_loss`)."""
     if hidden_weight > 0 and teacher is None:
         raise ValueError("hidden-state distillation needs a teacher model")
     if cfg.distill > 0 and teacher is None:
@@ -221,7 +223,7 @@ def train(
                     with torch.no_grad():
                         t_logits = teacher(x)
             if teacher is not None and cfg.distill > 0:
-                loss = objective.kd_loss(logits, t_logits, x, y, task, cfg.distill, cfg.temperature)
+                loss = objective.kd_loss(logits, t_logits, x, y, task, cfg.distill, cfg.temperature, dad_gamma)
             else:
                 loss = objective.loss(logits, x, y, task)
             if hidden_weight > 0:

@@ -104,8 +104,8 @@ def test_every_binarizer_basic_contract(name):
     q = make(name, w)(torch.from_numpy(w)) if name != "bucket" else Bucket(tau=0.0)(torch.from_numpy(w))
     assert q.shape == w.shape and torch.isfinite(q).all()
     levels = [len(np.unique(r)) for r in q.numpy()]
-    expected_max = {"twn": 3, "bitnet158": 3, "uniform": 256, "pbllm": 40, "billm": 8, "onebit": w.shape[1], "rtn": 16, "gptq": 16,
-                    "arb": w.shape[1], "stbllm": 11}.get(name, 2)
+    expected_max = {"twn": 3, "bitnet158": 3, "uniform": 256, "pbllm": 40, "billm": 8, "oac": 8, "onebit": w.shape[1], "rtn": 16, "gptq": 16,
+                    "arb": w.shape[1], "stbllm": 11, "dbllm": 4, "binarymos": w.shape[1], "fbi": w.shape[1]}.get(name, 2)
     assert max(levels) <= expected_max
     st = BINARIZERS[name]().storage(w.shape)
     sparse = {"stbllm": 0.5}.get(name, 1.0)  # N:M methods store sign bits of the kept weights only
@@ -116,7 +116,7 @@ def test_every_binarizer_basic_contract(name):
 
 def test_every_method_has_a_reference_test():
     """A new method must come with a reference here (or a dedicated test below)."""
-    dedicated = {"stochastic", "uniform", "pbllm", "billm", "rtn", "gptq", "arb", "stbllm"}  # the last six: tests/test_lm_track.py
+    dedicated = {"stochastic", "uniform", "pbllm", "billm", "rtn", "gptq", "arb", "stbllm", "oac", "dbllm", "binarymos", "fbi"}  # tests/test_lm_track.py
     assert set(BINARIZERS) <= set(REFS) | dedicated
 
 
@@ -128,7 +128,7 @@ def test_options_are_only_those_that_act():
            "terms": lambda v: v, "noise": lambda v: v, "shortcut": lambda v: v, "group": lambda v: 16, "act_order": lambda v: not v,
            "percdamp": lambda v: 0.5, "blocksize": lambda v: 16, "metric": lambda v: "magnitude", "gptq": lambda v: not v,
            "high_bits": lambda v: 3, "variant": lambda v: "rc", "iters": lambda v: 0, "n": lambda v: 2, "m": lambda v: 4}
-    training_only = {"tau_start", "terms", "noise", "shortcut"}  # act in QAT (tested below), not on Q(W)
+    training_only = {"tau_start", "terms", "noise", "shortcut", "experts"}  # act in QAT (tested below), not on Q(W)
     same_result = {("gptq", "blocksize")}  # GPTQ's lazy batches change the speed, not the result (tested in test_lm_track)
     for name, cls in BINARIZERS.items():
         for opt, default in cls.defaults().items():
@@ -443,7 +443,7 @@ def test_fda_noise_module_trains_and_fades():
     assert {c.name for c in model_size(wrapper).components} == {"0"}  # the noise module is not counted
 
 
-PAPER_GRADIENTS = {"xnor", "bireal", "fda", "recu", "onebit", "pbllm"}  # tested one by one (pbllm: test_lm_track)
+PAPER_GRADIENTS = {"xnor", "bireal", "fda", "recu", "onebit", "pbllm", "dbllm", "binarymos", "fbi"}  # tested one by one (the LLM ones: test_lm_track)
 PTQ_ONLY = {n for n, c in BINARIZERS.items() if c.needs_calibration is True}  # GPTQ, BiLLM, ARB, STBLLM: post-training methods
 
 

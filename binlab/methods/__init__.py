@@ -4,9 +4,10 @@
 - :mod:`.classic`: BNN sign, BinaryConnect (stochastic), XNOR-Net, Bi-Real, ReCU, FDA, the seed's bucket.
 - :mod:`.lowbit`: BitNet, TWN, BitNet b1.58, k-bit uniform.
 - :mod:`.gptq`: round-to-nearest and GPTQ (and the OBS machinery the calibrated methods share).
-- :mod:`.pbllm`: PB-LLM (PB-GPTQ and its QAT); :mod:`.billm`: BiLLM; :mod:`.arb`: ARB-LLM (ARB, ARB-X, ARB-RC);
+- :mod:`.pbllm`: PB-LLM (PB-GPTQ and its QAT); :mod:`.billm`: BiLLM and OAC (BiLLM with the output-adaptive Hessian); :mod:`.arb`: ARB-LLM (ARB, ARB-X, ARB-RC);
   :mod:`.stbllm`: STBLLM (N:M sparse binarization).
 - :mod:`.onebit`: OneBit (SVID, learned value vectors).
+- :mod:`.learned`: DB-LLM, BinaryMoS, FBI-LLM (scales learned in QAT with distillation).
 
 :func:`method_card` and :func:`cards_markdown` describe each method from the registry (the app's
 method-picker help and ``docs/methods.md``).
@@ -18,10 +19,11 @@ from .classic import FDA, XNOR, BiReal, Bucket, NoiseAdaptation, ReCU, Sign, Sto
 from .lowbit import TWN, BitNet, BitNet158, Uniform, uniform_midrise  # noqa: F401
 from .gptq import GPTQ, RTN  # noqa: F401
 from .pbllm import PBLLM  # noqa: F401
-from .billm import BiLLM  # noqa: F401
+from .billm import OAC, BiLLM  # noqa: F401
 from .arb import ARB  # noqa: F401
 from .stbllm import STBLLM  # noqa: F401
 from .onebit import OneBit  # noqa: F401
+from .learned import DBLLM, FBI, BinaryMoS  # noqa: F401
 
 
 def bits_per_weight(name: str, shape=(128, 128), **options) -> float:

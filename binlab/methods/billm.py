@@ -172,3 +172,30 @@ class BiLLM(Quantizer):
             return None
         c = sum(c for c, _ in self._salient_per_block)
         return 1 + sum(k for _, k in self._salient_per_block) / c
+
+
+@register
+@dataclass
+class OAC(BiLLM):
+    """OAC: output-adaptive calibration (Edalati et al., AAAI 2025, arXiv 2405.15025) with BiLLM's
+    quantizer, as the paper's binary results use it.
+
+    The layer-wise objective ``||W X - Q X||^2`` (Hessian ``2 X X^T``) is replaced by the change of
+    the model's *output* cross-entropy. Its Hessian with respect to the layer's weights is taken as
+    the empirical Fisher of per-row losses, assuming independence across layers and across output
+    rows and aggregating the rows' Fisher blocks (the paper's row-wise aggregation)::
+
+        H_OAC = (1/N) sum_n G_n^T G_n,    G_n = d l_n / d W   (out x in)
+
+    (:func:`binlab.calibration.collect_output_hessians`). It replaces H everywhere BiLLM uses it:
+    the salience ``w^2 / [H^-1]_jj^2`` and the block-wise error compensation. Calibration is
+    sequential: the gradients of each stage are taken with the earlier stages already binarized.
+    No reference code exists; the exact normalisation is ours (it cancels up to the relative damping).
+    Stores what BiLLM stores.
+    """
+
+    name: ClassVar[str] = "oac"
+    paper: ClassVar[str] = "Edalati et al. 2025, OAC: Output-adaptive Calibration for Accurate Post-training Quantization"
+    arxiv: ClassVar[str] = "2405.15025"
+    mode: ClassVar[str] = "PTQ with calibration data (gradients of the output loss)"
+    hessian_kind: ClassVar[str] = "output"

@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from .data import EncodedSplit
 from . import objective
-from .quantize import QuantSpec, is_training_aux, quantizable, quantize_
+from .quantize import QuantSpec, is_training_aux, quantizable
 from .train import EVAL_BATCH
 
 
@@ -130,22 +130,30 @@ def surface(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor], d1:
     return {"alphas": alphas, "betas": betas, "loss": loss, "accuracy": acc}
 
 
+def _quantized_copy(model: nn.Module, spec: QuantSpec | None, calib: EncodedSplit | None) -> nn.Module:
+    """A CPU copy of ``model`` following ``spec``; methods that need data are calibrated on ``calib``."""
+    from .qat import ptq
+
+    m = copy.deepcopy(model).cpu().eval()
+    return ptq(m, spec, inplace=True, calib=calib) if spec is not None else m
+
+
 def interpolate(model: nn.Module, spec: QuantSpec, split: EncodedSplit, alphas=np.linspace(-0.5, 1.5, 21), rows: int = 512,
-                callback=None) -> dict:
+                callback=None, calib: EncodedSplit | None = None) -> dict:
     """Loss/accuracy along the line from the fp weights (a=0) to their quantized values (a=1).
 
     Works on a copy: the quantized components' weights are set to ``w + a (Q(w) - w)`` and
     evaluated in full precision, so a=1 reproduces the PTQ model exactly.
     """
     fp = copy.deepcopy(model).cpu().eval()
-    probe = copy.deepcopy(fp)
-    quantize_(probe, spec)
+    probe = _quantized_copy(fp, spec, calib)
     targets = {n: m for n, m in quantizable(probe).items() if hasattr(m, "quantizer")}
     if not targets:
         raise ValueError("the spec quantizes nothing; choose at least one component")
     mods = quantizable(fp)
     params = [mods[n].weight for n in targets]
-    dirs = [targets[n].quantizer(mods[n].weight.detach()) - mods[n].weight.detach() for n in targets]
+    with torch.no_grad():
+        dirs = [targets[n].quantized_weight() - mods[n].weight.detach() for n in targets]
     ml = ModelLoss(fp, split, rows=rows, ste=False)
     return surface(ml, params, dirs, None, alphas, callback=callback, metric=ml.evaluate) | {"components": list(targets)}
 
@@ -250,11 +258,9 @@ def hessian_trace(loss_fn, params: list[torch.Tensor], samples: int = 30, seed: 
 
 
 def slice_model(model: nn.Module, split: EncodedSplit, spec: QuantSpec | None = None, steps: int = 21, span: float = 1.0,
-                two_d: bool = True, rows: int = 512, seed: int = 0, callback=None) -> dict:
+                two_d: bool = True, rows: int = 512, seed: int = 0, callback=None, calib: EncodedSplit | None = None) -> dict:
     """Filter-normalised random slice around ``model`` (binarized by ``spec`` if given, on its latent weights)."""
-    m = copy.deepcopy(model).cpu().eval()
-    if spec is not None:
-        quantize_(m, spec)
+    m = _quantized_copy(model, spec, calib)
     ml = ModelLoss(m, split, rows=rows, ste=False)
     named = ml.params()
     params = [p for _, p in named]
@@ -265,14 +271,13 @@ def slice_model(model: nn.Module, split: EncodedSplit, spec: QuantSpec | None = 
 
 
 def curvature(model: nn.Module, split: EncodedSplit, spec: QuantSpec | None = None, rows: int = 256, k: int = 1, iters: int = 20,
-              trace_samples: int = 10, seed: int = 0, tol: float = 1e-4, callback=None, method: str = "lanczos") -> dict:
+              trace_samples: int = 10, seed: int = 0, tol: float = 1e-4, callback=None, method: str = "lanczos",
+              calib: EncodedSplit | None = None) -> dict:
     """Top Hessian eigenvalue(s) (``method``: "lanczos" or "power") and Hutchinson trace of the loss on
     ``rows`` rows (latent weights through the STE)."""
     if method not in ("lanczos", "power"):
         raise ValueError(f"unknown eigenvalue method {method!r}; choose 'lanczos' or 'power'")
-    m = copy.deepcopy(model).cpu().eval()
-    if spec is not None:
-        quantize_(m, spec)
+    m = _quantized_copy(model, spec, calib)
     ml = ModelLoss(m, split, rows=rows, ste=True)
     params = [p for _, p in ml.params()]
     solver = lanczos_eigenvalues if method == "lanczos" else top_eigenvalues

@@ -769,3 +769,31 @@ def test_fbi_column_scale_and_shift_and_training_from_scratch(lm_splits):
     student, hist = qat(teacher, QuantSpec.simple("encoder", "fbi"), lm_splits.train, cfg)
     assert not torch.allclose(student.embed.token.weight, teacher.embed.token.weight)  # not a copy of the teacher
     assert hist["loss"][-1] < hist["loss"][0]
+
+
+# ------------------------------------------------------------------------------------------------
+# what works on a classifier works on the LM: landscape probes, packed inference
+
+
+def test_landscape_and_packing_on_the_lm(lm_splits):
+    from binlab.calibration import calibration_set
+    from binlab.kernels import pack_model
+    from binlab.landscape import interpolate, slice_model
+    from binlab.presets import build_model, get_preset
+    from binlab.qat import ptq
+    from binlab.quantize import QuantSpec
+    from binlab.train import evaluate
+
+    m = build_model(get_preset("tiny-lm"), lm_splits)
+    calib = calibration_set(lm_splits, 16)
+    out = interpolate(m, QuantSpec.simple("encoder", "gptq", options={"bits": 2}), lm_splits.val, alphas=[0.0, 1.0], rows=32, calib=calib)
+    fp = evaluate(m, lm_splits.val.head(32))
+    q = evaluate(ptq(m, QuantSpec.simple("encoder", "gptq", options={"bits": 2}), calib=calib), lm_splits.val.head(32))
+    assert out["loss"][0][0] == pytest.approx(fp.loss, rel=1e-5) and out["loss"][0][1] == pytest.approx(q.loss, rel=1e-4)
+    s = slice_model(m, lm_splits.val, QuantSpec.simple("encoder", "xnor"), steps=3, two_d=False, rows=16)
+    assert np.isfinite(s["loss"]).all()
+    fq = ptq(m, QuantSpec.simple("encoder", "xnor"))
+    packed, names = pack_model(fq)
+    assert len(names) == 6
+    x = torch.from_numpy(lm_splits.val.ids[:20].astype(np.int64))[None]
+    torch.testing.assert_close(packed(x), fq(x), rtol=1e-4, atol=1e-4)

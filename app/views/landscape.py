@@ -5,6 +5,7 @@ import streamlit as st
 
 from common import friendly_errors, require_baseline, sidebar
 
+from binlab.calibration import calibration_set
 from binlab.landscape import committed_curvature, curvature, interpolate, slice_model
 from binlab.quantize import MethodConfig, QuantSpec, Rule
 
@@ -37,6 +38,7 @@ with friendly_errors():
         spec = QuantSpec.simple("encoder", "xnor")
     st.caption("Binarized configuration: " + ", ".join(f"`{r.target}`→{r.method.method}" for r in spec.rules[:6])
                + (" …" if len(spec.rules) > 6 else ""))
+    calib = calibration_set(splits)  # training rows, for methods that need data (GPTQ, PB-LLM, BiLLM ...)
     rows = st.select_slider("evaluation rows (fixed batch set)", [64, 128, 256, 512], value=128 if preset == "tiny" else 256, key="ls_rows")
     t1, t2, t3, t4 = st.tabs(["1-D: fp → binary", "2-D slice", "precisions compared", "curvature"])
 
@@ -44,7 +46,7 @@ with friendly_errors():
         if st.button("Interpolate", key="ls_interp"):
             bar = st.progress(0.0)
             out = cached(("interp", preset, spec.to_json(), rows), lambda: interpolate(
-                baseline, spec, splits.val, alphas=np.linspace(-0.5, 1.5, 21), rows=rows, callback=lambda i, n: bar.progress(i / n)))
+                baseline, spec, splits.val, alphas=np.linspace(-0.5, 1.5, 21), rows=rows, callback=lambda i, n: bar.progress(i / n), calib=calib))
             fig = go.Figure()
             fig.add_scatter(x=out["alphas"], y=out["loss"][0], name="loss", mode="lines+markers")
             fig.add_scatter(x=out["alphas"], y=100 * out["accuracy"][0], name="accuracy %", mode="lines+markers", yaxis="y2")
@@ -63,7 +65,8 @@ with friendly_errors():
             for col, (name, sp) in zip(cols, (("fp32", None), ("binarized", spec))):
                 bar = col.progress(0.0, text=name)
                 out = cached(("2d", preset, name, sp.to_json() if sp else "", steps, span, rows), lambda: slice_model(
-                    baseline, splits.val, sp, steps=steps, span=span, rows=rows, callback=lambda i, n: bar.progress(i / n, text=f"{name}: {i}/{n}")))
+                    baseline, splits.val, sp, steps=steps, span=span, rows=rows, callback=lambda i, n: bar.progress(i / n, text=f"{name}: {i}/{n}"),
+                    calib=calib))
                 fig = go.Figure(go.Surface(x=out["alphas"], y=out["betas"], z=out["loss"], colorscale="Viridis"))
                 fig.update_layout(title=f"{name}: loss surface", height=420, margin=dict(l=0, r=0, t=40, b=0))
                 col.plotly_chart(fig, width="stretch", key=f"surf_{name}")
@@ -84,7 +87,7 @@ with friendly_errors():
             bar = st.progress(0.0)
             for k, (name, sp) in enumerate(versions.items()):
                 out = cached(("1d", preset, name, sp.to_json() if sp else "", rows), lambda: slice_model(
-                    baseline, splits.val, sp, steps=21, span=1.0, two_d=False, rows=rows))
+                    baseline, splits.val, sp, steps=21, span=1.0, two_d=False, rows=rows, calib=calib))
                 bar.progress((k + 1) / len(versions), text=name)
                 fig.add_scatter(x=out["alphas"], y=out["loss"][0], name=name, mode="lines+markers")
             qat_model = st.session_state.get("qat_model")
@@ -102,6 +105,6 @@ with friendly_errors():
             for name, sp in (("fp32", None), ("binarized", spec)):
                 with st.spinner(f"{name} ..."):
                     c = cached(("curv", preset, name, sp.to_json() if sp else "", rows), lambda: curvature(
-                        baseline, splits.val, sp, rows=min(rows, 256), iters=10, trace_samples=5))
+                        baseline, splits.val, sp, rows=min(rows, 256), iters=10, trace_samples=5, calib=calib))
                 res.append({"model": name, "top eigenvalue": c["top_eigenvalues"][0], "trace": c["trace"], "trace ± se": c["trace_se"]})
             st.dataframe(res, hide_index=True, width="stretch")

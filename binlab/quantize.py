@@ -220,13 +220,41 @@ class QuantSpec:
 
     @classmethod
     def from_json(cls, s: str) -> "QuantSpec":
+        """Parse a spec; any problem (syntax, unknown keys, wrong types, unknown methods or options,
+        out-of-range values) is a ``ValueError`` saying what is wrong."""
         try:
             d = json.loads(s)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, TypeError) as err:
             raise ValueError(f"spec is not valid JSON: {err}") from err
         if not isinstance(d, dict) or set(d) - {"rules", "attn_probs"}:
             raise ValueError("spec JSON must be an object with keys 'rules' (list) and optionally 'attn_probs'")
-        return cls(rules=tuple(Rule(r["target"], MethodConfig(**r["method"])) for r in d.get("rules", [])), attn_probs=d.get("attn_probs"))
+        rules = d.get("rules", [])
+        if not isinstance(rules, list):
+            raise ValueError(f"'rules' must be a list, got {type(rules).__name__}")
+        out = []
+        for i, r in enumerate(rules):
+            if not isinstance(r, dict) or set(r) != {"target", "method"}:
+                raise ValueError(f"rule {i} must be an object with exactly the keys 'target' and 'method', got {r!r}")
+            if not isinstance(r["target"], str) or not r["target"]:
+                raise ValueError(f"rule {i}: 'target' must be a non-empty string, got {r['target']!r}")
+            m = r["method"]
+            if not isinstance(m, dict) or set(m) - {"method", "options", "ste", "act"} or not isinstance(m.get("method"), str):
+                raise ValueError(f"rule {i}: 'method' must be an object with 'method' (a name) and optionally 'options', 'ste', 'act'; got {m!r}")
+            if not isinstance(m.get("options", {}), dict):
+                raise ValueError(f"rule {i}: 'options' must be an object, got {m.get('options')!r}")
+            for k in ("ste", "act"):
+                if m.get(k) is not None and not isinstance(m[k], str):
+                    raise ValueError(f"rule {i}: {k!r} must be a name or null, got {m[k]!r}")
+            try:
+                out.append(Rule(r["target"], MethodConfig(**m)))
+            except ValueError as err:
+                raise ValueError(f"rule {i}: {err}") from err
+            except (TypeError, KeyError, AttributeError, OverflowError) as err:  # an option of the wrong type deep in a method
+                raise ValueError(f"rule {i}: invalid option value ({err})") from err
+        try:
+            return cls(rules=tuple(out), attn_probs=d.get("attn_probs"))
+        except TypeError as err:
+            raise ValueError(f"invalid spec: {err}") from err
 
 
 def is_training_aux(name: str) -> bool:

@@ -111,3 +111,43 @@ def test_freeze_keeps_embeddings_fixed(tiny_splits):
     spec = QuantSpec.simple("all-except-head", "xnor")
     student, _ = qat(teacher, spec, tiny_splits.train, QATConfig(TrainConfig(epochs=0.3, lr=3e-3), freeze=("embed.token.*",)))
     assert torch.equal(student.embed.token.weight, teacher.embed.token.weight)
+
+
+def test_from_json_raises_only_value_errors_on_any_input():
+    """Fuzz: arbitrary JSON values, and specs with wrong types in every slot, give ValueError or a spec."""
+    import json
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from binlab.binarizers import BINARIZERS
+    from binlab.quantize import QuantSpec
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8))
+    values = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=6), c, max_size=3)), max_leaves=8)
+    methods = st.sampled_from(sorted(BINARIZERS))
+    option_names = st.sampled_from(sorted({o for c in BINARIZERS.values() for o in c.options()} | {"bogus"}))
+    rule = st.fixed_dictionaries({"target": st.one_of(st.sampled_from(["QK", "encoder", "layers.0.attn.q", "nope.*"]), values),
+                                  "method": st.one_of(values, st.fixed_dictionaries(
+                                      {"method": st.one_of(methods, values), "options": st.one_of(st.dictionaries(option_names, scalars, max_size=2), values)}))})
+    spec = st.one_of(values, st.fixed_dictionaries({"rules": st.one_of(st.lists(rule, max_size=3), values)}))
+
+    @settings(max_examples=300, deadline=None)
+    @given(spec)
+    def check(obj):
+        try:
+            text = json.dumps(obj)
+        except (ValueError, TypeError):
+            return
+        try:
+            QuantSpec.from_json(text)
+        except ValueError:
+            pass
+
+    check()
+    for bad in ("", "nul", "[", '{"rules": 3}', '{"rules": [{"target": "QK"}]}', '{"rules": [{"target": "QK", "method": {"method": "bucket", "options": {"tau": "x"}}}]}'):
+        try:
+            QuantSpec.from_json(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} parsed")

@@ -217,3 +217,20 @@ def test_lm_sensitivity_and_train_pages(lm_env, lm_trained):
     at.button(key="run_qat").click().run()
     assert not at.exception
     assert float(metric(at, "validation perplexity after QAT")) > 1
+
+
+@pytest.mark.parametrize("spec,warning", [
+    ('{"rules": [{"target": "layers.0.attn.q", "method": {"method": "bucket", "options": {"tau": "high"}}}]}', "ignored"),
+    ('{"rules": [{"method": {"method": "xnor"}}]}', "ignored"),
+    ('{"rules": [{"target": "layers.0.attn.q", "method": {"method": "pbllm", "options": {"salient": 0.9}}}]}', "outside"),
+    ('{"rules": [{"target": "layers.9.attn.q", "method": {"method": "xnor"}}]}', "does not have"),
+    ("not json", "ignored"),
+])
+def test_bad_share_urls_warn_instead_of_failing(env, trained, spec, warning):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["spec"] = spec
+    at.run()
+    at.switch_page("views/binarize.py").run()
+    assert not at.exception
+    assert any(warning in w.value for w in at.warning), [w.value for w in at.warning]
+    assert metric(at, "validation accuracy").endswith("%")

@@ -29,13 +29,22 @@ def live_lab(baseline, splits) -> LiveLab:
 
 
 def seed_widgets_from_url(names):
-    """On the first run of a session, a spec in the URL sets the widgets."""
+    """On the first run of a session, a spec in the URL sets the widgets. A spec that does not parse,
+    names components this model does not have, or sets options outside their range is reported and
+    corrected, never a traceback."""
     if st.session_state.get("_url_loaded") or "spec" not in st.query_params:
         st.session_state["_url_loaded"] = True
         return
     st.session_state["_url_loaded"] = True
-    spec = QuantSpec.from_json(st.query_params["spec"])
+    try:
+        spec = QuantSpec.from_json(st.query_params["spec"])
+    except ValueError as err:
+        st.warning(f"The configuration in the URL was ignored: {err}")
+        return
     comps, m = spec_components(spec)
+    unknown = [c for c in comps if c not in names]
+    if unknown:
+        st.warning(f"The URL names components this model does not have, ignored: {', '.join(unknown)}. Components: {', '.join(names)}.")
     for n in names:
         st.session_state[f"c:{n}"] = n in comps
     if m is not None:
@@ -46,6 +55,10 @@ def seed_widgets_from_url(names):
             ui = cls.ui.get(k)
             if ui is None:
                 continue
+            if ui.get("kind") in ("float", "int") and v is not None and not ui["min"] <= v <= ui["max"]:
+                clipped = min(max(v, ui["min"]), ui["max"])
+                st.warning(f"{m.method} option {k}={v} from the URL is outside the lab's range [{ui['min']}, {ui['max']}]; using {clipped}.")
+                v = clipped
             if ui.get("none") is not None:
                 st.session_state[f"opt:{m.method}:{k}:none"] = v is None
                 if v is not None:

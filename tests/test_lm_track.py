@@ -797,3 +797,25 @@ def test_landscape_and_packing_on_the_lm(lm_splits):
     assert len(names) == 6
     x = torch.from_numpy(lm_splits.val.ids[:20].astype(np.int64))[None]
     torch.testing.assert_close(packed(x), fq(x), rtol=1e-4, atol=1e-4)
+
+
+def test_stbllm_layerwise_allocation_gives_more_to_the_layer_with_outliers(lm_splits):
+    from dataclasses import replace
+
+    from binlab.calibration import calibration_set
+    from binlab.methods.stbllm import layerwise_nm
+    from binlab.presets import build_model, get_preset
+    from binlab.qat import ptq
+
+    p = get_preset("tiny-lm")
+    p = replace(p, model=replace(p.model, n_layers=2))
+    m = build_model(p, lm_splits)
+    with torch.no_grad():  # plant outliers in layer 1
+        w = m.layers[1].ffn.up.weight
+        w[:, :3] *= 40
+    calib = calibration_set(lm_splits, 16)
+    spec, alloc = layerwise_nm(m, calib, n=4, m=8)
+    assert alloc[1] > alloc[0] and sum(alloc.values()) / 2 == pytest.approx(4, abs=0.5)
+    q = ptq(m, spec, calib=calib)
+    kept = (q.layers[1].ffn.up.quantized_weight() != 0).double().mean()
+    assert float(kept) == pytest.approx(alloc[1] / 8)

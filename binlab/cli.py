@@ -91,12 +91,14 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    from .quantize import quantize_
     from .size import model_size
     from .train import evaluate
 
+    from .calibration import calibration_set
+    from .qat import ptq
+
     p, splits, model = _load(args)
-    quantize_(model, _spec(args))
+    ptq(model, _spec(args), inplace=True, calib=calibration_set(splits))  # methods that need data use 128 training rows
     r = evaluate(model, getattr(splits, args.split))
     print(json.dumps({"split": args.split, **r.to_dict(), "size": model_size(model).summary()}, indent=2))
     return 0
@@ -107,9 +109,17 @@ def cmd_size(args):
     from .quantize import quantize_
     from .size import model_size
 
+    from .calibration import calibration_set, needs_calibration
+    from .qat import ptq
+
     p = get_preset(args.preset)
-    model = build_model(p, load_data(p, source=args.data))
+    splits = load_data(p, source=args.data)
+    model = build_model(p, splits)
     quantize_(model, _spec(args))
+    if needs_calibration(model):  # data-dependent storage (BiLLM's salient columns): quantize the trained model for real
+        from .presets import get_baseline
+
+        model = ptq(get_baseline(p, splits, callback=_progress())[0], _spec(args), calib=calibration_set(splits))
     rep = model_size(model)
     if getattr(args, "json", False):
         print(json.dumps(rep.to_dict(), indent=2))

@@ -819,3 +819,24 @@ def test_stbllm_layerwise_allocation_gives_more_to_the_layer_with_outliers(lm_sp
     q = ptq(m, spec, calib=calib)
     kept = (q.layers[1].ffn.up.quantized_weight() != 0).double().mean()
     assert float(kept) == pytest.approx(alloc[1] / 8)
+
+
+def test_storage_by_hand_for_the_other_llm_methods():
+    rows, cols = 48, 300
+    n = rows * cols
+    assert BINARIZERS["rtn"](bits=3).storage((rows, cols)) == {"codes": 3 * n, "scales": rows * 32, "zeros": rows * 3}
+    groups = rows * math.ceil(cols / 128)
+    assert BINARIZERS["gptq"](bits=2, group=128).storage((rows, cols)) == {"codes": 2 * n, "scales": groups * 32, "zeros": groups * 2}
+    assert BINARIZERS["onebit"]().storage((rows, cols)) == {"codes": n, "scales": (rows + cols) * 32}
+    assert BINARIZERS["fbi"]().storage((rows, cols)) == {"codes": n, "scales": 2 * cols * 32}
+    W, _, H = layer(rows=rows, cols=cols, seed=16)
+    for variant, per_block in (("arb", lambda c: 7 * rows), ("x", lambda c: 7 * rows), ("rc", lambda c: 4 * (rows + c))):
+        q = BINARIZERS["arb"](variant=variant, iters=2)
+        q.calibrate(torch.from_numpy(H))
+        q.quantize(torch.from_numpy(W))
+        blocks = q._salient_per_block
+        assert [c for c, _ in blocks] == [128, 128, 44]
+        st = q.storage((rows, cols))
+        assert st["codes"] == sum(rows * (c + k) for c, k in blocks)
+        assert st["index"] == sum(c + rows * (c - k) for c, k in blocks)
+        assert st["scales"] == 32 * sum(per_block(c) for c, _ in blocks)

@@ -51,14 +51,25 @@ def splits_for(preset: str, source: str | None):
 
 @st.cache_resource(show_spinner="Loading the cached baseline ...")
 def cached_baseline_for(preset: str, source: str | None):
-    """The cached baseline, or None (cached as None; cleared after training)."""
+    """The cached baseline, None when none is trained, or the CheckpointError of a damaged one (cached; cleared after training)."""
     from binlab.presets import cached_baseline
+    from binlab.train import CheckpointError
 
-    hit = cached_baseline(preset, splits_for(preset, source))
-    return hit
+    try:
+        return cached_baseline(preset, splits_for(preset, source))
+    except CheckpointError as err:
+        return err
 
 
-def train_baseline_ui(preset: str, source: str | None):
+def damaged_checkpoint_ui(err, preset: str, source: str | None, key: str) -> None:
+    """Say what is wrong with a damaged baseline checkpoint and offer to train it again (never silently)."""
+    st.error(f"The cached **{preset}** baseline cannot be used: {err}")
+    if st.button(f"Train the {preset} baseline again", key=key, type="primary"):
+        train_baseline_ui(preset, source, retrain=True)
+        st.rerun()
+
+
+def train_baseline_ui(preset: str, source: str | None, retrain: bool = False):
     """Train the preset's baseline with a progress bar and a live loss curve, then cache it."""
     import plotly.graph_objects as go
 
@@ -80,7 +91,7 @@ def train_baseline_ui(preset: str, source: str | None):
         elif e["kind"] == "eval":
             st.write(f"step {e['step']}: validation accuracy **{100 * e['val_accuracy']:.2f} %**")
 
-    model, meta = get_baseline(preset, splits_for(preset, source), callback=cb)
+    model, meta = get_baseline(preset, splits_for(preset, source), callback=cb, retrain=retrain)
     cached_baseline_for.clear()
     bar.progress(1.0, text="done: baseline trained and cached")
     return model, meta
@@ -90,6 +101,9 @@ def require_baseline(preset: str, source: str | None):
     """Return (splits, model) or stop the page with a message and a button to train it."""
     splits = splits_for(preset, source)
     hit = cached_baseline_for(preset, source)
+    if isinstance(hit, Exception):
+        damaged_checkpoint_ui(hit, preset, source, "retrain_damaged_inline")
+        st.stop()
     if hit is None:
         st.info(f"No trained **{preset}** baseline yet. Train it once (it is cached on disk for every later visit).")
         if st.button(f"Train the {preset} baseline", key="train_baseline_inline"):

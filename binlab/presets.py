@@ -111,13 +111,14 @@ def baseline_stem(p: Preset, splits: Splits, train_cfg: TrainConfig) -> Path:
 
 
 def cached_baseline(preset: str | Preset, splits: Splits, train_cfg: TrainConfig | None = None) -> tuple[Classifier, dict] | None:
-    """The cached full-precision baseline for these settings, or None when none is trained yet."""
+    """The cached full-precision baseline for these settings, or None when none is trained yet.
+    A checkpoint that exists but is damaged raises :class:`~binlab.train.CheckpointError` (with what
+    is wrong), so a caller can say so instead of silently training again."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     stem = baseline_stem(p, splits, train_cfg or p.train)
-    try:
-        return load_checkpoint(stem, expect=model_config(p, splits))
-    except CheckpointError:
+    if not stem.with_suffix(".safetensors").exists() and not stem.with_suffix(".json").exists():
         return None
+    return load_checkpoint(stem, expect=model_config(p, splits))
 
 
 def get_baseline(
@@ -131,7 +132,13 @@ def get_baseline(
     p = get_preset(preset) if isinstance(preset, str) else preset
     cfg = train_cfg or p.train
     if not retrain:
-        hit = cached_baseline(p, splits, cfg)
+        try:
+            hit = cached_baseline(p, splits, cfg)
+        except CheckpointError as err:
+            import warnings
+
+            warnings.warn(f"{err}; training the baseline again", stacklevel=2)
+            hit = None
         if hit is not None:
             return hit
     model = build_model(p, splits, seed=cfg.seed)

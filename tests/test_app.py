@@ -234,3 +234,28 @@ def test_bad_share_urls_warn_instead_of_failing(env, trained, spec, warning):
     assert not at.exception
     assert any(warning in w.value for w in at.warning), [w.value for w in at.warning]
     assert metric(at, "validation accuracy").endswith("%")
+
+
+def test_damaged_checkpoint_is_named_with_a_retrain_button(env, trained):
+    """A corrupt cached baseline: a clear message and a button, not a silent retrain."""
+    from binlab.data import cache_dir
+
+    paths = sorted((cache_dir() / "models").glob("tiny-*.safetensors"))
+    assert paths
+    import streamlit as st
+
+    saved = {p: p.read_bytes() for p in paths}
+    try:
+        for p in paths:
+            p.write_bytes(p.read_bytes()[:100])  # truncated
+        st.cache_resource.clear()  # the lab caches loaded baselines across sessions
+        at = new_app()
+        assert not at.exception
+        assert any("cannot be used" in e.value for e in at.error)
+        assert any(b.key == "retrain_damaged" for b in at.button)
+        at = new_app("views/binarize.py")
+        assert not at.exception and any("cannot be used" in e.value for e in at.error)
+    finally:
+        for p, b in saved.items():
+            p.write_bytes(b)
+        st.cache_resource.clear()

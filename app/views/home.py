@@ -2,7 +2,7 @@
 import plotly.graph_objects as go
 import streamlit as st
 
-from common import cached_baseline_for, friendly_errors, sidebar, splits_for, train_baseline_ui
+from common import cached_baseline_for, damaged_checkpoint_ui, friendly_errors, sidebar, splits_for, train_baseline_ui
 
 from binlab.data import data_status, resolve_source
 from binlab.presets import PRESETS
@@ -49,7 +49,9 @@ with friendly_errors():
     splits = splits_for(preset, source)
     st.caption(f"train {len(splits.train):,} rows · validation {len(splits.val):,} · test {len(splits.test):,} · vocabulary {splits.vocab_size:,}")
     hit = cached_baseline_for(preset, source)
-    if hit is None:
+    if isinstance(hit, Exception):
+        damaged_checkpoint_ui(hit, preset, source, "retrain_damaged")
+    elif hit is None:
         st.info("Not trained yet. Training runs once and is cached on disk; later visits reuse it.")
         if st.button(f"Train the {preset} baseline", key="train_baseline", type="primary"):
             train_baseline_ui(preset, source)

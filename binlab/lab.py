@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from .binarizers import Bucket
-from .data import EncodedSplit
-from .quantize import GROUPS, MethodConfig, QuantEmbedding, QuantLinear, QuantSpec, Rule, quantizable, quantize_
+from .data import PAD_ID, EncodedSplit
+from .quantize import GROUPS, MethodConfig, QuantEmbedding, QuantLinear, QuantSpec, Rule, current_plan, quantizable, quantize_
 from .size import model_size
 from .objective import perplexity, task_of
 from .stats import paired_difference, paired_ratio_difference, ratio_interval, wilson_interval
@@ -71,6 +71,20 @@ def _correct(model, batches) -> tuple[np.ndarray, float]:
     return hits.astype(bool), float(nll.mean())
 
 
+def first_changed_layer(changed: set[str], n_layers: int) -> int:
+    """The first layer whose output a change of these components alters: -1 for the embeddings,
+    ``i`` for a part of layer i, ``n_layers`` for the head alone, ``n_layers + 1`` for no change."""
+    idx = [n_layers + 1]
+    for n in changed:
+        if n.startswith("embed."):
+            idx.append(-1)
+        elif n.startswith("layers."):
+            idx.append(int(n.split(".")[1]))
+        else:
+            idx.append(n_layers)
+    return min(idx)
+
+
 def lm_metrics(nll: np.ndarray, units: np.ndarray, base_nll: np.ndarray) -> dict:
     """Perplexity on the rows with its 95 % interval, and the change of mean NLL per token against
     the baseline on the same rows (paired, delta method); ``ppl_ratio`` = exp of that change."""
@@ -101,10 +115,41 @@ class LiveLab:
         self.calib = calib
         self.hessians: dict[tuple[str, str], torch.Tensor] = {}  # (component, "layer" | "output") -> H
         self.spec = QuantSpec()
-        self.baseline_nll, self.units, hits = stats_on(self.model, self.batches)
+        self._inputs: list[list[torch.Tensor]] | None = None  # per batch: the input of every layer, for the current model
+        self.baseline_nll, self.units, hits = self._stats(-1)
         self.baseline_correct = hits.astype(bool) if self.task == "classify" else hits
         self.baseline_accuracy = float(hits.sum() / self.units.sum())
         self.fp_size = model_size(self.model).summary()
+
+    @torch.inference_mode()
+    def _stats(self, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-row (NLL, units, hits) on the lab's rows, recomputing only from layer ``start`` on
+        (-1: from the embeddings): the inputs of earlier layers are kept from the last evaluation,
+        so the result equals a full evaluation of the same rows (tested)."""
+        from . import objective
+
+        m = self.model
+        m.eval()
+        if self._inputs is None:
+            start = -1
+        L = len(m.layers)
+        if start > L:  # nothing changed
+            start = L
+        out = [[], [], []]
+        new_inputs = []
+        for b, (x, y) in enumerate(self.batches):
+            xs = list(self._inputs[b]) if start >= 0 else [m.embed(x)]
+            k = max(start, 0)
+            xs = xs[: k + 1]
+            key_mask = x != PAD_ID
+            for layer in m.layers[k:]:
+                xs.append(layer(xs[-1], key_mask))
+            new_inputs.append(xs)
+            for acc, v in zip(out, objective.row_stats(m.output(xs[-1], x), x, y, self.task)):
+                acc.append(v.double().cpu())
+        self._inputs = new_inputs
+        self.last_start = start  # the layer this evaluation started from (-1: the embeddings)
+        return tuple(torch.cat(v).numpy() for v in out)
 
     def hessian(self, name: str, kind: str = "layer") -> torch.Tensor:
         """The full-precision Hessian of a component on the calibration rows (cached): ``"layer"``
@@ -130,6 +175,7 @@ class LiveLab:
         from .calibration import calibrate_, needs_calibration
 
         t0 = time.perf_counter()
+        before, probs_before = current_plan(self.model), self.spec.attn_probs
         quantize_(self.model, spec)
         self.spec = spec
         todo = needs_calibration(self.model)
@@ -137,7 +183,10 @@ class LiveLab:
             if self.calib is None:
                 raise ValueError(f"{todo[0]}'s method needs calibration data, and this lab has none (pass calib=...)")
             calibrate_(self.model, self.calib, sequential=False, cache=self.hessians)
-        nll, units, hits = stats_on(self.model, self.batches)
+        after = current_plan(self.model)
+        changed = {n for n in set(before) | set(after) if before.get(n) != after.get(n)}
+        start = -1 if spec.attn_probs != probs_before else first_changed_layer(changed, len(self.model.layers))
+        nll, units, hits = self._stats(start)
         size = model_size(self.model).summary()
         out = {"loss": float(nll.sum() / units.sum()), **size, "fp32_bytes": self.fp_size["total_bytes"], "rows": len(nll),
                "baseline_accuracy": 100 * self.baseline_accuracy}

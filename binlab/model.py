@@ -180,10 +180,18 @@ class Classifier(nn.Module):
         return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, n_classes)
+        return self.forward_from(0, self.embed(ids), ids)
+
+    def forward_from(self, start: int, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The output given the input ``x`` of layer ``start`` (``start = n_layers``: the head alone),
+        so a caller that kept earlier layers' outputs can skip them (the lab's live loop)."""
         key_mask = ids != PAD_ID
-        x = self.embed(ids)
-        for layer in self.layers:
+        for layer in self.layers[start:]:
             x = layer(x, key_mask)
+        return self.output(x, ids)
+
+    def output(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The head on the last layer's token states: pooled sentence -> class logits."""
         return self.head(self.drop(self.pool(x, ids)))
 
 
@@ -196,11 +204,7 @@ class CausalLM(Classifier):
             raise ValueError("CausalLM needs ModelConfig(task='lm')")
         super().__init__(cfg)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, vocab)
-        x = self.embed(ids)
-        key_mask = ids != PAD_ID
-        for layer in self.layers:
-            x = layer(x, key_mask)
+    def output(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, vocab)
         return self.head(self.drop(x))
 
 

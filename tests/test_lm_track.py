@@ -840,3 +840,38 @@ def test_storage_by_hand_for_the_other_llm_methods():
         assert st["codes"] == sum(rows * (c + k) for c, k in blocks)
         assert st["index"] == sum(c + rows * (c - k) for c, k in blocks)
         assert st["scales"] == 32 * sum(per_block(c) for c, _ in blocks)
+
+
+# ------------------------------------------------------------------------------------------------
+# the live lab reuses the outputs of layers before the first changed one
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-lm"])
+def test_live_lab_partial_recompute_equals_full_evaluation(preset, fixture_data):
+    from dataclasses import replace
+
+    from binlab.calibration import calibration_set
+    from binlab.lab import LiveLab
+    from binlab.presets import build_model, get_preset, load_data
+    from binlab.quantize import MethodConfig, QuantSpec, Rule
+    from binlab.train import stats_on
+
+    p = get_preset(preset)
+    p = replace(p, model=replace(p.model, n_layers=2))
+    splits = load_data(p, source=str(fixture_data), val_size=100, test_size=50)
+    lab = LiveLab(build_model(p, splits), splits.val, val_rows=64, calib=calibration_set(splits, 16))
+    specs = [QuantSpec.simple("layers.1.attn.q", "xnor"),  # layer 1 only: layer 0's outputs are reused
+             QuantSpec.simple(["layers.1.attn.q", "head"], "xnor"),  # + the head alone
+             QuantSpec.simple(["layers.1.attn.q", "layers.0.ffn.up"], "xnor"),  # back to layer 0
+             QuantSpec((Rule("layers.1.attn.q", MethodConfig("gptq", options={"bits": 2})),)),  # a calibrated method
+             QuantSpec.simple("embed.token", "bucket"),
+             QuantSpec(QuantSpec.simple("encoder", "sign").rules, attn_probs="binary01"),
+             QuantSpec()]
+    starts = []
+    for spec in specs:
+        r = lab.apply(spec)
+        starts.append(lab.last_start)
+        nll, units, hits = stats_on(lab.model, lab.batches)
+        assert r["loss"] == pytest.approx(float(nll.sum() / units.sum()), rel=1e-6), spec
+        assert r["accuracy"] == pytest.approx(100 * float(hits.sum() / units.sum()), rel=1e-9)
+    assert starts == [1, 2, 0, 0, -1, -1, -1]  # layer 1; the head alone; layer 0; ...; embeddings; attention probabilities

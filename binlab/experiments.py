@@ -472,15 +472,19 @@ def _fmt(v, f="{:.2f}"):
     return "-" if v is None else (f.format(v) if isinstance(v, (int, float)) else str(v))
 
 
+def _header(payload: dict) -> list[str]:
+    b = payload["budget"]["train"]
+    calib = f"; calibration: {payload['calibration_rows']} train rows" if payload.get("calibration_rows") else ""
+    return [f"# {payload['experiment']}: {payload['title']} ({payload['preset']})", "", payload["note"], "",
+            f"Data: {payload['data']['train']} train / {payload['data']['test']} test rows{calib}. QAT budget: {b['epochs']} epoch(s), "
+            f"lr {b['lr']}, distillation weight {b['distill']}. Machine: {payload['machine']}. Date: {payload['date']}.",
+            f"Reproduce: `{payload['command']}`", ""]
+
+
 def lm_markdown(payload: dict) -> str:
     fp = next((r["perplexity"] for r in payload["rows"] if r["mode"] == "fp"), None)
     bg = payload.get("bigram_perplexity") or {}
-    lines = [f"# {payload['experiment']}: {payload['title']} ({payload['preset']})", "", payload["note"], "",
-             f"Data: {payload['data']['train']} train / {payload['data']['test']} test rows; calibration: "
-             f"{payload.get('calibration_rows', '-')} train rows. QAT budget: {payload['budget']['train']['epochs']} epoch(s), "
-             f"lr {payload['budget']['train']['lr']}, distillation weight {payload['budget']['train']['distill']}. "
-             f"Machine: {payload['machine']}. Date: {payload['date']}.",
-             f"Reproduce: `{payload['command']}`", ""]
+    lines = _header(payload)
     if bg:
         lines += [f"Floor: an interpolated bigram model (lambda {bg['lambda']}, chosen on validation) has test perplexity "
                   f"**{bg['test_perplexity']:.2f}** on the same tokens" + (f"; the fp32 LM has **{fp:.2f}**." if fp else "."), ""]
@@ -501,11 +505,7 @@ def lm_markdown(payload: dict) -> str:
 def to_markdown(payload: dict) -> str:
     if any("perplexity" in r for r in payload["rows"]):
         return lm_markdown(payload)
-    lines = [f"# {payload['experiment']}: {payload['title']} ({payload['preset']})", "", payload["note"], "",
-             f"Data: {payload['data']['train']} train / {payload['data']['test']} test rows. QAT budget: "
-             f"{payload['budget']['train']['epochs']} epoch(s), lr {payload['budget']['train']['lr']}, distillation weight "
-             f"{payload['budget']['train']['distill']}. Machine: {payload['machine']}. Date: {payload['date']}.",
-             f"Reproduce: `{payload['command']}`", "",
+    lines = _header(payload) + [
              "| configuration | mode | budget | accuracy % | seed accuracy % | seed budget | size MB (exact) | seed size | reduction % | seed reduction % | bits / quantized weight | train s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:

@@ -6,8 +6,8 @@ from typing import ClassVar
 
 import torch
 
-from .base import FP_BITS, Quantizer, register, sign
-from .billm import block_compensated, break_point, salient_columns
+from .base import FP_BITS, register, sign
+from .billm import BiLLM
 
 EPS = 1e-8
 
@@ -126,10 +126,10 @@ def arb_rc(w: torch.Tensor, mask: torch.Tensor, order: int = 1, iters: int = 15)
 
 @register
 @dataclass
-class ARB(Quantizer):
+class ARB(BiLLM):
     """ARB-LLM (Li et al. 2025) in BiLLM's framework: per block of 128 input columns, BiLLM's
     Hessian-chosen salient columns and break-point split into concentrated and sparse groups (the
-    searches as in :mod:`.billm`, as the ARB code keeps them), with every group binarized by
+    searches as in :class:`.billm.BiLLM`, as the ARB code keeps them), with every group binarized by
     ``variant``:
 
     - ``"arb"``: alternating refined binarization (:func:`arb`; salient columns order 2, the two
@@ -137,8 +137,8 @@ class ARB(Quantizer):
     - ``"x"``: ARB-X, the same refined against the calibration data (:func:`arb_x`);
     - ``"rc"``: ARB-RC, row and column scales without a mean (:func:`arb_rc`).
 
-    Then BiLLM's block-wise error compensation (:func:`.billm.block_compensated`). Left out: the
-    column-group bitmap (CGB) that also splits the salient columns.
+    Then BiLLM's block-wise error compensation. Left out: the column-group bitmap (CGB) that also
+    splits the salient columns.
 
     Storage, counted in full: 1 sign bit per weight and a second per salient weight, the column and
     group bitmaps, and per block per row alpha and mu for each of the 4 binarizations with a mean
@@ -149,63 +149,27 @@ class ARB(Quantizer):
     name: ClassVar[str] = "arb"
     paper: ClassVar[str] = "Li et al. 2025, ARB-LLM: Alternating Refined Binarizations for Large Language Models"
     arxiv: ClassVar[str] = "2410.03129"
-    mode: ClassVar[str] = "PTQ with calibration data"
     stores: ClassVar[str] = "as BiLLM, with a mean per group (ARB, ARB-X) or row and column scales (ARB-RC)"
-    needs_calibration: ClassVar[bool] = True
-    data_dependent_storage: ClassVar[bool] = True
     ui: ClassVar[dict] = {"variant": {"kind": "choice", "label": "variant", "choices": ["arb", "x", "rc"]}}
     variant: str = "x"
     iters: int = 15
-    blocksize: int = 128
 
     def __post_init__(self):
+        super().__post_init__()
         if self.variant not in ("arb", "x", "rc"):
             raise ValueError(f"arb variant must be 'arb', 'x' (ARB-X) or 'rc' (ARB-RC), got {self.variant!r}")
         if not (isinstance(self.iters, int) and self.iters >= 0):
             raise ValueError(f"arb iters must be an int >= 0, got {self.iters!r}")
-        if not (isinstance(self.blocksize, int) and self.blocksize >= 2):
-            raise ValueError(f"arb blocksize must be an int >= 2, got {self.blocksize!r}")
-        self._salient_per_block = None
 
-    def _group(self, wb, m, order, gram):
+    def binarize_group(self, wb, mask, order, gram):
         if self.variant == "x":
-            return arb_x(wb, m, gram, order, self.iters)
+            return arb_x(wb, mask, gram, order, self.iters)
         if self.variant == "rc":
-            return arb_rc(wb, m, order, self.iters)
-        return arb(wb, m, order, self.iters)[0]
-
-    def quantize(self, w):
-        w2 = w.reshape(w.shape[0], -1)
-        stats = []
-        h = self.hessian_for(w2).double()
-
-        def quant_block(wb, d, hb, i1):
-            gram = h[i1 : i1 + wb.shape[1], i1 : i1 + wb.shape[1]] / 2  # S = X X^T (undamped)
-            sal = salient_columns(wb, d)
-            m3 = sal[None, :].expand_as(wb)
-            rest = ~m3
-            p = break_point(wb, rest)
-            m1 = rest & (wb.abs() <= p)
-            stats.append((wb.shape[1], int(sal.sum())))
-            return self._group(wb, m3, 2, gram) + self._group(wb, m1, 1, gram) + self._group(wb, rest & ~m1, 1, gram)
-
-        q = block_compensated(w2, h, quant_block, self.blocksize)
-        self._salient_per_block = stats
-        return q.to(w.dtype).reshape(w.shape)
-
-    def _blocks(self, shape):
-        from .billm import BiLLM
-
-        return BiLLM._blocks(self, shape)
+            return arb_rc(wb, mask, order, self.iters)
+        return arb(wb, mask, order, self.iters)[0]
 
     def storage(self, shape):
+        st = super().storage(shape)
         rows = shape[0]
-        blocks = self._blocks(shape)
         per_block = (lambda c: 4 * (rows + c)) if self.variant == "rc" else (lambda c: 7 * rows)
-        return {"codes": sum(rows * (c + k) for c, k in blocks), "index": sum(c + rows * (c - k) for c, k in blocks),
-                "scales": FP_BITS * sum(per_block(c) for c, _ in blocks)}
-
-    def paper_bits(self):
-        from .billm import BiLLM
-
-        return BiLLM.paper_bits(self)
+        return st | {"scales": FP_BITS * sum(per_block(c) for c, _ in self._blocks(shape))}

@@ -133,20 +133,28 @@ class BiLLM(Quantizer):
             raise ValueError(f"billm blocksize must be an int >= 2, got {self.blocksize!r}")
         self._salient_per_block: list[tuple[int, int]] | None = None  # (block columns, salient columns)
 
+    def binarize_group(self, wb: torch.Tensor, mask: torch.Tensor, order: int, gram: torch.Tensor) -> torch.Tensor:
+        """How one group of a block is binarized (BiLLM: residual binarization of ``order``); ARB-LLM
+        overrides this and keeps the rest of the algorithm."""
+        return residual_binarize(wb, mask, order)
+
     def quantize(self, w):
         w2 = w.reshape(w.shape[0], -1)
+        h = self.hessian_for(w2).double()
         stats = []
 
         def quant_block(wb, d, hb, i1):
+            gram = h[i1 : i1 + wb.shape[1], i1 : i1 + wb.shape[1]] / 2  # S = X X^T of the block (undamped), for ARB-X
             sal = salient_columns(wb, d)
             m3 = sal[None, :].expand_as(wb)
             rest = ~m3
             p = break_point(wb, rest)
             m1 = rest & (wb.abs() <= p)
             stats.append((wb.shape[1], int(sal.sum())))
-            return residual_binarize(wb, m3, 2) + residual_binarize(wb, m1, 1) + residual_binarize(wb, rest & ~m1, 1)
+            return (self.binarize_group(wb, m3, 2, gram) + self.binarize_group(wb, m1, 1, gram)
+                    + self.binarize_group(wb, rest & ~m1, 1, gram))
 
-        q = block_compensated(w2, self.hessian_for(w2), quant_block, self.blocksize)
+        q = block_compensated(w2, h, quant_block, self.blocksize)
         self._salient_per_block = stats
         return q.to(w.dtype).reshape(w.shape)
 

@@ -875,3 +875,7 @@ def test_live_lab_partial_recompute_equals_full_evaluation(preset, fixture_data)
         assert r["loss"] == pytest.approx(float(nll.sum() / units.sum()), rel=1e-6), spec
         assert r["accuracy"] == pytest.approx(100 * float(hits.sum() / units.sum()), rel=1e-9)
     assert starts == [1, 2, 0, 0, -1, -1, -1]  # layer 1; the head alone; layer 0; ...; embeddings; attention probabilities
+
+
+def test_pbllm_paper_bits_is_the_papers_count():
+    assert BINARIZERS["pbllm"]().paper_bits() == pytest.approx(1.7)  # PB-LLM's "1.7 bits" at 10 % salient

@@ -133,6 +133,11 @@ class PBLLM(Quantizer):
         binar = apply_ste(w2, self.alpha(wd, sal) * sign(wd), ste, scale.reshape(-1, 1))
         return torch.where(sal, frozen, binar).reshape(w.shape)  # salient: no gradient (frozen)
 
+    def paper_bits(self) -> float:
+        """Bits per weight as the paper counts them: 1 per binarized weight, ``high_bits`` per salient
+        one, positions and scales not counted (10 % salient: 1.7 bits)."""
+        return 1 + (self.high_bits - 1) * self.salient
+
     def storage(self, shape):
         n, rows = numel(shape), shape[0]
         k = self._k(n)

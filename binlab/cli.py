@@ -104,6 +104,20 @@ def cmd_eval(args):
     return 0
 
 
+def cmd_generate(args):
+    from .calibration import calibration_set
+    from .generate import greedy
+    from .qat import ptq
+
+    p, splits, model = _load(args)
+    out = {"prompt": args.prompt, "fp32": greedy(model, splits.tokenizer, args.prompt, args.tokens)["text"]}
+    if args.target or args.spec:
+        q = ptq(model, _spec(args), calib=calibration_set(splits))
+        out["binarized"] = greedy(q, splits.tokenizer, args.prompt, args.tokens)["text"]
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def cmd_size(args):
     from .presets import build_model, get_preset, load_data
     from .quantize import quantize_
@@ -232,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     for name, fn, hlp in (("eval", cmd_eval, "evaluate the baseline, optionally binarized (PTQ)"),
-                          ("size", cmd_size, "exact storage per component")):
+                          ("size", cmd_size, "exact storage per component"),
+                          ("generate", cmd_generate, "a language model's greedy continuation of --prompt, fp32 and binarized (PTQ)")):
         p = sub.add_parser(name, help=hlp)
         common(p)
         p.add_argument("--spec", help="QuantSpec as JSON text or a JSON file")
@@ -242,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ste", default=None)
         if name == "eval":
             p.add_argument("--split", default="test", choices=["val", "test"])
+        elif name == "generate":
+            p.add_argument("--prompt", required=True)
+            p.add_argument("--tokens", type=int, default=20, help="at most this many new tokens")
         else:
             p.add_argument("--json", action="store_true", help="print the size report as JSON (summary with total_bytes, and components)")
         p.set_defaults(fn=fn)

@@ -879,3 +879,20 @@ def test_live_lab_partial_recompute_equals_full_evaluation(preset, fixture_data)
 
 def test_pbllm_paper_bits_is_the_papers_count():
     assert BINARIZERS["pbllm"]().paper_bits() == pytest.approx(1.7)  # PB-LLM's "1.7 bits" at 10 % salient
+
+
+def test_cli_generate_and_eval_on_the_lm(fixture_data, capsys):
+    import json
+
+    from binlab.cli import main
+
+    assert main(["generate", "--preset", "tiny-lm", "--data", str(fixture_data), "--prompt", "team wins", "--tokens", "5",
+                 "--target", "encoder", "--method", "gptq", "--options", '{"bits": 2}']) == 0
+    text = capsys.readouterr().out
+    g = json.loads(text[text.index("{"):])
+    assert g["prompt"] == "team wins" and isinstance(g["fp32"], str) and isinstance(g["binarized"], str)
+    assert main(["eval", "--preset", "tiny-lm", "--data", str(fixture_data), "--target", "encoder", "--method", "billm", "--split", "val"]) == 0
+    text = capsys.readouterr().out
+    r = json.loads(text[text.index("{"):])
+    assert r["perplexity"] > 1 and r["tokens"] > 0
+    assert main(["generate", "--preset", "tiny", "--data", str(fixture_data), "--prompt", "x"]) == 2  # a classifier: a clear error

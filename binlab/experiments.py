@@ -438,30 +438,39 @@ def t6_finding(rows: list[dict]) -> str:
             "test set's noise; PB-LLM measured OPT language models zero-shot, this is a 2-layer classifier): " + " ".join(out))
 
 
+def _short(r: dict) -> str:
+    rules = r.get("spec", {}).get("rules") or []
+    return f"{rules[0]['method']['method']} {r['mode'].upper()}" if rules else r["label"]
+
+
 def t8_finding(rows: list[dict]) -> str:
-    """Does the small LM order the methods as the survey does (on LLaMA-7B), and are the calibrated
-    1-bit-class PTQ methods far ahead of plain sign/XNOR PTQ?"""
-    by = {r["label"]: r for r in rows if "perplexity" in r}
+    """Does the small LM order the methods as the survey does (on LLaMA-7B): Spearman's rank correlation
+    and the largest rank moves; and are the calibrated 1-bit-class PTQ methods ahead of plain sign/XNOR PTQ?"""
     fp = next((r["perplexity"] for r in rows if r["mode"] == "fp" and "perplexity" in r), None)
-    surveyed = [(r["label"], r["perplexity"], float(r["survey"].split("ppl ")[1].split()[0])) for r in rows
+    surveyed = [(r, float(r["survey"].split("ppl ")[1].split()[0])) for r in rows
                 if r.get("survey") and "ppl " in r["survey"] and "perplexity" in r]
     out = []
-    if len(surveyed) >= 2:
-        ours = [lab for lab, _, _ in sorted(surveyed, key=lambda t: t[1])]
-        theirs = [lab for lab, _, _ in sorted(surveyed, key=lambda t: t[2])]
-        out.append(("The order of the surveyed methods matches the survey's" if ours == theirs else
-                    "The order of the surveyed methods differs from the survey's")
-                   + " (ours, best first: " + "; ".join(f"{lab} {by[lab]['perplexity']:.1f}" for lab in ours) + "; "
-                   f"the survey's: {'; '.join(theirs)}).")
+    if len(surveyed) >= 3:
+        ours = {id(r): i for i, (r, _) in enumerate(sorted(surveyed, key=lambda t: t[0]["perplexity"]))}
+        theirs = {id(r): i for i, (r, _) in enumerate(sorted(surveyed, key=lambda t: t[1]))}
+        n = len(surveyed)
+        rho = 1 - 6 * sum((ours[id(r)] - theirs[id(r)]) ** 2 for r, _ in surveyed) / (n * (n * n - 1))
+        moves = sorted(surveyed, key=lambda t: -abs(ours[id(t[0])] - theirs[id(t[0])]))[:3]
+        out.append(f"Ranked by perplexity, the {n} methods the survey reports correlate with the survey's ranking at Spearman "
+                   f"rho = {rho:.2f} (1: the same order). Ours, best first: "
+                   + ", ".join(f"{_short(r)} {r['perplexity']:.1f}" for r, _ in sorted(surveyed, key=lambda t: t[0]['perplexity']))
+                   + ". Largest moves (our rank vs the survey's, 1 = best): "
+                   + ", ".join(f"{_short(r)} {ours[id(r)] + 1} vs {theirs[id(r)] + 1}" for r, _ in moves) + ".")
     plain = [r for r in rows if r["mode"] == "ptq" and r["label"].startswith(("sign", "XNOR")) and "perplexity" in r]
     calibrated = [r for r in rows if r["mode"] == "ptq" and r["label"].startswith(("PB-LLM", "BiLLM")) and "perplexity" in r]
     if plain and calibrated and fp:
         best_plain = min(plain, key=lambda r: r["perplexity"])
         worst_cal = max(calibrated, key=lambda r: r["perplexity"])
         ahead = worst_cal["perplexity"] < best_plain["perplexity"]
-        out.append(f"PB-LLM and BiLLM PTQ {'are all ahead of' if ahead else 'are not all ahead of'} plain 1-bit PTQ: worst of them "
-                   f"{worst_cal['label']} {worst_cal['perplexity']:.1f} vs best plain {best_plain['label']} {best_plain['perplexity']:.1f} "
-                   f"(fp32 {fp:.1f}), at {worst_cal['bits_per_quantized_weight']:.2f} vs {best_plain['bits_per_quantized_weight']:.2f} stored bits per weight.")
+        out.append(f"PB-LLM and BiLLM PTQ {'are all ahead of' if ahead else 'are not all ahead of'} plain 1-bit PTQ: the worst of them, "
+                   f"{_short(worst_cal)} ({worst_cal['label'].split('(')[0].strip()}), {worst_cal['perplexity']:.1f} vs the best plain, "
+                   f"{_short(best_plain)}, {best_plain['perplexity']:.1f} (fp32 {fp:.1f}), at {worst_cal['bits_per_quantized_weight']:.2f} vs "
+                   f"{best_plain['bits_per_quantized_weight']:.2f} stored bits per weight.")
     return ("**Finding** (generated from the rows above, one seed): " + " ".join(out)) if out else ""
 
 

@@ -145,7 +145,9 @@ class LiveLab:
             for layer in m.layers[k:]:
                 xs.append(layer(xs[-1], key_mask))
             new_inputs.append(xs)
-            for acc, v in zip(out, objective.row_stats(m.output(xs[-1], x), x, y, self.task)):
+            stats = (objective.lm_row_stats_from_states(m.head, xs[-1], x) if self.task == "lm"
+                     else objective.row_stats(m.output(xs[-1], x), x, y, self.task))
+            for acc, v in zip(out, stats):
                 acc.append(v.double().cpu())
         self._inputs = new_inputs
         self.last_start = start  # the layer this evaluation started from (-1: the embeddings)

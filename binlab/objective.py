@@ -45,6 +45,25 @@ def row_stats(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, tas
     return nll, torch.ones_like(nll), (logits.argmax(-1) == labels).to(nll.dtype)
 
 
+def lm_row_stats_from_states(head: nn.Module, states: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`row_stats` of a language model from its last token states (B, T, d) and its head, for
+    evaluation: the head runs only at positions that predict a real token, and the NLL comes from
+    one max / log-sum-exp pass, ``nll = logsumexp(z) - z_target`` (no full log-softmax is stored).
+    Equal to ``row_stats(head(states), ...)`` up to float rounding (tested)."""
+    tgt = ids[:, 1:]
+    valid = tgt != PAD_ID
+    z = head(states[:, :-1][valid])  # (N, V): predicting positions only
+    t = tgt[valid]
+    mx = z.max(-1).values
+    lse = mx + (z - mx[:, None]).exp_().sum(-1).log_()
+    pick = z.gather(-1, t[:, None])[:, 0]
+    row = valid.nonzero()[:, 0]
+    B = ids.shape[0]
+    nll = torch.zeros(B, dtype=z.dtype, device=z.device).index_add_(0, row, lse - pick)
+    hits = torch.zeros(B, dtype=z.dtype, device=z.device).index_add_(0, row, (pick >= mx).to(z.dtype))
+    return nll, valid.sum(1).to(z.dtype), hits
+
+
 def loss(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
     """Mean cross-entropy per unit (row or token): the training loss."""
     if task == "lm":

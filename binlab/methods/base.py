@@ -116,8 +116,11 @@ class Quantizer:
         return self.act_ste
 
     def state(self) -> tuple:
-        """What, besides the weight, ``quantize`` depends on (keys the evaluation cache)."""
-        return (id(getattr(self, "_hessian", None)),)
+        """What, besides the weight, ``quantize`` depends on (keys the evaluation cache): the calibrated
+        Hessian and the current values of learned parameters."""
+        params = getattr(self, "params", None)
+        learned = tuple((p.data_ptr(), p._version) for p in params.parameters()) if params is not None else ()
+        return (id(getattr(self, "_hessian", None)),) + learned
 
     def calibrate(self, hessian: torch.Tensor) -> None:
         """Receive the layer-wise Hessian ``H = 2 X X^T / N`` (in x in) of this component's inputs."""
@@ -148,6 +151,15 @@ class Quantizer:
     def summary(cls) -> str:
         """The first paragraph of the docstring (one line for pickers)."""
         return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+
+
+class LearnedValues(torch.nn.Module):
+    """A method's learned values as named parameters (OneBit's value vectors, DB-LLM's scales ...)."""
+
+    def __init__(self, **values: torch.Tensor):
+        super().__init__()
+        for k, v in values.items():
+            setattr(self, k, torch.nn.Parameter(v.detach().clone()))
 
 
 BINARIZERS: dict[str, type[Quantizer]] = {}

@@ -14,20 +14,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import FP_BITS, Quantizer, numel, register, sign
+from .base import FP_BITS, LearnedValues, Quantizer, numel, register, sign
 from .onebit import svid
 
 
 def _step(x: torch.Tensor) -> torch.Tensor:
     """H(x) = 1 if x >= 0 else 0."""
     return (x >= 0).to(x.dtype)
-
-
-class DualScales(nn.Module):
-    def __init__(self, a1: torch.Tensor, a2: torch.Tensor):
-        super().__init__()
-        self.a1 = nn.Parameter(a1.clone())
-        self.a2 = nn.Parameter(a2.clone())
 
 
 @register
@@ -79,17 +72,13 @@ class DBLLM(Quantizer):
     def make_params(self, w):
         if w.ndim != 2:
             return None
-        return DualScales(*self._init(w))
+        a1, a2 = self._init(w)
+        return LearnedValues(a1=a1, a2=a2)
 
     def _scales(self, w2):
         a1, a2 = (self.params.a1, self.params.a2) if self.params is not None else self._init(w2)
         expand = lambda t: t.repeat_interleave(self.group, 1)[:, : w2.shape[1]]  # noqa: E731
         return expand(a1), expand(a2)
-
-    def state(self):
-        if self.params is None:
-            return ()
-        return tuple((p.data_ptr(), p._version) for p in (self.params.a1, self.params.a2))
 
     def _binaries(self, w2, a1, a2):
         b1 = _step(w2 - (a1 + a2) / 2)
@@ -162,11 +151,6 @@ class BinaryMoS(Quantizer):
             return None
         return ScaleExperts(*svid(w), self.experts)
 
-    def state(self):
-        if self.params is None:
-            return ()
-        return tuple((p.data_ptr(), p._version) for p in self.params.parameters())
-
     def quantize(self, w):
         if self.params is None:
             a, b = svid(w)
@@ -189,13 +173,6 @@ class BinaryMoS(Quantizer):
         rows = shape[0]
         cols = numel(shape) // rows
         return {"codes": numel(shape), "scales": self.experts * (rows + cols) * FP_BITS, "router": self.experts * cols * FP_BITS}
-
-
-class ColumnAffine(nn.Module):
-    def __init__(self, alpha: torch.Tensor, beta: torch.Tensor):
-        super().__init__()
-        self.alpha = nn.Parameter(alpha.clone())
-        self.beta = nn.Parameter(beta.clone())
 
 
 @register
@@ -234,12 +211,8 @@ class FBI(Quantizer):
     def make_params(self, w):
         if w.ndim != 2:
             return None
-        return ColumnAffine(*self._init(w))
-
-    def state(self):
-        if self.params is None:
-            return ()
-        return tuple((p.data_ptr(), p._version) for p in (self.params.alpha, self.params.beta))
+        alpha, beta = self._init(w)
+        return LearnedValues(alpha=alpha, beta=beta)
 
     def _ab(self, w):
         return self._init(w) if self.params is None else (self.params.alpha, self.params.beta)

@@ -5,9 +5,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn as nn
 
-from .base import FP_BITS, Quantizer, numel, register, sign
+from .base import FP_BITS, LearnedValues, Quantizer, numel, register, sign
 
 
 def svid(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -20,15 +19,6 @@ def svid(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     U, S, Vh = torch.linalg.svd(w2.abs(), full_matrices=False)
     a, b = U[:, 0].abs() * S[0].sqrt(), Vh[0].abs() * S[0].sqrt()
     return a.to(w.dtype), b.to(w.dtype)
-
-
-class ValueVectors(nn.Module):
-    """OneBit's learned value vectors: ``a`` (out) and ``b`` (in)."""
-
-    def __init__(self, a: torch.Tensor, b: torch.Tensor):
-        super().__init__()
-        self.a = nn.Parameter(a.clone())
-        self.b = nn.Parameter(b.clone())
 
 
 @register
@@ -61,17 +51,13 @@ class OneBit(Quantizer):
     def make_params(self, w):
         if w.ndim != 2:
             return None
-        return ValueVectors(*svid(w))
+        a, b = svid(w)
+        return LearnedValues(a=a, b=b)  # a (out) and b (in)
 
     def _ab(self, w):
         if self.params is None:
             return svid(w)
         return self.params.a, self.params.b
-
-    def state(self):
-        if self.params is None:
-            return ()
-        return tuple((p.data_ptr(), p._version) for p in (self.params.a, self.params.b))
 
     def quantize(self, w):
         a, b = self._ab(w.reshape(w.shape[0], -1))

@@ -122,5 +122,7 @@ def friendly_errors():
         st.error(str(err))
     except ValueError as err:
         st.error(f"Invalid input: {err}")
+    except ArithmeticError as err:  # training diverged (FloatingPointError from binlab.train)
+        st.error(f"Training diverged: {err}. Try a smaller learning rate or more warm-up.")
     except (RuntimeError, OSError) as err:
         st.error(f"Something went wrong: {err}. Try another setting, or retrain the baseline on the Home page.")

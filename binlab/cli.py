@@ -309,7 +309,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args) or 0
-    except (ValueError, RuntimeError) as err:
+    except (ValueError, RuntimeError, ArithmeticError) as err:  # bad input, missing data, a diverged run
         print(f"error: {err}", file=sys.stderr)
         return 2
 

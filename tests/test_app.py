@@ -259,3 +259,22 @@ def test_damaged_checkpoint_is_named_with_a_retrain_button(env, trained):
         for p, b in saved.items():
             p.write_bytes(b)
         st.cache_resource.clear()
+
+
+def test_diverging_qat_is_a_message_not_a_traceback(env, trained):
+    at = new_app("views/binarize.py")
+    at.button(key="pick_encoder").click().run()
+    at.switch_page("views/train.py").run()
+    at.slider(key="qat_epochs").set_value(0.2).run()
+    at.select_slider(key="qat_lr").set_value(3e-3).run()
+    import binlab.train as tr
+
+    orig = tr.objective.loss
+    try:
+        tr.objective.loss = lambda *a, **k: orig(*a, **k) * float("nan")  # force a non-finite loss
+        at.slider(key="qat_distill").set_value(0.0).run()
+        at.button(key="run_qat").click().run()
+    finally:
+        tr.objective.loss = orig
+    assert not at.exception
+    assert any("diverged" in e.value and "learning rate" in e.value for e in at.error)

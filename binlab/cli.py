@@ -171,6 +171,11 @@ def cmd_landscape(args):
 
     from . import landscape as L
 
+    for name, low in (("rows", 1), ("steps", 2), ("k", 1)):
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name} must be at least {low}, got {getattr(args, name)}")
+    if not args.span > 0:
+        raise ValueError(f"--span must be positive, got {args.span}")
     p, splits, model = _load(args)
     spec = _spec(args)
     spec = spec if spec.rules else None

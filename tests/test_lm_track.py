@@ -896,3 +896,15 @@ def test_cli_generate_and_eval_on_the_lm(fixture_data, capsys):
     r = json.loads(text[text.index("{"):])
     assert r["perplexity"] > 1 and r["tokens"] > 0
     assert main(["generate", "--preset", "tiny", "--data", str(fixture_data), "--prompt", "x"]) == 2  # a classifier: a clear error
+
+
+@pytest.mark.parametrize("argv", [["landscape", "slice", "--rows", "0"], ["landscape", "slice", "--steps", "1"],
+                                  ["landscape", "curvature", "--k", "0"], ["landscape", "slice", "--span", "-1"],
+                                  ["eval", "--target", "layers.9.attn.q"], ["eval", "--spec", "{not json"],
+                                  ["train", "--preset", "nope"]])
+def test_cli_edge_cases_are_errors_not_tracebacks(argv, fixture_data, capsys):
+    from binlab.cli import main
+
+    args = argv + ([] if "--preset" in argv else ["--preset", "tiny"]) + ["--data", str(fixture_data)]
+    assert main(args) == 2
+    assert "error:" in capsys.readouterr().err

@@ -75,6 +75,13 @@ def train_baseline_ui(preset: str, source: str | None, retrain: bool = False):
 
     from binlab.presets import get_baseline
 
+    from binlab.presets import build_model, get_preset
+    from binlab.train import estimate_seconds
+
+    p, splits = get_preset(preset), splits_for(preset, source)
+    est = estimate_seconds(build_model(p, splits, seed=p.train.seed), splits.train, p.train)
+    st.caption(f"Training {len(splits.train):,} rows x {p.train.epochs:g} epochs: expected about "
+               + (f"{est / 60:.1f} min" if est >= 90 else f"{est:.0f} s") + " on this machine (from timed steps).")
     bar = st.progress(0.0, text="starting ...")
     chart = st.empty()
     losses, steps = [], []

@@ -48,11 +48,18 @@ def _spec(args):
     return QuantSpec()
 
 
+def _splits(p, args):
+    from .presets import load_data
+
+    rows = getattr(args, "train_rows", None)
+    return load_data(p, source=args.data, **({"train_size": rows} if rows is not None else {}))
+
+
 def _load(args, need_model=True):
     from .presets import get_baseline, get_preset, load_data
 
     p = get_preset(args.preset)
-    splits = load_data(p, source=args.data)
+    splits = _splits(p, args)
     if not need_model:
         return p, splits, None
     model, meta = get_baseline(p, splits, callback=_progress())
@@ -74,12 +81,19 @@ def cmd_data(args):
 def cmd_train(args):
     from dataclasses import replace
 
-    from .presets import get_baseline, get_preset, load_data
+    from .presets import cached_baseline, get_baseline, get_preset
     from .train import evaluate
 
     p = get_preset(args.preset)
     cfg = p.train if args.epochs is None else replace(p.train, epochs=args.epochs)
-    splits = load_data(p, source=args.data)
+    splits = _splits(p, args)
+    if args.retrain or cached_baseline(p, splits, cfg) is None:
+        from .presets import build_model
+        from .train import estimate_seconds
+
+        est = estimate_seconds(build_model(p, splits, seed=cfg.seed), splits.train, cfg)
+        when = f"{est / 60:.1f} min" if est >= 90 else f"{est:.0f} s"
+        print(f"training {len(splits.train):,} rows x {cfg.epochs:g} epochs: expected about {when} here (from timed steps)", file=sys.stderr)
     model, meta = get_baseline(p, splits, cfg, callback=_progress(), retrain=args.retrain)
     test = evaluate(model, splits.test)
     out = {"preset": p.name, "val_accuracy": meta["val_accuracy"], "test_accuracy": test.accuracy,
@@ -127,7 +141,7 @@ def cmd_size(args):
     from .qat import ptq
 
     p = get_preset(args.preset)
-    splits = load_data(p, source=args.data)
+    splits = _splits(p, args)
     model = build_model(p, splits)
     quantize_(model, _spec(args))
     if needs_calibration(model):  # data-dependent storage (BiLLM's salient columns): quantize the trained model for real
@@ -238,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p, model=True):
         p.add_argument("--data", default=None, help="AG_NEWS folder in HF layout or hub id (default: $BINLAB_DATA, else the hub)")
         if model:
-            p.add_argument("--preset", default="scratch", help="tiny | scratch | minilm-l2 (default: scratch)")
+            p.add_argument("--preset", default="scratch", help="tiny | scratch | minilm-l2 | lm | tiny-lm (default: scratch)")
+            p.add_argument("--train-rows", type=int, default=None,
+                           help="use the first N training rows (default: all; the hub's full split has 120k). A baseline is cached per row count")
 
     p = sub.add_parser("data", help="show where AG_NEWS comes from and check that it loads")
     common(p, model=False)

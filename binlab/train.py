@@ -256,6 +256,29 @@ def train(
     return hist
 
 
+def estimate_seconds(model: nn.Module, train_split: EncodedSplit, cfg: TrainConfig, steps: int = 4) -> float:
+    """Expected training time of ``cfg`` on ``train_split`` on this machine: a few timed steps of a copy
+    (after one warm-up step), scaled to the run's step count. Shown before long runs start."""
+    import copy
+    from dataclasses import replace
+
+    n = min(len(train_split), cfg.batch_size * (steps + 1))
+    probe = copy.deepcopy(model)
+    t = {}
+
+    def cb(e):
+        if e["kind"] == "step":
+            t[e["step"]] = time.perf_counter()
+
+    train(probe, train_split.head(n), replace(cfg, epochs=1.0, eval_every=0), callback=cb)
+    done = sorted(t)
+    if len(done) < 2:
+        return 0.0
+    per_step = (t[done[-1]] - t[done[0]]) / (len(done) - 1)
+    total = int(round(cfg.epochs * math.ceil(len(train_split) / cfg.batch_size)))
+    return per_step * total
+
+
 # --------------------------------------------------------------------------------------------
 # checkpoints: <stem>.safetensors + <stem>.json, each written atomically
 

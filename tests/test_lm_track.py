@@ -908,3 +908,21 @@ def test_cli_edge_cases_are_errors_not_tracebacks(argv, fixture_data, capsys):
     args = argv + ([] if "--preset" in argv else ["--preset", "tiny"]) + ["--data", str(fixture_data)]
     assert main(args) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_train_rows_and_the_time_estimate(fixture_data, capsys):
+    import json
+
+    from binlab.cli import main
+    from binlab.presets import build_model, get_preset, load_data
+    from binlab.train import estimate_seconds
+
+    assert main(["train", "--preset", "tiny", "--data", str(fixture_data), "--train-rows", "60", "--epochs", "1"]) == 0
+    cap = capsys.readouterr()
+    assert "60 rows x 1 epochs: expected about" in cap.err
+    assert json.loads(cap.out[cap.out.index("{"):])["preset"] == "tiny"
+    assert main(["train", "--preset", "tiny", "--data", str(fixture_data), "--train-rows", "0"]) == 2  # a clear error
+    p = get_preset("tiny")
+    splits = load_data(p, source=str(fixture_data))
+    est = estimate_seconds(build_model(p, splits), splits.train, p.train)
+    assert 0 < est < 600

@@ -72,10 +72,15 @@ def qat(
     callback: Callback | None = None,
     should_stop=None,
     calib: EncodedSplit | None = None,
+    health_every: int = 0,
 ) -> tuple[nn.Module, dict]:
     """Return ``(student, history)``: a quantized copy of ``teacher`` fine-tuned with the STE
     (methods that need data are calibrated on ``calib`` first, on the teacher's weights). With
-    ``cfg.from_scratch`` the student is a freshly initialised model of the same shape (FBI-LLM)."""
+    ``cfg.from_scratch`` the student is a freshly initialised model of the same shape (FBI-LLM).
+
+    ``health_every`` > 0: every that many steps ``callback`` also gets a ``{"kind": "health"}`` event
+    with :mod:`binlab.health`'s sign-flip ratios since the last one, the share of latent weights
+    outside the estimator's range and the heads' attention entropy (on the validation rows' first batch)."""
     if cfg.from_scratch:
         from .model import build
 
@@ -88,6 +93,10 @@ def qat(
         if any(fnmatch.fnmatchcase(name, pat) for pat in cfg.freeze):
             p.requires_grad_(False)
     set_progress(student, 0.0)
+    from . import health
+
+    probe_ids = next(iter((val_split or train_split).head(32).batches(32)))[0] if health_every else None
+    last_signs = [health.signs(student)] if health_every else None
 
     def on_event(ev: dict):
         if ev.get("kind") == "step":
@@ -95,6 +104,12 @@ def qat(
             set_progress(student, ev["step"] / max(ev["total"], 1))  # schedules (ReCU's tau, FDA's noise weight)
         if callback:
             callback(ev)
+        if health_every and ev.get("kind") == "step" and ev["step"] % health_every == 0 and callback:
+            now = health.signs(student)
+            callback({"kind": "health", "step": ev["step"], "flip": health.flip_ratio(last_signs[0], now),
+                      "outside_clip": health.outside_clip(student),
+                      "entropy": health.attention_entropy(student, probe_ids.to(next(student.parameters()).device))})
+            last_signs[0] = now
 
     try:
         hist = train(student, train_split, cfg.train, val_split=val_split, callback=on_event,

@@ -278,3 +278,14 @@ def test_diverging_qat_is_a_message_not_a_traceback(env, trained):
         tr.objective.loss = orig
     assert not at.exception
     assert any("diverged" in e.value and "learning rate" in e.value for e in at.error)
+
+
+def test_train_page_plots_qat_health(env, trained):
+    at = new_app("views/binarize.py")
+    at.button(key="pick_encoder").click().run()
+    at.switch_page("views/train.py").run()
+    at.slider(key="qat_epochs").set_value(0.3).run()
+    at.button(key="run_qat").click().run()
+    assert not at.exception
+    titles = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("QAT health" in t for t in titles)

@@ -926,3 +926,37 @@ def test_train_rows_and_the_time_estimate(fixture_data, capsys):
     splits = load_data(p, source=str(fixture_data))
     est = estimate_seconds(build_model(p, splits), splits.train, p.train)
     assert 0 < est < 600
+
+
+# ------------------------------------------------------------------------------------------------
+# QAT health
+
+
+def test_health_measures_against_references(tiny_model, tiny_splits):
+    from binlab.health import attention_entropy, flip_ratio, outside_clip, signs
+    from binlab.qat import QATConfig, qat
+    from binlab.quantize import QuantSpec, quantize_
+    from binlab.train import TrainConfig
+
+    m = tiny_model
+    quantize_(m, QuantSpec.simple("encoder", "xnor"))
+    s0 = signs(m)
+    w = m.layers[0].attn.q.weight
+    with torch.no_grad():
+        w[0, :4] *= -1  # flip 4 signs (none of them zero)
+    assert flip_ratio(s0, signs(m))["layers.0.attn.q"] == pytest.approx(4 / w.numel())
+    oc = outside_clip(m)["layers.0.attn.q"]
+    x = w.detach()
+    want = float((x.abs() > 3 * x.std(1, keepdim=True)).double().mean())
+    assert oc == pytest.approx(want)
+    ids = next(iter(tiny_splits.val.head(8).batches(8)))[0]
+    ent = attention_entropy(m, ids)
+    assert set(ent) == {"L0.h0", "L0.h1"}
+    n_real = (ids != 0).sum(1).double()
+    assert all(0 <= v <= float(torch.log(n_real.max())) + 1e-6 for v in ent.values())  # between one-hot and uniform
+    events = []
+    qat(tiny_model, QuantSpec.simple("encoder", "xnor"), tiny_splits.train.head(128),
+        QATConfig(TrainConfig(epochs=1, lr=1e-2, warmup=0.0, device="cpu")), val_split=tiny_splits.val, callback=events.append, health_every=2)
+    hs = [e for e in events if e["kind"] == "health"]
+    assert len(hs) == 2 and all(0 <= v <= 1 for e in hs for v in e["flip"].values())
+    assert any(v > 0 for e in hs for v in e["flip"].values())  # a lr of 1e-2 flips some signs

@@ -50,7 +50,9 @@ with friendly_errors():
     if st.button("Run QAT", key="run_qat", type="primary"):
         bar = st.progress(0.0, text="quantizing ...")
         chart = st.empty()
+        health_chart = st.empty()
         steps, losses, vsteps, vaccs = [], [], [], []
+        health = []
         draws = [0]
 
         def draw():
@@ -62,7 +64,24 @@ with friendly_errors():
             chart.plotly_chart(fig, width="stretch", key=f"qat_curve_{draws[0]}")
             draws[0] += 1
 
+        def draw_health():
+            from plotly.subplots import make_subplots
+
+            fig = make_subplots(rows=1, cols=3, subplot_titles=("sign flips since last point", "latent weights outside the STE's range",
+                                                                "attention entropy per head (nats)"))
+            xs = [h["step"] for h in health]
+            for col, key in ((1, "flip"), (2, "outside_clip"), (3, "entropy")):
+                for name in health[-1][key]:
+                    fig.add_scatter(x=xs, y=[h[key].get(name) for h in health], mode="lines", name=name, row=1, col=col,
+                                    showlegend=False, hovertemplate=f"{name}: %{{y:.3f}}<extra></extra>")
+            fig.update_layout(height=260, margin=dict(l=10, r=10, t=40, b=10), title="QAT health (hover for the component)")
+            health_chart.plotly_chart(fig, width="stretch", key=f"qat_health_{len(health)}")
+
         def cb(e):
+            if e["kind"] == "health":
+                health.append(e)
+                draw_health()
+                return
             if e["kind"] == "step":
                 steps.append(e["step"]); losses.append(e["loss"])  # noqa: E702
                 bar.progress(e["step"] / e["total"], text=f"step {e['step']}/{e['total']} · loss {e['loss']:.3f}")
@@ -75,7 +94,9 @@ with friendly_errors():
         cfg = QATConfig(TrainConfig(epochs=epochs, lr=lr, warmup=0.05, distill=distill, eval_every=max(1, int(epochs * rows / 32 / 4))),
                         freeze=("embed.token.*",) if preset == "minilm-l2" else ())
         calib = calibration_set(splits)  # training rows, for methods that need data
-        student, hist = qat(baseline, spec, splits.train, cfg, val_split=splits.val.head(500), callback=cb, calib=calib)
+        total_steps = max(1, int(epochs * rows / 32))
+        student, hist = qat(baseline, spec, splits.train, cfg, val_split=splits.val.head(500), callback=cb, calib=calib,
+                            health_every=max(1, total_steps // 20))
         draw()
         bar.progress(1.0, text=f"done in {hist['seconds']:.0f} s")
         cmp = compare_models(student, ptq(baseline, spec, calib=calib), splits.val)  # QAT vs PTQ on the same validation rows

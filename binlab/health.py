@@ -1,0 +1,75 @@
+"""QAT health: what a binarized model's training looks like from inside, for live plots.
+
+- :func:`signs` / :func:`flip_ratio`: the share of binary weights whose sign changed between two
+  moments of QAT, per quantized component (flips that never settle mean the latent weights
+  oscillate around zero; none at all mean they are frozen).
+- :func:`outside_clip`: the share of latent weights the estimator no longer passes gradient to
+  (``|w / scale| > 1`` for the clipped estimators: "dead" weights in ReCU's sense).
+- :func:`attention_entropy`: the mean entropy of each head's attention distribution over real
+  keys (BiBERT's argument: binarized attention tends to collapse toward low entropy).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .data import PAD_ID
+from .quantize import QuantLinear, quantizable
+
+
+def _quantized(model: nn.Module) -> dict[str, QuantLinear]:
+    return {n: m for n, m in quantizable(model).items() if isinstance(m, QuantLinear)}
+
+
+@torch.no_grad()
+def signs(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The sign pattern of every quantized linear's latent weights (what its binary codes follow)."""
+    return {n: m.weight.detach() >= 0 for n, m in _quantized(model).items()}
+
+
+def flip_ratio(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per component: the fraction of weights whose sign differs between two :func:`signs` snapshots."""
+    return {n: float((before[n] != after[n]).double().mean()) for n in before if n in after}
+
+
+@torch.no_grad()
+def outside_clip(model: nn.Module) -> dict[str, float]:
+    """Per quantized linear: the fraction of latent weights with ``|w / scale| > 1`` (the estimator's
+    input, :meth:`binlab.quantize._Fake.ste_scale`), where clipped estimators pass no gradient."""
+    return {n: float((m.weight.detach().abs() > m.ste_scale(m.weight)).double().mean()) for n, m in _quantized(model).items()}
+
+
+@torch.no_grad()
+def attention_entropy(model: nn.Module, ids: torch.Tensor) -> dict[str, float]:
+    """Mean entropy (nats) of each head's attention over real keys, per layer and head
+    (``"L{i}.h{j}"``), on the rows ``ids``; as the model computes it now (quantized Q/K included).
+    Uniform attention over n keys has entropy ln n."""
+    caught: dict[int, tuple] = {}
+    hooks = [layer.attn.register_forward_pre_hook(lambda mod, args, i=i: caught.__setitem__(i, args))
+             for i, layer in enumerate(model.layers)]
+    was = model.training
+    model.eval()
+    try:
+        model(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    out = {}
+    for i, (x, key_mask) in sorted(caught.items()):
+        attn = model.layers[i].attn
+        B, T, d = x.shape
+        h = attn.n_heads
+        split = lambda t: t.view(B, T, h, d // h).transpose(1, 2)  # noqa: E731
+        scores = split(attn.q(x)) @ split(attn.k(x)).transpose(-2, -1) / math.sqrt(d // h)
+        mask = key_mask[:, None, None, :]
+        if attn.causal:
+            mask = mask & torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None, None]
+        p = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        ent = -(p * p.clamp_min(1e-30).log()).sum(-1)  # (B, h, T)
+        real = (ids != PAD_ID)[:, None, :].expand_as(ent)
+        for j in range(h):
+            out[f"L{i}.h{j}"] = float(ent[:, j][real[:, j]].mean())
+    return out

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -63,6 +64,19 @@ def spec_components(spec: QuantSpec) -> tuple[list[str], MethodConfig | None]:
     """Inverse of :func:`ui_spec` for specs whose rules name single components."""
     comps = [r.target for r in spec.rules]
     return comps, (spec.rules[0].method if spec.rules else None)
+
+
+def widget_representable(spec: QuantSpec, names: list[str]) -> bool:
+    """Whether the Binarize page's widgets (one method on a set of single components, its input
+    binarizer on the linears only) can show ``spec``; other specs (per-rule methods, groups and
+    patterns, binary attention) are applied as they are."""
+    if spec.attn_probs is not None or any(r.target not in names for r in spec.rules):
+        return False
+    if len({(r.method.method, json.dumps(r.method.options, sort_keys=True), r.method.ste) for r in spec.rules}) > 1:
+        return False
+    if any(r.method.act is not None for r in spec.rules if r.target.startswith("embed.")):
+        return False
+    return len({r.method.act for r in spec.rules if not r.target.startswith("embed.")}) <= 1
 
 
 def _correct(model, batches) -> tuple[np.ndarray, float]:

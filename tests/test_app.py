@@ -289,3 +289,22 @@ def test_train_page_plots_qat_health(env, trained):
     assert not at.exception
     titles = [c.proto.spec for c in at.get("plotly_chart")]
     assert any("QAT health" in t for t in titles)
+
+
+def test_per_rule_specs_round_trip_through_the_url(env, trained):
+    """A spec the widgets cannot show (two methods, a group target, binary attention) is applied as it
+    is and stays in the URL; the widgets take over on request."""
+    spec = {"rules": [{"target": "QK", "method": {"method": "xnor"}},
+                      {"target": "layers.0.ffn.up", "method": {"method": "bucket", "options": {"tau": 0.5}}}], "attn_probs": "binary01"}
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["spec"] = json.dumps(spec)
+    at.run()
+    at.switch_page("views/binarize.py").run()
+    assert not at.exception
+    assert any("2 rule(s)" in i.value for i in at.info)
+    url = at.query_params["spec"]
+    url = json.loads(url[0] if isinstance(url, list) else url)
+    assert url["attn_probs"] == "binary01" and [r["target"] for r in url["rules"]] == ["QK", "layers.0.ffn.up"]
+    assert metric(at, "model size") != ""
+    at.button(key="drop_custom").click().run()
+    assert not at.exception and not any("rule(s)" in i.value for i in at.info)

@@ -10,9 +10,9 @@ from binlab.activations import ACTIVATIONS
 from binlab.binarizers import BINARIZERS
 from binlab.calibration import calibration_set
 from binlab.generate import greedy
-from binlab.lab import SEED_POINTS, LiveLab, component_view, layout, spec_components
+from binlab.lab import SEED_POINTS, LiveLab, component_view, layout, spec_components, widget_representable
 from binlab.methods import method_card
-from binlab.quantize import MethodConfig, QuantSpec, Rule
+from binlab.quantize import MethodConfig, QuantSpec, Rule, plan
 from binlab.ste import STES
 from binlab.train import evaluate
 
@@ -31,23 +31,24 @@ def live_lab(baseline, splits) -> LiveLab:
     return st.session_state[key]
 
 
-def seed_widgets_from_url(names):
-    """On the first run of a session, a spec in the URL sets the widgets. A spec that does not parse,
-    names components this model does not have, or sets options outside their range is reported and
-    corrected, never a traceback."""
-    if st.session_state.get("_url_loaded") or "spec" not in st.query_params:
-        st.session_state["_url_loaded"] = True
-        return
-    st.session_state["_url_loaded"] = True
-    try:
-        spec = QuantSpec.from_json(st.query_params["spec"])
-    except ValueError as err:
-        st.warning(f"The configuration in the URL was ignored: {err}")
+def load_spec(spec: QuantSpec, names, model, origin: str) -> None:
+    """Show ``spec`` in the widgets when they can hold it; otherwise apply it as it is (per-rule
+    methods, groups, binary attention) until the learner switches back to the widgets. Targets
+    this model lacks and options outside the lab's ranges are reported and corrected."""
+    unknown = []
+    for r in spec.rules:
+        try:
+            plan(model, QuantSpec((r,)))
+        except ValueError:
+            unknown.append(r.target)
+    if unknown:
+        st.warning(f"The {origin} names components this model does not have, ignored: {', '.join(unknown)}. Components: {', '.join(names)}.")
+        spec = QuantSpec(tuple(r for r in spec.rules if r.target not in unknown), spec.attn_probs)
+    if not widget_representable(spec, names):
+        st.session_state["custom_spec"] = spec.to_json()
         return
     comps, m = spec_components(spec)
-    unknown = [c for c in comps if c not in names]
-    if unknown:
-        st.warning(f"The URL names components this model does not have, ignored: {', '.join(unknown)}. Components: {', '.join(names)}.")
+    st.session_state.pop("custom_spec", None)
     for n in names:
         st.session_state[f"c:{n}"] = n in comps
     if m is not None:
@@ -60,7 +61,7 @@ def seed_widgets_from_url(names):
                 continue
             if ui.get("kind") in ("float", "int") and v is not None and not ui["min"] <= v <= ui["max"]:
                 clipped = min(max(v, ui["min"]), ui["max"])
-                st.warning(f"{m.method} option {k}={v} from the URL is outside the lab's range [{ui['min']}, {ui['max']}]; using {clipped}.")
+                st.warning(f"{m.method} option {k}={v} from the {origin} is outside the lab's range [{ui['min']}, {ui['max']}]; using {clipped}.")
                 v = clipped
             if ui.get("none") is not None:
                 st.session_state[f"opt:{m.method}:{k}:none"] = v is None
@@ -68,7 +69,22 @@ def seed_widgets_from_url(names):
                     st.session_state[f"opt:{m.method}:{k}"] = v
             else:
                 st.session_state[f"opt:{m.method}:{k}"] = v
-        st.session_state["act"] = m.act or "none"
+        st.session_state["act"] = next((r.method.act for r in spec.rules if not r.target.startswith("embed.") and r.method.act), "none")
+
+
+def seed_widgets_from_url(names, model):
+    """On the first run of a session, a spec in the URL sets the widgets (or is applied as it is).
+    A spec that does not parse is reported and ignored, never a traceback."""
+    if st.session_state.get("_url_loaded") or "spec" not in st.query_params:
+        st.session_state["_url_loaded"] = True
+        return
+    st.session_state["_url_loaded"] = True
+    try:
+        spec = QuantSpec.from_json(st.query_params["spec"])
+    except ValueError as err:
+        st.warning(f"The configuration in the URL was ignored: {err}")
+        return
+    load_spec(spec, names, model, "URL")
 
 
 def option_widgets(method: str) -> dict:
@@ -115,7 +131,7 @@ with friendly_errors():
     lab = live_lab(baseline, splits)
     lay = layout(lab.model)
     names = lay["embeddings"] + [n for row in lay["layers"] for _, n in row] + [lay["head"]]
-    seed_widgets_from_url(names)
+    seed_widgets_from_url(names, lab.model)
     for n in names:
         st.session_state.setdefault(f"c:{n}", n.endswith("attn.q") or n.endswith("attn.k"))
     for k, v in {"method": "bucket", "ste": "(default)", "act": "none", "opt:bucket:tau:none": False, "opt:bucket:tau": 0.0,
@@ -168,6 +184,15 @@ with friendly_errors():
         for n in chosen:
             spec_rules.append((n, MethodConfig(mc.method, mc.options, mc.ste, None if n.startswith("embed.") or act == "none" else act)))
         spec = QuantSpec(tuple(Rule(n, m) for n, m in spec_rules))
+        if st.session_state.get("custom_spec"):  # a configuration the widgets cannot show: applied as it is
+            spec = QuantSpec.from_json(st.session_state["custom_spec"])
+            st.info(f"Applying a configuration with {len(spec.rules)} rule(s)"
+                    + (" and binary attention" if spec.attn_probs else "") + " from the URL or a file; the widgets above are not in use.\n\n"
+                    + "\n".join(f"- `{r.target}` → {r.method.method} {r.method.options or ''}" + (f", inputs {r.method.act}" if r.method.act else "")
+                                for r in spec.rules[:12]))
+            if st.button("Edit with the widgets instead", key="drop_custom"):
+                del st.session_state["custom_spec"]
+                st.rerun()
 
     with right:
         r = lab.apply(spec)
@@ -269,3 +294,12 @@ with friendly_errors():
         with st.expander("Share this configuration"):
             st.code("?preset=" + preset + "&spec=" + json.dumps(json.loads(spec.to_json())), language=None)
             st.caption("The URL of this page already holds it: copy the address bar to reproduce this view.")
+            st.download_button("Download as JSON", spec.to_json(), file_name="binlab-spec.json", mime="application/json", key="spec_download")
+            up = st.file_uploader("Load a configuration (JSON: any QuantSpec, per-rule methods and groups included)", type="json", key="spec_upload")
+            if up is not None and st.session_state.get("_uploaded") != up.file_id:
+                st.session_state["_uploaded"] = up.file_id
+                try:
+                    load_spec(QuantSpec.from_json(up.getvalue().decode("utf-8", "replace")), names, lab.model, "file")
+                    st.rerun()
+                except ValueError as err:
+                    st.warning(f"The file was ignored: {err}")

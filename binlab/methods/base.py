@@ -96,14 +96,25 @@ class Quantizer:
     def make_aux(self, shape) -> torch.nn.Module | None:
         return None
 
-    def make_params(self, w: torch.Tensor) -> torch.nn.Module | None:
-        """Learned values the method stores with the component (OneBit's value vectors), initialised
-        from the weight ``w``; trained in QAT, saved with the model, counted by :meth:`storage`."""
+    params = None  # the module make_params built (attached by the quantized component); not an option
+
+    def init_values(self, w: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """Learned values the method stores with a 2-D component (OneBit's value vectors, DB-LLM's
+        scales, FBI-LLM's column scale and shift), initialised from the weight ``w``; None: none."""
         return None
+
+    def make_params(self, w: torch.Tensor) -> torch.nn.Module | None:
+        """The module of :meth:`init_values` (trained in QAT, saved with the model, counted by :meth:`storage`)."""
+        v = self.init_values(w) if w.ndim == 2 else None
+        return LearnedValues(**v) if v else None
 
     def attach(self, params: torch.nn.Module) -> None:
         """Receive the module :meth:`make_params` made (after it is moved to the weight's device)."""
         self.params = params
+
+    def values(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The learned values as they are now, or their initial values for ``w`` outside a model."""
+        return dict(self.params.named_parameters()) if self.params is not None else self.init_values(w)
 
     def set_progress(self, frac: float) -> None:  # noqa: B027 - optional hook
         pass

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import FP_BITS, LearnedValues, Quantizer, numel, register, sign
+from .base import FP_BITS, Quantizer, numel, register, sign
 from .onebit import svid
 
 
@@ -56,27 +56,21 @@ class DBLLM(Quantizer):
     def __post_init__(self):
         if not (isinstance(self.group, int) and self.group >= 1):
             raise ValueError(f"dbllm group must be a positive int, got {self.group!r}")
-        self.params = None
 
     def _groups(self, cols: int) -> int:
         return math.ceil(cols / self.group)
 
-    def _init(self, w: torch.Tensor):
+    def init_values(self, w):
         w2 = w.reshape(w.shape[0], -1)
         g = self._groups(w2.shape[1])
         pad = g * self.group - w2.shape[1]
         a = F.pad(w2.abs(), (0, pad)).reshape(w2.shape[0], g, self.group)
-        s = (a.amax(2) / 2).clamp_min(1e-12)
-        return 2 * s, -s
-
-    def make_params(self, w):
-        if w.ndim != 2:
-            return None
-        a1, a2 = self._init(w)
-        return LearnedValues(a1=a1, a2=a2)
+        s = (a.amax(2) / 2).clamp_min(1e-12)  # the 2-bit step: levels {-s, 0, s, 2s}
+        return {"a1": 2 * s, "a2": -s}
 
     def _scales(self, w2):
-        a1, a2 = (self.params.a1, self.params.a2) if self.params is not None else self._init(w2)
+        v = self.values(w2)
+        a1, a2 = v["a1"], v["a2"]
         expand = lambda t: t.repeat_interleave(self.group, 1)[:, : w2.shape[1]]  # noqa: E731
         return expand(a1), expand(a2)
 
@@ -144,7 +138,6 @@ class BinaryMoS(Quantizer):
     def __post_init__(self):
         if not (isinstance(self.experts, int) and self.experts >= 1):
             raise ValueError(f"binarymos experts must be a positive int, got {self.experts!r}")
-        self.params = None
 
     def make_params(self, w):
         if w.ndim != 2:
@@ -199,23 +192,14 @@ class FBI(Quantizer):
     stores: ClassVar[str] = "1 bit per weight, a scale and a shift per input column (fp32)"
     default_ste: ClassVar[str] = "identity"
 
-    def __post_init__(self):
-        self.params = None
-
-    @staticmethod
-    def _init(w):
+    def init_values(self, w):
         w2 = w.reshape(w.shape[0], -1)
         beta = w2.mean(0)
-        return (w2 - beta).abs().mean(0), beta
-
-    def make_params(self, w):
-        if w.ndim != 2:
-            return None
-        alpha, beta = self._init(w)
-        return LearnedValues(alpha=alpha, beta=beta)
+        return {"alpha": (w2 - beta).abs().mean(0), "beta": beta}
 
     def _ab(self, w):
-        return self._init(w) if self.params is None else (self.params.alpha, self.params.beta)
+        v = self.values(w)
+        return v["alpha"], v["beta"]
 
     def quantize(self, w):
         a, b = self._ab(w)

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import torch
 
-from .base import FP_BITS, LearnedValues, Quantizer, numel, register, sign
+from .base import FP_BITS, Quantizer, numel, register, sign
 
 
 def svid(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,19 +45,13 @@ class OneBit(Quantizer):
     mode: ClassVar[str] = "QAT with distillation (SVID initialisation)"
     stores: ClassVar[str] = "1 bit per weight + the two learned value vectors (out + in, fp32)"
 
-    def __post_init__(self):
-        self.params = None
-
-    def make_params(self, w):
-        if w.ndim != 2:
-            return None
+    def init_values(self, w):
         a, b = svid(w)
-        return LearnedValues(a=a, b=b)  # a (out) and b (in)
+        return {"a": a, "b": b}  # a (out) and b (in)
 
     def _ab(self, w):
-        if self.params is None:
-            return svid(w)
-        return self.params.a, self.params.b
+        v = self.values(w)
+        return v["a"], v["b"]
 
     def quantize(self, w):
         a, b = self._ab(w.reshape(w.shape[0], -1))

@@ -389,6 +389,7 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     payload = {"experiment": name, "title": exp.title, "note": exp.note, "preset": preset, "machine": machine(),
                "date": time.strftime("%Y-%m-%d"), "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
                "budget": asdict(budget), "baseline_val_accuracy": meta.get("val_accuracy"), "rows": rows, "calibration_rows": len(calib),
+               "baseline_train_seconds": meta.get("history", {}).get("seconds"),
                "command": f"binlab experiments run {name} --preset {preset}" + (" --fast" if fast else "")
                + (f" --only {','.join(map(str, only))}" if only is not None else "")}
     _fill_budgets(payload)
@@ -496,7 +497,8 @@ def lm_markdown(payload: dict) -> str:
     lines = _header(payload)
     if bg:
         lines += [f"Floor: an interpolated bigram model (lambda {bg['lambda']}, chosen on validation) has test perplexity "
-                  f"**{bg['test_perplexity']:.2f}** on the same tokens" + (f"; the fp32 LM has **{fp:.2f}**." if fp else "."), ""]
+                  f"**{bg['test_perplexity']:.2f}** on the same tokens" + (f"; the fp32 LM has **{fp:.2f}**" if fp else "")
+                  + (f" (trained in {payload['baseline_train_seconds']:.0f} s here)." if payload.get("baseline_train_seconds") else "."), ""]
     lines += ["| configuration | mode | budget | perplexity | x fp32 | bits / quantized weight (all stored) | paper bits | size MB | "
               "reduction % | calibration / train s | the survey reports |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]

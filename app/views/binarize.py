@@ -24,8 +24,9 @@ def live_lab(baseline, splits) -> LiveLab:
     key = f"lab:{preset}:{source}"
     if key not in st.session_state:
         # calibration rows (train only) for the methods that need data; their Hessians are cached in the lab.
-        # A language model's exact perplexity costs a vocabulary-wide head per token: 300 rows (~16k tokens)
-        # keep a change near a second on 2 cores (bench/live_loop.py measures 1,000 rows); the interval says the rest.
+        # A language model's exact perplexity costs a vocabulary-wide head per token: on 1,000 rows a change takes
+        # 2.6 s median on 2 cores (docs/results/bench-live-loop-lm.md); 300 rows cut that work to about a third,
+        # and the interval shown widens to match.
         rows = 300 if getattr(baseline.config, "task", "classify") == "lm" else 1000
         st.session_state[key] = LiveLab(baseline, splits.val, val_rows=rows, calib=calibration_set(splits))
     return st.session_state[key]

@@ -9,6 +9,10 @@
 - :mod:`.onebit`: OneBit (SVID, learned value vectors).
 - :mod:`.learned`: DB-LLM, BinaryMoS, FBI-LLM (scales learned in QAT with distillation).
 
+Equation and section numbers in the LLM-era docstrings (GPTQ onward) come from reading each paper's
+reference code and its published summaries; they were not checked against the PDFs on this machine
+(no access), so where a number and the paper disagree, the paper's text is right.
+
 :func:`method_card` and :func:`cards_markdown` describe each method from the registry (the app's
 method-picker help and ``docs/methods.md``).
 """
@@ -52,7 +56,8 @@ def cards_markdown() -> str:
              "Generated from the registry by `binlab methods --write` (do not edit by hand). Each card gives the paper, "
              "the equations as binlab implements them (with the paper's equation or section numbers), whether the paper "
              "uses it after training (PTQ) or in training (QAT), what a packed model stores and the resulting bits per "
-             "weight on a 128 x 128 matrix with the defaults.", ""]
+             "weight on a 128 x 128 matrix with the defaults. The equation and section numbers of the LLM-era methods "
+             "(GPTQ onward) come from their reference code and published summaries, not checked against the PDFs.", ""]
     for name in sorted(BINARIZERS):
         c = method_card(name)
         lines += [f"## `{name}` — {c['paper']}", "",

@@ -133,21 +133,19 @@ def cmd_generate(args):
 
 
 def cmd_size(args):
-    from .presets import build_model, get_preset, load_data
-    from .quantize import quantize_
-    from .size import model_size
-
-    from .calibration import calibration_set, needs_calibration
+    from .calibration import calibration_set
+    from .presets import build_model, get_baseline, get_preset
     from .qat import ptq
+    from .size import model_size
 
     p = get_preset(args.preset)
     splits = _splits(p, args)
-    model = build_model(p, splits)
-    quantize_(model, _spec(args))
-    if needs_calibration(model):  # data-dependent storage (BiLLM's salient columns): quantize the trained model for real
-        from .presets import get_baseline
-
-        model = ptq(get_baseline(p, splits, callback=_progress())[0], _spec(args), calib=calibration_set(splits))
+    spec = _spec(args)
+    if any(r.method.make().needs_calibration for r in spec.rules):
+        # data-dependent storage (BiLLM's salient columns) needs the trained model, quantized for real
+        model = ptq(get_baseline(p, splits, callback=_progress())[0], spec, calib=calibration_set(splits))
+    else:
+        model = ptq(build_model(p, splits), spec, inplace=True)  # sizes depend on shapes only: no training needed
     rep = model_size(model)
     if getattr(args, "json", False):
         print(json.dumps(rep.to_dict(), indent=2))

@@ -159,9 +159,7 @@ class LiveLab:
             for layer in m.layers[k:]:
                 xs.append(layer(xs[-1], key_mask))
             new_inputs.append(xs)
-            stats = (objective.lm_row_stats_from_states(m.head, xs[-1], x) if self.task == "lm"
-                     else objective.row_stats(m.output(xs[-1], x), x, y, self.task))
-            for acc, v in zip(out, stats):
+            for acc, v in zip(out, objective.stats_from_states(m, xs[-1], x, y)):
                 acc.append(v.double().cpu())
         self._inputs = new_inputs
         self.last_start = start  # the layer this evaluation started from (-1: the embeddings)

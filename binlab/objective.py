@@ -64,6 +64,14 @@ def lm_row_stats_from_states(head: nn.Module, states: torch.Tensor, ids: torch.T
     return nll, valid.sum(1).to(z.dtype), hits
 
 
+def stats_from_states(model: nn.Module, states: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`row_stats` from the last layer's token states: evaluation's one path for both tasks
+    (a language model through :func:`lm_row_stats_from_states`)."""
+    if task_of(model) == "lm":
+        return lm_row_stats_from_states(model.head, states, ids)
+    return row_stats(model.output(states, ids), ids, labels, "classify")
+
+
 def loss(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
     """Mean cross-entropy per unit (row or token): the training loss."""
     if task == "lm":

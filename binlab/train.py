@@ -132,16 +132,15 @@ def evaluate(model: nn.Module, split: EncodedSplit, batch_size: int = EVAL_BATCH
 @torch.inference_mode()
 def stats_on(model: nn.Module, batches, batch_size: int = EVAL_BATCH) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-row (NLL sum, units, correct units) over a split or a list of ``(x, y)`` batches, in batch
-    order (:func:`binlab.objective.row_stats`): the one evaluation loop of training, the lab and probes."""
+    order (:func:`binlab.objective.stats_from_states`): the one evaluation loop of training, the lab and probes."""
     was_training = model.training
     model.eval()
-    task = objective.task_of(model)
     if isinstance(batches, EncodedSplit):
         device = next(model.parameters()).device
         batches = batches.batches(batch_size, device=device)
     out = [[], [], []]
     for x, y in batches:
-        for acc, v in zip(out, objective.row_stats(model(x), x, y, task)):
+        for acc, v in zip(out, objective.stats_from_states(model, model.hidden_states(x)[-1], x, y)):
             acc.append(v.double().cpu())
     model.train(was_training)
     return tuple(torch.cat(v).numpy() if v else np.zeros(0) for v in out)

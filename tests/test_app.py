@@ -40,6 +40,16 @@ def metric(at, label):
     return next(m.value for m in at.metric if m.label == label)
 
 
+def run_qat_on_encoder(epochs: float):
+    """Binarize page: pick the encoder; Train page: run QAT for ``epochs``. Returns the app."""
+    at = new_app("views/binarize.py")
+    at.button(key="pick_encoder").click().run()
+    at.switch_page("views/train.py").run()
+    at.slider(key="qat_epochs").set_value(epochs).run()
+    at.button(key="run_qat").click().run()
+    return at
+
+
 def new_app(page=None):
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
@@ -210,11 +220,7 @@ def test_lm_sensitivity_and_train_pages(lm_env, lm_trained):
     at.selectbox(key="sens_method").set_value("xnor").run()
     at.button(key="run_sweep").click().run()
     assert not at.exception
-    at = new_app("views/binarize.py")
-    at.button(key="pick_encoder").click().run()
-    at.switch_page("views/train.py").run()
-    at.slider(key="qat_epochs").set_value(0.2).run()
-    at.button(key="run_qat").click().run()
+    at = run_qat_on_encoder(0.2)
     assert not at.exception
     assert float(metric(at, "validation perplexity after QAT")) > 1
 
@@ -281,11 +287,7 @@ def test_diverging_qat_is_a_message_not_a_traceback(env, trained):
 
 
 def test_train_page_plots_qat_health(env, trained):
-    at = new_app("views/binarize.py")
-    at.button(key="pick_encoder").click().run()
-    at.switch_page("views/train.py").run()
-    at.slider(key="qat_epochs").set_value(0.3).run()
-    at.button(key="run_qat").click().run()
+    at = run_qat_on_encoder(0.3)
     assert not at.exception
     titles = [c.proto.spec for c in at.get("plotly_chart")]
     assert any("QAT health" in t for t in titles)

@@ -24,7 +24,8 @@ from typing import Callable
 
 import torch
 
-from . import activations, model as model_mod, qat as qat_mod, quantize as quantize_mod, size as size_mod, ste as ste_mod, train as train_mod
+from . import activations, attention as attention_mod, model as model_mod, objective as objective_mod, qat as qat_mod, quantize as quantize_mod, \
+    recipes as recipes_mod, size as size_mod, ste as ste_mod, train as train_mod
 from .data import _fingerprint, cache_dir
 from .methods import BINARIZERS
 from .methods import base as methods_base
@@ -46,6 +47,16 @@ class Config:
     seed: tuple | None = None  # the seed's (accuracy %, size, reduction %) for this row, if any
     survey: str | None = None  # LM rows: what the survey reports for the method on LLaMA (attributed, not measured)
     qat: dict | None = None  # this row's changes to the table's QAT budget (e.g. {"hidden_distill": 1.0})
+    recipe: str | None = None  # a multi-stage recipe of binlab.recipes.RECIPES (its final spec is ``spec``)
+
+    def __post_init__(self):
+        if self.recipe is not None:
+            from .recipes import RECIPES
+
+            if self.recipe not in RECIPES:
+                raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {sorted(RECIPES)}")
+            if self.spec != RECIPES[self.recipe].spec:
+                raise ValueError(f"config {self.label!r}: spec must be recipe {self.recipe!r}'s final spec")
 
     def budget(self, base: QATConfig) -> QATConfig:
         return replace(base, **self.qat) if self.qat else base
@@ -215,6 +226,43 @@ EXPERIMENTS["T8"] = Experiment("T8", "The LLM-era methods: perplexity on a small
     "stored (scales, masks, indices); 'paper bits' is the paper's own count where it differs. The survey's numbers "
     "are for LLaMA-7B on WikiText2 and are quoted, not measured: compare orderings, not values."), LM_CONFIGS)
 
+GLUE = "GLUE avg"
+T9_CONFIGS = (
+    Config("fp32 baseline", FP, "fp"),
+    Config("W1A1 binlab: xnor, sign / {0,1} inputs, {0,1} attention, one stage (T7's row)", w1a1("xnor"), "qat"),
+    Config("BiBERT W1A1: Bi-Attention, unscaled sign, direction-matching distillation", recipes_mod.RECIPES["bibert"].spec, "qat",
+           survey=f"{GLUE} 67.0 (W1A1)", recipe="bibert"),
+    Config("BiT W1A1: elastic activations, ladder W32A32 -> W1A2 -> W1A1", recipes_mod.RECIPES["bit"].spec, "qat",
+           survey=f"{GLUE} 78.0 (W1A1)", recipe="bit"),
+    Config("BinaryBERT W1A1: ternary, split, binary fine-tune", recipes_mod.RECIPES["binarybert"].spec, "qat",
+           survey=f"{GLUE} 50.1 (W1A1, reported by BiBERT)", recipe="binarybert"),
+    Config("BinaryBERT W1A4: ternary, split, binary fine-tune", recipes_mod.RECIPES["binarybert-a4"].spec, "qat",
+           survey=f"{GLUE} 82.6 (W1A4)", recipe="binarybert-a4"),
+    Config("BEBERT W1A1: 2 BiBERT members by boosting", recipes_mod.RECIPES["bebert"].spec, "qat",
+           survey=f"{GLUE} 74.97 (W1A1)", recipe="bebert"),
+    Config("two-stage W1A1 (ETSPQ-style): 2-bit -> 1-bit weights, then activations", recipes_mod.RECIPES["two-stage"].spec, "qat",
+           survey=f"{GLUE} 83.2 (W1A4; no W1A1 number)", recipe="two-stage"),
+    Config("BiT W1A1, one step W32A32 -> W1A1 (ablation of the ladder)", recipes_mod.RECIPES["bit-1step"].spec, "qat",
+           recipe="bit-1step"),
+)
+EXPERIMENTS["T9"] = Experiment("T9", "The BERT-era fully binary encoders (W1A1)", (
+    "Every encoder linear with 1-bit weights and 1-bit inputs (W1A4: 4-bit inputs), attention included, each recipe as "
+    "its paper has it (binlab/recipes.py): BiBERT's Bi-Attention and direction-matching distillation, BiT's elastic "
+    "activations and precision ladder, BinaryBERT's ternary weight splitting (binlab keeps the width, so its binary "
+    "layers hold two binary matrices: 2 bits per weight, counted), BEBERT's boosted ensemble (every member counted), "
+    "and a two-stage progressive recipe after Le et al. 2022 (weights first, then activations). Multi-stage recipes "
+    "split the table's QAT epochs between their stages, so every row but BEBERT's (2 members, each the full budget) "
+    "trains for the same number of epochs. Word embeddings are binarized as each paper does (position embeddings fp32); "
+    "the head stays fp32. Not run: BiPFT, whose low-rank attention estimators are learned in a 500k-step binarized "
+    "pretraining on Wikipedia and BookCorpus that a 2-core machine cannot do (its fine-tuning uses no distillation from a "
+    "task teacher). Packed inference: binlab's packed XNOR-popcount path (binlab.kernels.pack_model) runs XNOR weights "
+    "with scaled sign inputs only; these recipes' unscaled and elastic inputs, Bi-Attention and learned shifts have no "
+    "packed kernel yet, so every row here is measured with fake quantization. The survey's GLUE averages are BERT-base "
+    "numbers, quoted, not measured: compare orderings, not values. Attention entropy: mean over heads and test rows of "
+    "the entropy (nats) of each query's attention weights, normalised to sum to 1 (BiBERT's argument for Bi-Attention)."),
+    T9_CONFIGS)
+
+
 # QAT budget per preset; ``fast`` shrinks everything for smoke tests
 BUDGETS: dict[str, QATConfig] = {
     "tiny": QATConfig(TrainConfig(epochs=2, lr=3e-3, warmup=0.05, distill=0.5)),
@@ -235,7 +283,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
-_CORE = (ste_mod, activations, quantize_mod, qat_mod, train_mod, model_mod, size_mod)
+_CORE = (ste_mod, activations, attention_mod, quantize_mod, qat_mod, train_mod, model_mod, objective_mod, size_mod, recipes_mod)
 _METHODS_DIR = Path(methods_base.__file__).parent
 
 
@@ -296,7 +344,27 @@ def _fill_budgets(payload: dict) -> dict:
     return payload
 
 
-def budget_label(mode: str, budget: QATConfig) -> str:
+def _mean_entropy(model, split, rows: int = 256) -> float | None:
+    """Mean attention entropy (nats) over heads, layers and the first ``rows`` rows of ``split``,
+    as the model computes its attention (BiBERT's argument: binarized attention should keep it high)."""
+    from .health import attention_entropy
+
+    if not hasattr(model, "layers") or objective_mod.task_of(model) != "classify":
+        return None
+    ids = next(iter(split.head(rows).batches(rows)))[0]
+    ent = attention_entropy(model, ids)
+    return sum(ent.values()) / len(ent)
+
+
+def budget_label(mode: str, budget: QATConfig, recipe=None) -> str:
+    if recipe is not None:
+        from .recipes import stage_budget
+
+        steps = " -> ".join(f"{stage_budget(budget, st).train.epochs:.3g} ep" for st in recipe.stages)
+        t = budget.train
+        return (f"{recipe.ensemble} members x " if recipe.ensemble > 1 else "") + f"{len(recipe.stages)} stage(s): {steps}" + \
+            f" (QAT, KD {', '.join(sorted({f'{stage_budget(budget, st).train.distill:g}' for st in recipe.stages}))}" + \
+            (f", lr {t.lr:g})")
     if mode != "qat":
         return "-" if mode == "fp" else "none (PTQ)"
     t = budget.train
@@ -314,7 +382,10 @@ def run_config(c: Config, teacher, splits, budget: QATConfig, key_base: str, cal
     """One row (cached). ``code``: the row's :func:`code_fingerprint`, taken when the run started;
     ``calib``: calibration rows for the methods that need data (drawn from train only)."""
     code = code or code_fingerprint(c.spec)
-    key = _fingerprint([key_base, c.spec.to_json(), c.mode, asdict(budget), code, CALIB_ROWS])
+    from .recipes import RECIPES
+
+    recipe = RECIPES[c.recipe] if c.recipe else None
+    key = _fingerprint([key_base, c.spec.to_json(), c.mode, asdict(budget), code, CALIB_ROWS] + ([recipe.key()] if recipe else []))
     path = cache_dir() / "results" / f"{key}.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -323,16 +394,25 @@ def run_config(c: Config, teacher, splits, budget: QATConfig, key_base: str, cal
         model = teacher
     elif c.mode == "ptq":
         model = ptq(teacher, c.spec, calib=calib)
+    elif recipe is not None:
+        from .recipes import run as run_recipe
+
+        model = run_recipe(recipe, teacher, splits.train, budget, callback=callback, calib=calib)
     else:
         model, _ = qat(teacher, c.spec, splits.train, budget, callback=callback, calib=calib)
     seconds = time.perf_counter() - t0
     model.cpu()
     r = evaluate(model, splits.test)
     s = model_size(model).summary()
+    fp_bits = model_size(teacher).fp32_bits  # against the one fp32 model (an ensemble stores several)
     row = {"label": c.label, "mode": c.mode, "spec": json.loads(c.spec.to_json()), "accuracy": 100 * r.accuracy,
-           "per_class": r.per_class, "megabytes": s["megabytes"], "reduction_percent": s["reduction_percent"],
+           "per_class": r.per_class, "megabytes": s["megabytes"], "reduction_percent": 100.0 * (fp_bits - s["total_bits"]) / fp_bits,
            "bits_per_quantized_weight": s["bits_per_quantized_weight"], "train_seconds": seconds, "code": code,
-           "budget": budget_label(c.mode, budget)}
+           "budget": budget_label(c.mode, budget, recipe)}
+    if recipe is not None:
+        row["recipe"] = c.recipe
+    if r.perplexity is None and splits.val is not None and len(splits.val):
+        row |= {"val_accuracy": 100 * evaluate(model, splits.val).accuracy, "attention_entropy": _mean_entropy(model, splits.test)}
     if r.perplexity is not None:
         row |= {"perplexity": r.perplexity, "test_tokens": r.tokens}
     paper_bits = [m.quantizer.paper_bits() for m in quantize_mod.quantized_modules(model) if hasattr(m.quantizer, "paper_bits")]
@@ -376,7 +456,9 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
         row["label"] = c.label  # a cached row may come from another table
         row["survey"] = c.survey
         row["seed"] = list(c.seed) if c.seed else None
-        row["budget"] = budget_label(c.mode, c.budget(budget))
+        from .recipes import RECIPES
+
+        row["budget"] = budget_label(c.mode, c.budget(budget), RECIPES.get(c.recipe) if c.recipe else None)
         row["seed_budget"] = SEED_BUDGET if c.seed else None
         rows.append(row)
         log(f"    accuracy {row['accuracy']:.2f} %" + (f"  perplexity {row['perplexity']:.2f}" if "perplexity" in row else "")
@@ -475,7 +557,34 @@ def t8_finding(rows: list[dict]) -> str:
     return ("**Finding** (generated from the rows above, one seed): " + " ".join(out)) if out else ""
 
 
-FINDINGS = {"T6": t6_finding, "T8": t8_finding}
+def t9_finding(rows: list[dict]) -> str:
+    """Does our W1A1 ordering of the BERT-era methods match the survey's GLUE ordering, and how close is
+    the best W1A1 row to fp32?"""
+    fp = next((r["accuracy"] for r in rows if r["mode"] == "fp"), None)
+    glue = [(r, float(r["survey"].split("avg ")[1].split()[0])) for r in rows
+            if r.get("survey") and "(W1A1" in r["survey"] and "W1A1" in r["label"]]
+    out = []
+    if len(glue) >= 2:
+        ours = [r["label"].split(" ")[0] for r, _ in sorted(glue, key=lambda t: -t[0]["accuracy"])]
+        theirs = [r["label"].split(" ")[0] for r, _ in sorted(glue, key=lambda t: -t[1])]
+        n = len(glue)
+        rank_o = {name: i for i, name in enumerate(ours)}
+        rank_t = {name: i for i, name in enumerate(theirs)}
+        rho = 1 - 6 * sum((rank_o[k] - rank_t[k]) ** 2 for k in rank_o) / (n * (n * n - 1)) if n > 2 else float("nan")
+        out.append(f"W1A1 ordering, best first: ours {' > '.join(ours)}; the survey's (GLUE) {' > '.join(theirs)}: "
+                   + ("the same order." if ours == theirs else f"a different order (Spearman rho = {rho:.2f}).")
+                   + " The accuracies: " + ", ".join(f"{r['label'].split(' ')[0]} {r['accuracy']:.2f} %" for r, _ in
+                                                       sorted(glue, key=lambda t: -t[0]['accuracy'])) + ".")
+    w1a1 = [r for r in rows if "W1A1" in r["label"] and r["mode"] == "qat"]
+    if w1a1 and fp is not None:
+        best = max(w1a1, key=lambda r: r["accuracy"])
+        out.append(f"Best W1A1: {best['label'].split(':')[0]}, {best['accuracy']:.2f} % ({best['accuracy'] - fp:+.2f} against fp32 "
+                   f"{fp:.2f} %) at {best['reduction_percent']:.2f} % reduction.")
+    return ("**Finding** (generated from the rows above, one seed: differences under about 1 point are within the test "
+            "set's noise): " + " ".join(out)) if out else ""
+
+
+FINDINGS = {"T6": t6_finding, "T8": t8_finding, "T9": t9_finding}
 
 
 def _fmt(v, f="{:.2f}"):
@@ -513,9 +622,28 @@ def lm_markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def w1a1_markdown(payload: dict) -> str:
+    fp = next((r["accuracy"] for r in payload["rows"] if r["mode"] == "fp"), None)
+    lines = _header(payload) + [
+        "| configuration | budget | accuracy % | vs fp32 | val accuracy % | size MB (exact) | reduction % | bits / quantized weight | "
+        "attention entropy (nats) | train s | the survey reports |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        d = None if fp is None or r["mode"] == "fp" else r["accuracy"] - fp
+        lines.append(f"| {r['label']} | {r.get('budget') or '-'} | {_fmt(r['accuracy'])} | {_fmt(d, '{:+.2f}')} | {_fmt(r.get('val_accuracy'))} | "
+                     f"{_fmt(r['megabytes'], '{:.3f}')} | {_fmt(r['reduction_percent'])} | "
+                     f"{_fmt(r['bits_per_quantized_weight'], '{:.3f}') if r['mode'] != 'fp' else '32'} | "
+                     f"{_fmt(r.get('attention_entropy'), '{:.3f}')} | {_fmt(r['train_seconds'], '{:.0f}')} | {r.get('survey') or '-'} |")
+    if payload.get("finding"):
+        lines += ["", payload["finding"]]
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(payload: dict) -> str:
     if any("perplexity" in r for r in payload["rows"]):
         return lm_markdown(payload)
+    if payload["experiment"] == "T9":
+        return w1a1_markdown(payload)
     lines = _header(payload) + [
              "| configuration | mode | budget | accuracy % | seed accuracy % | seed budget | size MB (exact) | seed size | reduction % | seed reduction % | bits / quantized weight | train s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -41,35 +41,17 @@ def outside_clip(model: nn.Module) -> dict[str, float]:
     return {n: float((m.weight.detach().abs() > m.ste_scale(m.weight)).double().mean()) for n, m in _quantized(model).items()}
 
 
-@torch.no_grad()
 def attention_entropy(model: nn.Module, ids: torch.Tensor) -> dict[str, float]:
     """Mean entropy (nats) of each head's attention over real keys, per layer and head
-    (``"L{i}.h{j}"``), on the rows ``ids``; as the model computes it now (quantized Q/K included).
-    Uniform attention over n keys has entropy ln n."""
-    caught: dict[int, tuple] = {}
-    hooks = [layer.attn.register_forward_pre_hook(lambda mod, args, i=i: caught.__setitem__(i, args))
-             for i, layer in enumerate(model.layers)]
-    was = model.training
-    model.eval()
-    try:
-        model(ids)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    (``"L{i}.h{j}"``), on the rows ``ids``; as the model computes it now (quantized Q/K and binary
+    attention included, normalised: see :func:`binlab.attention.entropy`). Uniform attention over n
+    keys has entropy ln n."""
+    from .attention import entropy, maps
+
+    real = ids != PAD_ID
     out = {}
-    for i, (x, key_mask) in sorted(caught.items()):
-        attn = model.layers[i].attn
-        B, T, d = x.shape
-        h = attn.n_heads
-        split = lambda t: t.view(B, T, h, d // h).transpose(1, 2)  # noqa: E731
-        scores = split(attn.q(x)) @ split(attn.k(x)).transpose(-2, -1) / math.sqrt(d // h)
-        mask = key_mask[:, None, None, :]
-        if attn.causal:
-            mask = mask & torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None, None]
-        p = scores.masked_fill(~mask, float("-inf")).softmax(-1)
-        ent = -(p * p.clamp_min(1e-30).log()).sum(-1)  # (B, h, T)
-        real = (ids != PAD_ID)[:, None, :].expand_as(ent)
-        for j in range(h):
-            out[f"L{i}.h{j}"] = float(ent[:, j][real[:, j]].mean())
+    for i, (w, mask) in enumerate(maps(model, ids)):
+        ent = entropy(w, mask, real)  # (B, h)
+        for j in range(ent.shape[1]):
+            out[f"L{i}.h{j}"] = float(ent[:, j].mean())
     return out

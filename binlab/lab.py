@@ -70,7 +70,7 @@ def widget_representable(spec: QuantSpec, names: list[str]) -> bool:
     """Whether the Binarize page's widgets (one method on a set of single components, its input
     binarizer on the linears only) can show ``spec``; other specs (per-rule methods, groups and
     patterns, binary attention) are applied as they are."""
-    if spec.attn_probs is not None or any(r.target not in names for r in spec.rules):
+    if spec.attn_probs is not None or spec.attn_qkv is not None or any(r.target not in names for r in spec.rules):
         return False
     if len({(r.method.method, json.dumps(r.method.options, sort_keys=True), r.method.ste) for r in spec.rules}) > 1:
         return False
@@ -189,7 +189,7 @@ class LiveLab:
         from .calibration import calibrate_, needs_calibration
 
         t0 = time.perf_counter()
-        before, probs_before = current_plan(self.model), self.spec.attn_probs
+        before, probs_before = current_plan(self.model), (self.spec.attn_probs, self.spec.attn_qkv)
         quantize_(self.model, spec)
         self.spec = spec
         todo = needs_calibration(self.model)
@@ -199,7 +199,7 @@ class LiveLab:
             calibrate_(self.model, self.calib, sequential=False, cache=self.hessians)
         after = current_plan(self.model)
         changed = {n for n in set(before) | set(after) if before.get(n) != after.get(n)}
-        start = -1 if spec.attn_probs != probs_before else first_changed_layer(changed, len(self.model.layers))
+        start = -1 if (spec.attn_probs, spec.attn_qkv) != probs_before else first_changed_layer(changed, len(self.model.layers))
         nll, units, hits = self._stats(start)
         size = model_size(self.model).summary()
         out = {"loss": float(nll.sum() / units.sum()), **size, "fp32_bytes": self.fp_size["total_bytes"], "rows": len(nll),

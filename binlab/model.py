@@ -91,9 +91,12 @@ class Embeddings(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with separate, named Q/K/V/O linears.
 
-    ``prob_quantizer`` (set by :func:`binlab.quantize.quantize_` for W1A1 runs) is applied to
-    the attention probabilities; without it the fused ``scaled_dot_product_attention`` is used.
-    With ``causal`` (the LM), position t attends to positions <= t only.
+    Set by :func:`binlab.quantize.quantize_` for W1A1 runs: ``qkv_quantizer`` (a ModuleDict with
+    ``q``, ``k``, ``v``: activation quantizers applied to the projections before the products) and
+    ``prob_quantizer`` (:mod:`binlab.attention`: scores and mask -> attention weights). Without
+    either, the fused ``scaled_dot_product_attention`` is used. With ``causal`` (the LM), position t
+    attends to positions <= t only. While ``capture`` is a list, each forward appends the
+    full-precision ``(q, k, v)`` per head (BiBERT's direction-matching distillation reads them).
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -104,24 +107,52 @@ class Attention(nn.Module):
         self.p_drop = cfg.dropout
         self.causal = cfg.task == "lm"
         self.prob_quantizer = None
+        self.qkv_quantizer = None
+        self.capture = None
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q, k, v) per head, (B, h, T, d_h), after the Q/K/V quantizers if any."""
+        B, T, d = x.shape
+        h = self.n_heads
+        split = lambda t: t.view(B, T, h, d // h).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        if self.capture is not None:
+            self.capture.append((q, k, v))
+        if self.qkv_quantizer is not None:
+            q, k, v = self.qkv_quantizer["q"](q), self.qkv_quantizer["k"](k), self.qkv_quantizer["v"](v)
+        return q, k, v
+
+    def mask(self, key_mask: torch.Tensor) -> torch.Tensor:
+        """Which keys each query sees: (B, 1, 1, T), or (B, 1, T, T) when causal."""
+        mask = key_mask[:, None, None, :]
+        if self.causal:
+            T = key_mask.shape[1]
+            mask = torch.ones(T, T, dtype=torch.bool, device=key_mask.device).tril()[None, None] & mask
+        return mask
+
+    def weights(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The attention weights that multiply V: softmax, or the quantizer's."""
+        from .attention import softmax_probs
+
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        return self.prob_quantizer(scores, mask) if self.prob_quantizer is not None else softmax_probs(scores, mask)
+
+    def maps(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """The attention weights (B, h, T, T) this layer uses on input ``x``, as the model computes them now."""
+        q, k, _ = self.project(x)
+        return self.weights(q, k, self.mask(key_mask))
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         B, T, d = x.shape
-        h = self.n_heads
-        split = lambda t: t.view(B, T, h, d // h).transpose(1, 2)  # noqa: E731  (B, h, T, dh)
-        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        mask = key_mask[:, None, None, :]  # (B, 1, 1, T) True = attend
-        if self.causal:  # padding sits after every real token, so the causal mask already hides it from real queries
-            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None, None] & mask
-            if self.prob_quantizer is None:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.p_drop if self.training else 0.0)
-                return self.o(y.transpose(1, 2).reshape(B, T, d))
-        if self.prob_quantizer is None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p_drop if self.training else 0.0)
+        q, k, v = self.project(x)
+        drop = self.p_drop if self.training else 0.0
+        if self.prob_quantizer is None and self.qkv_quantizer is None:
+            if self.causal:  # padding sits after every real token, so the causal mask already hides it from real queries
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=drop)
         else:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // h)
-            probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
-            y = self.prob_quantizer(probs, mask) @ v
+            y = self.weights(q, k, self.mask(key_mask)) @ v
         return self.o(y.transpose(1, 2).reshape(B, T, d))
 
 

@@ -133,15 +133,71 @@ class HiddenCapture:
             h.remove()
 
 
-def hidden_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
-    """OneBit's hidden-state term (Xu et al. 2024, eq. 8):
-    ``sum_l mean_tokens || h_l^T / ||h_l^T|| - h_l^S / ||h_l^S|| ||^2`` over the embedding output and
-    every layer but the last (whose output the logit term already covers), non-padding tokens only."""
+HIDDEN_KINDS = ("onebit", "bibert", "mse")
+
+
+def hidden_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], ids: torch.Tensor, kind: str = "onebit") -> torch.Tensor:
+    """Hidden-state distillation over the embedding output and the layers' outputs, non-padding tokens only.
+
+    - ``onebit`` (Xu et al. 2024, eq. 8): ``sum_l mean_tokens || h_l^T / ||h_l^T|| - h_l^S / ||h_l^S|| ||^2``
+      (per-token normalisation) over every state but the last (whose output the logit term covers).
+    - ``bibert`` (``htqin/BiBERT``'s ``--intermediate_distill``): ``sum_l || H_l^S / ||H_l^S||_F - H_l^T / ||H_l^T||_F ||_F``
+      over every state, each normalised as a whole tensor, not squared.
+    - ``mse`` (BiT, Liu et al. 2022, sec. 3.3): ``sum_l mean (h_l^S - h_l^T)^2`` over every state.
+    """
+    if kind not in HIDDEN_KINDS:
+        raise ValueError(f"hidden distillation kind must be one of {HIDDEN_KINDS}, got {kind!r}")
     valid = ids != PAD_ID
     total = student[0].new_zeros(())
-    for hs, ht in zip(student[:-1], teacher[:-1]):
-        d = F.normalize(hs[valid], dim=-1) - F.normalize(ht[valid].detach(), dim=-1)
-        total = total + (d**2).sum(-1).mean()
+    pairs = list(zip(student[:-1], teacher[:-1])) if kind == "onebit" else list(zip(student, teacher))
+    for hs, ht in pairs:
+        a, b = hs[valid], ht[valid].detach()
+        if kind == "onebit":
+            d = F.normalize(a, dim=-1) - F.normalize(b, dim=-1)
+            total = total + (d**2).sum(-1).mean()
+        elif kind == "bibert":
+            total = total + torch.linalg.vector_norm(a / torch.linalg.vector_norm(a).clamp_min(1e-12)
+                                                     - b / torch.linalg.vector_norm(b).clamp_min(1e-12))
+        else:
+            total = total + F.mse_loss(a, b)
+    return total
+
+
+class QKVCapture:
+    """Records each layer's full-precision (q, k, v) per head during a forward pass (BiBERT's DMD)."""
+
+    def __init__(self, model: nn.Module):
+        self.attns = [layer.attn for layer in model.layers]
+        self.qkv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def __enter__(self):
+        for a in self.attns:
+            a.capture = []
+        return self
+
+    def __exit__(self, *exc):
+        self.qkv = [a.capture[-1] for a in self.attns if a.capture]
+        for a in self.attns:
+            a.capture = None
+
+
+def dmd_loss(student: list[tuple], teacher: list[tuple], ids: torch.Tensor) -> torch.Tensor:
+    """BiBERT's direction-matching distillation (Qin et al. 2022, sec. 3.3, eqs. 13-14): for each
+    layer and F in {Q, K, V} (full precision, per head), the similarity matrix ``P_F = F F^T``
+    (B, h, T, T), and::
+
+        l_DMD = sum_l sum_F || P_F^S / ||P_F^S|| - P_F^T / ||P_F^T|| ||
+
+    with Frobenius norms over the whole tensor (``htqin/BiBERT``: not squared, not averaged). binlab
+    zeroes the rows and columns of padding tokens (BiBERT's code does not mask them)."""
+    valid = (ids != PAD_ID).to(student[0][0].dtype)
+    m = valid[:, None, :, None] * valid[:, None, None, :]
+    total = student[0][0].new_zeros(())
+    for fs, ft in zip(student, teacher):
+        for a, b in zip(fs, ft):
+            ps, pt = (a @ a.transpose(-2, -1)) * m, (b.detach() @ b.detach().transpose(-2, -1)) * m
+            total = total + torch.linalg.vector_norm(ps / torch.linalg.vector_norm(ps).clamp_min(1e-12)
+                                                     - pt / torch.linalg.vector_norm(pt).clamp_min(1e-12))
     return total
 
 

@@ -52,6 +52,8 @@ class QATConfig:
     hidden_distill: float = 0.0  # weight of OneBit's hidden-state distillation term (0: logits only)
     dad_gamma: float = 0.0  # DB-LLM's deviation-aware weighting of the logit distillation (0: plain KD)
     from_scratch: bool = False  # FBI-LLM: the student starts from random weights, not the teacher's
+    hidden_kind: str = "onebit"  # which hidden-state term (binlab.objective.HIDDEN_KINDS): OneBit's, BiBERT's or BiT's
+    dmd: float = 0.0  # weight of BiBERT's direction-matching distillation on Q, K, V (0: off)
 
     def __post_init__(self):
         if isinstance(self.train, dict):
@@ -61,6 +63,12 @@ class QATConfig:
             raise ValueError(f"hidden_distill must be >= 0, got {self.hidden_distill}")
         if self.dad_gamma < 0:
             raise ValueError(f"dad_gamma must be >= 0, got {self.dad_gamma}")
+        if self.dmd < 0:
+            raise ValueError(f"dmd must be >= 0, got {self.dmd}")
+        from .objective import HIDDEN_KINDS
+
+        if self.hidden_kind not in HIDDEN_KINDS:
+            raise ValueError(f"hidden_kind must be one of {HIDDEN_KINDS}, got {self.hidden_kind!r}")
 
 
 def qat(
@@ -73,10 +81,13 @@ def qat(
     should_stop=None,
     calib: EncodedSplit | None = None,
     health_every: int = 0,
+    init: nn.Module | None = None,
 ) -> tuple[nn.Module, dict]:
     """Return ``(student, history)``: a quantized copy of ``teacher`` fine-tuned with the STE
     (methods that need data are calibrated on ``calib`` first, on the teacher's weights). With
-    ``cfg.from_scratch`` the student is a freshly initialised model of the same shape (FBI-LLM).
+    ``cfg.from_scratch`` the student is a freshly initialised model of the same shape (FBI-LLM);
+    with ``init`` it starts from a copy of that model (the previous stage of a multi-stage recipe:
+    its latent weights and whatever its quantizers learned that the new spec keeps).
 
     ``health_every`` > 0: every that many steps ``callback`` also gets a ``{"kind": "health"}`` event
     with :mod:`binlab.health`'s sign-flip ratios since the last one, the share of latent weights
@@ -87,6 +98,8 @@ def qat(
         torch.manual_seed(cfg.train.seed)
         fresh = build(teacher.config).to(next(teacher.parameters()).device)
         student = ptq(fresh, spec, inplace=True, calib=calib)
+    elif init is not None:
+        student = ptq(init, spec, calib=calib)
     else:
         student = ptq(teacher, spec, calib=calib)
     for name, p in student.named_parameters():
@@ -113,8 +126,9 @@ def qat(
 
     try:
         hist = train(student, train_split, cfg.train, val_split=val_split, callback=on_event,
-                     teacher=teacher if (cfg.train.distill > 0 or cfg.hidden_distill > 0) else None, should_stop=should_stop,
-                     hidden_weight=cfg.hidden_distill, dad_gamma=cfg.dad_gamma)
+                     teacher=teacher if (cfg.train.distill > 0 or cfg.hidden_distill > 0 or cfg.dmd > 0) else None,
+                     should_stop=should_stop, hidden_weight=cfg.hidden_distill, dad_gamma=cfg.dad_gamma,
+                     hidden_kind=cfg.hidden_kind, dmd_weight=cfg.dmd)
     finally:
         set_progress(student, 1.0)  # evaluation and export use each method's final state
     return student.eval(), hist

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .activations import ACTIVATIONS, ActQuant, BinaryAttentionProbs
+from .activations import ACT_NAMES, make_act
+from .attention import ATTENTION, make_attention
 from .binarizers import BINARIZERS, Quantizer
 from .ste import STES
 
@@ -42,8 +43,8 @@ class MethodConfig:
             raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(BINARIZERS)}")
         if self.ste is not None and self.ste not in STES:
             raise ValueError(f"unknown STE {self.ste!r}; choose one of {sorted(STES)}")
-        if self.act is not None and self.act not in ACTIVATIONS:
-            raise ValueError(f"unknown activation binarizer {self.act!r}; choose one of {sorted(ACTIVATIONS)} or None")
+        if self.act is not None and self.act not in ACT_NAMES:
+            raise ValueError(f"unknown activation binarizer {self.act!r}; choose one of {list(ACT_NAMES)} or None")
         valid = BINARIZERS[self.method].options()
         bad = set(self.options) - set(valid)
         if bad:
@@ -71,7 +72,8 @@ class _Fake(nn.Module):
     def _setup(self, method: MethodConfig):
         self.method = method
         self.quantizer = method.make()
-        self.act = ActQuant(method.act, ste=self.quantizer.act_estimator()) if method.act else None
+        features = self.weight.shape[1] if isinstance(self, QuantLinear) else None  # BiT's learned shift: one per input channel
+        self.act = make_act(method.act, ste=self.quantizer.act_estimator(), features=features) if method.act else None
         # training-only state of the method (FDA's noise adaptation): trained in QAT, never stored or counted
         aux = self.quantizer.make_aux(tuple(self.weight.shape))
         self.train_aux = aux.to(self.weight.device, self.weight.dtype) if aux is not None else None
@@ -198,15 +200,21 @@ class Rule:
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """Ordered rules (later wins) plus an optional binarizer for attention probabilities (W1A1)."""
+    """Ordered rules (later wins), plus for W1A1 attention: ``attn_probs``, a quantizer of the
+    attention weights (:data:`binlab.attention.ATTENTION`: ``binary01``, BiBERT's ``bibert``, BiT's
+    ``elastic01`` ...) and ``attn_qkv``, an activation quantizer applied to Q, K and V before the
+    products (:data:`binlab.activations.ACT_NAMES`: ``sign_unscaled`` for BiBERT, ``elastic`` for BiT)."""
 
     rules: tuple[Rule, ...] = ()
     attn_probs: str | None = None
+    attn_qkv: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "rules", tuple(r if isinstance(r, Rule) else Rule(**r) for r in self.rules))
-        if self.attn_probs not in (None, "binary01"):
-            raise ValueError(f"attn_probs must be None or 'binary01', got {self.attn_probs!r}")
+        if self.attn_probs is not None and self.attn_probs not in ATTENTION:
+            raise ValueError(f"attn_probs must be None or one of {sorted(ATTENTION)}, got {self.attn_probs!r}")
+        if self.attn_qkv is not None and self.attn_qkv not in ACT_NAMES:
+            raise ValueError(f"attn_qkv must be None or one of {list(ACT_NAMES)}, got {self.attn_qkv!r}")
 
     @classmethod
     def simple(cls, targets, method: str | MethodConfig = "xnor", **kw) -> "QuantSpec":
@@ -216,7 +224,10 @@ class QuantSpec:
         return cls(tuple(Rule(t, m) for t in targets))
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        d = asdict(self)
+        if d["attn_qkv"] is None:
+            d.pop("attn_qkv")  # specs without it keep the JSON (and the cache keys) they had before it existed
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, s: str) -> "QuantSpec":
@@ -226,8 +237,8 @@ class QuantSpec:
             d = json.loads(s)
         except (json.JSONDecodeError, TypeError) as err:
             raise ValueError(f"spec is not valid JSON: {err}") from err
-        if not isinstance(d, dict) or set(d) - {"rules", "attn_probs"}:
-            raise ValueError("spec JSON must be an object with keys 'rules' (list) and optionally 'attn_probs'")
+        if not isinstance(d, dict) or set(d) - {"rules", "attn_probs", "attn_qkv"}:
+            raise ValueError("spec JSON must be an object with keys 'rules' (list) and optionally 'attn_probs', 'attn_qkv'")
         rules = d.get("rules", [])
         if not isinstance(rules, list):
             raise ValueError(f"'rules' must be a list, got {type(rules).__name__}")
@@ -252,7 +263,7 @@ class QuantSpec:
             except (TypeError, KeyError, AttributeError, OverflowError) as err:  # an option of the wrong type deep in a method
                 raise ValueError(f"rule {i}: invalid option value ({err})") from err
         try:
-            return cls(rules=tuple(out), attn_probs=d.get("attn_probs"))
+            return cls(rules=tuple(out), attn_probs=d.get("attn_probs"), attn_qkv=d.get("attn_qkv"))
         except TypeError as err:
             raise ValueError(f"invalid spec: {err}") from err
 
@@ -321,11 +332,17 @@ def quantize_(model: nn.Module, spec: QuantSpec) -> dict[str, MethodConfig]:
         base = _plain(m)
         new = QuantLinear.from_linear(base, want) if isinstance(base, nn.Linear) else QuantEmbedding.from_embedding(base, want)
         new.quantizer.bind(name)  # e.g. each component its own noise stream
+        if isinstance(m, QuantLinear) and m.act is not None and m.method.act == want.act and list(m.act.state_dict()):
+            new.act = m.act  # same input quantizer: keep what it learned (BiT's scale and shift) across a change of weight method
         new.train(m.training)
         _set(model, name, new)
     for mod in model.modules():
-        if hasattr(mod, "prob_quantizer"):
-            mod.prob_quantizer = BinaryAttentionProbs() if spec.attn_probs else None
+        if hasattr(mod, "prob_quantizer"):  # an Attention: its quantizers change only when the spec's names do
+            if getattr(mod.prob_quantizer, "name", None) != spec.attn_probs:
+                mod.prob_quantizer = make_attention(spec.attn_probs) if spec.attn_probs else None
+            have = mod.qkv_quantizer["q"].name if mod.qkv_quantizer is not None else None
+            if have != spec.attn_qkv:
+                mod.qkv_quantizer = nn.ModuleDict({n: make_act(spec.attn_qkv) for n in "qkv"}) if spec.attn_qkv else None
     return p
 
 

@@ -166,14 +166,18 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     hidden_weight: float = 0.0,
     dad_gamma: float = 0.0,
+    hidden_kind: str = "onebit",
+    dmd_weight: float = 0.0,
 ) -> dict:
     """Train ``model`` in place; return the history (losses, learning rates, validation accuracy).
 
-    ``hidden_weight`` > 0 adds OneBit's hidden-state distillation from ``teacher``
-    (:func:`binlab.objective.hidden_loss`) to the loss; ``dad_gamma`` > 0 weights the logit
-    distillation as DB-LLM's deviation-aware distillation (:func:`binlab.objective.kd_loss`)."""
-    if hidden_weight > 0 and teacher is None:
-        raise ValueError("hidden-state distillation needs a teacher model")
+    ``hidden_weight`` > 0 adds hidden-state distillation from ``teacher``
+    (:func:`binlab.objective.hidden_loss` of kind ``hidden_kind``: OneBit's, BiBERT's or BiT's) to the
+    loss; ``dmd_weight`` > 0 adds BiBERT's direction-matching distillation on Q, K, V
+    (:func:`binlab.objective.dmd_loss`); ``dad_gamma`` > 0 weights the logit distillation as DB-LLM's
+    deviation-aware distillation (:func:`binlab.objective.kd_loss`)."""
+    if (hidden_weight > 0 or dmd_weight > 0) and teacher is None:
+        raise ValueError("hidden-state and direction-matching distillation need a teacher model")
     if cfg.distill > 0 and teacher is None:
         raise ValueError("TrainConfig.distill > 0 needs a teacher model")
     if len(train_split) == 0:
@@ -211,10 +215,10 @@ def train(
             lr = lr_at(step, total, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            if hidden_weight > 0:
-                with objective.HiddenCapture(model) as hs:
+            if hidden_weight > 0 or dmd_weight > 0:
+                with objective.HiddenCapture(model) as hs, objective.QKVCapture(model) as qs:
                     logits = model(x)
-                with torch.no_grad(), objective.HiddenCapture(teacher) as ht:
+                with torch.no_grad(), objective.HiddenCapture(teacher) as ht, objective.QKVCapture(teacher) as qt:
                     t_logits = teacher(x)
             else:
                 logits = model(x)
@@ -226,7 +230,9 @@ def train(
             else:
                 loss = objective.loss(logits, x, y, task)
             if hidden_weight > 0:
-                loss = loss + hidden_weight * objective.hidden_loss(hs.states, ht.states, x)
+                loss = loss + hidden_weight * objective.hidden_loss(hs.states, ht.states, x, hidden_kind)
+            if dmd_weight > 0:
+                loss = loss + dmd_weight * objective.dmd_loss(qs.qkv, qt.qkv, x)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
             opt.zero_grad(set_to_none=True)

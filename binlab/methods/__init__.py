@@ -8,6 +8,7 @@
   :mod:`.stbllm`: STBLLM (N:M sparse binarization).
 - :mod:`.onebit`: OneBit (SVID, learned value vectors).
 - :mod:`.learned`: DB-LLM, BinaryMoS, FBI-LLM (scales learned in QAT with distillation).
+- :mod:`.bert`: the BERT-era weight binarizers: BiBERT's, BinaryBERT's ternary weight splitting.
 
 Equation and section numbers in the LLM-era docstrings (GPTQ onward) come from reading each paper's
 reference code and its published summaries; they were not checked against the PDFs on this machine
@@ -28,6 +29,7 @@ from .arb import ARB  # noqa: F401
 from .stbllm import STBLLM  # noqa: F401
 from .onebit import OneBit  # noqa: F401
 from .learned import DBLLM, FBI, BinaryMoS  # noqa: F401
+from .bert import TWS, BiBERTWeight, bwn, tws_split, twn  # noqa: F401
 
 
 def bits_per_weight(name: str, shape=(128, 128), **options) -> float:

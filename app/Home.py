@@ -15,6 +15,7 @@ PAGES = {
         st.Page("views/train.py", title="Train (QAT)", icon=":material/model_training:"),
         st.Page("views/sensitivity.py", title="Sensitivity", icon=":material/grid_on:"),
         st.Page("views/landscape.py", title="Loss landscape", icon=":material/landscape:"),
+        st.Page("views/attention.py", title="Attention", icon=":material/visibility:"),
     ],
     "Reference": [
         st.Page("views/results.py", title="Results", icon=":material/table_chart:"),

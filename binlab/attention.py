@@ -82,6 +82,43 @@ def make_attention(name: str) -> nn.Module:
     return ATTENTION[name]()
 
 
+class LowRankResidual(nn.Module):
+    """BiPFT's low-rank estimators of the binarization residual of attention (Xing et al. 2024,
+    sec. 3.3; ``Xingrun-Xing/BiPFT``'s ``improve_kqv``). With Q = Q_b + R_q and K = K_b + R_k,
+    ``Q K^T = Q_b K_b^T + Q_b R_k^T + R_q K_b^T + R_q R_k^T``; BiPFT estimates the residual terms
+    from the layer input X with rank-r full-precision maps shared by all heads::
+
+        r_q = X P_q,  r_k = X P_k,  m_q = X M_q,  m_k = X M_k        (d -> r)
+        S = (Q_b K_b^T + m_q r_k^T + r_q m_k^T + r_q r_k^T) / sqrt(d_h)
+        context = A_b V_b + A_b (X p_v)                               (p_v: d -> 1, added to every channel)
+
+    BiPFT learns them in its binarized pretraining; binlab starts ``P_q``, ``M_q`` and ``p_v`` at 0
+    (so the layer computes what it did without them, and every map still gets a gradient) and the
+    rest at N(0, 0.02), BERT's initialisation. Stored in fp32 (``(4 r + 1)(d + 1)`` numbers per layer).
+    """
+
+    def __init__(self, d: int, rank: int = 1):
+        super().__init__()
+        self.rank = rank
+        self.maps = nn.Parameter(torch.zeros(4, rank, d))  # P_q, P_k, M_q, M_k
+        self.bias = nn.Parameter(torch.zeros(4, rank))
+        self.v = nn.Parameter(torch.zeros(1, d))
+        self.v_bias = nn.Parameter(torch.zeros(1))
+        with torch.no_grad():
+            self.maps[1].normal_(0, 0.02)
+            self.maps[3].normal_(0, 0.02)
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual scores (B, 1, T, T), before the 1/sqrt(d_h) scaling."""
+        rq, rk, mq, mk = (x @ self.maps[i].T + self.bias[i] for i in range(4))
+        extra = mq @ rk.transpose(-2, -1) + rq @ mk.transpose(-2, -1) + rq @ rk.transpose(-2, -1)
+        return extra[:, None]
+
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        """The value residual (B, 1, T, 1), broadcast over heads and channels."""
+        return (x @ self.v.T + self.v_bias)[:, None]
+
+
 def entropy(weights: torch.Tensor, mask: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
     """(B, h): each head's mean, over the real queries (``query_mask`` (B, T)), of the entropy in
     nats of the query's weights over its visible keys, normalised to sum to 1 (so a {0,1} map counts
@@ -113,3 +150,21 @@ def maps(model: nn.Module, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.
             h.remove()
         model.train(was)
     return out
+
+
+def view(model: nn.Module, tokenizer, text: str) -> dict:
+    """What the attention viewer shows for one text: its tokens, and per layer each head's attention
+    weights (h, T, T) as the model computes them now and each head's entropy (nats, as
+    :func:`entropy`). The text is encoded as the model's rows are (``[CLS] text [SEP]``, truncated)."""
+    from .data import encode
+
+    if not text or not text.strip():
+        raise ValueError("type a sentence to look at its attention")
+    split = encode(tokenizer, [text], [0], model.config.max_len)
+    ids = torch.from_numpy(split.ids.astype("int64"))[None].to(next(model.parameters()).device)
+    tokens = [tokenizer.id_to_token(int(i)) or "?" for i in ids[0]]
+    layers = []
+    for w, mask in maps(model, ids):
+        ent = entropy(w, mask, torch.ones_like(ids, dtype=torch.bool))[0]
+        layers.append({"weights": w[0].double().cpu().numpy(), "entropy": ent.cpu().numpy()})
+    return {"tokens": tokens, "layers": layers}

@@ -69,8 +69,8 @@ def spec_components(spec: QuantSpec) -> tuple[list[str], MethodConfig | None]:
 def widget_representable(spec: QuantSpec, names: list[str]) -> bool:
     """Whether the Binarize page's widgets (one method on a set of single components, its input
     binarizer on the linears only) can show ``spec``; other specs (per-rule methods, groups and
-    patterns, binary attention) are applied as they are."""
-    if spec.attn_probs is not None or spec.attn_qkv is not None or any(r.target not in names for r in spec.rules):
+    patterns) are applied as they are. The attention quantizers have widgets of their own."""
+    if spec.attn_residual or any(r.target not in names for r in spec.rules):
         return False
     if len({(r.method.method, json.dumps(r.method.options, sort_keys=True), r.method.ste) for r in spec.rules}) > 1:
         return False
@@ -189,7 +189,7 @@ class LiveLab:
         from .calibration import calibrate_, needs_calibration
 
         t0 = time.perf_counter()
-        before, probs_before = current_plan(self.model), (self.spec.attn_probs, self.spec.attn_qkv)
+        before, probs_before = current_plan(self.model), (self.spec.attn_probs, self.spec.attn_qkv, self.spec.attn_residual)
         quantize_(self.model, spec)
         self.spec = spec
         todo = needs_calibration(self.model)
@@ -199,7 +199,7 @@ class LiveLab:
             calibrate_(self.model, self.calib, sequential=False, cache=self.hessians)
         after = current_plan(self.model)
         changed = {n for n in set(before) | set(after) if before.get(n) != after.get(n)}
-        start = -1 if (spec.attn_probs, spec.attn_qkv) != probs_before else first_changed_layer(changed, len(self.model.layers))
+        start = -1 if (spec.attn_probs, spec.attn_qkv, spec.attn_residual) != probs_before else first_changed_layer(changed, len(self.model.layers))
         nll, units, hits = self._stats(start)
         size = model_size(self.model).summary()
         out = {"loss": float(nll.sum() / units.sum()), **size, "fp32_bytes": self.fp_size["total_bytes"], "rows": len(nll),
@@ -314,3 +314,17 @@ def sensitivity(baseline: torch.nn.Module, val: EncodedSplit, method: MethodConf
         if callback:
             callback(i + 1, len(targets), label)
     return rows
+
+
+def quantized_for_viewing(baseline: torch.nn.Module, spec: QuantSpec, splits, rows: int = 64) -> torch.nn.Module:
+    """A PTQ copy of ``baseline`` under ``spec`` for the attention viewer, with its data-initialised
+    quantizers (BiT's and LSQ's scales) set from ``rows`` validation rows rather than from the one
+    sentence being looked at."""
+    from .calibration import calibration_set
+    from .qat import ptq
+
+    m = ptq(baseline, spec, calib=calibration_set(splits))
+    ids = next(iter(splits.val.head(rows).batches(rows, device=next(m.parameters()).device)))[0]
+    with torch.no_grad():
+        m(ids)
+    return m

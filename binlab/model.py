@@ -108,6 +108,7 @@ class Attention(nn.Module):
         self.causal = cfg.task == "lm"
         self.prob_quantizer = None
         self.qkv_quantizer = None
+        self.residual = None  # BiPFT's low-rank residual estimators (binlab.attention.LowRankResidual)
         self.capture = None
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -130,29 +131,34 @@ class Attention(nn.Module):
             mask = torch.ones(T, T, dtype=torch.bool, device=key_mask.device).tril()[None, None] & mask
         return mask
 
-    def weights(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The attention weights that multiply V: softmax, or the quantizer's."""
+    def weights(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention weights that multiply V: softmax, or the quantizer's (with BiPFT's residual
+        scores from the layer input ``x`` when the layer has them)."""
         from .attention import softmax_probs
 
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        s = q @ k.transpose(-2, -1)
+        if self.residual is not None and x is not None:
+            s = s + self.residual.scores(x)
+        scores = s / math.sqrt(q.shape[-1])
         return self.prob_quantizer(scores, mask) if self.prob_quantizer is not None else softmax_probs(scores, mask)
 
     def maps(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """The attention weights (B, h, T, T) this layer uses on input ``x``, as the model computes them now."""
         q, k, _ = self.project(x)
-        return self.weights(q, k, self.mask(key_mask))
+        return self.weights(q, k, self.mask(key_mask), x)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         B, T, d = x.shape
         q, k, v = self.project(x)
         drop = self.p_drop if self.training else 0.0
-        if self.prob_quantizer is None and self.qkv_quantizer is None:
+        if self.prob_quantizer is None and self.qkv_quantizer is None and self.residual is None:
             if self.causal:  # padding sits after every real token, so the causal mask already hides it from real queries
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=drop)
         else:
-            y = self.weights(q, k, self.mask(key_mask)) @ v
+            a = self.weights(q, k, self.mask(key_mask), x)
+            y = a @ v if self.residual is None else a @ (v + self.residual.values(x))
         return self.o(y.transpose(1, 2).reshape(B, T, d))
 
 

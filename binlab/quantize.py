@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .activations import ACT_NAMES, make_act
-from .attention import ATTENTION, make_attention
+from .attention import ATTENTION, LowRankResidual, make_attention
 from .binarizers import BINARIZERS, Quantizer
 from .ste import STES
 
@@ -208,6 +208,7 @@ class QuantSpec:
     rules: tuple[Rule, ...] = ()
     attn_probs: str | None = None
     attn_qkv: str | None = None
+    attn_residual: int = 0  # rank of BiPFT's low-rank attention residual estimators (0: none)
 
     def __post_init__(self):
         object.__setattr__(self, "rules", tuple(r if isinstance(r, Rule) else Rule(**r) for r in self.rules))
@@ -215,6 +216,8 @@ class QuantSpec:
             raise ValueError(f"attn_probs must be None or one of {sorted(ATTENTION)}, got {self.attn_probs!r}")
         if self.attn_qkv is not None and self.attn_qkv not in ACT_NAMES:
             raise ValueError(f"attn_qkv must be None or one of {list(ACT_NAMES)}, got {self.attn_qkv!r}")
+        if isinstance(self.attn_residual, bool) or not isinstance(self.attn_residual, int) or not 0 <= self.attn_residual <= 64:
+            raise ValueError(f"attn_residual must be an int rank in [0, 64], got {self.attn_residual!r}")
 
     @classmethod
     def simple(cls, targets, method: str | MethodConfig = "xnor", **kw) -> "QuantSpec":
@@ -225,8 +228,9 @@ class QuantSpec:
 
     def to_json(self) -> str:
         d = asdict(self)
-        if d["attn_qkv"] is None:
-            d.pop("attn_qkv")  # specs without it keep the JSON (and the cache keys) they had before it existed
+        for k, off in (("attn_qkv", None), ("attn_residual", 0)):
+            if d[k] == off:
+                d.pop(k)  # specs without them keep the JSON (and the cache keys) they had before they existed
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     @classmethod
@@ -237,8 +241,8 @@ class QuantSpec:
             d = json.loads(s)
         except (json.JSONDecodeError, TypeError) as err:
             raise ValueError(f"spec is not valid JSON: {err}") from err
-        if not isinstance(d, dict) or set(d) - {"rules", "attn_probs", "attn_qkv"}:
-            raise ValueError("spec JSON must be an object with keys 'rules' (list) and optionally 'attn_probs', 'attn_qkv'")
+        if not isinstance(d, dict) or set(d) - {"rules", "attn_probs", "attn_qkv", "attn_residual"}:
+            raise ValueError("spec JSON must be an object with keys 'rules' (list) and optionally 'attn_probs', 'attn_qkv', 'attn_residual'")
         rules = d.get("rules", [])
         if not isinstance(rules, list):
             raise ValueError(f"'rules' must be a list, got {type(rules).__name__}")
@@ -263,7 +267,7 @@ class QuantSpec:
             except (TypeError, KeyError, AttributeError, OverflowError) as err:  # an option of the wrong type deep in a method
                 raise ValueError(f"rule {i}: invalid option value ({err})") from err
         try:
-            return cls(rules=tuple(out), attn_probs=d.get("attn_probs"), attn_qkv=d.get("attn_qkv"))
+            return cls(rules=tuple(out), attn_probs=d.get("attn_probs"), attn_qkv=d.get("attn_qkv"), attn_residual=d.get("attn_residual", 0))
         except TypeError as err:
             raise ValueError(f"invalid spec: {err}") from err
 
@@ -343,6 +347,9 @@ def quantize_(model: nn.Module, spec: QuantSpec) -> dict[str, MethodConfig]:
             have = mod.qkv_quantizer["q"].name if mod.qkv_quantizer is not None else None
             if have != spec.attn_qkv:
                 mod.qkv_quantizer = nn.ModuleDict({n: make_act(spec.attn_qkv) for n in "qkv"}) if spec.attn_qkv else None
+            if (mod.residual.rank if mod.residual is not None else 0) != spec.attn_residual:
+                w = mod.q.weight
+                mod.residual = LowRankResidual(w.shape[1], spec.attn_residual).to(w.device, w.dtype) if spec.attn_residual else None
     return p
 
 

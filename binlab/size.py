@@ -118,3 +118,11 @@ def model_size(model: nn.Module) -> SizeReport:
             nw = w.numel() if isinstance(mod, (nn.Linear, nn.Embedding)) and w is not None else 0
             comps.append(ComponentSize(name, "fp32", nw, n_params, {"fp32": FP_BITS * n_params}))
     return SizeReport(comps)
+
+
+def reduction_against(model: nn.Module, reference: nn.Module) -> float:
+    """Size reduction of ``model`` in percent against the fp32 size of ``reference`` (the one fp32
+    model): the same as ``model_size(model).reduction`` unless ``model`` holds several copies of it
+    (BEBERT's ensemble, whose members all count)."""
+    fp = model_size(reference).fp32_bits
+    return 100.0 * (fp - model_size(model).total_bits) / fp

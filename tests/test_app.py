@@ -310,3 +310,48 @@ def test_per_rule_specs_round_trip_through_the_url(env, trained):
     assert metric(at, "model size") != ""
     at.button(key="drop_custom").click().run()
     assert not at.exception and not any("rule(s)" in i.value for i in at.info)
+
+
+def test_binarize_attention_widgets_go_into_the_spec(env, trained):
+    at = new_app("views/binarize.py")
+    at.button(key="pick_encoder").click().run()
+    at.selectbox(key="act").set_value("sign_unscaled").run()
+    at.selectbox(key="attn_probs").set_value("bibert").run()
+    at.selectbox(key="attn_qkv").set_value("sign_unscaled").run()
+    assert not at.exception
+    url = at.query_params["spec"]
+    url = json.loads(url[0] if isinstance(url, list) else url)
+    assert url["attn_probs"] == "bibert" and url["attn_qkv"] == "sign_unscaled"
+    assert not any("rule(s)" in i.value for i in at.info)  # the widgets hold it: no "applied as it is" notice
+
+
+def test_binarize_loads_a_papers_w1a1_configuration(env, trained):
+    at = new_app("views/binarize.py")
+    at.selectbox(key="recipe_pick").set_value("bit").run()
+    assert not at.exception
+    url = at.query_params["spec"]
+    url = json.loads(url[0] if isinstance(url, list) else url)
+    assert url["attn_probs"] == "elastic01" and url["attn_qkv"] == "elastic"
+
+
+def test_train_page_runs_a_papers_recipe(env, trained):
+    at = new_app("views/binarize.py")
+    at.button(key="pick_encoder").click().run()
+    at.switch_page("views/train.py").run()
+    at.selectbox(key="train_recipe").set_value("bit").run()
+    at.slider(key="qat_epochs").set_value(0.3).run()
+    at.button(key="run_qat").click().run()
+    assert not at.exception
+    assert metric(at, "validation accuracy after QAT").endswith("%")
+
+
+def test_attention_page_shows_fp32_and_binarized_maps(env, trained):
+    at = new_app("views/attention.py")
+    assert not at.exception
+    titles = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("attention entropy per head" in t for t in titles)
+    assert any("binarized" in t and "fp32" in t for t in titles)  # the heatmap grid's subplot titles
+    at.text_input(key="attn_text").input("oil prices rose on monday").run()
+    assert not at.exception
+    at.text_input(key="attn_text").input("   ").run()
+    assert not at.exception and any("type a sentence" in e.value for e in at.error)

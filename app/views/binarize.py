@@ -6,13 +6,15 @@ import streamlit as st
 
 from common import friendly_errors, require_baseline, sidebar
 
-from binlab.activations import ACTIVATIONS
+from binlab.activations import ACT_NAMES
+from binlab.attention import ATTENTION
 from binlab.binarizers import BINARIZERS
 from binlab.calibration import calibration_set
 from binlab.generate import greedy
 from binlab.lab import SEED_POINTS, LiveLab, component_view, layout, spec_components, widget_representable
 from binlab.methods import method_card
 from binlab.quantize import MethodConfig, QuantSpec, Rule, plan
+from binlab.recipes import RECIPES
 from binlab.ste import STES
 from binlab.train import evaluate
 
@@ -44,7 +46,7 @@ def load_spec(spec: QuantSpec, names, model, origin: str) -> None:
             unknown.append(r.target)
     if unknown:
         st.warning(f"The {origin} names components this model does not have, ignored: {', '.join(unknown)}. Components: {', '.join(names)}.")
-        spec = QuantSpec(tuple(r for r in spec.rules if r.target not in unknown), spec.attn_probs)
+        spec = QuantSpec(tuple(r for r in spec.rules if r.target not in unknown), spec.attn_probs, spec.attn_qkv, spec.attn_residual)
     if not widget_representable(spec, names):
         st.session_state["custom_spec"] = spec.to_json()
         return
@@ -71,6 +73,8 @@ def load_spec(spec: QuantSpec, names, model, origin: str) -> None:
             else:
                 st.session_state[f"opt:{m.method}:{k}"] = v
         st.session_state["act"] = next((r.method.act for r in spec.rules if not r.target.startswith("embed.") and r.method.act), "none")
+    st.session_state["attn_probs"] = spec.attn_probs or "softmax (fp32)"
+    st.session_state["attn_qkv"] = spec.attn_qkv or "none"
 
 
 def seed_widgets_from_url(names, model):
@@ -136,7 +140,7 @@ with friendly_errors():
     for n in names:
         st.session_state.setdefault(f"c:{n}", n.endswith("attn.q") or n.endswith("attn.k"))
     for k, v in {"method": "bucket", "ste": "(default)", "act": "none", "opt:bucket:tau:none": False, "opt:bucket:tau": 0.0,
-                 "opt:uniform:bits": 4}.items():
+                 "opt:uniform:bits": 4, "attn_probs": "softmax (fp32)", "attn_qkv": "none"}.items():
         st.session_state.setdefault(k, v)
 
     left, right = st.columns([5, 7], gap="large")
@@ -174,9 +178,26 @@ with friendly_errors():
         ste = st.selectbox("Straight-through estimator (for QAT)", ["(default)"] + sorted(STES), key="ste",
                            help=f"default for {method}: {cls.default_ste}; " + "; ".join(f"{k}: {v.doc}" for k, v in sorted(STES.items())))
         options = option_widgets(method)
-        act = st.selectbox("Input activations", ["none"] + sorted(ACTIVATIONS), key="act",
-                           help="binarize (sign, binary01) or 8-bit quantize (absmax8) the inputs of the chosen linears too; "
-                                f"in QAT their estimator is the method's ({cls.act_ste}); embeddings have no inputs to quantize")
+        act = st.selectbox("Input activations", ["none"] + list(ACT_NAMES), key="act",
+                           help="binarize (sign with a per-token scale, BiBERT's unscaled sign, binary01) or quantize (absmax8, BiT's elastic "
+                                "kinds with a learned scale and shift, LSQ) the inputs of the chosen linears too; in QAT the stateless kinds use "
+                                f"the method's estimator ({cls.act_ste}); embeddings have no inputs to quantize")
+        with st.expander("W1A1 attention: binarize the attention itself", expanded=st.session_state["attn_probs"] != "softmax (fp32)"):
+            a1, a2 = st.columns(2)
+            attn_probs = a1.selectbox("Attention weights", ["softmax (fp32)"] + sorted(ATTENTION), key="attn_probs",
+                                      help="binary01: keep the keys above a uniform share of the softmax; bibert: BiBERT's Bi-Attention, "
+                                           "1[score > 0] with no softmax; elastic01*/lsq01*: BiT's/LSQ's learned-scale {0,1} (k-bit) quantizer "
+                                           "of the softmax probabilities. See the Attention page for the maps.")
+            attn_qkv = a2.selectbox("Q, K, V before the products", ["none"] + list(ACT_NAMES), key="attn_qkv",
+                                    help="quantize the query, key and value projections before QK^T and AV: BiBERT uses sign_unscaled, BiT elastic")
+            rec = st.selectbox("or load a paper's W1A1 configuration", ["-"] + [n for n, r in RECIPES.items() if r.spec.attn_probs],
+                               key="recipe_pick", format_func=lambda n: n if n == "-" else f"{n}: {RECIPES[n].paper}",
+                               help="the final spec of the paper's recipe, applied post-training here; Train (QAT) runs the whole recipe")
+            if rec != "-" and st.session_state.get("_recipe_loaded") != rec:
+                st.session_state["_recipe_loaded"] = rec
+                load_spec(RECIPES[rec].spec, names, lab.model, f"{rec} recipe")
+                st.session_state["recipe"] = rec
+                st.rerun()
         chosen = [n for n in names if st.session_state[f"c:{n}"]]
         if act != "none" and any(n.startswith("embed.") for n in chosen):
             st.warning("Embeddings have no input activations: the activation binarizer applies to linears only.")
@@ -184,11 +205,13 @@ with friendly_errors():
         spec_rules = []
         for n in chosen:
             spec_rules.append((n, MethodConfig(mc.method, mc.options, mc.ste, None if n.startswith("embed.") or act == "none" else act)))
-        spec = QuantSpec(tuple(Rule(n, m) for n, m in spec_rules))
+        spec = QuantSpec(tuple(Rule(n, m) for n, m in spec_rules), attn_probs=None if attn_probs == "softmax (fp32)" else attn_probs,
+                         attn_qkv=None if attn_qkv == "none" else attn_qkv)
         if st.session_state.get("custom_spec"):  # a configuration the widgets cannot show: applied as it is
             spec = QuantSpec.from_json(st.session_state["custom_spec"])
             st.info(f"Applying a configuration with {len(spec.rules)} rule(s)"
-                    + (" and binary attention" if spec.attn_probs else "") + " from the URL or a file; the widgets above are not in use.\n\n"
+                    + (f" and {spec.attn_probs} attention" if spec.attn_probs else "") + (f", Q/K/V {spec.attn_qkv}" if spec.attn_qkv else "")
+                    + " from the URL, a file or a paper's recipe; the widgets above are not in use.\n\n"
                     + "\n".join(f"- `{r.target}` → {r.method.method} {r.method.options or ''}" + (f", inputs {r.method.act}" if r.method.act else "")
                                 for r in spec.rules[:12]))
             if st.button("Edit with the widgets instead", key="drop_custom"):

@@ -43,7 +43,11 @@ for p in [p for p in payloads if p["preset"] == preset]:
              "95 % interval": f"{100 * lo:.2f}-{100 * hi:.2f}",
              "seed accuracy %": (r.get("seed") or [None])[0], "seed budget": r.get("seed_budget"), "size MB": round(r["megabytes"], 3),
              "reduction %": round(r["reduction_percent"], 2), "seed reduction %": (r.get("seed") or [None, None, None])[2],
-             "bits/weight": round(r["bits_per_quantized_weight"], 3)} for r, (lo, hi) in zip(p["rows"], ci)]
+             "bits/weight": round(r["bits_per_quantized_weight"], 3)}
+            | ({"val accuracy %": round(r["val_accuracy"], 2)} if r.get("val_accuracy") is not None else {})
+            | ({"attention entropy (nats)": round(r["attention_entropy"], 3)} if r.get("attention_entropy") is not None else {})
+            | ({"the survey reports": r.get("survey")} if any(q.get("survey") for q in p["rows"]) else {})
+            for r, (lo, hi) in zip(p["rows"], ci)]
     st.dataframe(rows, hide_index=True, width="stretch")
     if p.get("finding"):
         st.markdown(p["finding"])

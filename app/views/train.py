@@ -8,7 +8,8 @@ from binlab.calibration import calibration_set
 from binlab.lab import compare_models
 from binlab.qat import QATConfig, ptq, qat
 from binlab.quantize import QuantSpec
-from binlab.size import model_size
+from binlab.recipes import RECIPES, run as run_recipe
+from binlab.size import reduction_against
 from binlab.train import TrainConfig, evaluate, save_checkpoint
 
 
@@ -38,8 +39,22 @@ with friendly_errors():
     if not spec.rules:
         st.info("The current configuration binarizes nothing: pick components on **Binarize (live)**.")
         st.stop()
+    recipe_names = ["one stage: this configuration"] + list(RECIPES)
+    st.session_state.setdefault("train_recipe", st.session_state.get("recipe") if st.session_state.get("recipe") in RECIPES else recipe_names[0])
+    recipe_name = st.selectbox("Training recipe", recipe_names, key="train_recipe",
+                               format_func=lambda n: n if n not in RECIPES else f"{n}: {RECIPES[n].paper}",
+                               help="One QAT stage on the Binarize page's configuration, or a paper's whole recipe (its stages, "
+                                    "distillation terms and, for BEBERT, boosted members); a recipe trains its own spec.")
+    recipe = RECIPES.get(recipe_name)
+    if recipe is not None:
+        spec = recipe.spec
+        st.caption(f"{len(recipe.stages)} stage(s)" + (f" × {recipe.ensemble} boosted members" if recipe.ensemble > 1 else "")
+                   + ": " + " → ".join(f"{int(100 * s.frac)} % of the epochs, distilling from "
+                                       + ("the fp32 model" if s.teacher == "fp" else "the previous stage")
+                                       + (f" ({', '.join(f'{k} {v}' for k, v in s.qat.items())})" if s.qat else "") for s in recipe.stages))
     st.write("Configuration: " + ", ".join(f"`{r.target}` → **{r.method.method}** (STE {r.method.ste_name})" for r in spec.rules[:8])
-             + (f" and {len(spec.rules) - 8} more" if len(spec.rules) > 8 else ""))
+             + (f" and {len(spec.rules) - 8} more" if len(spec.rules) > 8 else "")
+             + (f"; attention {spec.attn_probs}" if spec.attn_probs else "") + (f"; Q/K/V {spec.attn_qkv}" if spec.attn_qkv else ""))
     c1, c2, c3 = st.columns(3)
     epochs = c1.slider("epochs", 0.1, 3.0, 1.0 if preset != "minilm-l2" else 0.3, 0.1, key="qat_epochs")
     lr = c2.select_slider("learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 5e-4, 1e-3, 3e-3], value=5e-4 if preset != "tiny" else 3e-3, key="qat_lr")
@@ -78,6 +93,14 @@ with friendly_errors():
             health_chart.plotly_chart(fig, width="stretch", key=f"qat_health_{len(health)}")
 
         def cb(e):
+            if "stage" in e and e["kind"] == "step":  # a recipe: progress over all its stages and members
+                done = (e.get("member", 0) * e["stages"] + e["stage"] + e["step"] / e["total"]) / (e["stages"] * e.get("members", 1))
+                steps.append(len(steps) + 1); losses.append(e["loss"])  # noqa: E702
+                bar.progress(min(done, 1.0), text=(f"member {e['member'] + 1}/{e['members']} · " if "member" in e else "")
+                             + f"stage {e['stage'] + 1}/{e['stages']} · step {e['step']}/{e['total']} · loss {e['loss']:.3f}")
+                if len(steps) % 20 == 0:
+                    draw()
+                return
             if e["kind"] == "health":
                 health.append(e)
                 draw_health()
@@ -95,13 +118,18 @@ with friendly_errors():
                         freeze=("embed.token.*",) if preset == "minilm-l2" else ())
         calib = calibration_set(splits)  # training rows, for methods that need data
         total_steps = max(1, int(epochs * rows / 32))
-        student, hist = qat(baseline, spec, splits.train, cfg, val_split=splits.val.head(500), callback=cb, calib=calib,
-                            health_every=max(1, total_steps // 20))
+        import time
+
+        t0 = time.perf_counter()
+        if recipe is None:
+            student, hist = qat(baseline, spec, splits.train, cfg, val_split=splits.val.head(500), callback=cb, calib=calib,
+                                health_every=max(1, total_steps // 20))
+        else:
+            student = run_recipe(recipe, baseline, splits.train, cfg, callback=cb, calib=calib)
         draw()
-        bar.progress(1.0, text=f"done in {hist['seconds']:.0f} s")
+        bar.progress(1.0, text=f"done in {time.perf_counter() - t0:.0f} s")
         cmp = compare_models(student, ptq(baseline, spec, calib=calib), splits.val)  # QAT vs PTQ on the same validation rows
         after = {"accuracy": cmp["accuracy_a"]}
-        size = model_size(student).summary()
         m1, m2, m3 = st.columns(3)
         if "perplexity" in cmp:  # a language model
             m1.metric("validation perplexity after QAT", f"{cmp['perplexity_a']:.2f}",
@@ -116,11 +144,12 @@ with friendly_errors():
                       help=f"95 % interval {cmp['low_a']:.1f}-{cmp['high_a']:.1f} % on {cmp['rows']} rows; QAT - PTQ on the same rows: "
                            f"{cmp['diff_low']:+.2f} to {cmp['diff_high']:+.2f} pts (paired 95 %; McNemar p = {cmp['p_value']:.3f})")
             m2.metric("PTQ (no training)", f"{cmp['accuracy_b']:.2f} %", help=f"95 % interval {cmp['low_b']:.1f}-{cmp['high_b']:.1f} %")
-        m3.metric("size reduction", f"{size['reduction_percent']:.2f} %")
+        m3.metric("size reduction", f"{reduction_against(student, baseline):.2f} %")
         pts = st.session_state.setdefault("points", {})
         y = ({"accuracy": cmp["perplexity_a"], "low": cmp["perplexity_a"], "high": cmp["perplexity_a"]} if "perplexity" in cmp
              else {"accuracy": cmp["accuracy_a"], "low": cmp["low_a"], "high": cmp["high_a"]})  # the scatter's y: perplexity for an LM
-        pts["qat:" + spec.to_json() + f":{epochs}:{lr}:{distill}"] = {"label": f"QAT {epochs} ep, KD {distill}", "reduction": size["reduction_percent"],
+        pts["qat:" + spec.to_json() + f":{epochs}:{lr}:{distill}:{recipe_name}"] = {
+            "label": (recipe_name + ", " if recipe else "") + f"QAT {epochs} ep, KD {distill}", "reduction": reduction_against(student, baseline),
                                                                       **y, "source": "QAT"}
         st.session_state["qat_model"] = student
         stem = save_qat(student, spec, preset, cfg, after)

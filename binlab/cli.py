@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("experiments", help="regenerate the seed tables (writes docs/results/)")
     p.add_argument("action", choices=["list", "run", "render"], help="render: rewrite the markdown of every committed table from its JSON")
-    p.add_argument("name", nargs="?", default="all", help="T1..T6 or all")
+    p.add_argument("name", nargs="?", default="all", help="T1..T9 or all")
     common(p)
     p.add_argument("--fast", action="store_true", help="tiny budget (for smoke tests)")
     p.add_argument("--only", help="comma-separated indices of the configurations to run (e.g. 0,1,2)")

@@ -621,6 +621,11 @@ def lm_markdown(payload: dict) -> str:
                      f"{_fmt(r['bits_per_quantized_weight'], '{:.3f}') if r['mode'] != 'fp' else '32'} | {_fmt(r.get('paper_bits'), '{:.3f}')} | "
                      f"{_fmt(r['megabytes'], '{:.3f}')} | {_fmt(r['reduction_percent'])} | {_fmt(r['train_seconds'], '{:.0f}')} | "
                      f"{r.get('survey') or '-'} |")
+    return _finish(lines, payload)
+
+
+def _finish(lines: list[str], payload: dict) -> str:
+    """A table's markdown: its lines, then the generated finding if any."""
     if payload.get("finding"):
         lines += ["", payload["finding"]]
     return "\n".join(lines) + "\n"
@@ -638,9 +643,7 @@ def w1a1_markdown(payload: dict) -> str:
                      f"{_fmt(r['megabytes'], '{:.3f}')} | {_fmt(r['reduction_percent'])} | "
                      f"{_fmt(r['bits_per_quantized_weight'], '{:.3f}') if r['mode'] != 'fp' else '32'} | "
                      f"{_fmt(r.get('attention_entropy'), '{:.3f}')} | {_fmt(r['train_seconds'], '{:.0f}')} | {r.get('survey') or '-'} |")
-    if payload.get("finding"):
-        lines += ["", payload["finding"]]
-    return "\n".join(lines) + "\n"
+    return _finish(lines, payload)
 
 
 def to_markdown(payload: dict) -> str:
@@ -657,9 +660,7 @@ def to_markdown(payload: dict) -> str:
                      f"{r.get('seed_budget') or '-'} | {_fmt(r['megabytes'], '{:.3f}')} | "
                      f"{_fmt(s[1])} | {_fmt(r['reduction_percent'])} | {_fmt(s[2])} | {_fmt(r['bits_per_quantized_weight'], '{:.3f}')} | "
                      f"{_fmt(r['train_seconds'], '{:.0f}')} |")
-    if payload.get("finding"):
-        lines += ["", payload["finding"]]
-    return "\n".join(lines) + "\n"
+    return _finish(lines, payload)
 
 
 def render(out_dir: Path | None = None) -> list[Path]:

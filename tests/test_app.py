@@ -40,11 +40,13 @@ def metric(at, label):
     return next(m.value for m in at.metric if m.label == label)
 
 
-def run_qat_on_encoder(epochs: float):
-    """Binarize page: pick the encoder; Train page: run QAT for ``epochs``. Returns the app."""
+def run_qat_on_encoder(epochs: float, recipe: str | None = None):
+    """Binarize page: pick the encoder; Train page: run QAT (or a paper's ``recipe``) for ``epochs``. Returns the app."""
     at = new_app("views/binarize.py")
     at.button(key="pick_encoder").click().run()
     at.switch_page("views/train.py").run()
+    if recipe:
+        at.selectbox(key="train_recipe").set_value(recipe).run()
     at.slider(key="qat_epochs").set_value(epochs).run()
     at.button(key="run_qat").click().run()
     return at
@@ -335,12 +337,7 @@ def test_binarize_loads_a_papers_w1a1_configuration(env, trained):
 
 
 def test_train_page_runs_a_papers_recipe(env, trained):
-    at = new_app("views/binarize.py")
-    at.button(key="pick_encoder").click().run()
-    at.switch_page("views/train.py").run()
-    at.selectbox(key="train_recipe").set_value("bit").run()
-    at.slider(key="qat_epochs").set_value(0.3).run()
-    at.button(key="run_qat").click().run()
+    at = run_qat_on_encoder(0.3, recipe="bit")
     assert not at.exception
     assert metric(at, "validation accuracy after QAT").endswith("%")
 

@@ -343,3 +343,24 @@ def test_bipft_residual_starts_as_a_no_op_and_learns(tiny_model, tiny_splits):
     assert QuantSpec.from_json(spec.to_json()) == spec
     with pytest.raises(ValueError, match="attn_residual"):
         QuantSpec(attn_residual=-1)
+
+
+def test_t9_rows_name_their_methods_and_the_finding_compares_orderings():
+    from binlab.experiments import EXPERIMENTS, Config, t9_finding
+
+    labels = [c.label for c in EXPERIMENTS["T9"].configs]
+    for name in ("BiBERT", "BiT", "BinaryBERT", "BEBERT", "two-stage"):
+        assert any(label.startswith(name) for label in labels), name
+    assert all("W1A1" in c.label or "W1A4" in c.label for c in EXPERIMENTS["T9"].configs if c.mode != "fp")
+    assert any(c.mode == "fp" for c in EXPERIMENTS["T9"].configs)
+    with pytest.raises(ValueError, match="final spec"):
+        Config("x", QuantSpec(), "qat", recipe="bibert")
+    rows = [{"label": "fp32 baseline", "mode": "fp", "accuracy": 90.0},
+            {"label": "BiT W1A1", "mode": "qat", "accuracy": 89.0, "survey": "GLUE avg 78.0 (W1A1)", "reduction_percent": 95.0},
+            {"label": "BiBERT W1A1", "mode": "qat", "accuracy": 88.0, "survey": "GLUE avg 67.0 (W1A1)", "reduction_percent": 95.0},
+            {"label": "BinaryBERT W1A1", "mode": "qat", "accuracy": 87.0, "survey": "GLUE avg 50.1 (W1A1)", "reduction_percent": 92.0}]
+    f = t9_finding(rows)
+    assert "the same order" in f and "BiT W1A1, 89.00 % (-1.00" in f
+    rows[1]["accuracy"] = 86.0
+    f = t9_finding(rows)
+    assert "a different order (Spearman rho = -0.50)" in f  # ranks (2,0,1) vs (0,1,2): 1 - 6 * 6 / 24

@@ -664,14 +664,18 @@ def to_markdown(payload: dict) -> str:
 
 
 def render(out_dir: Path | None = None) -> list[Path]:
-    """Rewrite every committed table's markdown (and finding, title, note) from its JSON, without running anything."""
+    """Rewrite every committed table's markdown (and finding, title, note, quoted survey numbers) from its JSON, without running anything."""
     d = out_dir or RESULTS
     written = []
     for path in sorted(d.glob("T*.json")):
         payload = _fill_budgets(json.loads(path.read_text()))
         exp = EXPERIMENTS.get(payload["experiment"])
-        if exp is not None:  # titles and notes are documentation: the current wording
+        if exp is not None:  # titles, notes and the survey's quoted numbers are documentation: the current wording
             payload["title"], payload["note"] = exp.title, exp.note
+            quoted = {c.label: c.survey for c in exp.configs}
+            for r in payload["rows"]:
+                if r["label"] in quoted:
+                    r["survey"] = quoted[r["label"]]
         if payload["experiment"] in FINDINGS:
             payload["finding"] = FINDINGS[payload["experiment"]](payload["rows"])
         path.write_text(json.dumps(payload, indent=2))

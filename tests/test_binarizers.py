@@ -79,6 +79,8 @@ REFS = {
     "bitnet": lambda w: np_sign(w - w.mean()) * np.abs(w).mean(),
     "bitnet158": lambda w: np.abs(w).mean() * np.clip(np.round(w / (np.abs(w).mean() + 1e-8)), -1, 1),
     "twn": np_twn,
+    "binarybert": np_twn,  # right after ternary weight splitting, BWN(W1) + BWN(W2) is the TWN value (eqs. 4-7)
+    "bibert": lambda w: np.abs(w).mean(1, keepdims=True) * np_sign(w - w.mean(1, keepdims=True)),
     "recu": lambda w: np_recu(w, 0.99),
     "onebit": np_onebit,
     "bucket": lambda w: np_bucket(w, 0.0, True),
@@ -104,7 +106,7 @@ def test_every_binarizer_basic_contract(name):
     q = make(name, w)(torch.from_numpy(w)) if name != "bucket" else Bucket(tau=0.0)(torch.from_numpy(w))
     assert q.shape == w.shape and torch.isfinite(q).all()
     levels = [len(np.unique(r)) for r in q.numpy()]
-    expected_max = {"twn": 3, "bitnet158": 3, "uniform": 256, "pbllm": 40, "billm": 8, "oac": 8, "onebit": w.shape[1], "rtn": 16, "gptq": 16,
+    expected_max = {"twn": 3, "binarybert": 3, "bitnet158": 3, "uniform": 256, "pbllm": 40, "billm": 8, "oac": 8, "onebit": w.shape[1], "rtn": 16, "gptq": 16,
                     "arb": w.shape[1], "stbllm": 11, "dbllm": 4, "binarymos": w.shape[1], "fbi": w.shape[1]}.get(name, 2)
     assert max(levels) <= expected_max
     st = BINARIZERS[name]().storage(w.shape)
@@ -443,8 +445,32 @@ def test_fda_noise_module_trains_and_fades():
     assert {c.name for c in model_size(wrapper).components} == {"0"}  # the noise module is not counted
 
 
-PAPER_GRADIENTS = {"xnor", "bireal", "fda", "recu", "onebit", "pbllm", "dbllm", "binarymos", "fbi"}  # tested one by one (the LLM ones: test_lm_track)
+PAPER_GRADIENTS = {"xnor", "bireal", "fda", "recu", "onebit", "pbllm", "dbllm", "binarymos", "fbi", "bibert", "binarybert"}  # tested one by one (the LLM ones: test_lm_track)
 PTQ_ONLY = {n for n, c in BINARIZERS.items() if c.needs_calibration is True}  # GPTQ, BiLLM, ARB, STBLLM: post-training methods
+
+
+def test_bibert_gradient_goes_through_the_centring():
+    """BiBERT's estimator acts on the centred weights c = W - mean_row(W): dL/dW = G - mean_row(G),
+    G = dL/dQ * 1[|c / (3 std_row)| <= 1] (clipped, binlab's normalisation)."""
+    w = W(7, (5, 33)) + 0.01
+    g, R = _qat_grad("bibert", w)
+    c = w - w.mean(1, keepdims=True)
+    G = R * (np.abs(_x(c)) <= 1)
+    np.testing.assert_allclose(g, G - G.mean(1, keepdims=True), rtol=1e-4, atol=1e-6)
+
+
+def test_binarybert_trains_its_two_binary_matrices():
+    """After the split the latent weight stays as it was; W1 and W2 get dL/dQ each (identity estimator)."""
+    w = W(7, (5, 33))
+    lin = torch.nn.Linear(33, 5, bias=False)
+    lin.weight.data = torch.from_numpy(w.copy())
+    q = QuantLinear.from_linear(lin, MethodConfig("binarybert")).train()
+    R = torch.from_numpy(np.random.default_rng(8).normal(size=w.shape).astype(np.float32))
+    (q.quantized_weight() * R).sum().backward()
+    assert lin.weight.grad is None
+    for p in (q.qparams.w1, q.qparams.w2):
+        np.testing.assert_allclose(p.grad.numpy(), R.numpy())
+    np.testing.assert_allclose((q.qparams.w1 + q.qparams.w2).detach().numpy(), w, atol=1e-7)
 
 
 def test_onebit_gradient_flows_through_signs_and_value_vectors():

@@ -288,7 +288,7 @@ def test_each_recipe_lowers_the_loss_on_the_tiny_preset(name, tiny_teacher, tiny
     """Every stage of every recipe (every member of an ensemble) ends with a lower training loss
     than it started with, distilling from a trained tiny teacher."""
     recipe = RECIPES[name]
-    train = tiny_splits.train.head(256)
+    train = tiny_splits.train.head(320)
     cfg = QATConfig(TrainConfig(epochs=3, lr=3e-3, warmup=0.0, batch_size=32, seed=0, device="cpu", distill=0.5))
     losses: dict = {}
     cb = lambda ev: losses.setdefault((ev.get("member", 0), ev["stage"]), []).append(ev["loss"]) if ev.get("kind") == "step" else None  # noqa: E731

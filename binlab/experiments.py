@@ -674,7 +674,7 @@ def render(out_dir: Path | None = None) -> list[Path]:
             payload["title"], payload["note"] = exp.title, exp.note
             quoted = {c.label: c.survey for c in exp.configs}
             for r in payload["rows"]:
-                if r["label"] in quoted:
+                if r["label"] in quoted and (quoted[r["label"]] is not None or "survey" in r):
                     r["survey"] = quoted[r["label"]]
         if payload["experiment"] in FINDINGS:
             payload["finding"] = FINDINGS[payload["experiment"]](payload["rows"])

@@ -78,17 +78,18 @@ def test_binarize_numbers_follow_the_configuration(env, trained):
     at = new_app("views/binarize.py")
     assert not at.exception
     at.selectbox(key="method").set_value("bucket").run()
+    at.button(key="pick_encoder").click().run()  # every encoder linear: a lopsided threshold then surely moves predictions
     at.slider(key="opt:bucket:tau").set_value(0.0).run()
     acc0, size0 = metric(at, "validation accuracy"), metric(at, "model size")
     at.slider(key="opt:bucket:tau").set_value(2.0).run()
     assert not at.exception
     acc1 = metric(at, "validation accuracy")
     assert acc1 != acc0  # a lopsided threshold changes the model's predictions
-    at.checkbox(key="c:layers.0.ffn.up").check().run()
+    at.checkbox(key="c:embed.token").check().run()
     assert metric(at, "model size") != size0
     spec = json.loads(at.query_params["spec"][0] if isinstance(at.query_params["spec"], list) else at.query_params["spec"])
     targets = [r["target"] for r in spec["rules"]]
-    assert "layers.0.ffn.up" in targets and spec["rules"][0]["method"]["options"]["tau"] == 2.0
+    assert "embed.token" in targets and "layers.0.ffn.up" in targets and spec["rules"][0]["method"]["options"]["tau"] == 2.0
     # quick-select buttons and the full test evaluation
     at.button(key="pick_all").click().run()
     assert not at.exception and at.checkbox(key="c:embed.token").value

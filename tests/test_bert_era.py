@@ -9,7 +9,7 @@ import torch
 
 from binlab.activations import ELASTIC, ElasticAct, _Elastic, elastic_levels, make_act
 from binlab.attention import ATTENTION, BiAttention, entropy, make_attention, maps
-from binlab.methods import BINARIZERS, bwn, tws_split, twn
+from binlab.methods import BINARIZERS, bwn, ternarize, tws_split
 from binlab.objective import dmd_loss, hidden_loss
 from binlab.qat import QATConfig, qat
 from binlab.quantize import MethodConfig, QuantSpec, Rule, quantize_
@@ -140,7 +140,7 @@ def test_elastic_initialises_from_the_first_batch_and_has_a_shift_only_on_linear
 def test_tws_split_is_exact(per_channel):
     w = torch.randn(32, 24, dtype=torch.float64) * 0.02
     w1, w2 = tws_split(w, per_channel)
-    t, _, _ = twn(w, per_channel)
+    t, _, _ = ternarize(w, per_channel)
     # reference: TWN from its definition, in numpy
     wn = w.numpy()
     groups = wn if per_channel else wn.reshape(1, -1)

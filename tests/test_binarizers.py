@@ -323,12 +323,18 @@ def test_fda_series_approaches_sign():
 # the latent-weight gradient each method's QAT uses, against numpy closed forms
 
 
-def _qat_grad(name, w, **options):
+def _qat_backward(name, w, **options):
+    """A QuantLinear of ``name`` on weights ``w`` after one backward of ``sum(Q(W) * R)``: (linear, quantized, R)."""
     lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
     lin.weight.data = torch.from_numpy(w.copy())
     q = QuantLinear.from_linear(lin, MethodConfig(name, options=options)).train()
     R = torch.from_numpy(np.random.default_rng(8).normal(size=w.shape).astype(np.float32))
     (q.quantized_weight() * R).sum().backward()
+    return lin, q, R
+
+
+def _qat_grad(name, w, **options):
+    lin, _, R = _qat_backward(name, w, **options)
     return lin.weight.grad.numpy().astype(np.float64), R.numpy().astype(np.float64)
 
 
@@ -462,11 +468,7 @@ def test_bibert_gradient_goes_through_the_centring():
 def test_binarybert_trains_its_two_binary_matrices():
     """After the split the latent weight stays as it was; W1 and W2 get dL/dQ each (identity estimator)."""
     w = W(7, (5, 33))
-    lin = torch.nn.Linear(33, 5, bias=False)
-    lin.weight.data = torch.from_numpy(w.copy())
-    q = QuantLinear.from_linear(lin, MethodConfig("binarybert")).train()
-    R = torch.from_numpy(np.random.default_rng(8).normal(size=w.shape).astype(np.float32))
-    (q.quantized_weight() * R).sum().backward()
+    lin, q, R = _qat_backward("binarybert", w)
     assert lin.weight.grad is None
     for p in (q.qparams.w1, q.qparams.w2):
         np.testing.assert_allclose(p.grad.numpy(), R.numpy())
@@ -478,11 +480,7 @@ def test_onebit_gradient_flows_through_signs_and_value_vectors():
     from binlab.methods.onebit import svid
 
     w = W(7, (5, 33))
-    lin = torch.nn.Linear(33, 5, bias=False)
-    lin.weight.data = torch.from_numpy(w.copy())
-    q = QuantLinear.from_linear(lin, MethodConfig("onebit")).train()
-    R = torch.from_numpy(np.random.default_rng(8).normal(size=w.shape).astype(np.float32))
-    (q.quantized_weight() * R).sum().backward()
+    lin, q, R = _qat_backward("onebit", w)
     a, b = (t.numpy().astype(np.float64) for t in svid(torch.from_numpy(w)))
     ste = BINARIZERS["onebit"].default_ste
     np.testing.assert_allclose(lin.weight.grad.numpy(), R.numpy() * np.outer(a, b) * NP_STE[ste](_x(w)), rtol=1e-4, atol=1e-7)

@@ -17,7 +17,8 @@ from typing import ClassVar
 import torch
 
 from .base import FP_BITS, Quantizer, n_groups, numel, reduce_dims, register, sign
-from .classic import PER_CHANNEL_UI
+from .classic import PER_CHANNEL_UI, XNOR
+from .lowbit import ternarize
 
 
 @register
@@ -55,19 +56,9 @@ class BiBERTWeight(Quantizer):
         return {"codes": numel(shape), "scales": n_groups(shape, True) * FP_BITS}
 
 
-def twn(w: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """TWN (Li et al. 2016): ``Delta = 0.7 mean|W|``, ``alpha = mean{|w| : |w| > Delta}``; returns
-    (alpha * ternary codes, the mask |w| > Delta, alpha), per tensor or per row."""
-    rd = reduce_dims(w, per_channel)
-    a = w.abs()
-    big = a > 0.7 * a.mean(**rd)
-    alpha = (a * big).sum(**rd) / big.sum(**rd).clamp_min(1)
-    return alpha * sign(w) * big, big, alpha
-
-
 def bwn(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    """Binary weight network: ``mean|W| sign(W)`` (BinaryBERT's BWN quantizer)."""
-    return sign(w) * w.abs().mean(**reduce_dims(w, per_channel))
+    """Binary weight network: ``mean|W| sign(W)`` (BinaryBERT's BWN quantizer), i.e. XNOR-Net's weights."""
+    return XNOR(per_channel=per_channel).quantize(w)
 
 
 def tws_split(w: torch.Tensor, per_channel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +75,7 @@ def tws_split(w: torch.Tensor, per_channel: bool = False) -> tuple[torch.Tensor,
     so both halves have absmean ``alpha / 2`` and the signs of W1 and W2 agree on I and cancel elsewhere.
     """
     rd = reduce_dims(w, per_channel)
-    _, big, alpha = twn(w, per_channel)
+    _, big, alpha = ternarize(w, per_channel)
     a_ = w.abs()
     J = ~big & (w > 0)
     K = ~big & (w <= 0)
@@ -126,11 +117,6 @@ class TWS(Quantizer):
     def init_values(self, w):
         w1, w2 = tws_split(w.detach(), self.per_channel)
         return {"w1": w1, "w2": w2}
-
-    def make_params(self, w):  # embeddings too (BinaryBERT splits the word embedding per row)
-        from .base import LearnedValues
-
-        return LearnedValues(**self.init_values(w))
 
     def quantize(self, w):
         v = self.values(w)

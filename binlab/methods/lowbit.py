@@ -60,14 +60,19 @@ class TWN(Quantizer):
     per_channel: bool = False
 
     def quantize(self, w):
-        rd = reduce_dims(w, self.per_channel)
-        delta = 0.7 * w.abs().mean(**rd)
-        keep = (w.abs() > delta).to(w.dtype)
-        alpha = (w.abs() * keep).sum(**rd) / keep.sum(**rd).clamp_min(1)
-        return alpha * sign(w) * keep
+        return ternarize(w, self.per_channel)[0]
 
     def storage(self, shape):
         return {"codes": 2 * numel(shape), "scales": n_groups(shape, self.per_channel) * FP_BITS}
+
+
+def ternarize(w: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TWN's ternary value ``alpha sign(w) 1[|w| > Delta]``, with its mask ``|w| > Delta`` and
+    ``alpha``, per tensor or per row (BinaryBERT's splitting needs all three)."""
+    rd = reduce_dims(w, per_channel)
+    keep = w.abs() > 0.7 * w.abs().mean(**rd)
+    alpha = (w.abs() * keep).sum(**rd) / keep.sum(**rd).clamp_min(1)
+    return alpha * sign(w) * keep, keep, alpha
 
 
 @register

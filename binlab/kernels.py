@@ -406,3 +406,104 @@ def pack_model(model: nn.Module) -> tuple[nn.Module, list[str]]:
                 _set(m, name, packed)
                 done.append(name)
     return m, done
+
+
+# --------------------------------------------------------------------------------------------
+# fused layer kernels (what the packed runtime calls)
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _w1a1_linear_kernel(X, Wt, lo, hi, bias, K, out):
+    """One call for a whole W1A1 linear: per token r, ``a_r = mean|x_r|`` and the sign bits of x_r
+    (packed here, sign(0) = +1), then for every output n, with ``D = K - 2 popcount(s XOR w_n)`` the
+    exact ±1 dot product and ``S = sum_k s_k``::
+
+        y[r, n] = a_r (lo_n S + (hi_n - lo_n) (D + S) / 2) + bias_n
+
+    i.e. ``a_r sign(x_r) . (lo_n + (hi_n - lo_n) b_n)``, the fake-quant layer's value.
+
+    Layout: the weights are transposed once at load, ``Wt[w, n]`` (word w of output n), so the
+    innermost loop runs over outputs n with unit stride: LLVM vectorizes it (with AVX-512
+    VPOPCNTDQ it emits ``vpopcntq`` on 8 words at once; with AVX2 only, the nibble-lookup
+    ``vpshufb`` popcount), where the row-major layout's inner loop over the K/64 words of one
+    dot product is too short to vectorize (6 words at K = 384). Tokens go in blocks of 4 so each
+    weight word loaded serves 4 tokens; counts accumulate in a (4, N) array that stays in cache."""
+    M = X.shape[0]
+    W, N = Wt.shape
+    n_blocks = (M + ROW_BLOCK - 1) // ROW_BLOCK
+    for ib in nb.prange(n_blocks):
+        i0 = ib * ROW_BLOCK
+        rows = min(i0 + ROW_BLOCK, M) - i0
+        S = np.zeros((ROW_BLOCK, W), dtype=np.uint64)  # rows past M stay 0: computed, never written
+        a = np.ones(ROW_BLOCK, dtype=np.float32)
+        ssum = np.zeros(ROW_BLOCK, dtype=np.int64)
+        for r in range(rows):
+            acc = np.float32(0.0)
+            ones = 0
+            for w in range(W):
+                word = np.uint64(0)
+                k0 = w * WORD
+                for b in range(min(WORD, K - k0)):
+                    v = X[i0 + r, k0 + b]
+                    acc += abs(v)
+                    if v >= 0:
+                        word |= np.uint64(1) << np.uint64(b)
+                S[r, w] = word
+                ones += popcount64(word)
+            a[r] = max(acc / K, np.float32(1e-8))
+            ssum[r] = 2 * ones - K
+        c = np.zeros((ROW_BLOCK, N), dtype=np.int64)
+        for w in range(W):
+            s0 = S[0, w]
+            s1 = S[1, w]
+            s2 = S[2, w]
+            s3 = S[3, w]
+            for n in range(N):
+                b = Wt[w, n]
+                c[0, n] += popcount64(s0 ^ b)
+                c[1, n] += popcount64(s1 ^ b)
+                c[2, n] += popcount64(s2 ^ b)
+                c[3, n] += popcount64(s3 ^ b)
+        for r in range(rows):
+            for n in range(N):
+                out[i0 + r, n] = a[r] * (lo[n] * ssum[r] + (hi[n] - lo[n]) * ((K - 2 * c[r, n] + ssum[r]) // 2)) + bias[n]
+
+
+def w1a1_linear(X: np.ndarray, Wt: np.ndarray, lo: np.ndarray, hi: np.ndarray, bias: np.ndarray | None, K: int) -> np.ndarray:
+    """The W1A1 linear ``(mean|x| sign(x)) @ (lo + (hi - lo) B)^T + bias`` on float32 X (M, K) and the
+    weight bits *transposed*, ``Wt = pack_bits(B).T`` (ceil(K/64), N) contiguous (bit set: the
+    row's ``hi`` level); float32 (M, N)."""
+    _check_packed(Wt, "Wt")
+    if not isinstance(X, np.ndarray) or X.dtype != np.float32 or X.ndim != 2 or X.shape[1] != K or not X.flags.c_contiguous:
+        raise ValueError(f"X must be a C-contiguous float32 (M, {K}) array, got {getattr(X, 'dtype', type(X))} {getattr(X, 'shape', None)}")
+    if n_words(K) != Wt.shape[0]:
+        raise ValueError(f"weights were packed for {Wt.shape[0]} words, which does not match K={K} (pass pack_bits(B).T)")
+    N = Wt.shape[1]
+    lo32, hi32 = (np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float32), (N,))) for v in (lo, hi))
+    b32 = np.zeros(N, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+    out = np.empty((X.shape[0], N), dtype=np.float32)
+    _w1a1_linear_kernel(X, Wt, lo32, hi32, b32, np.int64(K), out)
+    return out
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _unpack_rows_kernel(Wp, lo, hi, K, n0, out):
+    """Rows n0 .. n0 + len(out) of ``lo + (hi - lo) B`` as float32 (dequantize one tile)."""
+    for i in nb.prange(out.shape[0]):
+        n = n0 + i
+        l = lo[n]
+        h = hi[n]
+        for w in range(Wp.shape[1]):
+            word = Wp[n, w]
+            k0 = w * WORD
+            for b in range(min(WORD, K - k0)):
+                out[i, k0 + b] = h if (word >> np.uint64(b)) & np.uint64(1) else l
+
+
+def dequant_rows(Wp: np.ndarray, lo: np.ndarray, hi: np.ndarray, K: int, n0: int, n1: int) -> np.ndarray:
+    """Float32 weights of rows n0 .. n1 from packed bits and per-row levels (a tile, not the matrix)."""
+    N = Wp.shape[0]
+    lo32, hi32 = (np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float32), (N,))) for v in (lo, hi))
+    out = np.empty((n1 - n0, K), dtype=np.float32)
+    _unpack_rows_kernel(Wp, lo32, hi32, np.int64(K), np.int64(n0), out)
+    return out

@@ -79,11 +79,12 @@ class Embeddings(nn.Module):
         self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
+        self.max_len = cfg.max_len
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, d)
         T = ids.shape[1]
-        if T > self.pos.weight.shape[0]:
-            raise ValueError(f"sequence length {T} exceeds the position table ({self.pos.weight.shape[0]}); lower max_len")
+        if T > self.max_len:
+            raise ValueError(f"sequence length {T} exceeds the position table ({self.max_len}); lower max_len")
         x = self.token(ids) + self.pos(torch.arange(T, device=ids.device))[None]
         return self.drop(self.norm(x))
 

@@ -340,6 +340,13 @@ def quantize_(model: nn.Module, spec: QuantSpec) -> dict[str, MethodConfig]:
             new.act = m.act  # same input quantizer: keep what it learned (BiT's scale and shift) across a change of weight method
         new.train(m.training)
         _set(model, name, new)
+    install_attention_(model, spec)
+    return p
+
+
+def install_attention_(model: nn.Module, spec: QuantSpec) -> None:
+    """Give every attention layer the spec's W1A1 attention quantizers (weights, Q/K/V, BiPFT's
+    residual); unchanged ones are kept with what they learned."""
     for mod in model.modules():
         if hasattr(mod, "prob_quantizer"):  # an Attention: its quantizers change only when the spec's names do
             if getattr(mod.prob_quantizer, "name", None) != spec.attn_probs:
@@ -350,7 +357,6 @@ def quantize_(model: nn.Module, spec: QuantSpec) -> dict[str, MethodConfig]:
             if (mod.residual.rank if mod.residual is not None else 0) != spec.attn_residual:
                 w = mod.q.weight
                 mod.residual = LowRankResidual(w.shape[1], spec.attn_residual).to(w.device, w.dtype) if spec.attn_residual else None
-    return p
 
 
 def restore_(model: nn.Module) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Command line: ``binlab data | train | eval | size | experiments | landscape | bench | methods | app``.
+"""Command line: ``binlab data | train | eval | size | export | experiments | landscape | bench | methods | app``.
 
 Examples::
 
@@ -6,6 +6,7 @@ Examples::
     binlab train --preset scratch
     binlab eval --preset minilm-l2 --spec '{"rules":[{"target":"QK","method":{"method":"xnor"}}]}'
     binlab size --preset scratch --target all-except-head --method bucket
+    binlab export --preset scratch --target encoder --method xnor --act sign --out model.safetensors --verify
     binlab experiments run T4 --preset scratch
     binlab methods recu                 # one method card; --write regenerates docs/methods.md
 """
@@ -44,7 +45,7 @@ def _spec(args):
         return QuantSpec.from_json(text)
     if getattr(args, "target", None):
         opts = json.loads(args.options) if args.options else {}
-        return QuantSpec.simple(args.target, MethodConfig(args.method, options=opts, ste=args.ste))
+        return QuantSpec.simple(args.target, MethodConfig(args.method, options=opts, ste=args.ste, act=getattr(args, "act", None)))
     return QuantSpec()
 
 
@@ -159,6 +160,31 @@ def cmd_size(args):
     return 0
 
 
+def cmd_export(args):
+    from .calibration import calibration_set
+    from .export import check_size, load_packed, save_packed
+    from .presets import _fingerprint
+    from .qat import ptq
+
+    p, splits, model = _load(args)
+    spec = _spec(args)
+    if not spec.rules:
+        raise ValueError("nothing to pack: give --target/--method or --spec (an fp32 model is exported by torch itself)")
+    q = ptq(model, spec, calib=calibration_set(splits))
+    info = save_packed(q, args.out, preset=p.name, tokenizer=_fingerprint(splits.tokenizer.to_str()))
+    info["within_header"] = check_size(info)
+    if args.verify:
+        from .train import predict
+
+        packed = load_packed(args.out)
+        a, _ = predict(q, splits.test)
+        b, _ = predict(packed, splits.test)
+        info["verify"] = {"rows": len(splits.test), "predictions_equal": float((a.argmax(1) == b.argmax(1)).mean()),
+                          "max_logit_rel_diff": float(abs(a - b).max() / max(abs(a).max(), 1e-30))}
+    print(json.dumps(info, indent=2))
+    return 0
+
+
 def cmd_experiments(args):
     from . import experiments
 
@@ -266,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, fn, hlp in (("eval", cmd_eval, "evaluate the baseline, optionally binarized (PTQ)"),
                           ("size", cmd_size, "exact storage per component"),
-                          ("generate", cmd_generate, "a language model's greedy continuation of --prompt, fp32 and binarized (PTQ)")):
+                          ("generate", cmd_generate, "a language model's greedy continuation of --prompt, fp32 and binarized (PTQ)"),
+                          ("export", cmd_export, "binarize (PTQ) and write the packed model file (binlab.export)")):
         p = sub.add_parser(name, help=hlp)
         common(p)
         p.add_argument("--spec", help="QuantSpec as JSON text or a JSON file")
@@ -274,11 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--method", default="xnor", help="binarizer name (see binlab.binarizers.BINARIZERS)")
         p.add_argument("--options", help='method options as JSON, e.g. \'{"tau": 0.5}\'')
         p.add_argument("--ste", default=None)
+        p.add_argument("--act", default=None, help="binarize the inputs too (W1A1), e.g. sign")
         if name == "eval":
             p.add_argument("--split", default="test", choices=["val", "test"])
         elif name == "generate":
             p.add_argument("--prompt", required=True)
             p.add_argument("--tokens", type=int, default=20, help="at most this many new tokens")
+        elif name == "export":
+            p.add_argument("--out", required=True, help="the .safetensors file to write")
+            p.add_argument("--verify", action="store_true", help="load the file back and compare its predictions on the test split")
         else:
             p.add_argument("--json", action="store_true", help="print the size report as JSON (summary with total_bytes, and components)")
         p.set_defaults(fn=fn)

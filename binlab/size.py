@@ -103,15 +103,20 @@ def model_size(model: nn.Module) -> SizeReport:
             continue
         seen.update(id(p) for _, p in own)
         n_params = sum(p.numel() for _, p in own)
-        if callable(getattr(mod, "storage", None)):  # QuantLinear, QuantEmbedding, kernels.PackedBinaryLinear
+        if callable(getattr(mod, "storage", None)):  # QuantLinear, QuantEmbedding, kernels.PackedBinaryLinear, packed.PackedLinear/PackedEmbedding
             bits = dict(mod.storage())
             bias = getattr(mod, "bias", None)
             if bias is not None:
                 bits["bias"] = FP_BITS * bias.numel()
             w = getattr(mod, "weight", None)
-            n_w = w.numel() if isinstance(w, torch.Tensor) else mod.out_features * mod.in_features
+            if isinstance(w, torch.Tensor):
+                n_w = w.numel()
+            elif hasattr(mod, "codec"):  # binlab.packed: a packed model loaded from a file
+                n_w = mod.codec.shape[0] * mod.codec.shape[1]
+            else:
+                n_w = mod.out_features * mod.in_features
             n_params = n_w + (bias.numel() if bias is not None else 0)
-            method = mod.method.method if hasattr(mod, "method") else "packed-binary"
+            method = mod.method.method if hasattr(mod, "method") else getattr(mod, "method_name", None) or "packed-binary"
             comps.append(ComponentSize(name, method, n_w, n_params, bits))
         else:
             w = getattr(mod, "weight", None)

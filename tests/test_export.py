@@ -1,0 +1,205 @@
+"""Packed export: every method's file gives the fake-quant model's predictions back, is the size
+model_size predicts, holds no latent weights, and a damaged file is refused; codecs and the fused
+kernels against independent numpy references."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from binlab.binarizers import BINARIZERS
+from binlab.export import check_size, load_packed, read_packed, save_packed
+from binlab.kernels import pack_bits, w1a1_linear
+from binlab.model import ModelConfig, build
+from binlab.packed import (NOT_PACKABLE, BinaryCodec, GridCodec, NotPackable, PackedEmbedding, PackedLinear, pack_uint,
+                           unpack_uint)
+from binlab.qat import ptq
+from binlab.quantize import MethodConfig, QuantLinear, QuantSpec, Rule, quantize_
+from binlab.size import model_size
+from binlab.train import predict
+
+PACKABLE = [m for m in BINARIZERS if m not in NOT_PACKABLE]
+
+
+@pytest.fixture(scope="module")
+def fp_tiny(tiny_splits):
+    from binlab.presets import get_baseline
+
+    return get_baseline("tiny", tiny_splits)[0]
+
+
+@pytest.fixture(scope="module")
+def calib(tiny_splits):
+    from binlab.calibration import calibration_set
+
+    return calibration_set(tiny_splits)
+
+
+def _target(method):
+    # calibrated methods need a linear's inputs: they cannot take the embeddings
+    return "all-except-head" if not BINARIZERS[method]().needs_calibration else "encoder"
+
+
+def _round_trip(model, path, test):
+    info = save_packed(model, path)
+    packed = load_packed(path)
+    a, ya = predict(model, test)
+    b, yb = predict(packed, test)
+    assert np.array_equal(ya, yb)
+    return info, packed, a, b
+
+
+@pytest.mark.parametrize("method", PACKABLE)
+def test_round_trip_every_packable_method(method, fp_tiny, calib, tiny_splits, tmp_path):
+    q = ptq(fp_tiny, QuantSpec.simple(_target(method), method), calib=calib)
+    info, packed, a, b = _round_trip(q, tmp_path / "m.safetensors", tiny_splits.test)
+    np.testing.assert_array_equal(a.argmax(1), b.argmax(1))
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()  # W1A32: the same function up to float32 summation order
+    # the file is model_size's total plus its header; the packed model's own count agrees with the fake-quant's
+    assert check_size(info), info
+    assert abs(model_size(packed).total_bits - model_size(q).total_bits) <= 40 * len(q.layers) * 6 + 64
+    # no latent weight survives: quantized components are packed modules holding no float weight matrix
+    names = [n for n, m in q.named_modules() if isinstance(m, QuantLinear)]
+    for n in names:
+        mod = packed.get_submodule(n)
+        assert isinstance(mod, PackedLinear)
+        assert not any(p.ndim == 2 for p in mod.parameters())
+
+
+def test_w1a1_round_trip_uses_xnor(fp_tiny, tiny_splits, tmp_path):
+    q = ptq(fp_tiny, QuantSpec.simple("encoder", "xnor", act="sign"))
+    info, packed, a, b = _round_trip(q, tmp_path / "w1a1.safetensors", tiny_splits.test)
+    assert all(m.xnor for m in packed.modules() if isinstance(m, PackedLinear))
+    # exact integer dot products; only the float epilogue's order differs, so a sign can flip only at a tie
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99
+    assert check_size(info)
+
+
+def test_embeddings_and_elastic_w1a1_attention_round_trip(fp_tiny, tiny_splits, tmp_path):
+    spec = QuantSpec((Rule("encoder", MethodConfig("bitnet", act="elastic")), Rule("embed.token", MethodConfig("xnor"))),
+                     attn_probs="bibert", attn_qkv="sign_unscaled")
+    q = ptq(fp_tiny, spec)
+    with torch.no_grad():
+        q(next(iter(tiny_splits.test.batches(8)))[0])  # the elastic activations take their scale from a first batch
+    _, packed, a, b = _round_trip(q, tmp_path / "bit.safetensors", tiny_splits.test)
+    assert isinstance(packed.embed.token, PackedEmbedding)
+    assert packed.layers[0].attn.prob_quantizer.name == "bibert"
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * np.abs(a).max())
+
+
+def test_bireal_shortcut_and_causal_lm_round_trip(tmp_path):
+    torch.manual_seed(0)
+    lm = build(ModelConfig(vocab_size=50, max_len=16, d_model=32, n_heads=2, d_ff=64, n_layers=2, task="lm")).eval()
+    quantize_(lm, QuantSpec((Rule("attention", MethodConfig("bireal", options={"shortcut": True})),
+                             Rule("ffn", MethodConfig("rtn", options={"bits": 3, "group": 16})),
+                             Rule("head", MethodConfig("bucket")))))
+    save_packed(lm, tmp_path / "lm.safetensors")
+    packed = load_packed(tmp_path / "lm.safetensors")
+    ids = torch.randint(1, 50, (3, 12))
+    with torch.no_grad():
+        np.testing.assert_allclose(packed(ids).numpy(), lm(ids).numpy(), rtol=0, atol=1e-4)
+    assert packed.layers[0].attn.q.shortcut
+
+
+@pytest.mark.parametrize("method", sorted(NOT_PACKABLE))
+def test_unpackable_methods_say_why(method, fp_tiny, calib, tmp_path):
+    q = ptq(fp_tiny, QuantSpec.simple("layers.0.attn.q", method), calib=calib)
+    with pytest.raises(NotPackable, match=f"layers.0.attn.q.*{method}"):
+        save_packed(q, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_damaged_files_are_refused(fp_tiny, tmp_path):
+    q = ptq(fp_tiny, QuantSpec.simple("encoder", "xnor"))
+    path = tmp_path / "m.safetensors"
+    save_packed(q, path)
+    raw = path.read_bytes()
+    with pytest.raises(FileNotFoundError, match="binlab export"):
+        load_packed(tmp_path / "missing.safetensors")
+    for name, data in {"truncated": raw[: len(raw) // 2], "empty": b"", "garbage": b"not a model at all" * 10}.items():
+        bad = tmp_path / f"{name}.safetensors"
+        bad.write_bytes(data)
+        with pytest.raises(ValueError, match="not a readable packed model|corrupted"):
+            load_packed(bad)
+    flipped = bytearray(raw)
+    flipped[-5] ^= 0x10  # a bit in the last tensor's data
+    bad = tmp_path / "flipped.safetensors"
+    bad.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="corrupted"):
+        load_packed(bad)
+    from safetensors.numpy import save_file
+
+    meta, tensors = read_packed(path)
+    save_file(tensors, str(tmp_path / "other.safetensors"), metadata={**meta, "format": "something-else/9"})
+    with pytest.raises(ValueError, match="not a binlab packed model"):
+        load_packed(tmp_path / "other.safetensors")
+    comps = json.loads(meta["components"])
+    comps["layers.0.attn.q"]["shape"] = [7, 7]  # a consistent checksum, but a header that lies about a shape
+    save_file(tensors, str(tmp_path / "shape.safetensors"), metadata={**meta, "components": json.dumps(comps)})
+    with pytest.raises(ValueError, match="layers.0.attn.q"):
+        load_packed(tmp_path / "shape.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------
+# codecs against references built independently from their definitions
+
+
+@settings(max_examples=30, deadline=None)
+@given(bits=st.integers(1, 8), n=st.integers(0, 300), seed=st.integers(0, 2**31 - 1))
+def test_pack_uint_round_trip(bits, n, seed):
+    v = np.random.default_rng(seed).integers(0, 2**bits, n)
+    s = pack_uint(v, bits)
+    assert s.size == -(-n * bits // 8)
+    np.testing.assert_array_equal(unpack_uint(s, bits, n), v)
+
+
+@settings(max_examples=25, deadline=None)
+@given(bits=st.integers(2, 8), rows=st.integers(1, 6), cols=st.sampled_from([8, 32, 100]), mid=st.booleans(),
+       per_row=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_grid_codec_finds_the_grid(bits, rows, cols, mid, per_row, seed):
+    """Q built as step * (code + offset) from random codes: the codec's step, bits and values are the construction's."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 2**bits, (rows, cols))
+    codes[:, 0], codes[:, 1] = 0, 2**bits - 1  # the full range occurs in every row
+    step = (rng.uniform(0.001, 0.1, (rows, 1)) if per_row else np.full((rows, 1), rng.uniform(0.001, 0.1))).astype(np.float32)
+    offset = -(2 ** (bits - 1)) + (0.5 if mid else 0.0)
+    q = (step * (codes + offset)).astype(np.float32)
+    c = GridCodec.detect(q, [0, cols])
+    assert c is not None and c.meta["bits"] == bits
+    np.testing.assert_allclose(c.dense(), q, rtol=1e-6, atol=1e-7 * np.abs(q).max())
+    assert c.bits()["codes"] == bits * rows * cols
+
+
+def test_grid_codec_rejects_non_grids():
+    q = np.array([[0.0, 1.0, np.sqrt(2.0), np.pi]], np.float32)
+    assert GridCodec.detect(q, [0, 4]) is None
+    assert BinaryCodec.detect(q) is None
+
+
+def test_binary_codec_levels():
+    q = np.array([[0.5, -0.5, 0.5], [-2.0, 2.0, 2.0]], np.float32)
+    c = BinaryCodec.detect(q)
+    assert c.meta["symmetric"] and c.bits() == {"codes": 6, "scales": 64}
+    np.testing.assert_array_equal(c.dense(), q)
+    q2 = np.array([[0.1, 0.3, 0.1], [0.1, 0.3, 0.3]], np.float32)  # bucket-style levels shared by the rows
+    c2 = BinaryCodec.detect(q2)
+    assert not c2.meta["symmetric"] and c2.bits() == {"codes": 6, "scales": 64}
+    np.testing.assert_array_equal(c2.dense(), q2)
+
+
+@settings(max_examples=30, deadline=None)
+@given(M=st.integers(1, 9), N=st.integers(1, 9), K=st.sampled_from([1, 7, 64, 65, 130]), seed=st.integers(0, 2**31 - 1))
+def test_w1a1_linear_matches_float64(M, N, K, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(M, K)).astype(np.float32)
+    x[rng.random((M, K)) < 0.1] = 0.0  # sign(0) = +1
+    b = rng.random((N, K)) < 0.5
+    lo, hi = rng.normal(size=N).astype(np.float32), rng.normal(size=N).astype(np.float32)
+    bias = rng.normal(size=N).astype(np.float32)
+    w = np.where(b, hi[:, None], lo[:, None]).astype(np.float64)
+    xs = np.maximum(np.abs(x).astype(np.float64).mean(1, keepdims=True), 1e-8) * np.where(x >= 0, 1.0, -1.0)
+    ref = xs @ w.T + bias
+    got = w1a1_linear(x, np.ascontiguousarray(pack_bits(np.where(b, 1.0, -1.0)).T), lo, hi, bias, K)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))

@@ -16,6 +16,7 @@ PAGES = {
         st.Page("views/sensitivity.py", title="Sensitivity", icon=":material/grid_on:"),
         st.Page("views/landscape.py", title="Loss landscape", icon=":material/landscape:"),
         st.Page("views/attention.py", title="Attention", icon=":material/visibility:"),
+        st.Page("views/deploy.py", title="Deploy", icon=":material/rocket_launch:"),
     ],
     "Reference": [
         st.Page("views/results.py", title="Results", icon=":material/table_chart:"),

@@ -182,3 +182,31 @@ def load_packed(path: str | Path) -> nn.Module:
 def check_size(info: dict, rel: float = 0.01, slack: int = 16 * 1024) -> bool:
     """Whether a written file's size equals the predicted size within ``rel`` or ``slack`` bytes (the header)."""
     return abs(info["file_bytes"] - info["predicted_bytes"]) <= max(rel * info["predicted_bytes"], slack)
+
+
+def classify_text(model: nn.Module, tokenizer, text: str, repeats: int = 5) -> dict:
+    """One text through a classifier: ``{"label", "probs", "ms"}`` (class probabilities, and the
+    median latency of ``repeats`` forward passes in milliseconds, batch of 1, after one warm-up)."""
+    import statistics
+    import time
+
+    from .data import CLASSES, encode as encode_texts
+
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("type a headline to classify")
+    split = encode_texts(tokenizer, [text], [0], model.config.max_len)
+    x, _ = next(split.batches(1))
+    device = next(model.parameters()).device
+    x = x.to(device)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+        ts = []
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            model(x)
+            ts.append(time.perf_counter() - t0)
+    model.train(was)
+    probs = torch.softmax(logits.float().cpu()[0], -1).numpy()
+    return {"label": CLASSES[int(probs.argmax())], "probs": dict(zip(CLASSES, probs.tolist())), "ms": 1e3 * statistics.median(ts)}

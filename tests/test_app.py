@@ -353,3 +353,35 @@ def test_attention_page_shows_fp32_and_binarized_maps(env, trained):
     assert not at.exception
     at.text_input(key="attn_text").input("   ").run()
     assert not at.exception and any("type a sentence" in e.value for e in at.error)
+
+
+def test_deploy_page_exports_sizes_and_classifies(env, trained, monkeypatch, tmp_path):
+    at = new_app("views/deploy.py")
+    assert not at.exception
+    assert any("Export the model" in i.value for i in at.info)
+    at.selectbox(key="deploy_choice").set_value(next(o for o in at.selectbox(key="deploy_choice").options if o.startswith("W1A1"))).run()
+    at.button(key="deploy_export").click().run()
+    assert not at.exception
+    predicted = metric(at, "predicted size (model_size)")
+    on_disk = metric(at, "file on disk")
+    assert predicted.endswith("kB") and on_disk.endswith("kB")
+    assert abs(float(on_disk[:-3].replace(",", "")) - float(predicted[:-3].replace(",", ""))) <= 16.4  # the header, in kB
+    assert metric(at, "packed model") in ("World", "Sports", "Business", "Sci/Tech")
+    at.text_input(key="deploy_text").input("shares of the oil company fell after earnings").run()
+    assert not at.exception
+    assert metric(at, "packed model") in ("World", "Sports", "Business", "Sci/Tech")
+    assert " ms (" in next(m for m in at.metric if m.label == "packed model").delta  # its latency, and the ratio to fp32
+    at.text_input(key="deploy_text").input("   ").run()
+    assert not at.exception and any("type a headline" in e.value for e in at.error)
+
+
+def test_deploy_page_names_an_unpackable_method(env, trained):
+    at = new_app("views/binarize.py")
+    at.selectbox(key="method").set_value("billm").run()
+    at.button(key="pick_encoder").click().run()
+    assert not at.exception
+    at.switch_page("views/deploy.py").run()
+    at.selectbox(key="deploy_choice").set_value("the configuration on Binarize (live)").run()
+    at.button(key="deploy_export").click().run()
+    assert not at.exception
+    assert any("cannot be packed" in e.value and "billm" in e.value for e in at.error)

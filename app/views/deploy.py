@@ -1,0 +1,96 @@
+"""Deploy: write the current configuration as a packed file, see its size, and classify with it."""
+import hashlib
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from common import friendly_errors, require_baseline, sidebar
+
+from binlab.data import cache_dir
+from binlab.export import classify_text, load_packed, save_packed
+from binlab.packed import NotPackable
+from binlab.qat import ptq
+from binlab.quantize import MethodConfig, QuantSpec, Rule
+from binlab.size import model_size
+
+preset, source = sidebar()
+st.title("Deploy")
+st.markdown("The sizes elsewhere in the lab are bookkeeping; here the model is written as a file that really has that "
+            "size (`binlab.export`: bits, scales and whatever else each method stores, plus the fp32 rest), loaded back "
+            "with no latent weights, and run: W1A1 layers through the XNOR-popcount kernel, W1A32 through lookup tables.")
+
+#: ready-made configurations (PTQ of the baseline) for when nothing is configured yet
+READY = {
+    "W1A1: XNOR weights and sign inputs in every encoder linear, binary embeddings (PTQ)":
+        QuantSpec((Rule("embeddings", MethodConfig("xnor")), Rule("encoder", MethodConfig("xnor", act="sign")))),
+    "W1A32: XNOR weights everywhere but the head (PTQ)": QuantSpec.simple("all-except-head", "xnor"),
+    "The seed's thresholding: bucket means everywhere but the head (PTQ)": QuantSpec.simple("all-except-head", "bucket"),
+}
+
+with friendly_errors():
+    splits, baseline = require_baseline(preset, source)
+    lab_key = f"lab:{preset}:{source}"
+    options = []
+    if lab_key in st.session_state:
+        options.append("the configuration on Binarize (live)")
+    if "qat_model" in st.session_state:
+        options.append("the model trained on Train (QAT)")
+    options += list(READY)
+    choice = st.selectbox("Model to export", options, key="deploy_choice")
+    if choice.startswith("the configuration"):
+        model = st.session_state[lab_key].model
+    elif choice.startswith("the model trained"):
+        model = st.session_state["qat_model"]
+    else:
+        model = ptq(baseline, READY[choice])
+
+    if st.button("Export the packed file", key="deploy_export", type="primary"):
+        from binlab.export import spec_of
+
+        key = hashlib.sha256(f"{preset}|{source}|{choice}|{spec_of(model).to_json()}".encode()).hexdigest()[:12]
+        path = cache_dir() / "exports" / f"{preset}-{key}.safetensors"
+        try:
+            with st.spinner("packing and writing ..."):
+                info = save_packed(model, path, preset=preset)
+                packed = load_packed(path)
+        except NotPackable as err:
+            st.error(f"This configuration cannot be packed: {err}. Pick another method for that component.")
+            st.stop()
+        st.session_state["deploy"] = {"choice": choice, "info": info, "packed": packed}
+
+    dep = st.session_state.get("deploy")
+    if dep is None or dep["choice"] != choice:
+        st.info("Export the model to see the file's size and run it.")
+        st.stop()
+    info, packed = dep["info"], dep["packed"]
+    fp32_bytes = model_size(baseline).total_bytes
+    c1, c2, c3 = st.columns(3)
+    c1.metric("predicted size (model_size)", f"{info['predicted_bytes'] / 1e3:,.1f} kB",
+              help="The exact count of every stored bit: codes, scales, indices, and the fp32 rest")
+    c2.metric("file on disk", f"{info['file_bytes'] / 1e3:,.1f} kB", f"{info['file_bytes'] - info['predicted_bytes']:+,.0f} B header",
+              delta_color="off", help="The safetensors header (names, shapes, the model config and a checksum) is the difference")
+    c3.metric("fp32 model", f"{fp32_bytes / 1e3:,.1f} kB", f"{100 * (1 - info['file_bytes'] / fp32_bytes):.1f} % smaller (file)",
+              delta_color="off")
+    st.download_button("Download the packed model (.safetensors)", data=Path(info["path"]).read_bytes(),
+                       file_name=f"binlab-{preset}.safetensors", mime="application/octet-stream", key="deploy_download")
+    st.caption("Load it with `binlab.export.load_packed(path)`; `binlab export --help` writes the same file from the command line.")
+
+    if getattr(baseline.config, "task", "classify") != "classify":
+        st.info("The text box classifies headlines; for the language model, use `binlab generate` on the command line.")
+        st.stop()
+    tok = splits.tokenizer
+    sample = tok.decode([int(i) for i in splits.test.ids[splits.test.offsets[0]:splits.test.offsets[1]]])
+    text = st.text_input("Type a headline", sample, key="deploy_text", max_chars=400)
+    r_fp = classify_text(baseline, tok, text)
+    r_pk = classify_text(packed, tok, text)
+    a, b = st.columns(2)
+    a.metric("fp32 model", r_fp["label"], f"{r_fp['ms']:.2f} ms", delta_color="off", help="median of 5 runs, one text")
+    b.metric("packed model", r_pk["label"], f"{r_pk['ms']:.2f} ms ({r_fp['ms'] / max(r_pk['ms'], 1e-9):.2f}x)", delta_color="off",
+             help="median of 5 runs, one text; the whole-test-set figures are in docs/results/bench-deploy-*.md")
+    fig = go.Figure()
+    fig.add_bar(x=list(r_fp["probs"]), y=list(r_fp["probs"].values()), name="fp32")
+    fig.add_bar(x=list(r_pk["probs"]), y=list(r_pk["probs"].values()), name="packed")
+    fig.update_layout(barmode="group", height=280, margin=dict(l=10, r=10, t=30, b=10), yaxis_title="probability",
+                      title="Class probabilities")
+    st.plotly_chart(fig, width="stretch")

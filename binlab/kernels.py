@@ -1,4 +1,4 @@
-"""Bit-packed binary kernels in numba, and packed inference of binarized models.
+"""Bit-packed binary kernels in numba.
 
 Packing: a ±1 (or {0,1}) matrix (M, K) becomes uint64 words (M, ceil(K/64)), bit ``k % 64`` of
 word ``k // 64`` set where the value is +1 (``x >= 0``; sign(0) = +1) or non-zero for {0,1}.
@@ -6,18 +6,28 @@ Padding bits are 0 in every operand, so they never contribute.
 
 - :func:`xnor_gemm` (W1A1): for ±1 rows a, b of length K,
   ``a . b = K - 2 popcount(a XOR b)``; int32 output, exact.
+- :func:`w1a1_linear`: a whole W1A1 layer in one call (the packed runtime's path): the inputs'
+  signs packed inside the kernel, the XNOR-popcount products on weights transposed once at load
+  (the loop over outputs vectorizes), and the epilogue ``a_r (lo S + (hi - lo) P) + bias``.
 - :func:`binary_gemm` (W1A32): for packed bits w of a row and real x,
   ``P = sum_{k: w_k = 1} x_k``; then a row with two levels {lo, hi} gives
   ``y = lo * sum_k x_k + (hi - lo) * P`` (sign with scale alpha: lo = -alpha, hi = alpha).
   P is computed with byte lookup tables (as in LUT-GEMM/T-MAC): for every 8 inputs, the 256
   partial sums are tabulated once per input row, then each weight byte is one table read; the
   weights are re-laid in blocks of 16 bytes (:class:`LutWeights`) so a block's tables stay in L1.
+- :func:`dequant_rows`: a tile of rows of ``lo + (hi - lo) B`` in float32 (the runtime's path for
+  a batch of many tokens: dense GEMM tile by tile, never the whole matrix).
 
-Hardware note (checked on this project's machine, AMD EPYC with AVX2 and POPCNT, no AVX-512, so
-no VPOPCNTDQ): the ``popcount64`` intrinsic below emits ``llvm.ctpop.i64``. In the assembly of
-:func:`_xnor_gemm_kernel` LLVM turns it into both the scalar ``popcntq`` instruction (16 sites) and,
-where it vectorizes the word loop, AVX2's nibble-lookup popcount (``vpshufb`` + ``vpsadbw``);
-``tests/test_kernels.py::test_llvm_uses_hardware_popcount`` checks this on every run.
+Hardware note (what LLVM emits, from the assembly; ``bench/kernels.py`` records the counts each
+run): the ``popcount64`` intrinsic below is ``llvm.ctpop.i64``. On this project's AVX2-only
+machines (AMD EPYC Zen 3) the vectorized word loops use AVX2's nibble-lookup popcount
+(``vpshufb`` + ``vpsadbw``) and the rest scalar ``popcntq``; on machines with AVX-512 VPOPCNTDQ
+(EPYC Zen 4) the same code becomes ``vpopcntq`` on 8 words at once (47 sites in
+:func:`_xnor_gemm_kernel`, 20 scalar ``popcntq`` for remainders). A hand-written Harley-Seal
+carry-save popcount was not added: the vectorized ``vpopcntq`` loop already runs at about 4x the
+scalar ``popcnt`` roofline measured in the same bench, and on AVX2 LLVM's ``vpshufb`` form is the
+nibble lookup itself. ``tests/test_kernels.py::test_llvm_uses_hardware_popcount`` checks that a
+hardware popcount is used on every run.
 """
 from __future__ import annotations
 
@@ -297,83 +307,6 @@ def binary_gemm(X: np.ndarray, W, K: int) -> np.ndarray:
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# packed inference
-
-
-def two_levels(q: torch.Tensor):
-    """If every row of ``q`` takes at most two values, return (bits, lo, hi) with q = lo + (hi - lo) * bits."""
-    q2 = q.detach().reshape(q.shape[0], -1).float().cpu()
-    hi = q2.max(1).values
-    lo = q2.min(1).values
-    bits = q2 == hi[:, None]
-    if not torch.equal(torch.where(bits, hi[:, None], lo[:, None]), q2):
-        return None
-    return bits, lo, hi
-
-
-class PackedBinaryLinear(nn.Module):
-    """Inference module for a binarized linear: 1 bit per weight packed in uint64, two fp32 levels
-    per row (lo, hi), fp32 bias. Input activations are used as they are (W1A32, via
-    :func:`binary_gemm` for up to ``DENSE_ROWS`` rows, else unpacked for the dense GEMM) or, if the source layer binarizes them with ``sign``, as packed signs with
-    one scale per token (W1A1, via :func:`xnor_gemm`)."""
-
-    #: W1A32 with at least this many input rows (a batch of tokens rather than one decode step)
-    #: unpacks the bits once per call and uses the dense GEMM: the lookup tables cost K/8 x 256
-    #: adds per row, which only pays off when there are few rows to share the weight stream
-    DENSE_ROWS = 64
-
-    def __init__(self, bits: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bias, act: str | None):
-        super().__init__()
-        self.out_features, self.in_features = bits.shape
-        packed = pack_bits(bits.numpy().astype(np.int8) * 2 - 1)  # bit set where the weight is hi
-        # W1A1 reads the packed words; W1A32 the same bits re-laid in blocks for the lookup tables
-        self.packed = packed if act == "sign" else None
-        self.lut = None if act == "sign" else LutWeights(packed, self.in_features)
-        self.register_buffer("lo", lo.float().clone(), persistent=False)
-        self.register_buffer("hi", hi.float().clone(), persistent=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
-        self.act = act
-
-    @classmethod
-    def from_quant(cls, mod) -> "PackedBinaryLinear | None":
-        """Build from a :class:`binlab.quantize.QuantLinear`, or None if its weights are not two-level per row."""
-        if mod.act is not None and mod.act.name != "sign":
-            return None
-        if getattr(mod, "shortcut", False):
-            return None  # Bi-Real's real-valued shortcut is not part of this packed layer (it stays fake-quant)
-        with torch.no_grad():
-            tl = two_levels(mod.quantized_weight())  # the value evaluation uses (for stochastic: its cached draw)
-        if tl is None:
-            return None
-        return cls(*tl, mod.bias, mod.act.name if mod.act is not None else None)
-
-    def storage(self) -> dict[str, int]:
-        """Bits stored: one per weight (padding excluded) and the two fp32 levels per row."""
-        return {"codes": self.out_features * self.in_features, "scales": 2 * 32 * self.out_features}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.detach().reshape(-1, self.in_features).float().cpu().contiguous()
-        lo, hi = self.lo[None], self.hi[None]
-        if self.act == "sign":
-            a = x2.abs().mean(1, keepdim=True).clamp_min(1e-8)  # per-token scale, as binlab.activations.act_sign
-            s = pack_bits(x2.numpy())
-            dot = torch.from_numpy(xnor_gemm(s, self.packed, self.in_features)).float()  # sum_k s_k b_k, exact
-            S = torch.from_numpy((2 * popcount_rows(s) - self.in_features).astype(np.float32))[:, None]  # sum_k s_k
-            P = (dot + S) / 2  # sum over hi-bits of s_k
-            y = a * (lo * S + (hi - lo) * P)
-        elif x2.shape[0] >= self.DENSE_ROWS:
-            W = lo[0][:, None] + (hi - lo)[0][:, None] * torch.from_numpy(self.lut.unpack())  # (N, K), this call only
-            y = x2 @ W.T
-        else:
-            P = torch.from_numpy(binary_gemm(x2.numpy(), self.lut, self.in_features))
-            y = lo * x2.sum(1, keepdim=True) + (hi - lo) * P
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
-
-
 @nb.njit(cache=True)
 def _popcount_rows_kernel(a, out):
     for i in range(a.shape[0]):
@@ -391,21 +324,11 @@ def popcount_rows(a: np.ndarray) -> np.ndarray:
 
 
 def pack_model(model: nn.Module) -> tuple[nn.Module, list[str]]:
-    """A copy of ``model`` with every eligible binarized linear replaced by :class:`PackedBinaryLinear`.
-    Returns (packed model, names of the packed layers)."""
-    import copy
+    """A copy of ``model`` with every packable quantized component replaced by its packed module
+    (:func:`binlab.packed.pack_model`, the runtime :func:`binlab.export.load_packed` builds)."""
+    from .packed import pack_model as _pack
 
-    from .quantize import QuantLinear, _set
-
-    m = copy.deepcopy(model).cpu().eval()
-    done = []
-    for name, mod in list(m.named_modules()):
-        if isinstance(mod, QuantLinear):
-            packed = PackedBinaryLinear.from_quant(mod)
-            if packed is not None:
-                _set(m, name, packed)
-                done.append(name)
-    return m, done
+    return _pack(model)
 
 
 # --------------------------------------------------------------------------------------------

@@ -135,8 +135,8 @@ class Codec:
 
 
 def _levels(v: np.ndarray, N: int) -> np.ndarray:
-    """A per-row (N,) or per-tensor (1,) level vector as (N,)."""
-    return np.broadcast_to(v.astype(np.float32), (N,))
+    """A per-row (N,) or per-tensor (1,) level vector as (N,) (a writable copy)."""
+    return np.array(np.broadcast_to(v.astype(np.float32), (N,)))
 
 
 class BinaryCodec(Codec):
@@ -581,6 +581,12 @@ class PackedLinear(nn.Module):
         self._wt = np.ascontiguousarray(codec.words.T) if self.xnor else None
         self._lut = LutWeights(codec.words, self.in_features) if plain and act is None else None
 
+    @classmethod
+    def from_quant(cls, mod) -> "PackedLinear":
+        """The packed form of a :class:`~binlab.quantize.QuantLinear` (its input quantizer and bias shared);
+        :class:`NotPackable` when its method has none."""
+        return cls(encode(mod), mod.bias, mod.act, bool(mod.shortcut), mod.method.method)
+
     def storage(self) -> dict[str, int]:
         return self.codec.bits()
 
@@ -638,3 +644,27 @@ class PackedEmbedding(nn.Module):
 
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}, codec={self.codec.kind}, method={self.method_name}"
+
+
+def pack_model(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """A copy of ``model`` (CPU, eval) with every quantized component that has a packed form replaced
+    by :class:`PackedLinear`/:class:`PackedEmbedding`; components whose method has none stay
+    fake-quantized. Returns (packed model, names of the packed components)."""
+    import copy
+
+    from .quantize import QuantEmbedding, QuantLinear, _set
+
+    m = copy.deepcopy(model).cpu().eval()
+    done = []
+    for name, mod in list(m.named_modules()):
+        try:
+            if isinstance(mod, QuantLinear):
+                _set(m, name, PackedLinear.from_quant(mod))
+            elif isinstance(mod, QuantEmbedding):
+                _set(m, name, PackedEmbedding(encode(mod), mod.padding_idx, mod.method.method))
+            else:
+                continue
+        except NotPackable:
+            continue
+        done.append(name)
+    return m, done

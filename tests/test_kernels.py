@@ -5,8 +5,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from binlab.kernels import (PackedBinaryLinear, _xnor_gemm_kernel, binary_gemm, pack_bits, pack_model, popcount_rows, unpack_bits,
+from binlab.kernels import (_xnor_gemm_kernel, binary_gemm, pack_bits, pack_model, popcount_rows, unpack_bits,
                             xnor_gemm)
+from binlab.packed import PackedLinear
 
 KS = st.sampled_from([1, 2, 63, 64, 65, 127, 128, 129, 1000])
 DIMS = st.integers(1, 9)
@@ -97,7 +98,7 @@ def test_llvm_uses_hardware_popcount():
     llvm = next(iter(f.inspect_llvm().values()))
     assert "llvm.ctpop.i64" in llvm
     asm = next(iter(f.inspect_asm().values()))
-    assert "popcnt" in asm or "vpshufb" in asm  # scalar popcnt, or AVX2's nibble-lookup popcount
+    assert "popcnt" in asm or "vpshufb" in asm  # popcnt/vpopcntq (AVX-512 VPOPCNTDQ), or AVX2's nibble-lookup popcount
 
 
 def test_packed_linear_w1a1_integer_exact():
@@ -107,7 +108,7 @@ def test_packed_linear_w1a1_integer_exact():
     torch.manual_seed(0)
     lin = torch.nn.Linear(100, 7, bias=False)
     q = QuantLinear.from_linear(lin, MethodConfig("sign")).eval()
-    packed = PackedBinaryLinear.from_quant(q)
+    packed = PackedLinear.from_quant(q)
     x = torch.where(torch.randn(5, 100) >= 0, 1.0, -1.0)
     assert torch.equal(packed(x), q(x))
 
@@ -120,12 +121,15 @@ def test_packed_linear_w1a32_and_w1a1_close():
     x = torch.randn(4, 6, 130)
     for m in (MethodConfig("xnor"), MethodConfig("bucket"), MethodConfig("bitnet"), MethodConfig("xnor", act="sign")):
         q = QuantLinear.from_linear(lin, m).eval()
-        p = PackedBinaryLinear.from_quant(q)
-        assert p is not None, m
-        torch.testing.assert_close(p(x), q(x), rtol=1e-4, atol=1e-4)  # 24 rows: lookup-table kernel
-        xl = torch.randn(3, p.DENSE_ROWS, 130)
-        torch.testing.assert_close(p(xl), q(xl), rtol=1e-4, atol=1e-4)  # many rows: unpacked dense path
-    assert PackedBinaryLinear.from_quant(QuantLinear.from_linear(lin, MethodConfig("uniform", options={"bits": 4}))) is None
+        p = PackedLinear.from_quant(q)
+        assert p.xnor == (m.act == "sign")
+        xs = torch.randn(2, 5, 130)
+        torch.testing.assert_close(p(xs), q(xs), rtol=1e-4, atol=1e-4)  # 10 rows: lookup-table kernel (W1A32)
+        xl = torch.randn(3, 6 * p.LUT_ROWS, 130)
+        torch.testing.assert_close(p(xl), q(xl), rtol=1e-4, atol=1e-4)  # many rows: tiles dequantized for the GEMM
+    u = PackedLinear.from_quant(QuantLinear.from_linear(lin, MethodConfig("uniform", options={"bits": 4})))
+    assert u.codec.kind == "grid" and u.codec.meta["bits"] == 4
+    torch.testing.assert_close(u(x), QuantLinear.from_linear(lin, MethodConfig("uniform", options={"bits": 4}))(x), rtol=1e-4, atol=1e-4)
 
 
 def test_pack_model_predictions_equal_fake_quant(tiny_splits):
@@ -147,5 +151,5 @@ def test_pack_model_predictions_equal_fake_quant(tiny_splits):
     s_fq, s_p = model_size(fq), model_size(packed)
     assert s_p.total_bits == s_fq.total_bits and s_p.n_params == s_fq.n_params
     lay = packed.layers[0].attn.q
-    # the bytes held: one bit per weight, rows padded to whole 16-byte blocks (128 weights)
-    assert lay.packed is None and lay.lut.nbytes * 8 == lay.out_features * ((lay.in_features + 127) // 128) * 128
+    # the bytes held: one bit per weight, rows padded to whole 16-byte blocks (128 weights) for the lookup tables
+    assert not lay.xnor and lay._lut.nbytes * 8 == lay.out_features * ((lay.in_features + 127) // 128) * 128

@@ -192,6 +192,35 @@ def main():
     out["latency_speedup_w1a1"] = out["batch1_fp32_ms"] / out["batch1_w1a1_ms"]
     out["latency_speedup_w1a32"] = out["batch1_fp32_ms"] / out["batch1_w1a32_ms"]
 
+    # what each model holds in memory for its weights (parameters, buffers and packed arrays)
+    def held_bytes(m):
+        n = sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
+        for mod in m.modules():
+            for a in (getattr(mod, "codec", None) and mod.codec.t.values()) or ():
+                n += a.nbytes
+            for name in ("_wt", "_lut"):
+                a = getattr(mod, name, None)
+                n += 0 if a is None else (a.nbytes if hasattr(a, "nbytes") else 0)
+        return n
+    out["weights_held_fp32_mb"] = held_bytes(fp) / 2**20
+    out["weights_held_w1a1_mb"] = held_bytes(models["packed_w1a1"]) / 2**20
+
+    # W1A32's ceiling with exact float activations, from rates measured here: a lookup table turns 8 weights
+    # into one table read, so against a dense fp32 GEMM the best case is 8 x (reads/s) / (MACs/s)
+    from binlab.kernels import LutWeights, binary_gemm, pack_bits
+
+    M, K, N = 512, 384, 1536
+    rng2 = np.random.default_rng(1)
+    xb = rng2.normal(size=(M, K)).astype(np.float32)
+    wb = rng2.normal(size=(N, K)).astype(np.float32)
+    lw = LutWeights(pack_bits(wb), K)
+    txb, twb = torch.from_numpy(xb), torch.from_numpy(wb)
+    t_mm = timeit(lambda: txb @ twb.T, repeats=7, warmup=2)
+    t_lut = timeit(lambda: binary_gemm(xb, lw, K), repeats=7, warmup=2)
+    out["fp32_macs_per_s"] = M * K * N / t_mm
+    out["lut_reads_per_s"] = M * N * (K // 8) / t_lut
+    out["w1a32_ceiling"] = 8 * out["lut_reads_per_s"] / out["fp32_macs_per_s"]
+
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem_out = RESULTS / f"bench-deploy-{p.name}"
     stem_out.with_suffix(".json").write_text(json.dumps(out, indent=2))
@@ -215,7 +244,14 @@ def main():
           f"(ratio {out['peak_rss_packed_mb'] / out['peak_rss_fp32_mb']:.2f}); of which the runtime before any model "
           f"(Python, torch, numba) is about {out['runtime_rss_mb']:.0f} MiB, so the model and its inference take "
           f"{out['model_rss_fp32_mb']:.0f} MiB (fp32) vs {out['model_rss_packed_mb']:.0f} MiB (packed), ratio "
-          f"{out['model_rss_packed_mb'] / max(out['model_rss_fp32_mb'], 1e-9):.2f}."]
+          f"{out['model_rss_packed_mb'] / max(out['model_rss_fp32_mb'], 1e-9):.2f}. Both run the same float32 activations "
+          f"(attention, FFN intermediates: the bulk of the peak), and the packed process also loads numba's compiled kernels. "
+          f"The weights themselves: {out['weights_held_fp32_mb']:.2f} MiB held by the fp32 model, "
+          f"{out['weights_held_w1a1_mb']:.2f} MiB by the packed one (bits kept in two layouts where a path needs it).", "",
+          f"W1A32 ceiling (exact float activations, measured here at (512, 384, 1536)): dense fp32 GEMM "
+          f"{out['fp32_macs_per_s'] / 1e9:.0f} G MAC/s; the lookup-table kernel {out['lut_reads_per_s'] / 1e9:.1f} G table reads/s, "
+          f"each read standing for 8 weights, so a batch can run at most {out['w1a32_ceiling']:.2f}x fp32 this way. "
+          "W1A32 wins where the weights' memory traffic dominates (one row: see bench-kernels.md's GEMV), not on batches."]
     stem_out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

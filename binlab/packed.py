@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .kernels import LutWeights, binary_gemm, dequant_rows, n_words, pack_bits, unpack_bits, w1a1_linear
+from .kernels import LutWeights, _w1a1_linear_kernel, binary_gemm, dequant_rows, n_words, pack_bits, unpack_bits
 from .methods import FP_BITS
 
 
@@ -565,7 +565,7 @@ class PackedLinear(nn.Module):
       a float32 buffer for the dense GEMM.
     """
 
-    LUT_ROWS = 16
+    LUT_ROWS = 32
 
     def __init__(self, codec: Codec, bias: torch.Tensor | None, act: nn.Module | None = None, shortcut: bool = False,
                  method: str = ""):
@@ -580,6 +580,11 @@ class PackedLinear(nn.Module):
         self.xnor = plain and getattr(act, "name", None) == "sign" and type(act).__name__ == "ActQuant"
         self._wt = np.ascontiguousarray(codec.words.T) if self.xnor else None
         self._lut = LutWeights(codec.words, self.in_features) if plain and act is None else None
+        self._zeros = np.zeros(self.out_features, np.float32)
+
+    def _bias_np(self) -> np.ndarray:
+        # the bias arrives after construction (load_state_dict(assign=True)); read it as numpy each call (no copy)
+        return self._zeros if self.bias is None else self.bias.detach().numpy()
 
     @classmethod
     def from_quant(cls, mod) -> "PackedLinear":
@@ -595,9 +600,10 @@ class PackedLinear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).float().cpu().contiguous()
         K, N = self.in_features, self.out_features
-        bias = self.bias.numpy() if self.bias is not None else None
-        if self.xnor:
-            y = torch.from_numpy(w1a1_linear(x2.numpy(), self._wt, self.codec.lo, self.codec.hi, bias, K))
+        if self.xnor:  # the fused kernel, called directly: a single text makes the Python around it count
+            out = np.empty((x2.shape[0], N), np.float32)
+            _w1a1_linear_kernel(x2.numpy(), self._wt, self.codec.lo, self.codec.hi, self._bias_np(), np.int64(K), out)
+            y = torch.from_numpy(out)
         else:
             xa = self.act(x2).contiguous() if self.act is not None else x2
             if self._lut is not None and xa.shape[0] < self.LUT_ROWS:
@@ -633,11 +639,16 @@ class PackedEmbedding(nn.Module):
     def storage(self) -> dict[str, int]:
         return self.codec.bits()
 
+    #: above this many ids a lookup decodes each distinct row once (torch.unique) instead of every id
+    UNIQUE_FROM = 2048
+
     @torch.no_grad()
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1).cpu()
         if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
             raise IndexError(f"token id out of range [0, {self.num_embeddings})")
+        if flat.numel() < self.UNIQUE_FROM:
+            return torch.from_numpy(self.codec.rows(flat.numpy())).reshape(*ids.shape, self.embedding_dim)
         uniq, inv = torch.unique(flat, return_inverse=True)
         rows = torch.from_numpy(self.codec.rows(uniq.numpy()))
         return rows[inv].reshape(*ids.shape, self.embedding_dim)

@@ -336,9 +336,10 @@ def pack_model(model: nn.Module) -> tuple[nn.Module, list[str]]:
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
-def _w1a1_linear_kernel(X, Wt, lo, hi, bias, K, out):
-    """One call for a whole W1A1 linear: per token r, ``a_r = mean|x_r|`` and the sign bits of x_r
-    (packed here, sign(0) = +1), then for every output n, with ``D = K - 2 popcount(s XOR w_n)`` the
+def _w1a1_linear_kernel(X, Wt, lo, hi, bias, K, scale, out):
+    """One call for a whole W1A1 linear: per token r, ``a_r = mean|x_r|`` (or the constant ``scale``
+    when it is > 0: BiBERT's unscaled sign is 1, BiT's elastic binary activation its learned alpha)
+    and the sign bits of x_r (packed here, sign(0) = +1), then for every output n, with ``D = K - 2 popcount(s XOR w_n)`` the
     exact ±1 dot product and ``S = sum_k s_k``::
 
         y[r, n] = a_r (lo_n S + (hi_n - lo_n) (D + S) / 2) + bias_n
@@ -373,7 +374,7 @@ def _w1a1_linear_kernel(X, Wt, lo, hi, bias, K, out):
                         word |= np.uint64(1) << np.uint64(b)
                 S[r, w] = word
                 ones += popcount64(word)
-            a[r] = max(acc / K, np.float32(1e-8))
+            a[r] = scale if scale > 0 else max(acc / K, np.float32(1e-8))
             ssum[r] = 2 * ones - K
         c = np.zeros((ROW_BLOCK, N), dtype=np.int64)
         for w in range(W):
@@ -392,8 +393,10 @@ def _w1a1_linear_kernel(X, Wt, lo, hi, bias, K, out):
                 out[i0 + r, n] = a[r] * (lo[n] * ssum[r] + (hi[n] - lo[n]) * ((K - 2 * c[r, n] + ssum[r]) // 2)) + bias[n]
 
 
-def w1a1_linear(X: np.ndarray, Wt: np.ndarray, lo: np.ndarray, hi: np.ndarray, bias: np.ndarray | None, K: int) -> np.ndarray:
-    """The W1A1 linear ``(mean|x| sign(x)) @ (lo + (hi - lo) B)^T + bias`` on float32 X (M, K) and the
+def w1a1_linear(X: np.ndarray, Wt: np.ndarray, lo: np.ndarray, hi: np.ndarray, bias: np.ndarray | None, K: int,
+                scale: float | None = None) -> np.ndarray:
+    """The W1A1 linear ``(a sign(x)) @ (lo + (hi - lo) B)^T + bias`` with ``a = mean|x|`` per row (or the
+    constant ``scale``) on float32 X (M, K) and the
     weight bits *transposed*, ``Wt = pack_bits(B).T`` (ceil(K/64), N) contiguous (bit set: the
     row's ``hi`` level); float32 (M, N)."""
     _check_packed(Wt, "Wt")
@@ -405,7 +408,7 @@ def w1a1_linear(X: np.ndarray, Wt: np.ndarray, lo: np.ndarray, hi: np.ndarray, b
     lo32, hi32 = (np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float32), (N,))) for v in (lo, hi))
     b32 = np.zeros(N, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
     out = np.empty((X.shape[0], N), dtype=np.float32)
-    _w1a1_linear_kernel(X, Wt, lo32, hi32, b32, np.int64(K), out)
+    _w1a1_linear_kernel(X, Wt, lo32, hi32, b32, np.int64(K), np.float32(scale if scale is not None else -1.0), out)
     return out
 
 

@@ -554,6 +554,24 @@ def encode(mod) -> Codec:
 # runtime modules
 
 
+def _xnor_capable(act) -> bool:
+    kind = type(act).__name__
+    return (kind == "ActQuant" and act.name in ("sign", "sign_unscaled")) or (kind == "ElasticAct" and act.signed and act.bits == 1)
+
+
+def _xnor_input(act) -> tuple[float, torch.Tensor | None] | None:
+    """(scale, shift) when the input quantizer gives ``scale * sign(x + shift)`` (so the XNOR kernel
+    computes the layer): binlab's ``sign`` (scale -1: the per-token mean|x|), BiBERT's unscaled sign
+    (1), BiT's signed 1-bit elastic activation once its alpha is set (alpha, and its learned shift).
+    None for every other input quantizer (the layer then quantizes its input and dequantizes tiles)."""
+    name = getattr(act, "name", None)
+    if type(act).__name__ == "ActQuant" and name in ("sign", "sign_unscaled"):
+        return (-1.0 if name == "sign" else 1.0), None
+    if type(act).__name__ == "ElasticAct" and act.signed and act.bits == 1 and not act.alpha.is_meta and bool(act.initialized):
+        return float(act.alpha.detach().clamp_min(1e-5)), act.move
+    return None
+
+
 class PackedLinear(nn.Module):
     """A quantized linear that holds only its codec, bias and input quantizer (no latent weight).
 
@@ -577,7 +595,7 @@ class PackedLinear(nn.Module):
         self.shortcut = shortcut
         self.method_name = method
         plain = isinstance(codec, BinaryCodec) and codec.plain
-        self.xnor = plain and getattr(act, "name", None) == "sign" and type(act).__name__ == "ActQuant"
+        self.xnor = plain and _xnor_capable(act)
         self._wt = np.ascontiguousarray(codec.words.T) if self.xnor else None
         self._lut = LutWeights(codec.words, self.in_features) if plain and act is None else None
         self._zeros = np.zeros(self.out_features, np.float32)
@@ -600,9 +618,12 @@ class PackedLinear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).float().cpu().contiguous()
         K, N = self.in_features, self.out_features
-        if self.xnor:  # the fused kernel, called directly: a single text makes the Python around it count
+        form = _xnor_input(self.act) if self.xnor else None
+        if form is not None:  # the fused kernel, called directly: a single text makes the Python around it count
+            scale, shift = form
+            xs = x2 if shift is None else (x2 + shift.detach()).contiguous()
             out = np.empty((x2.shape[0], N), np.float32)
-            _w1a1_linear_kernel(x2.numpy(), self._wt, self.codec.lo, self.codec.hi, self._bias_np(), np.int64(K), out)
+            _w1a1_linear_kernel(xs.numpy(), self._wt, self.codec.lo, self.codec.hi, self._bias_np(), np.int64(K), np.float32(scale), out)
             y = torch.from_numpy(out)
         else:
             xa = self.act(x2).contiguous() if self.act is not None else x2

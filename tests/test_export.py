@@ -203,3 +203,23 @@ def test_w1a1_linear_matches_float64(M, N, K, seed):
     ref = xs @ w.T + bias
     got = w1a1_linear(x, np.ascontiguousarray(pack_bits(np.where(b, 1.0, -1.0)).T), lo, hi, bias, K)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("act", ["sign", "sign_unscaled", "elastic"])
+def test_xnor_path_takes_every_signed_binary_input(act, fp_tiny, tiny_splits, tmp_path):
+    """binlab's scaled sign, BiBERT's unscaled sign and BiT's elastic sign (learned alpha and shift) all
+    run through the XNOR kernel, with the fake-quant model's outputs."""
+    q = ptq(fp_tiny, QuantSpec.simple("encoder", "bitnet", act=act))
+    with torch.no_grad():
+        q(next(iter(tiny_splits.test.batches(8)))[0])  # the elastic activation sets its alpha on a first batch
+        for m in q.modules():
+            if getattr(m, "move", None) is not None:
+                m.move.normal_(0, 0.05)  # a learned shift, as after BiT's training
+    info, packed, a, b = _round_trip(q, tmp_path / f"{act}.safetensors", tiny_splits.test)
+    assert all(m.xnor for m in packed.modules() if isinstance(m, PackedLinear))
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99
+    x = torch.randn(3, 5, 32)
+    lin = packed.layers[0].ffn.up
+    with torch.no_grad():
+        ref = q.layers[0].ffn.up(x)
+        np.testing.assert_allclose(lin(x).numpy(), ref.numpy(), rtol=1e-4, atol=1e-4 * float(ref.abs().max()))

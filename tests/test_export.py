@@ -223,3 +223,15 @@ def test_xnor_path_takes_every_signed_binary_input(act, fp_tiny, tiny_splits, tm
     with torch.no_grad():
         ref = q.layers[0].ffn.up(x)
         np.testing.assert_allclose(lin(x).numpy(), ref.numpy(), rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_every_bert_era_recipe_packs(fp_tiny, tiny_splits, tmp_path):
+    """T9's note says every recipe's model writes to a packed file that gives the same predictions."""
+    from binlab.recipes import RECIPES
+
+    for name, recipe in RECIPES.items():
+        q = ptq(fp_tiny, recipe.stages[-1].spec)
+        with torch.no_grad():
+            q(next(iter(tiny_splits.test.batches(8)))[0])  # learned activation scales start from a first batch
+        _, packed, a, b = _round_trip(q, tmp_path / f"{name}.safetensors", tiny_splits.test)
+        assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99, name

@@ -133,3 +133,15 @@ def friendly_errors():
         st.error(f"Training diverged: {err}. Try a smaller learning rate or more warm-up.")
     except (RuntimeError, OSError) as err:
         st.error(f"Something went wrong: {err}. Try another setting, or retrain the baseline on the Home page.")
+
+
+def session_models(preset: str, source: str | None) -> dict:
+    """The binarized models this session holds, by the label pages offer them under: the Binarize
+    page's current configuration and the Train page's last QAT model, where they exist."""
+    out = {}
+    lab = st.session_state.get(f"lab:{preset}:{source}")
+    if lab is not None:
+        out["the configuration on Binarize (live)"] = lab.model
+    if "qat_model" in st.session_state:
+        out["the model trained on Train (QAT)"] = st.session_state["qat_model"]
+    return out

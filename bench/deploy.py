@@ -38,6 +38,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import cpu_flags, timeit  # noqa: E402 - bench/common.py, beside this script
+
 
 def _rss_mb(field: str = "VmRSS") -> float:
     """This process's resident memory (``VmRSS``) or its high-water mark (``VmHWM``), MiB. (Not
@@ -81,25 +83,6 @@ def child(kind: str, path: str, ids_path: str, lens_path: str) -> None:
             preds.append(model(torch.from_numpy(x)).argmax(-1).numpy())
     peak = _rss_mb("VmHWM")
     print(json.dumps({"base_mb": base, "loaded_mb": loaded, "peak_mb": peak, "preds": int(np.concatenate(preds).sum())}))
-
-
-def timeit(fn, repeats=3, warmup=1):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
-def cpu_flags() -> list[str]:
-    try:
-        flags = next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in flags if f.startswith(("avx", "popcnt", "fma", "bmi")))
 
 
 def main():

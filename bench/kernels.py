@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ import time
 import numba
 import numpy as np
 import torch
+
+from common import cpu_flags, timeit
 
 from binlab.experiments import RESULTS, machine
 from binlab.kernels import (LutWeights, _popcount_roofline_parallel, _xnor_gemm_kernel, binary_gemm, n_words, pack_bits, pack_model,
@@ -49,17 +50,6 @@ print(threads * reps * a.shape[0] / best)
 """
 
 
-def timeit(fn, repeats=7, warmup=2):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
 def roofline(threads: int) -> float:
     a = np.random.default_rng(0).integers(0, 2**63, 2048, dtype=np.uint64)  # 16 KiB: stays in L1
     reps = 20000
@@ -83,14 +73,6 @@ def asm_counts() -> dict[str, int]:
     f(A, A, np.int32(256), np.empty((8, 8), np.int32))
     asm = "\n".join(f.inspect_asm().values())
     return {i: len(re.findall(rf"\b{i}\b", asm)) for i in ("vpopcntq", "popcntq", "vpshufb", "vpsadbw")}
-
-
-def cpu_flags() -> list[str]:
-    try:
-        flags = next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in flags if f.startswith(("avx", "popcnt", "fma", "bmi")))
 
 
 def main():

@@ -459,20 +459,21 @@ CODECS: dict[str, type[Codec]] = {c.kind: c for c in (BinaryCodec, GridCodec, Pl
 # encoding a quantized component
 
 
+def _sign_with_factors(w, q, **factors) -> BinaryCodec:
+    """sign(W) bits with learned per-row/per-column factors (OneBit, FBI-LLM), no level of their own."""
+    s = np.where(_np(w) >= 0, 1.0, -1.0)
+    return BinaryCodec(q.shape, {"symmetric": True, "unit": True},
+                       {"words": pack_bits(s)} | {k: _np(v).astype(np.float32) for k, v in factors.items()})
+
+
 def _encode_onebit(qz, w, q):
     v = qz.values(w)
-    s = np.where(_np(w) >= 0, 1.0, -1.0)
-    return BinaryCodec(q.shape, {"symmetric": True, "unit": True}, {"words": pack_bits(s),
-                                                                     "row_factor": _np(v["a"]).astype(np.float32),
-                                                      "col_factor": _np(v["b"]).astype(np.float32)})
+    return _sign_with_factors(w, q, row_factor=v["a"], col_factor=v["b"])  # Q = a_n sign(W_nk) b_k
 
 
 def _encode_fbi(qz, w, q):
     v = qz.values(w)
-    s = np.where(_np(w) >= 0, 1.0, -1.0)
-    return BinaryCodec(q.shape, {"symmetric": True, "unit": True}, {"words": pack_bits(s),
-                                                                     "col_factor": _np(v["alpha"]).astype(np.float32),
-                                                      "col_shift": _np(v["beta"]).astype(np.float32)})
+    return _sign_with_factors(w, q, col_factor=v["alpha"], col_shift=v["beta"])  # Q = alpha_k sign(W_nk) + beta_k
 
 
 def _encode_binarybert(qz, w, q):

@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from common import friendly_errors, require_baseline, sidebar
+from common import friendly_errors, require_baseline, session_models, sidebar
 
 from binlab.attention import ATTENTION, view
 from binlab.lab import quantized_for_viewing
@@ -29,20 +29,13 @@ with friendly_errors():
     pick = c2.selectbox("or pick a test headline", samples, key="attn_pick")
     text = c1.text_input("Sentence", pick, key="attn_text", max_chars=400)
 
-    lab_key = f"lab:{preset}:{source}"
-    options = []
-    if lab_key in st.session_state:
-        options.append("the configuration on Binarize (live)")
-    if "qat_model" in st.session_state:
-        options.append("the model trained on Train (QAT)")
-    options += [f"{name}: {r.paper} (PTQ, untrained)" for name, r in RECIPES.items() if r.spec.attn_probs]
+    held = session_models(preset, source)
+    options = list(held) + [f"{name}: {r.paper} (PTQ, untrained)" for name, r in RECIPES.items() if r.spec.attn_probs]
     choice = st.selectbox("Binarized model", options, key="attn_model",
                           help="A paper's recipe without its training shows what its quantizers do to the fp32 model's attention; "
                                "train it on Train (QAT) to see what training makes of it.")
-    if choice.startswith("the configuration"):
-        qmodel = st.session_state[lab_key].model
-    elif choice.startswith("the model trained"):
-        qmodel = st.session_state["qat_model"]
+    if choice in held:
+        qmodel = held[choice]
     else:
         name = choice.split(":")[0]
         key = f"attn_ptq:{preset}:{source}:{name}"

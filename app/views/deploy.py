@@ -5,7 +5,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from common import friendly_errors, require_baseline, sidebar
+from common import friendly_errors, require_baseline, session_models, sidebar
 
 from binlab.data import cache_dir
 from binlab.export import classify_text, load_packed, save_packed
@@ -30,24 +30,13 @@ READY = {
 
 with friendly_errors():
     splits, baseline = require_baseline(preset, source)
-    lab_key = f"lab:{preset}:{source}"
-    options = []
-    if lab_key in st.session_state:
-        options.append("the configuration on Binarize (live)")
-    if "qat_model" in st.session_state:
-        options.append("the model trained on Train (QAT)")
-    options += list(READY)
-    choice = st.selectbox("Model to export", options, key="deploy_choice")
-    if choice.startswith("the configuration"):
-        model = st.session_state[lab_key].model
-    elif choice.startswith("the model trained"):
-        model = st.session_state["qat_model"]
-    else:
-        model = ptq(baseline, READY[choice])
+    held = session_models(preset, source)
+    choice = st.selectbox("Model to export", list(held) + list(READY), key="deploy_choice")
 
     if st.button("Export the packed file", key="deploy_export", type="primary"):
         from binlab.export import spec_of
 
+        model = held[choice] if choice in held else ptq(baseline, READY[choice])  # only when exporting: reruns stay cheap
         key = hashlib.sha256(f"{preset}|{source}|{choice}|{spec_of(model).to_json()}".encode()).hexdigest()[:12]
         path = cache_dir() / "exports" / f"{preset}-{key}.safetensors"
         try:

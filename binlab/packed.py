@@ -218,23 +218,22 @@ class BinaryCodec(Codec):
                                                    "hi": hi.astype(np.float32)})
 
 
-def _float_gcd(gaps: np.ndarray, tol: np.ndarray) -> np.ndarray:
-    """Largest step of which every gap (last axis; 0 = no gap) is a whole multiple, per group
-    (Euclid's algorithm with a centred remainder and a tolerance): (..., 1); 0 where no gaps.
-    A group of few values on a fine grid (32 weights on 256 levels) rarely has two neighbours one
-    step apart, so the smallest gap alone would overestimate the step."""
-    g = np.zeros(gaps.shape[:-1] + (1,))
-    for j in range(gaps.shape[-1]):
-        a, b = np.maximum(g, gaps[..., j:j + 1]), np.minimum(g, gaps[..., j:j + 1])
-        for _ in range(40):
-            live = b > tol
-            if not live.any():
-                break
-            with np.errstate(invalid="ignore", divide="ignore"):
-                r = np.abs(a - np.round(a / np.where(live, b, 1)) * b)
-            a, b = np.where(live, b, a), np.where(live, r, 0.0)
-        g = a
-    return g
+def _grid_step(gaps: np.ndarray, tol: np.ndarray) -> np.ndarray:
+    """Per group (last axis: the gaps between sorted values, 0 = none), the largest step of which
+    every gap is a whole multiple: the smallest gap divided by the first t in 1..32 that makes all
+    gaps whole multiples of it; (..., 1), 0 where a group has no gap, NaN where no t works. A group
+    of few values on a fine grid (32 weights on 256 levels) rarely has two neighbours one step
+    apart, so the smallest gap alone would overestimate the step."""
+    live = gaps > 0
+    smallest = np.min(np.where(live, gaps, np.inf), axis=-1, keepdims=True)
+    best = np.where(np.isfinite(smallest), np.nan, 0.0)
+    for t in range(1, 33):
+        c = smallest / t
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.abs(gaps / c - np.round(gaps / c)) * c
+        ok = np.all(~live | (r <= tol), axis=-1, keepdims=True)
+        best = np.where(np.isnan(best) & ok, c, best)
+    return best
 
 
 def _groups_of(K: int, g: int) -> int:
@@ -254,7 +253,7 @@ class GridCodec(Codec):
     """k-bit ``codes`` (a packed stream of N*K values) on the grid ``Q = step_g (code + offset_g)``;
     groups: the tensor (``group = 0``, one step), rows (``group = K``) or ``group`` columns of a
     row. ``offset``: one float32 for all groups, or per group ``-zero_g`` with integer ``zeros``
-    (``zero_bits`` bits each, packed)."""
+    (``zero_bits`` bits each, packed), or per group a float32 (``offsets``: any grid, the fallback)."""
 
     kind = "grid"
 
@@ -266,7 +265,9 @@ class GridCodec(Codec):
         n_groups = 1 if g == 0 else N * _groups_of(K, g)
         self.n_groups = n_groups
         self.step = self._need("step", (n_groups,), np.float32)
-        if "zeros" in self.t:
+        if "offsets" in self.t:
+            self._need("offsets", (n_groups,), np.float32)
+        elif "zeros" in self.t:
             zb = int(self.meta.get("zero_bits", 0))
             if not 1 <= zb <= 8:
                 raise ValueError(f"grid codec: zero_bits {zb} out of range")
@@ -290,14 +291,20 @@ class GridCodec(Codec):
         N, K = self.shape
         sel = np.arange(N)[idx] if not isinstance(idx, np.ndarray) else idx
         codes = self.codes[sel].astype(np.float32)
-        off = -self._per_element(self.zeros, sel) if "zeros" in self.t else self.t["offset"][0]
+        if "offsets" in self.t:
+            off = self._per_element(self.t["offsets"], sel)
+        else:
+            off = -self._per_element(self.zeros, sel) if "zeros" in self.t else self.t["offset"][0]
         return np.ascontiguousarray(self._per_element(self.step, sel) * (codes + off), dtype=np.float32)
 
     def bits(self):
         N, K = self.shape
         k = int(self.meta["bits"])
         out = {"codes": k * N * K, "scales": FP_BITS * self.n_groups}
-        out["zeros"] = int(self.meta["zero_bits"]) * self.n_groups if "zeros" in self.t else FP_BITS
+        if "offsets" in self.t:
+            out["zeros"] = FP_BITS * self.n_groups
+        else:
+            out["zeros"] = int(self.meta["zero_bits"]) * self.n_groups if "zeros" in self.t else FP_BITS
         return out
 
     @classmethod
@@ -315,7 +322,9 @@ class GridCodec(Codec):
         gaps = np.diff(srt, axis=2)
         scale = np.nanmax(np.abs(x), axis=2, keepdims=True)
         tol = 1e-6 * np.maximum(scale, 1e-30)
-        step0 = _float_gcd(np.where(gaps > tol, gaps, 0.0), 100 * tol)  # the grid step: gcd of the gaps between distinct values
+        step0 = _grid_step(np.where(gaps > tol, gaps, 0.0), 100 * tol)  # the grid step: gcd of the gaps between distinct values
+        if np.isnan(step0).any():
+            return []
         lo, hi = np.nanmin(x, axis=2, keepdims=True), np.nanmax(x, axis=2, keepdims=True)
         const = ~(step0 > 0)
         step0 = np.where(const, np.inf, step0)
@@ -327,7 +336,7 @@ class GridCodec(Codec):
         ok = np.isfinite(x)
         phase_common = float(np.median(phase[~const])) if (~const).any() else 0.0
         out = []
-        for variant in ("offset", "zeros"):
+        for variant in ("offset", "zeros", "offsets"):
             if variant == "offset":
                 with np.errstate(invalid="ignore"):
                     m = np.round(x / step - phase_common)
@@ -339,6 +348,13 @@ class GridCodec(Codec):
                 if k > 8:
                     continue
                 extra = {"offset": np.array([phase_common - Z], np.float32)}
+            elif variant == "offsets":  # any grid: each group's own float offset (lo = step * offset)
+                with np.errstate(invalid="ignore"):
+                    codes = np.round((x - lo) / step)
+                k = uint_bits(int(np.nanmax(codes)) + 1)
+                if k > 8:
+                    continue
+                extra = {"offsets": (lo / step).reshape(-1).astype(np.float32)}
             else:
                 with np.errstate(invalid="ignore"):
                     m = np.round((x - lo) / step)

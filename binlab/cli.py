@@ -44,8 +44,16 @@ def _spec(args):
         text = Path(args.spec).read_text() if os.path.exists(args.spec) else args.spec
         return QuantSpec.from_json(text)
     if getattr(args, "target", None):
-        opts = json.loads(args.options) if args.options else {}
-        return QuantSpec.simple(args.target, MethodConfig(args.method, options=opts, ste=args.ste, act=getattr(args, "act", None)))
+        try:
+            opts = json.loads(args.options) if args.options else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--options is not valid JSON ({err}); write e.g. --options '{{\"tau\": 0.5}}'") from None
+        if not isinstance(opts, dict):
+            raise ValueError(f"--options must be a JSON object of option names and values, got {args.options!r}")
+        try:
+            return QuantSpec.simple(args.target, MethodConfig(args.method, options=opts, ste=args.ste, act=getattr(args, "act", None)))
+        except (TypeError, KeyError, AttributeError, OverflowError) as err:  # an option of the wrong type deep in a method
+            raise ValueError(f"invalid --options for {args.method}: {err}") from None
     return QuantSpec()
 
 
@@ -53,6 +61,8 @@ def _splits(p, args):
     from .presets import load_data
 
     rows = getattr(args, "train_rows", None)
+    if rows is not None and rows < 1:
+        raise ValueError(f"--train-rows must be at least 1, got {rows}")
     return load_data(p, source=args.data, **({"train_size": rows} if rows is not None else {}))
 
 
@@ -112,8 +122,9 @@ def cmd_eval(args):
     from .calibration import calibration_set
     from .qat import ptq
 
+    spec = _spec(args)  # bad input fails before any data is loaded or a baseline trained
     p, splits, model = _load(args)
-    ptq(model, _spec(args), inplace=True, calib=calibration_set(splits))  # methods that need data use 128 training rows
+    ptq(model, spec, inplace=True, calib=calibration_set(splits))  # methods that need data use 128 training rows
     r = evaluate(model, getattr(splits, args.split))
     print(json.dumps({"split": args.split, **r.to_dict(), "size": model_size(model).summary()}, indent=2))
     return 0
@@ -124,10 +135,11 @@ def cmd_generate(args):
     from .generate import greedy
     from .qat import ptq
 
+    spec = _spec(args)
     p, splits, model = _load(args)
     out = {"prompt": args.prompt, "fp32": greedy(model, splits.tokenizer, args.prompt, args.tokens)["text"]}
     if args.target or args.spec:
-        q = ptq(model, _spec(args), calib=calibration_set(splits))
+        q = ptq(model, spec, calib=calibration_set(splits))
         out["binarized"] = greedy(q, splits.tokenizer, args.prompt, args.tokens)["text"]
     print(json.dumps(out, indent=2))
     return 0
@@ -166,10 +178,10 @@ def cmd_export(args):
     from .presets import _fingerprint
     from .qat import ptq
 
-    p, splits, model = _load(args)
     spec = _spec(args)
     if not spec.rules:
         raise ValueError("nothing to pack: give --target/--method or --spec (an fp32 model is exported by torch itself)")
+    p, splits, model = _load(args)
     q = ptq(model, spec, calib=calibration_set(splits))
     info = save_packed(q, args.out, preset=p.name, tokenizer=_fingerprint(splits.tokenizer.to_str()))
     info["within_header"] = check_size(info)
@@ -214,9 +226,9 @@ def cmd_landscape(args):
             raise ValueError(f"--{name} must be at least {low}, got {getattr(args, name)}")
     if not args.span > 0:
         raise ValueError(f"--span must be positive, got {args.span}")
-    p, splits, model = _load(args)
     spec = _spec(args)
     spec = spec if spec.rules else None
+    p, splits, model = _load(args)
     if args.probe == "interpolate":
         out = L.interpolate(model, spec or _default_spec(), splits.val, alphas=np.linspace(-0.5, 1.5, args.steps), rows=args.rows)
     elif args.probe == "slice":

@@ -385,3 +385,23 @@ def test_deploy_page_names_an_unpackable_method(env, trained):
     at.button(key="deploy_export").click().run()
     assert not at.exception
     assert any("cannot be packed" in e.value and "billm" in e.value for e in at.error)
+
+
+def test_fuzzed_share_urls_never_raise(env, trained):
+    """Near-valid specs of every shape (wrong types, unknown keys and targets, out-of-range options) in the
+    URL: the page warns or applies them, and always shows its numbers."""
+    from hypothesis import HealthCheck, given, settings
+
+    from test_fuzz import near_valid_specs
+
+    @settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(spec=near_valid_specs())
+    def check(spec):
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.query_params["spec"] = json.dumps(spec)
+        at.run()
+        at.switch_page("views/binarize.py").run()
+        assert not at.exception, (spec, at.exception)
+        assert metric(at, "validation accuracy").endswith("%") or at.error, spec
+
+    check()

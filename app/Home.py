@@ -17,6 +17,7 @@ PAGES = {
         st.Page("views/landscape.py", title="Loss landscape", icon=":material/landscape:"),
         st.Page("views/attention.py", title="Attention", icon=":material/visibility:"),
         st.Page("views/deploy.py", title="Deploy", icon=":material/rocket_launch:"),
+        st.Page("views/compare.py", title="Compare runs", icon=":material/compare_arrows:"),
     ],
     "Reference": [
         st.Page("views/results.py", title="Results", icon=":material/table_chart:"),

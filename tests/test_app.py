@@ -405,3 +405,43 @@ def test_fuzzed_share_urls_never_raise(env, trained):
         assert metric(at, "validation accuracy").endswith("%") or at.error, spec
 
     check()
+
+
+def test_compare_page_pins_persists_exports_and_imports(env, trained):
+    from binlab.runs import RunStore
+
+    for r in RunStore().list():  # runs other tests saved (QAT) would join the default selection
+        RunStore().delete(r.id)
+    at = new_app("views/compare.py")
+    assert not at.exception
+    assert any("Nothing to pin" in i.value for i in at.info)
+    at.switch_page("views/binarize.py").run()
+    at.button(key="pick_encoder").click().run()
+    at.switch_page("views/compare.py").run()
+    at.text_input(key="cmp_label").input("encoder, bucket").run()
+    at.button(key="cmp_pin").click().run()
+    assert not at.exception and any("Pinned as" in s.value for s in at.success)
+    at = new_app("views/compare.py")  # a new session: the run is still there
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert "encoder, bucket" in list(table["label"])
+    titles = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("confusion matrices" in t for t in titles) and any("per-class accuracy" in t for t in titles)
+    data = at.get("download_button")[0]
+    assert data is not None
+    at.button(key="cmp_delete").click().run()
+    assert not at.exception
+    assert any("No runs" in i.value for i in at.info)
+
+
+def test_qat_runs_are_saved_and_join_the_scatter(env, trained):
+    from binlab.runs import RunStore
+
+    before = len(RunStore().list("tiny"))
+    at = run_qat_on_encoder(0.2)
+    assert not at.exception and any("Saved as run" in s.value for s in at.success)
+    runs = RunStore().list("tiny")
+    assert len(runs) == before + 1 and runs[-1].mode == "QAT" and runs[-1].confusion
+    at = new_app("views/binarize.py")  # a new session still plots it
+    names = [t for c in at.get("plotly_chart") for t in [c.proto.spec] if "accuracy vs size" in t]
+    assert names and "QAT runs (saved)" in names[0]

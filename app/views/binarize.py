@@ -15,6 +15,7 @@ from binlab.lab import SEED_POINTS, LiveLab, component_view, layout, spec_compon
 from binlab.methods import method_card
 from binlab.quantize import MethodConfig, QuantSpec, Rule, plan
 from binlab.recipes import RECIPES
+from binlab.runs import RunStore
 from binlab.ste import STES
 from binlab.train import evaluate
 
@@ -281,10 +282,16 @@ with friendly_errors():
 
         sc = go.Figure()
         pts = list(points.values())
+        for run in RunStore().list(preset):  # QAT runs of every session, from the run store
+            y = run.perplexity if lab.task == "lm" else run.accuracy
+            if run.mode != "PTQ" and y is not None:
+                pts.append({"label": f"{run.label} ({run.created})", "reduction": run.reduction, "accuracy": y,
+                            "low": y if lab.task == "lm" else run.low, "high": y if lab.task == "lm" else run.high, "source": "QAT"})
         for src, sym in (("PTQ", "circle"), ("QAT", "diamond")):
             ps = [p for p in pts if p["source"] == src]
             if ps:
-                sc.add_scatter(x=[p["reduction"] for p in ps], y=[p["accuracy"] for p in ps], mode="markers", name=f"this session ({src})",
+                sc.add_scatter(x=[p["reduction"] for p in ps], y=[p["accuracy"] for p in ps], mode="markers",
+                               name="this session (PTQ)" if src == "PTQ" else "QAT runs (saved)",
                                text=[p["label"] for p in ps], marker=dict(size=9, symbol=sym),
                                error_y=dict(type="data", symmetric=False, array=[p.get("high", p["accuracy"]) - p["accuracy"] for p in ps],
                                             arrayminus=[p["accuracy"] - p.get("low", p["accuracy"]) for p in ps], thickness=1))

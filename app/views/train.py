@@ -9,6 +9,7 @@ from binlab.lab import compare_models
 from binlab.qat import QATConfig, ptq, qat
 from binlab.quantize import QuantSpec
 from binlab.recipes import RECIPES, run as run_recipe
+from binlab.runs import RunStore, measure
 from binlab.size import reduction_against
 from binlab.train import TrainConfig, evaluate, save_checkpoint
 
@@ -145,15 +146,13 @@ with friendly_errors():
                            f"{cmp['diff_low']:+.2f} to {cmp['diff_high']:+.2f} pts (paired 95 %; McNemar p = {cmp['p_value']:.3f})")
             m2.metric("PTQ (no training)", f"{cmp['accuracy_b']:.2f} %", help=f"95 % interval {cmp['low_b']:.1f}-{cmp['high_b']:.1f} %")
         m3.metric("size reduction", f"{reduction_against(student, baseline):.2f} %")
-        pts = st.session_state.setdefault("points", {})
-        y = ({"accuracy": cmp["perplexity_a"], "low": cmp["perplexity_a"], "high": cmp["perplexity_a"]} if "perplexity" in cmp
-             else {"accuracy": cmp["accuracy_a"], "low": cmp["low_a"], "high": cmp["high_a"]})  # the scatter's y: perplexity for an LM
-        pts["qat:" + spec.to_json() + f":{epochs}:{lr}:{distill}:{recipe_name}"] = {
-            "label": (recipe_name + ", " if recipe else "") + f"QAT {epochs} ep, KD {distill}", "reduction": reduction_against(student, baseline),
-                                                                      **y, "source": "QAT"}
         st.session_state["qat_model"] = student
         stem = save_qat(student, spec, preset, cfg, after)
-        st.success(f"Added to the accuracy-vs-size scatter on the Binarize page. Saved (latent weights + spec) to `{stem}`.")
+        run = RunStore().add(measure(student, baseline, splits.val, preset=preset, mode=recipe_name if recipe else "QAT",
+                                     label=(recipe_name + ", " if recipe else "") + f"QAT {epochs} ep, KD {distill}",
+                                     spec_json=spec.to_json(), extra={"epochs": epochs, "lr": lr, "distill": distill, "checkpoint": str(stem)}))
+        st.success(f"Saved as run `{run.id}`: it joins the accuracy-vs-size scatter on the Binarize page and the Compare page, "
+                   f"in this and later sessions. Weights (latent + spec) in `{stem}`.")
     if "qat_model" in st.session_state and st.button("Evaluate the QAT model on the full test set", key="qat_test"):
         with st.spinner("evaluating ..."):
             t = evaluate(st.session_state["qat_model"], splits.test)

@@ -19,6 +19,9 @@ PAGES = {
         st.Page("views/deploy.py", title="Deploy", icon=":material/rocket_launch:"),
         st.Page("views/compare.py", title="Compare runs", icon=":material/compare_arrows:"),
     ],
+    "Learn": [
+        st.Page("views/lessons.py", title="Lessons", icon=":material/school:"),
+    ],
     "Reference": [
         st.Page("views/results.py", title="Results", icon=":material/table_chart:"),
     ],

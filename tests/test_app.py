@@ -445,3 +445,34 @@ def test_qat_runs_are_saved_and_join_the_scatter(env, trained):
     at = new_app("views/binarize.py")  # a new session still plots it
     names = [t for c in at.get("plotly_chart") for t in [c.proto.spec] if "accuracy vs size" in t]
     assert names and "QAT runs (saved)" in names[0]
+
+
+def test_lessons_ask_for_a_prediction_run_and_check(env, trained):
+    at = new_app("views/lessons.py")
+    assert not at.exception
+    at.selectbox(key="lesson_pick").set_value("xnor").run()
+    assert at.button(key="run:xnor").disabled  # predict first
+    at.radio(key="pred:xnor").set_value("64").run()
+    at.button(key="run:xnor").click().run()
+    assert not at.exception
+    assert any("Not this time" in w.value and "'128'" in w.value for w in at.warning)
+    at.radio(key="pred:xnor").set_value("128").run()
+    at.button(key="run:xnor").click().run()
+    assert any("Yes: the experiment supports '128'" in s.value for s in at.success)
+    assert any("same dot product" in c.proto.spec for c in at.get("plotly_chart"))
+
+
+def test_lessons_can_be_locked_by_the_url(env, trained):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["lesson"] = "3"
+    at.query_params["lock"] = "1"
+    at.run()
+    at.switch_page("views/lessons.py").run()
+    assert not at.exception
+    assert not any(s.key == "lesson_pick" for s in at.selectbox)
+    assert any("Thresholds and buckets" in h.value for h in at.subheader)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["lesson"] = "99"
+    at.run()
+    at.switch_page("views/lessons.py").run()
+    assert not at.exception and any("unknown lesson" in w.value for w in at.warning)

@@ -1,0 +1,54 @@
+"""Lessons: every lesson runs on the tiny preset and answers with one of its choices; the answers agree
+with independent computations; a prediction is judged only against what the run measured."""
+import numpy as np
+import pytest
+
+from binlab.lessons import LESSONS, Context, Outcome, check, lesson
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_splits):
+    from binlab.presets import get_baseline
+
+    return Context(get_baseline("tiny", tiny_splits)[0], tiny_splits, fast=True)
+
+
+@pytest.mark.parametrize("key", list(LESSONS))
+def test_every_lesson_runs_and_answers_with_its_choices(key, ctx):
+    les = LESSONS[key]
+    out = les.run(ctx)
+    assert out.answers and set(out.answers) <= set(les.choices)
+    assert out.summary and out.figure["x"] and len(out.figure["x"]) == len(out.figure["y"])
+
+
+def test_binarizer_lesson_agrees_with_numpy(ctx):
+    w = ctx.baseline.get_submodule("layers.0.ffn.up").weight.detach().double().numpy()
+    sign = np.where(w >= 0, 1.0, -1.0)
+    xnor = np.abs(w).mean(1, keepdims=True) * sign
+    # bucket: the best two-means split of each sorted row, by brute force over every cut
+    bucket = np.empty_like(w)
+    for i, row in enumerate(w):
+        s = np.sort(row)
+        best = min(range(1, len(s)), key=lambda c: ((s[:c] - s[:c].mean()) ** 2).sum() + ((s[c:] - s[c:].mean()) ** 2).sum())
+        t = s[best - 1]
+        lo, hi = row[row <= t].mean(), row[row > t].mean()
+        bucket[i] = np.where(row <= t, lo, hi)
+    err = {c: np.linalg.norm(w - q) / np.linalg.norm(w) for c, q in zip(LESSONS["binarizers"].choices, (sign, xnor, bucket))}
+    out = LESSONS["binarizers"].run(ctx)
+    assert out.answers == (min(err, key=err.get),)
+
+
+def test_xnor_lesson_is_the_closed_form(ctx):
+    assert LESSONS["xnor"].run(ctx).answers == (str(256 - 2 * 64),)
+
+
+def test_check_judges_against_the_measurement_only():
+    les = LESSONS["components"]
+    tie = Outcome(("QK", "QV"), "a tie")
+    assert check(les, "QV", tie)[0] and check(les, "QK", tie)[0] and not check(les, "KV", tie)[0]
+    assert "Not this time" in check(les, "KV", tie)[1]
+    with pytest.raises(ValueError, match="choices"):
+        check(les, "QQ", tie)
+    assert lesson(2) is les and lesson("2") is les and lesson("components") is les
+    with pytest.raises(ValueError, match="unknown lesson"):
+        lesson(7)

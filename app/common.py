@@ -39,26 +39,54 @@ def sidebar() -> tuple[str, str | None]:
 
         src = st.text_input("AG_NEWS source", key="source", on_change=keep_source,
                             help="A local folder in the Hugging Face layout, or empty for the hub (fancyzhx/ag_news).")
+        st.session_state.setdefault("_train_rows", 0)
+        st.session_state["train_rows"] = st.session_state["_train_rows"]
+
+        def keep_rows():
+            st.session_state["_train_rows"] = int(st.session_state["train_rows"] or 0)
+            for k in [k for k in st.session_state if str(k).startswith(("lab:", "attn_ptq:", "outcome:")) or k in ("qat_model", "deploy")]:
+                del st.session_state[k]  # models of the old baseline
+
+        st.number_input("Training rows (0: all)", min_value=0, step=1000, key="train_rows", on_change=keep_rows,
+                        help="Train the baseline on the first N training rows. The hub's full split has 120,000 rows and "
+                             "takes several times longer than the default; the Home page shows the expected time before "
+                             "training. A baseline is cached per row count.")
     return st.session_state["_preset"], (src or None)
 
 
+def train_rows() -> int | None:
+    """The sidebar's training-row count (None: every row)."""
+    return int(st.session_state.get("_train_rows") or 0) or None
+
+
 @st.cache_resource(show_spinner="Loading and tokenising AG_NEWS ...")
-def splits_for(preset: str, source: str | None):
+def _splits(preset: str, source: str | None, rows: int | None):
     from binlab.presets import load_data
 
-    return load_data(preset, source=source)
+    return load_data(preset, source=source, **({"train_size": rows} if rows else {}))
+
+
+def splits_for(preset: str, source: str | None):
+    return _splits(preset, source, train_rows())
 
 
 @st.cache_resource(show_spinner="Loading the cached baseline ...")
-def cached_baseline_for(preset: str, source: str | None):
-    """The cached baseline, None when none is trained, or the CheckpointError of a damaged one (cached; cleared after training)."""
+def _baseline(preset: str, source: str | None, rows: int | None):
     from binlab.presets import cached_baseline
     from binlab.train import CheckpointError
 
     try:
-        return cached_baseline(preset, splits_for(preset, source))
+        return cached_baseline(preset, _splits(preset, source, rows))
     except CheckpointError as err:
         return err
+
+
+def cached_baseline_for(preset: str, source: str | None):
+    """The cached baseline, None when none is trained, or the CheckpointError of a damaged one (cached; cleared after training)."""
+    return _baseline(preset, source, train_rows())
+
+
+cached_baseline_for.clear = _baseline.clear
 
 
 def damaged_checkpoint_ui(err, preset: str, source: str | None, key: str) -> None:
@@ -112,7 +140,8 @@ def require_baseline(preset: str, source: str | None):
         damaged_checkpoint_ui(hit, preset, source, "retrain_damaged_inline")
         st.stop()
     if hit is None:
-        st.info(f"No trained **{preset}** baseline yet. Train it once (it is cached on disk for every later visit).")
+        rows = f" on {train_rows():,} training rows" if train_rows() else ""
+        st.info(f"No trained **{preset}** baseline{rows} yet. Train it once (it is cached on disk for every later visit).")
         if st.button(f"Train the {preset} baseline", key="train_baseline_inline"):
             train_baseline_ui(preset, source)
             st.rerun()

@@ -476,3 +476,18 @@ def test_lessons_can_be_locked_by_the_url(env, trained):
     at.run()
     at.switch_page("views/lessons.py").run()
     assert not at.exception and any("unknown lesson" in w.value for w in at.warning)
+
+
+def test_train_rows_setting_trains_its_own_baseline(env, trained):
+    at = new_app()
+    at.number_input(key="train_rows").set_value(300).run()
+    assert not at.exception
+    assert any("train 300 rows" in c.value for c in at.caption)
+    assert any("Not trained yet" in i.value for i in at.info)  # a baseline per row count
+    at.button(key="train_baseline").click().run()
+    assert not at.exception
+    assert any("expected about" in c.value for c in at.caption) or metric(at, "validation accuracy").endswith("%")
+    at.switch_page("views/binarize.py").run()
+    assert not at.exception and metric(at, "validation accuracy").endswith("%")
+    at.number_input(key="train_rows").set_value(0).run()  # back to every row: the module's trained baseline
+    assert not at.exception

@@ -128,3 +128,27 @@ def test_slider_and_checkbox_change_accuracy(server, tmp_path):
         assert "spec=" in page.url  # the configuration lives in the URL
         browser.close()
     assert (tmp_path / "binarize.png").stat().st_size > 10_000
+
+
+def test_a_lesson_check_and_a_pinned_comparison(server):
+    """In one browser session: answer a lesson and see it checked; binarize, then pin the run on Compare."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(server + "/lessons?lesson=6", wait_until="networkidle")
+        page.get_by_text("Two +-1 vectors of length 256").wait_for(timeout=60_000)
+        page.get_by_text("192", exact=True).click()
+        page.get_by_role("button", name="Run the experiment").click()
+        page.get_by_text("Not this time").wait_for(timeout=60_000)
+        assert page.get_by_text("'128'").first.is_visible()
+        # the Binarize page in the same session (the sidebar's link keeps the session), then Compare
+        page.get_by_role("link", name="Binarize (live)").click()
+        page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=60_000)
+        page.get_by_role("link", name="Compare runs").click()
+        page.get_by_role("button", name="Pin this run").click()
+        page.get_by_text("Pinned as").wait_for(timeout=60_000)
+        page.get_by_text("confusion matrices").first.wait_for(timeout=30_000)
+        browser.close()

@@ -238,6 +238,16 @@ def compare_models(model_a: torch.nn.Module, model_b: torch.nn.Module, val: Enco
                   "within_noise": pd.within_noise, "rows": len(correct[0])}
 
 
+def _histogram(v: np.ndarray, bins: int) -> dict:
+    """Counts of ``v`` in ``bins`` equal bins: ``{"centers", "counts", "width"}`` (what a page draws: a
+    histogram of every weight, binned here instead of sending the points to the browser)."""
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        hi = lo + 1e-6
+    counts, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    return {"centers": (edges[:-1] + edges[1:]) / 2, "counts": counts, "width": float(edges[1] - edges[0])}
+
+
 def component_view(model: torch.nn.Module, name: str, method: MethodConfig | None, max_points: int = 200_000,
                    hessian: Callable[[str], torch.Tensor] | None = None) -> dict:
     """Latent and quantized weights of one component for a histogram, plus error statistics.
@@ -266,6 +276,7 @@ def component_view(model: torch.nn.Module, name: str, method: MethodConfig | Non
     else:
         mu, sd = w2.mean().reshape(1, 1), w2.std(unbiased=False).clamp_min(1e-12).reshape(1, 1)
     wn, qn = ((w2 - mu) / sd).flatten(), ((q2 - mu) / sd).flatten()
+    hists = {k: _histogram(v.numpy(), bins) for k, v, bins in (("latent_hist", wn, 120), ("quantized_hist", qn, 240))}
     if wn.numel() > max_points:
         idx = torch.randperm(wn.numel(), generator=torch.Generator().manual_seed(0))[:max_points]
         wn, qn = wn[idx], qn[idx]
@@ -273,7 +284,7 @@ def component_view(model: torch.nn.Module, name: str, method: MethodConfig | Non
     energy = float((w**2).sum())
     out = {"name": name, "shape": tuple(w.shape), "latent": wn.numpy(), "quantized": qn.numpy(), "units": "std of its row" if per_channel else "std of the matrix",
            "relative_error": err / max(energy, 1e-30), "sqnr_db": 10 * np.log10(max(energy, 1e-30) / max(err, 1e-30)),
-           "threshold": None, "levels": None}
+           "threshold": None, "levels": None, **hists}
     if method is not None and method.method == "bucket":
         b = method.make()
         t, lo, hi = b.levels(w)

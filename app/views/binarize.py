@@ -268,8 +268,9 @@ with friendly_errors():
         comp = st.selectbox("Weight matrix to inspect", names, index=names.index(view_default), key="view")
         v = component_view(lab.model, comp, mc, hessian=lab.hessian)
         fig = go.Figure()
-        fig.add_histogram(x=v["latent"], nbinsx=120, name="latent (fp32) weights", opacity=0.75)
-        fig.add_histogram(x=v["quantized"], nbinsx=240, name=f"{method} values (right axis)", opacity=0.5, yaxis="y2")
+        lh, qh = v["latent_hist"], v["quantized_hist"]  # binned on the server: every weight counted, a few hundred bars sent
+        fig.add_bar(x=lh["centers"], y=lh["counts"], width=lh["width"], name="latent (fp32) weights", opacity=0.75)
+        fig.add_bar(x=qh["centers"], y=qh["counts"], width=qh["width"], name=f"{method} values (right axis)", opacity=0.5, yaxis="y2")
         if v["threshold"] is not None:
             fig.add_vline(x=v["threshold"], line_dash="dash", line_color="black", annotation_text="threshold")
             for lv, nm in zip(v["levels"], ("low mean", "high mean")):

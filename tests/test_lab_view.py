@@ -1,0 +1,22 @@
+"""The weight histogram the Binarize page draws: binned on the server over every weight."""
+import numpy as np
+import torch
+
+from binlab.lab import component_view
+from binlab.model import ModelConfig, build
+from binlab.quantize import MethodConfig
+
+
+def test_histograms_count_every_weight_and_match_numpy():
+    torch.manual_seed(0)
+    m = build(ModelConfig(vocab_size=30, max_len=8, d_model=32, n_heads=2, d_ff=64, n_layers=1))
+    v = component_view(m, "layers.0.ffn.up", MethodConfig("bucket"), max_points=100)
+    w = m.layers[0].ffn.up.weight.detach().double().numpy()
+    z = (w - w.mean(1, keepdims=True)) / w.std(1, keepdims=True)
+    h = v["latent_hist"]
+    assert h["counts"].sum() == w.size and len(h["counts"]) == 120  # all 2,048 weights, though only 100 points are sampled
+    ref, edges = np.histogram(z.ravel(), bins=120, range=(z.min(), z.max()))
+    assert np.abs(h["counts"] - ref).sum() <= 2  # float32 vs float64 at bin edges
+    np.testing.assert_allclose(h["centers"], (edges[:-1] + edges[1:]) / 2, rtol=1e-5, atol=1e-5)
+    assert v["quantized_hist"]["counts"].sum() == w.size
+    assert (v["quantized_hist"]["counts"] > 0).sum() <= 2 * 64  # bucket: two values per row (64 rows)

@@ -102,7 +102,14 @@ class LiveLab:
 
     ``calib`` (training rows, :func:`binlab.calibration.calibration_set`) lets methods that need data
     (GPTQ, PB-LLM, BiLLM ...) run; their Hessians come from the full-precision model and are cached
-    per component, so a change of options never recomputes them."""
+    per component, so a change of options never recomputes them.
+
+    Many learners on one server: build one lab per baseline and give each session :meth:`clone`
+    (a copy of the model; the evaluated rows, the baseline's numbers and the Hessians are shared, not
+    recomputed), and clones answer a spec any of them has measured from a shared table of results."""
+
+    #: (lab family, spec JSON) -> the numbers apply() returned: identical for every clone of one lab
+    _shared_results: dict = {}
 
     def __init__(self, baseline: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000, batch_size: int = EVAL_BATCH, device: str = "auto",
                  calib: EncodedSplit | None = None):
@@ -121,6 +128,17 @@ class LiveLab:
         self.baseline_correct = hits.astype(bool) if self.task == "classify" else hits
         self.baseline_accuracy = float(hits.sum() / self.units.sum())
         self.fp_size = model_size(self.model).summary()
+        self.family = id(self)  # clones share it (and so their measured results)
+
+    def clone(self) -> "LiveLab":
+        """A lab for another learner: its own copy of the model (at the fp32 baseline), everything else shared."""
+        from .quantize import restore_
+
+        new = copy.copy(self)
+        new.model = restore_(copy.deepcopy(self.model))
+        new.spec = QuantSpec()
+        new._inputs = None  # the next evaluation recomputes every layer for this copy
+        return new
 
     @torch.inference_mode()
     def _stats(self, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -184,6 +202,10 @@ class LiveLab:
             if self.calib is None:
                 raise ValueError(f"{todo[0]}'s method needs calibration data, and this lab has none (pass calib=...)")
             calibrate_(self.model, self.calib, sequential=False, cache=self.hessians)
+        shared = LiveLab._shared_results.get((self.family, spec.to_json()))
+        if shared is not None:  # another learner measured this spec on the same rows: the same numbers
+            self._inputs = None  # this copy's layer inputs are not computed: the next change starts from the embeddings
+            return shared | {"seconds": time.perf_counter() - t0, "shared": True}
         after = current_plan(self.model)
         changed = {n for n in set(before) | set(after) if before.get(n) != after.get(n)}
         start = -1 if (spec.attn_probs, spec.attn_qkv, spec.attn_residual) != probs_before else first_changed_layer(changed, len(self.model.layers))
@@ -206,6 +228,9 @@ class LiveLab:
                     "diff": 100 * pd.diff, "diff_low": 100 * pd.low, "diff_high": 100 * pd.high, "p_value": pd.p_value,
                     "within_noise": pd.within_noise}
         out["seconds"] = time.perf_counter() - t0
+        if len(LiveLab._shared_results) > 2000:
+            LiveLab._shared_results.clear()
+        LiveLab._shared_results[(self.family, spec.to_json())] = out
         return out
 
 

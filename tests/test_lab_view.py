@@ -20,3 +20,24 @@ def test_histograms_count_every_weight_and_match_numpy():
     np.testing.assert_allclose(h["centers"], (edges[:-1] + edges[1:]) / 2, rtol=1e-5, atol=1e-5)
     assert v["quantized_hist"]["counts"].sum() == w.size
     assert (v["quantized_hist"]["counts"] > 0).sum() <= 2 * 64  # bucket: two values per row (64 rows)
+
+
+def test_clones_share_rows_and_results_but_not_models(tiny_splits):
+    from binlab.lab import LiveLab
+    from binlab.presets import get_baseline
+    from binlab.quantize import QuantSpec, current_plan
+
+    fp, _ = get_baseline("tiny", tiny_splits)
+    proto = LiveLab(fp, tiny_splits.val, val_rows=80)
+    a, b = proto.clone(), proto.clone()
+    s1 = QuantSpec.simple("encoder", "xnor")
+    s2 = QuantSpec.simple("QK", "bucket", options={"tau": 0.5})
+    ra = a.apply(s1)
+    rb = b.apply(s1)  # the same spec: answered from the shared table, same numbers
+    assert rb.get("shared") and rb["accuracy"] == ra["accuracy"] and rb["total_bytes"] == ra["total_bytes"]
+    assert current_plan(a.model) == current_plan(b.model) and a.model is not b.model
+    r2 = b.apply(s2)  # b's next change recomputes from the embeddings: equal to a fresh lab's full evaluation
+    fresh = LiveLab(fp, tiny_splits.val, val_rows=80).apply(s2)
+    assert r2["accuracy"] == fresh["accuracy"] and r2["loss"] == fresh["loss"]
+    assert current_plan(a.model) != current_plan(b.model)  # a is untouched by b's change
+    assert not current_plan(proto.model)  # the family's own model stays fp32

@@ -4,7 +4,7 @@ import json
 import plotly.graph_objects as go
 import streamlit as st
 
-from common import friendly_errors, require_baseline, sidebar
+from common import friendly_errors, require_baseline, sidebar, train_rows
 
 from binlab.activations import ACT_NAMES
 from binlab.attention import ATTENTION
@@ -23,15 +23,23 @@ preset, source = sidebar()
 st.title("Binarize (live)")
 
 
+@st.cache_resource(show_spinner="Preparing the live lab ...")
+def lab_family(_baseline, _splits, preset: str, source: str | None, rows: int | None, baseline_id: int) -> LiveLab:
+    """One lab per baseline for the whole server; every session works on a clone of it (shared rows,
+    baseline numbers, Hessians and measured results)."""
+    # calibration rows (train only) for the methods that need data; their Hessians are cached in the lab.
+    # A language model's exact perplexity costs a vocabulary-wide head per token: on 1,000 rows a change takes
+    # 2.6 s median on 2 cores (docs/results/bench-live-loop-lm.md); 300 rows cut that work to about a third,
+    # and the interval shown widens to match.
+    val_rows = 300 if getattr(_baseline.config, "task", "classify") == "lm" else 1000
+    return LiveLab(_baseline, _splits.val, val_rows=val_rows, calib=calibration_set(_splits))
+
+
 def live_lab(baseline, splits) -> LiveLab:
     key = f"lab:{preset}:{source}"
     if key not in st.session_state:
-        # calibration rows (train only) for the methods that need data; their Hessians are cached in the lab.
-        # A language model's exact perplexity costs a vocabulary-wide head per token: on 1,000 rows a change takes
-        # 2.6 s median on 2 cores (docs/results/bench-live-loop-lm.md); 300 rows cut that work to about a third,
-        # and the interval shown widens to match.
-        rows = 300 if getattr(baseline.config, "task", "classify") == "lm" else 1000
-        st.session_state[key] = LiveLab(baseline, splits.val, val_rows=rows, calib=calibration_set(splits))
+        # keyed by the baseline object too: a retrained baseline gets a new family
+        st.session_state[key] = lab_family(baseline, splits, preset, source, train_rows(), id(baseline)).clone()
     return st.session_state[key]
 
 

@@ -491,3 +491,13 @@ def test_train_rows_setting_trains_its_own_baseline(env, trained):
     assert not at.exception and metric(at, "validation accuracy").endswith("%")
     at.number_input(key="train_rows").set_value(0).run()  # back to every row: the module's trained baseline
     assert not at.exception
+
+
+def test_bounded_options_follow_their_bound(env, trained):
+    """STBLLM's N <= M from the schema: lowering M brings N down with it instead of an error."""
+    at = new_app("views/binarize.py")
+    at.selectbox(key="method").set_value("stbllm").run()
+    assert not at.exception
+    at.number_input(key="opt:stbllm:m").set_value(3).run()
+    assert not at.exception and not at.error
+    assert at.number_input(key="opt:stbllm:n").value == 3

@@ -111,3 +111,29 @@ def test_cli_bad_arguments_are_one_line_errors(argv, fragment, fixture_data, cap
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1] if err.strip() else ""
     assert rc == 2 and last.startswith("error: ") and fragment in last, err
+
+
+@pytest.mark.parametrize("name", sorted(BINARIZERS))
+def test_the_option_schema_agrees_with_each_method(name):
+    """Every value a widget generated from the schema can take (its ends, its choices, its lab default)
+    makes a valid method, and the schema names only real options."""
+    from binlab.quantize import MethodConfig
+
+    cls = BINARIZERS[name]
+    assert set(cls.ui) <= set(cls.options())
+    for k, ui in cls.ui.items():
+        values = {"bool": [True, False], "choice": list(ui.get("choices", []))}.get(ui["kind"], [ui.get("min"), ui.get("max")])
+        if "lab_default" in ui:
+            values.append(ui["lab_default"])
+            if ui["kind"] in ("float", "int"):
+                assert ui["min"] <= ui["lab_default"] <= ui["max"]
+            elif ui["kind"] == "choice":
+                assert ui["lab_default"] in ui["choices"]
+        if ui.get("none"):
+            values.append(None)
+        for v in values:
+            opts = {k: v}
+            for other, u in cls.ui.items():  # an option bounded by this one follows it down, as its widget does
+                if u.get("at_most") == k and v is not None:
+                    opts[other] = min(cls.defaults()[other], v)
+            MethodConfig(name, options=opts)  # raises if the method refuses a value its widget offers

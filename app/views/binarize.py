@@ -108,7 +108,7 @@ def option_widgets(method: str) -> dict:
     out = {}
     for k, ui in cls.ui.items():
         key = f"opt:{method}:{k}"
-        d = defaults[k]
+        d = ui.get("lab_default", defaults[k])  # the schema says where the widget starts
         if ui.get("none") is not None:  # an option whose None means "let the method choose" (bucket's optimal tau)
             st.session_state.setdefault(f"{key}:none", d is None)
             auto = st.checkbox(ui["none"], key=f"{key}:none")
@@ -122,7 +122,10 @@ def option_widgets(method: str) -> dict:
         elif ui["kind"] == "float":
             out[k] = float(st.slider(ui["label"], ui["min"], ui["max"], step=ui["step"], key=key))
         elif ui["kind"] == "int":
-            out[k] = int(st.number_input(ui["label"], ui["min"], ui["max"], step=1, key=key))
+            hi = min(ui["max"], out[ui["at_most"]]) if ui.get("at_most") in out else ui["max"]  # e.g. STBLLM's N <= M
+            if st.session_state[key] > hi:
+                st.session_state[key] = hi
+            out[k] = int(st.number_input(ui["label"], ui["min"], hi, step=1, key=key))
         elif ui["kind"] == "choice":
             out[k] = st.select_slider(ui["label"], ui["choices"], key=key)
     return out
@@ -148,8 +151,7 @@ with friendly_errors():
     seed_widgets_from_url(names, lab.model)
     for n in names:
         st.session_state.setdefault(f"c:{n}", n.endswith("attn.q") or n.endswith("attn.k"))
-    for k, v in {"method": "bucket", "ste": "(default)", "act": "none", "opt:bucket:tau:none": False, "opt:bucket:tau": 0.0,
-                 "opt:uniform:bits": 4, "attn_probs": "softmax (fp32)", "attn_qkv": "none"}.items():
+    for k, v in {"method": "bucket", "ste": "(default)", "act": "none", "attn_probs": "softmax (fp32)", "attn_qkv": "none"}.items():
         st.session_state.setdefault(k, v)
 
     left, right = st.columns([5, 7], gap="large")

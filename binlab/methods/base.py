@@ -72,7 +72,9 @@ class Quantizer:
     default_ste: ClassVar[str] = "clipped"
     act_ste: ClassVar[str] = "clipped"  # estimator for input activations binarized alongside (W1A1)
     nominal_bits: ClassVar[float] = 1.0
-    #: option name -> widget description for UIs: {"kind": "bool"|"float"|"int"|"choice", "label", "min", "max", "step", "choices", "none"}
+    #: option name -> widget description for UIs: {"kind": "bool"|"float"|"int"|"choice", "label", "min", "max", "step", "choices", "none",
+    #: "lab_default" (the widget's starting value when it differs from the option's default), "at_most" (another option,
+    #: declared before this one, that bounds this one's value: STBLLM's N <= M)}
     ui: ClassVar[dict[str, dict]] = {}
     needs_calibration: ClassVar[bool] = False  # quantize() needs the layer's input Hessian
 

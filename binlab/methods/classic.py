@@ -405,7 +405,8 @@ class Bucket(Quantizer):
     stores: ClassVar[str] = "1 bit per weight + two bucket means (fp32) per row (or per tensor)"
     ui: ClassVar[dict] = {"per_channel": PER_CHANNEL_UI,
                           "tau": {"kind": "float", "label": "threshold tau (in std units: t = mean + tau * std)",
-                                  "min": -3.0, "max": 3.0, "step": 0.05, "none": "squared-error-optimal threshold"}}
+                                  "min": -3.0, "max": 3.0, "step": 0.05, "none": "squared-error-optimal threshold",
+                                  "lab_default": 0.0}}  # the lab opens with the slider live (at the mean) for learners to drag
     per_channel: bool = True
     tau: float | None = None
 

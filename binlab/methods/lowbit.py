@@ -127,7 +127,8 @@ class Uniform(Quantizer):
     arxiv: ClassVar[str] = "1810.05723"
     stores: ClassVar[str] = "k bits per weight + the step (fp32) per row (or per tensor)"
     default_ste: ClassVar[str] = "identity"
-    ui: ClassVar[dict] = {"per_channel": PER_CHANNEL_UI, "bits": {"kind": "choice", "label": "bits", "choices": [1, 2, 3, 4, 5, 6, 7, 8]}}
+    ui: ClassVar[dict] = {"per_channel": PER_CHANNEL_UI, "bits": {"kind": "choice", "label": "bits", "choices": [1, 2, 3, 4, 5, 6, 7, 8],
+                                                                  "lab_default": 4}}  # the lab opens at 4 bits, the seed's middle row
     per_channel: bool = True
     bits: int = 8
 

@@ -87,8 +87,8 @@ class STBLLM(Quantizer):
     stores: ClassVar[str] = "sign bits of the kept N of every M weights, N:M positions, bitmaps, 5 scales per row per block"
     needs_calibration: ClassVar[bool] = True
     data_dependent_storage: ClassVar[bool] = True
-    ui: ClassVar[dict] = {"n": {"kind": "int", "label": "N (kept of every M)", "min": 1, "max": 8, "step": 1},
-                          "m": {"kind": "int", "label": "M", "min": 2, "max": 16, "step": 1}}
+    ui: ClassVar[dict] = {"m": {"kind": "int", "label": "M", "min": 2, "max": 16, "step": 1},
+                          "n": {"kind": "int", "label": "N (kept of every M)", "min": 1, "max": 8, "step": 1, "at_most": "m"}}
     n: int = 4
     m: int = 8
     blocksize: int = 128

@@ -21,20 +21,9 @@ from pathlib import Path
 
 
 def _progress():
-    from tqdm.auto import tqdm
+    from .progress import training_bar
 
-    bar = {"t": None}
-
-    def cb(e):
-        if bar["t"] is None:
-            bar["t"] = tqdm(total=e["total"], unit="step", dynamic_ncols=True)
-        if e["kind"] == "step":
-            bar["t"].update(e["step"] - bar["t"].n)
-            bar["t"].set_postfix(loss=f"{e['loss']:.3f}")
-        elif e["kind"] == "eval":
-            bar["t"].write(f"step {e['step']}: val accuracy {e['val_accuracy']:.4f}")
-
-    return cb
+    return training_bar()
 
 
 def _spec(args):

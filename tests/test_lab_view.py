@@ -41,3 +41,17 @@ def test_clones_share_rows_and_results_but_not_models(tiny_splits):
     assert r2["accuracy"] == fresh["accuracy"] and r2["loss"] == fresh["loss"]
     assert current_plan(a.model) != current_plan(b.model)  # a is untouched by b's change
     assert not current_plan(proto.model)  # the family's own model stays fp32
+
+
+def test_progress_bars_follow_the_work(capsys):
+    from binlab.progress import grid_bar, training_bar
+
+    cb = training_bar("qat")
+    for s in range(1, 5):
+        cb({"kind": "step", "step": s, "total": 4, "loss": 1.0 / s})
+    cb({"kind": "eval", "step": 4, "val_accuracy": 0.5})
+    g = grid_bar("slice")
+    for d in range(1, 10):
+        g(d, 9)
+    err = capsys.readouterr().err
+    assert "qat" in err and "4/4" in err and "slice" in err and "9/9" in err

@@ -128,7 +128,7 @@ class RunStore:
 
     def list(self, preset: str | None = None) -> list[Run]:
         with self._db() as db:
-            q = "SELECT body FROM runs" + (" WHERE preset = ?" if preset else "") + " ORDER BY created, id"
+            q = "SELECT body FROM runs" + (" WHERE preset = ?" if preset else "") + " ORDER BY rowid"  # insertion order
             rows = db.execute(q, (preset,) if preset else ()).fetchall()
         out = []
         for (body,) in rows:

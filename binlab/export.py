@@ -51,8 +51,14 @@ def spec_of(model: nn.Module):
     return QuantSpec(rules, attn_probs=probs, attn_qkv=qkv, attn_residual=rank)
 
 
-def _digest(tensors: dict[str, np.ndarray]) -> str:
+#: the header fields the checksum covers with the tensors (everything that decides what the model computes)
+SIGNED_FIELDS = ("format", "config", "spec", "components")
+
+
+def _digest(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> str:
     h = hashlib.sha256()
+    for k in SIGNED_FIELDS:
+        h.update(f"{k}={meta.get(k, '')}|".encode())
     for k in sorted(tensors):
         a = np.ascontiguousarray(tensors[k])
         h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
@@ -101,7 +107,8 @@ def save_packed(model: nn.Module, path: str | Path, **extra_meta: str) -> dict:
         raise ValueError("save_packed needs a binlab model (Classifier or CausalLM with .config); ensembles are not supported")
     tensors, comps = packed_tensors(model)
     meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict()), "spec": spec_of(model).to_json(),
-            "components": json.dumps(comps, sort_keys=True), "sha256": _digest(tensors)}
+            "components": json.dumps(comps, sort_keys=True)}
+    meta["sha256"] = _digest(tensors, meta)
     meta |= {k: str(v) for k, v in extra_meta.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,8 +134,8 @@ def read_packed(path: str | Path) -> tuple[dict[str, str], dict[str, np.ndarray]
         raise ValueError(f"{path} is not a readable packed model (truncated or corrupted?): {type(err).__name__}: {err}") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a binlab packed model (format {meta.get('format')!r}, expected {FORMAT!r})")
-    if _digest(tensors) != meta.get("sha256"):
-        raise ValueError(f"{path} is corrupted: its tensors do not match the checksum in its header (altered after export?)")
+    if _digest(tensors, meta) != meta.get("sha256"):
+        raise ValueError(f"{path} is corrupted: its tensors or header do not match the checksum in its header (altered after export?)")
     return meta, tensors
 
 
@@ -145,6 +152,8 @@ def load_packed(path: str | Path) -> nn.Module:
         cfg = ModelConfig(**json.loads(meta["config"]))
         spec = QuantSpec.from_json(meta["spec"])
         comps = json.loads(meta["components"])
+        if not isinstance(comps, dict) or not all(isinstance(v, dict) for v in comps.values()):
+            raise ValueError("'components' must map names to objects")
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: its header is not a valid binlab packed model header ({err})") from None
     with torch.device("meta"):
@@ -155,7 +164,14 @@ def load_packed(path: str | Path) -> nn.Module:
             try:
                 codec = CODECS[info["codec"]](tuple(info["shape"]), info["meta"], fields)
                 base = model.get_submodule(name)
-            except (KeyError, AttributeError, ValueError, TypeError) as err:
+                kind = "linear" if isinstance(base, nn.Linear) else "embedding" if isinstance(base, nn.Embedding) else None
+                if kind is None or info.get("kind") != kind:
+                    raise ValueError(f"the header says {info.get('kind')!r} but the model has a {type(base).__name__} there")
+                if tuple(codec.shape) != tuple(base.weight.shape):
+                    raise ValueError(f"codec shape {tuple(codec.shape)} does not match the model's {tuple(base.weight.shape)}")
+                if not isinstance(info.get("method"), str):
+                    raise ValueError("no method name")
+            except (KeyError, AttributeError, ValueError, TypeError, IndexError) as err:
                 raise ValueError(f"{path}: component {name!r} cannot be read ({err})") from None
             if info["kind"] == "linear":
                 act = None
@@ -167,6 +183,10 @@ def load_packed(path: str | Path) -> nn.Module:
                 mod = PackedEmbedding(codec, info.get("padding_idx"), info["method"])
             _set(model, name, mod)
     rest = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
+    want = model.state_dict()
+    wrong = [k for k, t in rest.items() if k in want and t.dtype != want[k].dtype]
+    if wrong:
+        raise ValueError(f"{path}: tensors of the wrong type, e.g. {wrong[0]} is {rest[wrong[0]].dtype}, the model needs {want[wrong[0]].dtype}")
     try:
         model.load_state_dict(rest, strict=True, assign=True)
     except RuntimeError as err:

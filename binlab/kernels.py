@@ -414,6 +414,8 @@ def w1a1_linear(X: np.ndarray, Wt: np.ndarray, lo: np.ndarray, hi: np.ndarray, b
     N = Wt.shape[1]
     lo32, hi32 = (np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float32), (N,))) for v in (lo, hi))
     b32 = np.zeros(N, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+    if b32.shape != (N,):
+        raise ValueError(f"bias has shape {b32.shape}, the layer has {N} outputs")
     out = np.empty((X.shape[0], N), dtype=np.float32)
     _w1a1_linear_kernel(X, Wt, lo32, hi32, b32, np.int64(K), np.float32(scale if scale is not None else -1.0), out)
     return out
@@ -435,7 +437,10 @@ def _unpack_rows_kernel(Wp, lo, hi, K, n0, out):
 
 def dequant_rows(Wp: np.ndarray, lo: np.ndarray, hi: np.ndarray, K: int, n0: int, n1: int) -> np.ndarray:
     """Float32 weights of rows n0 .. n1 from packed bits and per-row levels (a tile, not the matrix)."""
+    _check_packed(Wp, "Wp")
     N = Wp.shape[0]
+    if not (0 <= n0 <= n1 <= N) or n_words(K) != Wp.shape[1]:
+        raise ValueError(f"rows {n0}..{n1} or K={K} do not fit packed weights of shape {Wp.shape}")
     lo32, hi32 = (np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float32), (N,))) for v in (lo, hi))
     out = np.empty((n1 - n0, K), dtype=np.float32)
     _unpack_rows_kernel(Wp, lo32, hi32, np.int64(K), np.int64(n0), out)

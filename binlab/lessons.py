@@ -90,7 +90,7 @@ def _accuracy_race(ctx: Context, specs: dict) -> tuple[dict, tuple[str, ...]]:
     correct = {c: _correct(ptq(ctx.baseline, s).eval(), batches)[0] for c, s in specs.items()}
     acc = {c: 100 * float(v.mean()) for c, v in correct.items()}
     best = max(acc, key=acc.get)
-    tied = tuple(c for c in specs if c == best or paired_difference(correct[best], correct[c]).within_noise)
+    tied = (best,) + tuple(c for c in specs if c != best and paired_difference(correct[best], correct[c]).within_noise)
     return acc, tied
 
 
@@ -132,8 +132,10 @@ def _qat(ctx: Context) -> Outcome:
     train = ctx.splits.train.head(400 if ctx.fast else 4000)
     student, _ = qat(ctx.baseline, spec, train, QATConfig(TrainConfig(epochs=1, lr=5e-4, warmup=0.05, distill=0.5)))
     c = compare_models(student, ptq(ctx.baseline, spec), ctx.splits.val, val_rows=ctx.rows)
-    answer = "within noise" if c["within_noise"] else ("higher" if c["diff"] > 0 else "lower")
-    return Outcome((answer,), f"After one pass over {len(train)} training rows: QAT {c['accuracy_a']:.2f} % vs PTQ {c['accuracy_b']:.2f} % "
+    direction = "higher" if c["diff"] > 0 else "lower" if c["diff"] < 0 else None
+    # within noise, the measured direction is not wrong either: it is just not established on these rows
+    answers = ("within noise",) + ((direction,) if direction else ()) if c["within_noise"] else (direction,)
+    return Outcome(answers, f"After one pass over {len(train)} training rows: QAT {c['accuracy_a']:.2f} % vs PTQ {c['accuracy_b']:.2f} % "
                    f"on {c['rows']} validation rows; difference {c['diff']:+.2f} pts (paired 95 % interval {c['diff_low']:+.2f} to {c['diff_high']:+.2f}).",
                    {"title": "XNOR on the encoder: PTQ vs a short QAT", "x": ["PTQ", "QAT"], "y": [c["accuracy_b"], c["accuracy_a"]],
                     "y_title": "validation accuracy %"})
@@ -147,7 +149,7 @@ def _landscape(ctx: Context) -> Outcome:
     fp = curvature(ctx.baseline, ctx.splits.val, None, rows=rows, k=1, iters=8, trace_samples=0)["top_eigenvalues"][0]
     b = curvature(ctx.baseline, ctx.splits.val, QuantSpec.simple("encoder", "xnor"), rows=rows, k=1, iters=8,
                   trace_samples=0)["top_eigenvalues"][0]
-    answer = "sharper (a larger top eigenvalue)" if b > fp else "flatter (a smaller top eigenvalue)"
+    answer = "sharper (a larger top eigenvalue)" if abs(b) > abs(fp) else "flatter (a smaller top eigenvalue)"  # magnitudes
     return Outcome((answer,), f"Top Hessian eigenvalue of the loss on {rows} validation rows: fp32 {fp:.2f}, "
                    f"XNOR encoder through the STE {b:.2f} (Lanczos, 8 iterations).",
                    {"title": "top Hessian eigenvalue", "x": ["fp32", "XNOR encoder"], "y": [fp, b], "y_title": "eigenvalue"})

@@ -135,11 +135,33 @@ def test_damaged_files_are_refused(fp_tiny, tmp_path):
     save_file(tensors, str(tmp_path / "other.safetensors"), metadata={**meta, "format": "something-else/9"})
     with pytest.raises(ValueError, match="not a binlab packed model"):
         load_packed(tmp_path / "other.safetensors")
+    from binlab.export import _digest
+
+    def resigned(name, **changes):  # a header edited, with its checksum recomputed: what the loader itself must catch
+        m = {**meta, **changes}
+        m["sha256"] = _digest(tensors, m)
+        save_file(tensors, str(tmp_path / name), metadata=m)
+        return tmp_path / name
+
     comps = json.loads(meta["components"])
-    comps["layers.0.attn.q"]["shape"] = [7, 7]  # a consistent checksum, but a header that lies about a shape
-    save_file(tensors, str(tmp_path / "shape.safetensors"), metadata={**meta, "components": json.dumps(comps)})
+    edited = {**meta, "components": json.dumps({**comps, "layers.0.attn.q": {**comps["layers.0.attn.q"], "act": "sign"}})}
+    save_file(tensors, str(tmp_path / "act.safetensors"), metadata=edited)  # an edited header, the old checksum
+    with pytest.raises(ValueError, match="corrupted"):
+        load_packed(tmp_path / "act.safetensors")
+    shape = dict(comps["layers.0.attn.q"], shape=[7, 7])
     with pytest.raises(ValueError, match="layers.0.attn.q"):
-        load_packed(tmp_path / "shape.safetensors")
+        load_packed(resigned("shape.safetensors", components=json.dumps({**comps, "layers.0.attn.q": shape})))
+    kind = dict(comps["layers.0.attn.q"], kind="embedding")
+    with pytest.raises(ValueError, match="layers.0.attn.q"):
+        load_packed(resigned("kind.safetensors", components=json.dumps({**comps, "layers.0.attn.q": kind})))
+    with pytest.raises(ValueError, match="header"):
+        load_packed(resigned("list.safetensors", components=json.dumps([1, 2])))
+    half = {k: (v.astype(np.float16) if k == "embed.norm.bias" else v) for k, v in tensors.items()}
+    m = dict(meta)
+    m["sha256"] = _digest(half, m)
+    save_file(half, str(tmp_path / "dtype.safetensors"), metadata=m)
+    with pytest.raises(ValueError, match="wrong type"):
+        load_packed(tmp_path / "dtype.safetensors")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,3 +261,19 @@ def test_every_bert_era_recipe_packs(fp_tiny, tiny_splits, tmp_path):
             q(next(iter(tiny_splits.test.batches(8)))[0])  # learned activation scales start from a first batch
         _, packed, a, b = _round_trip(q, tmp_path / f"{name}.safetensors", tiny_splits.test)
         assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99, name
+
+
+
+def test_codecs_hold_each_row_to_its_own_scale():
+    """A row of tiny weights beside large ones: a shared coarse grid would round it to zero; the codec must not."""
+    q = np.array([[1.0, -1.0, 0.0, 1.0], [1e-6, -1e-6, 0.0, 1e-6]], np.float32)
+    c = GridCodec.detect(q, [0, 4])
+    assert c is not None
+    np.testing.assert_allclose(c.dense(), q, rtol=1e-5, atol=0)
+
+
+def test_two_levels_shared_by_the_tensor_are_stored_once():
+    q = np.array([[-1.0, 2.0, 2.0, -1.0], [2.0, 2.0, 2.0, 2.0]], np.float32)  # one row holds only one of the levels
+    c = BinaryCodec.detect(q)
+    assert c.bits() == {"codes": 8, "scales": 64}
+    np.testing.assert_array_equal(c.dense(), q)

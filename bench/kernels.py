@@ -120,7 +120,7 @@ def main():
         x = rng.normal(size=(Bn, K)).astype(np.float32)
         w = rng.normal(size=(N, K)).astype(np.float32)
         Wp = pack_bits(w)
-        Wl = LutWeights(Wp, K)  # the load-time layout PackedBinaryLinear keeps (its cost is under packing)
+        Wl = LutWeights(Wp, K)  # the load-time layout packed.PackedLinear keeps (its cost is under packing)
         tx, tw = torch.from_numpy(x), torch.from_numpy(w)
         lo, hi = -np.abs(w).mean(1), np.abs(w).mean(1)
         def packed():

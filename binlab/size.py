@@ -103,7 +103,7 @@ def model_size(model: nn.Module) -> SizeReport:
             continue
         seen.update(id(p) for _, p in own)
         n_params = sum(p.numel() for _, p in own)
-        if callable(getattr(mod, "storage", None)):  # QuantLinear, QuantEmbedding, kernels.PackedBinaryLinear, packed.PackedLinear/PackedEmbedding
+        if callable(getattr(mod, "storage", None)):  # QuantLinear, QuantEmbedding, packed.PackedLinear/PackedEmbedding
             bits = dict(mod.storage())
             bias = getattr(mod, "bias", None)
             if bias is not None:
@@ -116,7 +116,7 @@ def model_size(model: nn.Module) -> SizeReport:
             else:
                 n_w = mod.out_features * mod.in_features
             n_params = n_w + (bias.numel() if bias is not None else 0)
-            method = mod.method.method if hasattr(mod, "method") else getattr(mod, "method_name", None) or "packed-binary"
+            method = mod.method.method if hasattr(mod, "method") else mod.method_name or "packed"  # binlab.packed modules
             comps.append(ComponentSize(name, method, n_w, n_params, bits))
         else:
             w = getattr(mod, "weight", None)

@@ -18,7 +18,8 @@ preset, source = sidebar()
 st.title("Deploy")
 st.markdown("The sizes elsewhere in the lab are bookkeeping; here the model is written as a file that really has that "
             "size (`binlab.export`: bits, scales and whatever else each method stores, plus the fp32 rest), loaded back "
-            "with no latent weights, and run: W1A1 layers through the XNOR-popcount kernel, W1A32 through lookup tables.")
+            "with no latent weights, and run: W1A1 layers through the XNOR-popcount kernel, W1A32 layers through lookup tables "
+            "for a few tokens and through weights decoded tile by tile for longer inputs.")
 
 #: ready-made configurations (PTQ of the baseline) for when nothing is configured yet
 READY = {

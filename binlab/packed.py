@@ -138,6 +138,10 @@ class Codec:
         """Float32 rows ``idx`` (slice or int array) of Q."""
         raise NotImplementedError
 
+    def _select(self, idx) -> np.ndarray:
+        """The row indices ``idx`` (a slice or an int array) stands for."""
+        return idx if isinstance(idx, np.ndarray) else np.arange(*idx.indices(self.shape[0]))
+
     def bits(self) -> dict[str, int]:
         """Payload bits by kind (codes, scales, index, zeros ...)."""
         raise NotImplementedError
@@ -188,7 +192,7 @@ class BinaryCodec(Codec):
 
     def rows(self, idx):
         N, K = self.shape
-        sel = np.arange(N)[idx] if not isinstance(idx, np.ndarray) else idx
+        sel = self._select(idx)
         if isinstance(idx, slice) and (idx.step in (None, 1)):
             out = dequant_rows(self.words, self.lo, self.hi, K, sel[0] if len(sel) else 0, (sel[-1] + 1) if len(sel) else 0)
         else:
@@ -208,12 +212,12 @@ class BinaryCodec(Codec):
         return {"codes": N * K, "scales": FP_BITS * (levels + extras)}
 
     @classmethod
-    def detect(cls, q: np.ndarray, symmetric_ok: bool = True) -> "BinaryCodec | None":
+    def detect(cls, q: np.ndarray) -> "BinaryCodec | None":
         """The binary form of Q if every row takes at most two values (levels shared by all rows
         stored once)."""
         N, K = q.shape
         s = np.abs(q).max(1)
-        if symmetric_ok and np.array_equal(np.abs(q), np.broadcast_to(s[:, None], q.shape)):
+        if np.array_equal(np.abs(q), np.broadcast_to(s[:, None], q.shape)):
             bits = q >= 0
             words = pack_bits(np.where(bits, 1.0, -1.0))
             if np.all(s == 1.0):  # plain sign: no scale at all
@@ -306,7 +310,7 @@ class GridCodec(Codec):
 
     def rows(self, idx):
         N, K = self.shape
-        sel = np.arange(N)[idx] if not isinstance(idx, np.ndarray) else idx
+        sel = self._select(idx)
         codes = self.codes[sel].astype(np.float32)
         if "offsets" in self.t:
             off = self._per_element(self.t["offsets"], sel)
@@ -411,7 +415,7 @@ class PlanesCodec(Codec):
 
     def rows(self, idx):
         N, K = self.shape
-        sel = np.arange(N)[idx] if not isinstance(idx, np.ndarray) else idx
+        sel = self._select(idx)
         g = int(self.meta["group"])
         out = np.zeros((len(sel), K), np.float32)
         one = np.ones(len(sel), np.float32)
@@ -470,7 +474,7 @@ class PartialCodec(Codec):
 
     def rows(self, idx):
         N, K = self.shape
-        sel = np.arange(N)[idx] if not isinstance(idx, np.ndarray) else idx
+        sel = self._select(idx)
         out = self.binary.rows(sel)
         rp = self.rowptr
         for i, n in enumerate(sel):

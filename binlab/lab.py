@@ -211,7 +211,7 @@ class LiveLab:
         start = -1 if (spec.attn_probs, spec.attn_qkv, spec.attn_residual) != probs_before else first_changed_layer(changed, len(self.model.layers))
         nll, units, hits = self._stats(start)
         size = model_size(self.model).summary()
-        out = {"loss": float(nll.sum() / units.sum()), **size, "fp32_bytes": self.fp_size["total_bytes"], "rows": len(nll),
+        out = {"loss": float(nll.sum() / units.sum()), "baseline_loss": float(self.baseline_nll.sum() / self.units.sum()), **size, "fp32_bytes": self.fp_size["total_bytes"], "rows": len(nll),
                "baseline_accuracy": 100 * self.baseline_accuracy}
         if self.task == "lm":
             acc = ratio_interval(hits, units)

@@ -1,6 +1,6 @@
 """The lab in a real browser: streamlit run headless on a free localhost port, driven by Playwright
 on Debian's Chromium. Moves the threshold slider and a component checkbox and checks that the
-accuracy shown changes. Skipped (with the reason) where Chromium or Playwright is missing."""
+numbers shown change. Skipped (with the reason) where Chromium or Playwright is missing."""
 import os
 import re
 import shutil
@@ -55,10 +55,11 @@ def server(tmp_path_factory):
     proc.wait(timeout=10)
 
 
-def metrics(page) -> tuple[str, str]:
-    """(validation accuracy, model size) as shown."""
+def metrics(page) -> tuple[str, str, str]:
+    """(validation accuracy, model size, validation loss) as shown."""
     vals = page.locator('[data-testid="stMetricValue"]')
-    return vals.nth(0).inner_text(), vals.nth(1).inner_text()
+    loss = page.locator('[data-testid="stMetric"]').filter(has_text="validation loss").locator('[data-testid="stMetricValue"]')
+    return vals.nth(0).inner_text(), vals.nth(1).inner_text(), loss.first.inner_text() if loss.count() else ""
 
 
 def running(page) -> bool:
@@ -91,7 +92,7 @@ def wait_for(page, predicate, timeout: float = 90) -> tuple:
     return metrics(page)
 
 
-def test_slider_and_checkbox_change_accuracy(server, tmp_path):
+def test_slider_and_checkbox_change_the_numbers(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -100,7 +101,7 @@ def test_slider_and_checkbox_change_accuracy(server, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
         page.goto(server + "/binarize", wait_until="networkidle")
         page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=60_000)
-        # every encoder linear binarized, so a lopsided threshold surely moves the predictions of the easy fixture model
+        # every encoder linear binarized
         before = metrics(page)
         page.get_by_role("button", name="encoder", exact=True).click()
         wait_for(page, lambda m: m[1] != before[1])
@@ -113,7 +114,9 @@ def test_slider_and_checkbox_change_accuracy(server, tmp_path):
             page.keyboard.press("ArrowRight")
         wait_for(page, lambda m: m != m0)
         m1 = wait_settled(page)
-        assert m1[0] != m0[0], "moving the threshold did not change the accuracy shown"
+        # the loss moves with any change of the weights; the easy fixture's accuracy may stay put to two decimals
+        # (it did on an AVX2 CI machine), so it is recorded, not required to move
+        assert m1[2] != m0[2], "moving the threshold did not change the loss shown"
         assert m1[1] == m0[1], "moving the threshold must not change the size"
         # a component checkbox: binarize the token embedding as well
         box = page.get_by_role("checkbox", name="token", exact=True).first

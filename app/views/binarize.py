@@ -254,6 +254,10 @@ with friendly_errors():
         m2.metric("model size", f"{r['megabytes']:.3f} MB", f"{r['megabytes'] - r['fp32_megabytes']:+.3f} MB", delta_color="inverse")
         m3.metric("size reduction", f"{r['reduction_percent']:.2f} %")
         m4.metric("bits / quantized weight", f"{r['bits_per_quantized_weight']:.3f}" if chosen else "-")
+        if lab.task == "classify":  # the loss moves with every change of the weights, even where no prediction flips
+            st.columns(2)[0].metric("validation loss", f"{r['loss']:.4f}", f"{r['loss'] - r['baseline_loss']:+.4f} vs fp32", delta_color="inverse",
+                                    help="mean cross-entropy of the true class on the same rows (nats). On an easy sample the accuracy "
+                                         "can stay put while the model grows less sure of its answers: the loss shows that.")
         if lab.task == "lm":
             st.caption(f"{r['rows']} validation rows ({r['tokens']:,} tokens): perplexity {r['perplexity']:.2f} (95 % interval "
                        f"{r['perplexity_low']:.2f}-{r['perplexity_high']:.2f}); x{r['ppl_ratio']:.3f} the fp32 model's (95 % interval "

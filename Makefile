@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.binlab-installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[dev,notebooks]"
+	$(PY) -m pip install -q -e ".[dev,notebooks,cluster]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,4 +1,4 @@
-"""Command line: ``binlab data | train | eval | size | export | experiments | landscape | bench | methods | app``.
+"""Command line: ``binlab data | train | eval | size | export | experiments | sweep | landscape | bench | methods | app``.
 
 Examples::
 
@@ -200,8 +200,31 @@ def cmd_experiments(args):
     names = list(experiments.EXPERIMENTS) if args.name == "all" else [args.name]
     for n in names:
         only = [int(i) for i in args.only.split(",")] if args.only else None
-        out = experiments.run(n, preset=args.preset, source=args.data, fast=args.fast, callback=print, only=only)
+        out = experiments.run(n, preset=args.preset, source=args.data, fast=args.fast, callback=print, only=only, seeds=args.seeds,
+                              runner=args.runner, address=args.address, threads=args.threads)
         print(f"wrote {out}")
+    return 0
+
+
+def cmd_sweep(args):
+    from . import sweep
+    from .store import ResultStore
+
+    tasks = sweep.load_grid(args.grid, source=args.data)
+    store = ResultStore(args.store) if args.store else ResultStore()
+    runner = args.runner
+    if runner == "auto":
+        import importlib.util
+
+        runner = "ray" if importlib.util.find_spec("ray") else "local"
+        if runner == "local":
+            print("Ray is not installed (pip install -e '.[cluster]'): running in this process")
+    rows = sweep.run_tasks(tasks, store=store, runner=runner, address=args.address, threads=args.threads, callback=print)
+    for t, r in zip(tasks, rows):
+        acc = r.get("accuracy")
+        print(f"{t.preset:<10} {r['label'][:60]:<60} seed {t.seed}  val {r.get('val_accuracy', float('nan')):.2f} %"
+              + (f"  test {acc:.2f} %" if acc is not None else ""))
+    print(f"{len(rows)} row(s) in {store.path}")
     return 0
 
 
@@ -270,6 +293,24 @@ def cmd_app(args):
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)])
 
 
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
+    return v
+
+
+def runner_args(p, default: str = "local") -> None:
+    p.add_argument("--runner", choices=["local", "ray"] + (["auto"] if default == "auto" else []), default=default,
+                   help="local: in this process; ray: Ray tasks (pip install -e '.[cluster]')"
+                        + ("; auto: Ray when installed, else local" if default == "auto" else ""))
+    p.add_argument("--address", help="join this Ray cluster (host:6379 or ray://host:10001) instead of starting one here")
+    p.add_argument("--threads", type=positive_int, help="torch threads per task (default: torch's; Ray: 1 per task)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="binlab", description="Binarize a small transformer text classifier on AG_NEWS.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -321,7 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--fast", action="store_true", help="tiny budget (for smoke tests)")
     p.add_argument("--only", help="comma-separated indices of the configurations to run (e.g. 0,1,2)")
+    runner_args(p)
+    p.add_argument("--seeds", type=positive_int, default=1, help="random seeds per trained row (the headline T7 also reseeds the baseline)")
     p.set_defaults(fn=cmd_experiments)
+
+    p = sub.add_parser("sweep", help="run a grid file (presets x specs x budgets x seeds) into the results store, locally or on Ray")
+    p.add_argument("grid", help="a YAML grid file (see binlab/sweep.py)")
+    p.add_argument("--data", help="AG_NEWS directory (else BINLAB_DATA, else the hub)")
+    p.add_argument("--store", help="results store file (default: <cache>/results.sqlite)")
+    runner_args(p, default="auto")
+    p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("landscape", help="loss-landscape probes: interpolate | slice | curvature (JSON out)")
     p.add_argument("probe", choices=["interpolate", "slice", "curvature"])

@@ -20,11 +20,16 @@
 
   and the same for the paired difference of two models on the same rows (``a_i - a'_i``).
   Perplexity intervals are ``exp`` of the NLL interval.
+- :func:`bootstrap_diff`: a table row trained with several seeds against the fp32 row, on the same
+  test rows: a paired, two-stage (rows, then seeds) percentile bootstrap interval of the difference
+  of mean accuracies (Efron & Tibshirani 1993, ch. 13; the seed stage as in Bouthillier et al. 2021,
+  "Accounting for variance in machine learning benchmarks").
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -50,8 +55,8 @@ def mcnemar_p(b: int, c: int) -> float:
     if m == 0:
         return 1.0
     k = min(b, c)
-    tail = sum(math.comb(m, i) for i in range(k + 1)) / 2.0**m
-    return min(1.0, 2 * tail)
+    # exact integer arithmetic: 2**m overflows a float beyond m = 1023 discordant rows
+    return min(1.0, float(Fraction(2 * sum(math.comb(m, i) for i in range(k + 1)), 2**m)))
 
 
 @dataclass(frozen=True)
@@ -109,3 +114,80 @@ def ratio_interval(a, b, z: float = Z95) -> RatioEstimate:
 def paired_ratio_difference(a1, a2, b, z: float = Z95) -> RatioEstimate:
     """``(sum a1 - sum a2) / sum b`` on the same rows (e.g. the change of mean NLL per token), 95 % interval."""
     return ratio_interval(np.asarray(a1, float) - np.asarray(a2, float), b, z)
+
+
+# ---------------------------------------------------------------------------------------------
+# Repeated seeds: a table row is several trained models (one per seed) evaluated on the same rows.
+
+
+@dataclass(frozen=True)
+class BootstrapDiff:
+    diff: float  # mean accuracy over A's seeds - mean over B's seeds, as a fraction
+    low: float  # 95 % percentile interval
+    high: float
+    n_boot: int
+
+    @property
+    def within_noise(self) -> bool:
+        """True when the interval contains 0: no measurable difference."""
+        return self.low <= 0 <= self.high
+
+
+def bootstrap_diff(correct_a, correct_b, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> BootstrapDiff:
+    """Paired bootstrap interval of ``acc(A) - acc(B)`` on the same test rows, over seeds and rows.
+
+    ``correct_a``: (S_a, n) per-row correctness of A's S_a seeds, ``correct_b``: (S_b, n) for B (a 1-D
+    array is one seed). Each replicate draws n row indices with replacement (the same rows for A and B:
+    paired) and, independently for A and for B, S_a and S_b seeds with replacement (a two-stage,
+    hierarchical bootstrap, so the interval holds both sources of noise: the finite test set and
+    training randomness); its statistic is the mean over the drawn seeds and rows of A minus that of B.
+    The interval is the (1-level)/2 and (1+level)/2 quantiles of the replicates (Efron's percentile
+    interval). With one seed per side the seed stage is a no-op and, for large n, the interval tends to
+    :func:`paired_difference`'s normal one, ``d +- z sqrt(b + c - (b - c)^2 / n) / n`` (tested)."""
+    a = np.atleast_2d(np.asarray(correct_a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(correct_b, dtype=np.float64))
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or a.shape[1] == 0 or 0 in a.shape or 0 in b.shape:
+        raise ValueError(f"bootstrap_diff needs (seeds, rows) arrays with the same, non-zero number of rows; got {a.shape} and {b.shape}")
+    if not 0 < level < 1 or n_boot < 100:
+        raise ValueError("level must be in (0, 1) and n_boot >= 100")
+    rng = np.random.default_rng(seed)
+    n = a.shape[1]
+    out = np.empty(n_boot)
+    for i in range(n_boot):
+        rows = rng.integers(0, n, n)
+        sa = rng.integers(0, a.shape[0], a.shape[0])
+        sb = rng.integers(0, b.shape[0], b.shape[0])
+        # mean over drawn seeds of the mean over drawn rows: sum the drawn seeds' correctness first, then index rows
+        out[i] = a[sa].mean(0)[rows].mean() - b[sb].mean(0)[rows].mean()
+    lo, hi = np.quantile(out, [(1 - level) / 2, (1 + level) / 2])
+    return BootstrapDiff(float(a.mean() - b.mean()), float(lo), float(hi), n_boot)
+
+
+def seed_summary(values) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof = 1; None for a single seed) of per-seed results."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError("seed_summary needs a non-empty 1-D list of per-seed values")
+    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None)
+
+
+def pack_correct(correct) -> str:
+    """Per-row correctness as compact text (bits, base64) for a results store; :func:`unpack_correct` inverts it."""
+    import base64
+
+    c = np.asarray(correct, dtype=bool)
+    return f"{c.size}:" + base64.b64encode(np.packbits(c).tobytes()).decode()
+
+
+def unpack_correct(text: str) -> np.ndarray:
+    import base64
+
+    try:
+        n, data = text.split(":", 1)
+        bits = np.unpackbits(np.frombuffer(base64.b64decode(data, validate=True), dtype=np.uint8))
+        n = int(n)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"not packed per-row correctness: {text[:40]!r}") from err
+    if not 0 <= n <= bits.size < n + 8:
+        raise ValueError(f"packed correctness says {n} rows but holds {bits.size} bits")
+    return bits[:n].astype(bool)

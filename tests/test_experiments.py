@@ -29,7 +29,7 @@ def test_index_lists_every_table_with_drops(tmp_path):
     for name in ("T1", "T2"):
         (tmp_path / f"{name}-scratch.json").write_text(json.dumps({"experiment": name, "preset": "scratch", "title": name, "rows": rows}))
     text = E.write_index(tmp_path).read_text()
-    assert text.count("| b | qat | 88.50 | -1.50 | 95.00 | - |") == 2
+    assert text.count("| b | qat | 1 | 88.50 | -1.50 (no interval) | 95.00 | - |") == 2  # a one-seed row from before intervals
     assert "[T2 (scratch)](T2-scratch.md)" in text
 
 

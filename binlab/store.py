@@ -1,0 +1,71 @@
+"""The experiment results store: one SQLite file, one row per trained-and-evaluated configuration.
+
+Every configuration an experiment or a sweep runs (a preset, a spec, a training budget, a seed, and
+the fp32 baseline it starts from) has a key (:func:`binlab.experiments.run_key`); its result is written
+as one committed transaction under that key, with ``INSERT OR IGNORE``, so
+
+- a killed run loses at most the configuration it was computing, never a finished one;
+- running the same grid again (or resuming it) finds the finished keys and skips them: no duplicates,
+  even when two workers race to finish the same key;
+- rows of many sweeps (Ray workers on other machines send their rows to the driver, which writes
+  them) live side by side and tables are generated from them (:func:`binlab.experiments.aggregate`).
+
+The default file is ``<cache>/results.sqlite`` (``BINLAB_CACHE`` moves the cache). It is not committed:
+the tables in ``docs/results`` are what a run leaves in the repository.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+
+class ResultStore:
+    """Results by key (see the module docstring)."""
+
+    def __init__(self, path: str | Path | None = None):
+        from .data import cache_dir
+
+        self.path = Path(path) if path is not None else cache_dir() / "results.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._db() as db:
+                db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, experiment TEXT, preset TEXT, label TEXT, "
+                           "seed INTEGER, created REAL, body TEXT)")
+        except sqlite3.DatabaseError as err:
+            raise ValueError(f"the results store {self.path} is damaged ({err}); move it away to start a new one") from None
+
+    def _db(self):
+        return sqlite3.connect(self.path, timeout=60)
+
+    def get(self, key: str) -> dict | None:
+        with self._db() as db:
+            hit = db.execute("SELECT body FROM results WHERE key = ?", (key,)).fetchone()
+        return None if hit is None else json.loads(hit[0])
+
+    def put(self, key: str, row: dict, experiment: str | None = None, preset: str | None = None) -> bool:
+        """Store ``row`` under ``key`` unless the key is there already; True when this call wrote it."""
+        with self._db() as db:
+            cur = db.execute("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (key, experiment, preset, row.get("label"), row.get("seed"), time.time(), json.dumps(row)))
+            return cur.rowcount == 1
+
+    def keys(self) -> set[str]:
+        with self._db() as db:
+            return {k for (k,) in db.execute("SELECT key FROM results")}
+
+    def rows(self, experiment: str | None = None, preset: str | None = None) -> list[dict]:
+        """Stored rows (with their ``key``), oldest first, optionally of one experiment and preset."""
+        q, args = "SELECT key, body FROM results", []
+        where = [(c, v) for c, v in (("experiment", experiment), ("preset", preset)) if v is not None]
+        if where:
+            q += " WHERE " + " AND ".join(f"{c} = ?" for c, _ in where)
+            args = [v for _, v in where]
+        with self._db() as db:
+            out = db.execute(q + " ORDER BY rowid", args).fetchall()
+        return [json.loads(body) | {"key": key} for key, body in out]
+
+    def __len__(self) -> int:
+        with self._db() as db:
+            return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]

@@ -1,0 +1,317 @@
+"""Sweeps: grids of (preset x spec x budget x seed) run as tasks, in this process or on Ray.
+
+A :class:`Task` is one configuration to train (or quantize) and evaluate. :func:`run_tasks` runs a list
+of them and writes each finished row to the results store (:class:`binlab.store.ResultStore`) as it
+arrives; rows already there (same key: baseline, spec, budget, seed, code) are not run again, so an
+interrupted sweep resumes where it stopped, without duplicates.
+
+Runners:
+
+- ``"local"``: one task after another in this process (the default of ``binlab experiments run``);
+- ``"ray"``: every task a Ray task (``pip install -e .[cluster]``). Without ``address`` a Ray is started
+  on this machine; with ``address`` (``ray://host:10001`` or ``host:6379``) the driver joins that
+  cluster, tasks go wherever it has room, and a task asks for a GPU when the cluster has any (the
+  trainer then uses it). Workers only compute; the driver writes the store. Workers need binlab
+  installed and the data where ``BINLAB_DATA`` says (it and ``BINLAB_CACHE`` are passed on).
+
+Full-precision baselines are trained by the driver before any task starts, so two workers never train
+the same one. ``threads`` fixes torch's thread count in every task (with the same value the two
+runners give identical rows: tested on a tiny grid).
+
+A grid file (YAML) for ``binlab sweep GRID.yaml``::
+
+    presets: [scratch]
+    seeds: [0, 1, 2]
+    test: false            # false: validation only (choosing a recipe); true: final rows, test evaluated
+    budgets:               # QAT budgets (fields of TrainConfig; epochs, lr, distill ...); default: the preset's
+      - {epochs: 2, lr: 0.0005, distill: 0.5}
+      - {epochs: 2, lr: 0.001, distill: 0.5}
+    specs:
+      - {label: "xnor encoder", mode: qat, spec: {"rules": [{"target": "encoder", "method": {"method": "xnor"}}]}}
+      - {experiment: T7, only: [1, 3]}   # configurations of a table
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+RUNNERS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One configuration: ``config`` (a :class:`binlab.experiments.Config`) on ``preset``, QAT seed
+    ``seed``, starting from the fp32 baseline trained with ``baseline_seed`` on ``train_rows`` training
+    rows (None: all). ``budget``: a QATConfig (None: the preset's, with the config's changes)."""
+
+    preset: str
+    config: object
+    seed: int = 0
+    baseline_seed: int = 0
+    experiment: str | None = None
+    budget: object | None = None
+    source: str | None = None
+    fast: bool = False
+    train_rows: int | None = None
+    test: bool = True
+
+    def __post_init__(self):
+        from .presets import get_preset
+
+        get_preset(self.preset)  # an unknown preset fails here, with the list
+        for name in ("seed", "baseline_seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be a whole number >= 0, got {v!r}")
+        if self.train_rows is not None and (not isinstance(self.train_rows, int) or self.train_rows < 1):
+            raise ValueError(f"train_rows must be a whole number >= 1 or None, got {self.train_rows!r}")
+
+
+def budget_of(task: Task, with_config: bool = True):
+    """The QAT budget a task trains with: the task's or the preset's (fast: 0.2 epochs), the config's
+    changes, and the task's seed."""
+    from .experiments import BUDGETS
+
+    b = task.budget or BUDGETS.get(task.preset, BUDGETS["scratch"])
+    if task.fast:
+        b = replace(b, train=replace(b.train, epochs=0.2))
+    if with_config:
+        b = task.config.budget(b)
+    return replace(b, train=replace(b.train, seed=task.seed))
+
+
+@dataclass
+class Context:
+    splits: object
+    teacher: object
+    meta: dict
+    key_base: str
+    calib: object = field(repr=False, default=None)
+
+
+@functools.lru_cache(maxsize=4)
+def _splits(preset: str, source: str | None, fast: bool, train_rows: int | None, where: tuple = ()):
+    from .presets import get_preset, load_data
+
+    over = {"train_size": 300, "test_size": 200} if fast else {}
+    if train_rows is not None:
+        over["train_size"] = train_rows
+    return load_data(get_preset(preset), source=source, **over)
+
+
+@functools.lru_cache(maxsize=8)
+def _context(preset: str, source: str | None, fast: bool, train_rows: int | None, baseline_seed: int, where: tuple = ()) -> Context:
+    from .calibration import calibration_set
+    from .experiments import CALIB_ROWS
+    from .presets import baseline_stem, get_baseline, get_preset
+
+    p = get_preset(preset)
+    splits = _splits(preset, source, fast, train_rows, where)
+    cfg = replace(p.train, seed=baseline_seed, **({"epochs": 0.3} if fast else {}))
+    teacher, meta = get_baseline(p, splits, cfg)
+    return Context(splits, teacher, meta, str(baseline_stem(p, splits, cfg)), calibration_set(splits, CALIB_ROWS))
+
+
+def context(task: Task) -> Context:
+    """The data, fp32 baseline (trained and cached on first use) and calibration rows of a task."""
+    from .data import cache_dir
+
+    # the data and cache a task resolves to are part of the memo's key (tests and users switch them)
+    where = (os.environ.get("BINLAB_DATA"), str(cache_dir()))
+    return _context(task.preset, task.source, task.fast, task.train_rows, task.baseline_seed, where)
+
+
+def task_key(task: Task, code: str | None = None) -> str:
+    from .experiments import code_fingerprint, row_key
+
+    return row_key(task.config, budget_of(task), context(task).key_base, code or code_fingerprint(task.config.spec), task.test)
+
+
+def execute(task: Task, code: str | None = None, threads: int | None = None) -> dict:
+    """Compute one task's row (nothing stored): what a worker runs."""
+    import torch
+
+    from .experiments import compute_row
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        ctx = context(task)
+        row = compute_row(task.config, ctx.teacher, ctx.splits, budget_of(task), code, calib=ctx.calib, test=task.test)
+    finally:
+        torch.set_num_threads(old)
+    return row | {"baseline_seed": task.baseline_seed, "train_rows": len(ctx.splits.train), "preset": task.preset}
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("the Ray runner needs Ray: pip install -e '.[cluster]' (or use --runner local)") from None
+    return ray
+
+
+def run_tasks(tasks: list[Task], store=None, runner: str = "local", address: str | None = None, threads: int | None = None,
+              callback: Callable | None = None) -> list[dict]:
+    """Run ``tasks`` (those not in ``store`` yet) and return every task's row, in order, from the store."""
+    from .experiments import code_fingerprint
+    from .store import ResultStore
+
+    if runner not in RUNNERS:
+        raise ValueError(f"unknown runner {runner!r}; choose one of {RUNNERS}")
+    if address and runner != "ray":
+        raise ValueError("--address joins a Ray cluster: use it with --runner ray")
+    store = store if store is not None else ResultStore()
+    log = callback or (lambda *_: None)
+    codes = {t.config.spec.to_json(): None for t in tasks}
+    codes = {k: code_fingerprint(next(t.config.spec for t in tasks if t.config.spec.to_json() == k)) for k in codes}
+    for t in tasks:  # every baseline, trained here first (cached): workers only load them
+        context(t)
+    keys = [task_key(t, codes[t.config.spec.to_json()]) for t in tasks]
+    done = store.keys()
+    todo, seen = [], set()
+    for t, k in zip(tasks, keys):
+        if k not in done and k not in seen:
+            todo.append((t, k))
+            seen.add(k)
+    log(f"{len(tasks)} task(s): {len(tasks) - len(todo)} already in {store.path}, {len(todo)} to run ({runner})")
+
+    def finish(t: Task, k: str, row: dict, i: int):
+        store.put(k, row, t.experiment, t.preset)
+        acc = row.get("accuracy", row.get("val_accuracy"))
+        log(f"[{i}/{len(todo)}] {t.experiment or 'sweep'}/{t.preset} {row['label']} seed {t.seed}"
+            + (f" (baseline seed {t.baseline_seed})" if t.baseline_seed else "") + (f": {acc:.2f} %" if acc is not None else ""))
+
+    if runner == "local" or not todo:
+        for i, (t, k) in enumerate(todo, 1):
+            log(f"[{i}/{len(todo)}] {t.config.label} ({t.config.mode}, seed {t.seed}) ...")
+            finish(t, k, execute(t, codes[t.config.spec.to_json()], threads), i)
+    else:
+        ray = _ray()
+        if not ray.is_initialized():
+            env = {k: v for k, v in os.environ.items() if k.startswith("BINLAB_")}
+            if address:
+                ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+            else:
+                ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+        gpus = ray.cluster_resources().get("GPU", 0)
+        remote = ray.remote(execute).options(num_cpus=threads or 1, num_gpus=1 if gpus else 0)
+        pending = {remote.remote(t, codes[t.config.spec.to_json()], threads): (t, k) for t, k in todo}
+        i = 0
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            t, k = pending.pop(ready[0])
+            i += 1
+            finish(t, k, ray.get(ready[0]), i)
+    out = []
+    for t, k in zip(tasks, keys):
+        row = store.get(k)
+        if row is None:
+            raise RuntimeError(f"task {t.config.label!r} (seed {t.seed}) finished without a stored row")
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# grid files
+
+
+def check_targets(preset: str, configs) -> None:
+    """ValueError naming the target of a config that selects no component of ``preset``'s model (built
+    on the meta device: no weights, no data)."""
+    import torch
+
+    from .model import build
+    from .presets import get_preset
+    from .quantize import plan
+
+    with torch.device("meta"):
+        model = build(replace(get_preset(preset).model, vocab_size=64))
+    for c in configs:
+        try:
+            plan(model, c.spec)
+        except ValueError as err:
+            raise ValueError(f"{c.label!r} on {preset}: {err}") from None
+
+
+def load_grid(path: str | Path, source: str | None = None) -> list[Task]:
+    """The tasks of a grid file (see the module docstring); ValueError saying what is wrong."""
+    import json
+
+    import yaml
+
+    from .experiments import EXPERIMENTS, Config
+    from .qat import QATConfig
+    from .quantize import QuantSpec
+    from .train import TrainConfig
+
+    try:
+        g = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise ValueError(f"cannot read the grid file {path}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(g, dict):
+        raise ValueError(f"{path}: a grid is a mapping with presets, specs, and optionally seeds, budgets, test")
+    unknown = set(g) - {"presets", "specs", "seeds", "budgets", "test", "baseline_seeds", "train_rows"}
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    presets, specs = g.get("presets"), g.get("specs")
+    if not presets or not isinstance(presets, list) or not specs or not isinstance(specs, list):
+        raise ValueError(f"{path}: 'presets' and 'specs' must be non-empty lists")
+    seeds = g.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds:
+        raise ValueError(f"{path}: 'seeds' must be a non-empty list of whole numbers")
+    test = g.get("test", True)
+    if not isinstance(test, bool):
+        raise ValueError(f"{path}: 'test' must be true or false")
+    configs = []
+    for i, s in enumerate(specs):
+        if not isinstance(s, dict):
+            raise ValueError(f"{path}: specs[{i}] must be a mapping")
+        if "experiment" in s:
+            exp = EXPERIMENTS.get(s["experiment"])
+            if exp is None:
+                raise ValueError(f"{path}: specs[{i}]: unknown experiment {s['experiment']!r}; choose one of {sorted(EXPERIMENTS)}")
+            only = s.get("only", list(range(len(exp.configs))))
+            if not isinstance(only, list) or any(not isinstance(j, int) or not 0 <= j < len(exp.configs) for j in only):
+                raise ValueError(f"{path}: specs[{i}]: 'only' must list indices 0..{len(exp.configs) - 1} of {exp.name}")
+            configs += [exp.configs[j] for j in only]
+            continue
+        if "label" not in s or "spec" not in s:
+            raise ValueError(f"{path}: specs[{i}] needs 'label' and 'spec' (QuantSpec JSON), or 'experiment'")
+        raw = s["spec"] if isinstance(s["spec"], str) else json.dumps(s["spec"])
+        mode = s.get("mode", "qat")
+        if mode not in ("fp", "ptq", "qat"):
+            raise ValueError(f"{path}: specs[{i}]: mode must be fp, ptq or qat, got {mode!r}")
+        configs.append(Config(str(s["label"]), QuantSpec.from_json(raw), mode))
+    budgets = [None]
+    if g.get("budgets"):
+        if not isinstance(g["budgets"], list) or not all(isinstance(b, dict) for b in g["budgets"]):
+            raise ValueError(f"{path}: 'budgets' must be a list of mappings of TrainConfig fields")
+        budgets = []
+        for b in g["budgets"]:
+            try:
+                budgets.append(QATConfig(TrainConfig(**b)))
+            except TypeError as err:
+                raise ValueError(f"{path}: budget {b}: {err}") from None
+    train_rows = g.get("train_rows", [None])
+    if not isinstance(train_rows, list):
+        train_rows = [train_rows]
+    base_seeds = g.get("baseline_seeds")
+    for preset in presets:  # every target must name components of every preset's model: fail before anything trains
+        check_targets(str(preset), configs)
+    tasks = []
+    for preset in presets:
+        for rows in train_rows:
+            for c in configs:
+                for b in budgets:
+                    for k in (seeds if c.mode == "qat" or base_seeds == "same" else seeds[:1]):
+                        bs = k if base_seeds == "same" else 0
+                        tasks.append(Task(str(preset), c, seed=int(k), baseline_seed=bs, budget=b, source=source,
+                                          train_rows=rows, test=test))
+    return tasks

@@ -1,0 +1,254 @@
+"""Repeated seeds and intervals (against closed forms), the results store (resume after a kill, no
+duplicates), grid files, and the Ray runner against the in-process one on a tiny grid."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from binlab import experiments as E
+from binlab.stats import Z95, bootstrap_diff, mcnemar_p, pack_correct, paired_difference, seed_summary, unpack_correct
+from binlab.store import ResultStore
+from binlab.sweep import Task, load_grid, run_tasks
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+
+
+def test_bootstrap_matches_the_paired_closed_form_with_one_seed():
+    """One seed per side: the bootstrap's percentile interval tends to d +- z sqrt(b + c - (b - c)^2/n)/n."""
+    rng = np.random.default_rng(1)
+    n = 20_000
+    a = rng.random(n) < 0.86
+    flip = rng.random(n) < 0.06  # B disagrees with A on about 6 % of the rows
+    b = np.where(flip, ~a, a)
+    pd = paired_difference(a, b)
+    half = (pd.high - pd.low) / 2
+    bd = bootstrap_diff(a, b, n_boot=4000, seed=3)
+    assert bd.diff == pytest.approx(pd.diff, abs=1e-12)
+    assert bd.low == pytest.approx(pd.low, abs=0.12 * half) and bd.high == pytest.approx(pd.high, abs=0.12 * half)
+    # and the closed form written out here, independently of paired_difference
+    nb, nc = int((a & ~b).sum()), int((~a & b).sum())
+    se = math.sqrt(nb + nc - (nb - nc) ** 2 / n) / n
+    assert (bd.high - bd.low) / 2 == pytest.approx(Z95 * se, rel=0.12)
+
+
+def test_bootstrap_over_seeds_is_wider_when_seeds_disagree_and_centred_on_the_mean():
+    rng = np.random.default_rng(0)
+    n = 5000
+    truth = rng.random(n) < 0.85
+    same = np.stack([truth] * 3)
+    # three "seeds" that each get a different 2 % of the rows wrong on top of the shared errors
+    differ = np.stack([truth & ~(rng.random(n) < 0.02 * (k + 1)) for k in range(3)])
+    ref = np.stack([truth])
+    narrow = bootstrap_diff(same, ref, n_boot=2000)
+    wide = bootstrap_diff(differ, ref, n_boot=2000)
+    assert narrow.low == narrow.high == narrow.diff == 0.0  # identical models: no difference, no spread
+    assert wide.diff == pytest.approx(differ.mean() - truth.mean())
+    assert wide.high - wide.low > 0.01 and wide.high < 0  # the seeds are all worse: the interval says so
+    assert not wide.within_noise and narrow.within_noise
+
+
+def test_bootstrap_rejects_bad_shapes():
+    with pytest.raises(ValueError):
+        bootstrap_diff(np.ones((2, 5), bool), np.ones((2, 6), bool))
+    with pytest.raises(ValueError):
+        bootstrap_diff(np.ones((0, 5), bool), np.ones((1, 5), bool))
+
+
+def test_seed_summary_is_the_sample_standard_deviation():
+    m, sd = seed_summary([86.0, 87.0, 88.5])
+    assert m == pytest.approx(87.1666666) and sd == pytest.approx(math.sqrt(((86 - m) ** 2 + (87 - m) ** 2 + (88.5 - m) ** 2) / 2))
+    assert seed_summary([80.0]) == (80.0, None)
+
+
+@given(st.lists(st.booleans(), min_size=0, max_size=70))
+@settings(max_examples=60, deadline=None)
+def test_packed_correctness_round_trips(bits):
+    assert unpack_correct(pack_correct(bits)).tolist() == bits
+
+
+def test_damaged_packed_correctness_is_a_value_error():
+    for text in ("", "12", "12:!!!", "100:AAAA", "x:AAAA"):
+        with pytest.raises(ValueError):
+            unpack_correct(text)
+
+
+def test_aggregate_on_a_hand_made_table():
+    """Rows right only under the QAT model b = 10, only under fp32 c = 2: McNemar p = 2 P(X <= 2), X ~ Bin(12, 1/2)."""
+    n = 100
+    fp = np.zeros(n, bool)
+    fp[:80] = True
+    q = fp.copy()
+    q[80:90] = True  # 10 rows right only under the quantized model
+    q[:2] = False  # 2 rows right only under fp32
+    runs = [{"label": "q", "mode": "qat", "accuracy": 100 * q.mean(), "test_correct": pack_correct(q), "random_seed": 0,
+             "megabytes": 1.0, "reduction_percent": 90.0, "bits_per_quantized_weight": 1.0, "train_seconds": 1.0}]
+    ref = [{"label": "fp", "mode": "fp", "accuracy": 80.0, "test_correct": pack_correct(fp), "baseline_seed": 0}]
+    row = E.aggregate(E.Config("q", E.FP, "qat"), runs, ref)
+    assert row["mcnemar_p"] == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    assert row["diff"] == pytest.approx(8.0) and row["accuracy_std"] is None and row["random_seeds"] == [0]
+    assert row["diff_ci95"][0] < 8.0 < row["diff_ci95"][1]
+    assert mcnemar_p(10, 2) == pytest.approx(row["mcnemar_p"])
+
+
+def test_every_qat_table_has_an_equal_budget_control():
+    for e in E.EXPERIMENTS.values():
+        if any(c.mode == "qat" for c in e.configs):
+            ctl = [c for c in e.configs if "control" in c.label]
+            assert len(ctl) == 1 and ctl[0].mode == "qat" and not ctl[0].spec.rules, e.name
+    assert E.EXPERIMENTS["T7"].seeded_baseline
+
+
+# ---------------------------------------------------------------------------------------------
+# the store and the runners
+
+
+def tiny_tasks(source, seeds=(0, 1)):
+    xnor = E.Config("xnor encoder", E._spec(("encoder", "xnor")), "qat")
+    sign = E.Config("sign encoder", E._spec(("encoder", "sign")), "qat")
+    return [Task("tiny", c, seed=k, source=str(source), fast=True) for c in (xnor, sign) for k in seeds]
+
+
+def test_store_put_is_once_per_key(tmp_path):
+    s = ResultStore(tmp_path / "r.sqlite")
+    assert s.put("k", {"label": "a", "accuracy": 1.0}) and not s.put("k", {"label": "b", "accuracy": 2.0})
+    assert s.get("k")["label"] == "a" and len(s) == 1 and s.get("missing") is None
+    (tmp_path / "bad.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(ValueError, match="damaged"):
+        ResultStore(tmp_path / "bad.sqlite")
+
+
+def test_experiment_with_seeds_reports_spread_and_intervals(fixture_data, tmp_path):
+    md = E.run("T7", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0, 3, 5], seeds=2)
+    rows = json.loads(md.with_suffix(".json").read_text())["rows"]
+    fp, xnor, ctl = rows
+    assert fp["baseline_seeds"] == [0, 1] and xnor["random_seeds"] == [0, 1] and xnor["baseline_seeds"] == [0, 1]  # headline: baselines reseeded
+    assert len(xnor["accuracy_per_seed"]) == 2 and xnor["accuracy"] == pytest.approx(np.mean(xnor["accuracy_per_seed"]))
+    assert xnor["diff"] == pytest.approx(xnor["accuracy"] - fp["accuracy"])
+    lo, hi = xnor["diff_ci95"]
+    assert lo <= hi and xnor["no_measurable_difference"] == (lo <= 0 <= hi) and 0 <= xnor["mcnemar_p"] <= 1
+    assert "control" in ctl["label"] and ctl["mode"] == "qat" and ctl["reduction_percent"] == 0 and ctl["diff_ci95"]
+    text = md.read_text()
+    assert "± " in text and "[95 % CI]" in text
+
+
+def test_a_killed_sweep_resumes_without_duplicates_or_losses(fixture_data, tmp_path):
+    store_path = tmp_path / "results.sqlite"
+    script = (f"from binlab.sweep import run_tasks; from binlab.store import ResultStore; import tests_helper_tasks as h; "
+              f"run_tasks(h.tasks(), store=ResultStore({str(store_path)!r}))")
+    helper = tmp_path / "tests_helper_tasks.py"
+    helper.write_text("import sys\nsys.path.insert(0, %r)\nfrom test_sweep import tiny_tasks\n"
+                      "def tasks():\n    return tiny_tasks(%r, seeds=(0, 1, 2))\n" % (str(Path(__file__).parent), str(fixture_data)))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if store_path.exists() and len(ResultStore(store_path)) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = ResultStore(store_path)
+    before = {r["key"]: r for r in store.rows()}
+    assert 2 <= len(before) < 6, "the sweep was not killed part-way"
+    ran = []
+    rows = run_tasks(tiny_tasks(fixture_data, seeds=(0, 1, 2)), store=store, callback=lambda m: ran.append(m))
+    after = store.rows()
+    assert len(after) == 6 and len({r["key"] for r in after}) == 6  # every task once
+    assert all(before[r["key"]] == r for r in after if r["key"] in before)  # finished rows kept as they were
+    assert sum(m.endswith("...") for m in ran) == 6 - len(before)  # only the missing ones ran
+    assert [r["label"] for r in rows] == ["xnor encoder"] * 3 + ["sign encoder"] * 3
+
+
+def test_ray_and_in_process_runners_give_identical_rows(fixture_data, tmp_path):
+    """A 2 x 2 tiny grid (2 specs x 2 seeds) on a local Ray and in this process, one torch thread each."""
+    pytest.importorskip("ray")
+    import ray
+
+    tasks = tiny_tasks(fixture_data)
+    local = run_tasks(tasks, store=ResultStore(tmp_path / "local.sqlite"), threads=1)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("BINLAB_")}})
+        remote = run_tasks(tasks, store=ResultStore(tmp_path / "ray.sqlite"), runner="ray", threads=1)
+    finally:
+        ray.shutdown()
+    keys = ("label", "mode", "accuracy", "val_accuracy", "test_correct", "megabytes", "reduction_percent", "random_seed", "code")
+    assert [{k: r[k] for k in keys} for r in local] == [{k: r[k] for k in keys} for r in remote]
+
+
+def test_runner_errors_are_clear(fixture_data, tmp_path):
+    with pytest.raises(ValueError, match="unknown runner"):
+        run_tasks(tiny_tasks(fixture_data)[:1], store=ResultStore(tmp_path / "s.sqlite"), runner="spark")
+    with pytest.raises(ValueError, match="--runner ray"):
+        run_tasks(tiny_tasks(fixture_data)[:1], store=ResultStore(tmp_path / "s.sqlite"), address="ray://x:10001")
+    with pytest.raises(ValueError, match="seed"):
+        Task("tiny", E.Config("fp", E.FP, "fp"), seed=-1)
+    with pytest.raises(ValueError, match="preset"):
+        Task("nope", E.Config("fp", E.FP, "fp"))
+
+
+# ---------------------------------------------------------------------------------------------
+# grid files
+
+
+def test_grid_file_expands_to_tasks(tmp_path):
+    g = tmp_path / "g.yaml"
+    g.write_text("presets: [tiny]\nseeds: [0, 1]\ntest: false\nbudgets:\n  - {epochs: 0.2, lr: 0.003}\n  - {epochs: 0.2, lr: 0.001}\n"
+                 "specs:\n  - {label: xnor, mode: qat, spec: {rules: [{target: encoder, method: {method: xnor}}]}}\n"
+                 "  - {label: ptq sign, mode: ptq, spec: '{\"rules\": [{\"target\": \"encoder\", \"method\": {\"method\": \"sign\"}}]}'}\n"
+                 "  - {experiment: T7, only: [0]}\n")
+    tasks = load_grid(g)
+    # qat: 2 budgets x 2 seeds; ptq and fp: 2 budgets x 1 seed each (deterministic given the baseline)
+    assert len(tasks) == 4 + 2 + 2 and all(not t.test for t in tasks)
+    assert {t.budget.train.lr for t in tasks} == {0.003, 0.001} and {t.seed for t in tasks if t.config.mode == "qat"} == {0, 1}
+
+
+@pytest.mark.parametrize("text, match", [
+    ("presets: [tiny]\n", "specs"),
+    ("presets: [tiny]\nspecs: [{label: a}]\n", "label' and 'spec"),
+    ("presets: [tiny]\nspecs: [{experiment: T99}]\n", "unknown experiment"),
+    ("presets: [tiny]\nspecs: [{experiment: T7, only: [42]}]\n", "only"),
+    ("presets: [tiny]\nspecs: [{label: a, spec: {rules: [{target: nowhere, method: {method: xnor}}]}}]\n", "nowhere|target"),
+    ("presets: [tiny]\nspecs: [{experiment: T7}]\nbudgets: [{epochz: 1}]\n", "epochz"),
+    ("presets: [tiny]\nspecs: [{experiment: T7}]\ncolour: red\n", "unknown keys"),
+    ("presets: [tiny\n", "YAML"),
+    ("presets: [nope]\nspecs: [{experiment: T7}]\n", "preset"),
+])
+def test_bad_grid_files_say_what_is_wrong(tmp_path, text, match):
+    g = tmp_path / "g.yaml"
+    g.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_grid(g)
+
+
+def test_cli_sweep_runs_a_grid_and_reports_bad_files(fixture_data, tmp_path, capsys):
+    from binlab.cli import main
+
+    g = tmp_path / "g.yaml"
+    g.write_text("presets: [tiny]\nseeds: [0]\nbudgets: [{epochs: 0.1, lr: 0.003}]\n"
+                 "specs: [{label: xnor, mode: qat, spec: {rules: [{target: encoder, method: {method: xnor}}]}}]\n")
+    assert main(["sweep", str(g), "--data", str(fixture_data), "--runner", "local", "--store", str(tmp_path / "s.sqlite")]) == 0
+    out = capsys.readouterr().out
+    assert "xnor" in out and "1 row(s)" in out and len(ResultStore(tmp_path / "s.sqlite")) == 1
+    (tmp_path / "bad.yaml").write_text("presets: [tiny]\n")
+    assert main(["sweep", str(tmp_path / "bad.yaml"), "--runner", "local"]) != 0
+    assert "specs" in capsys.readouterr().err
+
+
+def test_mcnemar_with_many_discordant_rows_against_the_normal_approximation():
+    """Beyond 1,023 discordant rows 2**m is not a float: the exact p must still come out (it did not)."""
+    b, c = 1030, 962
+    z = (b - c) / math.sqrt(b + c)
+    normal = math.erfc(abs(z) / math.sqrt(2))  # two-sided normal approximation
+    assert mcnemar_p(b, c) == pytest.approx(normal, rel=0.05)
+    assert mcnemar_p(1030, 162) < 1e-100 and mcnemar_p(1500, 1500) == 1.0

@@ -193,6 +193,20 @@ def cmd_experiments(args):
         for name, e in experiments.EXPERIMENTS.items():
             print(f"{name:<5} {e.title}")
         return 0
+    if args.action == "datasize":
+        sizes = []
+        for part in (args.sizes or "2000,4000,8000,all").split(","):
+            if part.strip() == "all":
+                sizes.append(None)
+            else:
+                try:
+                    sizes.append(int(part))
+                except ValueError:
+                    raise ValueError(f"--sizes takes whole numbers or 'all', comma-separated; got {part!r}") from None
+        out = experiments.data_size_curve(args.preset, sizes, seeds=args.seeds, source=args.data, fast=args.fast, callback=print,
+                                          runner=args.runner, address=args.address, threads=args.threads)
+        print(f"wrote {out}")
+        return 0
     if args.action == "render":
         for path in experiments.render():
             print(f"wrote {path}")
@@ -357,11 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
 
     p = sub.add_parser("experiments", help="regenerate the seed tables (writes docs/results/)")
-    p.add_argument("action", choices=["list", "run", "render"], help="render: rewrite the markdown of every committed table from its JSON")
+    p.add_argument("action", choices=["list", "run", "render", "datasize"],
+                   help="render: rewrite the markdown of every committed table from its JSON; "
+                        "datasize: fp32 vs the best 1-bit recipe by training rows (docs/results/data-size-<preset>)")
     p.add_argument("name", nargs="?", default="all", help="T1..T9 or all")
     common(p)
     p.add_argument("--fast", action="store_true", help="tiny budget (for smoke tests)")
     p.add_argument("--only", help="comma-separated indices of the configurations to run (e.g. 0,1,2)")
+    p.add_argument("--sizes", help="datasize: training row counts, comma-separated ('all': every row), default 2000,4000,8000,all")
     runner_args(p)
     p.add_argument("--seeds", type=positive_int, default=1, help="random seeds per trained row (the headline T7 also reseeds the baseline)")
     p.set_defaults(fn=cmd_experiments)

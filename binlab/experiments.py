@@ -798,10 +798,31 @@ def to_markdown(payload: dict) -> str:
     return _finish(lines + _intervals_note(payload), payload)
 
 
+def seed_noise(preset: str, out_dir: Path | None = None) -> dict | None:
+    """The seed-to-seed spread measured by the headline table (T7) on ``preset``: the mean standard
+    deviation of its QAT rows' accuracies over their seeds, and what it implies for a difference of two
+    one-seed rows (sd sqrt(2) s, so 1.96 sqrt(2) s at 95 %). None when T7 has no repeated seeds there."""
+    import math
+
+    path = (out_dir or RESULTS) / f"T7-{preset}.json"
+    if not path.exists():
+        return None
+    rows = [r for r in json.loads(path.read_text())["rows"] if r["mode"] == "qat" and r.get("accuracy_std")]
+    if not rows:
+        return None
+    sd = sum(r["accuracy_std"] for r in rows) / len(rows)
+    return {"sd": sd, "seeds": min(len(r["random_seeds"]) for r in rows), "rows": len(rows), "one_seed_diff_95": 1.96 * math.sqrt(2) * sd}
+
+
 def _intervals_note(payload: dict) -> list[str]:
     if not any(r.get("diff_ci95") for r in payload["rows"]):
+        noise = seed_noise(payload["preset"])
+        seeds = (f" Seed-to-seed noise, measured by T7 on this preset ({noise['rows']} QAT rows, {noise['seeds']} seeds each): "
+                 f"standard deviation {noise['sd']:.2f} points, so two one-seed QAT rows differing by less than about "
+                 f"{noise['one_seed_diff_95']:.2f} points (1.96 x sqrt(2) x sd) cannot be told apart by training noise alone."
+                 if noise else "")
         return ["", "One seed per row and no per-row results stored: differences under about 1 point are within the test "
-                    "set's noise (standard error about 0.39 points at 7,600 rows)."]
+                    "set's noise (standard error about 0.39 points at 7,600 rows)." + seeds]
     return ["", "Accuracy: mean over the row's seeds ± their standard deviation. vs fp32: the difference of mean accuracies "
                 "to the fp32 baseline's runs on the same test rows, with a paired two-stage bootstrap 95 % interval "
                 "(test rows and seeds resampled, 2,000 replicates; binlab.stats.bootstrap_diff); 'no measurable "
@@ -876,3 +897,71 @@ def load_results(out_dir: Path | None = None) -> list[dict]:
     """Every committed result payload (for the app's Results page)."""
     d = out_dir or RESULTS
     return [json.loads(p.read_text()) for p in sorted(d.glob("T*.json")) if not p.stem.endswith("-fast")]
+
+
+# ---------------------------------------------------------------------------------------------
+# how the gap trends with the amount of training data
+
+
+DATA_SIZES = (2000, 4000, 8000, None)  # None: every training row there is (the hub has 120k; ../shared 15,287)
+
+
+def data_size_curve(preset: str = "scratch", sizes=DATA_SIZES, seeds: int = 3, source: str | None = None, fast: bool = False,
+                    callback: Callable | None = None, out_dir: Path | None = None, runner: str = "local", address: str | None = None,
+                    store=None, threads: int | None = None) -> Path:
+    """fp32 against the best 1-bit recipe (T7's "binlab best") trained on the first n training rows, for
+    each n in ``sizes``: for seed k the fp32 baseline is trained from scratch on those rows with seed k
+    and the 1-bit model is QAT'd from it with seed k (as in the headline). Writes
+    ``docs/results/data-size-<preset>.{json,md}``: each size's mean ± sd over seeds and the gap with its
+    paired bootstrap 95 % interval on the full test split."""
+    from . import sweep
+
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a whole number >= 1, got {seeds!r}")
+    bad = [n for n in sizes if n is not None and (not isinstance(n, int) or n < 8)]
+    if bad or not sizes:
+        raise ValueError(f"sizes must be whole numbers >= 8 (or None: all rows), got {list(sizes)}")
+    fp, best = Config("fp32 baseline", FP, "fp"), EXPERIMENTS["T7"].configs[1]
+    plan = [(n, c, [sweep.Task(preset, c, seed=k, baseline_seed=k, experiment="data-size", source=source, fast=fast, train_rows=n)
+                    for k in range(seeds)]) for n in sizes for c in (fp, best)]
+    results = iter(sweep.run_tasks([t for *_, ts in plan for t in ts], store=store, runner=runner, address=address,
+                                   threads=threads, callback=callback))
+    runs = {(n, c.label): [next(results) for _ in ts] for n, c, ts in plan}
+    rows = []
+    for n in sizes:
+        f = aggregate(fp, runs[(n, fp.label)])
+        b = aggregate(best, runs[(n, best.label)], runs[(n, fp.label)])
+        rows.append({"train_rows": runs[(n, fp.label)][0].get("train_rows"), "all_rows": n is None, "seeds": seeds,
+                     "fp32_accuracy": f["accuracy"], "fp32_accuracy_std": f.get("accuracy_std"),
+                     "binary_accuracy": b["accuracy"], "binary_accuracy_std": b.get("accuracy_std"),
+                     "gap": b.get("diff"), "gap_ci95": b.get("diff_ci95"), "no_measurable_difference": b.get("no_measurable_difference"),
+                     "reduction_percent": b["reduction_percent"], "fp32_val_accuracy": f.get("val_accuracy"),
+                     "binary_val_accuracy": b.get("val_accuracy")})
+    budget = sweep.budget_of(plan[1][2][0])
+    payload = {"experiment": "data-size", "preset": preset, "binary": best.label, "rows": rows, "machine": machine(),
+               "date": time.strftime("%Y-%m-%d"), "budget": asdict(budget), "fast": fast,
+               "command": f"binlab experiments datasize --preset {preset} --seeds {seeds}"
+               + f" --sizes {','.join('all' if n is None else str(n) for n in sizes)}" + (" --fast" if fast else "")}
+    out_dir = out_dir or RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"data-size-{preset}{'-fast' if fast else ''}"
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+    stem.with_suffix(".md").write_text(data_size_markdown(payload))
+    return stem.with_suffix(".md")
+
+
+def data_size_markdown(payload: dict) -> str:
+    b = payload["budget"]["train"]
+    lines = [f"# fp32 vs the best 1-bit recipe by training rows ({payload['preset']})", "",
+             f"1-bit: {payload['binary']} (QAT {b['epochs']} epoch(s), lr {b['lr']}, distillation {b['distill']}), each seed QAT'd "
+             "from the fp32 baseline trained with that seed on the same rows (6 epochs from scratch). Test: the 7,600-row "
+             "AG_NEWS test split. Gap: 1-bit minus fp32, with the paired bootstrap 95 % interval over test rows and seeds. "
+             f"Machine: {payload['machine']}. Date: {payload['date']}.", f"Reproduce: `{payload['command']}`", "",
+             "| training rows | seeds | fp32 accuracy % | 1-bit accuracy % | gap, pts [95 % CI] | reduction % |", "|---|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        gap = "-" if r["gap"] is None else (f"{r['gap']:+.2f} [{r['gap_ci95'][0]:+.2f}, {r['gap_ci95'][1]:+.2f}]"
+                                             + (" no measurable difference" if r["no_measurable_difference"] else ""))
+        lines.append(f"| {r['train_rows']:,}{' (all here)' if r['all_rows'] else ''} | {r['seeds']} | "
+                     f"{_acc({'accuracy': r['fp32_accuracy'], 'accuracy_std': r['fp32_accuracy_std']})} | "
+                     f"{_acc({'accuracy': r['binary_accuracy'], 'accuracy_std': r['binary_accuracy_std']})} | {gap} | {r['reduction_percent']:.2f} |")
+    return "\n".join(lines) + "\n"

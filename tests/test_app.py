@@ -148,8 +148,27 @@ def test_sensitivity_page(env, trained):
 
 
 def test_results_page(env):
+    """Filters and sorting act on the committed tables' rows (read here independently from docs/results)."""
+    from binlab.experiments import load_results
+
     at = new_app("views/results.py")
     assert not at.exception
+    payloads = [p for p in load_results() if p["preset"] == at.radio(key="res_preset").value]
+    shown = sum(len(df.value) for df in at.dataframe)
+    assert shown >= sum(len(p["rows"]) for p in payloads)  # every row of the preset's tables (and the data-size curve, if any)
+    at.text_input(key="res_query").set_value("xnor").run()
+    assert not at.exception
+    labels = [c for df in at.dataframe if "configuration" in df.value.columns for c in df.value["configuration"]]
+    assert labels and all("xnor" in c.lower() for c in labels)
+    at.text_input(key="res_query").set_value("").run()
+    at.radio(key="res_sort").set_value("accuracy (high first)").run()
+    for df in at.dataframe:
+        if "accuracy %" in df.value.columns:
+            acc = list(df.value["accuracy %"])
+            assert acc == sorted(acc, reverse=True)
+    at.multiselect(key="res_modes").set_value(["ptq"]).run()
+    assert not at.exception
+    assert all(set(df.value["mode"]) <= {"ptq"} for df in at.dataframe if "mode" in df.value.columns)
 
 
 def test_landscape_page(env, trained):

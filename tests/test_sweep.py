@@ -252,3 +252,27 @@ def test_mcnemar_with_many_discordant_rows_against_the_normal_approximation():
     normal = math.erfc(abs(z) / math.sqrt(2))  # two-sided normal approximation
     assert mcnemar_p(b, c) == pytest.approx(normal, rel=0.05)
     assert mcnemar_p(1030, 162) < 1e-100 and mcnemar_p(1500, 1500) == 1.0
+
+
+def test_data_size_curve_on_tiny(fixture_data, tmp_path):
+    md = E.data_size_curve("tiny", sizes=(60, None), seeds=2, source=str(fixture_data), fast=True, out_dir=tmp_path)
+    payload = json.loads(md.with_suffix(".json").read_text())
+    small, full = payload["rows"]
+    assert small["train_rows"] == 60 and full["all_rows"] and full["train_rows"] > 60
+    for r in payload["rows"]:
+        assert r["seeds"] == 2 and r["gap"] == pytest.approx(r["binary_accuracy"] - r["fp32_accuracy"])
+        assert r["gap_ci95"][0] <= r["gap"] <= r["gap_ci95"][1]
+    assert "| 60 | 2 |" in md.read_text()
+    with pytest.raises(ValueError, match="sizes"):
+        E.data_size_curve("tiny", sizes=(0,), source=str(fixture_data), fast=True, out_dir=tmp_path)
+
+
+def test_one_seed_tables_state_the_seed_noise_measured_by_t7(tmp_path):
+    rows = [{"label": "fp32 baseline", "mode": "fp", "accuracy": 87.0, "accuracy_std": 0.2, "random_seeds": [0, 1, 2]},
+            {"label": "a", "mode": "qat", "accuracy": 86.0, "accuracy_std": 0.3, "random_seeds": [0, 1, 2]},
+            {"label": "b", "mode": "qat", "accuracy": 86.5, "accuracy_std": 0.5, "random_seeds": [0, 1, 2]}]
+    (tmp_path / "T7-scratch.json").write_text(json.dumps({"rows": rows}))
+    noise = E.seed_noise("scratch", tmp_path)
+    assert noise["sd"] == pytest.approx(0.4) and noise["one_seed_diff_95"] == pytest.approx(1.96 * math.sqrt(2) * 0.4)
+    assert noise["seeds"] == 3 and noise["rows"] == 2  # the fp32 row's spread is the baseline's, not QAT's: left out
+    assert E.seed_noise("minilm-l2", tmp_path) is None

@@ -329,7 +329,7 @@ with friendly_errors():
                 fp_out, q_out = greedy(baseline, splits.tokenizer, prompt, 20), greedy(lab.model, splits.tokenizer, prompt, 20)
                 g1.markdown(f"**fp32** ({1000 * fp_out['seconds']:.0f} ms)\n\n{prompt} *{fp_out['text']}*")
                 g2.markdown(f"**binarized** ({1000 * q_out['seconds']:.0f} ms)\n\n{prompt} *{q_out['text']}*")
-        if st.button("Evaluate on the full test set", key="eval_test", help="for the final check: choose settings on validation, test once"):
+        if st.button("Final check: evaluate on the full test set", key="eval_test", help="choose settings on the validation numbers above; the test set is for the final check of a chosen configuration (looking at it while choosing makes its number optimistic)"):
             with st.spinner(f"evaluating {len(splits.test):,} test rows ..."):
                 t = evaluate(lab.model, splits.test)
             if t.perplexity is not None:

@@ -239,6 +239,16 @@ def cmd_sweep(args):
         print(f"{t.preset:<10} {r['label'][:60]:<60} seed {t.seed}  val {r.get('val_accuracy', float('nan')):.2f} %"
               + (f"  test {acc:.2f} %" if acc is not None else ""))
     print(f"{len(rows)} row(s) in {store.path}")
+    if args.out:
+        payload = sweep.summary(tasks, rows, grid=args.grid)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+        out.with_suffix(".md").write_text(sweep.summary_markdown(payload))
+        for b in payload["best_by_validation"]:
+            print(f"best by validation: {b['preset']} / {b['label']}: epochs {b['epochs']:g}, lr {b['lr']:g}, distill {b['distill']:g} "
+                  f"({b['val_accuracy']:.2f} %)")
+        print(f"wrote {out.with_suffix('.md')}")
     return 0
 
 
@@ -387,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("grid", help="a YAML grid file (see binlab/sweep.py)")
     p.add_argument("--data", help="AG_NEWS directory (else BINLAB_DATA, else the hub)")
     p.add_argument("--store", help="results store file (default: <cache>/results.sqlite)")
+    p.add_argument("--out", help="write the sweep's rows and the budget chosen on validation to OUT.json and OUT.md")
     runner_args(p, default="auto")
     p.set_defaults(fn=cmd_sweep)
 

@@ -290,7 +290,9 @@ EXPERIMENTS["T9"] = Experiment("T9", "The BERT-era fully binary encoders (W1A1)"
 # QAT budget per preset; ``fast`` shrinks everything for smoke tests
 BUDGETS: dict[str, QATConfig] = {
     "tiny": QATConfig(TrainConfig(epochs=2, lr=3e-3, warmup=0.05, distill=0.5)),
-    "scratch": QATConfig(TrainConfig(epochs=2, lr=5e-4, warmup=0.05, distill=0.5)),
+    # chosen on validation (grids/select-scratch.yaml -> docs/results/select-scratch.md): the best of lr {2.5e-4, 5e-4, 1e-3}
+    # x distillation {0.5, 1.0} for T7's best row at 2 epochs; tables run before that choice say lr 0.0005, distillation 0.5
+    "scratch": QATConfig(TrainConfig(epochs=2, lr=1e-3, warmup=0.05, distill=1.0)),
     "minilm-l2": QATConfig(TrainConfig(epochs=1, lr=2e-4, warmup=0.05, distill=0.5), freeze=("embed.token.*",)),
     "lm": QATConfig(TrainConfig(epochs=0.5, lr=5e-4, warmup=0.05, distill=0.5)),
     "tiny-lm": QATConfig(TrainConfig(epochs=1, lr=3e-3, warmup=0.05, distill=0.5)),

@@ -315,3 +315,52 @@ def load_grid(path: str | Path, source: str | None = None) -> list[Task]:
                         tasks.append(Task(str(preset), c, seed=int(k), baseline_seed=bs, budget=b, source=source,
                                           train_rows=rows, test=test))
     return tasks
+
+
+# ---------------------------------------------------------------------------------------------
+# a sweep's summary
+
+
+def summary(tasks: list[Task], rows: list[dict], grid: str | None = None) -> dict:
+    """The sweep's rows (budget, seed, validation and, where evaluated, test accuracy) and, for each
+    (preset, configuration), the budget with the best mean validation accuracy over its seeds: the choice,
+    made on validation only."""
+    import time
+
+    from .experiments import machine
+
+    out, groups = [], {}
+    for t, r in zip(tasks, rows):
+        b = budget_of(t).train
+        item = {"preset": t.preset, "label": r["label"], "mode": r["mode"], "seed": t.seed, "baseline_seed": t.baseline_seed,
+                "train_rows": r.get("train_rows"), "epochs": b.epochs, "lr": b.lr, "distill": b.distill,
+                "val_accuracy": r.get("val_accuracy"), "test_accuracy": r.get("accuracy") if t.test else None,
+                "train_seconds": r.get("train_seconds")}
+        out.append(item)
+        groups.setdefault((t.preset, r["label"]), {}).setdefault((b.epochs, b.lr, b.distill), []).append(item["val_accuracy"])
+    best = []
+    for (preset, label), by_budget in groups.items():
+        scored = {k: sum(v) / len(v) for k, v in by_budget.items() if all(x is not None for x in v)}
+        if scored:
+            (epochs, lr, distill), val = max(scored.items(), key=lambda kv: kv[1])
+            best.append({"preset": preset, "label": label, "epochs": epochs, "lr": lr, "distill": distill, "val_accuracy": val,
+                         "seeds": len(by_budget[(epochs, lr, distill)])})
+    return {"grid": grid, "rows": out, "best_by_validation": best, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+            "command": f"binlab sweep {grid}" if grid else None}
+
+
+def summary_markdown(payload: dict) -> str:
+    lines = [f"# Sweep: {payload.get('grid') or 'tasks'}", "",
+             f"Machine: {payload['machine']}. Date: {payload['date']}." + (f" Reproduce: `{payload['command']}`" if payload.get("command") else ""),
+             "", "Chosen on validation (the highest mean validation accuracy over seeds, per configuration):", ""]
+    for b in payload["best_by_validation"]:
+        lines.append(f"- {b['preset']} / {b['label']}: {b['epochs']:g} epoch(s), lr {b['lr']:g}, distillation {b['distill']:g} "
+                     f"(validation {b['val_accuracy']:.2f} %, {b['seeds']} seed(s))")
+    lines += ["", "| preset | configuration | epochs | lr | distillation | seed | val accuracy % | test accuracy % | train s |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        val = "-" if r["val_accuracy"] is None else f"{r['val_accuracy']:.2f}"
+        test = "not evaluated (selection)" if r["test_accuracy"] is None else f"{r['test_accuracy']:.2f}"
+        lines.append(f"| {r['preset']} | {r['label']} | {r['epochs']:g} | {r['lr']:g} | {r['distill']:g} | {r['seed']} | {val} | {test} | "
+                     f"{(r['train_seconds'] or 0):.0f} |")
+    return "\n".join(lines) + "\n"

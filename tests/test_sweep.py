@@ -237,9 +237,12 @@ def test_cli_sweep_runs_a_grid_and_reports_bad_files(fixture_data, tmp_path, cap
     g = tmp_path / "g.yaml"
     g.write_text("presets: [tiny]\nseeds: [0]\nbudgets: [{epochs: 0.1, lr: 0.003}]\n"
                  "specs: [{label: xnor, mode: qat, spec: {rules: [{target: encoder, method: {method: xnor}}]}}]\n")
-    assert main(["sweep", str(g), "--data", str(fixture_data), "--runner", "local", "--store", str(tmp_path / "s.sqlite")]) == 0
+    assert main(["sweep", str(g), "--data", str(fixture_data), "--runner", "local", "--store", str(tmp_path / "s.sqlite"),
+                 "--out", str(tmp_path / "sel")]) == 0
     out = capsys.readouterr().out
     assert "xnor" in out and "1 row(s)" in out and len(ResultStore(tmp_path / "s.sqlite")) == 1
+    payload = json.loads((tmp_path / "sel.json").read_text())
+    assert payload["best_by_validation"][0]["lr"] == 0.003 and "best by validation" in out
     (tmp_path / "bad.yaml").write_text("presets: [tiny]\n")
     assert main(["sweep", str(tmp_path / "bad.yaml"), "--runner", "local"]) != 0
     assert "specs" in capsys.readouterr().err
@@ -276,3 +279,18 @@ def test_one_seed_tables_state_the_seed_noise_measured_by_t7(tmp_path):
     assert noise["sd"] == pytest.approx(0.4) and noise["one_seed_diff_95"] == pytest.approx(1.96 * math.sqrt(2) * 0.4)
     assert noise["seeds"] == 3 and noise["rows"] == 2  # the fp32 row's spread is the baseline's, not QAT's: left out
     assert E.seed_noise("minilm-l2", tmp_path) is None
+
+
+def test_summary_chooses_the_best_mean_validation_budget():
+    from binlab.qat import QATConfig
+    from binlab.sweep import summary
+    from binlab.train import TrainConfig
+
+    c = E.Config("x", E._spec(("encoder", "xnor")), "qat")
+    budgets = [QATConfig(TrainConfig(epochs=1, lr=lr)) for lr in (0.1, 0.2)]
+    tasks = [Task("tiny", c, seed=k, budget=b, test=False) for b in budgets for k in (0, 1)]
+    vals = [80.0, 90.0, 86.0, 85.0]  # lr 0.1: mean 85.0; lr 0.2: mean 85.5 -> 0.2, though 0.1 has the single best seed
+    rows = [{"label": "x", "mode": "qat", "val_accuracy": v} for v in vals]
+    best = summary(tasks, rows)["best_by_validation"]
+    assert len(best) == 1 and best[0]["lr"] == 0.2 and best[0]["val_accuracy"] == pytest.approx(85.5) and best[0]["seeds"] == 2
+    assert all(r["test_accuracy"] is None for r in summary(tasks, rows)["rows"])

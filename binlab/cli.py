@@ -235,9 +235,9 @@ def cmd_sweep(args):
             print("Ray is not installed (pip install -e '.[cluster]'): running in this process")
     rows = sweep.run_tasks(tasks, store=store, runner=runner, address=args.address, threads=args.threads, callback=print)
     for t, r in zip(tasks, rows):
-        acc = r.get("accuracy")
-        print(f"{t.preset:<10} {r['label'][:60]:<60} seed {t.seed}  val {r.get('val_accuracy', float('nan')):.2f} %"
-              + (f"  test {acc:.2f} %" if acc is not None else ""))
+        val = f"val {r['val_accuracy']:.2f} %" if r.get("val_accuracy") is not None else f"val ppl {r.get('val_perplexity', float('nan')):.2f}"
+        test = f"  test {r['perplexity']:.2f} ppl" if r.get("perplexity") is not None else (f"  test {r['accuracy']:.2f} %" if r.get("accuracy") is not None else "")
+        print(f"{t.preset:<10} {t.config.label[:60]:<60} seed {t.seed}  {val}{test}")
     print(f"{len(rows)} row(s) in {store.path}")
     if args.out:
         payload = sweep.summary(tasks, rows, grid=args.grid)

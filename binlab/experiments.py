@@ -330,7 +330,7 @@ def _code_only(src: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _shared_code_hash() -> str:
-    """The part every row shares (core, run_config, all method modules), read once per process: the
+    """The part every row shares (core, compute_row, all method modules), read once per process: the
     code a process runs is the code it imported."""
     h = hashlib.sha256()
     for mod in _CORE:
@@ -465,24 +465,6 @@ def compute_row(c: Config, teacher, splits, budget: QATConfig, code: str | None 
     return row
 
 
-def run_config(c: Config, teacher, splits, budget: QATConfig, key_base: str, callback=None, code: str | None = None,
-               calib=None, store=None, test: bool = True) -> dict:
-    """One row, from ``store`` (a :class:`binlab.store.ResultStore`, the default one when None) when it
-    is there, else computed by :func:`compute_row` and stored. ``code``: the row's
-    :func:`code_fingerprint`, taken when the run started."""
-    from .store import ResultStore
-
-    store = store if store is not None else ResultStore()
-    code = code or code_fingerprint(c.spec)
-    key = row_key(c, budget, key_base, code, test)
-    hit = store.get(key)
-    if hit is not None:
-        return hit
-    row = compute_row(c, teacher, splits, budget, code, callback, calib, test)
-    store.put(key, row)
-    return row
-
-
 def aggregate(c: Config, runs: list[dict], reference: list[dict] | None = None) -> dict:
     """One table row from the runs of configuration ``c`` (one per seed): the mean accuracy over seeds with
     its standard deviation, and, against ``reference`` (the fp32 baseline's runs on the same test rows),
@@ -514,10 +496,14 @@ def aggregate(c: Config, runs: list[dict], reference: list[dict] | None = None) 
     ref = [r for r in (reference or []) if "test_correct" in r]
     if c.mode != "fp" and ref and all("test_correct" in r for r in runs):
         a = np.stack([unpack_correct(r["test_correct"]) for r in runs])
-        b = np.stack([unpack_correct(r["test_correct"]) for r in ref])
-        d = bootstrap_diff(a, b)
-        row |= {"diff": 100 * d.diff, "diff_ci95": [100 * d.low, 100 * d.high], "no_measurable_difference": d.within_noise}
         by_seed = {r.get("baseline_seed", 0): unpack_correct(r["test_correct"]) for r in ref}
+        # seed k started from baseline k (the headline): pair them, so what they share cancels
+        paired = len(runs) > 1 and len(set(row["baseline_seeds"])) == len(runs) == len(by_seed) and set(row["baseline_seeds"]) == set(by_seed)
+        b = np.stack([by_seed[s] for s in row["baseline_seeds"]]) if paired else np.stack(list(by_seed.values()))
+        d = bootstrap_diff(a, b, paired_seeds=paired)
+        row |= {"diff": 100 * d.diff, "diff_ci95": [100 * d.low, 100 * d.high], "no_measurable_difference": d.within_noise,
+                "interval": ("rows and seeds, seeds paired with their baselines" if paired else "rows and seeds" if len(runs) > 1 or len(by_seed) > 1
+                             else "test rows only (one seed)")}
         ps = [mcnemar_p(int((x & ~by_seed[s]).sum()), int((~x & by_seed[s]).sum()))
               for x, s in zip(a, row["baseline_seeds"]) if s in by_seed]
         if ps:
@@ -809,7 +795,7 @@ def seed_noise(preset: str, out_dir: Path | None = None) -> dict | None:
     path = (out_dir or RESULTS) / f"T7-{preset}.json"
     if not path.exists():
         return None
-    rows = [r for r in json.loads(path.read_text())["rows"] if r["mode"] == "qat" and r.get("accuracy_std")]
+    rows = [r for r in json.loads(path.read_text())["rows"] if r["mode"] == "qat" and r.get("accuracy_std") is not None]
     if not rows:
         return None
     sd = sum(r["accuracy_std"] for r in rows) / len(rows)
@@ -817,20 +803,22 @@ def seed_noise(preset: str, out_dir: Path | None = None) -> dict | None:
 
 
 def _intervals_note(payload: dict) -> list[str]:
+    noise = seed_noise(payload["preset"])
+    one_seed = [r for r in payload["rows"] if r["mode"] == "qat" and len(r.get("random_seeds") or [0]) == 1]
+    seeds = (f" Seed-to-seed noise, measured by T7 on this preset ({noise['rows']} QAT rows, {noise['seeds']} seeds each): "
+             f"standard deviation {noise['sd']:.2f} points, so two one-seed QAT rows differing by less than about "
+             f"{noise['one_seed_diff_95']:.2f} points (1.96 x sqrt(2) x sd) cannot be told apart by training noise alone."
+             if noise and one_seed else "")
     if not any(r.get("diff_ci95") for r in payload["rows"]):
-        noise = seed_noise(payload["preset"])
-        seeds = (f" Seed-to-seed noise, measured by T7 on this preset ({noise['rows']} QAT rows, {noise['seeds']} seeds each): "
-                 f"standard deviation {noise['sd']:.2f} points, so two one-seed QAT rows differing by less than about "
-                 f"{noise['one_seed_diff_95']:.2f} points (1.96 x sqrt(2) x sd) cannot be told apart by training noise alone."
-                 if noise else "")
         return ["", "One seed per row and no per-row results stored: differences under about 1 point are within the test "
                     "set's noise (standard error about 0.39 points at 7,600 rows)." + seeds]
     return ["", "Accuracy: mean over the row's seeds ± their standard deviation. vs fp32: the difference of mean accuracies "
-                "to the fp32 baseline's runs on the same test rows, with a paired two-stage bootstrap 95 % interval "
-                "(test rows and seeds resampled, 2,000 replicates; binlab.stats.bootstrap_diff); 'no measurable "
-                "difference' where it contains 0. McNemar p: exact test of each seed against the baseline it started "
-                "from, the largest shown. Choices of recipe are made on validation (val accuracy); test is evaluated "
-                "once per final configuration."]
+                "to the fp32 baseline's runs on the same test rows, with a paired bootstrap 95 % interval (2,000 replicates, "
+                "binlab.stats.bootstrap_diff): test rows resampled, and seeds too where a row has several (paired with the "
+                "baseline each started from in the headline table); 'no measurable difference' where it contains 0. A one-seed "
+                "row's interval holds the test set's noise only, not training noise." + seeds + " McNemar p: exact test of "
+                "each seed against the baseline it started from, the largest shown. Choices of recipe are made on validation "
+                "(val accuracy; docs/results/select-*.md); test is evaluated once per final configuration."]
 
 
 def render(out_dir: Path | None = None) -> list[Path]:
@@ -940,7 +928,9 @@ def data_size_curve(preset: str = "scratch", sizes=DATA_SIZES, seeds: int = 3, s
                      "reduction_percent": b["reduction_percent"], "fp32_val_accuracy": f.get("val_accuracy"),
                      "binary_val_accuracy": b.get("val_accuracy")})
     budget = sweep.budget_of(plan[1][2][0])
+    ctx = sweep.context(plan[0][2][0])
     payload = {"experiment": "data-size", "preset": preset, "binary": best.label, "rows": rows, "machine": machine(),
+               "test_rows": len(ctx.splits.test), "baseline": baseline_budget(preset) if not fast else "fast (0.3 ep)",
                "date": time.strftime("%Y-%m-%d"), "budget": asdict(budget), "fast": fast,
                "command": f"binlab experiments datasize --preset {preset} --seeds {seeds}"
                + f" --sizes {','.join('all' if n is None else str(n) for n in sizes)}" + (" --fast" if fast else "")}
@@ -956,8 +946,9 @@ def data_size_markdown(payload: dict) -> str:
     b = payload["budget"]["train"]
     lines = [f"# fp32 vs the best 1-bit recipe by training rows ({payload['preset']})", "",
              f"1-bit: {payload['binary']} (QAT {b['epochs']} epoch(s), lr {b['lr']}, distillation {b['distill']}), each seed QAT'd "
-             "from the fp32 baseline trained with that seed on the same rows (6 epochs from scratch). Test: the 7,600-row "
-             "AG_NEWS test split. Gap: 1-bit minus fp32, with the paired bootstrap 95 % interval over test rows and seeds. "
+             f"from the fp32 baseline trained with that seed on the same rows ({payload.get('baseline', 'the preset baseline')}). "
+             f"Test: {payload.get('test_rows', 7600):,} AG_NEWS test rows. Gap: 1-bit minus fp32, with the paired bootstrap 95 % "
+             "interval over test rows and seeds (seed k's 1-bit model paired with its own baseline). "
              f"Machine: {payload['machine']}. Date: {payload['date']}.", f"Reproduce: `{payload['command']}`", "",
              "| training rows | seeds | fp32 accuracy % | 1-bit accuracy % | gap, pts [95 % CI] | reduction % |", "|---|---|---|---|---|---|"]
     for r in payload["rows"]:

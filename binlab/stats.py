@@ -125,6 +125,7 @@ class BootstrapDiff:
     diff: float  # mean accuracy over A's seeds - mean over B's seeds, as a fraction
     low: float  # 95 % percentile interval
     high: float
+    se: float  # standard deviation of the replicates
     n_boot: int
 
     @property
@@ -133,34 +134,69 @@ class BootstrapDiff:
         return self.low <= 0 <= self.high
 
 
-def bootstrap_diff(correct_a, correct_b, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> BootstrapDiff:
-    """Paired bootstrap interval of ``acc(A) - acc(B)`` on the same test rows, over seeds and rows.
+def _seed_effects(x: np.ndarray) -> np.ndarray:
+    """The seeds' effects ``m_s = mean_i x[s, i] - mean x`` of an (S, n) crossed layout, scaled so that
+    resampling S of them with replacement spreads their mean by the *seed* variance alone,
+    ``sigma_M^2 / S``, estimated without the row-by-seed noise that each m_s also carries:
+    ``sigma_M^2 = s_m^2 - MS_E / n`` (two-way ANOVA without replication: ``MS_E`` the residual mean
+    square; Searle, Casella & McCulloch 1992, ch. 4), clipped at 0. Zero for one seed."""
+    s_n, n = x.shape
+    if s_n < 2:
+        return np.zeros(s_n)
+    m = x.mean(1) - x.mean()
+    resid = x - x.mean(0, keepdims=True) - x.mean(1, keepdims=True) + x.mean()
+    ms_e = float((resid**2).sum()) / ((n - 1) * (s_n - 1)) if n > 1 else 0.0
+    sigma2 = max(0.0, float(m @ m) / (s_n - 1) - ms_e / n)
+    pop = float(m @ m) / s_n  # what resampling with replacement reproduces
+    return m * math.sqrt(sigma2 / pop) if pop > 0 else m
+
+
+def bootstrap_diff(correct_a, correct_b, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                   paired_seeds: bool = False) -> BootstrapDiff:
+    """Paired bootstrap interval of ``acc(A) - acc(B)`` on the same test rows, over rows and seeds.
 
     ``correct_a``: (S_a, n) per-row correctness of A's S_a seeds, ``correct_b``: (S_b, n) for B (a 1-D
-    array is one seed). Each replicate draws n row indices with replacement (the same rows for A and B:
-    paired) and, independently for A and for B, S_a and S_b seeds with replacement (a two-stage,
-    hierarchical bootstrap, so the interval holds both sources of noise: the finite test set and
-    training randomness); its statistic is the mean over the drawn seeds and rows of A minus that of B.
-    The interval is the (1-level)/2 and (1+level)/2 quantiles of the replicates (Efron's percentile
-    interval). With one seed per side the seed stage is a no-op and, for large n, the interval tends to
-    :func:`paired_difference`'s normal one, ``d +- z sqrt(b + c - (b - c)^2 / n) / n`` (tested)."""
+    array is one seed). Rows and seeds are crossed (every seed is evaluated on every row), so write
+    ``a[s, i] = abar[i] + m_s + e[s, i]``: ``abar[i]`` the row's mean over seeds, ``m_s`` the seed's
+    effect (its accuracy minus the mean), ``e`` what is left. The mean's variance is then
+    ``Var(mean_i abar_i) + Var(mean_s m_s)``: each replicate draws n row indices with replacement, the
+    same for A and B (paired rows), and S_a and S_b seeds with replacement (the same indices when
+    ``paired_seeds``: seed k of A started from seed k of B, as in the headline table, so what the two
+    share cancels: the seed effects are then those of ``a - b``); its value is::
+
+        mean_{drawn rows}(abar - bbar) + mean_{drawn s} m^A_s - mean_{drawn s} m^B_s
+
+    with the seed effects scaled by :func:`_seed_effects` so that their stage adds the seed variance
+    alone: the row stage already carries the row-by-seed noise (averaged over the seeds), and each
+    seed's effect carries it again, which resampling whole per-row seed vectors would count twice (far
+    too wide for 0/1 correctness). The interval is the (1-level)/2 and (1+level)/2 quantiles of the
+    replicates (Efron's percentile interval). With one seed per side only the test rows are resampled
+    and, for large n, the interval tends to :func:`paired_difference`'s normal one,
+    ``d +- z sqrt(b + c - (b - c)^2 / n) / n`` (tested). With 2-3 seeds the seed stage has few distinct
+    outcomes: read such an interval as approximate (its coverage is checked by simulation in the tests)."""
     a = np.atleast_2d(np.asarray(correct_a, dtype=np.float64))
     b = np.atleast_2d(np.asarray(correct_b, dtype=np.float64))
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or a.shape[1] == 0 or 0 in a.shape or 0 in b.shape:
         raise ValueError(f"bootstrap_diff needs (seeds, rows) arrays with the same, non-zero number of rows; got {a.shape} and {b.shape}")
+    if paired_seeds and a.shape[0] != b.shape[0]:
+        raise ValueError(f"paired seeds need as many seeds on both sides, got {a.shape[0]} and {b.shape[0]}")
     if not 0 < level < 1 or n_boot < 100:
         raise ValueError("level must be in (0, 1) and n_boot >= 100")
     rng = np.random.default_rng(seed)
-    n = a.shape[1]
+    n, sa_n, sb_n = a.shape[1], a.shape[0], b.shape[0]
+    base = a.mean(0) - b.mean(0)
+    if paired_seeds:
+        ma, mb = _seed_effects(a - b), np.zeros(sb_n)
+    else:
+        ma, mb = _seed_effects(a), _seed_effects(b)
     out = np.empty(n_boot)
     for i in range(n_boot):
         rows = rng.integers(0, n, n)
-        sa = rng.integers(0, a.shape[0], a.shape[0])
-        sb = rng.integers(0, b.shape[0], b.shape[0])
-        # mean over drawn seeds of the mean over drawn rows: sum the drawn seeds' correctness first, then index rows
-        out[i] = a[sa].mean(0)[rows].mean() - b[sb].mean(0)[rows].mean()
+        sa = rng.integers(0, sa_n, sa_n)
+        sb = sa if paired_seeds else rng.integers(0, sb_n, sb_n)
+        out[i] = base[rows].mean() + ma[sa].mean() - mb[sb].mean()
     lo, hi = np.quantile(out, [(1 - level) / 2, (1 + level) / 2])
-    return BootstrapDiff(float(a.mean() - b.mean()), float(lo), float(hi), n_boot)
+    return BootstrapDiff(float(a.mean() - b.mean()), float(lo), float(hi), float(out.std(ddof=1)), n_boot)
 
 
 def seed_summary(values) -> tuple[float, float | None]:

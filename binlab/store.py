@@ -9,6 +9,8 @@ as one committed transaction under that key, with ``INSERT OR IGNORE``, so
   even when two workers race to finish the same key;
 - rows of many sweeps (Ray workers on other machines send their rows to the driver, which writes
   them) live side by side and tables are generated from them (:func:`binlab.experiments.aggregate`).
+  A row shared by two experiments (an fp32 baseline, say) is stored once, under the experiment that
+  ran it first: look rows up by key, not by the ``experiment`` column.
 
 The default file is ``<cache>/results.sqlite`` (``BINLAB_CACHE`` moves the cache). It is not committed:
 the tables in ``docs/results`` are what a run leaves in the repository.
@@ -48,7 +50,7 @@ class ResultStore:
         """Store ``row`` under ``key`` unless the key is there already; True when this call wrote it."""
         with self._db() as db:
             cur = db.execute("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (key, experiment, preset, row.get("label"), row.get("seed"), time.time(), json.dumps(row)))
+                             (key, experiment, preset, row.get("label"), row.get("random_seed"), time.time(), json.dumps(row)))
             return cur.rowcount == 1
 
     def keys(self) -> set[str]:

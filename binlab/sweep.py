@@ -92,7 +92,7 @@ class Context:
     calib: object = field(repr=False, default=None)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _splits(preset: str, source: str | None, fast: bool, train_rows: int | None, where: tuple = ()):
     from .presets import get_preset, load_data
 
@@ -102,36 +102,48 @@ def _splits(preset: str, source: str | None, fast: bool, train_rows: int | None,
     return load_data(get_preset(preset), source=source, **over)
 
 
-@functools.lru_cache(maxsize=8)
-def _context(preset: str, source: str | None, fast: bool, train_rows: int | None, baseline_seed: int, where: tuple = ()) -> Context:
+@functools.lru_cache(maxsize=16)
+def _context(preset: str, source: str | None, fast: bool, train_rows: int | None, baseline_seed: int, where: tuple = (),
+             train: bool = True) -> Context:
     from .calibration import calibration_set
     from .experiments import CALIB_ROWS
-    from .presets import baseline_stem, get_baseline, get_preset
+    from .presets import baseline_stem, cached_baseline, get_baseline, get_preset
 
     p = get_preset(preset)
     splits = _splits(preset, source, fast, train_rows, where)
     cfg = replace(p.train, seed=baseline_seed, **({"epochs": 0.3} if fast else {}))
-    teacher, meta = get_baseline(p, splits, cfg)
+    if train:
+        teacher, meta = get_baseline(p, splits, cfg)
+    else:  # a worker: the driver trained it; a worker that cannot see it must not train its own
+        hit = cached_baseline(p, splits, cfg)
+        if hit is None:
+            raise RuntimeError(f"the fp32 baseline of {preset} (seed {baseline_seed}) is not in this worker's cache "
+                               f"({where[1] if len(where) > 1 else 'BINLAB_CACHE'}): give the workers the driver's cache folder "
+                               "(BINLAB_CACHE on a shared disk) or train it on the worker first (binlab train)")
+        teacher, meta = hit
     return Context(splits, teacher, meta, str(baseline_stem(p, splits, cfg)), calibration_set(splits, CALIB_ROWS))
 
 
-def context(task: Task) -> Context:
-    """The data, fp32 baseline (trained and cached on first use) and calibration rows of a task."""
+def context(task: Task, train: bool = True) -> Context:
+    """The data, fp32 baseline (trained and cached on first use; with ``train=False`` a missing one is a
+    RuntimeError) and calibration rows of a task."""
     from .data import cache_dir
 
     # the data and cache a task resolves to are part of the memo's key (tests and users switch them)
     where = (os.environ.get("BINLAB_DATA"), str(cache_dir()))
-    return _context(task.preset, task.source, task.fast, task.train_rows, task.baseline_seed, where)
+    return _context(task.preset, task.source, task.fast, task.train_rows, task.baseline_seed, where, train)
 
 
-def task_key(task: Task, code: str | None = None) -> str:
+def task_key(task: Task, code: str | None = None, train: bool = True) -> str:
     from .experiments import code_fingerprint, row_key
 
-    return row_key(task.config, budget_of(task), context(task).key_base, code or code_fingerprint(task.config.spec), task.test)
+    return row_key(task.config, budget_of(task), context(task, train).key_base, code or code_fingerprint(task.config.spec), task.test)
 
 
-def execute(task: Task, code: str | None = None, threads: int | None = None) -> dict:
-    """Compute one task's row (nothing stored): what a worker runs."""
+def execute(task: Task, code: str | None = None, threads: int | None = None, expect_key: str | None = None) -> dict:
+    """Compute one task's row (nothing stored): what a worker runs. ``expect_key``: the driver's key of
+    the task; a worker (which never trains a baseline) that computes another one (other data, other
+    baseline, other code) raises instead of returning a row that would be filed under the wrong key."""
     import torch
 
     from .experiments import compute_row
@@ -140,7 +152,11 @@ def execute(task: Task, code: str | None = None, threads: int | None = None) -> 
     if threads:
         torch.set_num_threads(threads)
     try:
-        ctx = context(task)
+        worker = expect_key is not None
+        ctx = context(task, train=not worker)
+        if worker and task_key(task, code, train=False) != expect_key:
+            raise RuntimeError(f"task {task.config.label!r} (seed {task.seed}): this worker's data, baseline or code differ from "
+                               "the driver's (its key does not match); give workers the same binlab, data and cache")
         row = compute_row(task.config, ctx.teacher, ctx.splits, budget_of(task), code, calib=ctx.calib, test=task.test)
     finally:
         torch.set_num_threads(old)
@@ -201,14 +217,24 @@ def run_tasks(tasks: list[Task], store=None, runner: str = "local", address: str
             else:
                 ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
         gpus = ray.cluster_resources().get("GPU", 0)
+        # on a cluster with GPUs every task asks for one (the trainer then uses it); CPU-only nodes are left out
         remote = ray.remote(execute).options(num_cpus=threads or 1, num_gpus=1 if gpus else 0)
-        pending = {remote.remote(t, codes[t.config.spec.to_json()], threads): (t, k) for t, k in todo}
-        i = 0
+        pending = {remote.remote(t, codes[t.config.spec.to_json()], threads, k): (t, k) for t, k in todo}
+        i, failed = 0, []
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             t, k = pending.pop(ready[0])
             i += 1
-            finish(t, k, ray.get(ready[0]), i)
+            try:
+                row = ray.get(ready[0])
+            except Exception as err:  # noqa: BLE001 - one failed task must not lose the others' rows
+                failed.append(f"{t.config.label!r} seed {t.seed}: {err}")
+                log(f"[{i}/{len(todo)}] FAILED {t.config.label} seed {t.seed}: {type(err).__name__}")
+                continue
+            finish(t, k, row, i)
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(todo)} task(s) failed (the others are stored; run again to retry): "
+                               + "; ".join(failed)[:2000])
     out = []
     for t, k in zip(tasks, keys):
         row = store.get(k)
@@ -220,6 +246,31 @@ def run_tasks(tasks: list[Task], store=None, runner: str = "local", address: str
 
 # ---------------------------------------------------------------------------------------------
 # grid files
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _number(v):
+    """YAML 1.1 reads ``1e-3`` as text: a string that is a number is taken as one."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _budget(preset: str, fields: dict, path):
+    """A grid budget: the preset's QAT budget (its freeze list and other settings kept) with these training fields."""
+    from .experiments import BUDGETS
+
+    base = BUDGETS.get(preset, BUDGETS["scratch"])
+    try:
+        return replace(base, train=replace(base.train, **fields))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: budget {fields}: {err}") from None
 
 
 def check_targets(preset: str, configs) -> None:
@@ -247,7 +298,6 @@ def load_grid(path: str | Path, source: str | None = None) -> list[Task]:
     import yaml
 
     from .experiments import EXPERIMENTS, Config
-    from .qat import QATConfig
     from .quantize import QuantSpec
     from .train import TrainConfig
 
@@ -266,8 +316,8 @@ def load_grid(path: str | Path, source: str | None = None) -> list[Task]:
     if not presets or not isinstance(presets, list) or not specs or not isinstance(specs, list):
         raise ValueError(f"{path}: 'presets' and 'specs' must be non-empty lists")
     seeds = g.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds:
-        raise ValueError(f"{path}: 'seeds' must be a non-empty list of whole numbers")
+    if not isinstance(seeds, list) or not seeds or not all(_whole(k) for k in seeds):
+        raise ValueError(f"{path}: 'seeds' must be a non-empty list of whole numbers >= 0, got {seeds!r}")
     test = g.get("test", True)
     if not isinstance(test, bool):
         raise ValueError(f"{path}: 'test' must be true or false")
@@ -276,11 +326,11 @@ def load_grid(path: str | Path, source: str | None = None) -> list[Task]:
         if not isinstance(s, dict):
             raise ValueError(f"{path}: specs[{i}] must be a mapping")
         if "experiment" in s:
-            exp = EXPERIMENTS.get(s["experiment"])
+            exp = EXPERIMENTS.get(s["experiment"]) if isinstance(s["experiment"], str) else None
             if exp is None:
                 raise ValueError(f"{path}: specs[{i}]: unknown experiment {s['experiment']!r}; choose one of {sorted(EXPERIMENTS)}")
             only = s.get("only", list(range(len(exp.configs))))
-            if not isinstance(only, list) or any(not isinstance(j, int) or not 0 <= j < len(exp.configs) for j in only):
+            if not isinstance(only, list) or any(not _whole(j) or not 0 <= j < len(exp.configs) for j in only):
                 raise ValueError(f"{path}: specs[{i}]: 'only' must list indices 0..{len(exp.configs) - 1} of {exp.name}")
             configs += [exp.configs[j] for j in only]
             continue
@@ -296,22 +346,29 @@ def load_grid(path: str | Path, source: str | None = None) -> list[Task]:
         if not isinstance(g["budgets"], list) or not all(isinstance(b, dict) for b in g["budgets"]):
             raise ValueError(f"{path}: 'budgets' must be a list of mappings of TrainConfig fields")
         budgets = []
+        fields = set(TrainConfig.__dataclass_fields__) - {"seed"}
         for b in g["budgets"]:
-            try:
-                budgets.append(QATConfig(TrainConfig(**b)))
-            except TypeError as err:
-                raise ValueError(f"{path}: budget {b}: {err}") from None
+            bad = sorted(set(b) - fields)
+            if bad:
+                raise ValueError(f"{path}: budget {b}: unknown field(s) {bad}" + (" (seeds go in 'seeds:')" if "seed" in bad else "")
+                                 + f"; TrainConfig has {sorted(fields)}")
+            budgets.append({k: _number(v) for k, v in b.items()})
     train_rows = g.get("train_rows", [None])
     if not isinstance(train_rows, list):
         train_rows = [train_rows]
+    if not all(r is None or (_whole(r) and r >= 1) for r in train_rows):
+        raise ValueError(f"{path}: 'train_rows' must be whole numbers >= 1 (or null: all rows), got {train_rows!r}")
     base_seeds = g.get("baseline_seeds")
+    if base_seeds not in (None, "same"):
+        raise ValueError(f"{path}: 'baseline_seeds' is 'same' (seed k also retrains the fp32 baseline with seed k) or absent (baseline seed 0)")
     for preset in presets:  # every target must name components of every preset's model: fail before anything trains
         check_targets(str(preset), configs)
     tasks = []
     for preset in presets:
         for rows in train_rows:
             for c in configs:
-                for b in budgets:
+                for fields in budgets:
+                    b = None if fields is None else _budget(str(preset), fields, path)
                     for k in (seeds if c.mode == "qat" or base_seeds == "same" else seeds[:1]):
                         bs = k if base_seeds == "same" else 0
                         tasks.append(Task(str(preset), c, seed=int(k), baseline_seed=bs, budget=b, source=source,
@@ -334,18 +391,18 @@ def summary(tasks: list[Task], rows: list[dict], grid: str | None = None) -> dic
     out, groups = [], {}
     for t, r in zip(tasks, rows):
         b = budget_of(t).train
-        item = {"preset": t.preset, "label": r["label"], "mode": r["mode"], "seed": t.seed, "baseline_seed": t.baseline_seed,
+        item = {"preset": t.preset, "label": t.config.label, "mode": r["mode"], "seed": t.seed, "baseline_seed": t.baseline_seed,
                 "train_rows": r.get("train_rows"), "epochs": b.epochs, "lr": b.lr, "distill": b.distill,
                 "val_accuracy": r.get("val_accuracy"), "test_accuracy": r.get("accuracy") if t.test else None,
                 "train_seconds": r.get("train_seconds")}
         out.append(item)
-        groups.setdefault((t.preset, r["label"]), {}).setdefault((b.epochs, b.lr, b.distill), []).append(item["val_accuracy"])
+        groups.setdefault((t.preset, t.config.label, t.train_rows), {}).setdefault((b.epochs, b.lr, b.distill), []).append(item["val_accuracy"])
     best = []
-    for (preset, label), by_budget in groups.items():
+    for (preset, label, rows_used), by_budget in groups.items():
         scored = {k: sum(v) / len(v) for k, v in by_budget.items() if all(x is not None for x in v)}
         if scored:
             (epochs, lr, distill), val = max(scored.items(), key=lambda kv: kv[1])
-            best.append({"preset": preset, "label": label, "epochs": epochs, "lr": lr, "distill": distill, "val_accuracy": val,
+            best.append({"preset": preset, "label": label, "train_rows": rows_used, "epochs": epochs, "lr": lr, "distill": distill, "val_accuracy": val,
                          "seeds": len(by_budget[(epochs, lr, distill)])})
     return {"grid": grid, "rows": out, "best_by_validation": best, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
             "command": f"binlab sweep {grid}" if grid else None}

@@ -513,6 +513,25 @@ def aggregate(c: Config, runs: list[dict], reference: list[dict] | None = None) 
     return row
 
 
+def against_control(runs: list[dict], control: list[dict]) -> dict:
+    """A QAT row against the table's equal-budget fp32 control (same epochs and distillation): the
+    difference of mean accuracies with its paired bootstrap 95 % interval (seed k paired with the
+    control's seed k when both started from the same baselines). Empty when per-row results are missing."""
+    import numpy as np
+
+    from .stats import bootstrap_diff, unpack_correct
+
+    if not runs or not control or not all("test_correct" in r for r in runs + control):
+        return {}
+    a = np.stack([unpack_correct(r["test_correct"]) for r in runs])
+    by_seed = {(r.get("baseline_seed", 0), r.get("random_seed", 0)): unpack_correct(r["test_correct"]) for r in control}
+    keys = [(r.get("baseline_seed", 0), r.get("random_seed", 0)) for r in runs]
+    paired = len(runs) > 1 and all(k in by_seed for k in keys) and len(set(keys)) == len(runs) == len(by_seed)
+    b = np.stack([by_seed[k] for k in keys]) if paired else np.stack(list(by_seed.values()))
+    d = bootstrap_diff(a, b, paired_seeds=paired)
+    return {"diff_vs_control": 100 * d.diff, "diff_vs_control_ci95": [100 * d.low, 100 * d.high]}
+
+
 def run(name: str, preset: str = "scratch", source: str | None = None, fast: bool = False,
         callback: Callable | None = None, out_dir: Path | None = None, only: list[int] | None = None, seeds: int = 1,
         runner: str = "local", address: str | None = None, store=None, threads: int | None = None) -> Path:
@@ -554,8 +573,11 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     runs = [[next(it) for _ in ts] for _, ts in plan]
     reference = [next(it) for _ in ref_tasks]
     rows = []
+    ctl = next((rs for (c, _), rs in zip(plan, runs) if c.mode == "qat" and "control" in c.label), None)
     for (c, _), rs in zip(plan, runs):
         row = aggregate(c, rs, reference)
+        if ctl is not None and c.mode == "qat" and "control" not in c.label:
+            row |= against_control(rs, ctl)
         row["survey"] = c.survey
         row["seed"] = list(c.seed) if c.seed else None
         row["seed_budget"] = SEED_BUDGET if c.seed else None
@@ -701,6 +723,13 @@ def _acc(r: dict, key: str = "accuracy") -> str:
     return _fmt(v) if sd is None else f"{v:.2f} ± {sd:.2f}"
 
 
+def _vs_control(r: dict) -> str:
+    if not r.get("diff_vs_control_ci95"):
+        return "-"
+    lo, hi = r["diff_vs_control_ci95"]
+    return f"{r['diff_vs_control']:+.2f} [{lo:+.2f}, {hi:+.2f}]" + (" no measurable difference" if lo <= 0 <= hi else "")
+
+
 def _seeds(r: dict) -> str:
     return str(len(r.get("random_seeds") or [0]))
 
@@ -773,13 +802,14 @@ def to_markdown(payload: dict) -> str:
         return w1a1_markdown(payload)
     fp = next((r["accuracy"] for r in payload["rows"] if r["mode"] == "fp"), None)
     lines = _header(payload) + [
-             "| configuration | mode | budget | seeds | accuracy % (mean ± sd) | vs fp32, pts [95 % CI] | McNemar p | val accuracy % | "
-             "seed accuracy % | seed budget | size MB (exact) | seed size | reduction % | seed reduction % | bits / quantized weight | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| configuration | mode | budget | seeds | accuracy % (mean ± sd) | vs fp32, pts [95 % CI] | McNemar p | vs control, pts [95 % CI] | "
+             "val accuracy % | seed accuracy % | seed budget | size MB (exact) | seed size | reduction % | seed reduction % | "
+             "bits / quantized weight | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
         s = r.get("seed") or [None, None, None]
         lines.append(f"| {r['label']} | {r['mode']} | {r.get('budget') or '-'} | {_seeds(r)} | {_acc(r)} | {_diff(r, fp)} | "
-                     f"{_fmt(r.get('mcnemar_p'), '{:.3g}')} | {_acc(r, 'val_accuracy')} | {_fmt(s[0], '{:.1f}')} | "
+                     f"{_fmt(r.get('mcnemar_p'), '{:.3g}')} | {_vs_control(r)} | {_acc(r, 'val_accuracy')} | {_fmt(s[0], '{:.1f}')} | "
                      f"{r.get('seed_budget') or '-'} | {_fmt(r['megabytes'], '{:.3f}')} | "
                      f"{_fmt(s[1])} | {_fmt(r['reduction_percent'])} | {_fmt(s[2])} | {_fmt(r['bits_per_quantized_weight'], '{:.3f}')} | "
                      f"{_fmt(r['train_seconds'], '{:.0f}')} |")
@@ -816,7 +846,9 @@ def _intervals_note(payload: dict) -> list[str]:
                 "to the fp32 baseline's runs on the same test rows, with a paired bootstrap 95 % interval (2,000 replicates, "
                 "binlab.stats.bootstrap_diff): test rows resampled, and seeds too where a row has several (paired with the "
                 "baseline each started from in the headline table); 'no measurable difference' where it contains 0. A one-seed "
-                "row's interval holds the test set's noise only, not training noise." + seeds + " McNemar p: exact test of "
+                "row's interval holds the test set's noise only, not training noise." + seeds + " vs control: against the "
+                "table's fp32 row fine-tuned with the same QAT budget and distillation (so extra training is not counted as "
+                "binarization's doing), same interval. McNemar p: exact test of "
                 "each seed against the baseline it started from, the largest shown. Choices of recipe are made on validation "
                 "(val accuracy; docs/results/select-*.md); test is evaluated once per final configuration."]
 

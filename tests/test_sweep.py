@@ -348,3 +348,18 @@ def test_a_worker_never_trains_a_baseline_or_files_a_row_under_another_key(fixtu
     monkeypatch.setenv("BINLAB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(RuntimeError, match="not in this worker's cache"):
         execute(t, expect_key="any")
+
+
+def test_a_qat_row_against_its_equal_budget_control():
+    n = 400
+    rng = np.random.default_rng(3)
+    ctl = [rng.random(n) < 0.8 for _ in range(2)]
+    q = [c.copy() for c in ctl]
+    q[0][:20] = ~q[0][:20]  # seed 0 differs from its control on 20 rows
+    mk = lambda arr, k: {"test_correct": pack_correct(arr), "baseline_seed": k, "random_seed": k}
+    out = E.against_control([mk(q[0], 0), mk(q[1], 1)], [mk(ctl[0], 0), mk(ctl[1], 1)])
+    expect = 100 * (np.mean([x.mean() for x in q]) - np.mean([x.mean() for x in ctl]))
+    assert out["diff_vs_control"] == pytest.approx(expect)
+    lo, hi = out["diff_vs_control_ci95"]
+    assert lo <= hi and E._vs_control(out).startswith(f"{expect:+.2f}")
+    assert E.against_control([mk(q[0], 0)], [{"baseline_seed": 0}]) == {}  # no per-row results: nothing claimed

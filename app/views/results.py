@@ -93,6 +93,8 @@ for p in [p for p in payloads if p["preset"] == preset and p["experiment"] in ch
     rows = [{"configuration": r["label"], "mode": r["mode"], "budget": r.get("budget"), "seeds": len(r.get("random_seeds") or [0]),
              "accuracy %": round(r["accuracy"], 2), "± sd (seeds)": round(r["accuracy_std"], 2) if r.get("accuracy_std") else None,
              "vs fp32, pts [95 % CI]": diff_text(r, fp), "McNemar p": r.get("mcnemar_p"),
+             "vs equal-budget control [95 % CI]": (f"{r['diff_vs_control']:+.2f} [{r['diff_vs_control_ci95'][0]:+.2f}, "
+                                                   f"{r['diff_vs_control_ci95'][1]:+.2f}]" if r.get("diff_vs_control_ci95") else None),
              "seed accuracy %": (r.get("seed") or [None])[0], "seed budget": r.get("seed_budget"), "size MB": round(r["megabytes"], 3),
              "reduction %": round(r["reduction_percent"], 2), "seed reduction %": (r.get("seed") or [None, None, None])[2],
              "bits/weight": round(r["bits_per_quantized_weight"], 3)}

@@ -980,7 +980,9 @@ def data_size_markdown(payload: dict) -> str:
              f"1-bit: {payload['binary']} (QAT {b['epochs']} epoch(s), lr {b['lr']}, distillation {b['distill']}), each seed QAT'd "
              f"from the fp32 baseline trained with that seed on the same rows ({payload.get('baseline', 'the preset baseline')}). "
              f"Test: {payload.get('test_rows', 7600):,} AG_NEWS test rows. Gap: 1-bit minus fp32, with the paired bootstrap 95 % "
-             "interval over test rows and seeds (seed k's 1-bit model paired with its own baseline). "
+             "interval over test rows and seeds (seed k's 1-bit model paired with its own baseline). The 1-bit model trains "
+             f"{b['epochs']:g} epoch(s) more than the fp32 one (the QAT budget): T7's equal-budget control measures what that "
+             "extra training does alone on all rows. "
              f"Machine: {payload['machine']}. Date: {payload['date']}.", f"Reproduce: `{payload['command']}`", "",
              "| training rows | seeds | fp32 accuracy % | 1-bit accuracy % | gap, pts [95 % CI] | reduction % |", "|---|---|---|---|---|---|"]
     for r in payload["rows"]:

@@ -108,15 +108,10 @@ class RunStore:
     """The runs on disk (SQLite: every add is one committed transaction, so a crash loses nothing)."""
 
     def __init__(self, path: str | Path | None = None):
-        from .data import cache_dir
+        from .store import open_sqlite
 
-        self.path = Path(path) if path is not None else cache_dir() / "runs.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with self._db() as db:
-                db.execute("CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, preset TEXT, created TEXT, body TEXT)")
-        except sqlite3.DatabaseError as err:
-            raise ValueError(f"the run store {self.path} is damaged ({err}); move it away to start a new one") from None
+        self.path = open_sqlite(path, "runs.sqlite", "CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, preset TEXT, created TEXT, body TEXT)",
+                                "run store")
 
     def _db(self):
         return sqlite3.connect(self.path, timeout=10)

@@ -23,20 +23,27 @@ import time
 from pathlib import Path
 
 
+def open_sqlite(path: str | Path | None, default_name: str, schema: str, what: str) -> Path:
+    """The SQLite file at ``path`` (default: ``<cache>/default_name``) with ``schema`` created; a file
+    that is not a database is a ValueError naming ``what`` and saying what to do."""
+    from .data import cache_dir
+
+    path = Path(path) if path is not None else cache_dir() / default_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with sqlite3.connect(path, timeout=60) as db:
+            db.execute(schema)
+    except sqlite3.DatabaseError as err:
+        raise ValueError(f"the {what} {path} is damaged ({err}); move it away to start a new one") from None
+    return path
+
+
 class ResultStore:
     """Results by key (see the module docstring)."""
 
     def __init__(self, path: str | Path | None = None):
-        from .data import cache_dir
-
-        self.path = Path(path) if path is not None else cache_dir() / "results.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with self._db() as db:
-                db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, experiment TEXT, preset TEXT, label TEXT, "
-                           "seed INTEGER, created REAL, body TEXT)")
-        except sqlite3.DatabaseError as err:
-            raise ValueError(f"the results store {self.path} is damaged ({err}); move it away to start a new one") from None
+        self.path = open_sqlite(path, "results.sqlite", "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, experiment TEXT, "
+                                "preset TEXT, label TEXT, seed INTEGER, created REAL, body TEXT)", "results store")
 
     def _db(self):
         return sqlite3.connect(self.path, timeout=60)

@@ -495,15 +495,13 @@ def aggregate(c: Config, runs: list[dict], reference: list[dict] | None = None) 
         row["per_class"] = {k: float(np.mean([r["per_class"][k] for r in runs])) for k in first["per_class"]}
     ref = [r for r in (reference or []) if "test_correct" in r]
     if c.mode != "fp" and ref and all("test_correct" in r for r in runs):
-        a = np.stack([unpack_correct(r["test_correct"]) for r in runs])
-        by_seed = {r.get("baseline_seed", 0): unpack_correct(r["test_correct"]) for r in ref}
         # seed k started from baseline k (the headline): pair them, so what they share cancels
-        paired = len(runs) > 1 and len(set(row["baseline_seeds"])) == len(runs) == len(by_seed) and set(row["baseline_seeds"]) == set(by_seed)
-        b = np.stack([by_seed[s] for s in row["baseline_seeds"]]) if paired else np.stack(list(by_seed.values()))
+        a, b, paired = _paired(runs, ref, lambda r: r.get("baseline_seed", 0))
         d = bootstrap_diff(a, b, paired_seeds=paired)
         row |= {"diff": 100 * d.diff, "diff_ci95": [100 * d.low, 100 * d.high], "no_measurable_difference": d.within_noise,
-                "interval": ("rows and seeds, seeds paired with their baselines" if paired else "rows and seeds" if len(runs) > 1 or len(by_seed) > 1
+                "interval": ("rows and seeds, seeds paired with their baselines" if paired else "rows and seeds" if len(runs) > 1 or len(ref) > 1
                              else "test rows only (one seed)")}
+        by_seed = {r.get("baseline_seed", 0): unpack_correct(r["test_correct"]) for r in ref}
         ps = [mcnemar_p(int((x & ~by_seed[s]).sum()), int((~x & by_seed[s]).sum()))
               for x, s in zip(a, row["baseline_seeds"]) if s in by_seed]
         if ps:
@@ -513,21 +511,29 @@ def aggregate(c: Config, runs: list[dict], reference: list[dict] | None = None) 
     return row
 
 
+def _paired(runs: list[dict], ref: list[dict], key) -> tuple:
+    """(A, B, paired): the per-row correctness of ``runs`` and ``ref`` as (seeds, rows) arrays, with B in
+    A's seed order and ``paired`` True when every run has its own ``ref`` run under ``key`` (one each)."""
+    import numpy as np
+
+    from .stats import unpack_correct
+
+    a = np.stack([unpack_correct(r["test_correct"]) for r in runs])
+    by_key = {key(r): unpack_correct(r["test_correct"]) for r in ref}
+    keys = [key(r) for r in runs]
+    paired = len(runs) > 1 and len(set(keys)) == len(runs) == len(by_key) and set(keys) == set(by_key)
+    return a, np.stack([by_key[k] for k in keys] if paired else list(by_key.values())), paired
+
+
 def against_control(runs: list[dict], control: list[dict]) -> dict:
     """A QAT row against the table's equal-budget fp32 control (same epochs and distillation): the
     difference of mean accuracies with its paired bootstrap 95 % interval (seed k paired with the
     control's seed k when both started from the same baselines). Empty when per-row results are missing."""
-    import numpy as np
-
-    from .stats import bootstrap_diff, unpack_correct
+    from .stats import bootstrap_diff
 
     if not runs or not control or not all("test_correct" in r for r in runs + control):
         return {}
-    a = np.stack([unpack_correct(r["test_correct"]) for r in runs])
-    by_seed = {(r.get("baseline_seed", 0), r.get("random_seed", 0)): unpack_correct(r["test_correct"]) for r in control}
-    keys = [(r.get("baseline_seed", 0), r.get("random_seed", 0)) for r in runs]
-    paired = len(runs) > 1 and all(k in by_seed for k in keys) and len(set(keys)) == len(runs) == len(by_seed)
-    b = np.stack([by_seed[k] for k in keys]) if paired else np.stack(list(by_seed.values()))
+    a, b, paired = _paired(runs, control, lambda r: (r.get("baseline_seed", 0), r.get("random_seed", 0)))
     d = bootstrap_diff(a, b, paired_seeds=paired)
     return {"diff_vs_control": 100 * d.diff, "diff_vs_control_ci95": [100 * d.low, 100 * d.high]}
 
@@ -723,7 +729,8 @@ def _acc(r: dict, key: str = "accuracy") -> str:
     return _fmt(v) if sd is None else f"{v:.2f} ± {sd:.2f}"
 
 
-def _vs_control(r: dict) -> str:
+def vs_control_text(r: dict) -> str:
+    """A QAT row against the equal-budget control, with its interval (markdown and the Results page)."""
     if not r.get("diff_vs_control_ci95"):
         return "-"
     lo, hi = r["diff_vs_control_ci95"]
@@ -734,7 +741,7 @@ def _seeds(r: dict) -> str:
     return str(len(r.get("random_seeds") or [0]))
 
 
-def _diff(r: dict, fp: float | None = None) -> str:
+def diff_text(r: dict, fp: float | None = None) -> str:
     """The change against fp32 with its 95 % interval (paired bootstrap over rows and seeds), or the
     plain difference for a row stored before intervals were."""
     if r.get("diff_ci95"):
@@ -788,7 +795,7 @@ def w1a1_markdown(payload: dict) -> str:
         "attention entropy (nats) | train s | the survey reports |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
-        lines.append(f"| {r['label']} | {r.get('budget') or '-'} | {_seeds(r)} | {_acc(r)} | {_diff(r, fp)} | {_acc(r, 'val_accuracy')} | "
+        lines.append(f"| {r['label']} | {r.get('budget') or '-'} | {_seeds(r)} | {_acc(r)} | {diff_text(r, fp)} | {_acc(r, 'val_accuracy')} | "
                      f"{_fmt(r['megabytes'], '{:.3f}')} | {_fmt(r['reduction_percent'])} | "
                      f"{_fmt(r['bits_per_quantized_weight'], '{:.3f}') if r['mode'] != 'fp' else '32'} | "
                      f"{_fmt(r.get('attention_entropy'), '{:.3f}')} | {_fmt(r['train_seconds'], '{:.0f}')} | {r.get('survey') or '-'} |")
@@ -808,8 +815,8 @@ def to_markdown(payload: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
         s = r.get("seed") or [None, None, None]
-        lines.append(f"| {r['label']} | {r['mode']} | {r.get('budget') or '-'} | {_seeds(r)} | {_acc(r)} | {_diff(r, fp)} | "
-                     f"{_fmt(r.get('mcnemar_p'), '{:.3g}')} | {_vs_control(r)} | {_acc(r, 'val_accuracy')} | {_fmt(s[0], '{:.1f}')} | "
+        lines.append(f"| {r['label']} | {r['mode']} | {r.get('budget') or '-'} | {_seeds(r)} | {_acc(r)} | {diff_text(r, fp)} | "
+                     f"{_fmt(r.get('mcnemar_p'), '{:.3g}')} | {vs_control_text(r)} | {_acc(r, 'val_accuracy')} | {_fmt(s[0], '{:.1f}')} | "
                      f"{r.get('seed_budget') or '-'} | {_fmt(r['megabytes'], '{:.3f}')} | "
                      f"{_fmt(s[1])} | {_fmt(r['reduction_percent'])} | {_fmt(s[2])} | {_fmt(r['bits_per_quantized_weight'], '{:.3f}')} | "
                      f"{_fmt(r['train_seconds'], '{:.0f}')} |")
@@ -907,7 +914,7 @@ def write_index(out_dir: Path | None = None) -> Path:
                   "|---|---|---|---|---|---|---|"]
         for r in pl["rows"]:
             seed = (r.get("seed") or [None])[0]
-            lines.append(f"| {r['label']} | {r['mode']} | {_seeds(r)} | {_acc(r)} | {_diff(r, base)} | "
+            lines.append(f"| {r['label']} | {r['mode']} | {_seeds(r)} | {_acc(r)} | {diff_text(r, base)} | "
                          f"{r['reduction_percent']:.2f} | {_fmt(seed, '{:.1f}')} |")
         lines.append("")
     path = d / "README.md"

@@ -184,8 +184,10 @@ def run_tasks(tasks: list[Task], store=None, runner: str = "local", address: str
         raise ValueError("--address joins a Ray cluster: use it with --runner ray")
     store = store if store is not None else ResultStore()
     log = callback or (lambda *_: None)
-    codes = {t.config.spec.to_json(): None for t in tasks}
-    codes = {k: code_fingerprint(next(t.config.spec for t in tasks if t.config.spec.to_json() == k)) for k in codes}
+    codes = {}  # spec JSON -> the code fingerprint of its row, taken once, before anything runs
+    for t in tasks:
+        if t.config.spec.to_json() not in codes:
+            codes[t.config.spec.to_json()] = code_fingerprint(t.config.spec)
     for t in tasks:  # every baseline, trained here first (cached): workers only load them
         context(t)
     keys = [task_key(t, codes[t.config.spec.to_json()]) for t in tasks]

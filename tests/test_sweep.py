@@ -361,5 +361,5 @@ def test_a_qat_row_against_its_equal_budget_control():
     expect = 100 * (np.mean([x.mean() for x in q]) - np.mean([x.mean() for x in ctl]))
     assert out["diff_vs_control"] == pytest.approx(expect)
     lo, hi = out["diff_vs_control_ci95"]
-    assert lo <= hi and E._vs_control(out).startswith(f"{expect:+.2f}")
+    assert lo <= hi and E.vs_control_text(out).startswith(f"{expect:+.2f}")
     assert E.against_control([mk(q[0], 0)], [{"baseline_seed": 0}]) == {}  # no per-row results: nothing claimed

@@ -5,7 +5,7 @@ import json
 import plotly.graph_objects as go
 import streamlit as st
 
-from binlab.experiments import RESULTS, load_results
+from binlab.experiments import RESULTS, diff_text, load_results, vs_control_text
 from binlab.stats import wilson_interval
 
 st.title("Results")
@@ -40,15 +40,6 @@ def sort(rows: list[dict]) -> list[dict]:
     key = {"accuracy (high first)": lambda r: -(r.get("accuracy") or 0), "reduction (high first)": lambda r: -r["reduction_percent"],
            "change vs fp32 (best first)": lambda r: -(r.get("diff") if r.get("diff") is not None else -1e9)}.get(order)
     return sorted(rows, key=key) if key else rows
-
-
-def diff_text(r: dict, fp: float | None) -> str | None:
-    if r.get("diff_ci95"):
-        lo, hi = r["diff_ci95"]
-        return f"{r['diff']:+.2f} [{lo:+.2f}, {hi:+.2f}]" + (" · no measurable difference" if r.get("no_measurable_difference") else "")
-    if fp is None or r["mode"] == "fp":
-        return None
-    return f"{r['accuracy'] - fp:+.2f} (one seed, no interval)"
 
 
 for p in [p for p in payloads if p["preset"] == preset and p["experiment"] in chosen]:
@@ -93,8 +84,7 @@ for p in [p for p in payloads if p["preset"] == preset and p["experiment"] in ch
     rows = [{"configuration": r["label"], "mode": r["mode"], "budget": r.get("budget"), "seeds": len(r.get("random_seeds") or [0]),
              "accuracy %": round(r["accuracy"], 2), "± sd (seeds)": round(r["accuracy_std"], 2) if r.get("accuracy_std") else None,
              "vs fp32, pts [95 % CI]": diff_text(r, fp), "McNemar p": r.get("mcnemar_p"),
-             "vs equal-budget control [95 % CI]": (f"{r['diff_vs_control']:+.2f} [{r['diff_vs_control_ci95'][0]:+.2f}, "
-                                                   f"{r['diff_vs_control_ci95'][1]:+.2f}]" if r.get("diff_vs_control_ci95") else None),
+             "vs equal-budget control [95 % CI]": vs_control_text(r),
              "seed accuracy %": (r.get("seed") or [None])[0], "seed budget": r.get("seed_budget"), "size MB": round(r["megabytes"], 3),
              "reduction %": round(r["reduction_percent"], 2), "seed reduction %": (r.get("seed") or [None, None, None])[2],
              "bits/weight": round(r["bits_per_quantized_weight"], 3)}

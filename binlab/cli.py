@@ -212,10 +212,11 @@ def cmd_experiments(args):
             print(f"wrote {path}")
         return 0
     names = list(experiments.EXPERIMENTS) if args.name == "all" else [args.name]
+    changes = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("distill", args.distill)) if v is not None}
     for n in names:
         only = [int(i) for i in args.only.split(",")] if args.only else None
         out = experiments.run(n, preset=args.preset, source=args.data, fast=args.fast, callback=print, only=only, seeds=args.seeds,
-                              runner=args.runner, address=args.address, threads=args.threads)
+                              runner=args.runner, address=args.address, threads=args.threads, budget_changes=changes or None)
         print(f"wrote {out}")
     return 0
 
@@ -391,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", help="datasize: training row counts, comma-separated ('all': every row), default 2000,4000,8000,all")
     runner_args(p)
     p.add_argument("--seeds", type=positive_int, default=1, help="random seeds per trained row (the headline T7 also reseeds the baseline)")
+    p.add_argument("--epochs", type=float, help="QAT epochs (default: the preset's budget)")
+    p.add_argument("--lr", type=float, help="QAT learning rate (default: the preset's budget; with --only, must match the committed table's)")
+    p.add_argument("--distill", type=float, help="QAT distillation weight in [0, 1] (default: the preset's budget)")
     p.set_defaults(fn=cmd_experiments)
 
     p = sub.add_parser("sweep", help="run a grid file (presets x specs x budgets x seeds) into the results store, locally or on Ray")

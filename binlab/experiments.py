@@ -18,7 +18,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -540,10 +540,14 @@ def against_control(runs: list[dict], control: list[dict]) -> dict:
 
 def run(name: str, preset: str = "scratch", source: str | None = None, fast: bool = False,
         callback: Callable | None = None, out_dir: Path | None = None, only: list[int] | None = None, seeds: int = 1,
-        runner: str = "local", address: str | None = None, store=None, threads: int | None = None) -> Path:
+        runner: str = "local", address: str | None = None, store=None, threads: int | None = None,
+        budget_changes: dict | None = None) -> Path:
     """Run experiment ``name`` on ``preset`` (``only``: indices of the configurations to run, for
     budget-limited runs) with ``seeds`` random seeds per trained row; write JSON + markdown; return the
-    markdown path. Every (configuration, seed) is one :class:`binlab.sweep.Task`, run by ``runner``
+    markdown path. ``budget_changes``: changes to the preset's QAT training budget (fields of
+    :class:`binlab.train.TrainConfig`, e.g. ``{"lr": 5e-4, "distill": 0.5}``), so a partial run can
+    add a row to a table committed with another budget; a partial run whose budget differs from the
+    committed table's is refused (one table, one budget). Every (configuration, seed) is one :class:`binlab.sweep.Task`, run by ``runner``
     ("local": in this process; "ray": Ray tasks, ``address`` to join a cluster) and kept in the results
     store, so a killed run resumes where it stopped.
 
@@ -565,10 +569,31 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
         exp = replace(exp, configs=tuple(exp.configs[i] for i in only))
     log = callback or (lambda *_: None)
     fp = Config("fp32 baseline", FP, "fp")
+    qat = None
+    if budget_changes:
+        base = BUDGETS.get(preset, BUDGETS["scratch"])
+        bad = sorted(set(budget_changes) - {f.name for f in fields(base.train)} | ({"seed"} & set(budget_changes)))
+        if bad:
+            raise ValueError(f"budget: unknown or fixed field(s) {bad}; change any of "
+                             f"{sorted(f.name for f in fields(base.train) if f.name != 'seed')}")
+        qat = replace(base, train=replace(base.train, **budget_changes))
+    out_dir = out_dir or RESULTS
+    stem = out_dir / f"{name}-{preset}{'-fast' if fast else ''}"
+    if only is not None and stem.with_suffix(".json").exists():
+        committed = json.loads(stem.with_suffix(".json").read_text()).get("budget", {}).get("train", {})
+        mine = asdict(sweep.budget_of(sweep.Task(preset, fp, fast=fast, budget=qat), with_config=False).train)
+        differ = {k: (committed[k], mine[k]) for k in ("epochs", "lr", "distill", "batch_size", "warmup", "schedule")
+                  if k in committed and committed[k] != mine[k]}
+        if differ:
+            raise ValueError(f"{stem.with_suffix('.json').name} was run with another QAT budget ("
+                             + ", ".join(f"{k} {a} there, {b} here" for k, (a, b) in differ.items())
+                             + "): run the whole table, or give the committed budget ("
+                             + " ".join(f"--{k.replace('_', '-')} {a}" for k, (a, _) in differ.items()) + ")")
 
     def tasks_of(c: Config) -> list:
         n = seeds if (c.mode == "qat" or exp.seeded_baseline) else 1
-        return [sweep.Task(preset, c, seed=k, baseline_seed=k if exp.seeded_baseline else 0, experiment=name, source=source, fast=fast)
+        return [sweep.Task(preset, c, seed=k, baseline_seed=k if exp.seeded_baseline else 0, experiment=name, source=source, fast=fast,
+                           budget=qat)
                 for k in range(n)]
 
     plan = [(c, tasks_of(c)) for c in exp.configs]
@@ -594,18 +619,18 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     ctx = sweep.context(ref_tasks[0])
     splits, meta, calib = ctx.splits, ctx.meta, ctx.calib
     budget = sweep.budget_of(ref_tasks[0], with_config=False)
-    out_dir = out_dir or RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"{name}-{preset}{'-fast' if fast else ''}"
     if only is not None and stem.with_suffix(".json").exists():
         rows = _merge_rows(json.loads(stem.with_suffix(".json").read_text())["rows"], rows, [c.label for c in EXPERIMENTS[name].configs])
+    _plain_control_diffs(rows)
     payload = {"experiment": name, "title": exp.title, "note": exp.note, "preset": preset, "machine": machine(),
                "date": time.strftime("%Y-%m-%d"), "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
                "budget": asdict(budget), "baseline_val_accuracy": meta.get("val_accuracy"), "rows": rows, "calibration_rows": len(calib),
                "baseline_train_seconds": meta.get("history", {}).get("seconds"), "seeds": seeds,
                "seeded_baseline": exp.seeded_baseline,
                "command": f"binlab experiments run {name} --preset {preset}" + (" --fast" if fast else "")
-               + (f" --seeds {seeds}" if seeds > 1 else "") + (f" --only {','.join(map(str, only))}" if only is not None else "")}
+               + (f" --seeds {seeds}" if seeds > 1 else "") + (f" --only {','.join(map(str, only))}" if only is not None else "")
+               + "".join(f" --{k.replace('_', '-')} {v}" for k, v in (budget_changes or {}).items())}
     _fill_budgets(payload)
     if get_preset(preset).model.task == "lm":
         from .ngram import bigram_perplexity
@@ -618,6 +643,18 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     if not fast:
         write_index(out_dir)
     return stem.with_suffix(".md")
+
+
+def _plain_control_diffs(rows: list[dict]) -> None:
+    """QAT rows kept from a table run before per-row results were stored get the plain difference to
+    the table's control (no interval: there is nothing to resample)."""
+    ctl = next((r for r in rows if r["mode"] == "qat" and "control" in r["label"] and r.get("accuracy") is not None), None)
+    if ctl is None:
+        return
+    for r in rows:
+        if (r["mode"] == "qat" and r is not ctl and "control" not in r["label"] and r.get("accuracy") is not None
+                and r.get("diff_vs_control_ci95") is None):
+            r["diff_vs_control"] = r["accuracy"] - ctl["accuracy"]
 
 
 def _merge_rows(old: list[dict], new: list[dict], order: list[str]) -> list[dict]:
@@ -642,15 +679,18 @@ def t6_finding(rows: list[dict]) -> str:
             continue
         fail = [r["label"].split(" ")[0] for r in rs if r["accuracy"] < CHANCE + 5]
         verdict = ("holds" if len(fail) == len(rs) else "does not hold" if not fail else f"holds only for {', '.join(fail)}")
-        drops = ", ".join(f"{r['label'].split(' ')[0]} {r['accuracy']:.2f} % ({r['accuracy'] - fp:+.2f})" for r in rs)
+        drops = ", ".join(f"{r['label'].split(' ')[0]} {r['accuracy']:.2f} % ({diff_text(r, fp)})" for r in rs)
         big = [r["label"].split(" ")[0] for r in rs if r["accuracy"] < fp - 5]
         out.append(f"Under {mode.upper()} PB-LLM's finding {verdict} ({len(fail)} of {len(rs)} classic methods within 5 points "
                    f"of chance, {CHANCE:.0f} %): {drops} against fp32 {fp:.2f} %."
                    + (f" More than 5 points below fp32: {', '.join(big)}." if big else " All within 5 points of fp32."))
     if not out:
         return ""
-    return ("**Finding** (generated from the rows above; one seed, so differences under about 1 point are within the "
-            "test set's noise; PB-LLM measured OPT language models zero-shot, this is a 2-layer classifier): " + " ".join(out))
+    seeds = max(len(r.get("random_seeds") or [0]) for r in rows if r["mode"] == "qat") if any(r["mode"] == "qat" for r in rows) else 1
+    noise = ("one seed, so differences under about 1 point are within the test set's noise" if seeds == 1 else
+             f"QAT rows: mean of {seeds} seeds; in brackets the paired bootstrap 95 % interval of the change against fp32")
+    return (f"**Finding** (generated from the rows above; {noise}; PB-LLM measured OPT language models zero-shot, this is a "
+            "2-layer classifier): " + " ".join(out))
 
 
 def _short(r: dict) -> str:
@@ -732,7 +772,7 @@ def _acc(r: dict, key: str = "accuracy") -> str:
 def vs_control_text(r: dict) -> str:
     """A QAT row against the equal-budget control, with its interval (markdown and the Results page)."""
     if not r.get("diff_vs_control_ci95"):
-        return "-"
+        return "-" if r.get("diff_vs_control") is None else f"{r['diff_vs_control']:+.2f} (no interval)"
     lo, hi = r["diff_vs_control_ci95"]
     return f"{r['diff_vs_control']:+.2f} [{lo:+.2f}, {hi:+.2f}]" + (" no measurable difference" if lo <= 0 <= hi else "")
 

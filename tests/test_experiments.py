@@ -97,6 +97,11 @@ def test_t6_finding_reads_the_rows():
     assert "Under PTQ PB-LLM's finding holds only for sign" in text and "Under QAT PB-LLM's finding does not hold" in text
     rows = [r | {"accuracy": 24.0} if r["mode"] == "ptq" else r for r in rows]
     assert "Under PTQ PB-LLM's finding holds (5 of 5" in E.t6_finding(rows)
+    assert "one seed" in text and "xnor 87.00 % (+0.00 (no interval))" in text
+    rows = [r | {"random_seeds": [0, 1, 2], "diff": -0.4, "diff_ci95": [-0.9, 0.1], "no_measurable_difference": True}
+            if r["label"] == "xnor (QAT)" else r for r in rows]
+    text = E.t6_finding(rows)
+    assert "mean of 3 seeds" in text and "xnor 87.00 % (-0.40 [-0.90, +0.10] no measurable difference)" in text
     assert any(c.mode == "fp" for c in E.EXPERIMENTS["T6"].configs)  # T6 has its own fp32 row to compare with
 
 
@@ -112,3 +117,37 @@ def test_render_rewrites_markdown_from_json(tmp_path):
     text = md.read_text()
     assert "| sign (PTQ) | ptq |" in text and "PB-LLM's finding holds (1 of 1" in text and "More than 5 points below fp32: sign" in text
     assert (tmp_path / "README.md").exists()
+
+
+def test_a_partial_run_keeps_the_committed_tables_budget(fixture_data, tmp_path):
+    """--only adds rows to a committed table: with another QAT budget it is refused (one table, one
+    budget); with the committed budget given back (--lr/--distill) the row is added, trained with it."""
+    md = E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[3],
+               budget_changes={"lr": 1e-3, "distill": 0.25})
+    payload = json.loads(md.with_suffix(".json").read_text())
+    assert payload["budget"]["train"]["lr"] == 1e-3 and payload["budget"]["train"]["distill"] == 0.25
+    assert "--lr 0.001 --distill 0.25" in payload["command"]
+    with pytest.raises(ValueError, match=r"another QAT budget \(lr 0.001 there, 0.003 here.*--lr 0.001 --distill 0.25"):
+        E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0])
+    before = md.with_suffix(".json").read_text()
+    assert md.with_suffix(".json").read_text() == before  # the refused run wrote nothing
+    md = E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0],
+               budget_changes={"lr": 1e-3, "distill": 0.25})
+    rows = json.loads(md.with_suffix(".json").read_text())["rows"]
+    assert [r["label"] for r in rows] == ["QK", "QK, PTQ"] and "KD 0.25" in rows[0]["budget"]
+    with pytest.raises(ValueError, match="unknown or fixed field.*seed"):
+        E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0], budget_changes={"seed": 3})
+    with pytest.raises(ValueError, match="lr must be in"):
+        E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, budget_changes={"lr": 2.0})
+
+
+def test_rows_kept_from_before_per_row_results_get_a_plain_difference_to_the_control():
+    rows = [{"label": "fp32 baseline", "mode": "fp", "accuracy": 86.0},
+            {"label": "old qat row", "mode": "qat", "accuracy": 85.25},
+            {"label": "new qat row", "mode": "qat", "accuracy": 86.5, "diff_vs_control": 0.1, "diff_vs_control_ci95": [-0.3, 0.5]},
+            {"label": "fp32 control: fine-tuned", "mode": "qat", "accuracy": 86.75},
+            {"label": "ptq row", "mode": "ptq", "accuracy": 80.0}]
+    E._plain_control_diffs(rows)
+    assert rows[1]["diff_vs_control"] == pytest.approx(-1.5) and E.vs_control_text(rows[1]) == "-1.50 (no interval)"
+    assert rows[2]["diff_vs_control"] == 0.1  # its interval's estimate is kept
+    assert "diff_vs_control" not in rows[3] and "diff_vs_control" not in rows[4] and E.vs_control_text(rows[4]) == "-"

@@ -204,7 +204,8 @@ def cmd_experiments(args):
                 except ValueError:
                     raise ValueError(f"--sizes takes whole numbers or 'all', comma-separated; got {part!r}") from None
         out = experiments.data_size_curve(args.preset, sizes, seeds=args.seeds, source=args.data, fast=args.fast, callback=print,
-                                          runner=args.runner, address=args.address, threads=args.threads)
+                                          runner=args.runner, address=args.address, threads=args.threads,
+                                          gpus_per_task=args.gpus_per_task)
         print(f"wrote {out}")
         return 0
     if args.action == "render":
@@ -216,7 +217,8 @@ def cmd_experiments(args):
     for n in names:
         only = [int(i) for i in args.only.split(",")] if args.only else None
         out = experiments.run(n, preset=args.preset, source=args.data, fast=args.fast, callback=print, only=only, seeds=args.seeds,
-                              runner=args.runner, address=args.address, threads=args.threads, budget_changes=changes or None)
+                              runner=args.runner, address=args.address, threads=args.threads, budget_changes=changes or None,
+                              gpus_per_task=args.gpus_per_task)
         print(f"wrote {out}")
     return 0
 
@@ -234,7 +236,8 @@ def cmd_sweep(args):
         runner = "ray" if importlib.util.find_spec("ray") else "local"
         if runner == "local":
             print("Ray is not installed (pip install -e '.[cluster]'): running in this process")
-    rows = sweep.run_tasks(tasks, store=store, runner=runner, address=args.address, threads=args.threads, callback=print)
+    rows = sweep.run_tasks(tasks, store=store, runner=runner, address=args.address, threads=args.threads, callback=print,
+                           gpus_per_task=args.gpus_per_task)
     for t, r in zip(tasks, rows):
         val = f"val {r['val_accuracy']:.2f} %" if r.get("val_accuracy") is not None else f"val ppl {r.get('val_perplexity', float('nan')):.2f}"
         test = f"  test {r['perplexity']:.2f} ppl" if r.get("perplexity") is not None else (f"  test {r['accuracy']:.2f} %" if r.get("accuracy") is not None else "")
@@ -334,6 +337,8 @@ def runner_args(p, default: str = "local") -> None:
                         + ("; auto: Ray when installed, else local" if default == "auto" else ""))
     p.add_argument("--address", help="join this Ray cluster (host:6379 or ray://host:10001) instead of starting one here")
     p.add_argument("--threads", type=positive_int, help="torch threads per task (default: torch's; Ray: 1 per task)")
+    p.add_argument("--gpus-per-task", type=float, help="Ray: the GPU share each task asks for (default: 1 on a cluster with GPUs, "
+                                                      "else 0; 0.25 puts four tasks on one GPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -448,16 +448,16 @@ def compute_row(c: Config, teacher, splits, budget: QATConfig, code: str | None 
     if splits.val is not None and len(splits.val):
         v = evaluate(model, splits.val)
         row |= {"val_perplexity": v.perplexity} if v.perplexity is not None else {"val_accuracy": 100 * v.accuracy}
-    if test:
-        from .train import predict
+    if test:  # one pass over the test split
+        from .train import classification_metrics, predict
 
-        r = evaluate(model, splits.test)
-        row["accuracy"] = 100 * r.accuracy
-        if r.perplexity is not None:
-            row |= {"perplexity": r.perplexity, "test_tokens": r.tokens}
+        if objective_mod.task_of(model) == "lm":
+            r = evaluate(model, splits.test)
+            row |= {"accuracy": 100 * r.accuracy, "perplexity": r.perplexity, "test_tokens": r.tokens}
         else:
             logits, labels = predict(model, splits.test)
-            row |= {"per_class": r.per_class, "test_correct": pack_correct(logits.argmax(1) == labels),
+            r = classification_metrics(logits, labels)
+            row |= {"accuracy": 100 * r.accuracy, "per_class": r.per_class, "test_correct": pack_correct(logits.argmax(1) == labels),
                     "attention_entropy": _mean_entropy(model, splits.test)}
     paper_bits = [m.quantizer.paper_bits() for m in quantize_mod.quantized_modules(model) if hasattr(m.quantizer, "paper_bits")]
     if paper_bits and all(b is not None for b in paper_bits):
@@ -541,7 +541,7 @@ def against_control(runs: list[dict], control: list[dict]) -> dict:
 def run(name: str, preset: str = "scratch", source: str | None = None, fast: bool = False,
         callback: Callable | None = None, out_dir: Path | None = None, only: list[int] | None = None, seeds: int = 1,
         runner: str = "local", address: str | None = None, store=None, threads: int | None = None,
-        budget_changes: dict | None = None) -> Path:
+        budget_changes: dict | None = None, gpus_per_task: float | None = None) -> Path:
     """Run experiment ``name`` on ``preset`` (``only``: indices of the configurations to run, for
     budget-limited runs) with ``seeds`` random seeds per trained row; write JSON + markdown; return the
     markdown path. ``budget_changes``: changes to the preset's QAT training budget (fields of
@@ -599,7 +599,7 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     plan = [(c, tasks_of(c)) for c in exp.configs]
     ref_tasks = tasks_of(fp)  # the fp32 runs every row is compared with (evaluation only)
     results = sweep.run_tasks([t for _, ts in plan for t in ts] + ref_tasks, store=store, runner=runner, address=address,
-                              threads=threads, callback=log)
+                              threads=threads, callback=log, gpus_per_task=gpus_per_task)
     it = iter(results)
     runs = [[next(it) for _ in ts] for _, ts in plan]
     reference = [next(it) for _ in ref_tasks]
@@ -977,7 +977,7 @@ DATA_SIZES = (2000, 4000, 8000, None)  # None: every training row there is (the 
 
 def data_size_curve(preset: str = "scratch", sizes=DATA_SIZES, seeds: int = 3, source: str | None = None, fast: bool = False,
                     callback: Callable | None = None, out_dir: Path | None = None, runner: str = "local", address: str | None = None,
-                    store=None, threads: int | None = None) -> Path:
+                    store=None, threads: int | None = None, gpus_per_task: float | None = None) -> Path:
     """fp32 against the best 1-bit recipe (T7's "binlab best") trained on the first n training rows, for
     each n in ``sizes``: for seed k the fp32 baseline is trained from scratch on those rows with seed k
     and the 1-bit model is QAT'd from it with seed k (as in the headline). Writes
@@ -994,7 +994,7 @@ def data_size_curve(preset: str = "scratch", sizes=DATA_SIZES, seeds: int = 3, s
     plan = [(n, c, [sweep.Task(preset, c, seed=k, baseline_seed=k, experiment="data-size", source=source, fast=fast, train_rows=n)
                     for k in range(seeds)]) for n in sizes for c in (fp, best)]
     results = iter(sweep.run_tasks([t for *_, ts in plan for t in ts], store=store, runner=runner, address=address,
-                                   threads=threads, callback=callback))
+                                   threads=threads, callback=callback, gpus_per_task=gpus_per_task))
     runs = {(n, c.label): [next(results) for _ in ts] for n, c, ts in plan}
     rows = []
     for n in sizes:

@@ -121,7 +121,9 @@ def _context(preset: str, source: str | None, fast: bool, train_rows: int | None
                                f"({where[1] if len(where) > 1 else 'BINLAB_CACHE'}): give the workers the driver's cache folder "
                                "(BINLAB_CACHE on a shared disk) or train it on the worker first (binlab train)")
         teacher, meta = hit
-    return Context(splits, teacher, meta, str(baseline_stem(p, splits, cfg)), calibration_set(splits, CALIB_ROWS))
+    # the stem's name (preset + a hash of the model, training settings, tokenizer and data), not its path:
+    # a worker whose cache folder lives elsewhere computes the same key
+    return Context(splits, teacher, meta, baseline_stem(p, splits, cfg).name, calibration_set(splits, CALIB_ROWS))
 
 
 def context(task: Task, train: bool = True) -> Context:
@@ -173,8 +175,10 @@ def _ray():
 
 
 def run_tasks(tasks: list[Task], store=None, runner: str = "local", address: str | None = None, threads: int | None = None,
-              callback: Callable | None = None) -> list[dict]:
-    """Run ``tasks`` (those not in ``store`` yet) and return every task's row, in order, from the store."""
+              callback: Callable | None = None, gpus_per_task: float | None = None) -> list[dict]:
+    """Run ``tasks`` (those not in ``store`` yet) and return every task's row, in order, from the store.
+    ``gpus_per_task`` (Ray): the GPU share each task asks for; default 1 on a cluster with GPUs, else 0
+    (a fraction such as 0.25 puts four small tasks on one GPU; 0 keeps every task on CPUs)."""
     from .experiments import code_fingerprint
     from .store import ResultStore
 
@@ -182,6 +186,12 @@ def run_tasks(tasks: list[Task], store=None, runner: str = "local", address: str
         raise ValueError(f"unknown runner {runner!r}; choose one of {RUNNERS}")
     if address and runner != "ray":
         raise ValueError("--address joins a Ray cluster: use it with --runner ray")
+    if gpus_per_task is not None:
+        if runner != "ray":
+            raise ValueError("--gpus-per-task is a Ray resource request: use it with --runner ray")
+        if not (isinstance(gpus_per_task, (int, float)) and not isinstance(gpus_per_task, bool) and gpus_per_task >= 0
+                and (gpus_per_task <= 1 or float(gpus_per_task).is_integer())):
+            raise ValueError(f"--gpus-per-task must be 0, a fraction in (0, 1] or a whole number, got {gpus_per_task!r}")
     store = store if store is not None else ResultStore()
     log = callback or (lambda *_: None)
     codes = {}  # spec JSON -> the code fingerprint of its row, taken once, before anything runs
@@ -219,8 +229,11 @@ def run_tasks(tasks: list[Task], store=None, runner: str = "local", address: str
             else:
                 ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
         gpus = ray.cluster_resources().get("GPU", 0)
-        # on a cluster with GPUs every task asks for one (the trainer then uses it); CPU-only nodes are left out
-        remote = ray.remote(execute).options(num_cpus=threads or 1, num_gpus=1 if gpus else 0)
+        # by default, on a cluster with GPUs every task asks for one (the trainer then uses it); CPU-only nodes are left out
+        want = (1 if gpus else 0) if gpus_per_task is None else gpus_per_task
+        if want and not gpus:
+            raise ValueError(f"--gpus-per-task {gpus_per_task} but this Ray cluster has no GPU; leave it out or use 0")
+        remote = ray.remote(execute).options(num_cpus=threads or 1, num_gpus=want)
         pending = {remote.remote(t, codes[t.config.spec.to_json()], threads, k): (t, k) for t, k in todo}
         i, failed = 0, []
         while pending:

@@ -123,10 +123,16 @@ def evaluate(model: nn.Module, split: EncodedSplit, batch_size: int = EVAL_BATCH
                           perplexity=objective.perplexity(mean), tokens=int(units.sum()))
     t0 = time.perf_counter()
     logits, labels = predict(model, split, batch_size)
+    return classification_metrics(logits, labels, time.perf_counter() - t0)
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, seconds: float = 0.0) -> EvalResult:
+    """Accuracy, mean cross-entropy and per-class accuracy from a classifier's logits (n, C) and labels (n,)
+    (what :func:`evaluate` reports; for a caller that also needs the logits, so the split is run once)."""
     pred = logits.argmax(1)
     loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
     per_class = {c: float((pred[labels == i] == i).mean()) if (labels == i).any() else float("nan") for i, c in enumerate(CLASSES)}
-    return EvalResult(float((pred == labels).mean()), loss, per_class, int(len(labels)), time.perf_counter() - t0)
+    return EvalResult(float((pred == labels).mean()), loss, per_class, int(len(labels)), seconds)
 
 
 @torch.inference_mode()

@@ -180,6 +180,8 @@ def test_ray_and_in_process_runners_give_identical_rows(fixture_data, tmp_path):
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("BINLAB_")}})
         remote = run_tasks(tasks, store=ResultStore(tmp_path / "ray.sqlite"), runner="ray", threads=1)
+        with pytest.raises(ValueError, match="has no GPU"):  # asking a CPU-only cluster for GPUs would hang forever
+            run_tasks(tasks[:1], store=ResultStore(tmp_path / "gpu.sqlite"), runner="ray", gpus_per_task=0.5)
     finally:
         ray.shutdown()
     keys = ("label", "mode", "accuracy", "val_accuracy", "test_correct", "megabytes", "reduction_percent", "random_seed", "code")
@@ -191,6 +193,11 @@ def test_runner_errors_are_clear(fixture_data, tmp_path):
         run_tasks(tiny_tasks(fixture_data)[:1], store=ResultStore(tmp_path / "s.sqlite"), runner="spark")
     with pytest.raises(ValueError, match="--runner ray"):
         run_tasks(tiny_tasks(fixture_data)[:1], store=ResultStore(tmp_path / "s.sqlite"), address="ray://x:10001")
+    for bad in (-1, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match="gpus-per-task must be"):
+            run_tasks(tiny_tasks(fixture_data)[:1], store=ResultStore(tmp_path / "s.sqlite"), runner="ray", gpus_per_task=bad)
+    with pytest.raises(ValueError, match="--gpus-per-task is a Ray"):
+        run_tasks(tiny_tasks(fixture_data)[:1], store=ResultStore(tmp_path / "s.sqlite"), gpus_per_task=0.5)
     with pytest.raises(ValueError, match="seed"):
         Task("tiny", E.Config("fp", E.FP, "fp"), seed=-1)
     with pytest.raises(ValueError, match="preset"):
@@ -345,6 +352,17 @@ def test_a_worker_never_trains_a_baseline_or_files_a_row_under_another_key(fixtu
     context(t)  # the driver trains the baseline
     with pytest.raises(RuntimeError, match="key does not match"):
         execute(t, expect_key="not-the-drivers-key")
+    # a worker whose cache (with the same baseline) lives in another folder files rows under the driver's keys
+    import shutil
+
+    from binlab.data import cache_dir
+    from binlab.sweep import task_key
+
+    key = task_key(t)
+    moved = tmp_path / "moved-cache"
+    shutil.copytree(cache_dir(), moved)
+    monkeypatch.setenv("BINLAB_CACHE", str(moved))
+    assert task_key(t, train=False) == key
     monkeypatch.setenv("BINLAB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(RuntimeError, match="not in this worker's cache"):
         execute(t, expect_key="any")

@@ -620,17 +620,20 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     splits, meta, calib = ctx.splits, ctx.meta, ctx.calib
     budget = sweep.budget_of(ref_tasks[0], with_config=False)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if only is not None and stem.with_suffix(".json").exists():
-        rows = _merge_rows(json.loads(stem.with_suffix(".json").read_text())["rows"], rows, [c.label for c in EXPERIMENTS[name].configs])
+    prior = json.loads(stem.with_suffix(".json").read_text()) if only is not None and stem.with_suffix(".json").exists() else None
+    if prior is not None:
+        rows = _merge_rows(prior["rows"], rows, [c.label for c in EXPERIMENTS[name].configs])
     _plain_control_diffs(rows)
+    command = (f"binlab experiments run {name} --preset {preset}" + (" --fast" if fast else "")
+               + (f" --seeds {seeds}" if seeds > 1 else "") + (f" --only {','.join(map(str, only))}" if only is not None else "")
+               + "".join(f" --{k.replace('_', '-')} {v}" for k, v in (budget_changes or {}).items()))
+    if prior is not None and prior.get("command") and command not in prior["command"]:
+        command = f"{prior['command']}`, then `{command}"  # a partial run adds to how the table was made
     payload = {"experiment": name, "title": exp.title, "note": exp.note, "preset": preset, "machine": machine(),
                "date": time.strftime("%Y-%m-%d"), "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
                "budget": asdict(budget), "baseline_val_accuracy": meta.get("val_accuracy"), "rows": rows, "calibration_rows": len(calib),
-               "baseline_train_seconds": meta.get("history", {}).get("seconds"), "seeds": seeds,
-               "seeded_baseline": exp.seeded_baseline,
-               "command": f"binlab experiments run {name} --preset {preset}" + (" --fast" if fast else "")
-               + (f" --seeds {seeds}" if seeds > 1 else "") + (f" --only {','.join(map(str, only))}" if only is not None else "")
-               + "".join(f" --{k.replace('_', '-')} {v}" for k, v in (budget_changes or {}).items())}
+               "baseline_train_seconds": meta.get("history", {}).get("seconds"), "seeds": max(seeds, (prior or {}).get("seeds", 1)),
+               "seeded_baseline": exp.seeded_baseline, "command": command}
     _fill_budgets(payload)
     if get_preset(preset).model.task == "lm":
         from .ngram import bigram_perplexity

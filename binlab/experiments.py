@@ -651,6 +651,8 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
 def _plain_control_diffs(rows: list[dict]) -> None:
     """QAT rows kept from a table run before per-row results were stored get the plain difference to
     the table's control (no interval: there is nothing to resample)."""
+    if any("perplexity" in r for r in rows):  # a language model's table compares perplexities, not accuracies
+        return
     ctl = next((r for r in rows if r["mode"] == "qat" and "control" in r["label"] and r.get("accuracy") is not None), None)
     if ctl is None:
         return

@@ -814,12 +814,15 @@ def lm_markdown(payload: dict) -> str:
         lines += [f"Floor: an interpolated bigram model (lambda {bg['lambda']}, chosen on validation) has test perplexity "
                   f"**{bg['test_perplexity']:.2f}** on the same tokens" + (f"; the fp32 LM has **{fp:.2f}**" if fp else "")
                   + (f" (trained in {payload['baseline_train_seconds']:.0f} s here)." if payload.get("baseline_train_seconds") else "."), ""]
-    lines += ["| configuration | mode | budget | perplexity | x fp32 | bits / quantized weight (all stored) | paper bits | size MB | "
-              "reduction % | calibration / train s | the survey reports |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ctl = next((r["perplexity"] for r in payload["rows"] if r["mode"] == "qat" and "control" in r["label"]), None)
+    lines += ["| configuration | mode | budget | perplexity | x fp32 | x control | bits / quantized weight (all stored) | paper bits | "
+              "size MB | reduction % | calibration / train s | the survey reports |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
         ratio = None if not fp else r["perplexity"] / fp
+        vs_ctl = r["perplexity"] / ctl if ctl and r["mode"] == "qat" and "control" not in r["label"] else None
         lines.append(f"| {r['label']} | {r['mode']} | {r.get('budget') or '-'} | {_fmt(r['perplexity'])} | {_fmt(ratio, '{:.2f}')} | "
+                     f"{_fmt(vs_ctl, '{:.2f}')} | "
                      f"{_fmt(r['bits_per_quantized_weight'], '{:.3f}') if r['mode'] != 'fp' else '32'} | {_fmt(r.get('paper_bits'), '{:.3f}')} | "
                      f"{_fmt(r['megabytes'], '{:.3f}')} | {_fmt(r['reduction_percent'])} | {_fmt(r['train_seconds'], '{:.0f}')} | "
                      f"{r.get('survey') or '-'} |")
@@ -836,11 +839,12 @@ def _finish(lines: list[str], payload: dict) -> str:
 def w1a1_markdown(payload: dict) -> str:
     fp = next((r["accuracy"] for r in payload["rows"] if r["mode"] == "fp"), None)
     lines = _header(payload) + [
-        "| configuration | budget | seeds | accuracy % | vs fp32, pts [95 % CI] | val accuracy % | size MB (exact) | reduction % | bits / quantized weight | "
-        "attention entropy (nats) | train s | the survey reports |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| configuration | budget | seeds | accuracy % | vs fp32, pts [95 % CI] | vs control, pts [95 % CI] | val accuracy % | size MB (exact) | "
+        "reduction % | bits / quantized weight | attention entropy (nats) | train s | the survey reports |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
-        lines.append(f"| {r['label']} | {r.get('budget') or '-'} | {_seeds(r)} | {_acc(r)} | {diff_text(r, fp)} | {_acc(r, 'val_accuracy')} | "
+        lines.append(f"| {r['label']} | {r.get('budget') or '-'} | {_seeds(r)} | {_acc(r)} | {diff_text(r, fp)} | {vs_control_text(r)} | "
+                     f"{_acc(r, 'val_accuracy')} | "
                      f"{_fmt(r['megabytes'], '{:.3f}')} | {_fmt(r['reduction_percent'])} | "
                      f"{_fmt(r['bits_per_quantized_weight'], '{:.3f}') if r['mode'] != 'fp' else '32'} | "
                      f"{_fmt(r.get('attention_entropy'), '{:.3f}')} | {_fmt(r['train_seconds'], '{:.0f}')} | {r.get('survey') or '-'} |")

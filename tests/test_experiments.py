@@ -153,3 +153,22 @@ def test_rows_kept_from_before_per_row_results_get_a_plain_difference_to_the_con
     assert rows[1]["diff_vs_control"] == pytest.approx(-1.5) and E.vs_control_text(rows[1]) == "-1.50 (no interval)"
     assert rows[2]["diff_vs_control"] == 0.1  # its interval's estimate is kept
     assert "diff_vs_control" not in rows[3] and "diff_vs_control" not in rows[4] and E.vs_control_text(rows[4]) == "-"
+
+
+def test_the_w1a1_and_language_model_tables_show_the_control():
+    base = {"title": "t", "note": "n", "preset": "scratch", "machine": "m", "date": "d", "data": {"train": 1, "test": 1},
+            "budget": {"train": {"epochs": 2, "lr": 1e-3, "distill": 0.5}}, "command": "c"}
+    row = {"megabytes": 1.0, "reduction_percent": 90.0, "bits_per_quantized_weight": 1.0, "train_seconds": 1.0}
+    rows = [row | {"label": "fp32 baseline", "mode": "fp", "accuracy": 86.0},
+            row | {"label": "BiBERT", "mode": "qat", "accuracy": 85.0},
+            row | {"label": "fp32 control: x", "mode": "qat", "accuracy": 86.5}]
+    E._plain_control_diffs(rows)
+    md = E.to_markdown(base | {"experiment": "T9", "rows": rows})
+    assert "| BiBERT | - | 1 | 85.00 | -1.00 (no interval) | -1.50 (no interval) |" in md
+    lm = [row | {"label": "fp32 baseline", "mode": "fp", "perplexity": 40.0, "accuracy": 30.0},
+          row | {"label": "XNOR", "mode": "qat", "perplexity": 60.0, "accuracy": 25.0},
+          row | {"label": "fp32 control: x", "mode": "qat", "perplexity": 30.0, "accuracy": 31.0}]
+    E._plain_control_diffs(lm)
+    assert "diff_vs_control" not in lm[1]
+    md = E.to_markdown(base | {"experiment": "T8", "rows": lm})
+    assert "| XNOR | qat | - | 60.00 | 1.50 | 2.00 |" in md and "| fp32 control: x | qat | - | 30.00 | 0.75 | - |" in md

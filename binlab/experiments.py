@@ -627,8 +627,9 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     command = (f"binlab experiments run {name} --preset {preset}" + (" --fast" if fast else "")
                + (f" --seeds {seeds}" if seeds > 1 else "") + (f" --only {','.join(map(str, only))}" if only is not None else "")
                + "".join(f" --{k.replace('_', '-')} {v}" for k, v in (budget_changes or {}).items()))
-    if prior is not None and prior.get("command") and command not in prior["command"]:
-        command = f"{prior['command']}`, then `{command}"  # a partial run adds to how the table was made
+    if prior is not None and prior.get("command"):  # a partial run adds to how the table was made
+        steps = prior["command"].split("`, then `")
+        command = "`, then `".join(steps + ([] if command in steps else [command]))
     payload = {"experiment": name, "title": exp.title, "note": exp.note, "preset": preset, "machine": machine(),
                "date": time.strftime("%Y-%m-%d"), "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
                "budget": asdict(budget), "baseline_val_accuracy": meta.get("val_accuracy"), "rows": rows, "calibration_rows": len(calib),

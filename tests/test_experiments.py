@@ -137,6 +137,8 @@ def test_a_partial_run_keeps_the_committed_tables_budget(fixture_data, tmp_path)
     assert [r["label"] for r in rows] == ["QK", "QK, PTQ"] and "KD 0.25" in rows[0]["budget"]
     command = json.loads(md.with_suffix(".json").read_text())["command"]
     assert "--only 3 --lr 0.001 --distill 0.25`, then `binlab experiments run T4 --preset tiny --fast --only 0 --lr" in command
+    E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0], budget_changes={"lr": 1e-3, "distill": 0.25})
+    assert json.loads(md.with_suffix(".json").read_text())["command"] == command  # the same step again is not repeated nor lost
     with pytest.raises(ValueError, match="unknown or fixed field.*seed"):
         E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0], budget_changes={"seed": 3})
     with pytest.raises(ValueError, match="lr must be in"):

@@ -95,6 +95,11 @@ def w1a8(method: str) -> QuantSpec:
 W1A1 = w1a1("xnor")
 
 
+def is_control(mode: str, label: str) -> bool:
+    """Whether a configuration (or a row: its mode and label) is its table's equal-budget control."""
+    return mode == "qat" and "control" in label
+
+
 def control(what: str = "the QAT rows") -> Config:
     """The equal-budget control of a QAT table: the fp32 baseline fine-tuned with the same extra epochs,
     learning rate and distillation as ``what`` (an empty spec through the same QAT code), so a QAT row's
@@ -604,10 +609,10 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     runs = [[next(it) for _ in ts] for _, ts in plan]
     reference = [next(it) for _ in ref_tasks]
     rows = []
-    ctl = next((rs for (c, _), rs in zip(plan, runs) if c.mode == "qat" and "control" in c.label), None)
+    ctl = next((rs for (c, _), rs in zip(plan, runs) if is_control(c.mode, c.label)), None)
     for (c, _), rs in zip(plan, runs):
         row = aggregate(c, rs, reference)
-        if ctl is not None and c.mode == "qat" and "control" not in c.label:
+        if ctl is not None and c.mode == "qat" and not is_control(c.mode, c.label):
             row |= against_control(rs, ctl)
         row["survey"] = c.survey
         row["seed"] = list(c.seed) if c.seed else None
@@ -620,6 +625,7 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     splits, meta, calib = ctx.splits, ctx.meta, ctx.calib
     budget = sweep.budget_of(ref_tasks[0], with_config=False)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # read again after the run (not the copy checked above): another partial run may have added rows meanwhile
     prior = json.loads(stem.with_suffix(".json").read_text()) if only is not None and stem.with_suffix(".json").exists() else None
     if prior is not None:
         rows = _merge_rows(prior["rows"], rows, [c.label for c in EXPERIMENTS[name].configs])
@@ -654,11 +660,11 @@ def _plain_control_diffs(rows: list[dict]) -> None:
     the table's control (no interval: there is nothing to resample)."""
     if any("perplexity" in r for r in rows):  # a language model's table compares perplexities, not accuracies
         return
-    ctl = next((r for r in rows if r["mode"] == "qat" and "control" in r["label"] and r.get("accuracy") is not None), None)
+    ctl = next((r for r in rows if is_control(r["mode"], r["label"]) and r.get("accuracy") is not None), None)
     if ctl is None:
         return
     for r in rows:
-        if (r["mode"] == "qat" and r is not ctl and "control" not in r["label"] and r.get("accuracy") is not None
+        if (r["mode"] == "qat" and not is_control(r["mode"], r["label"]) and r.get("accuracy") is not None
                 and r.get("diff_vs_control_ci95") is None):
             r["diff_vs_control"] = r["accuracy"] - ctl["accuracy"]
 
@@ -815,13 +821,13 @@ def lm_markdown(payload: dict) -> str:
         lines += [f"Floor: an interpolated bigram model (lambda {bg['lambda']}, chosen on validation) has test perplexity "
                   f"**{bg['test_perplexity']:.2f}** on the same tokens" + (f"; the fp32 LM has **{fp:.2f}**" if fp else "")
                   + (f" (trained in {payload['baseline_train_seconds']:.0f} s here)." if payload.get("baseline_train_seconds") else "."), ""]
-    ctl = next((r["perplexity"] for r in payload["rows"] if r["mode"] == "qat" and "control" in r["label"]), None)
+    ctl = next((r["perplexity"] for r in payload["rows"] if is_control(r["mode"], r["label"])), None)
     lines += ["| configuration | mode | budget | perplexity | x fp32 | x control | bits / quantized weight (all stored) | paper bits | "
               "size MB | reduction % | calibration / train s | the survey reports |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
         ratio = None if not fp else r["perplexity"] / fp
-        vs_ctl = r["perplexity"] / ctl if ctl and r["mode"] == "qat" and "control" not in r["label"] else None
+        vs_ctl = r["perplexity"] / ctl if ctl and r["mode"] == "qat" and not is_control(r["mode"], r["label"]) else None
         lines.append(f"| {r['label']} | {r['mode']} | {r.get('budget') or '-'} | {_fmt(r['perplexity'])} | {_fmt(ratio, '{:.2f}')} | "
                      f"{_fmt(vs_ctl, '{:.2f}')} | "
                      f"{_fmt(r['bits_per_quantized_weight'], '{:.3f}') if r['mode'] != 'fp' else '32'} | {_fmt(r.get('paper_bits'), '{:.3f}')} | "

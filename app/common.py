@@ -73,7 +73,7 @@ def splits_for(preset: str, source: str | None):
 @st.cache_resource(show_spinner="Loading the cached baseline ...")
 def _baseline(preset: str, source: str | None, rows: int | None):
     from binlab.presets import cached_baseline
-    from binlab.train import CheckpointError
+    from binlab.training.train import CheckpointError
 
     try:
         return cached_baseline(preset, _splits(preset, source, rows))
@@ -104,7 +104,7 @@ def train_baseline_ui(preset: str, source: str | None, retrain: bool = False):
     from binlab.presets import get_baseline
 
     from binlab.presets import build_model, get_preset
-    from binlab.train import estimate_seconds
+    from binlab.training.train import estimate_seconds
 
     p, splits = get_preset(preset), splits_for(preset, source)
     est = estimate_seconds(build_model(p, splits, seed=p.train.seed), splits.train, p.train)
@@ -158,7 +158,7 @@ def friendly_errors():
         st.error(str(err))
     except ValueError as err:
         st.error(f"Invalid input: {err}")
-    except ArithmeticError as err:  # training diverged (FloatingPointError from binlab.train)
+    except ArithmeticError as err:  # training diverged (FloatingPointError from binlab.training.train)
         st.error(f"Training diverged: {err}. Try a smaller learning rate or more warm-up.")
     except (RuntimeError, OSError) as err:
         st.error(f"Something went wrong: {err}. Try another setting, or retrain the baseline on the Home page.")

@@ -98,7 +98,7 @@ async def run(url: str, steps: int, learners: int) -> tuple[dict, list[dict]]:
 
 
 def main():
-    from binlab.experiments import RESULTS, machine
+    from binlab.experiments.provenance import RESULTS, machine
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="scratch")

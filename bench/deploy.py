@@ -11,10 +11,10 @@ runtime, the accuracies are reported as they come out):
 - **W1A32**: the same weights, inputs kept real (lookup tables for few rows, tile dequantization
   for a batch).
 
-Figures: the whole test set through ``binlab.train.predict`` (batches of 64, length-sorted) for
+Figures: the whole test set through ``binlab.training.train.predict`` (batches of 64, length-sorted) for
 fp32 torch and both packed models; the median latency of one text (batch of 1) over 200 texts;
 the file's bytes against ``model_size``; and the peak resident memory of a *fresh process* that
-loads the model (fp32: the cached safetensors checkpoint; packed: :func:`binlab.export.load_packed`)
+loads the model (fp32: the cached safetensors checkpoint; packed: :func:`binlab.runtime.export.load_packed`)
 and classifies the whole test set, both importing the same modules and reading the same token ids
 from a .npy file. The peak includes the Python/torch runtime every process pays, so the model's
 own share (peak minus the process's RSS before it loads the model) is reported beside it.
@@ -53,9 +53,9 @@ def _rss_mb(field: str = "VmRSS") -> float:
 
 def child(kind: str, path: str, ids_path: str, lens_path: str) -> None:
     """Fresh process: load one model, classify every row, print peak RSS (MiB) as JSON."""
-    from binlab import export  # noqa: F401 - the same imports for both kinds (numba, safetensors)
+    from binlab.runtime import export  # noqa: F401 - the same imports for both kinds (numba, safetensors)
     from binlab.data import PAD_ID
-    from binlab.model import ModelConfig, build
+    from binlab.nn.model import ModelConfig, build
 
     ids = np.load(ids_path)
     offsets = np.load(lens_path)
@@ -94,13 +94,13 @@ def main():
     if args.child:
         return child(*args.child)
 
-    from binlab.experiments import RESULTS, machine
-    from binlab.export import check_size, load_packed, save_packed
+    from binlab.experiments.provenance import RESULTS, machine
+    from binlab.runtime.export import check_size, load_packed, save_packed
     from binlab.presets import baseline_stem, get_baseline, get_preset, load_data
-    from binlab.qat import ptq
-    from binlab.quantize import MethodConfig, QuantSpec, Rule
-    from binlab.size import model_size
-    from binlab.train import evaluate, predict
+    from binlab.training.qat import ptq
+    from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
+    from binlab.runtime.size import model_size
+    from binlab.training.train import evaluate, predict
 
     threads = numba.get_num_threads()
     torch.set_num_threads(threads)
@@ -190,7 +190,7 @@ def main():
 
     # W1A32's ceiling with exact float activations, from rates measured here: a lookup table turns 8 weights
     # into one table read, so against a dense fp32 GEMM the best case is 8 x (reads/s) / (MACs/s)
-    from binlab.kernels import LutWeights, binary_gemm, pack_bits
+    from binlab.runtime.kernels import LutWeights, binary_gemm, pack_bits
 
     M, K, N = 512, 384, 1536
     rng2 = np.random.default_rng(1)

@@ -26,15 +26,16 @@ import torch
 
 from common import cpu_flags, timeit
 
-from binlab.experiments import RESULTS, machine
-from binlab.kernels import (LutWeights, _popcount_roofline_parallel, _xnor_gemm_kernel, binary_gemm, n_words, pack_bits, pack_model,
-                            w1a1_linear, xnor_gemm)
+from binlab.experiments.provenance import RESULTS, machine
+from binlab.runtime.kernels import (LutWeights, popcount_roofline_parallel, xnor_gemm_kernel, binary_gemm, n_words, pack_bits,
+                                    w1a1_linear, xnor_gemm)
+from binlab.runtime.packed import pack_model
 
 SCALAR_CHILD = """
 import sys, time
 from concurrent.futures import ThreadPoolExecutor
 import numba as nb, numpy as np
-from binlab.kernels import _popcount_roofline_kernel
+from binlab.runtime.kernels import _popcount_roofline_kernel
 k = nb.njit(nogil=True)(_popcount_roofline_kernel.py_func)  # compiled here, with the vectorizers off
 a = np.random.default_rng(0).integers(0, 2**63, 2048, dtype=np.uint64)
 k(a, 2)
@@ -53,8 +54,8 @@ print(threads * reps * a.shape[0] / best)
 def roofline(threads: int) -> float:
     a = np.random.default_rng(0).integers(0, 2**63, 2048, dtype=np.uint64)  # 16 KiB: stays in L1
     reps = 20000
-    _popcount_roofline_parallel(a, 10, threads)
-    t = timeit(lambda: _popcount_roofline_parallel(a, reps, threads), repeats=5, warmup=1)
+    popcount_roofline_parallel(a, 10, threads)
+    t = timeit(lambda: popcount_roofline_parallel(a, reps, threads), repeats=5, warmup=1)
     return threads * reps * a.shape[0] / t  # words per second
 
 
@@ -68,7 +69,7 @@ def scalar_roofline(threads: int) -> float:
 
 def asm_counts() -> dict[str, int]:
     """How often the XNOR GEMM kernel's assembly uses each popcount form (a fresh, inspectable compile)."""
-    f = numba.njit(parallel=True)(_xnor_gemm_kernel.py_func)
+    f = numba.njit(parallel=True)(xnor_gemm_kernel.py_func)
     A = pack_bits(np.ones((8, 256)))
     f(A, A, np.int32(256), np.empty((8, 8), np.int32))
     asm = "\n".join(f.inspect_asm().values())
@@ -142,9 +143,9 @@ def main():
     e2e = None
     try:
         from binlab.presets import get_baseline, get_preset, load_data
-        from binlab.qat import ptq
-        from binlab.quantize import QuantSpec
-        from binlab.train import predict
+        from binlab.training.qat import ptq
+        from binlab.nn.quantize import QuantSpec
+        from binlab.training.train import predict
 
         p = get_preset(args.preset)
         splits = load_data(p)

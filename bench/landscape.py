@@ -12,10 +12,10 @@ import time
 
 import torch
 
-from binlab.experiments import RESULTS, machine
-from binlab.landscape import curvature, slice_model
+from binlab.experiments.provenance import RESULTS, machine
+from binlab.probes.landscape import curvature, slice_model
 from binlab.presets import get_baseline, get_preset, load_data
-from binlab.quantize import QuantSpec
+from binlab.nn.quantize import QuantSpec
 
 
 def main():

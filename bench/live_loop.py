@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from binlab.experiments import RESULTS, machine
-from binlab.lab import LiveLab
+from binlab.experiments.provenance import RESULTS, machine
+from binlab.lab.live import LiveLab
 from binlab.presets import get_baseline, get_preset, load_data
-from binlab.quantize import MethodConfig, QuantSpec, Rule
-from binlab.train import evaluate
+from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
+from binlab.training.train import evaluate
 
 
 def changes():
@@ -69,7 +69,7 @@ def main():
     p = get_preset(args.preset)
     splits = load_data(p, source=args.data)
     model, _ = get_baseline(p, splits)
-    from binlab.calibration import calibration_set
+    from binlab.training.calibration import calibration_set
 
     lm = p.model.task == "lm"
     lab = LiveLab(model, splits.val, val_rows=1000, calib=calibration_set(splits))

@@ -27,7 +27,7 @@ def _progress():
 
 
 def _spec(args):
-    from .quantize import MethodConfig, QuantSpec
+    from .nn.quantize import MethodConfig, QuantSpec
 
     if getattr(args, "spec", None):
         text = Path(args.spec).read_text() if os.path.exists(args.spec) else args.spec
@@ -56,7 +56,7 @@ def _splits(p, args):
 
 
 def _load(args, need_model=True):
-    from .presets import get_baseline, get_preset, load_data
+    from .presets import get_baseline, get_preset
 
     p = get_preset(args.preset)
     splits = _splits(p, args)
@@ -82,14 +82,14 @@ def cmd_train(args):
     from dataclasses import replace
 
     from .presets import cached_baseline, get_baseline, get_preset
-    from .train import evaluate
+    from .training.train import evaluate
 
     p = get_preset(args.preset)
     cfg = p.train if args.epochs is None else replace(p.train, epochs=args.epochs)
     splits = _splits(p, args)
     if args.retrain or cached_baseline(p, splits, cfg) is None:
         from .presets import build_model
-        from .train import estimate_seconds
+        from .training.train import estimate_seconds
 
         est = estimate_seconds(build_model(p, splits, seed=cfg.seed), splits.train, cfg)
         when = f"{est / 60:.1f} min" if est >= 90 else f"{est:.0f} s"
@@ -105,11 +105,11 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    from .size import model_size
-    from .train import evaluate
+    from .runtime.size import model_size
+    from .training.train import evaluate
 
-    from .calibration import calibration_set
-    from .qat import ptq
+    from .training.calibration import calibration_set
+    from .training.qat import ptq
 
     spec = _spec(args)  # bad input fails before any data is loaded or a baseline trained
     p, splits, model = _load(args)
@@ -120,9 +120,9 @@ def cmd_eval(args):
 
 
 def cmd_generate(args):
-    from .calibration import calibration_set
-    from .generate import greedy
-    from .qat import ptq
+    from .training.calibration import calibration_set
+    from .nn.generate import greedy
+    from .training.qat import ptq
 
     spec = _spec(args)
     p, splits, model = _load(args)
@@ -135,10 +135,10 @@ def cmd_generate(args):
 
 
 def cmd_size(args):
-    from .calibration import calibration_set
+    from .training.calibration import calibration_set
     from .presets import build_model, get_baseline, get_preset
-    from .qat import ptq
-    from .size import model_size
+    from .training.qat import ptq
+    from .runtime.size import model_size
 
     p = get_preset(args.preset)
     splits = _splits(p, args)
@@ -162,20 +162,20 @@ def cmd_size(args):
 
 
 def cmd_export(args):
-    from .calibration import calibration_set
-    from .export import check_size, load_packed, save_packed
-    from .presets import _fingerprint
-    from .qat import ptq
+    from .training.calibration import calibration_set
+    from .runtime.export import check_size, load_packed, save_packed
+    from .data import fingerprint
+    from .training.qat import ptq
 
     spec = _spec(args)
     if not spec.rules:
         raise ValueError("nothing to pack: give --target/--method or --spec (an fp32 model is exported by torch itself)")
     p, splits, model = _load(args)
     q = ptq(model, spec, calib=calibration_set(splits))
-    info = save_packed(q, args.out, preset=p.name, tokenizer=_fingerprint(splits.tokenizer.to_str()))
+    info = save_packed(q, args.out, preset=p.name, tokenizer=fingerprint(splits.tokenizer.to_str()))
     info["within_header"] = check_size(info)
     if args.verify:
-        from .train import predict
+        from .training.train import predict
 
         packed = load_packed(args.out)
         a, _ = predict(q, splits.test)
@@ -187,10 +187,11 @@ def cmd_export(args):
 
 
 def cmd_experiments(args):
-    from . import experiments
+    from .experiments import datasize, report, tables
+    from .experiments.catalog import EXPERIMENTS
 
     if args.action == "list":
-        for name, e in experiments.EXPERIMENTS.items():
+        for name, e in EXPERIMENTS.items():
             print(f"{name:<5} {e.title}")
         return 0
     if args.action == "datasize":
@@ -203,20 +204,20 @@ def cmd_experiments(args):
                     sizes.append(int(part))
                 except ValueError:
                     raise ValueError(f"--sizes takes whole numbers or 'all', comma-separated; got {part!r}") from None
-        out = experiments.data_size_curve(args.preset, sizes, seeds=args.seeds, source=args.data, fast=args.fast, callback=print,
-                                          runner=args.runner, address=args.address, threads=args.threads,
-                                          gpus_per_task=args.gpus_per_task)
+        out = datasize.data_size_curve(args.preset, sizes, seeds=args.seeds, source=args.data, fast=args.fast, callback=print,
+                                       runner=args.runner, address=args.address, threads=args.threads,
+                                       gpus_per_task=args.gpus_per_task)
         print(f"wrote {out}")
         return 0
     if args.action == "render":
-        for path in experiments.render():
+        for path in report.render():
             print(f"wrote {path}")
         return 0
-    names = list(experiments.EXPERIMENTS) if args.name == "all" else [args.name]
+    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
     changes = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("distill", args.distill)) if v is not None}
     for n in names:
         only = [int(i) for i in args.only.split(",")] if args.only else None
-        out = experiments.run(n, preset=args.preset, source=args.data, fast=args.fast, callback=print, only=only, seeds=args.seeds,
+        out = tables.run(n, preset=args.preset, source=args.data, fast=args.fast, callback=print, only=only, seeds=args.seeds,
                               runner=args.runner, address=args.address, threads=args.threads, budget_changes=changes or None,
                               gpus_per_task=args.gpus_per_task)
         print(f"wrote {out}")
@@ -224,8 +225,8 @@ def cmd_experiments(args):
 
 
 def cmd_sweep(args):
-    from . import sweep
-    from .store import ResultStore
+    from .experiments import sweep
+    from .experiments.store import ResultStore
 
     tasks = sweep.load_grid(args.grid, source=args.data)
     store = ResultStore(args.store) if args.store else ResultStore()
@@ -259,7 +260,7 @@ def cmd_sweep(args):
 def cmd_landscape(args):
     import numpy as np
 
-    from . import landscape as L
+    from .probes import landscape as L
 
     for name, low in (("rows", 1), ("steps", 2), ("k", 1)):
         if getattr(args, name) < low:
@@ -285,7 +286,7 @@ def cmd_landscape(args):
 
 
 def _default_spec():
-    from .quantize import QuantSpec
+    from .nn.quantize import QuantSpec
 
     return QuantSpec.simple("encoder", "xnor")
 
@@ -365,12 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, hlp in (("eval", cmd_eval, "evaluate the baseline, optionally binarized (PTQ)"),
                           ("size", cmd_size, "exact storage per component"),
                           ("generate", cmd_generate, "a language model's greedy continuation of --prompt, fp32 and binarized (PTQ)"),
-                          ("export", cmd_export, "binarize (PTQ) and write the packed model file (binlab.export)")):
+                          ("export", cmd_export, "binarize (PTQ) and write the packed model file (binlab.runtime.export)")):
         p = sub.add_parser(name, help=hlp)
         common(p)
         p.add_argument("--spec", help="QuantSpec as JSON text or a JSON file")
         p.add_argument("--target", help="group or pattern to quantize, e.g. QK, all-except-head, 'layers.*.attn.q'")
-        p.add_argument("--method", default="xnor", help="binarizer name (see binlab.binarizers.BINARIZERS)")
+        p.add_argument("--method", default="xnor", help="binarizer name (see binlab.methods.BINARIZERS)")
         p.add_argument("--options", help='method options as JSON, e.g. \'{"tau": 0.5}\'')
         p.add_argument("--ste", default=None)
         p.add_argument("--act", default=None, help="binarize the inputs too (W1A1), e.g. sign")
@@ -403,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_experiments)
 
     p = sub.add_parser("sweep", help="run a grid file (presets x specs x budgets x seeds) into the results store, locally or on Ray")
-    p.add_argument("grid", help="a YAML grid file (see binlab/sweep.py)")
+    p.add_argument("grid", help="a YAML grid file (see binlab/experiments/sweep.py)")
     p.add_argument("--data", help="AG_NEWS directory (else BINLAB_DATA, else the hub)")
     p.add_argument("--store", help="results store file (default: <cache>/results.sqlite)")
     p.add_argument("--out", help="write the sweep's rows and the budget chosen on validation to OUT.json and OUT.md")

@@ -122,7 +122,8 @@ class TokenizerConfig:
             raise ValueError(f"vocab_size must be in [100, 200000], got {self.vocab_size}")
 
 
-def _fingerprint(obj) -> str:
+def fingerprint(obj) -> str:
+    """A short, stable hash of a JSON-able object (cache keys of tokenizers, splits, baselines and rows)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -154,7 +155,7 @@ def get_tokenizer(cfg: TokenizerConfig, train_texts: list[str] | None = None):
     else:
         if train_texts is None:
             raise ValueError("training a WordPiece tokenizer needs train_texts")
-        key = _fingerprint([asdict(cfg), _texts_fingerprint(train_texts)])
+        key = fingerprint([asdict(cfg), _texts_fingerprint(train_texts)])
         path = cache_dir() / f"tokenizer-{key}.json"
         tok = None
         if path.exists():
@@ -355,10 +356,10 @@ def load_splits(cfg: DataConfig = DataConfig(), raw: dict | None = None) -> Spli
     parts = {"train": pick("train", train_idx), "val": pick("train", val_idx), "test": pick("test", range(test_n))}
 
     tok = get_tokenizer(cfg.tokenizer, parts["train"][0] if cfg.tokenizer.kind == "wordpiece" else None)
-    tok_key = _fingerprint(tok.to_str())
+    tok_key = fingerprint(tok.to_str())
     out = {}
     for name, (texts, labels) in parts.items():
-        key = _fingerprint([tok_key, cfg.max_len, _texts_fingerprint(texts), labels])
+        key = fingerprint([tok_key, cfg.max_len, _texts_fingerprint(texts), labels])
         path = cache_dir() / f"encoded-{name}-{key}.safetensors"
         if path.exists():
             try:

@@ -16,9 +16,10 @@ from typing import Callable
 
 import torch
 
-from .data import DataConfig, Splits, TokenizerConfig, cache_dir, load_splits, _fingerprint
-from .model import Classifier, ModelConfig, build
-from .train import CheckpointError, TrainConfig, evaluate, load_checkpoint, save_checkpoint, train
+from .data import DataConfig, Splits, TokenizerConfig, cache_dir, load_splits, fingerprint
+from .nn.model import Classifier, ModelConfig, build
+from .training.qat import QATConfig
+from .training.train import CheckpointError, TrainConfig, evaluate, load_checkpoint, save_checkpoint, train
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class Preset:
     description: str
     data: DataConfig
     model: ModelConfig  # vocab_size is filled from the tokenizer for wordpiece presets
-    train: TrainConfig
+    train: TrainConfig  # how the fp32 baseline is trained
+    qat: QATConfig  # the QAT budget from that baseline: the tables, the Train page, the notebooks and the CLI use this one
     pretrained: bool = False
 
     def to_dict(self) -> dict:
@@ -41,6 +43,7 @@ PRESETS: dict[str, Preset] = {
         DataConfig(tokenizer=TokenizerConfig("wordpiece", vocab_size=2000), max_len=64, val_size=500, train_size=2000, test_size=1000),
         ModelConfig(max_len=64, d_model=32, n_heads=2, d_ff=64, n_layers=1, dropout=0.0),
         TrainConfig(epochs=3, batch_size=32, lr=3e-3),
+        QATConfig(TrainConfig(epochs=2, lr=3e-3, warmup=0.05, distill=0.5)),
     ),
     "scratch": Preset(
         "scratch",
@@ -48,6 +51,9 @@ PRESETS: dict[str, Preset] = {
         DataConfig(tokenizer=TokenizerConfig("wordpiece", vocab_size=16000)),
         ModelConfig(d_model=128, n_heads=4, d_ff=512, n_layers=2, dropout=0.1),
         TrainConfig(epochs=6, batch_size=32, lr=1e-3),
+        # chosen on validation (grids/select-scratch.yaml -> docs/results/select-scratch.md): the best of lr {2.5e-4, 5e-4, 1e-3}
+        # x distillation {0.5, 1.0} for T7's best row at 2 epochs; tables run before that choice say lr 0.0005, distillation 0.5
+        QATConfig(TrainConfig(epochs=2, lr=1e-3, warmup=0.05, distill=1.0)),
     ),
     "lm": Preset(
         "lm",
@@ -55,6 +61,7 @@ PRESETS: dict[str, Preset] = {
         DataConfig(tokenizer=TokenizerConfig("wordpiece", vocab_size=8000), max_len=64),
         ModelConfig(task="lm", max_len=64, d_model=128, n_heads=4, d_ff=512, n_layers=2, dropout=0.1),
         TrainConfig(epochs=3, batch_size=32, lr=2e-3, schedule="cosine"),
+        QATConfig(TrainConfig(epochs=0.5, lr=5e-4, warmup=0.05, distill=0.5)),
     ),
     "tiny-lm": Preset(
         "tiny-lm",
@@ -62,6 +69,7 @@ PRESETS: dict[str, Preset] = {
         DataConfig(tokenizer=TokenizerConfig("wordpiece", vocab_size=1000), max_len=32, val_size=300, train_size=2000, test_size=300),
         ModelConfig(task="lm", max_len=32, d_model=32, n_heads=2, d_ff=64, n_layers=1, dropout=0.0),
         TrainConfig(epochs=3, batch_size=32, lr=3e-3),
+        QATConfig(TrainConfig(epochs=1, lr=3e-3, warmup=0.05, distill=0.5)),
     ),
     "minilm-l2": Preset(
         "minilm-l2",
@@ -69,6 +77,7 @@ PRESETS: dict[str, Preset] = {
         DataConfig(tokenizer=TokenizerConfig("bert")),
         ModelConfig(),  # replaced by the MiniLM config at build time
         TrainConfig(epochs=2, batch_size=32, lr=1e-4, warmup=0.1),
+        QATConfig(TrainConfig(epochs=1, lr=2e-4, warmup=0.05, distill=0.5), freeze=("embed.token.*",)),
         pretrained=True,
     ),
 }
@@ -88,7 +97,7 @@ def load_data(preset: str | Preset, source: str | None = None, **overrides) -> S
 
 def model_config(p: Preset, splits: Splits) -> ModelConfig:
     if p.pretrained:
-        from .pretrained import minilm_config
+        from .nn.pretrained import minilm_config
 
         return minilm_config(n_layers=2, max_len=p.data.max_len, dropout=p.model.dropout)
     return replace(p.model, vocab_size=splits.vocab_size, max_len=p.data.max_len)
@@ -97,7 +106,7 @@ def model_config(p: Preset, splits: Splits) -> ModelConfig:
 def build_model(p: Preset, splits: Splits, seed: int = 0) -> Classifier:
     cfg = model_config(p, splits)
     if p.pretrained:
-        from .pretrained import load_minilm
+        from .nn.pretrained import load_minilm
 
         return load_minilm(cfg, seed=seed)
     torch.manual_seed(seed)
@@ -105,14 +114,14 @@ def build_model(p: Preset, splits: Splits, seed: int = 0) -> Classifier:
 
 
 def baseline_stem(p: Preset, splits: Splits, train_cfg: TrainConfig) -> Path:
-    key = _fingerprint([p.name, model_config(p, splits).fingerprint_dict(), asdict(train_cfg), _fingerprint(splits.tokenizer.to_str()),
+    key = fingerprint([p.name, model_config(p, splits).fingerprint_dict(), asdict(train_cfg), fingerprint(splits.tokenizer.to_str()),
                         int(splits.train.ids.sum()), len(splits.train), len(splits.val)])
     return cache_dir() / "models" / f"{p.name}-{key}"
 
 
 def cached_baseline(preset: str | Preset, splits: Splits, train_cfg: TrainConfig | None = None) -> tuple[Classifier, dict] | None:
     """The cached full-precision baseline for these settings, or None when none is trained yet.
-    A checkpoint that exists but is damaged raises :class:`~binlab.train.CheckpointError` (with what
+    A checkpoint that exists but is damaged raises :class:`~binlab.training.train.CheckpointError` (with what
     is wrong), so a caller can say so instead of silently training again."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     stem = baseline_stem(p, splits, train_cfg or p.train)

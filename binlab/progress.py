@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def training_bar(desc: str | None = None):
-    """Callback for :func:`binlab.train.train` / :func:`binlab.qat.qat` events: a bar over steps with the loss,
+    """Callback for :func:`binlab.training.train.train` / :func:`binlab.training.qat.qat` events: a bar over steps with the loss,
     and a line per validation evaluation."""
     from tqdm.auto import tqdm
 
@@ -27,7 +27,7 @@ def training_bar(desc: str | None = None):
 
 
 def grid_bar(desc: str | None = None):
-    """Callback ``(done, total)`` for the landscape probes' grids (:func:`binlab.landscape.interpolate`, ``slice_model``)."""
+    """Callback ``(done, total)`` for the landscape probes' grids (:func:`binlab.probes.landscape.interpolate`, ``slice_model``)."""
     from tqdm.auto import tqdm
 
     bar = {"t": None}

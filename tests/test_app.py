@@ -55,8 +55,8 @@ def run_qat_on_encoder(epochs: float, recipe: str | None = None):
 def assert_core_numbers(at) -> None:
     """The Binarize page's accuracy and loss are the core's for its configuration (read from its URL), evaluated apart."""
     from binlab.presets import cached_baseline, load_data
-    from binlab.quantize import QuantSpec, quantize_
-    from binlab.train import evaluate
+    from binlab.nn.quantize import QuantSpec, quantize_
+    from binlab.training.train import evaluate
 
     raw = at.query_params["spec"]
     spec = QuantSpec.from_json(raw[0] if isinstance(raw, list) else raw)
@@ -149,7 +149,7 @@ def test_sensitivity_page(env, trained):
 
 def test_results_page(env):
     """Filters and sorting act on the committed tables' rows (read here independently from docs/results)."""
-    from binlab.experiments import load_results
+    from binlab.experiments.report import load_results
 
     at = new_app("views/results.py")
     assert not at.exception
@@ -189,7 +189,7 @@ def test_landscape_page(env, trained):
 
 def test_binarize_shows_only_options_that_act(env, trained):
     """Every method can be picked; the page shows exactly the options its quantizer declares (no dead widgets)."""
-    from binlab.binarizers import BINARIZERS
+    from binlab.methods import BINARIZERS
 
     at = new_app("views/binarize.py")
     for name, cls in sorted(BINARIZERS.items()):
@@ -315,7 +315,7 @@ def test_diverging_qat_is_a_message_not_a_traceback(env, trained):
     at.switch_page("views/train.py").run()
     at.slider(key="qat_epochs").set_value(0.2).run()
     at.select_slider(key="qat_lr").set_value(3e-3).run()
-    import binlab.train as tr
+    import binlab.training.train as tr
 
     orig = tr.objective.loss
     try:
@@ -447,7 +447,7 @@ def test_fuzzed_share_urls_never_raise(env, trained):
 
 
 def test_compare_page_pins_persists_exports_and_imports(env, trained):
-    from binlab.runs import RunStore
+    from binlab.lab.runs import RunStore
 
     for r in RunStore().list():  # runs other tests saved (QAT) would join the default selection
         RunStore().delete(r.id)
@@ -474,7 +474,7 @@ def test_compare_page_pins_persists_exports_and_imports(env, trained):
 
 
 def test_qat_runs_are_saved_and_join_the_scatter(env, trained):
-    from binlab.runs import RunStore
+    from binlab.lab.runs import RunStore
 
     before = len(RunStore().list("tiny"))
     at = run_qat_on_encoder(0.2)

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from binlab.activations import ELASTIC, ElasticAct, _Elastic, elastic_levels, make_act
-from binlab.attention import ATTENTION, BiAttention, entropy, make_attention, maps
+from binlab.methods.activations import ELASTIC, ElasticAct, _Elastic, elastic_levels, make_act
+from binlab.methods.attention import ATTENTION, BiAttention, entropy, make_attention, maps
 from binlab.methods import BINARIZERS, bwn, ternarize, tws_split
-from binlab.objective import dmd_loss, hidden_loss
-from binlab.qat import QATConfig, qat
-from binlab.quantize import MethodConfig, QuantSpec, Rule, quantize_
-from binlab.recipes import RECIPES, Ensemble, Stage, binarybert_spec, run, run_stages, samme_update
-from binlab.size import model_size
-from binlab.train import TrainConfig, evaluate
+from binlab.nn.objective import dmd_loss, hidden_loss
+from binlab.training.qat import QATConfig, qat
+from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, quantize_
+from binlab.training.recipes import RECIPES, Ensemble, Stage, binarybert_spec, run, run_stages, samme_update
+from binlab.runtime.size import model_size
+from binlab.training.train import TrainConfig, evaluate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +276,7 @@ def test_stage_validation():
 @pytest.fixture(scope="module")
 def tiny_teacher(tiny_splits):
     from binlab.presets import build_model, get_preset
-    from binlab.train import train as fit
+    from binlab.training.train import train as fit
 
     m = build_model(get_preset("tiny"), tiny_splits, seed=0)
     fit(m, tiny_splits.train.head(640), TrainConfig(epochs=2, lr=3e-3, warmup=0.0, batch_size=32, seed=0, device="cpu"))
@@ -350,7 +350,8 @@ def test_bipft_residual_starts_as_a_no_op_and_learns(tiny_model, tiny_splits):
 
 
 def test_t9_rows_name_their_methods_and_the_finding_compares_orderings():
-    from binlab.experiments import EXPERIMENTS, Config, t9_finding
+    from binlab.experiments.catalog import EXPERIMENTS, Config
+    from binlab.experiments.findings import t9_finding
 
     labels = [c.label for c in EXPERIMENTS["T9"].configs]
     for name in ("BiBERT", "BiT", "BinaryBERT", "BEBERT", "two-stage"):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from binlab.binarizers import BINARIZERS, Bucket, Uniform, optimal_threshold
+from binlab.methods import BINARIZERS, Bucket, Uniform, optimal_threshold
 from binlab.methods import ReCU, Stochastic, glorot_h
-from binlab.quantize import MethodConfig, QuantLinear
-from binlab.ste import STES, apply_ste
+from binlab.nn.quantize import MethodConfig, QuantLinear
+from binlab.methods.ste import STES, apply_ste
 
 
 def W(seed=0, shape=(6, 40)):
@@ -431,7 +431,7 @@ def test_fda_gradient_with_noise_adaptation():
 def test_fda_noise_module_trains_and_fades():
     """FDA §3.2: the noise module enters the QAT forward with weight lambda(p) = 0.05 (1 + cos(pi p)),
     receives gradients, and is gone at the end (pure sign; not counted in the size)."""
-    from binlab.size import model_size
+    from binlab.runtime.size import model_size
 
     w = W(14, (6, 128))
     lin = torch.nn.Linear(128, 6, bias=False)

@@ -48,7 +48,7 @@ def test_the_scan_sees_the_pages_and_notebooks():
 
 
 def test_landscape_claims_agree_with_the_committed_curvature():
-    from binlab.landscape import committed_curvature
+    from binlab.probes.landscape import committed_curvature
 
     cv = committed_curvature("scratch")
     if cv is None:
@@ -61,7 +61,7 @@ def test_landscape_claims_agree_with_the_committed_curvature():
 
 
 def test_curvature_method_named_as_it_runs():
-    from binlab.landscape import curvature
+    from binlab.probes.landscape import curvature
 
     default = inspect.signature(curvature).parameters["method"].default
     other = "power iteration" if default == "lanczos" else "lanczos"

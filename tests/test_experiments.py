@@ -2,17 +2,17 @@ import json
 
 import pytest
 
-from binlab import experiments as E
+from binlab.experiments import budgets, catalog, findings, report, rows, sweep, tables, texts
 
 
 def test_every_experiment_is_well_formed():
-    assert {"T1", "T2", "T3", "T4", "T5", "T6"} <= set(E.EXPERIMENTS)
-    for e in E.EXPERIMENTS.values():
+    assert {"T1", "T2", "T3", "T4", "T5", "T6"} <= set(catalog.EXPERIMENTS)
+    for e in catalog.EXPERIMENTS.values():
         assert e.configs and all(c.mode in ("fp", "ptq", "qat") for c in e.configs)
 
 
 def test_run_writes_json_and_markdown(fixture_data, tmp_path):
-    md = E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0, 3])
+    md = tables.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0, 3])
     payload = json.loads(md.with_suffix(".json").read_text())
     assert [r["label"] for r in payload["rows"]] == ["QK", "QK, PTQ"]
     assert payload["rows"][0]["seed"][0] == 89.3 and "--only 0,3" in payload["command"]
@@ -28,16 +28,16 @@ def test_index_lists_every_table_with_drops(tmp_path):
             {"label": "b", "mode": "qat", "accuracy": 88.5, "reduction_percent": 95.0, "seed": None}]
     for name in ("T1", "T2"):
         (tmp_path / f"{name}-scratch.json").write_text(json.dumps({"experiment": name, "preset": "scratch", "title": name, "rows": rows}))
-    text = E.write_index(tmp_path).read_text()
+    text = report.write_index(tmp_path).read_text()
     assert text.count("| b | qat | 1 | 88.50 | -1.50 (no interval) | 95.00 | - |") == 2  # a one-seed row from before intervals
     assert "[T2 (scratch)](T2-scratch.md)" in text
 
 
 def test_bad_names_and_indices(fixture_data, tmp_path):
     with pytest.raises(ValueError, match="choose one of"):
-        E.run("T99", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path)
+        tables.run("T99", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path)
     with pytest.raises(ValueError, match="out of range"):
-        E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[42])
+        tables.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[42])
 
 
 def test_code_fingerprint_follows_the_methods_source(monkeypatch):
@@ -46,44 +46,44 @@ def test_code_fingerprint_follows_the_methods_source(monkeypatch):
 
     from binlab.methods import classic
 
-    xnor, sign = E._spec(("encoder", "xnor")), E._spec(("encoder", "sign"))
-    assert E.code_fingerprint(xnor) == E.code_fingerprint(xnor)
-    assert E.code_fingerprint(xnor) != E.code_fingerprint(sign)
-    before = E.code_fingerprint(xnor)
+    xnor, sign = catalog._spec(("encoder", "xnor")), catalog._spec(("encoder", "sign"))
+    assert rows.code_fingerprint(xnor) == rows.code_fingerprint(xnor)
+    assert rows.code_fingerprint(xnor) != rows.code_fingerprint(sign)
+    before = rows.code_fingerprint(xnor)
     real = inspect.getsource
     monkeypatch.setattr(inspect, "getsource", lambda obj: real(obj) + ("\n# only a comment\n" if obj is classic.XNOR else ""))
-    assert E.code_fingerprint(xnor) == before  # comments and docstrings are not code
+    assert rows.code_fingerprint(xnor) == before  # comments and docstrings are not code
     monkeypatch.setattr(inspect, "getsource", lambda obj: real(obj) + ("\nCHANGED = 1\n" if obj is classic.XNOR else ""))
-    assert E.code_fingerprint(xnor) != before  # XNOR's code changed
-    assert E._code_only('def f():\n    """doc"""\n    return 1\n') == E._code_only("def f():\n    return 1\n")
+    assert rows.code_fingerprint(xnor) != before  # XNOR's code changed
+    assert rows._code_only('def f():\n    """doc"""\n    return 1\n') == rows._code_only("def f():\n    return 1\n")
 
 
 def test_cached_rows_are_recomputed_when_the_code_changes(fixture_data, tmp_path, monkeypatch):
     import uuid
 
     calls = []
-    real_ptq = E.ptq
-    monkeypatch.setattr(E, "ptq", lambda *a, **k: (calls.append(1), real_ptq(*a, **k))[1])
+    real_ptq = rows.ptq
+    monkeypatch.setattr(rows, "ptq", lambda *a, **k: (calls.append(1), real_ptq(*a, **k))[1])
     this_code = uuid.uuid4().hex  # a code version no other test has cached
-    monkeypatch.setattr(E, "code_fingerprint", lambda spec: this_code)
-    E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[3])
-    E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[3])
+    monkeypatch.setattr(sweep, "code_fingerprint", lambda spec: this_code)
+    tables.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[3])
+    tables.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[3])
     assert len(calls) == 1  # the second run is served from the cache
-    monkeypatch.setattr(E, "code_fingerprint", lambda spec: "other-code")
-    E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[3])
+    monkeypatch.setattr(sweep, "code_fingerprint", lambda spec: "other-code")
+    tables.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[3])
     assert len(calls) == 2  # a code change invalidates it
     payload = json.loads((tmp_path / "T4-tiny-fast.json").read_text())
     assert payload["rows"][0]["code"] == "other-code" and payload["rows"][0]["budget"] == "none (PTQ)"
 
 
 def test_t5_has_no_duplicate_plans_and_budgets_are_shown():
-    for e in E.EXPERIMENTS.values():
+    for e in catalog.EXPERIMENTS.values():
         keys = [(c.spec.to_json(), c.mode, c.recipe, json.dumps(c.qat, sort_keys=True, default=str)) for c in e.configs]  # a recipe is its own plan
         assert len(keys) == len(set(keys)), e.name
-    md = E.to_markdown({"experiment": "T5", "title": "t", "note": "n", "preset": "scratch", "machine": "m", "date": "d",
+    md = report.to_markdown({"experiment": "T5", "title": "t", "note": "n", "preset": "scratch", "machine": "m", "date": "d",
                         "data": {"train": 1, "test": 1}, "budget": {"train": {"epochs": 2, "lr": 1e-3, "distill": 0.5}}, "command": "c",
                         "rows": [{"label": "sign", "mode": "qat", "budget": "QAT 2 ep + KD 0.5", "accuracy": 80.0, "seed": [83.7, "4.7M", 94.03],
-                                  "seed_budget": E.SEED_BUDGET, "megabytes": 1.0, "reduction_percent": 94.0,
+                                  "seed_budget": budgets.SEED_BUDGET, "megabytes": 1.0, "reduction_percent": 94.0,
                                   "bits_per_quantized_weight": 1.0, "train_seconds": 1.0}]})
     assert "QAT 2 ep + KD 0.5" in md and "10 ep from scratch, no KD" in md
 
@@ -93,16 +93,16 @@ def test_t6_finding_reads_the_rows():
     for m, ptq, qat in (("sign", 26.0, 78.0), ("xnor", 85.0, 87.0), ("bireal", 85.0, 86.9), ("recu", 84.0, 86.5), ("fda", 85.0, 86.8)):
         rows += [{"label": f"{m} (PTQ)", "mode": "ptq", "accuracy": ptq}, {"label": f"{m} (QAT)", "mode": "qat", "accuracy": qat}]
     rows.append({"label": "W1A1 bireal (QAT)", "mode": "qat", "accuracy": 20.0})  # not a classic all-except-head row
-    text = E.t6_finding(rows)
+    text = findings.t6_finding(rows)
     assert "Under PTQ PB-LLM's finding holds only for sign" in text and "Under QAT PB-LLM's finding does not hold" in text
     rows = [r | {"accuracy": 24.0} if r["mode"] == "ptq" else r for r in rows]
-    assert "Under PTQ PB-LLM's finding holds (5 of 5" in E.t6_finding(rows)
+    assert "Under PTQ PB-LLM's finding holds (5 of 5" in findings.t6_finding(rows)
     assert "one seed" in text and "xnor 87.00 % (+0.00 (no interval))" in text
     rows = [r | {"random_seeds": [0, 1, 2], "diff": -0.4, "diff_ci95": [-0.9, 0.1], "no_measurable_difference": True}
             if r["label"] == "xnor (QAT)" else r for r in rows]
-    text = E.t6_finding(rows)
+    text = findings.t6_finding(rows)
     assert "mean of 3 seeds" in text and "xnor 87.00 % (-0.40 [-0.90, +0.10] no measurable difference)" in text
-    assert any(c.mode == "fp" for c in E.EXPERIMENTS["T6"].configs)  # T6 has its own fp32 row to compare with
+    assert any(c.mode == "fp" for c in catalog.EXPERIMENTS["T6"].configs)  # T6 has its own fp32 row to compare with
 
 
 def test_render_rewrites_markdown_from_json(tmp_path):
@@ -113,7 +113,7 @@ def test_render_rewrites_markdown_from_json(tmp_path):
     payload = {"experiment": "T6", "title": "t", "note": "n", "preset": "scratch", "machine": "m", "date": "d", "command": "c",
                "data": {"train": 1, "test": 1}, "budget": {"train": {"epochs": 2, "lr": 1e-3, "distill": 0.5}}, "rows": rows}
     (tmp_path / "T6-scratch.json").write_text(json.dumps(payload))
-    [md] = E.render(tmp_path)
+    [md] = report.render(tmp_path)
     text = md.read_text()
     assert "| sign (PTQ) | ptq |" in text and "PB-LLM's finding holds (1 of 1" in text and "More than 5 points below fp32: sign" in text
     assert (tmp_path / "README.md").exists()
@@ -122,27 +122,27 @@ def test_render_rewrites_markdown_from_json(tmp_path):
 def test_a_partial_run_keeps_the_committed_tables_budget(fixture_data, tmp_path):
     """--only adds rows to a committed table: with another QAT budget it is refused (one table, one
     budget); with the committed budget given back (--lr/--distill) the row is added, trained with it."""
-    md = E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[3],
+    md = tables.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[3],
                budget_changes={"lr": 1e-3, "distill": 0.25})
     payload = json.loads(md.with_suffix(".json").read_text())
     assert payload["budget"]["train"]["lr"] == 1e-3 and payload["budget"]["train"]["distill"] == 0.25
     assert "--lr 0.001 --distill 0.25" in payload["command"]
     with pytest.raises(ValueError, match=r"another QAT budget \(lr 0.001 there, 0.003 here.*--lr 0.001 --distill 0.25"):
-        E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0])
+        tables.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0])
     before = md.with_suffix(".json").read_text()
     assert md.with_suffix(".json").read_text() == before  # the refused run wrote nothing
-    md = E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0],
+    md = tables.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0],
                budget_changes={"lr": 1e-3, "distill": 0.25})
     rows = json.loads(md.with_suffix(".json").read_text())["rows"]
     assert [r["label"] for r in rows] == ["QK", "QK, PTQ"] and "KD 0.25" in rows[0]["budget"]
     command = json.loads(md.with_suffix(".json").read_text())["command"]
     assert "--only 3 --lr 0.001 --distill 0.25`, then `binlab experiments run T4 --preset tiny --fast --only 0 --lr" in command
-    E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0], budget_changes={"lr": 1e-3, "distill": 0.25})
+    tables.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0], budget_changes={"lr": 1e-3, "distill": 0.25})
     assert json.loads(md.with_suffix(".json").read_text())["command"] == command  # the same step again is not repeated nor lost
     with pytest.raises(ValueError, match="unknown or fixed field.*seed"):
-        E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0], budget_changes={"seed": 3})
+        tables.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0], budget_changes={"seed": 3})
     with pytest.raises(ValueError, match="lr must be in"):
-        E.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, budget_changes={"lr": 2.0})
+        tables.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, budget_changes={"lr": 2.0})
 
 
 def test_rows_kept_from_before_per_row_results_get_a_plain_difference_to_the_control():
@@ -151,10 +151,10 @@ def test_rows_kept_from_before_per_row_results_get_a_plain_difference_to_the_con
             {"label": "new qat row", "mode": "qat", "accuracy": 86.5, "diff_vs_control": 0.1, "diff_vs_control_ci95": [-0.3, 0.5]},
             {"label": "fp32 control: fine-tuned", "mode": "qat", "accuracy": 86.75},
             {"label": "ptq row", "mode": "ptq", "accuracy": 80.0}]
-    E._plain_control_diffs(rows)
-    assert rows[1]["diff_vs_control"] == pytest.approx(-1.5) and E.vs_control_text(rows[1]) == "-1.50 (no interval)"
+    tables._plain_control_diffs(rows)
+    assert rows[1]["diff_vs_control"] == pytest.approx(-1.5) and texts.vs_control_text(rows[1]) == "-1.50 (no interval)"
     assert rows[2]["diff_vs_control"] == 0.1  # its interval's estimate is kept
-    assert "diff_vs_control" not in rows[3] and "diff_vs_control" not in rows[4] and E.vs_control_text(rows[4]) == "-"
+    assert "diff_vs_control" not in rows[3] and "diff_vs_control" not in rows[4] and texts.vs_control_text(rows[4]) == "-"
 
 
 def test_the_w1a1_and_language_model_tables_show_the_control():
@@ -164,13 +164,13 @@ def test_the_w1a1_and_language_model_tables_show_the_control():
     rows = [row | {"label": "fp32 baseline", "mode": "fp", "accuracy": 86.0},
             row | {"label": "BiBERT", "mode": "qat", "accuracy": 85.0},
             row | {"label": "fp32 control: x", "mode": "qat", "accuracy": 86.5}]
-    E._plain_control_diffs(rows)
-    md = E.to_markdown(base | {"experiment": "T9", "rows": rows})
+    tables._plain_control_diffs(rows)
+    md = report.to_markdown(base | {"experiment": "T9", "rows": rows})
     assert "| BiBERT | - | 1 | 85.00 | -1.00 (no interval) | -1.50 (no interval) |" in md
     lm = [row | {"label": "fp32 baseline", "mode": "fp", "perplexity": 40.0, "accuracy": 30.0},
           row | {"label": "XNOR", "mode": "qat", "perplexity": 60.0, "accuracy": 25.0},
           row | {"label": "fp32 control: x", "mode": "qat", "perplexity": 30.0, "accuracy": 31.0}]
-    E._plain_control_diffs(lm)
+    tables._plain_control_diffs(lm)
     assert "diff_vs_control" not in lm[1]
-    md = E.to_markdown(base | {"experiment": "T8", "rows": lm})
+    md = report.to_markdown(base | {"experiment": "T8", "rows": lm})
     assert "| XNOR | qat | - | 60.00 | 1.50 | 2.00 |" in md and "| fp32 control: x | qat | - | 30.00 | 0.75 | - |" in md

@@ -9,16 +9,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from binlab.binarizers import BINARIZERS
-from binlab.export import check_size, load_packed, read_packed, save_packed
-from binlab.kernels import pack_bits, w1a1_linear
-from binlab.model import ModelConfig, build
-from binlab.packed import (NOT_PACKABLE, BinaryCodec, GridCodec, NotPackable, PackedEmbedding, PackedLinear, pack_uint,
-                           unpack_uint)
-from binlab.qat import ptq
-from binlab.quantize import MethodConfig, QuantLinear, QuantSpec, Rule, quantize_
-from binlab.size import model_size
-from binlab.train import predict
+from binlab.methods import BINARIZERS
+from binlab.runtime.export import check_size, load_packed, read_packed, save_packed
+from binlab.runtime.kernels import pack_bits, w1a1_linear
+from binlab.nn.model import ModelConfig, build
+from binlab.runtime.codecs import NOT_PACKABLE, BinaryCodec, GridCodec, NotPackable, pack_uint, unpack_uint
+from binlab.runtime.packed import PackedEmbedding, PackedLinear
+from binlab.training.qat import ptq
+from binlab.nn.quantize import MethodConfig, QuantLinear, QuantSpec, Rule, quantize_
+from binlab.runtime.size import model_size
+from binlab.training.train import predict
 
 PACKABLE = [m for m in BINARIZERS if m not in NOT_PACKABLE]
 
@@ -32,7 +32,7 @@ def fp_tiny(tiny_splits):
 
 @pytest.fixture(scope="module")
 def calib(tiny_splits):
-    from binlab.calibration import calibration_set
+    from binlab.training.calibration import calibration_set
 
     return calibration_set(tiny_splits)
 
@@ -135,7 +135,7 @@ def test_damaged_files_are_refused(fp_tiny, tmp_path):
     save_file(tensors, str(tmp_path / "other.safetensors"), metadata={**meta, "format": "something-else/9"})
     with pytest.raises(ValueError, match="not a binlab packed model"):
         load_packed(tmp_path / "other.safetensors")
-    from binlab.export import _digest
+    from binlab.runtime.export import _digest
 
     def resigned(name, **changes):  # a header edited, with its checksum recomputed: what the loader itself must catch
         m = {**meta, **changes}
@@ -253,7 +253,7 @@ def test_xnor_path_takes_every_signed_binary_input(act, fp_tiny, tiny_splits, tm
 
 def test_every_bert_era_recipe_packs(fp_tiny, tiny_splits, tmp_path):
     """T9's note says every recipe's model writes to a packed file that gives the same predictions."""
-    from binlab.recipes import RECIPES
+    from binlab.training.recipes import RECIPES
 
     for name, recipe in RECIPES.items():
         q = ptq(fp_tiny, recipe.stages[-1].spec)

@@ -8,8 +8,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from binlab.binarizers import BINARIZERS
-from binlab.quantize import QuantSpec, quantize_
+from binlab.methods import BINARIZERS
+from binlab.nn.quantize import QuantSpec, quantize_
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=8),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
@@ -58,7 +58,7 @@ def test_any_json_value_parses_or_is_a_value_error(value):
 
 @pytest.fixture(scope="module")
 def tiny_fp():
-    from binlab.model import ModelConfig, build
+    from binlab.nn.model import ModelConfig, build
 
     torch.manual_seed(0)
     return build(ModelConfig(vocab_size=40, max_len=16, d_model=16, n_heads=2, d_ff=32, n_layers=1)).eval()
@@ -117,7 +117,7 @@ def test_cli_bad_arguments_are_one_line_errors(argv, fragment, fixture_data, cap
 def test_the_option_schema_agrees_with_each_method(name):
     """Every value a widget generated from the schema can take (its ends, its choices, its lab default)
     makes a valid method, and the schema names only real options."""
-    from binlab.quantize import MethodConfig
+    from binlab.nn.quantize import MethodConfig
 
     cls = BINARIZERS[name]
     assert set(cls.ui) <= set(cls.options())

@@ -5,9 +5,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from binlab.kernels import (_xnor_gemm_kernel, binary_gemm, pack_bits, pack_model, unpack_bits,
-                            xnor_gemm)
-from binlab.packed import PackedLinear
+from binlab.runtime.kernels import (xnor_gemm_kernel, binary_gemm, pack_bits, unpack_bits,
+                                    xnor_gemm)
+from binlab.runtime.packed import PackedLinear, pack_model
 
 KS = st.sampled_from([1, 2, 63, 64, 65, 127, 128, 129, 1000])
 DIMS = st.integers(1, 9)
@@ -62,7 +62,7 @@ def test_binary_gemm_matches_numpy(B, N, K, seed):
 
 
 def test_lut_layout_unpacks_to_the_bits():
-    from binlab.kernels import LutWeights
+    from binlab.runtime.kernels import LutWeights
 
     rng = np.random.default_rng(3)
     for N, K in [(1, 1), (3, 63), (5, 129), (7, 1000)]:
@@ -91,7 +91,7 @@ def test_bad_inputs_are_value_errors(bad):
 def test_llvm_uses_hardware_popcount():
     import numba as nb
 
-    f = nb.njit(parallel=True)(_xnor_gemm_kernel.py_func)  # a fresh, uncached compile can be inspected
+    f = nb.njit(parallel=True)(xnor_gemm_kernel.py_func)  # a fresh, uncached compile can be inspected
     A = np.zeros((4, 1), np.uint64)
     f(A, A, np.int32(64), np.empty((4, 4), np.int32))
     llvm = next(iter(f.inspect_llvm().values()))
@@ -102,7 +102,7 @@ def test_llvm_uses_hardware_popcount():
 
 def test_packed_linear_w1a1_integer_exact():
     """±1 weights (sign, no scale) and ±1 inputs: the packed layer gives the same integers as torch."""
-    from binlab.quantize import MethodConfig, QuantLinear
+    from binlab.nn.quantize import MethodConfig, QuantLinear
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(100, 7, bias=False)
@@ -113,7 +113,7 @@ def test_packed_linear_w1a1_integer_exact():
 
 
 def test_packed_linear_w1a32_and_w1a1_close():
-    from binlab.quantize import MethodConfig, QuantLinear
+    from binlab.nn.quantize import MethodConfig, QuantLinear
 
     torch.manual_seed(1)
     lin = torch.nn.Linear(130, 9)
@@ -133,10 +133,10 @@ def test_packed_linear_w1a32_and_w1a1_close():
 
 def test_pack_model_predictions_equal_fake_quant(tiny_splits):
     from binlab.presets import get_baseline, get_preset
-    from binlab.qat import ptq
-    from binlab.quantize import QuantSpec
-    from binlab.size import model_size
-    from binlab.train import predict
+    from binlab.training.qat import ptq
+    from binlab.nn.quantize import QuantSpec
+    from binlab.runtime.size import model_size
+    from binlab.training.train import predict
 
     teacher, _ = get_baseline(get_preset("tiny"), tiny_splits)
     fq = ptq(teacher, QuantSpec.simple("encoder", "bucket"))

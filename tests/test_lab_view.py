@@ -2,9 +2,9 @@
 import numpy as np
 import torch
 
-from binlab.lab import component_view
-from binlab.model import ModelConfig, build
-from binlab.quantize import MethodConfig
+from binlab.lab.live import component_view
+from binlab.nn.model import ModelConfig, build
+from binlab.nn.quantize import MethodConfig
 
 
 def test_histograms_count_every_weight_and_match_numpy():
@@ -23,9 +23,9 @@ def test_histograms_count_every_weight_and_match_numpy():
 
 
 def test_clones_share_rows_and_results_but_not_models(tiny_splits):
-    from binlab.lab import LiveLab
+    from binlab.lab.live import LiveLab
     from binlab.presets import get_baseline
-    from binlab.quantize import QuantSpec, current_plan
+    from binlab.nn.quantize import QuantSpec, current_plan
 
     fp, _ = get_baseline("tiny", tiny_splits)
     proto = LiveLab(fp, tiny_splits.val, val_rows=80)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from binlab.landscape import (ModelLoss, curvature, hessian_trace, interpolate, lanczos_eigenvalues, random_direction, slice_model,
+from binlab.probes.landscape import (ModelLoss, curvature, hessian_trace, interpolate, lanczos_eigenvalues, random_direction, slice_model,
                               surface, top_eigenvalues)
-from binlab.qat import ptq
-from binlab.quantize import QuantSpec
+from binlab.training.qat import ptq
+from binlab.nn.quantize import QuantSpec
 
 
 @pytest.fixture()

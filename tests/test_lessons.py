@@ -3,7 +3,7 @@ with independent computations; a prediction is judged only against what the run 
 import numpy as np
 import pytest
 
-from binlab.lessons import LESSONS, Context, Outcome, check, lesson
+from binlab.lab.lessons import LESSONS, Context, Outcome, check, lesson
 
 
 @pytest.fixture(scope="module")

@@ -165,7 +165,7 @@ def test_pbllm_storage_by_hand():
 
 
 def test_pbllm_qat_freezes_salient_weights():
-    from binlab.ste import STES  # noqa: F401  (the registry the default estimator comes from)
+    from binlab.methods.ste import STES  # noqa: F401  (the registry the default estimator comes from)
 
     torch.manual_seed(0)
     w = torch.randn(8, 40, requires_grad=True)
@@ -283,7 +283,7 @@ def test_billm_compensates_each_block_error_on_later_columns():
 
 
 def test_calibration_hessian_equals_2xxT_over_non_padding_rows(tiny_model, tiny_splits):
-    from binlab.calibration import calibration_set, collect_hessians
+    from binlab.training.calibration import calibration_set, collect_hessians
     from binlab.data import PAD_ID
 
     calib = calibration_set(tiny_splits, 16, seed=1)
@@ -297,7 +297,7 @@ def test_calibration_hessian_equals_2xxT_over_non_padding_rows(tiny_model, tiny_
 
 
 def test_calibration_rows_come_from_train_only(tiny_splits):
-    from binlab.calibration import calibration_set
+    from binlab.training.calibration import calibration_set
 
     calib = calibration_set(tiny_splits, 64, seed=3)
     rows = lambda s: {tuple(s.ids[s.offsets[i]:s.offsets[i + 1]]) for i in range(len(s))}  # noqa: E731
@@ -308,9 +308,9 @@ def test_calibration_rows_come_from_train_only(tiny_splits):
 
 
 def test_sequential_calibration_sees_quantized_earlier_layers(fixture_data):
-    from binlab.calibration import calibrate_, calibration_set
+    from binlab.training.calibration import calibrate_, calibration_set
     from binlab.presets import build_model, get_preset, load_data
-    from binlab.quantize import QuantSpec, quantize_
+    from binlab.nn.quantize import QuantSpec, quantize_
 
     from dataclasses import replace
 
@@ -329,13 +329,13 @@ def test_sequential_calibration_sees_quantized_earlier_layers(fixture_data):
 
 
 def test_ptq_of_a_calibrated_method_without_data_is_a_clear_error(tiny_model):
-    from binlab.qat import ptq
-    from binlab.quantize import QuantSpec
+    from binlab.training.qat import ptq
+    from binlab.nn.quantize import QuantSpec
 
     with pytest.raises(ValueError, match="calibration data"):
         ptq(tiny_model, QuantSpec.simple("encoder", "billm"))
     with pytest.raises(ValueError, match="embedding"):
-        from binlab.calibration import collect_hessians
+        from binlab.training.calibration import collect_hessians
 
         collect_hessians(tiny_model, None, ["embed.token"])
 
@@ -352,7 +352,7 @@ def lm_splits(fixture_data):
 
 
 def test_lm_is_causal_and_has_the_component_names(lm_splits):
-    from binlab.model import component_names
+    from binlab.nn.model import component_names
     from binlab.presets import build_model, get_preset
 
     m = build_model(get_preset("tiny-lm"), lm_splits).eval()
@@ -370,7 +370,7 @@ def test_lm_is_causal_and_has_the_component_names(lm_splits):
 
 def test_perplexity_is_exp_of_the_token_nll(lm_splits):
     from binlab.presets import build_model, get_preset
-    from binlab.train import evaluate
+    from binlab.training.train import evaluate
 
     m = build_model(get_preset("tiny-lm"), lm_splits).eval()
     r = evaluate(m, lm_splits.val)
@@ -388,7 +388,7 @@ def test_perplexity_is_exp_of_the_token_nll(lm_splits):
 
 def test_tiny_lm_trains_and_beats_its_start(lm_splits):
     from binlab.presets import build_model, get_preset
-    from binlab.train import evaluate, train
+    from binlab.training.train import evaluate, train
 
     p = get_preset("tiny-lm")
     m = build_model(p, lm_splits)
@@ -400,7 +400,7 @@ def test_tiny_lm_trains_and_beats_its_start(lm_splits):
 
 
 def test_bigram_floor_matches_direct_counts(lm_splits):
-    from binlab.ngram import Bigram, _pairs, bigram_perplexity
+    from binlab.nn.ngram import Bigram, _pairs, bigram_perplexity
 
     bg = Bigram(lm_splits.train, lm_splits.vocab_size)
     v, w = _pairs(lm_splits.train)
@@ -418,12 +418,12 @@ def test_bigram_floor_matches_direct_counts(lm_splits):
 
 
 def test_lm_ptq_with_calibrated_methods_and_size(lm_splits):
-    from binlab.calibration import calibration_set
+    from binlab.training.calibration import calibration_set
     from binlab.presets import build_model, get_preset
-    from binlab.qat import ptq
-    from binlab.quantize import QuantSpec
-    from binlab.size import model_size
-    from binlab.train import evaluate
+    from binlab.training.qat import ptq
+    from binlab.nn.quantize import QuantSpec
+    from binlab.runtime.size import model_size
+    from binlab.training.train import evaluate
 
     m = build_model(get_preset("tiny-lm"), lm_splits)
     calib = calibration_set(lm_splits, 32)
@@ -588,10 +588,10 @@ def test_svid_is_the_rank1_svd_of_abs_w_and_the_nmf_optimum():
 
 
 def test_onebit_value_vectors_are_learned_stored_and_counted(tiny_model, tiny_splits):
-    from binlab.qat import QATConfig, qat
-    from binlab.quantize import QuantSpec
-    from binlab.size import model_size
-    from binlab.train import TrainConfig
+    from binlab.training.qat import QATConfig, qat
+    from binlab.nn.quantize import QuantSpec
+    from binlab.runtime.size import model_size
+    from binlab.training.train import TrainConfig
 
     spec = QuantSpec.simple("encoder", "onebit")
     student, _ = qat(tiny_model, spec, tiny_splits.train.head(128),
@@ -612,7 +612,7 @@ def test_onebit_value_vectors_are_learned_stored_and_counted(tiny_model, tiny_sp
 
 
 def test_hidden_loss_matches_reference():
-    from binlab.objective import hidden_loss
+    from binlab.nn.objective import hidden_loss
 
     torch.manual_seed(0)
     ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
@@ -635,8 +635,8 @@ def test_hidden_loss_matches_reference():
 
 
 def test_output_hessian_is_the_mean_outer_product_of_per_row_weight_gradients(lm_splits):
-    from binlab.calibration import calibration_set, collect_output_hessians
-    from binlab.objective import row_stats
+    from binlab.training.calibration import calibration_set, collect_output_hessians
+    from binlab.nn.objective import row_stats
     from binlab.presets import build_model, get_preset
 
     m = build_model(get_preset("tiny-lm"), lm_splits).eval()
@@ -655,19 +655,19 @@ def test_output_hessian_is_the_mean_outer_product_of_per_row_weight_gradients(lm
 
 
 def test_oac_is_billm_with_the_output_hessian(lm_splits):
-    from binlab.calibration import calibrate_, calibration_set, collect_output_hessians
+    from binlab.training.calibration import calibrate_, calibration_set, collect_output_hessians
     from binlab.presets import build_model, get_preset
-    from binlab.quantize import QuantSpec, quantize_
+    from binlab.nn.quantize import QuantSpec, quantize_
 
     m = build_model(get_preset("tiny-lm"), lm_splits)
     calib = calibration_set(lm_splits, 8)
     quantize_(m, QuantSpec.simple("layers.0.attn.v", "oac"))
     hs = calibrate_(m, calib)
     with torch.no_grad():
-        from binlab.calibration import _bypassed
-        from binlab.quantize import quantized_modules
+        from binlab.training.calibration import bypassed
+        from binlab.nn.quantize import quantized_modules
 
-        with _bypassed(quantized_modules(m)):
+        with bypassed(quantized_modules(m)):
             want = collect_output_hessians(m, calib, ["layers.0.attn.v"])["layers.0.attn.v"]
     torch.testing.assert_close(hs["layers.0.attn.v"], want)
     mod = m.get_submodule("layers.0.attn.v")
@@ -697,7 +697,7 @@ def test_dbllm_starts_as_nearest_rounding_onto_the_2bit_grid():
 
 def test_dbllm_scales_learn_through_the_product():
     lin = torch.nn.Linear(16, 3, bias=False)
-    from binlab.quantize import MethodConfig, QuantLinear
+    from binlab.nn.quantize import MethodConfig, QuantLinear
 
     q = QuantLinear.from_linear(lin, MethodConfig("dbllm", options={"group": 8})).train()
     R = torch.randn(3, 16)
@@ -713,7 +713,7 @@ def test_dbllm_scales_learn_through_the_product():
 
 
 def test_dad_weights_units_by_entropy():
-    from binlab.objective import kd_loss
+    from binlab.nn.objective import kd_loss
 
     torch.manual_seed(1)
     s, t = torch.randn(5, 7), torch.randn(5, 7)
@@ -730,7 +730,7 @@ def test_dad_weights_units_by_entropy():
 
 def test_binarymos_starts_as_onebit_and_routes_per_token():
     from binlab.methods.onebit import svid
-    from binlab.quantize import MethodConfig, QuantLinear
+    from binlab.nn.quantize import MethodConfig, QuantLinear
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(12, 5)
@@ -755,9 +755,9 @@ def test_binarymos_starts_as_onebit_and_routes_per_token():
 
 def test_fbi_column_scale_and_shift_and_training_from_scratch(lm_splits):
     from binlab.presets import build_model, get_preset
-    from binlab.qat import QATConfig, qat
-    from binlab.quantize import QuantSpec
-    from binlab.train import TrainConfig
+    from binlab.training.qat import QATConfig, qat
+    from binlab.nn.quantize import QuantSpec
+    from binlab.training.train import TrainConfig
 
     rng = np.random.default_rng(15)
     W = rng.normal(size=(6, 9))
@@ -776,13 +776,13 @@ def test_fbi_column_scale_and_shift_and_training_from_scratch(lm_splits):
 
 
 def test_landscape_and_packing_on_the_lm(lm_splits):
-    from binlab.calibration import calibration_set
-    from binlab.kernels import pack_model
-    from binlab.landscape import interpolate, slice_model
+    from binlab.training.calibration import calibration_set
+    from binlab.runtime.packed import pack_model
+    from binlab.probes.landscape import interpolate, slice_model
     from binlab.presets import build_model, get_preset
-    from binlab.qat import ptq
-    from binlab.quantize import QuantSpec
-    from binlab.train import evaluate
+    from binlab.training.qat import ptq
+    from binlab.nn.quantize import QuantSpec
+    from binlab.training.train import evaluate
 
     m = build_model(get_preset("tiny-lm"), lm_splits)
     calib = calibration_set(lm_splits, 16)
@@ -802,10 +802,10 @@ def test_landscape_and_packing_on_the_lm(lm_splits):
 def test_stbllm_layerwise_allocation_gives_more_to_the_layer_with_outliers(lm_splits):
     from dataclasses import replace
 
-    from binlab.calibration import calibration_set
-    from binlab.methods.stbllm import layerwise_nm
+    from binlab.training.calibration import calibration_set
+    from binlab.training.allocation import layerwise_nm
     from binlab.presets import build_model, get_preset
-    from binlab.qat import ptq
+    from binlab.training.qat import ptq
 
     p = get_preset("tiny-lm")
     p = replace(p, model=replace(p.model, n_layers=2))
@@ -850,11 +850,11 @@ def test_storage_by_hand_for_the_other_llm_methods():
 def test_live_lab_partial_recompute_equals_full_evaluation(preset, fixture_data):
     from dataclasses import replace
 
-    from binlab.calibration import calibration_set
-    from binlab.lab import LiveLab
+    from binlab.training.calibration import calibration_set
+    from binlab.lab.live import LiveLab
     from binlab.presets import build_model, get_preset, load_data
-    from binlab.quantize import MethodConfig, QuantSpec, Rule
-    from binlab.train import stats_on
+    from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
+    from binlab.training.train import stats_on
 
     p = get_preset(preset)
     p = replace(p, model=replace(p.model, n_layers=2))
@@ -915,7 +915,7 @@ def test_train_rows_and_the_time_estimate(fixture_data, capsys):
 
     from binlab.cli import main
     from binlab.presets import build_model, get_preset, load_data
-    from binlab.train import estimate_seconds
+    from binlab.training.train import estimate_seconds
 
     assert main(["train", "--preset", "tiny", "--data", str(fixture_data), "--train-rows", "60", "--epochs", "1"]) == 0
     cap = capsys.readouterr()
@@ -933,10 +933,10 @@ def test_train_rows_and_the_time_estimate(fixture_data, capsys):
 
 
 def test_health_measures_against_references(tiny_model, tiny_splits):
-    from binlab.health import attention_entropy, flip_ratio, outside_clip, signs
-    from binlab.qat import QATConfig, qat
-    from binlab.quantize import QuantSpec, quantize_
-    from binlab.train import TrainConfig
+    from binlab.training.health import attention_entropy, flip_ratio, outside_clip, signs
+    from binlab.training.qat import QATConfig, qat
+    from binlab.nn.quantize import QuantSpec, quantize_
+    from binlab.training.train import TrainConfig
 
     m = tiny_model
     quantize_(m, QuantSpec.simple("encoder", "xnor"))

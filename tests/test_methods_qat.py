@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 
-from binlab.binarizers import BINARIZERS
-from binlab.qat import QATConfig, qat
-from binlab.quantize import MethodConfig, QuantSpec, Rule, quantized_modules
-from binlab.train import TrainConfig, evaluate
+from binlab.methods import BINARIZERS
+from binlab.training.qat import QATConfig, qat
+from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, quantized_modules
+from binlab.training.train import TrainConfig, evaluate
 
 
 PTQ_ONLY = {n for n, c in BINARIZERS.items() if c.needs_calibration is True}  # GPTQ, BiLLM, ARB, STBLLM
@@ -32,7 +32,7 @@ def test_qat_lowers_the_loss(name, tiny_model, tiny_splits):
 
 def test_recu_schedule_runs_during_qat(tiny_model, tiny_splits, monkeypatch):
     """tau rises from 0.85 to 0.99 over QAT, step by step (ReCU §5.2.1)."""
-    import binlab.qat as Q
+    import binlab.training.qat as Q
 
     students, seen = [], []
     real_train = Q.train
@@ -62,9 +62,9 @@ def test_qat_applies_binaryconnect_clip(tiny_model, tiny_splits):
 def test_training_only_modules_stay_out_of_checkpoints_and_probes(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    from binlab.landscape import ModelLoss
-    from binlab.quantize import quantize_
-    from binlab.train import save_checkpoint
+    from binlab.probes.landscape import ModelLoss
+    from binlab.nn.quantize import quantize_
+    from binlab.training.train import save_checkpoint
 
     quantize_(tiny_model, QuantSpec((Rule("encoder", MethodConfig("fda")),)))
     assert any("train_aux" in n for n, _ in tiny_model.named_parameters())  # it exists for QAT ...

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from binlab.model import Classifier, ModelConfig, component_names
+from binlab.nn.model import Classifier, ModelConfig, component_names
 
 
 def test_shapes_and_named_components():
@@ -40,7 +40,7 @@ def test_too_long_sequence_is_a_clear_error():
 
 def test_minilm_matches_reference_bert():
     transformers = pytest.importorskip("transformers")
-    from binlab.pretrained import load_minilm, minilm_config, minilm_dir
+    from binlab.nn.pretrained import load_minilm, minilm_config, minilm_dir
 
     cfg = minilm_config(n_layers=2, max_len=64)
     ours = load_minilm(cfg).eval()

@@ -3,9 +3,9 @@ import copy
 import pytest
 import torch
 
-from binlab.qat import QATConfig, ptq, qat
-from binlab.quantize import GROUPS, MethodConfig, QuantLinear, QuantSpec, Rule, current_plan, plan, quantize_, restore_
-from binlab.train import TrainConfig, evaluate
+from binlab.training.qat import QATConfig, ptq, qat
+from binlab.nn.quantize import GROUPS, MethodConfig, QuantLinear, QuantSpec, Rule, current_plan, plan, quantize_, restore_
+from binlab.training.train import TrainConfig, evaluate
 
 
 def test_groups_and_patterns(tiny_model):
@@ -120,8 +120,8 @@ def test_from_json_raises_only_value_errors_on_any_input():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from binlab.binarizers import BINARIZERS
-    from binlab.quantize import QuantSpec
+    from binlab.methods import BINARIZERS
+    from binlab.nn.quantize import QuantSpec
 
     scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8))
     values = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=6), c, max_size=3)), max_leaves=8)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from binlab.runs import Run, RunStore, export_json, import_json, measure
+from binlab.lab.runs import Run, RunStore, export_json, import_json, measure
 
 
 def _run(**kw):
@@ -46,10 +46,10 @@ def test_damaged_store_is_a_clear_error(tmp_path):
 
 def test_measure_agrees_with_a_direct_count(tiny_splits):
     from binlab.presets import get_baseline
-    from binlab.qat import ptq
-    from binlab.quantize import QuantSpec
-    from binlab.size import model_size
-    from binlab.train import predict
+    from binlab.training.qat import ptq
+    from binlab.nn.quantize import QuantSpec
+    from binlab.runtime.size import model_size
+    from binlab.training.train import predict
 
     fp, _ = get_baseline("tiny", tiny_splits)
     q = ptq(fp, QuantSpec.simple("encoder", "xnor"))

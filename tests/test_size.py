@@ -2,9 +2,9 @@ import math
 
 import torch.nn as nn
 
-from binlab.model import Classifier, ModelConfig
-from binlab.quantize import MethodConfig, QuantSpec, Rule, quantize_
-from binlab.size import model_size
+from binlab.nn.model import Classifier, ModelConfig
+from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, quantize_
+from binlab.runtime.size import model_size
 
 CFG = ModelConfig(vocab_size=100, max_len=16, d_model=8, n_heads=2, d_ff=16, n_layers=2)
 
@@ -50,8 +50,8 @@ def test_cli_size_json(fixture_data, capsys):
 
     from binlab.cli import main
     from binlab.presets import build_model, get_preset, load_data
-    from binlab.quantize import QuantSpec, quantize_
-    from binlab.size import model_size
+    from binlab.nn.quantize import QuantSpec, quantize_
+    from binlab.runtime.size import model_size
 
     assert main(["size", "--preset", "tiny", "--data", str(fixture_data), "--target", "encoder", "--method", "xnor", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

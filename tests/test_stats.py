@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from binlab.stats import mcnemar_p, paired_difference, wilson_interval
+from binlab.experiments.stats import mcnemar_p, paired_difference, wilson_interval
 
 
 def test_wilson_against_published_values():
@@ -64,8 +64,8 @@ def test_identical_models_are_within_noise_and_bad_input_is_refused():
 
 def test_live_lab_reports_intervals(tiny_splits, tiny_model):
     """The live lab's numbers carry their intervals; fp32 against itself is 'within noise'."""
-    from binlab.lab import LiveLab, compare_models
-    from binlab.quantize import QuantSpec
+    from binlab.lab.live import LiveLab, compare_models
+    from binlab.nn.quantize import QuantSpec
 
     lab = LiveLab(tiny_model, tiny_splits.val, val_rows=100, device="cpu")
     r = lab.apply(QuantSpec())
@@ -79,8 +79,8 @@ def test_live_lab_reports_intervals(tiny_splits, tiny_model):
 
 
 def test_sensitivity_rows_carry_intervals(tiny_splits, tiny_model):
-    from binlab.lab import sensitivity
-    from binlab.quantize import MethodConfig
+    from binlab.lab.live import sensitivity
+    from binlab.nn.quantize import MethodConfig
 
     rows = sensitivity(tiny_model, tiny_splits.val, MethodConfig("sign"), val_rows=100)
     for r in rows:

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from binlab import experiments as E
-from binlab.stats import Z95, bootstrap_diff, mcnemar_p, pack_correct, paired_difference, seed_summary, unpack_correct
-from binlab.store import ResultStore
-from binlab.sweep import Task, load_grid, run_tasks
+from binlab.experiments import aggregate, catalog, datasize, report, tables, texts
+from binlab.presets import get_preset
+from binlab.experiments.stats import Z95, bootstrap_diff, mcnemar_p, pack_correct, paired_difference, seed_summary, unpack_correct
+from binlab.experiments.store import ResultStore
+from binlab.experiments.sweep import Task, load_grid, run_tasks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +94,7 @@ def test_aggregate_on_a_hand_made_table():
     runs = [{"label": "q", "mode": "qat", "accuracy": 100 * q.mean(), "test_correct": pack_correct(q), "random_seed": 0,
              "megabytes": 1.0, "reduction_percent": 90.0, "bits_per_quantized_weight": 1.0, "train_seconds": 1.0}]
     ref = [{"label": "fp", "mode": "fp", "accuracy": 80.0, "test_correct": pack_correct(fp), "baseline_seed": 0}]
-    row = E.aggregate(E.Config("q", E.FP, "qat"), runs, ref)
+    row = aggregate.aggregate(catalog.Config("q", catalog.FP, "qat"), runs, ref)
     assert row["mcnemar_p"] == pytest.approx(2 * (1 + 12 + 66) / 4096)
     assert row["diff"] == pytest.approx(8.0) and row["accuracy_std"] is None and row["random_seeds"] == [0]
     assert row["diff_ci95"][0] < 8.0 < row["diff_ci95"][1]
@@ -101,11 +102,11 @@ def test_aggregate_on_a_hand_made_table():
 
 
 def test_every_qat_table_has_an_equal_budget_control():
-    for e in E.EXPERIMENTS.values():
+    for e in catalog.EXPERIMENTS.values():
         if any(c.mode == "qat" for c in e.configs):
             ctl = [c for c in e.configs if "control" in c.label]
             assert len(ctl) == 1 and ctl[0].mode == "qat" and not ctl[0].spec.rules, e.name
-    assert E.EXPERIMENTS["T7"].seeded_baseline
+    assert catalog.EXPERIMENTS["T7"].seeded_baseline
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,8 +114,8 @@ def test_every_qat_table_has_an_equal_budget_control():
 
 
 def tiny_tasks(source, seeds=(0, 1)):
-    xnor = E.Config("xnor encoder", E._spec(("encoder", "xnor")), "qat")
-    sign = E.Config("sign encoder", E._spec(("encoder", "sign")), "qat")
+    xnor = catalog.Config("xnor encoder", catalog._spec(("encoder", "xnor")), "qat")
+    sign = catalog.Config("sign encoder", catalog._spec(("encoder", "sign")), "qat")
     return [Task("tiny", c, seed=k, source=str(source), fast=True) for c in (xnor, sign) for k in seeds]
 
 
@@ -128,7 +129,7 @@ def test_store_put_is_once_per_key(tmp_path):
 
 
 def test_experiment_with_seeds_reports_spread_and_intervals(fixture_data, tmp_path):
-    md = E.run("T7", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0, 3, 5], seeds=2)
+    md = tables.run("T7", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0, 3, 5], seeds=2)
     rows = json.loads(md.with_suffix(".json").read_text())["rows"]
     fp, xnor, ctl = rows
     assert fp["baseline_seeds"] == [0, 1] and xnor["random_seeds"] == [0, 1] and xnor["baseline_seeds"] == [0, 1]  # headline: baselines reseeded
@@ -143,7 +144,7 @@ def test_experiment_with_seeds_reports_spread_and_intervals(fixture_data, tmp_pa
 
 def test_a_killed_sweep_resumes_without_duplicates_or_losses(fixture_data, tmp_path):
     store_path = tmp_path / "results.sqlite"
-    script = (f"from binlab.sweep import run_tasks; from binlab.store import ResultStore; import tests_helper_tasks as h; "
+    script = (f"from binlab.experiments.sweep import run_tasks; from binlab.experiments.store import ResultStore; import tests_helper_tasks as h; "
               f"run_tasks(h.tasks(), store=ResultStore({str(store_path)!r}))")
     helper = tmp_path / "tests_helper_tasks.py"
     helper.write_text("import sys\nsys.path.insert(0, %r)\nfrom test_sweep import tiny_tasks\n"
@@ -199,9 +200,9 @@ def test_runner_errors_are_clear(fixture_data, tmp_path):
     with pytest.raises(ValueError, match="--gpus-per-task is a Ray"):
         run_tasks(tiny_tasks(fixture_data)[:1], store=ResultStore(tmp_path / "s.sqlite"), gpus_per_task=0.5)
     with pytest.raises(ValueError, match="seed"):
-        Task("tiny", E.Config("fp", E.FP, "fp"), seed=-1)
+        Task("tiny", catalog.Config("fp", catalog.FP, "fp"), seed=-1)
     with pytest.raises(ValueError, match="preset"):
-        Task("nope", E.Config("fp", E.FP, "fp"))
+        Task("nope", catalog.Config("fp", catalog.FP, "fp"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +273,7 @@ def test_mcnemar_with_many_discordant_rows_against_the_normal_approximation():
 
 
 def test_data_size_curve_on_tiny(fixture_data, tmp_path):
-    md = E.data_size_curve("tiny", sizes=(60, None), seeds=2, source=str(fixture_data), fast=True, out_dir=tmp_path)
+    md = datasize.data_size_curve("tiny", sizes=(60, None), seeds=2, source=str(fixture_data), fast=True, out_dir=tmp_path)
     payload = json.loads(md.with_suffix(".json").read_text())
     small, full = payload["rows"]
     assert small["train_rows"] == 60 and full["all_rows"] and full["train_rows"] > 60
@@ -281,7 +282,7 @@ def test_data_size_curve_on_tiny(fixture_data, tmp_path):
         assert r["gap_ci95"][0] <= r["gap_ci95"][1]
     assert "| 60 | 2 |" in md.read_text()
     with pytest.raises(ValueError, match="sizes"):
-        E.data_size_curve("tiny", sizes=(0,), source=str(fixture_data), fast=True, out_dir=tmp_path)
+        datasize.data_size_curve("tiny", sizes=(0,), source=str(fixture_data), fast=True, out_dir=tmp_path)
 
 
 def test_one_seed_tables_state_the_seed_noise_measured_by_t7(tmp_path):
@@ -289,18 +290,18 @@ def test_one_seed_tables_state_the_seed_noise_measured_by_t7(tmp_path):
             {"label": "a", "mode": "qat", "accuracy": 86.0, "accuracy_std": 0.3, "random_seeds": [0, 1, 2]},
             {"label": "b", "mode": "qat", "accuracy": 86.5, "accuracy_std": 0.5, "random_seeds": [0, 1, 2]}]
     (tmp_path / "T7-scratch.json").write_text(json.dumps({"rows": rows}))
-    noise = E.seed_noise("scratch", tmp_path)
+    noise = report.seed_noise("scratch", tmp_path)
     assert noise["sd"] == pytest.approx(0.4) and noise["one_seed_diff_95"] == pytest.approx(1.96 * math.sqrt(2) * 0.4)
     assert noise["seeds"] == 3 and noise["rows"] == 2  # the fp32 row's spread is the baseline's, not QAT's: left out
-    assert E.seed_noise("minilm-l2", tmp_path) is None
+    assert report.seed_noise("minilm-l2", tmp_path) is None
 
 
 def test_summary_chooses_the_best_mean_validation_budget():
-    from binlab.qat import QATConfig
-    from binlab.sweep import summary
-    from binlab.train import TrainConfig
+    from binlab.training.qat import QATConfig
+    from binlab.experiments.sweep import summary
+    from binlab.training.train import TrainConfig
 
-    c = E.Config("x", E._spec(("encoder", "xnor")), "qat")
+    c = catalog.Config("x", catalog._spec(("encoder", "xnor")), "qat")
     budgets = [QATConfig(TrainConfig(epochs=1, lr=lr)) for lr in (0.1, 0.2)]
     tasks = [Task("tiny", c, seed=k, budget=b, test=False) for b in budgets for k in (0, 1)]
     vals = [80.0, 90.0, 86.0, 85.0]  # lr 0.1: mean 85.0; lr 0.2: mean 85.5 -> 0.2, though 0.1 has the single best seed
@@ -314,8 +315,8 @@ def test_grid_budgets_keep_the_presets_settings_and_read_yaml_exponents(tmp_path
     g = tmp_path / "g.yaml"
     g.write_text("presets: [minilm-l2]\nbudgets: [{lr: 1e-3}]\nspecs: [{experiment: T7, only: [1]}]\n")  # YAML 1.1: 1e-3 is text
     [t] = load_grid(g)
-    assert t.budget.train.lr == 0.001 and t.budget.freeze == E.BUDGETS["minilm-l2"].freeze  # the preset's freeze list kept
-    assert t.budget.train.epochs == E.BUDGETS["minilm-l2"].train.epochs
+    assert t.budget.train.lr == 0.001 and t.budget.freeze == get_preset("minilm-l2").qat.freeze  # the preset's freeze list kept
+    assert t.budget.train.epochs == get_preset("minilm-l2").qat.train.epochs
 
 
 def test_bootstrap_coverage_by_simulation_with_three_seeds():
@@ -338,15 +339,15 @@ def test_mcnemar_pairs_each_seed_with_the_baseline_it_started_from():
              "baseline_seed": k, "megabytes": 1.0, "reduction_percent": 90.0, "bits_per_quantized_weight": 1.0, "train_seconds": 1.0}
             for k, q in ((0, q0), (1, q1))]
     ref = [{"label": "fp", "mode": "fp", "accuracy": 100 * b.mean(), "test_correct": pack_correct(b), "baseline_seed": k} for k, b in base.items()]
-    row = E.aggregate(E.Config("q", E.FP, "qat"), runs, ref)
+    row = aggregate.aggregate(catalog.Config("q", catalog.FP, "qat"), runs, ref)
     assert row["mcnemar_p_per_seed"] == [1.0, 1.0]  # paired with the wrong baseline each would be p ~ 1e-18
     assert row["interval"].startswith("rows and seeds, seeds paired") and row["diff_ci95"] == [0.0, 0.0]
     crossed = [dict(r, baseline_seed=1 - r["baseline_seed"]) for r in runs]
-    assert max(E.aggregate(E.Config("q", E.FP, "qat"), crossed, ref)["mcnemar_p_per_seed"]) < 1e-15
+    assert max(aggregate.aggregate(catalog.Config("q", catalog.FP, "qat"), crossed, ref)["mcnemar_p_per_seed"]) < 1e-15
 
 
 def test_a_worker_never_trains_a_baseline_or_files_a_row_under_another_key(fixture_data, tmp_path, monkeypatch):
-    from binlab.sweep import context, execute
+    from binlab.experiments.sweep import context, execute
 
     t = tiny_tasks(fixture_data)[0]
     context(t)  # the driver trains the baseline
@@ -356,7 +357,7 @@ def test_a_worker_never_trains_a_baseline_or_files_a_row_under_another_key(fixtu
     import shutil
 
     from binlab.data import cache_dir
-    from binlab.sweep import task_key
+    from binlab.experiments.sweep import task_key
 
     key = task_key(t)
     moved = tmp_path / "moved-cache"
@@ -375,9 +376,9 @@ def test_a_qat_row_against_its_equal_budget_control():
     q = [c.copy() for c in ctl]
     q[0][:20] = ~q[0][:20]  # seed 0 differs from its control on 20 rows
     mk = lambda arr, k: {"test_correct": pack_correct(arr), "baseline_seed": k, "random_seed": k}
-    out = E.against_control([mk(q[0], 0), mk(q[1], 1)], [mk(ctl[0], 0), mk(ctl[1], 1)])
+    out = aggregate.against_control([mk(q[0], 0), mk(q[1], 1)], [mk(ctl[0], 0), mk(ctl[1], 1)])
     expect = 100 * (np.mean([x.mean() for x in q]) - np.mean([x.mean() for x in ctl]))
     assert out["diff_vs_control"] == pytest.approx(expect)
     lo, hi = out["diff_vs_control_ci95"]
-    assert lo <= hi and E.vs_control_text(out).startswith(f"{expect:+.2f}")
-    assert E.against_control([mk(q[0], 0)], [{"baseline_seed": 0}]) == {}  # no per-row results: nothing claimed
+    assert lo <= hi and texts.vs_control_text(out).startswith(f"{expect:+.2f}")
+    assert aggregate.against_control([mk(q[0], 0)], [{"baseline_seed": 0}]) == {}  # no per-row results: nothing claimed

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from binlab.presets import build_model, get_baseline, get_preset, load_data
-from binlab.train import CheckpointError, TrainConfig, evaluate, load_checkpoint, lr_at, save_checkpoint, train
+from binlab.training.train import CheckpointError, TrainConfig, evaluate, load_checkpoint, lr_at, save_checkpoint, train
 
 FAST = TrainConfig(epochs=1, batch_size=32, lr=3e-3)
 

@@ -7,10 +7,10 @@ from plotly.subplots import make_subplots
 
 from common import friendly_errors, require_baseline, session_models, sidebar
 
-from binlab.attention import ATTENTION, view
-from binlab.lab import quantized_for_viewing
-from binlab.quantize import QuantSpec
-from binlab.recipes import RECIPES
+from binlab.methods.attention import ATTENTION, view
+from binlab.lab.live import quantized_for_viewing
+from binlab.nn.quantize import QuantSpec
+from binlab.training.recipes import RECIPES
 
 preset, source = sidebar()
 st.title("Attention")

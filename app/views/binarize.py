@@ -6,18 +6,18 @@ import streamlit as st
 
 from common import friendly_errors, require_baseline, sidebar, train_rows
 
-from binlab.activations import ACT_NAMES
-from binlab.attention import ATTENTION
-from binlab.binarizers import BINARIZERS
-from binlab.calibration import calibration_set
-from binlab.generate import greedy
-from binlab.lab import SEED_POINTS, LiveLab, component_view, layout, spec_components, widget_representable
+from binlab.methods.activations import ACT_NAMES
+from binlab.methods.attention import ATTENTION
+from binlab.methods import BINARIZERS
+from binlab.training.calibration import calibration_set
+from binlab.nn.generate import greedy
+from binlab.lab.live import SEED_POINTS, LiveLab, component_view, layout, spec_components, widget_representable
 from binlab.methods import method_card
-from binlab.quantize import MethodConfig, QuantSpec, Rule, plan
-from binlab.recipes import RECIPES
-from binlab.runs import RunStore
-from binlab.ste import STES
-from binlab.train import evaluate
+from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, plan
+from binlab.training.recipes import RECIPES
+from binlab.lab.runs import RunStore
+from binlab.methods.ste import STES
+from binlab.training.train import evaluate
 
 preset, source = sidebar()
 st.title("Binarize (live)")

@@ -6,8 +6,8 @@ from plotly.subplots import make_subplots
 from common import friendly_errors, require_baseline, session_models, sidebar
 
 from binlab.data import CLASSES
-from binlab.export import spec_of
-from binlab.runs import RunStore, export_json, import_json, measure
+from binlab.runtime.export import spec_of
+from binlab.lab.runs import RunStore, export_json, import_json, measure
 
 preset, source = sidebar()
 st.title("Compare runs")

@@ -8,16 +8,16 @@ import streamlit as st
 from common import friendly_errors, require_baseline, session_models, sidebar
 
 from binlab.data import cache_dir
-from binlab.export import classify_text, load_packed, save_packed
-from binlab.packed import NotPackable
-from binlab.qat import ptq
-from binlab.quantize import MethodConfig, QuantSpec, Rule
-from binlab.size import model_size
+from binlab.runtime.export import classify_text, load_packed, save_packed
+from binlab.runtime.codecs import NotPackable
+from binlab.training.qat import ptq
+from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
+from binlab.runtime.size import model_size
 
 preset, source = sidebar()
 st.title("Deploy")
 st.markdown("The sizes elsewhere in the lab are bookkeeping; here the model is written as a file that really has that "
-            "size (`binlab.export`: bits, scales and whatever else each method stores, plus the fp32 rest), loaded back "
+            "size (`binlab.runtime.export`: bits, scales and whatever else each method stores, plus the fp32 rest), loaded back "
             "with no latent weights, and run: W1A1 layers through the XNOR-popcount kernel, W1A32 layers through lookup tables "
             "for a few tokens and through weights decoded tile by tile for longer inputs.")
 
@@ -35,7 +35,7 @@ with friendly_errors():
     choice = st.selectbox("Model to export", list(held) + list(READY), key="deploy_choice")
 
     if st.button("Export the packed file", key="deploy_export", type="primary"):
-        from binlab.export import spec_of
+        from binlab.runtime.export import spec_of
 
         model = held[choice] if choice in held else ptq(baseline, READY[choice])  # only when exporting: reruns stay cheap
         key = hashlib.sha256(f"{preset}|{source}|{choice}|{spec_of(model).to_json()}".encode()).hexdigest()[:12]
@@ -64,7 +64,7 @@ with friendly_errors():
               delta_color="off")
     st.download_button("Download the packed model (.safetensors)", data=Path(info["path"]).read_bytes(),
                        file_name=f"binlab-{preset}.safetensors", mime="application/octet-stream", key="deploy_download")
-    st.caption("Load it with `binlab.export.load_packed(path)`; `binlab export --help` writes the same file from the command line.")
+    st.caption("Load it with `binlab.runtime.export.load_packed(path)`; `binlab export --help` writes the same file from the command line.")
 
     if getattr(baseline.config, "task", "classify") != "classify":
         st.info("The text box classifies headlines; for the language model, use `binlab generate` on the command line.")

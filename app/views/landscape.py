@@ -5,9 +5,9 @@ import streamlit as st
 
 from common import friendly_errors, require_baseline, sidebar
 
-from binlab.calibration import calibration_set
-from binlab.landscape import committed_curvature, curvature, interpolate, slice_model
-from binlab.quantize import MethodConfig, QuantSpec, Rule
+from binlab.training.calibration import calibration_set
+from binlab.probes.landscape import committed_curvature, curvature, interpolate, slice_model
+from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
 
 preset, source = sidebar()
 st.title("Loss landscape")

@@ -7,7 +7,7 @@ import streamlit as st
 
 from common import friendly_errors, require_baseline, sidebar
 
-from binlab.lessons import LESSONS, Context, check, lesson
+from binlab.lab.lessons import LESSONS, Context, check, lesson
 
 preset, source = sidebar()
 st.title("Lessons")

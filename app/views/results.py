@@ -5,8 +5,10 @@ import json
 import plotly.graph_objects as go
 import streamlit as st
 
-from binlab.experiments import RESULTS, diff_text, load_results, vs_control_text
-from binlab.stats import wilson_interval
+from binlab.experiments.provenance import RESULTS
+from binlab.experiments.report import load_results
+from binlab.experiments.texts import diff_text, vs_control_text
+from binlab.experiments.stats import wilson_interval
 
 st.title("Results")
 st.markdown("Committed outputs of `binlab experiments run NAME --preset PRESET [--seeds N]` (files in `docs/results/`). "

@@ -4,10 +4,10 @@ import streamlit as st
 
 from common import friendly_errors, require_baseline, sidebar
 
-from binlab.binarizers import BINARIZERS
-from binlab.calibration import calibration_set
-from binlab.lab import layout, sensitivity
-from binlab.quantize import MethodConfig
+from binlab.methods import BINARIZERS
+from binlab.training.calibration import calibration_set
+from binlab.lab.live import layout, sensitivity
+from binlab.nn.quantize import MethodConfig
 
 preset, source = sidebar()
 st.title("Sensitivity")

@@ -4,23 +4,23 @@ import streamlit as st
 
 from common import friendly_errors, require_baseline, sidebar
 
-from binlab.calibration import calibration_set
-from binlab.lab import compare_models
-from binlab.qat import QATConfig, ptq, qat
-from binlab.quantize import QuantSpec
-from binlab.recipes import RECIPES, run as run_recipe
-from binlab.runs import RunStore, measure
-from binlab.size import reduction_against
-from binlab.train import TrainConfig, evaluate, save_checkpoint
+from binlab.training.calibration import calibration_set
+from binlab.lab.live import compare_models
+from binlab.training.qat import QATConfig, ptq, qat
+from binlab.nn.quantize import QuantSpec
+from binlab.training.recipes import RECIPES, run as run_recipe
+from binlab.lab.runs import RunStore, measure
+from binlab.runtime.size import reduction_against
+from binlab.training.train import TrainConfig, evaluate, save_checkpoint
 
 
 def save_qat(student, spec, preset, cfg, metrics):
     """Keep the QAT result on disk (safetensors + JSON with the spec), so a crash loses nothing."""
     from dataclasses import asdict
 
-    from binlab.data import _fingerprint, cache_dir
+    from binlab.data import fingerprint, cache_dir
 
-    stem = cache_dir() / "qat" / f"{preset}-{_fingerprint([spec.to_json(), asdict(cfg)])}"
+    stem = cache_dir() / "qat" / f"{preset}-{fingerprint([spec.to_json(), asdict(cfg)])}"
     save_checkpoint(student, stem, {"spec": spec.to_json(), "qat": asdict(cfg), "val_accuracy": metrics["accuracy"]})
     return stem
 

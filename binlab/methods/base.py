@@ -16,7 +16,7 @@ play the role of channels -- to its fake-quantized value ``Q(W)`` of the same sh
 - :meth:`Quantizer.storage` gives the exact bits a packed deployment stores.
 - Methods that use calibration data (``needs_calibration = True``: GPTQ, PB-LLM, BiLLM ...) get
   the layer's Hessian ``H = 2 X X^T / N`` through :meth:`Quantizer.calibrate` before they can
-  quantize (:func:`binlab.calibration.calibrate_` does this for a whole model).
+  quantize (:func:`binlab.training.calibration.calibrate_` does this for a whole model).
 
 Convention everywhere: ``sign(0) = +1``; every stored real number is fp32 (32 bits).
 
@@ -91,7 +91,7 @@ class Quantizer:
 
     def train_forward(self, w: torch.Tensor, ste, scale: torch.Tensor, aux: torch.nn.Module | None = None) -> torch.Tensor:
         """QAT value of ``w`` with gradient; default: ``Q(w)`` forward, ``dL/dQ * g(w / scale)`` backward."""
-        from ..ste import apply_ste
+        from .ste import apply_ste
 
         return apply_ste(w, self.quantize(w.detach()), ste, scale)
 
@@ -146,7 +146,7 @@ class Quantizer:
         h = getattr(self, "_hessian", None)
         if h is None:
             raise ValueError(f"method {self.name!r} needs calibration data: quantize the model, then call "
-                             "binlab.calibration.calibrate_(model, binlab.calibration.calibration_set(splits)) "
+                             "binlab.training.calibration.calibrate_(model, binlab.training.calibration.calibration_set(splits)) "
                              "(the CLI and the lab do this for you)")
         if h.shape[0] != w.shape[1]:
             raise ValueError(f"Hessian is {tuple(h.shape)} but the weight has {w.shape[1]} input columns")

@@ -6,8 +6,8 @@
 
 BiT's weight binarizer, ``(||W||_1 / n) sign(W - mean W)`` per matrix with the identity estimator,
 is BitNet's (``bitnet``); the W1A1 recipes that need the rest (Bi-Attention, elastic activations,
-direction-matching and multi-step distillation, boosting) are in :mod:`binlab.recipes`,
-:mod:`binlab.attention` and :mod:`binlab.activations`.
+direction-matching and multi-step distillation, boosting) are in :mod:`binlab.training.recipes`,
+:mod:`binlab.methods.attention` and :mod:`binlab.methods.activations`.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class BiBERTWeight(Quantizer):
         return sign(w - w.mean(**rd)) * w.abs().mean(**rd)
 
     def train_forward(self, w, ste, scale, aux=None):
-        from ..ste import apply_ste
+        from .ste import apply_ste
 
         rd = reduce_dims(w, True)
         centred = w - w.mean(**rd)

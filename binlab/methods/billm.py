@@ -195,7 +195,7 @@ class OAC(BiLLM):
 
         H_OAC = (1/N) sum_n G_n^T G_n,    G_n = d l_n / d W   (out x in)
 
-    (:func:`binlab.calibration.collect_output_hessians`). It replaces H everywhere BiLLM uses it:
+    (:func:`binlab.training.calibration.collect_output_hessians`). It replaces H everywhere BiLLM uses it:
     the salience ``w^2 / [H^-1]_jj^2`` and the block-wise error compensation. Calibration is
     sequential: the gradients of each stage are taken with the earlier stages already binarized.
     No reference code exists; the exact normalisation is ours (it cancels up to the relative damping).

@@ -2,7 +2,7 @@
 and the optimal-brain-compensation machinery (Cholesky of the inverse Hessian, lazy block updates)
 that PB-LLM and BiLLM reuse.
 
-Notation: ``W`` (out x in), ``H = 2 X X^T / N`` (in x in) from :mod:`binlab.calibration`,
+Notation: ``W`` (out x in), ``H = 2 X X^T / N`` (in x in) from :mod:`binlab.training.calibration`,
 ``U`` the upper Cholesky factor of ``H^-1`` (``H^-1 = U^T U``).
 """
 from __future__ import annotations

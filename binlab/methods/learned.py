@@ -36,7 +36,7 @@ class DBLLM(Quantizer):
     stays exactly representable (the {0,1} form keeps the binaries sparse). QAT learns a1 and a2
     (through the product) and the latent weights (through the estimator); the thresholds move with
     the scales. Its distillation is Deviation-Aware (DAD): token-level KL weighted by the teacher's
-    and student's entropies (the QAT budget's ``dad_gamma``, :func:`binlab.objective.kd_loss`).
+    and student's entropies (the QAT budget's ``dad_gamma``, :func:`binlab.nn.objective.kd_loss`).
 
     The paper's text gives the split and the learned scales; the initial step ``s`` (max |w| / 2)
     and DAD's exact weighting are binlab's reading (no reference code is public). Stores 2 bits per
@@ -86,7 +86,7 @@ class DBLLM(Quantizer):
         return (a1 * b1 + a2 * b2).reshape(w.shape)
 
     def train_forward(self, w, ste, scale, aux=None):
-        from ..ste import apply_ste
+        from .ste import apply_ste
 
         w2 = w.reshape(w.shape[0], -1)
         a1, a2 = self._scales(w2)
@@ -153,7 +153,7 @@ class BinaryMoS(Quantizer):
 
     def linear(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, train: bool, ste, scale) -> torch.Tensor:
         """The layer's output for inputs ``x`` (..., in): token-adaptive scales around the sign matrix."""
-        from ..ste import apply_ste
+        from .ste import apply_ste
 
         if self.params is None:
             raise ValueError("binarymos needs its experts: quantize the component with quantize_()")
@@ -206,7 +206,7 @@ class FBI(Quantizer):
         return sign(w) * a.detach()[None] + b.detach()[None]
 
     def train_forward(self, w, ste, scale, aux=None):
-        from ..ste import apply_ste
+        from .ste import apply_ste
 
         a, b = self._ab(w.detach())
         return apply_ste(w, sign(w.detach()), ste, scale) * a[None] + b[None]

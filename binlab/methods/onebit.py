@@ -58,7 +58,7 @@ class OneBit(Quantizer):
         return (sign(w) * torch.outer(a.detach(), b.detach()).reshape(w.shape)).to(w.dtype)
 
     def train_forward(self, w, ste, scale, aux=None):
-        from ..ste import apply_ste
+        from .ste import apply_ste
 
         a, b = self._ab(w.detach().reshape(w.shape[0], -1))
         return apply_ste(w, sign(w.detach()), ste, scale) * torch.outer(a, b).reshape(w.shape)

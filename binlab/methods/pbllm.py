@@ -121,7 +121,7 @@ class PBLLM(Quantizer):
         return q.to(w.dtype).reshape(w.shape)
 
     def train_forward(self, w, ste, scale, aux=None):
-        from ..ste import apply_ste
+        from .ste import apply_ste
 
         w2 = w.reshape(w.shape[0], -1)
         if self._qat_mask is None or self._qat_mask.shape != w2.shape:

@@ -1,0 +1,1 @@
+"""The committed tables and the evidence behind them."""

@@ -1,0 +1,78 @@
+"""A table row from its runs (one per seed): mean and spread, and paired intervals against the fp32
+baseline's runs and against the table's equal-budget control (:mod:`binlab.experiments.stats`)."""
+from __future__ import annotations
+
+from .catalog import Config
+
+
+def aggregate(c: Config, runs: list[dict], reference: list[dict] | None = None) -> dict:
+    """One table row from the runs of configuration ``c`` (one per seed): the mean accuracy over seeds with
+    its standard deviation, and, against ``reference`` (the fp32 baseline's runs on the same test rows),
+    the difference with its paired two-stage bootstrap 95 % interval (:func:`binlab.experiments.stats.bootstrap_diff`)
+    and the exact McNemar p-value of each seed against the baseline it was trained from (the largest is
+    shown: the least significant). ``no_measurable_difference``: the interval contains 0."""
+    import numpy as np
+
+    from .stats import bootstrap_diff, mcnemar_p, seed_summary, unpack_correct
+
+    if not runs:
+        raise ValueError(f"no runs for {c.label!r}")
+    first = runs[0]
+    row = {k: first[k] for k in ("mode", "spec", "megabytes", "reduction_percent", "bits_per_quantized_weight", "code", "budget",
+                                 "recipe", "paper_bits", "test_tokens") if k in first}
+    row["label"] = c.label
+    row["random_seeds"] = [r.get("random_seed", 0) for r in runs]
+    row["baseline_seeds"] = [r.get("baseline_seed", 0) for r in runs]
+    for k in ("accuracy", "val_accuracy", "perplexity", "val_perplexity", "attention_entropy", "train_seconds"):
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        if len(vals) == len(runs):
+            row[k], std = seed_summary(vals)
+            if k in ("accuracy", "val_accuracy", "perplexity"):
+                row[f"{k}_std"] = std
+                if len(vals) > 1:
+                    row[f"{k}_per_seed"] = vals
+    if all("per_class" in r for r in runs):
+        row["per_class"] = {k: float(np.mean([r["per_class"][k] for r in runs])) for k in first["per_class"]}
+    ref = [r for r in (reference or []) if "test_correct" in r]
+    if c.mode != "fp" and ref and all("test_correct" in r for r in runs):
+        # seed k started from baseline k (the headline): pair them, so what they share cancels
+        a, b, paired = _paired(runs, ref, lambda r: r.get("baseline_seed", 0))
+        d = bootstrap_diff(a, b, paired_seeds=paired)
+        row |= {"diff": 100 * d.diff, "diff_ci95": [100 * d.low, 100 * d.high], "no_measurable_difference": d.within_noise,
+                "interval": ("rows and seeds, seeds paired with their baselines" if paired else "rows and seeds" if len(runs) > 1 or len(ref) > 1
+                             else "test rows only (one seed)")}
+        by_seed = {r.get("baseline_seed", 0): unpack_correct(r["test_correct"]) for r in ref}
+        ps = [mcnemar_p(int((x & ~by_seed[s]).sum()), int((~x & by_seed[s]).sum()))
+              for x, s in zip(a, row["baseline_seeds"]) if s in by_seed]
+        if ps:
+            row["mcnemar_p"] = max(ps)
+            if len(ps) > 1:
+                row["mcnemar_p_per_seed"] = ps
+    return row
+
+
+def _paired(runs: list[dict], ref: list[dict], key) -> tuple:
+    """(A, B, paired): the per-row correctness of ``runs`` and ``ref`` as (seeds, rows) arrays, with B in
+    A's seed order and ``paired`` True when every run has its own ``ref`` run under ``key`` (one each)."""
+    import numpy as np
+
+    from .stats import unpack_correct
+
+    a = np.stack([unpack_correct(r["test_correct"]) for r in runs])
+    by_key = {key(r): unpack_correct(r["test_correct"]) for r in ref}
+    keys = [key(r) for r in runs]
+    paired = len(runs) > 1 and len(set(keys)) == len(runs) == len(by_key) and set(keys) == set(by_key)
+    return a, np.stack([by_key[k] for k in keys] if paired else list(by_key.values())), paired
+
+
+def against_control(runs: list[dict], control: list[dict]) -> dict:
+    """A QAT row against the table's equal-budget fp32 control (same epochs and distillation): the
+    difference of mean accuracies with its paired bootstrap 95 % interval (seed k paired with the
+    control's seed k when both started from the same baselines). Empty when per-row results are missing."""
+    from .stats import bootstrap_diff
+
+    if not runs or not control or not all("test_correct" in r for r in runs + control):
+        return {}
+    a, b, paired = _paired(runs, control, lambda r: (r.get("baseline_seed", 0), r.get("random_seed", 0)))
+    d = bootstrap_diff(a, b, paired_seeds=paired)
+    return {"diff_vs_control": 100 * d.diff, "diff_vs_control_ci95": [100 * d.low, 100 * d.high]}

@@ -1,0 +1,192 @@
+"""Markdown of the committed tables, rendered from their JSON (``binlab experiments render``), the index
+``docs/results/README.md``, and the texts the Results page shows for a row."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .budgets import fill_budgets
+from .catalog import EXPERIMENTS, is_control
+from .findings import FINDINGS
+from .provenance import RESULTS
+from .texts import accuracy_text, diff_text, fmt, seeds_text, vs_control_text
+
+
+def _header(payload: dict) -> list[str]:
+    b = payload["budget"]["train"]
+    calib = f"; calibration: {payload['calibration_rows']} train rows" if payload.get("calibration_rows") else ""
+    return [f"# {payload['experiment']}: {payload['title']} ({payload['preset']})", "", payload["note"], "",
+            f"Data: {payload['data']['train']} train / {payload['data']['test']} test rows{calib}. QAT budget: {b['epochs']} epoch(s), "
+            f"lr {b['lr']}, distillation weight {b['distill']}. Machine: {payload['machine']}. Date: {payload['date']}.",
+            f"Reproduce: `{payload['command']}`", ""]
+
+
+def lm_markdown(payload: dict) -> str:
+    fp = next((r["perplexity"] for r in payload["rows"] if r["mode"] == "fp"), None)
+    bg = payload.get("bigram_perplexity") or {}
+    lines = _header(payload)
+    if bg:
+        lines += [f"Floor: an interpolated bigram model (lambda {bg['lambda']}, chosen on validation) has test perplexity "
+                  f"**{bg['test_perplexity']:.2f}** on the same tokens" + (f"; the fp32 LM has **{fp:.2f}**" if fp else "")
+                  + (f" (trained in {payload['baseline_train_seconds']:.0f} s here)." if payload.get("baseline_train_seconds") else "."), ""]
+    ctl = next((r["perplexity"] for r in payload["rows"] if is_control(r["mode"], r["label"])), None)
+    lines += ["| configuration | mode | budget | perplexity | x fp32 | x control | bits / quantized weight (all stored) | paper bits | "
+              "size MB | reduction % | calibration / train s | the survey reports |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        ratio = None if not fp else r["perplexity"] / fp
+        vs_ctl = r["perplexity"] / ctl if ctl and r["mode"] == "qat" and not is_control(r["mode"], r["label"]) else None
+        lines.append(f"| {r['label']} | {r['mode']} | {r.get('budget') or '-'} | {fmt(r['perplexity'])} | {fmt(ratio, '{:.2f}')} | "
+                     f"{fmt(vs_ctl, '{:.2f}')} | "
+                     f"{fmt(r['bits_per_quantized_weight'], '{:.3f}') if r['mode'] != 'fp' else '32'} | {fmt(r.get('paper_bits'), '{:.3f}')} | "
+                     f"{fmt(r['megabytes'], '{:.3f}')} | {fmt(r['reduction_percent'])} | {fmt(r['train_seconds'], '{:.0f}')} | "
+                     f"{r.get('survey') or '-'} |")
+    return _finish(lines, payload)
+
+
+def _finish(lines: list[str], payload: dict) -> str:
+    """A table's markdown: its lines, then the generated finding if any."""
+    if payload.get("finding"):
+        lines += ["", payload["finding"]]
+    return "\n".join(lines) + "\n"
+
+
+def w1a1_markdown(payload: dict) -> str:
+    fp = next((r["accuracy"] for r in payload["rows"] if r["mode"] == "fp"), None)
+    lines = _header(payload) + [
+        "| configuration | budget | seeds | accuracy % | vs fp32, pts [95 % CI] | vs control, pts [95 % CI] | val accuracy % | size MB (exact) | "
+        "reduction % | bits / quantized weight | attention entropy (nats) | train s | the survey reports |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        lines.append(f"| {r['label']} | {r.get('budget') or '-'} | {seeds_text(r)} | {accuracy_text(r)} | {diff_text(r, fp)} | {vs_control_text(r)} | "
+                     f"{accuracy_text(r, 'val_accuracy')} | "
+                     f"{fmt(r['megabytes'], '{:.3f}')} | {fmt(r['reduction_percent'])} | "
+                     f"{fmt(r['bits_per_quantized_weight'], '{:.3f}') if r['mode'] != 'fp' else '32'} | "
+                     f"{fmt(r.get('attention_entropy'), '{:.3f}')} | {fmt(r['train_seconds'], '{:.0f}')} | {r.get('survey') or '-'} |")
+    return _finish(lines + _intervals_note(payload), payload)
+
+
+def to_markdown(payload: dict) -> str:
+    if any("perplexity" in r for r in payload["rows"]):
+        return lm_markdown(payload)
+    if payload["experiment"] == "T9":
+        return w1a1_markdown(payload)
+    fp = next((r["accuracy"] for r in payload["rows"] if r["mode"] == "fp"), None)
+    lines = _header(payload) + [
+             "| configuration | mode | budget | seeds | accuracy % (mean ± sd) | vs fp32, pts [95 % CI] | McNemar p | vs control, pts [95 % CI] | "
+             "val accuracy % | seed accuracy % | seed budget | size MB (exact) | seed size | reduction % | seed reduction % | "
+             "bits / quantized weight | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        s = r.get("seed") or [None, None, None]
+        lines.append(f"| {r['label']} | {r['mode']} | {r.get('budget') or '-'} | {seeds_text(r)} | {accuracy_text(r)} | {diff_text(r, fp)} | "
+                     f"{fmt(r.get('mcnemar_p'), '{:.3g}')} | {vs_control_text(r)} | {accuracy_text(r, 'val_accuracy')} | {fmt(s[0], '{:.1f}')} | "
+                     f"{r.get('seed_budget') or '-'} | {fmt(r['megabytes'], '{:.3f}')} | "
+                     f"{fmt(s[1])} | {fmt(r['reduction_percent'])} | {fmt(s[2])} | {fmt(r['bits_per_quantized_weight'], '{:.3f}')} | "
+                     f"{fmt(r['train_seconds'], '{:.0f}')} |")
+    return _finish(lines + _intervals_note(payload), payload)
+
+
+def seed_noise(preset: str, out_dir: Path | None = None) -> dict | None:
+    """The seed-to-seed spread measured by the headline table (T7) on ``preset``: the mean standard
+    deviation of its QAT rows' accuracies over their seeds, and what it implies for a difference of two
+    one-seed rows (sd sqrt(2) s, so 1.96 sqrt(2) s at 95 %). None when T7 has no repeated seeds there."""
+    import math
+
+    path = (out_dir or RESULTS) / f"T7-{preset}.json"
+    if not path.exists():
+        return None
+    rows = [r for r in json.loads(path.read_text())["rows"] if r["mode"] == "qat" and r.get("accuracy_std") is not None]
+    if not rows:
+        return None
+    sd = sum(r["accuracy_std"] for r in rows) / len(rows)
+    return {"sd": sd, "seeds": min(len(r["random_seeds"]) for r in rows), "rows": len(rows), "one_seed_diff_95": 1.96 * math.sqrt(2) * sd}
+
+
+def _intervals_note(payload: dict) -> list[str]:
+    noise = seed_noise(payload["preset"])
+    one_seed = [r for r in payload["rows"] if r["mode"] == "qat" and len(r.get("random_seeds") or [0]) == 1]
+    seeds = (f" Seed-to-seed noise, measured by T7 on this preset ({noise['rows']} QAT rows, {noise['seeds']} seeds each): "
+             f"standard deviation {noise['sd']:.2f} points, so two one-seed QAT rows differing by less than about "
+             f"{noise['one_seed_diff_95']:.2f} points (1.96 x sqrt(2) x sd) cannot be told apart by training noise alone."
+             if noise and one_seed else "")
+    if not any(r.get("diff_ci95") for r in payload["rows"]):
+        return ["", "One seed per row and no per-row results stored: differences under about 1 point are within the test "
+                    "set's noise (standard error about 0.39 points at 7,600 rows)." + seeds]
+    return ["", "Accuracy: mean over the row's seeds ± their standard deviation. vs fp32: the difference of mean accuracies "
+                "to the fp32 baseline's runs on the same test rows, with a paired bootstrap 95 % interval (2,000 replicates, "
+                "binlab.stats.bootstrap_diff): test rows resampled, and seeds too where a row has several (paired with the "
+                "baseline each started from in the headline table); 'no measurable difference' where it contains 0. A one-seed "
+                "row's interval holds the test set's noise only, not training noise." + seeds + " vs control: against the "
+                "table's fp32 row fine-tuned with the same QAT budget and distillation (so extra training is not counted as "
+                "binarization's doing), same interval. McNemar p: exact test of "
+                "each seed against the baseline it started from, the largest shown. Choices of recipe are made on validation "
+                "(val accuracy; docs/results/select-*.md); test is evaluated once per final configuration."]
+
+
+def render(out_dir: Path | None = None) -> list[Path]:
+    """Rewrite every committed table's markdown (and finding, title, note, quoted survey numbers) from its JSON, without running anything."""
+    d = out_dir or RESULTS
+    written = []
+    for path in sorted(d.glob("T*.json")):
+        payload = fill_budgets(json.loads(path.read_text()))
+        exp = EXPERIMENTS.get(payload["experiment"])
+        if exp is not None:  # titles, notes and the survey's quoted numbers are documentation: the current wording
+            payload["title"], payload["note"] = exp.title, exp.note
+            quoted = {c.label: c.survey for c in exp.configs}
+            for r in payload["rows"]:
+                if r["label"] in quoted and (quoted[r["label"]] is not None or "survey" in r):
+                    r["survey"] = quoted[r["label"]]
+        if payload["experiment"] in FINDINGS:
+            payload["finding"] = FINDINGS[payload["experiment"]](payload["rows"])
+        path.write_text(json.dumps(payload, indent=2))
+        path.with_suffix(".md").write_text(to_markdown(payload))
+        written.append(path.with_suffix(".md"))
+    write_index(d)
+    return written
+
+
+def write_index(out_dir: Path | None = None) -> Path:
+    """``docs/results/README.md``: one section per committed table, each row as accuracy, the
+    drop against that table's own fp32 baseline, and the exact reduction."""
+    d = out_dir or RESULTS
+    lines = ["# Committed results", "",
+             "Generated by `binlab experiments run ...` (each table's own file has the machine, the budget and the "
+             "command). Accuracy is on the 7,600-row AG_NEWS test split (mean ± sd over seeds where a row has several); "
+             "'vs fp32' is against the same preset's fp32 baseline, with a paired bootstrap 95 % interval where the "
+             "table stored per-row results ('no interval': a one-seed row from before intervals; differences under "
+             "about 1 point are then within the test set's noise); sizes count every scale, threshold and mask.", ""]
+    baselines = {}
+    payloads = load_results(d)
+    for pl in payloads:
+        for r in pl["rows"]:
+            if r["mode"] == "fp":
+                baselines[pl["preset"]] = r["accuracy"]
+    for pl in sorted(payloads, key=lambda q: (q["preset"], q["experiment"])):
+        base = baselines.get(pl["preset"])
+        if any("perplexity" in r for r in pl["rows"]):
+            fp = next((r["perplexity"] for r in pl["rows"] if r["mode"] == "fp"), None)
+            lines += [f"## [{pl['experiment']} ({pl['preset']})]({pl['experiment']}-{pl['preset']}.md): {pl['title']}", "",
+                      "| configuration | mode | test perplexity | x fp32 | bits / quantized weight | reduction % |", "|---|---|---|---|---|---|"]
+            for r in pl["rows"]:
+                lines.append(f"| {r['label']} | {r['mode']} | {r['perplexity']:.2f} | {fmt(r['perplexity'] / fp if fp else None)} | "
+                             f"{r['bits_per_quantized_weight']:.3f} | {r['reduction_percent']:.2f} |")
+            lines.append("")
+            continue
+        lines += [f"## [{pl['experiment']} ({pl['preset']})]({pl['experiment']}-{pl['preset']}.md): {pl['title']}", "",
+                  "| configuration | mode | seeds | accuracy % | vs fp32, pts [95 % CI] | reduction % | seed accuracy % |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in pl["rows"]:
+            seed = (r.get("seed") or [None])[0]
+            lines.append(f"| {r['label']} | {r['mode']} | {seeds_text(r)} | {accuracy_text(r)} | {diff_text(r, base)} | "
+                         f"{r['reduction_percent']:.2f} | {fmt(seed, '{:.1f}')} |")
+        lines.append("")
+    path = d / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def load_results(out_dir: Path | None = None) -> list[dict]:
+    """Every committed result payload (for the app's Results page)."""
+    d = out_dir or RESULTS
+    return [json.loads(p.read_text()) for p in sorted(d.glob("T*.json")) if not p.stem.endswith("-fast")]

@@ -1,0 +1,398 @@
+"""The computations behind the Streamlit lab, with no widgets: the app is a thin layer over these.
+
+- :class:`LiveLab` keeps one working copy of a trained model and re-binarizes it (PTQ) on every
+  change, measuring validation accuracy (a language model: perplexity) on pre-batched rows, exact
+  size, and weight statistics. Methods that need data are calibrated on training rows, each
+  component's Hessian computed once from the full-precision model and cached.
+- :func:`component_view` gives what the histogram of one weight matrix draws.
+- :func:`sensitivity` binarizes each component alone (and the QK/QV/KV pairs) and measures.
+- :data:`SEED_POINTS`: the seed's (reduction, accuracy) points for reference in scatter plots.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from binlab.data import PAD_ID, EncodedSplit
+from binlab.seed import SEED_POINTS  # noqa: F401 - re-exported: the app's scatter reads it from here
+from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, current_plan, quantizable, quantize_
+from binlab.runtime.size import model_size
+from binlab.nn.metric import Metric, headline, task_info
+from binlab.nn.objective import perplexity, task_of
+from binlab.experiments.stats import paired_difference, paired_ratio_difference, ratio_interval, wilson_interval
+from binlab.training.train import EVAL_BATCH, stats_on
+
+PARTS = (("Q", "attn.q"), ("K", "attn.k"), ("V", "attn.v"), ("O", "attn.o"), ("FFN up", "ffn.up"), ("FFN down", "ffn.down"))
+
+
+def layout(model) -> dict:
+    """Component names arranged like the model: embeddings, one row per layer, head."""
+    names = set(quantizable(model))
+    n_layers = sum(1 for n in names if n.endswith(".attn.q"))
+    return {
+        "embeddings": [n for n in ("embed.token", "embed.pos") if n in names],
+        "layers": [[(label, f"layers.{i}.{part}") for label, part in PARTS] for i in range(n_layers)],
+        "head": "head",
+    }
+
+
+def ui_spec(components: list[str], method: MethodConfig, attn_probs: str | None = None) -> QuantSpec:
+    """The spec the lab's component picker describes: one method on the chosen components."""
+    return QuantSpec(tuple(Rule(c, method) for c in components), attn_probs=attn_probs)
+
+
+def spec_components(spec: QuantSpec) -> tuple[list[str], MethodConfig | None]:
+    """Inverse of :func:`ui_spec` for specs whose rules name single components."""
+    comps = [r.target for r in spec.rules]
+    return comps, (spec.rules[0].method if spec.rules else None)
+
+
+def widget_representable(spec: QuantSpec, names: list[str]) -> bool:
+    """Whether the Binarize page's widgets (one method on a set of single components, its input
+    binarizer on the linears only) can show ``spec``; other specs (per-rule methods, groups and
+    patterns) are applied as they are. The attention quantizers have widgets of their own."""
+    if spec.attn_residual or any(r.target not in names for r in spec.rules):
+        return False
+    if len({(r.method.method, json.dumps(r.method.options, sort_keys=True), r.method.ste) for r in spec.rules}) > 1:
+        return False
+    if any(r.method.act is not None for r in spec.rules if r.target.startswith("embed.")):
+        return False
+    return len({r.method.act for r in spec.rules if not r.target.startswith("embed.")}) <= 1
+
+
+def row_correctness(model, batches) -> tuple[np.ndarray, float]:
+    """Per-row correctness (in batch order) and the mean cross-entropy (classifiers)."""
+    nll, _, hits = stats_on(model, batches)
+    return hits.astype(bool), float(nll.mean())
+
+
+def first_changed_layer(changed: set[str], n_layers: int) -> int:
+    """The first layer whose output a change of these components alters: -1 for the embeddings,
+    ``i`` for a part of layer i, ``n_layers`` for the head alone, ``n_layers + 1`` for no change."""
+    idx = [n_layers + 1]
+    for n in changed:
+        if n.startswith("embed."):
+            idx.append(-1)
+        elif n.startswith("layers."):
+            idx.append(int(n.split(".")[1]))
+        else:
+            idx.append(n_layers)
+    return min(idx)
+
+
+def lm_metrics(nll: np.ndarray, units: np.ndarray, base_nll: np.ndarray) -> dict:
+    """Perplexity on the rows with its 95 % interval, and the change of mean NLL per token against
+    the baseline on the same rows (paired, delta method); ``ppl_ratio`` = exp of that change."""
+    r = ratio_interval(nll, units)
+    d = paired_ratio_difference(nll, base_nll, units)
+    return {"perplexity": perplexity(r.value), "perplexity_low": perplexity(r.low), "perplexity_high": perplexity(r.high),
+            "baseline_perplexity": perplexity(float(base_nll.sum() / units.sum())), "ppl_ratio": perplexity(d.value),
+            "ppl_ratio_low": perplexity(d.low), "ppl_ratio_high": perplexity(d.high), "ppl_within_noise": d.within_noise,
+            "tokens": int(units.sum())}
+
+
+def accuracy_metric(correct: np.ndarray, reference: np.ndarray, reference_label: str = "fp32") -> Metric:
+    """A classifier's accuracy on these rows (95 % Wilson interval) and its change against ``reference``
+    on the same rows (paired 95 % interval, McNemar p), in percent and percentage points."""
+    n = len(correct)
+    lo, hi = wilson_interval(int(correct.sum()), n)
+    pd = paired_difference(correct, reference)
+    return headline(task_info("classify"), 100 * float(correct.mean()), low=100 * lo, high=100 * hi, rows=n,
+                    reference=100 * float(reference.mean()), reference_label=reference_label, change=100 * pd.diff,
+                    change_low=100 * pd.low, change_high=100 * pd.high, within_noise=pd.within_noise, p_value=pd.p_value)
+
+
+def perplexity_metric(nll: np.ndarray, units: np.ndarray, reference_nll: np.ndarray, reference_label: str = "fp32") -> Metric:
+    """A language model's perplexity on these rows and its ratio to ``reference``'s on the same rows
+    (:func:`lm_metrics`: delta-method intervals)."""
+    m = lm_metrics(nll, units, reference_nll)
+    return headline(task_info("lm"), m["perplexity"], low=m["perplexity_low"], high=m["perplexity_high"], rows=len(units),
+                    tokens=m["tokens"], reference=m["baseline_perplexity"], reference_label=reference_label, change=m["ppl_ratio"],
+                    change_low=m["ppl_ratio_low"], change_high=m["ppl_ratio_high"], within_noise=m["ppl_within_noise"])
+
+
+def next_token_metric(hits: np.ndarray, reference_hits: np.ndarray, units: np.ndarray, reference_label: str = "fp32") -> Metric:
+    """A language model's next-token top-1 accuracy (percent) and its change against ``reference``."""
+    acc, d = ratio_interval(hits, units), paired_ratio_difference(hits, reference_hits, units)
+    ref = ratio_interval(reference_hits, units)
+    return Metric("next-token accuracy", 100 * acc.value, " %", True, low=100 * acc.low, high=100 * acc.high, rows=len(units),
+                  tokens=int(units.sum()), reference=100 * ref.value, reference_label=reference_label, change=100 * d.value,
+                  change_low=100 * d.low, change_high=100 * d.high, within_noise=d.within_noise)
+
+
+class LiveLab:
+    """One working copy of a baseline that follows the spec it is given (PTQ), fast enough for a slider.
+
+    ``calib`` (training rows, :func:`binlab.training.calibration.calibration_set`) lets methods that need data
+    (GPTQ, PB-LLM, BiLLM ...) run; their Hessians come from the full-precision model and are cached
+    per component, so a change of options never recomputes them.
+
+    Many learners on one server: build one lab per baseline and give each session :meth:`clone`
+    (a copy of the model; the evaluated rows, the baseline's numbers and the Hessians are shared, not
+    recomputed), and clones answer a spec any of them has measured from a shared table of results."""
+
+    #: (lab family, spec JSON) -> the numbers apply() returned: identical for every clone of one lab
+    _shared_results: dict = {}
+
+    def __init__(self, baseline: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000, batch_size: int = EVAL_BATCH, device: str = "auto",
+                 calib: EncodedSplit | None = None):
+        from binlab.training.train import pick_device
+
+        self.device = pick_device(device)  # a GPU when there is one
+        self.model = copy.deepcopy(baseline).to(self.device).eval()
+        self.task = task_of(self.model)
+        self.info = task_info(self.model)  # what the headline metric is and what the model can do
+        self.val = val.head(val_rows)
+        self.batches = list(self.val.batches(batch_size, device=self.device))  # padded once, reused on every change
+        self.calib = calib
+        self.hessians: dict[tuple[str, str], torch.Tensor] = {}  # (component, "layer" | "output") -> H
+        self.spec = QuantSpec()
+        self._inputs: list[list[torch.Tensor]] | None = None  # per batch: the input of every layer, for the current model
+        self.baseline_nll, self.units, hits = self._stats(-1)
+        self.baseline_correct = hits.astype(bool) if self.task == "classify" else hits
+        self.baseline_accuracy = float(hits.sum() / self.units.sum())
+        self.fp_size = model_size(self.model).summary()
+        self.family = id(self)  # clones share it (and so their measured results)
+
+    def clone(self) -> "LiveLab":
+        """A lab for another learner: its own copy of the model (at the fp32 baseline), everything else shared."""
+        from binlab.nn.quantize import restore_
+
+        new = copy.copy(self)
+        new.model = restore_(copy.deepcopy(self.model))
+        new.spec = QuantSpec()
+        new._inputs = None  # the next evaluation recomputes every layer for this copy
+        return new
+
+    @torch.inference_mode()
+    def _stats(self, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-row (NLL, units, hits) on the lab's rows, recomputing only from layer ``start`` on
+        (-1: from the embeddings): the inputs of earlier layers are kept from the last evaluation,
+        so the result equals a full evaluation of the same rows (tested)."""
+        from binlab.nn import objective
+
+        m = self.model
+        m.eval()
+        if self._inputs is None:
+            start = -1
+        L = len(m.layers)
+        if start > L:  # nothing changed
+            start = L
+        out = [[], [], []]
+        new_inputs = []
+        for b, (x, y) in enumerate(self.batches):
+            xs = list(self._inputs[b]) if start >= 0 else [m.embed(x)]
+            k = max(start, 0)
+            xs = xs[: k + 1]
+            key_mask = x != PAD_ID
+            for layer in m.layers[k:]:
+                xs.append(layer(xs[-1], key_mask))
+            new_inputs.append(xs)
+            for acc, v in zip(out, objective.stats_from_states(m, xs[-1], x, y)):
+                acc.append(v.double().cpu())
+        self._inputs = new_inputs
+        self.last_start = start  # the layer this evaluation started from (-1: the embeddings)
+        return tuple(torch.cat(v).numpy() for v in out)
+
+    def hessian(self, name: str, kind: str = "layer") -> torch.Tensor:
+        """The full-precision Hessian of a component on the calibration rows (cached): ``"layer"``
+        (GPTQ's ``2 X X^T / N``) or ``"output"`` (OAC's output-adaptive one)."""
+        from binlab.training.calibration import bypassed, collect_hessians, collect_output_hessians
+        from binlab.nn.quantize import quantized_modules
+
+        if self.calib is None:
+            raise ValueError("this lab has no calibration data (pass calib=...)")
+        if (name, kind) not in self.hessians:
+            collect = collect_output_hessians if kind == "output" else collect_hessians
+            with bypassed(quantized_modules(self.model)):
+                self.hessians[(name, kind)] = collect(self.model, self.calib, [name])[name]
+        return self.hessians[(name, kind)]
+
+    def _metrics(self, nll, units, hits, out: dict) -> dict:
+        """``metric``: the task's headline :class:`~binlab.nn.metric.Metric` against fp32 on the same rows;
+        ``more``: the others a page shows beside it (a classifier's loss, a language model's next-token accuracy)."""
+        if self.info.name == "lm":
+            return {"metric": perplexity_metric(nll, units, self.baseline_nll), "more": [next_token_metric(hits, self.baseline_correct, units)]}
+        loss = Metric("validation loss", out["loss"], higher_is_better=False, rows=len(nll), reference=out["baseline_loss"],
+                      change=out["loss"] - out["baseline_loss"])
+        return {"metric": accuracy_metric(hits.astype(bool), self.baseline_correct), "more": [loss]}
+
+    def apply(self, spec: QuantSpec) -> dict:
+        """Binarize to ``spec`` (only changed components are redone) and measure; returns plain numbers.
+
+        Accuracies on the sample carry their 95 % Wilson interval (``accuracy_low``/``accuracy_high``), and
+        the change against fp32 on the same rows its paired 95 % interval (``diff_low``/``diff_high``) and
+        McNemar p-value; ``within_noise`` is True when that interval contains 0 (:mod:`binlab.experiments.stats`).
+        A language model adds :func:`lm_metrics` (perplexity; ``accuracy`` is next-token top-1)."""
+        from binlab.training.calibration import calibrate_, needs_calibration
+
+        t0 = time.perf_counter()
+        before, probs_before = current_plan(self.model), (self.spec.attn_probs, self.spec.attn_qkv, self.spec.attn_residual)
+        quantize_(self.model, spec)
+        self.spec = spec
+        todo = needs_calibration(self.model)
+        if todo:
+            if self.calib is None:
+                raise ValueError(f"{todo[0]}'s method needs calibration data, and this lab has none (pass calib=...)")
+            calibrate_(self.model, self.calib, sequential=False, cache=self.hessians)
+        shared = LiveLab._shared_results.get((self.family, spec.to_json()))
+        if shared is not None:  # another learner measured this spec on the same rows: the same numbers
+            self._inputs = None  # this copy's layer inputs are not computed: the next change starts from the embeddings
+            return shared | {"seconds": time.perf_counter() - t0, "shared": True}
+        after = current_plan(self.model)
+        changed = {n for n in set(before) | set(after) if before.get(n) != after.get(n)}
+        start = -1 if (spec.attn_probs, spec.attn_qkv, spec.attn_residual) != probs_before else first_changed_layer(changed, len(self.model.layers))
+        nll, units, hits = self._stats(start)
+        size = model_size(self.model).summary()
+        out = {"loss": float(nll.sum() / units.sum()), "baseline_loss": float(self.baseline_nll.sum() / self.units.sum()), **size, "fp32_bytes": self.fp_size["total_bytes"], "rows": len(nll),
+               "baseline_accuracy": 100 * self.baseline_accuracy}
+        if self.task == "lm":
+            acc = ratio_interval(hits, units)
+            dacc = paired_ratio_difference(hits, self.baseline_correct, units)
+            out |= {"accuracy": 100 * acc.value, "accuracy_low": 100 * acc.low, "accuracy_high": 100 * acc.high,
+                    "diff": 100 * dacc.value, "diff_low": 100 * dacc.low, "diff_high": 100 * dacc.high, "p_value": float("nan"),
+                    "within_noise": dacc.within_noise, **lm_metrics(nll, units, self.baseline_nll)}
+        else:
+            correct = hits.astype(bool)
+            n = len(correct)
+            lo, hi = wilson_interval(int(correct.sum()), n)
+            pd = paired_difference(correct, self.baseline_correct)
+            out |= {"accuracy": 100 * float(correct.mean()), "accuracy_low": 100 * lo, "accuracy_high": 100 * hi,
+                    "diff": 100 * pd.diff, "diff_low": 100 * pd.low, "diff_high": 100 * pd.high, "p_value": pd.p_value,
+                    "within_noise": pd.within_noise}
+        out |= self._metrics(nll, units, hits, out)
+        out["seconds"] = time.perf_counter() - t0
+        if len(LiveLab._shared_results) > 2000:
+            LiveLab._shared_results.clear()
+        LiveLab._shared_results[(self.family, spec.to_json())] = out
+        return out
+
+
+def compare_models(model_a: torch.nn.Module, model_b: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000,
+                   batch_size: int = EVAL_BATCH, reference_label: str = "B") -> dict:
+    """Accuracy of A and B on the same rows, each with its 95 % interval, and A - B with its paired
+    95 % interval and McNemar p-value (percent points). Language models: next-token accuracy and
+    perplexity, with delta-method intervals (:func:`lm_metrics`, B as the reference). ``metric``: A's
+    headline :class:`~binlab.nn.metric.Metric` against B (named ``reference_label``); ``metric_b``: B's."""
+    rows = val.head(val_rows)
+    out = {}
+    correct = []
+    if task_of(model_a) == "lm":
+        st = [stats_on(m.eval(), list(rows.batches(batch_size, device=next(m.parameters()).device))) for m in (model_a, model_b)]
+        units = st[0][1]
+        for tag, (nll, _, hits) in zip("ab", st):
+            r = ratio_interval(hits, units)
+            out.update({f"accuracy_{tag}": 100 * r.value, f"low_{tag}": 100 * r.low, f"high_{tag}": 100 * r.high,
+                        f"perplexity_{tag}": perplexity(float(nll.sum() / units.sum()))})
+        d = paired_ratio_difference(st[0][2], st[1][2], units)
+        out["metric"] = perplexity_metric(st[0][0], units, st[1][0], reference_label=reference_label)
+        out["metric_b"] = headline(task_info("lm"), out["perplexity_b"], rows=len(units), tokens=int(units.sum()))
+        return out | {"diff": 100 * d.value, "diff_low": 100 * d.low, "diff_high": 100 * d.high, "p_value": float("nan"),
+                      "within_noise": d.within_noise, "rows": len(units), **lm_metrics(st[0][0], units, st[1][0])}
+    for tag, m in (("a", model_a), ("b", model_b)):
+        dev = next(m.parameters()).device
+        c, _ = row_correctness(m.eval(), list(rows.batches(batch_size, device=dev)))
+        lo, hi = wilson_interval(int(c.sum()), len(c))
+        out.update({f"accuracy_{tag}": 100 * float(c.mean()), f"low_{tag}": 100 * lo, f"high_{tag}": 100 * hi})
+        correct.append(c)
+    pd = paired_difference(*correct)
+    out["metric"] = accuracy_metric(correct[0], correct[1], reference_label=reference_label)
+    out["metric_b"] = headline(task_info("classify"), out["accuracy_b"], low=out["low_b"], high=out["high_b"], rows=len(correct[1]))
+    return out | {"diff": 100 * pd.diff, "diff_low": 100 * pd.low, "diff_high": 100 * pd.high, "p_value": pd.p_value,
+                  "within_noise": pd.within_noise, "rows": len(correct[0])}
+
+
+def _histogram(v: np.ndarray, bins: int) -> dict:
+    """Counts of ``v`` in ``bins`` equal bins: ``{"centers", "counts", "width"}`` (what a page draws: a
+    histogram of every weight, binned here instead of sending the points to the browser)."""
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        hi = lo + 1e-6
+    counts, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    return {"centers": (edges[:-1] + edges[1:]) / 2, "counts": counts, "width": float(edges[1] - edges[0])}
+
+
+def component_view(model: torch.nn.Module, name: str, method: MethodConfig | None, max_points: int = 200_000,
+                   hessian: Callable[[str], torch.Tensor] | None = None) -> dict:
+    """Latent and quantized weights of one component for a histogram, plus error statistics.
+
+    With a per-channel method the values are shown per row in std units, ``(w - mean_row) / std_row``,
+    so a bucket threshold ``tau`` is one vertical line for every row. A method that needs data gets
+    the component's Hessian from ``hessian(name)`` (:meth:`LiveLab.hessian`).
+    """
+    mod = quantizable(model).get(name)
+    if mod is None:
+        raise ValueError(f"no component {name!r}; choose one of {list(quantizable(model))}")
+    w = mod.weight.detach().float().cpu()
+    q = w
+    if method is not None:
+        quantizer = method.make()  # for stochastic: the first draw of a fresh instance
+        if quantizer.needs_calibration:
+            if hessian is None:
+                raise ValueError(f"{method.method} needs calibration data to show its values")
+            quantizer.calibrate(hessian(name, getattr(quantizer, "hessian_kind", "layer")).cpu())
+        q = quantizer(w)
+    # methods without a per_channel option work per row (ReCU, BiLLM, OneBit) or have no scale (sign): show row units
+    per_channel = bool(method is not None and getattr(method.make(), "per_channel", True))
+    w2, q2 = w.reshape(w.shape[0], -1), q.reshape(q.shape[0], -1)
+    if per_channel:
+        mu, sd = w2.mean(1, keepdim=True), w2.std(1, keepdim=True, unbiased=False).clamp_min(1e-12)
+    else:
+        mu, sd = w2.mean().reshape(1, 1), w2.std(unbiased=False).clamp_min(1e-12).reshape(1, 1)
+    wn, qn = ((w2 - mu) / sd).flatten(), ((q2 - mu) / sd).flatten()
+    hists = {k: _histogram(v.numpy(), bins) for k, v, bins in (("latent_hist", wn, 120), ("quantized_hist", qn, 240))}
+    if wn.numel() > max_points:
+        idx = torch.randperm(wn.numel(), generator=torch.Generator().manual_seed(0))[:max_points]
+        wn, qn = wn[idx], qn[idx]
+    err = float(((q - w) ** 2).sum())
+    energy = float((w**2).sum())
+    out = {"name": name, "shape": tuple(w.shape), "latent": wn.numpy(), "quantized": qn.numpy(), "units": "std of its row" if per_channel else "std of the matrix",
+           "relative_error": err / max(energy, 1e-30), "sqnr_db": 10 * np.log10(max(energy, 1e-30) / max(err, 1e-30)),
+           "threshold": None, "levels": None, **hists}
+    if method is not None and method.method == "bucket":
+        b = method.make()
+        t, lo, hi = b.levels(w)
+        norm = lambda v: float((((v - mu) / sd) if per_channel else (v - mu) / sd).mean())  # noqa: E731
+        out["threshold"], out["levels"] = norm(t), (norm(lo), norm(hi))
+    return out
+
+
+def sensitivity(baseline: torch.nn.Module, val: EncodedSplit, method: MethodConfig, callback=None, val_rows: int = 1000,
+                calib: EncodedSplit | None = None) -> list[dict]:
+    """PTQ accuracy (a language model: also perplexity) when each component alone, each attention
+    pair, and a few groups are binarized."""
+    lab = LiveLab(baseline, val, val_rows, calib=calib)
+    lay = layout(lab.model)
+    targets = [(f"L{i} {label}", name, "component") for i, row in enumerate(lay["layers"]) for label, name in row]
+    targets += [(n, n, "component") for n in lay["embeddings"]] + [("head", "head", "component")]
+    targets += [(g, g, "pair") for g in ("QK", "QV", "KV")] + [(g, g, "group") for g in ("attention", "ffn", "all-except-head", "all")]
+    rows = []
+    for i, (label, target, kind) in enumerate(targets):
+        r = lab.apply(QuantSpec((Rule(target, method),)))
+        rows.append({"label": label, "target": target, "kind": kind, "accuracy": r["accuracy"], "drop": r["baseline_accuracy"] - r["accuracy"],
+                     "drop_low": -r["diff_high"], "drop_high": -r["diff_low"], "within_noise": r["within_noise"],
+                     "accuracy_low": r["accuracy_low"], "accuracy_high": r["accuracy_high"], "reduction_percent": r["reduction_percent"],
+                     **({"perplexity": r["perplexity"], "ppl_ratio": r["ppl_ratio"]} if "perplexity" in r else {}),
+                     "metric": r["metric"]})
+        if callback:
+            callback(i + 1, len(targets), label)
+    return rows
+
+
+def quantized_for_viewing(baseline: torch.nn.Module, spec: QuantSpec, splits, rows: int = 64) -> torch.nn.Module:
+    """A PTQ copy of ``baseline`` under ``spec`` for the attention viewer, with its data-initialised
+    quantizers (BiT's and LSQ's scales) set from ``rows`` validation rows rather than from the one
+    sentence being looked at."""
+    from binlab.training.calibration import calibration_set
+    from binlab.training.qat import ptq
+
+    m = ptq(baseline, spec, calib=calibration_set(splits))
+    ids = next(iter(splits.val.head(rows).batches(rows, device=next(m.parameters()).device)))[0]
+    with torch.no_grad():
+        m(ids)
+    return m

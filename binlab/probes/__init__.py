@@ -1,0 +1,1 @@
+"""Probes of a trained model: loss-landscape slices and Hessian curvature (:mod:`.landscape`)."""

@@ -1,0 +1,418 @@
+"""Bit-packed binary kernels in numba.
+
+Packing: a ±1 (or {0,1}) matrix (M, K) becomes uint64 words (M, ceil(K/64)), bit ``k % 64`` of
+word ``k // 64`` set where the value is +1 (``x >= 0``; sign(0) = +1) or non-zero for {0,1}.
+Padding bits are 0 in every operand, so they never contribute.
+
+- :func:`xnor_gemm` (W1A1): for ±1 rows a, b of length K,
+  ``a . b = K - 2 popcount(a XOR b)``; int32 output, exact.
+- :func:`w1a1_linear`: a whole W1A1 layer in one call (the packed runtime's path): the inputs'
+  signs packed inside the kernel, the XNOR-popcount products on weights transposed once at load
+  (the loop over outputs vectorizes), and the epilogue ``a_r (lo S + (hi - lo) P) + bias``.
+- :func:`binary_gemm` (W1A32): for packed bits w of a row and real x,
+  ``P = sum_{k: w_k = 1} x_k``; then a row with two levels {lo, hi} gives
+  ``y = lo * sum_k x_k + (hi - lo) * P`` (sign with scale alpha: lo = -alpha, hi = alpha).
+  P is computed with byte lookup tables (as in LUT-GEMM/T-MAC): for every 8 inputs, the 256
+  partial sums are tabulated once per input row, then each weight byte is one table read; the
+  weights are re-laid in blocks of 16 bytes (:class:`LutWeights`) so a block's tables stay in L1.
+- :func:`dequant_rows`: a tile of rows of ``lo + (hi - lo) B`` in float32 (the runtime's path for
+  a batch of many tokens: dense GEMM tile by tile, never the whole matrix).
+
+Hardware note (what LLVM emits, from the assembly; ``bench/kernels.py`` records the counts each
+run): the ``popcount64`` intrinsic below is ``llvm.ctpop.i64``. On this project's AVX2-only
+machines (AMD EPYC Zen 3) the vectorized word loops use AVX2's nibble-lookup popcount
+(``vpshufb`` + ``vpsadbw``) and the rest scalar ``popcntq``; on machines with AVX-512 VPOPCNTDQ
+(EPYC Zen 4) the same code becomes ``vpopcntq`` on 8 words at once (47 sites in
+:func:`xnor_gemm_kernel`, 20 scalar ``popcntq`` for remainders). A hand-written Harley-Seal
+carry-save popcount was not added: the vectorized ``vpopcntq`` loop already runs at about 4x the
+scalar ``popcnt`` roofline measured in the same bench, and on AVX2 LLVM's ``vpshufb`` form is the
+nibble lookup itself. ``tests/test_kernels.py::test_llvm_uses_hardware_popcount`` checks that a
+hardware popcount is used on every run.
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+import torch
+from numba import types
+from numba.extending import intrinsic
+
+WORD = 64
+
+
+@intrinsic
+def popcount64(typingctx, x):
+    """Population count of a uint64 via ``llvm.ctpop`` (the hardware ``popcnt`` instruction where available)."""
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return sig, codegen
+
+
+# --------------------------------------------------------------------------------------------
+# packing
+
+
+def n_words(K: int) -> int:
+    return (K + WORD - 1) // WORD
+
+
+def pack_bits(x, signed: bool = True) -> np.ndarray:
+    """Pack a 2-D array along its last axis into uint64 words (see module docstring for the bit rule)."""
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if a.ndim != 2:
+        raise ValueError(f"pack_bits needs a 2-D array (rows, K), got shape {a.shape}")
+    if a.shape[1] == 0:
+        raise ValueError("pack_bits needs K >= 1")
+    bits = (a >= 0) if signed else (a != 0)
+    M, K = bits.shape
+    W = n_words(K)
+    padded = np.zeros((M, W * WORD), dtype=bool)
+    padded[:, :K] = bits
+    return np.ascontiguousarray(np.packbits(padded, axis=1, bitorder="little").view("<u8").reshape(M, W))
+
+
+def unpack_bits(packed: np.ndarray, K: int, signed: bool = True) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: float32 ±1 (signed) or {0, 1}, shape (rows, K)."""
+    _check_packed(packed, "packed")
+    if not 1 <= K <= packed.shape[1] * WORD:
+        raise ValueError(f"K={K} does not fit {packed.shape[1]} words")
+    bits = np.unpackbits(packed.view(np.uint8).reshape(packed.shape[0], -1), axis=1, bitorder="little")[:, :K].astype(np.float32)
+    return 2 * bits - 1 if signed else bits
+
+
+def _check_packed(a, name):
+    if not isinstance(a, np.ndarray) or a.dtype != np.uint64 or a.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D numpy uint64 array from pack_bits, got {type(a).__name__} "
+                         f"{getattr(a, 'dtype', None)} {getattr(a, 'shape', None)}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
+
+
+# --------------------------------------------------------------------------------------------
+# W1A1: XNOR-popcount GEMM
+
+ROW_BLOCK = 4  # rows of A per task: each B row loaded from cache is reused 4 times
+COL_BLOCK = 64  # rows of B per tile: 64 x W words stay in L1/L2 while a row block sweeps them
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def xnor_gemm_kernel(A, B, K, out):
+    M, W = A.shape
+    N = B.shape[0]
+    n_blocks = (M + ROW_BLOCK - 1) // ROW_BLOCK
+    for ib in nb.prange(n_blocks):
+        i0 = ib * ROW_BLOCK
+        i1 = min(i0 + ROW_BLOCK, M)
+        for j0 in range(0, N, COL_BLOCK):
+            j1 = min(j0 + COL_BLOCK, N)
+            if i1 - i0 == ROW_BLOCK:
+                for j in range(j0, j1):
+                    c0 = 0
+                    c1 = 0
+                    c2 = 0
+                    c3 = 0
+                    for w in range(W):
+                        b = B[j, w]
+                        c0 += popcount64(A[i0, w] ^ b)
+                        c1 += popcount64(A[i0 + 1, w] ^ b)
+                        c2 += popcount64(A[i0 + 2, w] ^ b)
+                        c3 += popcount64(A[i0 + 3, w] ^ b)
+                    out[i0, j] = K - 2 * np.int32(c0)
+                    out[i0 + 1, j] = K - 2 * np.int32(c1)
+                    out[i0 + 2, j] = K - 2 * np.int32(c2)
+                    out[i0 + 3, j] = K - 2 * np.int32(c3)
+            else:
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        c = 0
+                        for w in range(W):
+                            c += popcount64(A[i, w] ^ B[j, w])
+                        out[i, j] = K - 2 * np.int32(c)
+
+
+def xnor_gemm(A: np.ndarray, B: np.ndarray, K: int) -> np.ndarray:
+    """``A_pm @ B_pm.T`` for packed ±1 matrices A (M, K) and B (N, K); int32 (M, N), exact."""
+    _check_packed(A, "A")
+    _check_packed(B, "B")
+    if A.shape[1] != B.shape[1]:
+        raise ValueError(f"A and B must have the same number of words, got {A.shape[1]} and {B.shape[1]}")
+    if not 1 <= K <= A.shape[1] * WORD or n_words(K) != A.shape[1]:
+        raise ValueError(f"K={K} does not match {A.shape[1]} words")
+    out = np.empty((A.shape[0], B.shape[0]), dtype=np.int32)
+    xnor_gemm_kernel(A, B, np.int32(K), out)
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _popcount_roofline_kernel(a, reps):
+    """Tight in-cache loop: xor + popcount over ``a`` (uint64) ``reps`` times; returns the count."""
+    total = np.uint64(0)
+    n = a.shape[0]
+    for r in range(reps):
+        key = np.uint64(r)
+        for i in range(n):
+            total += popcount64(a[i] ^ key)
+    return total
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def popcount_roofline_parallel(a, reps, n_threads):
+    out = np.zeros(n_threads, dtype=np.uint64)
+    for t in nb.prange(n_threads):
+        out[t] = _popcount_roofline_kernel(a, reps)
+    return out.sum()
+
+
+# --------------------------------------------------------------------------------------------
+# W1A32: binary-weight GEMM via byte lookup tables
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _build_lut_into(x, base, table):
+    """table[v] = sum of x[base + b] over the set bits b of byte value v (x zero-padded past K)."""
+    K = x.shape[0]
+    table[0] = 0.0
+    for b in range(8):
+        xv = x[base + b] if base + b < K else np.float32(0.0)
+        step = 1 << b
+        for v in range(step):
+            table[v + step] = table[v] + xv
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _build_lut_group(x, lut, g):
+    """lut[g, v] = sum of x[8g + b] over the set bits b of byte value v."""
+    _build_lut_into(x, 8 * g, lut[g])
+
+
+@nb.njit(cache=True, nogil=True)
+def _build_lut(x, lut):
+    for g in range(lut.shape[0]):
+        _build_lut_group(x, lut, g)
+
+
+LUT_GROUP = 16  # weight bytes per block: a block's tables (16 x 256 fp32 = 16 KiB) stay in L1
+
+
+class LutWeights:
+    """Packed 1-bit weights re-laid for :func:`binary_gemm`: bytes ``(blocks, N, LUT_GROUP)``, block
+    ``b`` holding bytes ``b*G .. b*G+G-1`` of every row contiguously (zero bytes pad the last block;
+    a zero byte reads ``lut[g, 0] = 0``). While one block's tables sit in L1, the kernel streams that
+    block's bytes for all N rows; the plain (N, words) layout would re-read a 512 KiB table set per row
+    at K = 4096, which does not fit L2. Same bits as the packed words, rearranged once at load time."""
+
+    def __init__(self, Wp: np.ndarray, K: int):
+        _check_packed(Wp, "Wp")
+        if n_words(K) != Wp.shape[1]:
+            raise ValueError(f"weights were packed for {Wp.shape[1]} words, which does not match K={K}")
+        N, nbytes = Wp.shape[0], 8 * Wp.shape[1]
+        blocks = -(-nbytes // LUT_GROUP)
+        b = np.zeros((N, blocks * LUT_GROUP), dtype=np.uint8)
+        b[:, :nbytes] = Wp.view(np.uint8)  # byte g holds bits 8g .. 8g+7 (little-endian words)
+        self.bytes = np.ascontiguousarray(b.reshape(N, blocks, LUT_GROUP).transpose(1, 0, 2))
+        self.N, self.K = N, K
+
+    @property
+    def nbytes(self) -> int:
+        return self.bytes.nbytes
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _binary_gemm_few_rows(X, Wt, out, nt):
+    """Few input rows (GEMV-like), split along K: each of the ``nt`` threads owns a contiguous range of
+    blocks, builds only those blocks' tables (16 x 256 floats, kept in L1 while it sweeps every
+    output's bytes of the block) and accumulates a partial result; the partials are summed at the end.
+    One parallel region, and every table is built by the thread that reads it (splitting the outputs
+    instead made every thread read every table: 1.5-1.9x slower here at 1-4 rows, K = N = 4096).
+    ``nt`` is passed in: numba's get_num_threads inside a kernel would make it uncacheable."""
+    Bn = X.shape[0]
+    blocks, N, G = Wt.shape
+    part = np.zeros((nt, Bn, N), dtype=np.float32)
+    per = (blocks + nt - 1) // nt
+    for t in nb.prange(nt):
+        L = np.empty((G, 256), dtype=np.float32)
+        for b in range(t * per, min(blocks, (t + 1) * per)):
+            for r in range(Bn):
+                for g in range(G):
+                    _build_lut_into(X[r], 8 * (b * G + g), L[g])
+                pr = part[t, r]
+                for n in range(N):
+                    # sum_g L[g, w[g]] with four independent accumulators (hides the add latency); written out
+                    # here and in _binary_gemm_many_rows: through an inlined helper it ran 1.5-2x slower in probes
+                    w = Wt[b, n]
+                    a0 = np.float32(0.0)
+                    a1 = np.float32(0.0)
+                    a2 = np.float32(0.0)
+                    a3 = np.float32(0.0)
+                    g = 0
+                    while g + 4 <= G:
+                        a0 += L[g, w[g]]
+                        a1 += L[g + 1, w[g + 1]]
+                        a2 += L[g + 2, w[g + 2]]
+                        a3 += L[g + 3, w[g + 3]]
+                        g += 4
+                    pr[n] += (a0 + a1) + (a2 + a3)
+    for r in range(Bn):
+        for n in range(N):
+            s = np.float32(0.0)
+            for t in range(nt):
+                s += part[t, r, n]
+            out[r, n] = s
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _binary_gemm_many_rows(X, Wt, out):
+    """Many input rows (tokens of a batch): parallelise over rows, one table set per row."""
+    Bn = X.shape[0]
+    blocks, N, G = Wt.shape
+    for r in nb.prange(Bn):
+        L = np.empty((blocks * G, 256), dtype=np.float32)
+        _build_lut(X[r], L)
+        for n in range(N):
+            out[r, n] = 0.0
+        for b in range(blocks):
+            Lb = L[b * G:(b + 1) * G]
+            for n in range(N):
+                w = Wt[b, n]
+                a0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                a2 = np.float32(0.0)
+                a3 = np.float32(0.0)
+                g = 0
+                while g + 4 <= G:
+                    a0 += Lb[g, w[g]]
+                    a1 += Lb[g + 1, w[g + 1]]
+                    a2 += Lb[g + 2, w[g + 2]]
+                    a3 += Lb[g + 3, w[g + 3]]
+                    g += 4
+                out[r, n] += (a0 + a1) + (a2 + a3)
+
+
+def binary_gemm(X: np.ndarray, W, K: int) -> np.ndarray:
+    """``P[r, n] = sum_{k: bit(n, k) = 1} X[r, k]`` for float32 X (B, K) and 1-bit weights W given as
+    a :class:`LutWeights` (fast path) or packed words (N, ceil(K/64)) from :func:`pack_bits`
+    (re-laid on every call, which costs about a copy of the weights)."""
+    if not isinstance(W, LutWeights):
+        W = LutWeights(W, K)
+    if not isinstance(X, np.ndarray) or X.dtype != np.float32 or X.ndim != 2 or not X.flags.c_contiguous:
+        raise ValueError(f"X must be a C-contiguous 2-D float32 array, got {getattr(X, 'dtype', type(X))} {getattr(X, 'shape', None)}")
+    if X.shape[1] != K or W.K != K:
+        raise ValueError(f"X has K={X.shape[1]}, the weights have K={W.K}; they must match (and match the K given, {K})")
+    out = np.empty((X.shape[0], W.N), dtype=np.float32)
+    if X.shape[0] < 4 * nb.get_num_threads():
+        _binary_gemm_few_rows(X, W.bytes, out, nb.get_num_threads())
+    else:
+        _binary_gemm_many_rows(X, W.bytes, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# fused layer kernels (what the packed runtime calls)
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def w1a1_linear_kernel(X, Wt, lo, hi, bias, K, scale, out):
+    """One call for a whole W1A1 linear: per token r, ``a_r = mean|x_r|`` (or the constant ``scale``
+    when it is > 0: BiBERT's unscaled sign is 1, BiT's elastic binary activation its learned alpha)
+    and the sign bits of x_r (packed here, sign(0) = +1), then for every output n, with ``D = K - 2 popcount(s XOR w_n)`` the
+    exact ±1 dot product and ``S = sum_k s_k``::
+
+        y[r, n] = a_r (lo_n S + (hi_n - lo_n) (D + S) / 2) + bias_n
+
+    i.e. ``a_r sign(x_r) . (lo_n + (hi_n - lo_n) b_n)``, the fake-quant layer's value.
+
+    Layout: the weights are transposed once at load, ``Wt[w, n]`` (word w of output n), so the
+    innermost loop runs over outputs n with unit stride: LLVM vectorizes it (with AVX-512
+    VPOPCNTDQ it emits ``vpopcntq`` on 8 words at once; with AVX2 only, the nibble-lookup
+    ``vpshufb`` popcount), where the row-major layout's inner loop over the K/64 words of one
+    dot product is too short to vectorize (6 words at K = 384). Tokens go in blocks of 4 so each
+    weight word loaded serves 4 tokens; counts accumulate in a (4, N) array that stays in cache."""
+    M = X.shape[0]
+    W, N = Wt.shape
+    n_blocks = (M + ROW_BLOCK - 1) // ROW_BLOCK
+    for ib in nb.prange(n_blocks):
+        i0 = ib * ROW_BLOCK
+        rows = min(i0 + ROW_BLOCK, M) - i0
+        S = np.zeros((ROW_BLOCK, W), dtype=np.uint64)  # rows past M stay 0: computed, never written
+        a = np.ones(ROW_BLOCK, dtype=np.float32)
+        ssum = np.zeros(ROW_BLOCK, dtype=np.int64)
+        for r in range(rows):
+            acc = np.float32(0.0)
+            ones = 0
+            for w in range(W):
+                word = np.uint64(0)
+                k0 = w * WORD
+                for b in range(min(WORD, K - k0)):
+                    v = X[i0 + r, k0 + b]
+                    acc += abs(v)
+                    if v >= 0:
+                        word |= np.uint64(1) << np.uint64(b)
+                S[r, w] = word
+                ones += popcount64(word)
+            a[r] = scale if scale > 0 else max(acc / K, np.float32(1e-8))
+            ssum[r] = 2 * ones - K
+        c = np.zeros((ROW_BLOCK, N), dtype=np.int64)
+        for w in range(W):
+            s0 = S[0, w]
+            s1 = S[1, w]
+            s2 = S[2, w]
+            s3 = S[3, w]
+            for n in range(N):
+                b = Wt[w, n]
+                c[0, n] += popcount64(s0 ^ b)
+                c[1, n] += popcount64(s1 ^ b)
+                c[2, n] += popcount64(s2 ^ b)
+                c[3, n] += popcount64(s3 ^ b)
+        for r in range(rows):
+            for n in range(N):
+                out[i0 + r, n] = a[r] * (lo[n] * ssum[r] + (hi[n] - lo[n]) * ((K - 2 * c[r, n] + ssum[r]) // 2)) + bias[n]
+
+
+def w1a1_linear(X: np.ndarray, Wt: np.ndarray, lo: np.ndarray, hi: np.ndarray, bias: np.ndarray | None, K: int,
+                scale: float | None = None) -> np.ndarray:
+    """The W1A1 linear ``(a sign(x)) @ (lo + (hi - lo) B)^T + bias`` with ``a = mean|x|`` per row (or the
+    constant ``scale``) on float32 X (M, K) and the
+    weight bits *transposed*, ``Wt = pack_bits(B).T`` (ceil(K/64), N) contiguous (bit set: the
+    row's ``hi`` level); float32 (M, N)."""
+    _check_packed(Wt, "Wt")
+    if not isinstance(X, np.ndarray) or X.dtype != np.float32 or X.ndim != 2 or X.shape[1] != K or not X.flags.c_contiguous:
+        raise ValueError(f"X must be a C-contiguous float32 (M, {K}) array, got {getattr(X, 'dtype', type(X))} {getattr(X, 'shape', None)}")
+    if n_words(K) != Wt.shape[0]:
+        raise ValueError(f"weights were packed for {Wt.shape[0]} words, which does not match K={K} (pass pack_bits(B).T)")
+    N = Wt.shape[1]
+    lo32, hi32 = (np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float32), (N,))) for v in (lo, hi))
+    b32 = np.zeros(N, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+    if b32.shape != (N,):
+        raise ValueError(f"bias has shape {b32.shape}, the layer has {N} outputs")
+    out = np.empty((X.shape[0], N), dtype=np.float32)
+    w1a1_linear_kernel(X, Wt, lo32, hi32, b32, np.int64(K), np.float32(scale if scale is not None else -1.0), out)
+    return out
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _unpack_rows_kernel(Wp, lo, hi, K, n0, out):
+    """Rows n0 .. n0 + len(out) of ``lo + (hi - lo) B`` as float32 (dequantize one tile)."""
+    for i in nb.prange(out.shape[0]):
+        n = n0 + i
+        l = lo[n]
+        h = hi[n]
+        for w in range(Wp.shape[1]):
+            word = Wp[n, w]
+            k0 = w * WORD
+            for b in range(min(WORD, K - k0)):
+                out[i, k0 + b] = h if (word >> np.uint64(b)) & np.uint64(1) else l
+
+
+def dequant_rows(Wp: np.ndarray, lo: np.ndarray, hi: np.ndarray, K: int, n0: int, n1: int) -> np.ndarray:
+    """Float32 weights of rows n0 .. n1 from packed bits and per-row levels (a tile, not the matrix)."""
+    _check_packed(Wp, "Wp")
+    N = Wp.shape[0]
+    if not (0 <= n0 <= n1 <= N) or n_words(K) != Wp.shape[1]:
+        raise ValueError(f"rows {n0}..{n1} or K={K} do not fit packed weights of shape {Wp.shape}")
+    lo32, hi32 = (np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float32), (N,))) for v in (lo, hi))
+    out = np.empty((n1 - n0, K), dtype=np.float32)
+    _unpack_rows_kernel(Wp, lo32, hi32, np.int64(K), np.int64(n0), out)
+    return out

@@ -269,7 +269,7 @@ T9_CONFIGS = (
 
 EXPERIMENTS["T9"] = Experiment("T9", "The BERT-era fully binary encoders (W1A1)", (
     "Every encoder linear with 1-bit weights and 1-bit inputs (W1A4: 4-bit inputs), attention included, each recipe as "
-    "its paper has it (binlab/recipes.py): BiBERT's Bi-Attention and direction-matching distillation, BiT's elastic "
+    "its paper has it (binlab/training/recipes.py): BiBERT's Bi-Attention and direction-matching distillation, BiT's elastic "
     "activations and precision ladder, BinaryBERT's ternary weight splitting (binlab keeps the width, so its binary "
     "layers hold two binary matrices: 2 bits per weight, counted), BEBERT's boosted ensemble (every member counted), "
     "a two-stage progressive recipe after Le et al. 2022 (weights first, then activations), and BiPFT's low-rank "
@@ -279,7 +279,7 @@ EXPERIMENTS["T9"] = Experiment("T9", "The BERT-era fully binary encoders (W1A1)"
     "the head stays fp32. BiPFT learns its estimators in a 500k-step binarized pretraining on Wikipedia and BookCorpus "
     "that a 2-core machine cannot do; its row here starts them from zero at fine-tuning (the mechanism alone), so it "
     "does not measure BiPFT's method as published. Packed inference: every row's model but BEBERT's ensemble "
-    "(whose members pack one by one) writes to a packed file (binlab.export) that gives the same predictions; linears whose "
+    "(whose members pack one by one) writes to a packed file (binlab.runtime.export) that gives the same predictions; linears whose "
     "inputs are scale * sign(x + shift) (binlab's sign, BiBERT's unscaled sign, BiT's elastic 1-bit) run through the "
     "XNOR-popcount kernel, the rest (unsigned {0,1} and k-bit inputs, BinaryBERT's two binary matrices) through "
     "dequantized tiles. The accuracies here are measured with fake quantization. The survey's GLUE averages are BERT-base "

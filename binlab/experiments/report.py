@@ -115,7 +115,7 @@ def _intervals_note(payload: dict) -> list[str]:
                     "set's noise (standard error about 0.39 points at 7,600 rows)." + seeds]
     return ["", "Accuracy: mean over the row's seeds ± their standard deviation. vs fp32: the difference of mean accuracies "
                 "to the fp32 baseline's runs on the same test rows, with a paired bootstrap 95 % interval (2,000 replicates, "
-                "binlab.stats.bootstrap_diff): test rows resampled, and seeds too where a row has several (paired with the "
+                "binlab.experiments.stats.bootstrap_diff): test rows resampled, and seeds too where a row has several (paired with the "
                 "baseline each started from in the headline table); 'no measurable difference' where it contains 0. A one-seed "
                 "row's interval holds the test set's noise only, not training noise." + seeds + " vs control: against the "
                 "table's fp32 row fine-tuned with the same QAT budget and distillation (so extra training is not counted as "

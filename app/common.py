@@ -60,23 +60,28 @@ def train_rows() -> int | None:
 
 
 @st.cache_resource(show_spinner="Loading and tokenising AG_NEWS ...")
-def _splits(preset: str, source: str | None, rows: int | None):
-    from binlab.presets import load_data
+def _resolved(preset: str, source: str | None, rows: int | None):
+    from binlab.presets import resolve
 
-    return load_data(preset, source=source, **({"train_size": rows} if rows else {}))
+    return resolve(preset, source=source, **({"train_size": rows} if rows else {}))
+
+
+def resolved_for(preset: str, source: str | None):
+    """The preset resolved once for this data source and row count (its data, model config, cached
+    baseline and QAT budget): :class:`binlab.presets.ResolvedPreset`, cached for the server."""
+    return _resolved(preset, source, train_rows())
 
 
 def splits_for(preset: str, source: str | None):
-    return _splits(preset, source, train_rows())
+    return resolved_for(preset, source).splits
 
 
 @st.cache_resource(show_spinner="Loading the cached baseline ...")
 def _baseline(preset: str, source: str | None, rows: int | None):
-    from binlab.presets import cached_baseline
     from binlab.training.train import CheckpointError
 
     try:
-        return cached_baseline(preset, _splits(preset, source, rows))
+        return _resolved(preset, source, rows).cached_baseline()
     except CheckpointError as err:
         return err
 
@@ -101,14 +106,9 @@ def train_baseline_ui(preset: str, source: str | None, retrain: bool = False):
     """Train the preset's baseline with a progress bar and a live loss curve, then cache it."""
     import plotly.graph_objects as go
 
-    from binlab.presets import get_baseline
-
-    from binlab.presets import build_model, get_preset
-    from binlab.training.train import estimate_seconds
-
-    p, splits = get_preset(preset), splits_for(preset, source)
-    est = estimate_seconds(build_model(p, splits, seed=p.train.seed), splits.train, p.train)
-    st.caption(f"Training {len(splits.train):,} rows x {p.train.epochs:g} epochs: expected about "
+    rp = resolved_for(preset, source)
+    est = rp.estimate_seconds()
+    st.caption(f"Training {len(rp.splits.train):,} rows x {rp.train_cfg.epochs:g} epochs: expected about "
                + (f"{est / 60:.1f} min" if est >= 90 else f"{est:.0f} s") + " on this machine (from timed steps).")
     bar = st.progress(0.0, text="starting ...")
     chart = st.empty()
@@ -124,9 +124,9 @@ def train_baseline_ui(preset: str, source: str | None, retrain: bool = False):
                 fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), title="training loss", xaxis_title="step")
                 chart.plotly_chart(fig, width="stretch", key=f"train_curve_{e['step']}")
         elif e["kind"] == "eval":
-            st.write(f"step {e['step']}: validation accuracy **{100 * e['val_accuracy']:.2f} %**")
+            st.write(f"step {e['step']}: validation {e['metric'].name} **{e['metric'].text()}**")
 
-    model, meta = get_baseline(preset, splits_for(preset, source), callback=cb, retrain=retrain)
+    model, meta = rp.baseline(callback=cb, retrain=retrain)
     cached_baseline_for.clear()
     bar.progress(1.0, text="done: baseline trained and cached")
     return model, meta

@@ -7,6 +7,10 @@
 - ``lm``: a causal language model (2 decoder layers) trained from scratch on the AG_NEWS train
   text (title and description), evaluated by perplexity on the test text; ``tiny-lm`` is its
   seconds-long version for tests.
+
+:func:`resolve` turns a preset's name into one :class:`ResolvedPreset` (its settings, its data, the
+model config they give, where its baseline is cached, its QAT budget), looked up once; callers pass
+that object down instead of the name.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ import torch
 from .data import DataConfig, Splits, TokenizerConfig, cache_dir, load_splits, fingerprint
 from .nn.model import Classifier, ModelConfig, build
 from .training.qat import QATConfig
-from .training.train import CheckpointError, TrainConfig, evaluate, load_checkpoint, save_checkpoint, train
+from .nn.metric import Metric, TaskInfo, headline, task_info
+from .training.train import CheckpointError, TrainConfig, estimate_seconds, evaluate, load_checkpoint, save_checkpoint, train
 
 
 @dataclass(frozen=True)
@@ -31,9 +36,16 @@ class Preset:
     train: TrainConfig  # how the fp32 baseline is trained
     qat: QATConfig  # the QAT budget from that baseline: the tables, the Train page, the notebooks and the CLI use this one
     pretrained: bool = False
+    probe_rows: int = 256  # validation rows a loss-landscape probe evaluates on (the Loss landscape page's default)
+    probe_grid: int = 11  # points per axis of a 2-D landscape slice (the page's default)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def task(self) -> TaskInfo:
+        """What the preset's model is measured by and can do (:mod:`binlab.nn.metric`)."""
+        return task_info(self.model.task)
 
 
 PRESETS: dict[str, Preset] = {
@@ -44,6 +56,7 @@ PRESETS: dict[str, Preset] = {
         ModelConfig(max_len=64, d_model=32, n_heads=2, d_ff=64, n_layers=1, dropout=0.0),
         TrainConfig(epochs=3, batch_size=32, lr=3e-3),
         QATConfig(TrainConfig(epochs=2, lr=3e-3, warmup=0.05, distill=0.5)),
+        probe_rows=128, probe_grid=7,
     ),
     "scratch": Preset(
         "scratch",
@@ -160,3 +173,64 @@ def get_baseline(
         meta["val_perplexity"] = val.perplexity
     save_checkpoint(model, baseline_stem(p, splits, cfg), meta)
     return model, meta
+
+
+@dataclass
+class ResolvedPreset:
+    """A preset resolved once: its settings, its encoded data, the model config they give and its
+    baseline's training budget. Every question about the preset (its cached baseline, a fresh model,
+    its QAT budget, what it measures) is asked of this object, not of the name again."""
+    preset: Preset
+    splits: Splits
+    source: str | None = None
+    train_cfg: TrainConfig | None = None  # the baseline's budget (None: the preset's)
+
+    def __post_init__(self):
+        self.train_cfg = self.train_cfg or self.preset.train
+        self.model_config = model_config(self.preset, self.splits)
+
+    @property
+    def name(self) -> str:
+        return self.preset.name
+
+    @property
+    def qat(self):
+        """The preset's QAT budget (:class:`binlab.training.qat.QATConfig`): the one the tables ran with."""
+        return self.preset.qat
+
+    @property
+    def task(self) -> TaskInfo:
+        return self.preset.task
+
+    @property
+    def stem(self) -> Path:
+        """Where the baseline's checkpoint is cached (without suffix)."""
+        return baseline_stem(self.preset, self.splits, self.train_cfg)
+
+    def build_model(self, seed: int | None = None) -> Classifier:
+        """A fresh (untrained, or MiniLM-initialised) model of this preset."""
+        return build_model(self.preset, self.splits, seed=self.train_cfg.seed if seed is None else seed)
+
+    def cached_baseline(self) -> tuple[Classifier, dict] | None:
+        """The cached baseline, or None (a damaged checkpoint raises :class:`~binlab.training.train.CheckpointError`)."""
+        return cached_baseline(self.preset, self.splits, self.train_cfg)
+
+    def baseline(self, callback: Callable[[dict], None] | None = None, retrain: bool = False) -> tuple[Classifier, dict]:
+        """The cached baseline, trained once when there is none (:func:`get_baseline`)."""
+        return get_baseline(self.preset, self.splits, self.train_cfg, callback=callback, retrain=retrain)
+
+    def baseline_metric(self, meta: dict) -> Metric:
+        """The cached baseline's validation number (from its checkpoint's record) as the task's headline metric."""
+        value = meta.get("val_perplexity") if self.task.metric == "perplexity" else 100 * meta["val_accuracy"]
+        return headline(self.task, value, rows=len(self.splits.val))
+
+    def estimate_seconds(self) -> float:
+        """Expected seconds to train the baseline on this machine (a few timed steps)."""
+        return estimate_seconds(self.build_model(), self.splits.train, self.train_cfg)
+
+
+def resolve(preset: str | Preset, source: str | None = None, train_cfg: TrainConfig | None = None, **data_overrides) -> ResolvedPreset:
+    """Look the preset up once and load its data (``data_overrides`` replace DataConfig fields, e.g.
+    ``train_size``): the :class:`ResolvedPreset` every later step uses."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    return ResolvedPreset(p, load_data(p, source=source, **data_overrides), source, train_cfg)

@@ -139,6 +139,31 @@ def test_train_page_runs_qat(env, trained):
     assert metric(at, "validation accuracy after QAT").endswith("%")
 
 
+def test_train_page_starts_from_the_presets_qat_budget(env, trained):
+    """The Train page's widgets start at the preset's QAT budget (binlab.presets.Preset.qat), the one its tables ran with."""
+    from binlab.presets import get_preset
+
+    at = new_app("views/binarize.py")
+    at.button(key="pick_encoder").click().run()
+    at.switch_page("views/train.py").run()
+    assert not at.exception
+    q = get_preset("tiny").qat.train
+    assert (at.slider(key="qat_epochs").value, at.select_slider(key="qat_lr").value, at.slider(key="qat_distill").value) == \
+        (q.epochs, q.lr, q.distill)
+
+
+def test_scratch_qat_budget_is_the_headline_tables():
+    """A learner's QAT run on scratch (the Train page's defaults) trains with the budget of docs/results/T7-scratch.json."""
+    from dataclasses import asdict
+
+    from binlab.presets import get_preset
+
+    committed = json.loads((Path(__file__).resolve().parents[1] / "docs" / "results" / "T7-scratch.json").read_text())["budget"]
+    ours = asdict(get_preset("scratch").qat)
+    ours["freeze"] = list(ours["freeze"])
+    assert committed == ours
+
+
 def test_sensitivity_page(env, trained):
     at = new_app("views/sensitivity.py")
     assert not at.exception

@@ -199,3 +199,43 @@ def test_the_seeds_numbers_are_typed_once():
             if isinstance(node, ast.Constant) and isinstance(node.value, float) and f"{node.value}" in numbers:
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value}")
     assert not bad, f"the seed's numbers belong in binlab/seed.py only: {bad}"
+
+
+def _app_sources() -> dict[Path, str]:
+    return {p: p.read_text() for p in sorted((ROOT / "app").rglob("*.py"))}
+
+
+def test_pages_never_ask_which_task_they_show():
+    """A page asks the core for a metric object or a capability (binlab.nn.metric), never for the task's name."""
+    bad = []
+    for path, src in _app_sources().items():
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, ast.Constant) and node.value in ("lm", "classify"):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} the task name {node.value!r}")
+            if isinstance(node, ast.Compare) and any(isinstance(x, ast.Attribute) and x.attr in ("task", "name") and "task" in ast.unparse(x)
+                                                     for x in [node.left, *node.comparators]):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+            if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "preset" \
+                    and any(isinstance(c, ast.Constant) for c in node.comparators):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)} (a preset's settings belong in binlab/presets.py)")
+    assert not bad, "task or preset branches in app/:\n" + "\n".join(bad)
+
+
+def test_pages_name_no_method_outside_the_registry():
+    """Method and recipe names reach a page from the registries (binlab.methods, binlab.training.recipes), never typed there."""
+    from binlab.methods import BINARIZERS
+    from binlab.training.recipes import RECIPES
+
+    names = set(BINARIZERS) | set(RECIPES)
+    bad = [f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}" for path, src in _app_sources().items()
+           for node in ast.walk(ast.parse(src)) if isinstance(node, ast.Constant) and node.value in names]
+    assert not bad, "method names typed in app/ (take them from the registry):\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("planted", ['x = "lm"\n', 'if lab.task == y:\n    pass\n', 'm = "xnor"\n', 'if preset == "tiny":\n    pass\n'])
+def test_the_page_checks_find_what_they_forbid(planted, monkeypatch):
+    """The two checks above can fail: each planted line in a page is found."""
+    monkeypatch.setattr(sys.modules[__name__], "_app_sources", lambda: {ROOT / "app" / "planted.py": planted})
+    with pytest.raises(AssertionError):
+        test_pages_never_ask_which_task_they_show()
+        test_pages_name_no_method_outside_the_registry()

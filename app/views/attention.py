@@ -9,7 +9,7 @@ from common import friendly_errors, require_baseline, session_models, sidebar
 
 from binlab.methods.attention import ATTENTION, view
 from binlab.lab.live import quantized_for_viewing
-from binlab.nn.quantize import QuantSpec
+from binlab.nn.metric import task_info
 from binlab.training.recipes import RECIPES
 
 preset, source = sidebar()
@@ -21,7 +21,7 @@ st.markdown("How binarizing changes where each head looks. BiBERT's argument (Qi
 
 with friendly_errors():
     splits, baseline = require_baseline(preset, source)
-    if getattr(baseline.config, "task", "classify") != "classify":
+    if not task_info(baseline).classifies_text:
         st.info("The attention viewer looks at the classifier presets; the language model's attention is causal.")
     tok = splits.tokenizer
     samples = [tok.decode([int(i) for i in splits.test.ids[splits.test.offsets[j]:splits.test.offsets[j + 1]]]) for j in range(12)]

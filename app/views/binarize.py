@@ -8,9 +8,10 @@ from common import friendly_errors, require_baseline, sidebar, train_rows
 
 from binlab.methods.activations import ACT_NAMES
 from binlab.methods.attention import ATTENTION
-from binlab.methods import BINARIZERS
+from binlab.methods import BINARIZERS, PAGE_DEFAULTS
 from binlab.training.calibration import calibration_set
 from binlab.nn.generate import greedy
+from binlab.nn.metric import task_info
 from binlab.lab.live import SEED_POINTS, LiveLab, component_view, layout, spec_components, widget_representable
 from binlab.methods import method_card
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, plan
@@ -28,11 +29,8 @@ def lab_family(_baseline, _splits, preset: str, source: str | None, rows: int | 
     """One lab per baseline for the whole server; every session works on a clone of it (shared rows,
     baseline numbers, Hessians and measured results)."""
     # calibration rows (train only) for the methods that need data; their Hessians are cached in the lab.
-    # A language model's exact perplexity costs a vocabulary-wide head per token: on 1,000 rows a change takes
-    # 2.6 s median on 2 cores (docs/results/bench-live-loop-lm.md); 300 rows cut that work to about a third,
-    # and the interval shown widens to match.
-    val_rows = 300 if getattr(_baseline.config, "task", "classify") == "lm" else 1000
-    return LiveLab(_baseline, _splits.val, val_rows=val_rows, calib=calibration_set(_splits))
+    # The rows evaluated on every change are the task's (a language model's perplexity costs more per row).
+    return LiveLab(_baseline, _splits.val, val_rows=task_info(_baseline).live_rows, calib=calibration_set(_splits))
 
 
 def live_lab(baseline, splits) -> LiveLab:
@@ -151,7 +149,7 @@ with friendly_errors():
     seed_widgets_from_url(names, lab.model)
     for n in names:
         st.session_state.setdefault(f"c:{n}", n.endswith("attn.q") or n.endswith("attn.k"))
-    for k, v in {"method": "bucket", "ste": "(default)", "act": "none", "attn_probs": "softmax (fp32)", "attn_qkv": "none"}.items():
+    for k, v in {"method": PAGE_DEFAULTS["binarize"], "ste": "(default)", "act": "none", "attn_probs": "softmax (fp32)", "attn_qkv": "none"}.items():
         st.session_state.setdefault(k, v)
 
     left, right = st.columns([5, 7], gap="large")
@@ -175,7 +173,7 @@ with friendly_errors():
             cols = st.columns(len(row))
             for c, (label, n) in zip(cols, row):
                 c.checkbox(label.replace("FFN ", ""), key=f"c:{n}")
-        st.caption("LM head" if lab.task == "lm" else "Classifier")
+        st.caption(lab.info.head_label)
         st.checkbox("head", key=f"c:{lay['head']}")
 
         st.subheader("2 · Method")
@@ -235,48 +233,21 @@ with friendly_errors():
         st.query_params["spec"] = spec.to_json()
         st.session_state["spec_json"] = spec.to_json()
         st.subheader("3 · What changed")
+        m, more = r["metric"], r["more"]
         m1, m2 = st.columns(2)
         m3, m4 = st.columns(2)
-        if lab.task == "lm":
-            m1.metric("validation perplexity", f"{r['perplexity']:.2f}",
-                      f"x{r['ppl_ratio']:.3f} vs fp32 {r['baseline_perplexity']:.2f}" + (" (within noise)" if r["ppl_within_noise"] else ""),
-                      delta_color="off" if r["ppl_within_noise"] else "inverse",
-                      help=f"95 % interval on these {r['rows']} rows ({r['tokens']:,} tokens): {r['perplexity_low']:.2f}-{r['perplexity_high']:.2f}. "
-                           f"Ratio to fp32 on the same rows x{r['ppl_ratio']:.3f}, 95 % interval x{r['ppl_ratio_low']:.3f}-x{r['ppl_ratio_high']:.3f} "
-                           f"(paired, delta method). Next-token accuracy {r['accuracy']:.2f} %.")
-        else:
-            m1.metric("validation accuracy", f"{r['accuracy']:.2f} %",
-                      f"{r['diff']:+.2f} pts vs fp32" + (" (within noise)" if r["within_noise"] else ""),
-                      delta_color="off" if r["within_noise"] else "normal",
-                      help=f"95 % interval of the accuracy on these {r['rows']} rows: {r['accuracy_low']:.1f}-{r['accuracy_high']:.1f} %. "
-                           f"Change against fp32 on the same rows: {r['diff']:+.2f} pts, 95 % interval "
-                           f"{r['diff_low']:+.2f} to {r['diff_high']:+.2f} (paired; McNemar p = {r['p_value']:.3f}).")
+        m1.metric(f"validation {m.name}", m.text(), m.change_text(), delta_color=m.delta_color(), help=m.help())
         m2.metric("model size", f"{r['megabytes']:.3f} MB", f"{r['megabytes'] - r['fp32_megabytes']:+.3f} MB", delta_color="inverse")
         m3.metric("size reduction", f"{r['reduction_percent']:.2f} %")
         m4.metric("bits / quantized weight", f"{r['bits_per_quantized_weight']:.3f}" if chosen else "-")
-        if lab.task == "classify":  # the loss moves with every change of the weights, even where no prediction flips
-            st.columns(2)[0].metric("validation loss", f"{r['loss']:.4f}", f"{r['loss'] - r['baseline_loss']:+.4f} vs fp32", delta_color="inverse",
-                                    help="mean cross-entropy of the true class on the same rows (nats). On an easy sample the accuracy "
-                                         "can stay put while the model grows less sure of its answers: the loss shows that.")
-        if lab.task == "lm":
-            st.caption(f"{r['rows']} validation rows ({r['tokens']:,} tokens): perplexity {r['perplexity']:.2f} (95 % interval "
-                       f"{r['perplexity_low']:.2f}-{r['perplexity_high']:.2f}); x{r['ppl_ratio']:.3f} the fp32 model's (95 % interval "
-                       f"x{r['ppl_ratio_low']:.3f}-x{r['ppl_ratio_high']:.3f}" + ("; within noise" if r["ppl_within_noise"] else "")
-                       + f") · updated in {r['seconds']:.2f} s · sizes are exact")
-        else:
-            st.caption(f"{r['rows']} validation rows: accuracy {r['accuracy']:.2f} % (95 % interval {r['accuracy_low']:.1f}-{r['accuracy_high']:.1f}); "
-                       f"change vs fp32 {r['diff']:+.2f} pts (95 % interval {r['diff_low']:+.2f} to {r['diff_high']:+.2f}"
-                       + ("; within noise" if r["within_noise"] else "") + f") · updated in {r['seconds']:.2f} s · "
-                       "sizes are exact (codes, scales, means, masks and fp32 rest)")
+        for col, x in zip(st.columns(2), more):  # a classifier's loss (it moves even where no prediction flips), an LM's next-token accuracy
+            col.metric(x.name, x.text(4 if not x.unit else 2), x.change_text(), delta_color=x.delta_color(), help=x.help())
+        st.caption(f"{m.caption()} · updated in {r['seconds']:.2f} s · sizes are exact (codes, scales, means, masks and fp32 rest)")
 
         points = st.session_state.setdefault("points", {})
         label = ", ".join(chosen[:3]) + (f" +{len(chosen) - 3}" if len(chosen) > 3 else "") if chosen else "fp32"
-        if lab.task == "lm":  # the scatter plots perplexity for a language model
-            points[spec.to_json()] = {"label": f"{label} · {method}", "reduction": r["reduction_percent"], "accuracy": r["perplexity"],
-                                      "low": r["perplexity_low"], "high": r["perplexity_high"], "source": "PTQ"}
-        else:
-            points[spec.to_json()] = {"label": f"{label} · {method}", "reduction": r["reduction_percent"], "accuracy": r["accuracy"],
-                                      "low": r["accuracy_low"], "high": r["accuracy_high"], "source": "PTQ"}
+        points[spec.to_json()] = {"label": f"{label} · {method}", "reduction": r["reduction_percent"], "value": m.value,
+                                  "low": m.low, "high": m.high, "source": "PTQ"}
 
         view_default = chosen[0] if chosen else names[0]
         comp = st.selectbox("Weight matrix to inspect", names, index=names.index(view_default), key="view")
@@ -298,30 +269,28 @@ with friendly_errors():
         sc = go.Figure()
         pts = list(points.values())
         for run in RunStore().list(preset):  # QAT runs of every session, from the run store
-            y = run.perplexity if lab.task == "lm" else run.accuracy
-            if run.mode != "PTQ" and y is not None:
-                pts.append({"label": f"{run.label} ({run.created})", "reduction": run.reduction, "accuracy": y,
-                            "low": y if lab.task == "lm" else run.low, "high": y if lab.task == "lm" else run.high, "source": "QAT"})
+            if run.mode != "PTQ":
+                rm = run.metric
+                pts.append({"label": f"{run.label} ({run.created})", "reduction": run.reduction, "value": rm.value,
+                            "low": rm.low, "high": rm.high, "source": "QAT"})
         for src, sym in (("PTQ", "circle"), ("QAT", "diamond")):
             ps = [p for p in pts if p["source"] == src]
             if ps:
-                sc.add_scatter(x=[p["reduction"] for p in ps], y=[p["accuracy"] for p in ps], mode="markers",
+                sc.add_scatter(x=[p["reduction"] for p in ps], y=[p["value"] for p in ps], mode="markers",
                                name="this session (PTQ)" if src == "PTQ" else "QAT runs (saved)",
                                text=[p["label"] for p in ps], marker=dict(size=9, symbol=sym),
-                               error_y=dict(type="data", symmetric=False, array=[p.get("high", p["accuracy"]) - p["accuracy"] for p in ps],
-                                            arrayminus=[p["accuracy"] - p.get("low", p["accuracy"]) for p in ps], thickness=1))
-        if lab.task == "lm":
-            sc.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), yaxis_type="log",
-                             title="validation perplexity vs size reduction (every configuration tried; bars: 95 % interval)",
-                             xaxis_title="size reduction %", yaxis_title="perplexity (log)")
-        else:
+                               error_y=dict(type="data", symmetric=False, thickness=1,
+                                            array=[(p["high"] if p["high"] is not None else p["value"]) - p["value"] for p in ps],
+                                            arrayminus=[p["value"] - (p["low"] if p["low"] is not None else p["value"]) for p in ps]))
+        if lab.info.shows_seed_points:  # the seed project's reported (reduction, accuracy) points
             sc.add_scatter(x=[p["reduction"] for p in SEED_POINTS], y=[p["accuracy"] for p in SEED_POINTS], mode="markers", name="seed (reported)",
                            text=[p["label"] for p in SEED_POINTS], marker=dict(size=9, symbol="x", color="gray"))
-            sc.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), title="accuracy vs size reduction (every configuration tried; bars: 95 % interval)",
-                             xaxis_title="size reduction %", yaxis_title="accuracy %")
+        sc.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), yaxis_type="log" if m.log_scale else "linear",
+                         title=f"validation {m.name} vs size reduction (every configuration tried; bars: 95 % interval)",
+                         xaxis_title="size reduction %", yaxis_title=m.name + (" (log)" if m.log_scale else m.unit))
         st.plotly_chart(sc, width="stretch")
 
-        if lab.task == "lm":
+        if lab.info.can_generate:
             st.subheader("Generate")
             prompt = st.text_input("Prompt (greedy continuation, fp32 and binarized side by side)", "oil prices rose on", key="prompt")
             if prompt.strip():
@@ -332,10 +301,9 @@ with friendly_errors():
         if st.button("Final check: evaluate on the full test set", key="eval_test", help="choose settings on the validation numbers above; the test set is for the final check of a chosen configuration (looking at it while choosing makes its number optimistic)"):
             with st.spinner(f"evaluating {len(splits.test):,} test rows ..."):
                 t = evaluate(lab.model, splits.test)
-            if t.perplexity is not None:
-                st.success(f"test perplexity **{t.perplexity:.2f}** on {t.n:,} rows ({t.tokens:,} tokens, {t.seconds:.1f} s)")
-            else:
-                st.success(f"test accuracy **{100 * t.accuracy:.2f} %** on {t.n:,} rows ({t.seconds:.1f} s)")
+            st.success(f"test {t.metric().name} **{t.metric().text()}** on {t.n:,} rows" + (f" ({t.tokens:,} tokens" if t.tokens else " (")
+                       + f", {t.seconds:.1f} s)")
+            if t.per_class:
                 st.dataframe([{"class": k, "accuracy %": round(100 * a, 2)} for k, a in t.per_class.items()], hide_index=True)
         with st.expander("Share this configuration"):
             st.code("?preset=" + preset + "&spec=" + json.dumps(json.loads(spec.to_json())), language=None)

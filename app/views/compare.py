@@ -55,10 +55,8 @@ with friendly_errors():
     sel = [by_id[i] for i in chosen]
     if not sel:
         st.stop()
-    lm = any(r.perplexity is not None for r in sel)
-    st.dataframe([{"run": r.id, "label": r.label, "mode": r.mode,
-                   ("next-token accuracy %" if lm else "accuracy %"): round(r.accuracy, 2),
-                   "95 % interval": f"{r.low:.1f}-{r.high:.1f}", **({"perplexity": round(r.perplexity, 2)} if lm else {}),
+    st.dataframe([{"run": r.id, "label": r.label, "mode": r.mode, r.metric.name: round(r.metric.value, 2),
+                   "top-1 accuracy %": round(r.accuracy, 2), "95 % interval (top-1)": f"{r.low:.1f}-{r.high:.1f}",
                    "rows": r.rows, "size kB": round(r.size_bytes / 1e3, 1), "reduction %": round(r.reduction, 2),
                    "bits / weight": round(r.bits_per_weight, 3), "when": r.created} for r in sel], hide_index=True, width="stretch")
     if len(sel) >= 2:
@@ -70,13 +68,14 @@ with friendly_errors():
 
     fig = go.Figure()
     for r in sel:
-        fig.add_scatter(x=[r.reduction], y=[r.perplexity if lm else r.accuracy], mode="markers", name=r.label,
-                        error_y=None if lm else dict(type="data", symmetric=False, array=[r.high - r.accuracy],
-                                                     arrayminus=[r.accuracy - r.low]), marker=dict(size=11))
+        up, down = r.metric.error_bars()
+        fig.add_scatter(x=[r.reduction], y=[r.metric.value], mode="markers", name=r.label,
+                        error_y=dict(type="data", symmetric=False, array=[up], arrayminus=[down]), marker=dict(size=11))
+    name = sel[0].metric.name
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="size reduction %",
-                      yaxis_title="perplexity" if lm else "accuracy %", title="accuracy vs size (bars: 95 % interval)")
+                      yaxis_title=name + sel[0].metric.unit, title=f"{name} vs size (bars: 95 % interval where there is one)")
     st.plotly_chart(fig, width="stretch")
-    if not lm:
+    if all(r.per_class for r in sel):  # classifiers: per-class accuracy and confusion
         pc = go.Figure()
         for r in sel:
             pc.add_bar(x=list(r.per_class), y=list(r.per_class.values()), name=r.label)

@@ -8,10 +8,10 @@ import streamlit as st
 from common import friendly_errors, require_baseline, session_models, sidebar
 
 from binlab.data import cache_dir
-from binlab.runtime.export import classify_text, load_packed, save_packed
+from binlab.nn.metric import task_info
+from binlab.runtime.export import classify_text, load_packed, ready_specs, save_packed
 from binlab.runtime.codecs import NotPackable
 from binlab.training.qat import ptq
-from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
 from binlab.runtime.size import model_size
 
 preset, source = sidebar()
@@ -21,13 +21,7 @@ st.markdown("The sizes elsewhere in the lab are bookkeeping; here the model is w
             "with no latent weights, and run: W1A1 layers through the XNOR-popcount kernel, W1A32 layers through lookup tables "
             "for a few tokens and through weights decoded tile by tile for longer inputs.")
 
-#: ready-made configurations (PTQ of the baseline) for when nothing is configured yet
-READY = {
-    "W1A1: XNOR weights and sign inputs in every encoder linear, binary embeddings (PTQ)":
-        QuantSpec((Rule("embeddings", MethodConfig("xnor")), Rule("encoder", MethodConfig("xnor", act="sign")))),
-    "W1A32: XNOR weights everywhere but the head (PTQ)": QuantSpec.simple("all-except-head", "xnor"),
-    "The seed's thresholding: bucket means everywhere but the head (PTQ)": QuantSpec.simple("all-except-head", "bucket"),
-}
+READY = ready_specs()  # ready-made configurations (PTQ of the baseline) for when nothing is configured yet
 
 with friendly_errors():
     splits, baseline = require_baseline(preset, source)
@@ -66,8 +60,8 @@ with friendly_errors():
                        file_name=f"binlab-{preset}.safetensors", mime="application/octet-stream", key="deploy_download")
     st.caption("Load it with `binlab.runtime.export.load_packed(path)`; `binlab export --help` writes the same file from the command line.")
 
-    if getattr(baseline.config, "task", "classify") != "classify":
-        st.info("The text box classifies headlines; for the language model, use `binlab generate` on the command line.")
+    if not task_info(baseline).classifies_text:
+        st.info("The text box classifies headlines; this model does not. For a language model, use `binlab generate` on the command line.")
         st.stop()
     tok = splits.tokenizer
     sample = tok.decode([int(i) for i in splits.test.ids[splits.test.offsets[0]:splits.test.offsets[1]]])

@@ -2,9 +2,10 @@
 import plotly.graph_objects as go
 import streamlit as st
 
-from common import cached_baseline_for, damaged_checkpoint_ui, friendly_errors, sidebar, splits_for, train_baseline_ui
+from common import cached_baseline_for, damaged_checkpoint_ui, friendly_errors, resolved_for, sidebar, splits_for, train_baseline_ui
 
-from binlab.data import data_status, resolve_source
+from binlab.data import data_status
+from binlab.methods import BINARIZERS
 from binlab.presets import PRESETS
 
 preset, source = sidebar()
@@ -16,14 +17,14 @@ lets you choose *which* parts of a small transformer to binarize — attention *
 **FFN**, the **embeddings**, the **head**, layer by layer — with which binarizer and
 straight-through estimator, and see the exact model size change with accuracy on AG_NEWS (a text
 classifier) or perplexity on AG_NEWS text (the `lm` preset, a small causal language model, where the
-LLM-era methods -- GPTQ, PB-LLM, BiLLM, ARB-LLM, STBLLM, OneBit -- calibrate on training text).
+LLM-era methods that need data -- {calibrated} -- calibrate on training text).
 
 1. **Home** (here): check the data and train the full-precision baseline once (cached on disk).
 2. **Binarize (live)**: pick components and a method, drag the threshold; numbers update in about a second.
 3. **Train (QAT)**: fine-tune the binarized model through the STE, with distillation.
 4. **Sensitivity**: which components hurt most when binarized alone.
 5. **Results**: the seed's tables, regenerated and compared.
-"""
+""".format(calibrated=", ".join(sorted({c.paper.split(", ", 1)[-1].split(":")[0] for c in BINARIZERS.values() if c.needs_calibration})))
 )
 
 
@@ -59,10 +60,8 @@ with friendly_errors():
     else:
         model, meta = hit
         c1, c2, c3 = st.columns(3)
-        if meta.get("val_perplexity") is not None:
-            c1.metric("validation perplexity", f"{meta['val_perplexity']:.2f}", help=f"next-token accuracy {100 * meta['val_accuracy']:.2f} %")
-        else:
-            c1.metric("validation accuracy", f"{100 * meta['val_accuracy']:.2f} %")
+        m = resolved_for(preset, source).baseline_metric(meta)
+        c1.metric(f"validation {m.name}", m.text(), help=f"on {m.rows:,} validation rows")
         c2.metric("training time", f"{meta['history']['seconds'] / 60:.1f} min")
         c3.metric("epochs", f"{meta['history']['epochs']:.1f}")
         if meta.get("loss_curve"):
@@ -70,8 +69,5 @@ with friendly_errors():
             fig.update_layout(height=240, margin=dict(l=10, r=10, t=30, b=10), title="training loss (subsampled)")
             st.plotly_chart(fig, width="stretch")
         if st.button("Retrain from scratch", key="retrain"):
-            from binlab.presets import get_baseline
-
-            get_baseline(preset, splits, retrain=True)
-            cached_baseline_for.clear()
+            train_baseline_ui(preset, source, retrain=True)
             st.rerun()

@@ -3,11 +3,12 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from common import friendly_errors, require_baseline, sidebar
+from common import friendly_errors, require_baseline, resolved_for, sidebar
 
 from binlab.training.calibration import calibration_set
-from binlab.probes.landscape import committed_curvature, curvature, interpolate, slice_model
-from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
+from binlab.methods import PAGE_DEFAULTS
+from binlab.nn.quantize import QuantSpec
+from binlab.probes.landscape import committed_curvature, curvature, interpolate, precision_ladder, slice_model
 
 preset, source = sidebar()
 st.title("Loss landscape")
@@ -33,13 +34,14 @@ def cached(key, fn):
 with friendly_errors():
     splits, baseline = require_baseline(preset, source)
     spec_json = st.session_state.get("spec_json") or st.query_params.get("spec")
-    spec = QuantSpec.from_json(spec_json) if spec_json else QuantSpec.simple("encoder", "xnor")
-    if not spec.rules:
-        spec = QuantSpec.simple("encoder", "xnor")
+    spec = QuantSpec.from_json(spec_json) if spec_json else QuantSpec()
+    if not spec.rules:  # nothing chosen on Binarize yet: every encoder linear with the page's default method
+        spec = QuantSpec.simple("encoder", PAGE_DEFAULTS["landscape"])
     st.caption("Binarized configuration: " + ", ".join(f"`{r.target}`→{r.method.method}" for r in spec.rules[:6])
                + (" …" if len(spec.rules) > 6 else ""))
     calib = calibration_set(splits)  # training rows, for methods that need data (GPTQ, PB-LLM, BiLLM ...)
-    rows = st.select_slider("evaluation rows (fixed batch set)", [64, 128, 256, 512], value=128 if preset == "tiny" else 256, key="ls_rows")
+    probe = resolved_for(preset, source).preset
+    rows = st.select_slider("evaluation rows (fixed batch set)", sorted({64, 128, 256, 512, probe.probe_rows}), value=probe.probe_rows, key="ls_rows")
     t1, t2, t3, t4 = st.tabs(["1-D: fp → binary", "2-D slice", "precisions compared", "curvature"])
 
     with t1:
@@ -58,7 +60,7 @@ with friendly_errors():
 
     with t2:
         c1, c2 = st.columns(2)
-        steps = c1.slider("grid size", 5, 21, 7 if preset == "tiny" else 11, 2, key="ls_steps")
+        steps = c1.slider("grid size", 5, 21, probe.probe_grid, 2, key="ls_steps")
         span = c2.slider("span (filter-normalised units)", 0.1, 2.0, 1.0, 0.1, key="ls_span")
         if st.button("Compute 2-D slices (fp32 and binarized)", key="ls_2d"):
             cols = st.columns(2)
@@ -78,11 +80,7 @@ with friendly_errors():
         st.write("The same filter-normalised random direction through four versions of the same weights"
                  " (and, after a run on **Train (QAT)**, through the QAT model: before/after QAT).")
         if st.button("Compare fp32 / 2-bit / ternary / binary", key="ls_cmp"):
-            targets = [r.target for r in spec.rules]
-            versions = {"fp32": None,
-                        "2-bit": QuantSpec(tuple(Rule(t, MethodConfig("uniform", options={"bits": 2})) for t in targets)),
-                        "ternary (TWN)": QuantSpec(tuple(Rule(t, MethodConfig("twn")) for t in targets)),
-                        "binary": spec}
+            versions = precision_ladder(spec)
             fig = go.Figure()
             bar = st.progress(0.0)
             for k, (name, sp) in enumerate(versions.items()):

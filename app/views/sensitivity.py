@@ -4,7 +4,7 @@ import streamlit as st
 
 from common import friendly_errors, require_baseline, sidebar
 
-from binlab.methods import BINARIZERS
+from binlab.methods import BINARIZERS, PAGE_DEFAULTS
 from binlab.training.calibration import calibration_set
 from binlab.lab.live import layout, sensitivity
 from binlab.nn.quantize import MethodConfig
@@ -17,7 +17,7 @@ st.markdown("Each bar binarizes **only** the named component (or pair, or group)
 
 with friendly_errors():
     splits, baseline = require_baseline(preset, source)
-    method = st.selectbox("Binarizer", sorted(BINARIZERS), index=sorted(BINARIZERS).index("sign"), key="sens_method")
+    method = st.selectbox("Binarizer", sorted(BINARIZERS), index=sorted(BINARIZERS).index(PAGE_DEFAULTS["sensitivity"]), key="sens_method")
     key = f"sens:{preset}:{source}:{method}"
     if st.button("Run the sweep", key="run_sweep", type="primary") or key in st.session_state:
         if key not in st.session_state:
@@ -25,28 +25,23 @@ with friendly_errors():
             st.session_state[key] = sensitivity(baseline, splits.val, MethodConfig(method), calib=calibration_set(splits),
                                                 callback=lambda i, n, lbl: bar.progress(i / n, text=f"{i}/{n}: {lbl}"))
         rows = st.session_state[key]
-        lm = "perplexity" in rows[0]
-        if lm:  # a language model: perplexity and its ratio to fp32 instead of accuracy and its drop
-            for r in rows:
-                r["accuracy_low"] = r["accuracy_high"] = r["accuracy"] = r["perplexity"]
-                r["drop"] = r["ppl_ratio"]
-        for r in rows:
-            r["err_plus"], r["err_minus"] = r["accuracy_high"] - r["accuracy"], r["accuracy"] - r["accuracy_low"]
-        fig = px.bar(rows, x="label", y="accuracy", color="kind", hover_data=["target", "reduction_percent", "within_noise"],
-                     error_y="err_plus", error_y_minus="err_minus",
-                     title=f"validation {'perplexity' if lm else 'accuracy'} with one part binarized ({method}, PTQ"
-                           + ("" if lm else "; bars: 95 % interval") + ")", log_y=lm)
-        fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), xaxis_title=None, yaxis_title="perplexity" if lm else "accuracy %")
+        m0 = rows[0]["metric"]
+        bars = [{"label": r["label"], "kind": r["kind"], "target": r["target"], m0.name: r["metric"].value,
+                 "err_plus": r["metric"].error_bars()[0], "err_minus": r["metric"].error_bars()[1],
+                 "reduction_percent": r["reduction_percent"], "within_noise": r["within_noise"]} for r in rows]
+        fig = px.bar(bars, x="label", y=m0.name, color="kind", hover_data=["target", "reduction_percent", "within_noise"],
+                     error_y="err_plus", error_y_minus="err_minus", log_y=m0.log_scale,
+                     title=f"validation {m0.name} with one part binarized ({method}, PTQ; bars: 95 % interval)")
+        fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), xaxis_title=None, yaxis_title=m0.name + m0.unit)
         st.plotly_chart(fig, width="stretch")
         n_layers = len(layout(baseline)["layers"])
         comp = [r for r in rows if r["kind"] == "component" and r["label"].startswith("L")]
         parts = sorted({r["label"].split(" ", 1)[1] for r in comp}, key=lambda p: ["Q", "K", "V", "O", "FFN up", "FFN down"].index(p))
-        grid = [[next(r["drop"] for r in comp if r["label"] == f"L{i} {p}") for p in parts] for i in range(n_layers)]
+        grid = [[next(r["metric"].cost() for r in comp if r["label"] == f"L{i} {p}") for p in parts] for i in range(n_layers)]
         hm = px.imshow(grid, x=parts, y=[f"layer {i}" for i in range(n_layers)], color_continuous_scale="Reds", text_auto=".2f",
-                       labels=dict(color="perplexity / fp32" if lm else "accuracy drop (pts)"),
-                       title="perplexity ratio to fp32 per component" if lm else "accuracy drop per component")
+                       labels=dict(color=m0.cost_label()), title=f"{m0.cost_label()} per component")
         hm.update_layout(height=140 + 60 * n_layers, margin=dict(l=10, r=10, t=40, b=10))
         st.plotly_chart(hm, width="stretch")
         st.caption("drop_low/drop_high: the paired 95 % interval of the drop against fp32 on the same rows; "
                    "within_noise: the interval contains 0, so this change is not measurable on these rows.")
-        st.dataframe([{k: v for k, v in r.items() if k not in ("err_plus", "err_minus")} for r in rows], hide_index=True, width="stretch")
+        st.dataframe([{k: v for k, v in r.items() if k != "metric"} for r in rows], hide_index=True, width="stretch")

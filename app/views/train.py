@@ -1,17 +1,19 @@
 """Train (QAT): fine-tune the configuration chosen on the Binarize page through the STE."""
+from dataclasses import replace
+
 import plotly.graph_objects as go
 import streamlit as st
 
-from common import friendly_errors, require_baseline, sidebar
+from common import friendly_errors, require_baseline, resolved_for, sidebar
 
 from binlab.training.calibration import calibration_set
 from binlab.lab.live import compare_models
-from binlab.training.qat import QATConfig, ptq, qat
+from binlab.training.qat import ptq, qat
 from binlab.nn.quantize import QuantSpec
 from binlab.training.recipes import RECIPES, run as run_recipe
 from binlab.lab.runs import RunStore, measure
 from binlab.runtime.size import reduction_against
-from binlab.training.train import TrainConfig, evaluate, save_checkpoint
+from binlab.training.train import evaluate, save_checkpoint
 
 
 def save_qat(student, spec, preset, cfg, metrics):
@@ -56,27 +58,31 @@ with friendly_errors():
     st.write("Configuration: " + ", ".join(f"`{r.target}` → **{r.method.method}** (STE {r.method.ste_name})" for r in spec.rules[:8])
              + (f" and {len(spec.rules) - 8} more" if len(spec.rules) > 8 else "")
              + (f"; attention {spec.attn_probs}" if spec.attn_probs else "") + (f"; Q/K/V {spec.attn_qkv}" if spec.attn_qkv else ""))
+    budget = resolved_for(preset, source).qat  # the preset's QAT budget: the one its tables ran with
     c1, c2, c3 = st.columns(3)
-    epochs = c1.slider("epochs", 0.1, 3.0, 1.0 if preset != "minilm-l2" else 0.3, 0.1, key="qat_epochs")
-    lr = c2.select_slider("learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 5e-4, 1e-3, 3e-3], value=5e-4 if preset != "tiny" else 3e-3, key="qat_lr")
-    distill = c3.slider("distillation weight", 0.0, 1.0, 0.5, 0.1, key="qat_distill")
+    epochs = c1.slider("epochs", 0.1, 3.0, float(budget.train.epochs), 0.1, key="qat_epochs")
+    lr = c2.select_slider("learning rate", sorted({1e-5, 3e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 3e-3, budget.train.lr}),
+                          value=budget.train.lr, key="qat_lr")
+    distill = c3.slider("distillation weight", 0.0, 1.0, float(budget.train.distill), 0.1, key="qat_distill")
     rows = len(splits.train)
-    st.caption(f"{rows:,} training rows × {epochs} epochs; progress and curves below. A 2-core CPU does the scratch preset's epoch in about a minute.")
+    st.caption(f"{rows:,} training rows × {epochs:g} epochs; progress and curves below. The defaults are the budget the "
+               f"committed tables trained with on this preset ({budget.train.epochs:g} epochs, learning rate {budget.train.lr:g}, "
+               f"distillation {budget.train.distill:g}). A 2-core CPU does the scratch preset's epoch in about a minute.")
 
     if st.button("Run QAT", key="run_qat", type="primary"):
         bar = st.progress(0.0, text="quantizing ...")
         chart = st.empty()
         health_chart = st.empty()
-        steps, losses, vsteps, vaccs = [], [], [], []
+        steps, losses, vsteps, vaccs, vname = [], [], [], [], ["validation"]
         health = []
         draws = [0]
 
         def draw():
             fig = go.Figure(go.Scatter(x=steps, y=losses, mode="lines", name="training loss"))
             if vaccs:
-                fig.add_scatter(x=vsteps, y=vaccs, mode="lines+markers", name="validation accuracy", yaxis="y2")
+                fig.add_scatter(x=vsteps, y=vaccs, mode="lines+markers", name=vname[0], yaxis="y2")
             fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="step",
-                              yaxis2=dict(overlaying="y", side="right", title="accuracy"), legend=dict(orientation="h"))
+                              yaxis2=dict(overlaying="y", side="right", title=vname[0]), legend=dict(orientation="h"))
             chart.plotly_chart(fig, width="stretch", key=f"qat_curve_{draws[0]}")
             draws[0] += 1
 
@@ -112,13 +118,13 @@ with friendly_errors():
                 if e["step"] % 20 == 0:
                     draw()
             else:
-                vsteps.append(e["step"]); vaccs.append(e["val_accuracy"])  # noqa: E702
+                vsteps.append(e["step"]); vaccs.append(e["metric"].value); vname[0] = f"validation {e['metric'].name}"  # noqa: E702
                 draw()
 
-        cfg = QATConfig(TrainConfig(epochs=epochs, lr=lr, warmup=0.05, distill=distill, eval_every=max(1, int(epochs * rows / 32 / 4))),
-                        freeze=("embed.token.*",) if preset == "minilm-l2" else ())
+        cfg = replace(budget, train=replace(budget.train, epochs=epochs, lr=lr, distill=distill,
+                                            eval_every=max(1, int(epochs * rows / budget.train.batch_size / 4))))
         calib = calibration_set(splits)  # training rows, for methods that need data
-        total_steps = max(1, int(epochs * rows / 32))
+        total_steps = max(1, int(epochs * rows / budget.train.batch_size))
         import time
 
         t0 = time.perf_counter()
@@ -129,22 +135,12 @@ with friendly_errors():
             student = run_recipe(recipe, baseline, splits.train, cfg, callback=cb, calib=calib)
         draw()
         bar.progress(1.0, text=f"done in {time.perf_counter() - t0:.0f} s")
-        cmp = compare_models(student, ptq(baseline, spec, calib=calib), splits.val)  # QAT vs PTQ on the same validation rows
+        cmp = compare_models(student, ptq(baseline, spec, calib=calib), splits.val, reference_label="PTQ")  # the same validation rows
         after = {"accuracy": cmp["accuracy_a"]}
+        m, ptq_metric = cmp["metric"], cmp["metric_b"]
         m1, m2, m3 = st.columns(3)
-        if "perplexity" in cmp:  # a language model
-            m1.metric("validation perplexity after QAT", f"{cmp['perplexity_a']:.2f}",
-                      f"x{cmp['ppl_ratio']:.3f} vs PTQ" + (" (within noise)" if cmp["ppl_within_noise"] else ""),
-                      delta_color="off" if cmp["ppl_within_noise"] else "inverse",
-                      help=f"QAT / PTQ perplexity on the same {cmp['rows']} rows, 95 % interval x{cmp['ppl_ratio_low']:.3f}-x{cmp['ppl_ratio_high']:.3f}")
-            m2.metric("PTQ (no training)", f"{cmp['perplexity_b']:.2f}")
-        else:
-            m1.metric("validation accuracy after QAT", f"{cmp['accuracy_a']:.2f} %",
-                      f"{cmp['diff']:+.2f} pts vs PTQ" + (" (within noise)" if cmp["within_noise"] else ""),
-                      delta_color="off" if cmp["within_noise"] else "normal",
-                      help=f"95 % interval {cmp['low_a']:.1f}-{cmp['high_a']:.1f} % on {cmp['rows']} rows; QAT - PTQ on the same rows: "
-                           f"{cmp['diff_low']:+.2f} to {cmp['diff_high']:+.2f} pts (paired 95 %; McNemar p = {cmp['p_value']:.3f})")
-            m2.metric("PTQ (no training)", f"{cmp['accuracy_b']:.2f} %", help=f"95 % interval {cmp['low_b']:.1f}-{cmp['high_b']:.1f} %")
+        m1.metric(f"validation {m.name} after QAT", m.text(), m.change_text(), delta_color=m.delta_color(), help=m.help())
+        m2.metric("PTQ (no training)", ptq_metric.text(), help=ptq_metric.interval_text())
         m3.metric("size reduction", f"{reduction_against(student, baseline):.2f} %")
         st.session_state["qat_model"] = student
         stem = save_qat(student, spec, preset, cfg, after)
@@ -156,5 +152,4 @@ with friendly_errors():
     if "qat_model" in st.session_state and st.button("Evaluate the QAT model on the full test set", key="qat_test"):
         with st.spinner("evaluating ..."):
             t = evaluate(st.session_state["qat_model"], splits.test)
-        st.success(f"test perplexity **{t.perplexity:.2f}** ({t.n:,} rows)" if t.perplexity is not None
-                   else f"test accuracy **{100 * t.accuracy:.2f} %** ({t.n:,} rows)")
+        st.success(f"test {t.metric().name} **{t.metric().text()}** ({t.n:,} rows)")

@@ -1,7 +1,7 @@
 """The experiment results store: one SQLite file, one row per trained-and-evaluated configuration.
 
 Every configuration an experiment or a sweep runs (a preset, a spec, a training budget, a seed, and
-the fp32 baseline it starts from) has a key (:func:`binlab.experiments.run_key`); its result is written
+the fp32 baseline it starts from) has a key (:func:`binlab.experiments.rows.row_key`); its result is written
 as one committed transaction under that key, with ``INSERT OR IGNORE``, so
 
 - a killed run loses at most the configuration it was computing, never a finished one;

@@ -55,7 +55,7 @@ RUNNERS = ("local", "ray")
 
 @dataclass(frozen=True)
 class Task:
-    """One configuration: ``config`` (a :class:`binlab.experiments.Config`) on ``preset``, QAT seed
+    """One configuration: ``config`` (a :class:`binlab.experiments.catalog.Config`) on ``preset``, QAT seed
     ``seed``, starting from the fp32 baseline trained with ``baseline_seed`` on ``train_rows`` training
     rows (None: all). ``budget``: a QATConfig (None: the preset's, with the config's changes)."""
 

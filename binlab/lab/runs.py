@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from binlab.nn.metric import Metric, headline, task_info
+
 FORMAT = "binlab-runs/1"
 
 
@@ -56,6 +58,14 @@ class Run:
             raise ValueError(f"run field 'rows' must be a positive int, got {self.rows!r}")
         if not isinstance(self.per_class, dict) or not isinstance(self.confusion, list) or not isinstance(self.extra, dict):
             raise ValueError("run fields per_class and extra must be objects and confusion a list")
+
+    @property
+    def metric(self) -> Metric:
+        """The run's headline :class:`~binlab.nn.metric.Metric`: perplexity for a language model (no
+        interval stored), else accuracy with its 95 % interval."""
+        if self.perplexity is not None:
+            return headline(task_info("lm"), self.perplexity, rows=self.rows)
+        return headline(task_info("classify"), self.accuracy, low=self.low, high=self.high, rows=self.rows)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Run":

@@ -32,6 +32,12 @@ from .learned import DBLLM, FBI, BinaryMoS  # noqa: F401
 from .bert import TWS, BiBERTWeight, bwn, tws_split  # noqa: F401
 
 
+#: the method a page of the lab starts with (each a registry key)
+PAGE_DEFAULTS = {"binarize": "bucket", "sensitivity": "sign", "landscape": "xnor", "deploy": "xnor"}
+if not set(PAGE_DEFAULTS.values()) <= set(BINARIZERS):
+    raise ValueError(f"PAGE_DEFAULTS names a method the registry lacks: {set(PAGE_DEFAULTS.values()) - set(BINARIZERS)}")
+
+
 def bits_per_weight(name: str, shape=(128, 128), **options) -> float:
     """Stored bits per weight of ``name`` with its defaults on a ``shape`` matrix (everything counted)."""
     q = BINARIZERS[name](**options)

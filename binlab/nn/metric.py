@@ -124,6 +124,20 @@ class Metric:
                 out += f" (95 % interval {self.change_interval_text()}" + ("; within noise" if self.within_noise else "") + ")"
         return out
 
+    def cost(self) -> float | None:
+        """How much worse than the reference: points lost (a difference of a higher-is-better metric) or the
+        ratio to the reference (a lower-is-better one, perplexity); None without a reference."""
+        if self.change is None:
+            return None
+        if self.change_kind == "ratio":
+            return self.change if not self.higher_is_better else 1 / self.change
+        return -self.change if self.higher_is_better else self.change
+
+    def cost_label(self) -> str:
+        if self.change_kind == "ratio":
+            return f"{self.name} / {self.reference_label}"
+        return f"{self.name} drop" + (" (pts)" if self.unit.strip() == "%" else "")
+
     def error_bars(self) -> tuple[float, float]:
         """(above, below) the value, for a plot's error bars (0, 0 without an interval)."""
         if self.low is None:

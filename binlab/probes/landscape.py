@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from binlab.data import EncodedSplit
 from binlab.nn import objective
-from binlab.nn.quantize import QuantSpec, is_training_aux, quantizable
+from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, is_training_aux, quantizable
 from binlab.training.train import EVAL_BATCH
 
 
@@ -284,6 +284,16 @@ def curvature(model: nn.Module, split: EncodedSplit, spec: QuantSpec | None = No
     eig = solver(ml, params, k=k, iters=iters, tol=tol, seed=seed, callback=callback)
     tr, se = hessian_trace(ml, params, samples=trace_samples, seed=seed) if trace_samples else (float("nan"), float("nan"))
     return {"top_eigenvalues": eig, "trace": tr, "trace_se": se, "rows": rows, "through_ste": spec is not None, "method": method}
+
+
+def precision_ladder(binary: QuantSpec) -> dict[str, QuantSpec | None]:
+    """The same components at four precisions, for comparing slices: fp32, 2-bit uniform, ternary (TWN)
+    and ``binary`` (each rule's target kept, its method replaced)."""
+    targets = [r.target for r in binary.rules]
+    return {"fp32": None,
+            "2-bit": QuantSpec(tuple(Rule(t, MethodConfig("uniform", options={"bits": 2})) for t in targets)),
+            "ternary (TWN)": QuantSpec(tuple(Rule(t, MethodConfig("twn")) for t in targets)),
+            "binary": binary}
 
 
 def committed_curvature(preset: str = "scratch") -> dict | None:

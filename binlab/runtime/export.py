@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
+
 from .codecs import CODECS, NotPackable, encode
 from .packed import PackedEmbedding, PackedLinear
 
@@ -54,6 +56,17 @@ def spec_of(model: nn.Module):
 
 #: the header fields the checksum covers with the tensors (everything that decides what the model computes)
 SIGNED_FIELDS = ("format", "config", "spec", "components")
+
+
+def ready_specs() -> dict[str, QuantSpec]:
+    """Ready-made configurations (PTQ of the baseline) to export before a learner has made one: W1A1
+    through the XNOR kernel, W1A32 through lookup tables, and the seed's thresholding."""
+    return {
+        "W1A1: XNOR weights and sign inputs in every encoder linear, binary embeddings (PTQ)":
+            QuantSpec((Rule("embeddings", MethodConfig("xnor")), Rule("encoder", MethodConfig("xnor", act="sign")))),
+        "W1A32: XNOR weights everywhere but the head (PTQ)": QuantSpec.simple("all-except-head", "xnor"),
+        "The seed's thresholding: bucket means everywhere but the head (PTQ)": QuantSpec.simple("all-except-head", "bucket"),
+    }
 
 
 def _digest(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> str:
@@ -98,7 +111,7 @@ def packed_tensors(model: nn.Module) -> tuple[dict[str, np.ndarray], dict[str, d
 def save_packed(model: nn.Module, path: str | Path, **extra_meta: str) -> dict:
     """Write ``model`` (a :class:`~binlab.nn.model.Classifier` or :class:`~binlab.nn.model.CausalLM`, fake-quantized
     by :func:`~binlab.nn.quantize.quantize_`) packed to ``path`` (atomically). Returns ``{"path",
-    "file_bytes", "predicted_bytes", "components"}``; :class:`~binlab.runtime.packed.NotPackable` names the
+    "file_bytes", "predicted_bytes", "components"}``; :class:`~binlab.runtime.codecs.NotPackable` names the
     component and why when a method has no packed layout."""
     from safetensors.numpy import save_file
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from binlab.nn.metric import Metric, headline, task_info
 from binlab.nn import objective
 from binlab.data import CLASSES, EncodedSplit
 from binlab.nn.model import Classifier, ModelConfig, build
@@ -87,6 +88,11 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def metric(self) -> Metric:
+        """The task's headline metric of this evaluation (accuracy in percent, or perplexity), no interval."""
+        info = task_info("lm" if self.perplexity is not None else "classify")
+        return headline(info, self.perplexity if self.perplexity is not None else 100 * self.accuracy, rows=self.n, tokens=self.tokens)
 
 
 #: rows per evaluation batch (length-sorted): on AG_NEWS (mean 54 tokens, max 128) a 1,000-row
@@ -214,7 +220,8 @@ def train(
         if r.perplexity is not None:
             hist.setdefault("val_perplexity", []).append(r.perplexity)
         if callback:
-            callback({"kind": "eval", "step": step, "total": total, "val_accuracy": r.accuracy, "val_loss": r.loss, "val_perplexity": r.perplexity})
+            callback({"kind": "eval", "step": step, "total": total, "val_accuracy": r.accuracy, "val_loss": r.loss, "val_perplexity": r.perplexity,
+                      "metric": r.metric()})
 
     while step < total:
         for x, y in train_split.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, device=device):

@@ -53,9 +53,9 @@ def _rss_mb(field: str = "VmRSS") -> float:
 
 def child(kind: str, path: str, ids_path: str, lens_path: str) -> None:
     """Fresh process: load one model, classify every row, print peak RSS (MiB) as JSON."""
-    from binlab.runtime import export  # noqa: F401 - the same imports for both kinds (numba, safetensors)
     from binlab.data import PAD_ID
     from binlab.nn.model import ModelConfig, build
+    from binlab.runtime import export  # noqa: F401 - the same imports for both kinds (numba, safetensors)
 
     ids = np.load(ids_path)
     offsets = np.load(lens_path)
@@ -95,11 +95,11 @@ def main():
         return child(*args.child)
 
     from binlab.experiments.provenance import RESULTS, machine
-    from binlab.runtime.export import check_size, load_packed, save_packed
-    from binlab.presets import baseline_stem, get_baseline, get_preset, load_data
-    from binlab.training.qat import ptq
     from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
+    from binlab.presets import baseline_stem, get_baseline, get_preset, load_data
+    from binlab.runtime.export import check_size, load_packed, save_packed
     from binlab.runtime.size import model_size
+    from binlab.training.qat import ptq
     from binlab.training.train import evaluate, predict
 
     threads = numba.get_num_threads()

@@ -24,12 +24,11 @@ import numba
 import numpy as np
 import torch
 
-from common import cpu_flags, timeit
-
 from binlab.experiments.provenance import RESULTS, machine
-from binlab.runtime.kernels import (LutWeights, popcount_roofline_parallel, xnor_gemm_kernel, binary_gemm, n_words, pack_bits,
-                                    w1a1_linear, xnor_gemm)
+from binlab.runtime.kernels import LutWeights, binary_gemm, n_words, pack_bits, popcount_roofline_parallel, w1a1_linear, xnor_gemm, xnor_gemm_kernel
 from binlab.runtime.packed import pack_model
+
+from common import cpu_flags, timeit
 
 SCALAR_CHILD = """
 import sys, time
@@ -142,9 +141,9 @@ def main():
 
     e2e = None
     try:
+        from binlab.nn.quantize import QuantSpec
         from binlab.presets import get_baseline, get_preset, load_data
         from binlab.training.qat import ptq
-        from binlab.nn.quantize import QuantSpec
         from binlab.training.train import predict
 
         p = get_preset(args.preset)

@@ -13,9 +13,9 @@ import time
 import torch
 
 from binlab.experiments.provenance import RESULTS, machine
-from binlab.probes.landscape import curvature, slice_model
-from binlab.presets import get_baseline, get_preset, load_data
 from binlab.nn.quantize import QuantSpec
+from binlab.presets import get_baseline, get_preset, load_data
+from binlab.probes.landscape import curvature, slice_model
 
 
 def main():

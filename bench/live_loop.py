@@ -24,8 +24,8 @@ import torch
 
 from binlab.experiments.provenance import RESULTS, machine
 from binlab.lab.live import LiveLab
-from binlab.presets import get_baseline, get_preset, load_data
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
+from binlab.presets import get_baseline, get_preset, load_data
 from binlab.training.train import evaluate
 
 

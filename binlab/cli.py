@@ -106,10 +106,9 @@ def cmd_train(args):
 
 def cmd_eval(args):
     from .runtime.size import model_size
-    from .training.train import evaluate
-
     from .training.calibration import calibration_set
     from .training.qat import ptq
+    from .training.train import evaluate
 
     spec = _spec(args)  # bad input fails before any data is loaded or a baseline trained
     p, splits, model = _load(args)
@@ -120,8 +119,8 @@ def cmd_eval(args):
 
 
 def cmd_generate(args):
-    from .training.calibration import calibration_set
     from .nn.generate import greedy
+    from .training.calibration import calibration_set
     from .training.qat import ptq
 
     spec = _spec(args)
@@ -135,10 +134,10 @@ def cmd_generate(args):
 
 
 def cmd_size(args):
-    from .training.calibration import calibration_set
     from .presets import build_model, get_baseline, get_preset
-    from .training.qat import ptq
     from .runtime.size import model_size
+    from .training.calibration import calibration_set
+    from .training.qat import ptq
 
     p = get_preset(args.preset)
     splits = _splits(p, args)
@@ -162,9 +161,9 @@ def cmd_size(args):
 
 
 def cmd_export(args):
-    from .training.calibration import calibration_set
-    from .runtime.export import check_size, load_packed, save_packed
     from .data import fingerprint
+    from .runtime.export import check_size, load_packed, save_packed
+    from .training.calibration import calibration_set
     from .training.qat import ptq
 
     spec = _spec(args)

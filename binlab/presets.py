@@ -20,10 +20,10 @@ from typing import Callable
 
 import torch
 
-from .data import DataConfig, Splits, TokenizerConfig, cache_dir, load_splits, fingerprint
+from .data import DataConfig, Splits, TokenizerConfig, cache_dir, fingerprint, load_splits
+from .nn.metric import Metric, TaskInfo, headline, task_info
 from .nn.model import Classifier, ModelConfig, build
 from .training.qat import QATConfig
-from .nn.metric import Metric, TaskInfo, headline, task_info
 from .training.train import CheckpointError, TrainConfig, estimate_seconds, evaluate, load_checkpoint, save_checkpoint, train
 
 

@@ -3,9 +3,8 @@ import json
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from conftest import make_ag_news_fixture
+from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "Home.py")
 
@@ -54,8 +53,8 @@ def run_qat_on_encoder(epochs: float, recipe: str | None = None):
 
 def assert_core_numbers(at) -> None:
     """The Binarize page's accuracy and loss are the core's for its configuration (read from its URL), evaluated apart."""
-    from binlab.presets import cached_baseline, load_data
     from binlab.nn.quantize import QuantSpec, quantize_
+    from binlab.presets import cached_baseline, load_data
     from binlab.training.train import evaluate
 
     raw = at.query_params["spec"]
@@ -455,7 +454,6 @@ def test_fuzzed_share_urls_never_raise(env, trained):
     """Near-valid specs of every shape (wrong types, unknown keys and targets, out-of-range options) in the
     URL: the page warns or applies them, and always shows its numbers."""
     from hypothesis import HealthCheck, given, settings
-
     from test_fuzz import near_valid_specs
 
     @settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))

@@ -7,16 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from binlab.methods import BINARIZERS, bwn, ternarize, tws_split
 from binlab.methods.activations import ELASTIC, ElasticAct, _Elastic, elastic_levels, make_act
 from binlab.methods.attention import ATTENTION, BiAttention, entropy, make_attention, maps
-from binlab.methods import BINARIZERS, bwn, ternarize, tws_split
 from binlab.nn.objective import dmd_loss, hidden_loss
-from binlab.training.qat import QATConfig, qat
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, quantize_
-from binlab.training.recipes import RECIPES, Ensemble, Stage, binarybert_spec, run, run_stages, samme_update
 from binlab.runtime.size import model_size
+from binlab.training.qat import QATConfig, qat
+from binlab.training.recipes import RECIPES, Ensemble, Stage, binarybert_spec, run, run_stages, samme_update
 from binlab.training.train import TrainConfig, evaluate
-
 
 # ---------------------------------------------------------------------------------------------
 # Bi-Attention

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from binlab.methods import BINARIZERS, Bucket, Uniform, optimal_threshold
-from binlab.methods import ReCU, Stochastic, glorot_h
-from binlab.nn.quantize import MethodConfig, QuantLinear
+from binlab.methods import BINARIZERS, Bucket, ReCU, Stochastic, Uniform, glorot_h, optimal_threshold
 from binlab.methods.ste import STES, apply_ste
+from binlab.nn.quantize import MethodConfig, QuantLinear
 
 
 def W(seed=0, shape=(6, 40)):

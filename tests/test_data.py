@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from binlab.data import (PAD_ID, DataConfig, DataUnavailableError, TokenizerConfig, cache_dir, get_tokenizer, load_raw,
-                         load_splits, resolve_source)
+from binlab.data import PAD_ID, DataConfig, DataUnavailableError, TokenizerConfig, cache_dir, get_tokenizer, load_raw, load_splits, resolve_source
 
 
 def test_load_local_fixture(fixture_data):

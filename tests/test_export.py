@@ -10,14 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from binlab.methods import BINARIZERS
+from binlab.nn.model import ModelConfig, build
+from binlab.nn.quantize import MethodConfig, QuantLinear, QuantSpec, Rule, quantize_
+from binlab.runtime.codecs import NOT_PACKABLE, BinaryCodec, GridCodec, NotPackable, pack_uint, unpack_uint
 from binlab.runtime.export import check_size, load_packed, read_packed, save_packed
 from binlab.runtime.kernels import pack_bits, w1a1_linear
-from binlab.nn.model import ModelConfig, build
-from binlab.runtime.codecs import NOT_PACKABLE, BinaryCodec, GridCodec, NotPackable, pack_uint, unpack_uint
 from binlab.runtime.packed import PackedEmbedding, PackedLinear
-from binlab.training.qat import ptq
-from binlab.nn.quantize import MethodConfig, QuantLinear, QuantSpec, Rule, quantize_
 from binlab.runtime.size import model_size
+from binlab.training.qat import ptq
 from binlab.training.train import predict
 
 PACKABLE = [m for m in BINARIZERS if m not in NOT_PACKABLE]

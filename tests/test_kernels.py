@@ -5,8 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from binlab.runtime.kernels import (xnor_gemm_kernel, binary_gemm, pack_bits, unpack_bits,
-                                    xnor_gemm)
+from binlab.runtime.kernels import binary_gemm, pack_bits, unpack_bits, xnor_gemm, xnor_gemm_kernel
 from binlab.runtime.packed import PackedLinear, pack_model
 
 KS = st.sampled_from([1, 2, 63, 64, 65, 127, 128, 129, 1000])
@@ -132,10 +131,10 @@ def test_packed_linear_w1a32_and_w1a1_close():
 
 
 def test_pack_model_predictions_equal_fake_quant(tiny_splits):
-    from binlab.presets import get_baseline, get_preset
-    from binlab.training.qat import ptq
     from binlab.nn.quantize import QuantSpec
+    from binlab.presets import get_baseline, get_preset
     from binlab.runtime.size import model_size
+    from binlab.training.qat import ptq
     from binlab.training.train import predict
 
     teacher, _ = get_baseline(get_preset("tiny"), tiny_splits)

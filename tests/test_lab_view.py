@@ -24,8 +24,8 @@ def test_histograms_count_every_weight_and_match_numpy():
 
 def test_clones_share_rows_and_results_but_not_models(tiny_splits):
     from binlab.lab.live import LiveLab
-    from binlab.presets import get_baseline
     from binlab.nn.quantize import QuantSpec, current_plan
+    from binlab.presets import get_baseline
 
     fp, _ = get_baseline("tiny", tiny_splits)
     proto = LiveLab(fp, tiny_splits.val, val_rows=80)

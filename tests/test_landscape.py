@@ -5,10 +5,19 @@ import numpy as np
 import pytest
 import torch
 
-from binlab.probes.landscape import (ModelLoss, curvature, hessian_trace, interpolate, lanczos_eigenvalues, random_direction, slice_model,
-                              surface, top_eigenvalues)
-from binlab.training.qat import ptq
 from binlab.nn.quantize import QuantSpec
+from binlab.probes.landscape import (
+    ModelLoss,
+    curvature,
+    hessian_trace,
+    interpolate,
+    lanczos_eigenvalues,
+    random_direction,
+    slice_model,
+    surface,
+    top_eigenvalues,
+)
+from binlab.training.qat import ptq
 
 
 @pytest.fixture()

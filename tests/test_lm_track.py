@@ -11,7 +11,6 @@ import torch
 
 from binlab.methods import BINARIZERS
 
-
 # ------------------------------------------------------------------------------------------------
 # independent references (numpy, float64)
 
@@ -283,8 +282,8 @@ def test_billm_compensates_each_block_error_on_later_columns():
 
 
 def test_calibration_hessian_equals_2xxT_over_non_padding_rows(tiny_model, tiny_splits):
-    from binlab.training.calibration import calibration_set, collect_hessians
     from binlab.data import PAD_ID
+    from binlab.training.calibration import calibration_set, collect_hessians
 
     calib = calibration_set(tiny_splits, 16, seed=1)
     H = collect_hessians(tiny_model, calib, ["layers.0.attn.q"])["layers.0.attn.q"]
@@ -308,11 +307,11 @@ def test_calibration_rows_come_from_train_only(tiny_splits):
 
 
 def test_sequential_calibration_sees_quantized_earlier_layers(fixture_data):
-    from binlab.training.calibration import calibrate_, calibration_set
-    from binlab.presets import build_model, get_preset, load_data
-    from binlab.nn.quantize import QuantSpec, quantize_
-
     from dataclasses import replace
+
+    from binlab.nn.quantize import QuantSpec, quantize_
+    from binlab.presets import build_model, get_preset, load_data
+    from binlab.training.calibration import calibrate_, calibration_set
 
     p = get_preset("tiny")
     p = replace(p, model=replace(p.model, n_layers=2))
@@ -329,8 +328,8 @@ def test_sequential_calibration_sees_quantized_earlier_layers(fixture_data):
 
 
 def test_ptq_of_a_calibrated_method_without_data_is_a_clear_error(tiny_model):
-    from binlab.training.qat import ptq
     from binlab.nn.quantize import QuantSpec
+    from binlab.training.qat import ptq
 
     with pytest.raises(ValueError, match="calibration data"):
         ptq(tiny_model, QuantSpec.simple("encoder", "billm"))
@@ -418,11 +417,11 @@ def test_bigram_floor_matches_direct_counts(lm_splits):
 
 
 def test_lm_ptq_with_calibrated_methods_and_size(lm_splits):
-    from binlab.training.calibration import calibration_set
-    from binlab.presets import build_model, get_preset
-    from binlab.training.qat import ptq
     from binlab.nn.quantize import QuantSpec
+    from binlab.presets import build_model, get_preset
     from binlab.runtime.size import model_size
+    from binlab.training.calibration import calibration_set
+    from binlab.training.qat import ptq
     from binlab.training.train import evaluate
 
     m = build_model(get_preset("tiny-lm"), lm_splits)
@@ -588,9 +587,9 @@ def test_svid_is_the_rank1_svd_of_abs_w_and_the_nmf_optimum():
 
 
 def test_onebit_value_vectors_are_learned_stored_and_counted(tiny_model, tiny_splits):
-    from binlab.training.qat import QATConfig, qat
     from binlab.nn.quantize import QuantSpec
     from binlab.runtime.size import model_size
+    from binlab.training.qat import QATConfig, qat
     from binlab.training.train import TrainConfig
 
     spec = QuantSpec.simple("encoder", "onebit")
@@ -635,9 +634,9 @@ def test_hidden_loss_matches_reference():
 
 
 def test_output_hessian_is_the_mean_outer_product_of_per_row_weight_gradients(lm_splits):
-    from binlab.training.calibration import calibration_set, collect_output_hessians
     from binlab.nn.objective import row_stats
     from binlab.presets import build_model, get_preset
+    from binlab.training.calibration import calibration_set, collect_output_hessians
 
     m = build_model(get_preset("tiny-lm"), lm_splits).eval()
     calib = calibration_set(lm_splits, 6, seed=2)
@@ -655,17 +654,17 @@ def test_output_hessian_is_the_mean_outer_product_of_per_row_weight_gradients(lm
 
 
 def test_oac_is_billm_with_the_output_hessian(lm_splits):
-    from binlab.training.calibration import calibrate_, calibration_set, collect_output_hessians
-    from binlab.presets import build_model, get_preset
     from binlab.nn.quantize import QuantSpec, quantize_
+    from binlab.presets import build_model, get_preset
+    from binlab.training.calibration import calibrate_, calibration_set, collect_output_hessians
 
     m = build_model(get_preset("tiny-lm"), lm_splits)
     calib = calibration_set(lm_splits, 8)
     quantize_(m, QuantSpec.simple("layers.0.attn.v", "oac"))
     hs = calibrate_(m, calib)
     with torch.no_grad():
-        from binlab.training.calibration import bypassed
         from binlab.nn.quantize import quantized_modules
+        from binlab.training.calibration import bypassed
 
         with bypassed(quantized_modules(m)):
             want = collect_output_hessians(m, calib, ["layers.0.attn.v"])["layers.0.attn.v"]
@@ -754,9 +753,9 @@ def test_binarymos_starts_as_onebit_and_routes_per_token():
 
 
 def test_fbi_column_scale_and_shift_and_training_from_scratch(lm_splits):
+    from binlab.nn.quantize import QuantSpec
     from binlab.presets import build_model, get_preset
     from binlab.training.qat import QATConfig, qat
-    from binlab.nn.quantize import QuantSpec
     from binlab.training.train import TrainConfig
 
     rng = np.random.default_rng(15)
@@ -776,12 +775,12 @@ def test_fbi_column_scale_and_shift_and_training_from_scratch(lm_splits):
 
 
 def test_landscape_and_packing_on_the_lm(lm_splits):
-    from binlab.training.calibration import calibration_set
-    from binlab.runtime.packed import pack_model
-    from binlab.probes.landscape import interpolate, slice_model
-    from binlab.presets import build_model, get_preset
-    from binlab.training.qat import ptq
     from binlab.nn.quantize import QuantSpec
+    from binlab.presets import build_model, get_preset
+    from binlab.probes.landscape import interpolate, slice_model
+    from binlab.runtime.packed import pack_model
+    from binlab.training.calibration import calibration_set
+    from binlab.training.qat import ptq
     from binlab.training.train import evaluate
 
     m = build_model(get_preset("tiny-lm"), lm_splits)
@@ -802,9 +801,9 @@ def test_landscape_and_packing_on_the_lm(lm_splits):
 def test_stbllm_layerwise_allocation_gives_more_to_the_layer_with_outliers(lm_splits):
     from dataclasses import replace
 
-    from binlab.training.calibration import calibration_set
-    from binlab.training.allocation import layerwise_nm
     from binlab.presets import build_model, get_preset
+    from binlab.training.allocation import layerwise_nm
+    from binlab.training.calibration import calibration_set
     from binlab.training.qat import ptq
 
     p = get_preset("tiny-lm")
@@ -850,10 +849,10 @@ def test_storage_by_hand_for_the_other_llm_methods():
 def test_live_lab_partial_recompute_equals_full_evaluation(preset, fixture_data):
     from dataclasses import replace
 
-    from binlab.training.calibration import calibration_set
     from binlab.lab.live import LiveLab
-    from binlab.presets import build_model, get_preset, load_data
     from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
+    from binlab.presets import build_model, get_preset, load_data
+    from binlab.training.calibration import calibration_set
     from binlab.training.train import stats_on
 
     p = get_preset(preset)
@@ -933,9 +932,9 @@ def test_train_rows_and_the_time_estimate(fixture_data, capsys):
 
 
 def test_health_measures_against_references(tiny_model, tiny_splits):
+    from binlab.nn.quantize import QuantSpec, quantize_
     from binlab.training.health import attention_entropy, flip_ratio, outside_clip, signs
     from binlab.training.qat import QATConfig, qat
-    from binlab.nn.quantize import QuantSpec, quantize_
     from binlab.training.train import TrainConfig
 
     m = tiny_model

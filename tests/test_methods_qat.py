@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from binlab.methods import BINARIZERS
-from binlab.training.qat import QATConfig, qat
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, quantized_modules
+from binlab.training.qat import QATConfig, qat
 from binlab.training.train import TrainConfig, evaluate
-
 
 PTQ_ONLY = {n for n, c in BINARIZERS.items() if c.needs_calibration is True}  # GPTQ, BiLLM, ARB, STBLLM
 QAT_OPTIONS = {"pbllm": {"gptq": False, "metric": "magnitude"}}  # PB-LLM's QAT recipe: magnitude mask, no GPTQ
@@ -62,8 +61,8 @@ def test_qat_applies_binaryconnect_clip(tiny_model, tiny_splits):
 def test_training_only_modules_stay_out_of_checkpoints_and_probes(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    from binlab.probes.landscape import ModelLoss
     from binlab.nn.quantize import quantize_
+    from binlab.probes.landscape import ModelLoss
     from binlab.training.train import save_checkpoint
 
     quantize_(tiny_model, QuantSpec((Rule("encoder", MethodConfig("fda")),)))

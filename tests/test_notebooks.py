@@ -6,7 +6,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import make_ag_news_fixture
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"

@@ -45,10 +45,10 @@ def test_damaged_store_is_a_clear_error(tmp_path):
 
 
 def test_measure_agrees_with_a_direct_count(tiny_splits):
-    from binlab.presets import get_baseline
-    from binlab.training.qat import ptq
     from binlab.nn.quantize import QuantSpec
+    from binlab.presets import get_baseline
     from binlab.runtime.size import model_size
+    from binlab.training.qat import ptq
     from binlab.training.train import predict
 
     fp, _ = get_baseline("tiny", tiny_splits)

@@ -49,8 +49,8 @@ def test_cli_size_json(fixture_data, capsys):
     import json
 
     from binlab.cli import main
-    from binlab.presets import build_model, get_preset, load_data
     from binlab.nn.quantize import QuantSpec, quantize_
+    from binlab.presets import build_model, get_preset, load_data
     from binlab.runtime.size import model_size
 
     assert main(["size", "--preset", "tiny", "--data", str(fixture_data), "--target", "encoder", "--method", "xnor", "--json"]) == 0

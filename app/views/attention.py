@@ -5,12 +5,12 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from common import friendly_errors, require_baseline, session_models, sidebar
-
-from binlab.methods.attention import ATTENTION, view
 from binlab.lab.live import quantized_for_viewing
+from binlab.methods.attention import ATTENTION, view
 from binlab.nn.metric import task_info
 from binlab.training.recipes import RECIPES
+
+from common import friendly_errors, require_baseline, session_models, sidebar
 
 preset, source = sidebar()
 st.title("Attention")

@@ -4,21 +4,20 @@ import json
 import plotly.graph_objects as go
 import streamlit as st
 
-from common import friendly_errors, require_baseline, sidebar, train_rows
-
+from binlab.lab.live import SEED_POINTS, LiveLab, component_view, layout, spec_components, widget_representable
+from binlab.lab.runs import RunStore
+from binlab.methods import BINARIZERS, PAGE_DEFAULTS, method_card
 from binlab.methods.activations import ACT_NAMES
 from binlab.methods.attention import ATTENTION
-from binlab.methods import BINARIZERS, PAGE_DEFAULTS
-from binlab.training.calibration import calibration_set
+from binlab.methods.ste import STES
 from binlab.nn.generate import greedy
 from binlab.nn.metric import task_info
-from binlab.lab.live import SEED_POINTS, LiveLab, component_view, layout, spec_components, widget_representable
-from binlab.methods import method_card
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, plan
+from binlab.training.calibration import calibration_set
 from binlab.training.recipes import RECIPES
-from binlab.lab.runs import RunStore
-from binlab.methods.ste import STES
 from binlab.training.train import evaluate
+
+from common import friendly_errors, require_baseline, sidebar, train_rows
 
 preset, source = sidebar()
 st.title("Binarize (live)")
@@ -286,7 +285,7 @@ with friendly_errors():
             sc.add_scatter(x=[p["reduction"] for p in SEED_POINTS], y=[p["accuracy"] for p in SEED_POINTS], mode="markers", name="seed (reported)",
                            text=[p["label"] for p in SEED_POINTS], marker=dict(size=9, symbol="x", color="gray"))
         sc.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), yaxis_type="log" if m.log_scale else "linear",
-                         title=f"validation {m.name} vs size reduction (every configuration tried; bars: 95 % interval)",
+                         title=f"validation {m.name} vs size reduction (bars: 95 % interval)",
                          xaxis_title="size reduction %", yaxis_title=m.name + (" (log)" if m.log_scale else m.unit))
         st.plotly_chart(sc, width="stretch")
 

@@ -3,11 +3,11 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from common import friendly_errors, require_baseline, session_models, sidebar
-
 from binlab.data import CLASSES
-from binlab.runtime.export import spec_of
 from binlab.lab.runs import RunStore, export_json, import_json, measure
+from binlab.runtime.export import spec_of
+
+from common import friendly_errors, require_baseline, session_models, sidebar
 
 preset, source = sidebar()
 st.title("Compare runs")

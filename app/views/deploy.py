@@ -5,14 +5,14 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from common import friendly_errors, require_baseline, session_models, sidebar
-
 from binlab.data import cache_dir
 from binlab.nn.metric import task_info
-from binlab.runtime.export import classify_text, load_packed, ready_specs, save_packed
 from binlab.runtime.codecs import NotPackable
-from binlab.training.qat import ptq
+from binlab.runtime.export import classify_text, load_packed, ready_specs, save_packed
 from binlab.runtime.size import model_size
+from binlab.training.qat import ptq
+
+from common import friendly_errors, require_baseline, session_models, sidebar
 
 preset, source = sidebar()
 st.title("Deploy")

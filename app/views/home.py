@@ -2,11 +2,11 @@
 import plotly.graph_objects as go
 import streamlit as st
 
-from common import cached_baseline_for, damaged_checkpoint_ui, friendly_errors, resolved_for, sidebar, splits_for, train_baseline_ui
-
 from binlab.data import data_status
 from binlab.methods import BINARIZERS
 from binlab.presets import PRESETS
+
+from common import cached_baseline_for, damaged_checkpoint_ui, friendly_errors, resolved_for, sidebar, splits_for, train_baseline_ui
 
 preset, source = sidebar()
 st.title("binlab: binarize a language model, live")

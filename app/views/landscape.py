@@ -3,12 +3,12 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from common import friendly_errors, require_baseline, resolved_for, sidebar
-
-from binlab.training.calibration import calibration_set
 from binlab.methods import PAGE_DEFAULTS
 from binlab.nn.quantize import QuantSpec
 from binlab.probes.landscape import committed_curvature, curvature, interpolate, precision_ladder, slice_model
+from binlab.training.calibration import calibration_set
+
+from common import friendly_errors, require_baseline, resolved_for, sidebar
 
 preset, source = sidebar()
 st.title("Loss landscape")

@@ -5,9 +5,9 @@ An instructor can fix the lesson and hide the picker with the URL: ``?lesson=2&l
 import plotly.graph_objects as go
 import streamlit as st
 
-from common import friendly_errors, require_baseline, sidebar
-
 from binlab.lab.lessons import LESSONS, Context, check, lesson
+
+from common import friendly_errors, require_baseline, sidebar
 
 preset, source = sidebar()
 st.title("Lessons")

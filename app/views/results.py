@@ -7,8 +7,8 @@ import streamlit as st
 
 from binlab.experiments.provenance import RESULTS
 from binlab.experiments.report import load_results
-from binlab.experiments.texts import diff_text, vs_control_text
 from binlab.experiments.stats import wilson_interval
+from binlab.experiments.texts import diff_text, vs_control_text
 
 st.title("Results")
 st.markdown("Committed outputs of `binlab experiments run NAME --preset PRESET [--seeds N]` (files in `docs/results/`). "

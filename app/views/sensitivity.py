@@ -2,12 +2,12 @@
 import plotly.express as px
 import streamlit as st
 
-from common import friendly_errors, require_baseline, sidebar
-
-from binlab.methods import BINARIZERS, PAGE_DEFAULTS
-from binlab.training.calibration import calibration_set
 from binlab.lab.live import layout, sensitivity
+from binlab.methods import BINARIZERS, PAGE_DEFAULTS
 from binlab.nn.quantize import MethodConfig
+from binlab.training.calibration import calibration_set
+
+from common import friendly_errors, require_baseline, sidebar
 
 preset, source = sidebar()
 st.title("Sensitivity")

@@ -4,23 +4,24 @@ from dataclasses import replace
 import plotly.graph_objects as go
 import streamlit as st
 
-from common import friendly_errors, require_baseline, resolved_for, sidebar
-
-from binlab.training.calibration import calibration_set
 from binlab.lab.live import compare_models
-from binlab.training.qat import ptq, qat
-from binlab.nn.quantize import QuantSpec
-from binlab.training.recipes import RECIPES, run as run_recipe
 from binlab.lab.runs import RunStore, measure
+from binlab.nn.quantize import QuantSpec
 from binlab.runtime.size import reduction_against
+from binlab.training.calibration import calibration_set
+from binlab.training.qat import ptq, qat
+from binlab.training.recipes import RECIPES
+from binlab.training.recipes import run as run_recipe
 from binlab.training.train import evaluate, save_checkpoint
+
+from common import friendly_errors, require_baseline, resolved_for, sidebar
 
 
 def save_qat(student, spec, preset, cfg, metrics):
     """Keep the QAT result on disk (safetensors + JSON with the spec), so a crash loses nothing."""
     from dataclasses import asdict
 
-    from binlab.data import fingerprint, cache_dir
+    from binlab.data import cache_dir, fingerprint
 
     stem = cache_dir() / "qat" / f"{preset}-{fingerprint([spec.to_json(), asdict(cfg)])}"
     save_checkpoint(student, stem, {"spec": spec.to_json(), "qat": asdict(cfg), "val_accuracy": metrics["accuracy"]})

@@ -8,8 +8,6 @@ from binlab.presets import get_preset
 from binlab.training.qat import QATConfig
 
 
-
-
 def baseline_budget(preset: str) -> str:
     """How the preset's fp32 baseline was trained, for the fp rows' budget cell."""
     p = get_preset(preset)

@@ -7,14 +7,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-
+from . import sweep
 from .aggregate import aggregate
 from .budgets import baseline_budget
 from .catalog import EXPERIMENTS, FP, Config
-from . import sweep
 from .provenance import RESULTS, machine
 from .texts import accuracy_text
-
 
 DATA_SIZES = (2000, 4000, 8000, None)  # None: every training row there is (the hub has 120k; ../shared 15,287)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 from .stats import spearman_rho
 from .texts import diff_text
 
-
 CHANCE = 25.0  # AG_NEWS has 4 balanced classes
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 
 

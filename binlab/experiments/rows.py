@@ -15,20 +15,24 @@ from dataclasses import asdict
 from pathlib import Path
 
 from binlab.data import fingerprint
-from binlab.methods import BINARIZERS
-from binlab.methods import activations, attention as attention_mod, ste as ste_mod
+from binlab.methods import BINARIZERS, activations
+from binlab.methods import attention as attention_mod
 from binlab.methods import base as methods_base
-from binlab.nn import model as model_mod, objective as objective_mod, quantize as quantize_mod
+from binlab.methods import ste as ste_mod
+from binlab.nn import model as model_mod
+from binlab.nn import objective as objective_mod
+from binlab.nn import quantize as quantize_mod
 from binlab.nn.quantize import QuantSpec
 from binlab.runtime import size as size_mod
 from binlab.runtime.size import model_size
-from binlab.training import qat as qat_mod, recipes as recipes_mod, train as train_mod
+from binlab.training import qat as qat_mod
+from binlab.training import recipes as recipes_mod
+from binlab.training import train as train_mod
 from binlab.training.qat import QATConfig, ptq, qat
 from binlab.training.train import evaluate
 
 from .budgets import budget_label
 from .catalog import Config
-
 
 CALIB_ROWS = 128  # calibration rows (train only) for the methods that need data, as in GPTQ and its successors
 
@@ -112,6 +116,7 @@ def compute_row(c: Config, teacher, splits, budget: QATConfig, code: str | None 
     only when ``test`` (a final configuration; selection runs look at validation alone). The row holds
     the per-row test correctness (``test_correct``, :func:`binlab.experiments.stats.pack_correct`) for paired intervals."""
     from binlab.training.recipes import RECIPES
+
     from .stats import pack_correct
 
     code = code or code_fingerprint(c.spec)

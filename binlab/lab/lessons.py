@@ -81,9 +81,10 @@ def _binarizers(ctx: Context) -> Outcome:
 
 def _accuracy_race(ctx: Context, specs: dict) -> tuple[dict, tuple[str, ...]]:
     """Accuracy (%) of each spec's PTQ model on the same rows, and the choices within noise of the best."""
-    from .live import row_correctness
-    from binlab.training.qat import ptq
     from binlab.experiments.stats import paired_difference
+    from binlab.training.qat import ptq
+
+    from .live import row_correctness
 
     rows = ctx.splits.val.head(ctx.rows)
     batches = list(rows.batches(64))
@@ -123,10 +124,11 @@ def _threshold(ctx: Context) -> Outcome:
 
 
 def _qat(ctx: Context) -> Outcome:
-    from .live import compare_models
-    from binlab.training.qat import QATConfig, ptq, qat
     from binlab.nn.quantize import QuantSpec
+    from binlab.training.qat import QATConfig, ptq, qat
     from binlab.training.train import TrainConfig
+
+    from .live import compare_models
 
     spec = QuantSpec.simple("encoder", "xnor")
     train = ctx.splits.train.head(400 if ctx.fast else 4000)
@@ -142,8 +144,8 @@ def _qat(ctx: Context) -> Outcome:
 
 
 def _landscape(ctx: Context) -> Outcome:
-    from binlab.probes.landscape import curvature
     from binlab.nn.quantize import QuantSpec
+    from binlab.probes.landscape import curvature
 
     rows = 64 if ctx.fast else 256
     fp = curvature(ctx.baseline, ctx.splits.val, None, rows=rows, k=1, iters=8, trace_samples=0)["top_eigenvalues"][0]

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from binlab.data import PAD_ID, EncodedSplit
-from binlab.seed import SEED_POINTS  # noqa: F401 - re-exported: the app's scatter reads it from here
-from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, current_plan, quantizable, quantize_
-from binlab.runtime.size import model_size
+from binlab.experiments.stats import paired_difference, paired_ratio_difference, ratio_interval, wilson_interval
 from binlab.nn.metric import Metric, headline, task_info
 from binlab.nn.objective import perplexity, task_of
-from binlab.experiments.stats import paired_difference, paired_ratio_difference, ratio_interval, wilson_interval
+from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, current_plan, quantizable, quantize_
+from binlab.runtime.size import model_size
+from binlab.seed import SEED_POINTS  # noqa: F401 - re-exported: the app's scatter reads it from here
 from binlab.training.train import EVAL_BATCH, stats_on
 
 PARTS = (("Q", "attn.q"), ("K", "attn.k"), ("V", "attn.v"), ("O", "attn.o"), ("FFN up", "ffn.up"), ("FFN down", "ffn.down"))
@@ -202,8 +202,8 @@ class LiveLab:
     def hessian(self, name: str, kind: str = "layer") -> torch.Tensor:
         """The full-precision Hessian of a component on the calibration rows (cached): ``"layer"``
         (GPTQ's ``2 X X^T / N``) or ``"output"`` (OAC's output-adaptive one)."""
-        from binlab.training.calibration import bypassed, collect_hessians, collect_output_hessians
         from binlab.nn.quantize import quantized_modules
+        from binlab.training.calibration import bypassed, collect_hessians, collect_output_hessians
 
         if self.calib is None:
             raise ValueError("this lab has no calibration data (pass calib=...)")

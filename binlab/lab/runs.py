@@ -85,9 +85,9 @@ def measure(model: torch.nn.Module, reference: torch.nn.Module, split, *, preset
             spec_json: str, split_name: str = "val", rows: int = 1000, extra: dict | None = None) -> Run:
     """Evaluate ``model`` on the first ``rows`` rows of ``split`` and size it against ``reference`` (the fp32 model)."""
     from binlab.data import CLASSES
+    from binlab.experiments.stats import wilson_interval
     from binlab.nn.objective import task_of
     from binlab.runtime.size import model_size, reduction_against
-    from binlab.experiments.stats import wilson_interval
     from binlab.training.train import evaluate, predict
 
     part = split.head(rows)

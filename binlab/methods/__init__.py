@@ -19,18 +19,17 @@ method-picker help and ``docs/methods.md``).
 """
 from __future__ import annotations
 
-from .base import BINARIZERS, FP_BITS, Quantizer, register, sign  # noqa: F401
-from .classic import FDA, XNOR, BiReal, Bucket, NoiseAdaptation, ReCU, Sign, Stochastic, fourier_sign, fourier_sign_grad, glorot_h, optimal_threshold  # noqa: F401
-from .lowbit import TWN, BitNet, BitNet158, Uniform, ternarize, uniform_midrise  # noqa: F401
-from .gptq import GPTQ, RTN  # noqa: F401
-from .pbllm import PBLLM  # noqa: F401
-from .billm import OAC, BiLLM  # noqa: F401
 from .arb import ARB  # noqa: F401
-from .stbllm import STBLLM  # noqa: F401
-from .onebit import OneBit  # noqa: F401
-from .learned import DBLLM, FBI, BinaryMoS  # noqa: F401
+from .base import BINARIZERS, FP_BITS, Quantizer, register, sign  # noqa: F401
 from .bert import TWS, BiBERTWeight, bwn, tws_split  # noqa: F401
-
+from .billm import OAC, BiLLM  # noqa: F401
+from .classic import FDA, XNOR, BiReal, Bucket, NoiseAdaptation, ReCU, Sign, Stochastic, fourier_sign, fourier_sign_grad, glorot_h, optimal_threshold  # noqa: F401
+from .gptq import GPTQ, RTN  # noqa: F401
+from .learned import DBLLM, FBI, BinaryMoS  # noqa: F401
+from .lowbit import TWN, BitNet, BitNet158, Uniform, ternarize, uniform_midrise  # noqa: F401
+from .onebit import OneBit  # noqa: F401
+from .pbllm import PBLLM  # noqa: F401
+from .stbllm import STBLLM  # noqa: F401
 
 #: the method a page of the lab starts with (each a registry key)
 PAGE_DEFAULTS = {"binarize": "bucket", "sensitivity": "sign", "landscape": "xnor", "deploy": "xnor"}

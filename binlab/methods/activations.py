@@ -20,9 +20,9 @@ identity for ``absmax8``. The elastic kinds have their own backward (see :class:
 """
 from __future__ import annotations
 
-import torch
-
 import math
+
+import torch
 
 from . import sign
 from .ste import apply_ste

@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ste import FDA_OMEGA, FDA_TERMS, apply_grad, apply_ste, fda_ste, fourier_sign, fourier_sign_grad, get_ste  # noqa: F401
 from .base import FP_BITS, Quantizer, n_groups, numel, reduce_dims, register, rows, sign
+from .ste import FDA_OMEGA, FDA_TERMS, apply_grad, apply_ste, fda_ste, fourier_sign, fourier_sign_grad, get_ste  # noqa: F401
 
 PER_CHANNEL_UI = {"kind": "bool", "label": "per channel (one scale per output row)"}
 

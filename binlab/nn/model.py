@@ -32,7 +32,6 @@ import torch.nn.functional as F
 
 from binlab.data import PAD_ID
 
-
 TASKS = ("classify", "lm")
 
 

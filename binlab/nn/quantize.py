@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from binlab.methods import BINARIZERS, Quantizer
 from binlab.methods.activations import ACT_NAMES, make_act
 from binlab.methods.attention import ATTENTION, LowRankResidual, make_attention
-from binlab.methods import BINARIZERS, Quantizer
 from binlab.methods.ste import STES
 
 

@@ -30,8 +30,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from .kernels import dequant_rows, n_words, pack_bits, unpack_bits
 from binlab.methods import FP_BITS
+
+from .kernels import dequant_rows, n_words, pack_bits, unpack_bits
 
 
 class NotPackable(ValueError):

@@ -159,7 +159,7 @@ def load_packed(path: str | Path) -> nn.Module:
     ``model.packed_meta`` keeps the file's metadata. A damaged file raises ``ValueError``."""
     from binlab.methods.activations import make_act
     from binlab.nn.model import ModelConfig, build
-    from binlab.nn.quantize import MethodConfig, QuantSpec, set_submodule, install_attention_
+    from binlab.nn.quantize import MethodConfig, QuantSpec, install_attention_, set_submodule
 
     meta, tensors = read_packed(path)
     try:
@@ -224,7 +224,8 @@ def classify_text(model: nn.Module, tokenizer, text: str, repeats: int = 5) -> d
     import statistics
     import time
 
-    from binlab.data import CLASSES, encode as encode_texts
+    from binlab.data import CLASSES
+    from binlab.data import encode as encode_texts
 
     if not isinstance(text, str) or not text.strip():
         raise ValueError("type a headline to classify")

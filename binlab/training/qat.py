@@ -17,11 +17,11 @@ import fnmatch
 from dataclasses import dataclass
 
 import torch
-
 import torch.nn as nn
 
 from binlab.data import EncodedSplit
 from binlab.nn.quantize import QuantSpec, post_step, quantize_, set_progress
+
 from .train import Callback, TrainConfig, train
 
 

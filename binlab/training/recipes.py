@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+
 import numpy as np
 import torch
 import torch.nn as nn

@@ -28,9 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from binlab.nn.metric import Metric, headline, task_info
-from binlab.nn import objective
 from binlab.data import CLASSES, EncodedSplit
+from binlab.nn import objective
+from binlab.nn.metric import Metric, headline, task_info
 from binlab.nn.model import Classifier, ModelConfig, build
 from binlab.nn.quantize import is_training_aux
 

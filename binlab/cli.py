@@ -224,10 +224,10 @@ def cmd_experiments(args):
 
 
 def cmd_sweep(args):
-    from .experiments import sweep
+    from .experiments import grids, sweep
     from .experiments.store import ResultStore
 
-    tasks = sweep.load_grid(args.grid, source=args.data)
+    tasks = grids.load_grid(args.grid, source=args.data)
     store = ResultStore(args.store) if args.store else ResultStore()
     runner = args.runner
     if runner == "auto":
@@ -244,11 +244,11 @@ def cmd_sweep(args):
         print(f"{t.preset:<10} {t.config.label[:60]:<60} seed {t.seed}  {val}{test}")
     print(f"{len(rows)} row(s) in {store.path}")
     if args.out:
-        payload = sweep.summary(tasks, rows, grid=args.grid)
+        payload = grids.summary(tasks, rows, grid=args.grid)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
-        out.with_suffix(".md").write_text(sweep.summary_markdown(payload))
+        out.with_suffix(".md").write_text(grids.summary_markdown(payload))
         for b in payload["best_by_validation"]:
             print(f"best by validation: {b['preset']} / {b['label']}: epochs {b['epochs']:g}, lr {b['lr']:g}, distill {b['distill']:g} "
                   f"({b['val_accuracy']:.2f} %)")
@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_experiments)
 
     p = sub.add_parser("sweep", help="run a grid file (presets x specs x budgets x seeds) into the results store, locally or on Ray")
-    p.add_argument("grid", help="a YAML grid file (see binlab/experiments/sweep.py)")
+    p.add_argument("grid", help="a YAML grid file (see binlab/experiments/grids.py)")
     p.add_argument("--data", help="AG_NEWS directory (else BINLAB_DATA, else the hub)")
     p.add_argument("--store", help="results store file (default: <cache>/results.sqlite)")
     p.add_argument("--out", help="write the sweep's rows and the budget chosen on validation to OUT.json and OUT.md")

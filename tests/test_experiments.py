@@ -174,3 +174,23 @@ def test_the_w1a1_and_language_model_tables_show_the_control():
     assert "diff_vs_control" not in lm[1]
     md = report.to_markdown(base | {"experiment": "T8", "rows": lm})
     assert "| XNOR | qat | - | 60.00 | 1.50 | 2.00 |" in md and "| fp32 control: x | qat | - | 30.00 | 0.75 | - |" in md
+
+
+def test_table_view_of_both_kinds_of_table():
+    """The Results page's view of a committed table: perplexity on a log axis for the LM table; accuracy
+    with the Wilson interval of a one-seed row (checked against the closed form) for a classifier table."""
+    import math
+
+    lm = json.loads((report.RESULTS / "T8-lm.json").read_text())
+    v = report.table_view(lm, lm["rows"])
+    assert v["log_y"] and v["bars"]["y"] == [round(r["perplexity"], 2) for r in lm["rows"]] and v["reported"] is None
+    clf = json.loads((report.RESULTS / "T1-scratch.json").read_text())
+    one = [r for r in clf["rows"] if not r.get("accuracy_std")][:1]
+    v = report.table_view(clf, one)
+    n, acc = clf["data"]["test"], one[0]["accuracy"]
+    k = round(acc * n / 100)
+    z, ph = 1.959963984540054, k / n  # Wilson score interval, written out
+    centre, half = (ph + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(ph * (1 - ph) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert v["bars"]["plus"][0] == pytest.approx(100 * (centre + half) - round(acc, 2), abs=1e-6)
+    assert v["bars"]["minus"][0] == pytest.approx(round(acc, 2) - 100 * (centre - half), abs=1e-6)
+    assert not v["log_y"] and v["y_range"] == [0, 100]

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from binlab.experiments import aggregate, catalog, datasize, report, tables, texts
 from binlab.experiments.stats import Z95, bootstrap_diff, mcnemar_p, pack_correct, paired_difference, seed_summary, unpack_correct
 from binlab.experiments.store import ResultStore
-from binlab.experiments.sweep import Task, load_grid, run_tasks
+from binlab.experiments.grids import load_grid
+from binlab.experiments.sweep import Task, run_tasks
 from binlab.presets import get_preset
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +298,7 @@ def test_one_seed_tables_state_the_seed_noise_measured_by_t7(tmp_path):
 
 
 def test_summary_chooses_the_best_mean_validation_budget():
-    from binlab.experiments.sweep import summary
+    from binlab.experiments.grids import summary
     from binlab.training.qat import QATConfig
     from binlab.training.train import TrainConfig
 

@@ -7,8 +7,8 @@ import streamlit as st
 from binlab.lab.live import SEED_POINTS, LiveLab, component_view, layout, spec_components, widget_representable
 from binlab.lab.runs import RunStore
 from binlab.methods import BINARIZERS, PAGE_DEFAULTS, method_card
-from binlab.methods.activations import ACT_NAMES
-from binlab.methods.attention import ATTENTION
+from binlab.methods.activations import ACT_HELP, ACT_NAMES, QKV_HELP
+from binlab.methods.attention import ATTENTION, ATTENTION_HELP
 from binlab.methods.ste import STES
 from binlab.nn.generate import greedy
 from binlab.nn.metric import task_info
@@ -187,17 +187,14 @@ with friendly_errors():
                            help=f"default for {method}: {cls.default_ste}; " + "; ".join(f"{k}: {v.doc}" for k, v in sorted(STES.items())))
         options = option_widgets(method)
         act = st.selectbox("Input activations", ["none"] + list(ACT_NAMES), key="act",
-                           help="binarize (sign with a per-token scale, BiBERT's unscaled sign, binary01) or quantize (absmax8, BiT's elastic "
-                                "kinds with a learned scale and shift, LSQ) the inputs of the chosen linears too; in QAT the stateless kinds use "
-                                f"the method's estimator ({cls.act_ste}); embeddings have no inputs to quantize")
+                           help=f"{ACT_HELP}; in QAT the stateless kinds use the method's estimator ({cls.act_ste}); embeddings have no "
+                                "inputs to quantize")
         with st.expander("W1A1 attention: binarize the attention itself", expanded=st.session_state["attn_probs"] != "softmax (fp32)"):
             a1, a2 = st.columns(2)
             attn_probs = a1.selectbox("Attention weights", ["softmax (fp32)"] + sorted(ATTENTION), key="attn_probs",
-                                      help="binary01: keep the keys above a uniform share of the softmax; bibert: BiBERT's Bi-Attention, "
-                                           "1[score > 0] with no softmax; elastic01*/lsq01*: BiT's/LSQ's learned-scale {0,1} (k-bit) quantizer "
-                                           "of the softmax probabilities. See the Attention page for the maps.")
+                                      help=ATTENTION_HELP + " See the Attention page for the maps.")
             attn_qkv = a2.selectbox("Q, K, V before the products", ["none"] + list(ACT_NAMES), key="attn_qkv",
-                                    help="quantize the query, key and value projections before QK^T and AV: BiBERT uses sign_unscaled, BiT elastic")
+                                    help=QKV_HELP)
             rec = st.selectbox("or load a paper's W1A1 configuration", ["-"] + [n for n, r in RECIPES.items() if r.spec.attn_probs],
                                key="recipe_pick", format_func=lambda n: n if n == "-" else f"{n}: {RECIPES[n].paper}",
                                help="the final spec of the paper's recipe, applied post-training here; Train (QAT) runs the whole recipe")

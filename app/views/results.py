@@ -6,9 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from binlab.experiments.provenance import RESULTS
-from binlab.experiments.report import load_results
-from binlab.experiments.stats import wilson_interval
-from binlab.experiments.texts import diff_text, vs_control_text
+from binlab.experiments.report import load_results, table_view
 
 st.title("Results")
 st.markdown("Committed outputs of `binlab experiments run NAME --preset PRESET [--seeds N]` (files in `docs/results/`). "
@@ -48,61 +46,26 @@ for p in [p for p in payloads if p["preset"] == preset and p["experiment"] in ch
     st.subheader(f"{p['experiment']}: {p['title']}")
     st.caption(p["note"] + f"  \nMachine: {p['machine']} · {p['date']} · `{p['command']}`"
                + (f" · {p['seeds']} seed(s) per trained row" if p.get("seeds") else " · one seed per row"))
-    if any("perplexity" in r for r in p["rows"]):  # the language-model table
-        fp = next((r["perplexity"] for r in p["rows"] if r["mode"] == "fp"), None)
-        bg = (p.get("bigram_perplexity") or {}).get("test_perplexity")
-        st.caption(f"Test perplexity of the fp32 LM: {fp:.2f}" + (f"; a bigram model on the same tokens: {bg:.2f}." if bg else "."))
-        rows = [{"configuration": r["label"], "mode": r["mode"], "budget": r.get("budget"), "perplexity": round(r["perplexity"], 2),
-                 "x fp32": round(r["perplexity"] / fp, 3) if fp else None, "bits / weight (all stored)": round(r["bits_per_quantized_weight"], 3),
-                 "paper bits": r.get("paper_bits"), "reduction %": round(r["reduction_percent"], 2),
-                 "the survey reports (LLaMA-7B)": r.get("survey")} for r in sort([r for r in p["rows"] if keep(r)])]
-        if not rows:
-            st.info("No row matches the filters.")
-            continue
-        st.dataframe(rows, hide_index=True, width="stretch")
-        if p.get("finding"):
-            st.markdown(p["finding"])
-        fig = go.Figure(go.Bar(x=[r["configuration"] for r in rows], y=[r["perplexity"] for r in rows], name="test perplexity"))
-        if bg:
-            fig.add_hline(y=bg, line_dash="dot", annotation_text="bigram")
-        fig.update_layout(height=340, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="test perplexity (log)", yaxis_type="log")
-        st.plotly_chart(fig, width="stretch")
-        continue
-    fp = next((r["accuracy"] for r in p["rows"] if r["mode"] == "fp"), None)
-    n_test = p["data"]["test"]
     shown = sort([r for r in p["rows"] if keep(r)])
     if not shown:
         st.info("No row matches the filters.")
         continue
-    lows, highs = [], []
-    for r in shown:  # error bars: the seeds' standard deviation where there are several, else the Wilson interval
-        if r.get("accuracy_std"):
-            lows.append(r["accuracy"] - r["accuracy_std"])
-            highs.append(r["accuracy"] + r["accuracy_std"])
-        else:
-            lo, hi = wilson_interval(round(r["accuracy"] * n_test / 100), n_test)
-            lows.append(100 * lo)
-            highs.append(100 * hi)
-    rows = [{"configuration": r["label"], "mode": r["mode"], "budget": r.get("budget"), "seeds": len(r.get("random_seeds") or [0]),
-             "accuracy %": round(r["accuracy"], 2), "± sd (seeds)": round(r["accuracy_std"], 2) if r.get("accuracy_std") else None,
-             "vs fp32, pts [95 % CI]": diff_text(r, fp), "McNemar p": r.get("mcnemar_p"),
-             "vs equal-budget control [95 % CI]": vs_control_text(r),
-             "seed accuracy %": (r.get("seed") or [None])[0], "seed budget": r.get("seed_budget"), "size MB": round(r["megabytes"], 3),
-             "reduction %": round(r["reduction_percent"], 2), "seed reduction %": (r.get("seed") or [None, None, None])[2],
-             "bits/weight": round(r["bits_per_quantized_weight"], 3)}
-            | ({"val accuracy %": round(r["val_accuracy"], 2)} if r.get("val_accuracy") is not None else {})
-            | ({"attention entropy (nats)": round(r["attention_entropy"], 3)} if r.get("attention_entropy") is not None else {})
-            | ({"the survey reports": r.get("survey")} if any(q.get("survey") for q in p["rows"]) else {})
-            for r in shown]
-    st.dataframe(rows, hide_index=True, width="stretch")
+    view = table_view(p, shown)
+    if view["caption"]:
+        st.caption(view["caption"])
+    st.dataframe(view["table"], hide_index=True, width="stretch")
     if p.get("finding"):
         st.markdown(p["finding"])
+    b = view["bars"]
     fig = go.Figure()
-    fig.add_bar(x=[r["configuration"] for r in rows], y=[r["accuracy %"] for r in rows], name="binlab",
-                error_y=dict(type="data", symmetric=False, array=[h - r["accuracy %"] for r, h in zip(rows, highs)],
-                             arrayminus=[r["accuracy %"] - lo for r, lo in zip(rows, lows)]))
-    fig.add_bar(x=[r["configuration"] for r in rows], y=[r["seed accuracy %"] for r in rows], name="the seed reports")
-    fig.update_layout(barmode="group", height=320, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="accuracy %", yaxis_range=[0, 100])
+    fig.add_bar(x=b["x"], y=b["y"], name=b["name"],
+                error_y=dict(type="data", symmetric=False, array=b["plus"], arrayminus=b["minus"]) if b["plus"] else None)
+    if view["reported"]:
+        fig.add_bar(x=view["reported"]["x"], y=view["reported"]["y"], name=view["reported"]["name"])
+    if view["hline"]:
+        fig.add_hline(y=view["hline"][0], line_dash="dot", annotation_text=view["hline"][1])
+    fig.update_layout(barmode="group", height=330, margin=dict(l=10, r=10, t=10, b=10), yaxis_title=view["y_title"],
+                      yaxis_type="log" if view["log_y"] else "linear", yaxis_range=view["y_range"])
     st.plotly_chart(fig, width="stretch")
 
 curve = RESULTS / f"data-size-{preset}.json"

@@ -9,6 +9,7 @@ from .budgets import fill_budgets
 from .catalog import EXPERIMENTS, is_control
 from .findings import FINDINGS
 from .provenance import RESULTS
+from .stats import wilson_interval
 from .texts import accuracy_text, diff_text, fmt, seeds_text, vs_control_text
 
 
@@ -190,3 +191,56 @@ def load_results(out_dir: Path | None = None) -> list[dict]:
     """Every committed result payload (for the app's Results page)."""
     d = out_dir or RESULTS
     return [json.loads(p.read_text()) for p in sorted(d.glob("T*.json")) if not p.stem.endswith("-fast")]
+
+
+def table_view(payload: dict, rows: list[dict]) -> dict:
+    """What the Results page shows of a committed table's ``rows`` (a filtered, sorted subset of its
+    rows), for either kind of table, so the page never asks which kind it has:
+
+    - ``table``: one display dict per row;
+    - ``bars``: ``{"x", "y", "plus", "minus", "name"}`` the bar chart's measured series (error bars: the
+      seeds' standard deviation where there are several, else the 95 % Wilson interval on the test rows;
+      none for perplexity), ``reported``: the seed's reported series or None;
+    - ``y_title``, ``log_y``, ``y_range``, ``hline`` (a reference line: the bigram model) and ``caption``.
+    """
+    if any("perplexity" in r for r in payload["rows"]):  # a language model's table
+        fp = next((r["perplexity"] for r in payload["rows"] if r["mode"] == "fp"), None)
+        bg = (payload.get("bigram_perplexity") or {}).get("test_perplexity")
+        table = [{"configuration": r["label"], "mode": r["mode"], "budget": r.get("budget"), "perplexity": round(r["perplexity"], 2),
+                  "x fp32": round(r["perplexity"] / fp, 3) if fp else None, "bits / weight (all stored)": round(r["bits_per_quantized_weight"], 3),
+                  "paper bits": r.get("paper_bits"), "reduction %": round(r["reduction_percent"], 2),
+                  "the survey reports (LLaMA-7B)": r.get("survey")} for r in rows]
+        return {"table": table, "bars": {"x": [r["configuration"] for r in table], "y": [r["perplexity"] for r in table], "plus": None,
+                                         "minus": None, "name": "test perplexity"},
+                "reported": None, "y_title": "test perplexity (log)", "log_y": True, "y_range": None,
+                "hline": (bg, "bigram") if bg else None,
+                "caption": (f"Test perplexity of the fp32 LM: {fp:.2f}" + (f"; a bigram model on the same tokens: {bg:.2f}." if bg else "."))
+                if fp is not None else None}
+    fp = next((r["accuracy"] for r in payload["rows"] if r["mode"] == "fp"), None)
+    n_test = payload["data"]["test"]
+    lows, highs = [], []
+    for r in rows:
+        if r.get("accuracy_std"):
+            lows.append(r["accuracy"] - r["accuracy_std"])
+            highs.append(r["accuracy"] + r["accuracy_std"])
+        else:
+            lo, hi = wilson_interval(round(r["accuracy"] * n_test / 100), n_test)
+            lows.append(100 * lo)
+            highs.append(100 * hi)
+    table = [{"configuration": r["label"], "mode": r["mode"], "budget": r.get("budget"), "seeds": len(r.get("random_seeds") or [0]),
+              "accuracy %": round(r["accuracy"], 2), "± sd (seeds)": round(r["accuracy_std"], 2) if r.get("accuracy_std") else None,
+              "vs fp32, pts [95 % CI]": diff_text(r, fp), "McNemar p": r.get("mcnemar_p"),
+              "vs equal-budget control [95 % CI]": vs_control_text(r),
+              "seed accuracy %": (r.get("seed") or [None])[0], "seed budget": r.get("seed_budget"), "size MB": round(r["megabytes"], 3),
+              "reduction %": round(r["reduction_percent"], 2), "seed reduction %": (r.get("seed") or [None, None, None])[2],
+              "bits/weight": round(r["bits_per_quantized_weight"], 3)}
+             | ({"val accuracy %": round(r["val_accuracy"], 2)} if r.get("val_accuracy") is not None else {})
+             | ({"attention entropy (nats)": round(r["attention_entropy"], 3)} if r.get("attention_entropy") is not None else {})
+             | ({"the survey reports": r.get("survey")} if any(q.get("survey") for q in payload["rows"]) else {})
+             for r in rows]
+    x = [r["configuration"] for r in table]
+    return {"table": table,
+            "bars": {"x": x, "y": [r["accuracy %"] for r in table], "name": "binlab",
+                     "plus": [h - r["accuracy %"] for r, h in zip(table, highs)], "minus": [r["accuracy %"] - lo for r, lo in zip(table, lows)]},
+            "reported": {"x": x, "y": [r["seed accuracy %"] for r in table], "name": "the seed reports"},
+            "y_title": "accuracy %", "log_y": False, "y_range": [0, 100], "hline": None, "caption": None}

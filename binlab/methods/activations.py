@@ -60,6 +60,12 @@ ELASTIC = {"elastic": (True, 1, True), "elastic01": (False, 1, True)} | {f"elast
 #: every activation quantizer name a spec may use
 ACT_NAMES = tuple(sorted(ACTIVATIONS)) + tuple(sorted(ELASTIC))
 
+#: what the input quantizers are and whose they are (the lab's help text)
+ACT_HELP = ("binarize (sign with a per-token scale, BiBERT's unscaled sign, binary01) or quantize (absmax8, BiT's elastic kinds "
+            "with a learned scale and shift, LSQ) the inputs of the chosen linears too")
+#: which papers quantize the query, key and value before the attention products, and how (the lab's help text)
+QKV_HELP = "quantize the query, key and value projections before QK^T and AV: BiBERT uses sign_unscaled, BiT elastic"
+
 
 def get_activation(name: str):
     if name not in ACTIVATIONS:

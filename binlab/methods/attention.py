@@ -75,6 +75,10 @@ class ElasticProbs(nn.Module):
 ATTENTION: dict[str, object] = {"binary01": BinaryAttentionProbs, "bibert": BiAttention} | {
     n: (lambda n=n: ElasticProbs(n)) for n, (signed, _, _) in ELASTIC.items() if not signed}
 
+#: what each kind of attention quantizer does and whose it is (the lab's help text)
+ATTENTION_HELP = ("binary01: keep the keys above a uniform share of the softmax; bibert: BiBERT's Bi-Attention, 1[score > 0] "
+                  "with no softmax; elastic01*/lsq01*: BiT's/LSQ's learned-scale {0,1} (k-bit) quantizer of the softmax probabilities.")
+
 
 def make_attention(name: str) -> nn.Module:
     if name not in ATTENTION:

@@ -1,11 +1,11 @@
-# One-command workflows. `make lab` sets everything up (first run) and opens the lab;
+# One-command workflows. `make lab` sets everything up (first run) and opens the lab on this machine;
 # `make test` sets up and runs the test suite. PYTHON picks the interpreter used to make the venv.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.binlab-installed
 
-.PHONY: setup lab test notebooks bench experiments clean-cache
+.PHONY: setup lab class test notebooks bench experiments clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 lab: setup
-	$(PY) -m streamlit run app/Home.py
+	$(PY) -m binlab.cli app
+
+# a classroom: every address, a teacher token printed at start (BINLAB_TEACHER_TOKEN sets your own)
+class: setup
+	$(PY) -m binlab.cli app --class
 
 test: setup
 	$(PY) -m pytest -q

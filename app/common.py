@@ -4,7 +4,10 @@ No torch math here: every computation is a call into ``binlab``.
 """
 from __future__ import annotations
 
+import hmac
+import html
 import os
+import re
 from contextlib import contextmanager
 
 import streamlit as st
@@ -13,8 +16,47 @@ from binlab.data import DataUnavailableError
 from binlab.presets import PRESETS
 
 
+def class_mode() -> bool:
+    """Whether the lab serves a classroom (``binlab app --class``): shared state then needs the teacher's token."""
+    return os.environ.get("BINLAB_CLASS") == "1"
+
+
+def is_teacher() -> bool:
+    """On one person's machine everyone is; in class mode, whoever entered the server's teacher token
+    (``BINLAB_TEACHER_TOKEN``) in the sidebar."""
+    if not class_mode():
+        return True
+    token = os.environ.get("BINLAB_TEACHER_TOKEN", "")
+    given = st.session_state.get("_teacher_token", "")
+    return bool(token) and hmac.compare_digest(given.encode(), token.encode())
+
+
+def teacher_only(action: str) -> bool:
+    """True when this visitor may ``action`` (a shared, destructive change); else says who can."""
+    if is_teacher():
+        return True
+    st.caption(f"Only the teacher can {action} on this server (enter the teacher token in the sidebar).")
+    return False
+
+
+def plain(text: str) -> str:
+    """``text`` shown as itself in Markdown (a run's label is typed by a visitor: no links, no formatting)."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", str(text))
+
+
+def chart_text(text: str) -> str:
+    """``text`` shown as itself in a chart (plotly reads a little HTML in names and hover text)."""
+    return html.escape(str(text))
+
+
+def data_source() -> str | None:
+    """Where AG_NEWS comes from: the server's setting (``BINLAB_DATA``: a local folder), else the hub. A
+    visitor cannot change it: a typed path would let anyone make the server read any folder."""
+    return os.environ.get("BINLAB_DATA") or None
+
+
 def sidebar() -> tuple[str, str | None]:
-    """Preset and data source pickers, shared by every page (kept in session state and the URL)."""
+    """The preset picker (kept in session state and the URL) and the server's data source, shared by every page."""
     qp = st.query_params
     names = list(PRESETS)
     default = qp.get("preset", os.environ.get("BINLAB_PRESET", "scratch"))
@@ -31,14 +73,10 @@ def sidebar() -> tuple[str, str | None]:
     with st.sidebar:
         st.selectbox("Model preset", names, key="preset", on_change=keep,
                      help="\n\n".join(f"**{n}**: {p.description}" for n, p in PRESETS.items()))
-        st.session_state.setdefault("_source", os.environ.get("BINLAB_DATA", ""))
-        st.session_state["source"] = st.session_state["_source"]
-
-        def keep_source():
-            st.session_state["_source"] = st.session_state["source"]
-
-        src = st.text_input("AG_NEWS source", key="source", on_change=keep_source,
-                            help="A local folder in the Hugging Face layout, or empty for the hub (fancyzhx/ag_news).")
+        src = data_source()
+        st.caption("AG_NEWS: " + ("a local copy on this server" if src else "the Hugging Face hub (fancyzhx/ag_news)"),
+                   help="Set by whoever starts the lab: `BINLAB_DATA=/path/to/ag_news make lab` for a local folder in the "
+                        "Hugging Face layout; unset, the lab downloads it from the hub.")
         st.session_state.setdefault("_train_rows", 0)
         st.session_state["train_rows"] = st.session_state["_train_rows"]
 
@@ -47,11 +85,15 @@ def sidebar() -> tuple[str, str | None]:
             for k in [k for k in st.session_state if str(k).startswith(("lab:", "attn_ptq:", "outcome:")) or k in ("qat_model", "deploy")]:
                 del st.session_state[k]  # models of the old baseline
 
-        st.number_input("Training rows (0: all)", min_value=0, step=1000, key="train_rows", on_change=keep_rows,
+        st.number_input("Training rows (0: all)", min_value=0, max_value=MAX_TRAIN_ROWS, step=1000, key="train_rows", on_change=keep_rows,
+                        disabled=not is_teacher(),
                         help="Train the baseline on the first N training rows. The hub's full split has 120,000 rows and "
                              "takes several times longer than the default; the Home page shows the expected time before "
-                             "training. A baseline is cached per row count.")
-    return st.session_state["_preset"], (src or None)
+                             "training. A baseline is cached per row count" + (" (in class mode the teacher sets it)." if class_mode() else "."))
+        if class_mode():
+            st.text_input("Teacher token", type="password", key="_teacher_token",
+                          help="Given by whoever started the lab; lets you retrain baselines, change the training rows and delete runs.")
+    return st.session_state["_preset"], src
 
 
 def train_rows() -> int | None:
@@ -59,7 +101,12 @@ def train_rows() -> int | None:
     return int(st.session_state.get("_train_rows") or 0) or None
 
 
-@st.cache_resource(show_spinner="Loading and tokenising AG_NEWS ...")
+#: the most training rows a visitor may ask for (the hub's full split), and the most data sets and baselines held at once
+MAX_TRAIN_ROWS = 120_000
+CACHED = 4
+
+
+@st.cache_resource(show_spinner="Loading and tokenising AG_NEWS ...", max_entries=CACHED)
 def _resolved(preset: str, source: str | None, rows: int | None):
     from binlab.presets import resolve
 
@@ -76,7 +123,7 @@ def splits_for(preset: str, source: str | None):
     return resolved_for(preset, source).splits
 
 
-@st.cache_resource(show_spinner="Loading the cached baseline ...")
+@st.cache_resource(show_spinner="Loading the cached baseline ...", max_entries=CACHED)
 def _baseline(preset: str, source: str | None, rows: int | None):
     from binlab.training.train import CheckpointError
 
@@ -97,7 +144,7 @@ cached_baseline_for.clear = _baseline.clear
 def damaged_checkpoint_ui(err, preset: str, source: str | None, key: str) -> None:
     """Say what is wrong with a damaged baseline checkpoint and offer to train it again (never silently)."""
     st.error(f"The cached **{preset}** baseline cannot be used: {err}")
-    if st.button(f"Train the {preset} baseline again", key=key, type="primary"):
+    if teacher_only("train the baseline again") and st.button(f"Train the {preset} baseline again", key=key, type="primary"):
         train_baseline_ui(preset, source, retrain=True)
         st.rerun()
 
@@ -142,7 +189,7 @@ def require_baseline(preset: str, source: str | None):
     if hit is None:
         rows = f" on {train_rows():,} training rows" if train_rows() else ""
         st.info(f"No trained **{preset}** baseline{rows} yet. Train it once (it is cached on disk for every later visit).")
-        if st.button(f"Train the {preset} baseline", key="train_baseline_inline"):
+        if teacher_only("train a baseline") and st.button(f"Train the {preset} baseline", key="train_baseline_inline"):
             train_baseline_ui(preset, source)
             st.rerun()
         st.stop()

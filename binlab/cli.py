@@ -30,8 +30,14 @@ def _spec(args):
     from .nn.quantize import MethodConfig, QuantSpec
 
     if getattr(args, "spec", None):
-        text = Path(args.spec).read_text() if os.path.exists(args.spec) else args.spec
-        return QuantSpec.from_json(text)
+        path = Path(args.spec)
+        if path.exists():
+            if not path.is_file():
+                raise ValueError(f"--spec {args.spec} is not a file: give a JSON file or the JSON text itself")
+            if path.stat().st_size > 1_000_000:
+                raise ValueError(f"--spec {args.spec} is larger than 1 MB: a configuration is a few kB of JSON")
+            return QuantSpec.from_json(path.read_text(errors="replace"))
+        return QuantSpec.from_json(args.spec)
     if getattr(args, "target", None):
         try:
             opts = json.loads(args.options) if args.options else {}
@@ -166,6 +172,8 @@ def cmd_export(args):
     from .training.calibration import calibration_set
     from .training.qat import ptq
 
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder: give the packed file's path, e.g. {Path(args.out) / 'model.safetensors'}")
     spec = _spec(args)
     if not spec.rules:
         raise ValueError("nothing to pack: give --target/--method or --spec (an fp32 model is exported by torch itself)")
@@ -176,7 +184,7 @@ def cmd_export(args):
     if args.verify:
         from .training.train import predict
 
-        packed = load_packed(args.out)
+        packed = load_packed(args.out, tokenizer=splits.tokenizer)
         a, _ = predict(q, splits.test)
         b, _ = predict(packed, splits.test)
         info["verify"] = {"rows": len(splits.test), "predictions_equal": float((a.argmax(1) == b.argmax(1)).mean()),
@@ -215,7 +223,10 @@ def cmd_experiments(args):
     names = list(EXPERIMENTS) if args.name == "all" else [args.name]
     changes = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("distill", args.distill)) if v is not None}
     for n in names:
-        only = [int(i) for i in args.only.split(",")] if args.only else None
+        try:
+            only = [int(i) for i in args.only.split(",")] if args.only else None
+        except ValueError:
+            raise ValueError(f"--only takes configuration indices, comma-separated (e.g. 0,1,2); got {args.only!r}") from None
         out = tables.run(n, preset=args.preset, source=args.data, fast=args.fast, callback=print, only=only, seeds=args.seeds,
                               runner=args.runner, address=args.address, threads=args.threads, budget_changes=changes or None,
                               gpus_per_task=args.gpus_per_task)
@@ -264,8 +275,8 @@ def cmd_landscape(args):
     for name, low in (("rows", 1), ("steps", 2), ("k", 1)):
         if getattr(args, name) < low:
             raise ValueError(f"--{name} must be at least {low}, got {getattr(args, name)}")
-    if not args.span > 0:
-        raise ValueError(f"--span must be positive, got {args.span}")
+    if not (args.span > 0 and args.span < float("inf")):
+        raise ValueError(f"--span must be a positive finite number, got {args.span}")
     spec = _spec(args)
     spec = spec if spec.rules else None
     p, splits, model = _load(args)
@@ -316,9 +327,57 @@ def cmd_methods(args):
     return 0
 
 
-def cmd_app(args):
+#: what every start of the lab sets, whatever config Streamlit finds: no usage statistics, no error details
+#: to visitors, XSRF protection, uploads no larger than a run file (MB)
+SAFE_SERVER = {"browser.gatherUsageStats": "false", "client.showErrorDetails": "none", "client.toolbarMode": "viewer",
+               "server.enableXsrfProtection": "true", "server.maxUploadSize": "5"}
+
+
+def app_command(port: int = 8501, address: str | None = None, classroom: bool = False, token: str | None = None) -> tuple[list[str], dict]:
+    """The command and the environment that start the lab: on this machine only (localhost) unless
+    ``classroom`` (every address, or ``address``), where shared changes need the teacher ``token``."""
+    import secrets
+
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port must be between 1 and 65535, got {port}")
+    env = {}
+    if classroom:
+        env = {"BINLAB_CLASS": "1", "BINLAB_TEACHER_TOKEN": token or os.environ.get("BINLAB_TEACHER_TOKEN") or secrets.token_urlsafe(12)}
+    where = address or ("0.0.0.0" if classroom else "localhost")
     app = Path(__file__).resolve().parents[1] / "app" / "Home.py"
-    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)])
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address", where]
+    for k, v in SAFE_SERVER.items():
+        cmd += [f"--{k}", v]
+    return cmd, env
+
+
+def cmd_app(args):
+    cmd, env = app_command(args.port, args.address, args.classroom)
+    if args.classroom:
+        print(f"Class mode: the lab listens on {cmd[cmd.index('--server.address') + 1]}:{args.port}. Learners open "
+              f"http://<this machine's address>:{args.port}; the teacher enters this token in the sidebar to retrain "
+              f"baselines, change the training rows and delete runs:\n\n    {env['BINLAB_TEACHER_TOKEN']}\n", flush=True)
+    return subprocess.call(cmd, env=os.environ | env, cwd=Path(__file__).resolve().parents[1])
+
+
+def finite_float(text: str) -> float:
+    """A finite number (argparse type): ``nan``, ``inf`` and words are refused with a plain message."""
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    v = finite_float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return v
 
 
 def positive_int(text: str) -> int:
@@ -358,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train (or load the cached) full-precision baseline of a preset")
     common(p)
-    p.add_argument("--epochs", type=float, default=None, help="override the preset's epochs")
+    p.add_argument("--epochs", type=positive_float, default=None, help="override the preset's epochs")
     p.add_argument("--retrain", action="store_true", help="ignore the cached checkpoint")
     p.set_defaults(fn=cmd_train)
 
@@ -397,9 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", help="datasize: training row counts, comma-separated ('all': every row), default 2000,4000,8000,all")
     runner_args(p)
     p.add_argument("--seeds", type=positive_int, default=1, help="random seeds per trained row (the headline T7 also reseeds the baseline)")
-    p.add_argument("--epochs", type=float, help="QAT epochs (default: the preset's budget)")
-    p.add_argument("--lr", type=float, help="QAT learning rate (default: the preset's budget; with --only, must match the committed table's)")
-    p.add_argument("--distill", type=float, help="QAT distillation weight in [0, 1] (default: the preset's budget)")
+    p.add_argument("--epochs", type=positive_float, help="QAT epochs (default: the preset's budget)")
+    p.add_argument("--lr", type=positive_float, help="QAT learning rate (default: the preset's budget; with --only, must match the committed table's)")
+    p.add_argument("--distill", type=finite_float, help="QAT distillation weight in [0, 1] (default: the preset's budget)")
     p.set_defaults(fn=cmd_experiments)
 
     p = sub.add_parser("sweep", help="run a grid file (presets x specs x budgets x seeds) into the results store, locally or on Ray")
@@ -437,8 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", action="store_true", help="regenerate docs/methods.md from the registry")
     p.set_defaults(fn=cmd_methods)
 
-    p = sub.add_parser("app", help="start the Streamlit lab")
-    p.add_argument("--port", type=int, default=8501)
+    p = sub.add_parser("app", help="start the Streamlit lab (on this machine only, unless --class)")
+    p.add_argument("--port", type=int, default=8501, help="1-65535 (default 8501)")
+    p.add_argument("--class", dest="classroom", action="store_true",
+                   help="serve a classroom: listen on every address (or --address) and print a teacher token that shared changes need "
+                        "(BINLAB_TEACHER_TOKEN sets your own)")
+    p.add_argument("--address", help="the address to listen on (default: localhost; with --class: every address)")
     p.set_defaults(fn=cmd_app)
     return ap
 
@@ -447,7 +510,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args) or 0
-    except (ValueError, RuntimeError, ArithmeticError) as err:  # bad input, missing data, a diverged run
+    except (ValueError, RuntimeError, ArithmeticError, OSError) as err:  # bad input, missing data, a diverged run, a full disk
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -82,6 +82,28 @@ def test_home_shows_data_and_baseline(env, trained):
     assert metric(at, "validation accuracy").endswith("%")
 
 
+def test_the_data_source_is_the_servers_not_a_visitors(env, trained):
+    """No box lets a visitor point the server at another folder or data set: the source is BINLAB_DATA's."""
+    at = new_app()
+    assert not at.exception
+    assert not any(t.key == "source" for t in at.text_input)
+    assert any("a local copy on this server" in c.value for c in at.sidebar.caption)
+
+
+def test_class_mode_keeps_shared_changes_for_the_teacher(env, trained, monkeypatch):
+    """In class mode a learner cannot retrain the shared baseline or change the training rows; the teacher token can."""
+    monkeypatch.setenv("BINLAB_CLASS", "1")
+    monkeypatch.setenv("BINLAB_TEACHER_TOKEN", "tok-123")
+    at = new_app()
+    assert not at.exception
+    assert not any(b.key == "retrain" for b in at.button) and at.number_input(key="train_rows").disabled
+    assert any("Only the teacher can retrain" in c.value for c in at.caption)
+    at.text_input(key="_teacher_token").set_value("wrong").run()
+    assert not any(b.key == "retrain" for b in at.button)
+    at.text_input(key="_teacher_token").set_value("tok-123").run()
+    assert any(b.key == "retrain" for b in at.button) and not at.number_input(key="train_rows").disabled
+
+
 def test_bad_source_is_an_error_not_a_traceback(env, monkeypatch, tmp_path):
     monkeypatch.setenv("BINLAB_DATA", str(tmp_path / "missing"))
     at = new_app()
@@ -294,7 +316,7 @@ def test_lm_sensitivity_and_train_pages(lm_env, lm_trained):
 @pytest.mark.parametrize("spec,warning", [
     ('{"rules": [{"target": "layers.0.attn.q", "method": {"method": "bucket", "options": {"tau": "high"}}}]}', "ignored"),
     ('{"rules": [{"method": {"method": "xnor"}}]}', "ignored"),
-    ('{"rules": [{"target": "layers.0.attn.q", "method": {"method": "pbllm", "options": {"salient": 0.9}}}]}', "outside"),
+    ('{"rules": [{"target": "layers.0.attn.q", "method": {"method": "pbllm", "options": {"salient": 0.9}}}]}', "must be in [0.0, 0.5]"),
     ('{"rules": [{"target": "layers.9.attn.q", "method": {"method": "xnor"}}]}', "does not have"),
     ("not json", "ignored"),
 ])

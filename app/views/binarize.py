@@ -17,7 +17,7 @@ from binlab.training.calibration import calibration_set
 from binlab.training.recipes import RECIPES
 from binlab.training.train import evaluate
 
-from common import friendly_errors, require_baseline, sidebar, train_rows
+from common import chart_text, friendly_errors, require_baseline, sidebar, train_rows
 
 preset, source = sidebar()
 st.title("Binarize (live)")
@@ -43,7 +43,7 @@ def live_lab(baseline, splits) -> LiveLab:
 def load_spec(spec: QuantSpec, names, model, origin: str) -> None:
     """Show ``spec`` in the widgets when they can hold it; otherwise apply it as it is (per-rule
     methods, groups, binary attention) until the learner switches back to the widgets. Targets
-    this model lacks and options outside the lab's ranges are reported and corrected."""
+    this model lacks are reported and left out (options outside their ranges never get here: parsing refuses them)."""
     unknown = []
     for r in spec.rules:
         try:
@@ -68,10 +68,6 @@ def load_spec(spec: QuantSpec, names, model, origin: str) -> None:
             ui = cls.ui.get(k)
             if ui is None:
                 continue
-            if ui.get("kind") in ("float", "int") and v is not None and not ui["min"] <= v <= ui["max"]:
-                clipped = min(max(v, ui["min"]), ui["max"])
-                st.warning(f"{m.method} option {k}={v} from the {origin} is outside the lab's range [{ui['min']}, {ui['max']}]; using {clipped}.")
-                v = clipped
             if ui.get("none") is not None:
                 st.session_state[f"opt:{m.method}:{k}:none"] = v is None
                 if v is not None:
@@ -267,7 +263,7 @@ with friendly_errors():
         for run in RunStore().list(preset):  # QAT runs of every session, from the run store
             if run.mode != "PTQ":
                 rm = run.metric
-                pts.append({"label": f"{run.label} ({run.created})", "reduction": run.reduction, "value": rm.value,
+                pts.append({"label": chart_text(f"{run.label} ({run.created})"), "reduction": run.reduction, "value": rm.value,
                             "low": rm.low, "high": rm.high, "source": "QAT"})
         for src, sym in (("PTQ", "circle"), ("QAT", "diamond")):
             ps = [p for p in pts if p["source"] == src]

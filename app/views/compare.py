@@ -7,7 +7,7 @@ from binlab.data import CLASSES
 from binlab.lab.runs import RunStore, export_json, import_json, measure
 from binlab.runtime.export import spec_of
 
-from common import friendly_errors, require_baseline, session_models, sidebar
+from common import chart_text, friendly_errors, plain, require_baseline, session_models, sidebar, teacher_only
 
 preset, source = sidebar()
 st.title("Compare runs")
@@ -39,13 +39,15 @@ with friendly_errors():
         if up is not None and st.session_state.get("_cmp_uploaded") != up.file_id:
             st.session_state["_cmp_uploaded"] = up.file_id
             try:
-                for r in import_json(up.getvalue()):
-                    store.add(r)
-                st.success("Imported.")
+                runs_in = import_json(up.getvalue())
+                renamed = sum(store.add(r).id != r.id for r in runs_in)  # a run already here is kept; the import gets a new id
+                st.success(f"Imported {len(runs_in)} run(s)" + (f"; {renamed} had the id of a stored run and got a new one." if renamed else "."))
             except ValueError as err:
                 st.error(f"That file was not imported: {err}")
 
     runs = store.list(preset)
+    if store.skipped:
+        st.warning(f"{store.skipped} stored run(s) could not be read (damaged, or written by a newer binlab) and are not shown.")
     if not runs:
         st.info(f"No runs for the **{preset}** preset yet.")
         st.stop()
@@ -62,14 +64,14 @@ with friendly_errors():
     if len(sel) >= 2:
         a, b = sel[0], sel[1]
         overlap = a.low <= b.high and b.low <= a.high
-        st.caption(f"{a.label} vs {b.label}: {a.accuracy - b.accuracy:+.2f} pts; "
+        st.caption(f"{plain(a.label)} vs {plain(b.label)}: {a.accuracy - b.accuracy:+.2f} pts; "
                    + ("their 95 % intervals overlap, so these rows cannot tell them apart." if overlap
                       else "their 95 % intervals do not overlap."))
 
     fig = go.Figure()
     for r in sel:
         up, down = r.metric.error_bars()
-        fig.add_scatter(x=[r.reduction], y=[r.metric.value], mode="markers", name=r.label,
+        fig.add_scatter(x=[r.reduction], y=[r.metric.value], mode="markers", name=chart_text(r.label),
                         error_y=dict(type="data", symmetric=False, array=[up], arrayminus=[down]), marker=dict(size=11))
     name = sel[0].metric.name
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="size reduction %",
@@ -78,11 +80,11 @@ with friendly_errors():
     if all(r.per_class for r in sel):  # classifiers: per-class accuracy and confusion
         pc = go.Figure()
         for r in sel:
-            pc.add_bar(x=list(r.per_class), y=list(r.per_class.values()), name=r.label)
+            pc.add_bar(x=list(r.per_class), y=list(r.per_class.values()), name=chart_text(r.label))
         pc.update_layout(barmode="group", height=300, margin=dict(l=10, r=10, t=40, b=10), yaxis_title="accuracy %",
                          title="per-class accuracy")
         st.plotly_chart(pc, width="stretch")
-        cm = make_subplots(rows=1, cols=len(sel), subplot_titles=[r.label for r in sel])
+        cm = make_subplots(rows=1, cols=len(sel), subplot_titles=[chart_text(r.label) for r in sel])
         for i, r in enumerate(sel):
             cm.add_heatmap(z=r.confusion, x=list(CLASSES), y=list(CLASSES), coloraxis="coloraxis", row=1, col=i + 1,
                            hovertemplate="true %{y}<br>predicted %{x}<br>%{z} rows<extra></extra>")
@@ -93,7 +95,7 @@ with friendly_errors():
     d1, d2 = st.columns(2)
     d1.download_button("Download these runs (JSON)", data=export_json(sel), file_name=f"binlab-runs-{preset}.json",
                        mime="application/json", key="cmp_download")
-    if d2.button("Delete these runs", key="cmp_delete"):
+    if teacher_only("delete runs") and d2.button("Delete these runs", key="cmp_delete"):
         for r in sel:
             store.delete(r.id)
         st.rerun()

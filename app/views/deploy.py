@@ -5,7 +5,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from binlab.data import cache_dir
+from binlab.data import cache_dir, fingerprint
 from binlab.nn.metric import task_info
 from binlab.runtime.codecs import NotPackable
 from binlab.runtime.export import classify_text, load_packed, ready_specs, save_packed
@@ -36,8 +36,8 @@ with friendly_errors():
         path = cache_dir() / "exports" / f"{preset}-{key}.safetensors"
         try:
             with st.spinner("packing and writing ..."):
-                info = save_packed(model, path, preset=preset)
-                packed = load_packed(path)
+                info = save_packed(model, path, preset=preset, tokenizer=fingerprint(splits.tokenizer.to_str()))
+                packed = load_packed(path, tokenizer=splits.tokenizer)
         except NotPackable as err:
             st.error(f"This configuration cannot be packed: {err}. Pick another method for that component.")
             st.stop()
@@ -58,7 +58,7 @@ with friendly_errors():
               delta_color="off")
     st.download_button("Download the packed model (.safetensors)", data=Path(info["path"]).read_bytes(),
                        file_name=f"binlab-{preset}.safetensors", mime="application/octet-stream", key="deploy_download")
-    st.caption("Load it with `binlab.runtime.export.load_packed(path)`; `binlab export --help` writes the same file from the command line.")
+    st.caption("Load it with `binlab.runtime.export.load_packed(path, tokenizer)`; `binlab export --help` writes the same file from the command line.")
 
     if not task_info(baseline).classifies_text:
         st.info("The text box classifies headlines; this model does not. For a language model, use `binlab generate` on the command line.")

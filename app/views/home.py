@@ -6,7 +6,7 @@ from binlab.data import data_status
 from binlab.methods import BINARIZERS
 from binlab.presets import PRESETS
 
-from common import cached_baseline_for, damaged_checkpoint_ui, friendly_errors, resolved_for, sidebar, splits_for, train_baseline_ui
+from common import cached_baseline_for, damaged_checkpoint_ui, friendly_errors, resolved_for, sidebar, splits_for, teacher_only, train_baseline_ui
 
 preset, source = sidebar()
 st.title("binlab: binarize a language model, live")
@@ -54,7 +54,7 @@ with friendly_errors():
         damaged_checkpoint_ui(hit, preset, source, "retrain_damaged")
     elif hit is None:
         st.info("Not trained yet. Training runs once and is cached on disk; later visits reuse it.")
-        if st.button(f"Train the {preset} baseline", key="train_baseline", type="primary"):
+        if teacher_only("train a baseline") and st.button(f"Train the {preset} baseline", key="train_baseline", type="primary"):
             train_baseline_ui(preset, source)
             st.rerun()
     else:
@@ -68,6 +68,6 @@ with friendly_errors():
             fig = go.Figure(go.Scatter(y=meta["loss_curve"], mode="lines", name="loss"))
             fig.update_layout(height=240, margin=dict(l=10, r=10, t=30, b=10), title="training loss (subsampled)")
             st.plotly_chart(fig, width="stretch")
-        if st.button("Retrain from scratch", key="retrain"):
+        if teacher_only("retrain the shared baseline") and st.button("Retrain from scratch", key="retrain"):
             train_baseline_ui(preset, source, retrain=True)
             st.rerun()

@@ -10,6 +10,7 @@ of the per-class figures).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
@@ -23,6 +24,12 @@ import torch
 from binlab.nn.metric import Metric, headline, task_info
 
 FORMAT = "binlab-runs/1"
+#: what one run and one upload may hold: a shared server lists every run on every visit, so an upload is bounded
+MAX_IMPORT_RUNS = 500
+MAX_IMPORT_BYTES = 2_000_000
+MAX_TEXT = {"label": 200, "mode": 80, "preset": 40, "spec": 20_000, "split": 10, "id": 40, "created": 40}
+MAX_CLASSES = 16
+MAX_EXTRA_KEYS = 32
 
 
 @dataclass
@@ -58,6 +65,14 @@ class Run:
             raise ValueError(f"run field 'rows' must be a positive int, got {self.rows!r}")
         if not isinstance(self.per_class, dict) or not isinstance(self.confusion, list) or not isinstance(self.extra, dict):
             raise ValueError("run fields per_class and extra must be objects and confusion a list")
+        for name, n in MAX_TEXT.items():
+            if len(getattr(self, name)) > n:
+                raise ValueError(f"run field {name!r} is {len(getattr(self, name)):,} characters long; at most {n:,}")
+        if len(self.per_class) > MAX_CLASSES or len(self.confusion) > MAX_CLASSES or \
+                any(not isinstance(row, list) or len(row) > MAX_CLASSES for row in self.confusion):
+            raise ValueError(f"run fields per_class and confusion hold at most {MAX_CLASSES} classes")
+        if len(self.extra) > MAX_EXTRA_KEYS or len(json.dumps(self.extra, default=str)) > MAX_TEXT["spec"]:
+            raise ValueError(f"run field 'extra' holds at most {MAX_EXTRA_KEYS} small values")
 
     @property
     def metric(self) -> Metric:
@@ -122,25 +137,35 @@ class RunStore:
 
         self.path = open_sqlite(path, "runs.sqlite", "CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, preset TEXT, created TEXT, body TEXT)",
                                 "run store")
+        self.skipped = 0  # records the last list() could not read
 
     def _db(self):
         return sqlite3.connect(self.path, timeout=10)
 
-    def add(self, run: Run) -> Run:
+    def add(self, run: Run, replace: bool = False) -> Run:
+        """Store ``run``. A run whose id is already stored is kept as it is and the new one gets a fresh id
+        (``replace=True`` overwrites instead); returns the run as stored."""
         with self._db() as db:
+            if not replace and db.execute("SELECT 1 FROM runs WHERE id = ?", (run.id,)).fetchone():
+                run = dataclasses.replace(run, id=uuid.uuid4().hex[:12])
             db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)", (run.id, run.preset, run.created, json.dumps(asdict(run))))
         return run
 
     def list(self, preset: str | None = None) -> list[Run]:
-        with self._db() as db:
-            q = "SELECT body FROM runs" + (" WHERE preset = ?" if preset else "") + " ORDER BY rowid"  # insertion order
-            rows = db.execute(q, (preset,) if preset else ()).fetchall()
-        out = []
+        """The stored runs (of ``preset``), oldest first; records that cannot be read are counted in
+        :attr:`skipped` (the page says so) instead of shown."""
+        q = "SELECT body FROM runs" + (" WHERE preset = ?" if preset else "") + " ORDER BY rowid"  # insertion order
+        try:
+            with self._db() as db:
+                rows = db.execute(q, (preset,) if preset else ()).fetchall()
+        except sqlite3.DatabaseError as err:
+            raise ValueError(f"the run store {self.path} is damaged ({err}); move it away or delete it to start an empty one") from None
+        out, self.skipped = [], 0
         for (body,) in rows:
             try:
                 out.append(Run.from_dict(json.loads(body)))
-            except (ValueError, json.JSONDecodeError):
-                continue  # a record written by a newer version: skipped, not fatal
+            except (ValueError, TypeError, json.JSONDecodeError):
+                self.skipped += 1  # damaged, or written by a newer version: counted and reported, not fatal
         return out
 
     def get(self, run_id: str) -> Run:
@@ -160,10 +185,14 @@ def export_json(runs: list[Run]) -> str:
 
 def import_json(text: str | bytes) -> list[Run]:
     """Runs from :func:`export_json`'s text; a ValueError saying what is wrong otherwise."""
+    if len(text) > MAX_IMPORT_BYTES:
+        raise ValueError(f"a runs file holds at most {MAX_IMPORT_BYTES // 1_000_000} MB; this one has {len(text) / 1e6:.1f} MB")
     try:
         d = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
         raise ValueError(f"not a runs file: {err}") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT or not isinstance(d.get("runs"), list):
         raise ValueError(f"not a runs file: expected an object with format {FORMAT!r} and a list 'runs'")
+    if len(d["runs"]) > MAX_IMPORT_RUNS:
+        raise ValueError(f"a runs file holds at most {MAX_IMPORT_RUNS} runs; this one has {len(d['runs']):,}")
     return [Run.from_dict(r) for r in d["runs"]]

@@ -76,6 +76,10 @@ class Quantizer:
     #: "lab_default" (the widget's starting value when it differs from the option's default), "at_most" (another option,
     #: declared before this one, that bounds this one's value: STBLLM's N <= M)}
     ui: ClassVar[dict[str, dict]] = {}
+    #: option name -> type and range of an option that has no widget (same keys as ``ui``: "kind", "min", "max",
+    #: "choices", "none"). Every option has one or the other (:meth:`schema`), checked whenever a spec is parsed
+    #: (:meth:`check_options`: from a URL, a file, the CLI or the API), so no input can ask for unbounded work.
+    bounds: ClassVar[dict[str, dict]] = {}
     needs_calibration: ClassVar[bool] = False  # quantize() needs the layer's input Hessian
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
@@ -161,9 +165,51 @@ class Quantizer:
         return {f.name: f.default for f in fields(cls)}
 
     @classmethod
+    def schema(cls) -> dict[str, dict]:
+        """Every option's type and range: its widget's (``ui``) or, without a widget, its ``bounds``."""
+        return {n: cls.ui.get(n) or cls.bounds.get(n) for n in cls.options()}
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """Raise ValueError naming the option, its value and its range when a value is of the wrong type or out of range."""
+        schema, defaults = cls.schema(), cls.defaults()
+        for name, v in options.items():
+            s = schema.get(name)
+            if s is None:
+                raise ValueError(f"method {cls.name!r} has no option {name!r}; valid options: {cls.options()}")
+            check_value(f"{cls.name} option {name}", v, s, none_ok=defaults.get(name) is None or "none" in s)
+
+    @classmethod
     def summary(cls) -> str:
         """The first paragraph of the docstring (one line for pickers)."""
         return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+
+
+def check_value(what: str, v, s: dict, none_ok: bool = False) -> None:
+    """Check one value against a schema entry (``kind`` bool/int/float/choice, ``min``/``max``, ``choices``)."""
+    import math
+
+    if v is None:
+        if none_ok:
+            return
+        raise ValueError(f"{what} cannot be empty (null)")
+    kind = s.get("kind")
+    if kind == "bool":
+        if not isinstance(v, bool):
+            raise ValueError(f"{what} must be true or false, got {v!r}")
+        return
+    if kind == "choice":
+        if v not in s["choices"] or isinstance(v, bool) != any(isinstance(c, bool) for c in s["choices"]):
+            raise ValueError(f"{what} must be one of {s['choices']}, got {v!r}")
+        return
+    if kind == "int" and (isinstance(v, bool) or not isinstance(v, int)):
+        raise ValueError(f"{what} must be a whole number, got {v!r}")
+    if kind == "float" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+        raise ValueError(f"{what} must be a finite number, got {v!r}")
+    if kind not in ("int", "float"):
+        raise ValueError(f"{what}: unknown schema kind {kind!r}")
+    if not s["min"] <= v <= s["max"]:
+        raise ValueError(f"{what} must be in [{s['min']}, {s['max']}], got {v!r}")
 
 
 class LearnedValues(torch.nn.Module):

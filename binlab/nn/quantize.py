@@ -44,10 +44,13 @@ class MethodConfig:
             raise ValueError(f"unknown STE {self.ste!r}; choose one of {sorted(STES)}")
         if self.act is not None and self.act not in ACT_NAMES:
             raise ValueError(f"unknown activation binarizer {self.act!r}; choose one of {list(ACT_NAMES)} or None")
+        if not isinstance(self.options, dict):
+            raise ValueError(f"options of {self.method!r} must be an object of option values, got {self.options!r}")
         valid = BINARIZERS[self.method].options()
         bad = set(self.options) - set(valid)
         if bad:
             raise ValueError(f"method {self.method!r} has no option(s) {sorted(bad)}; valid options: {valid}")
+        BINARIZERS[self.method].check_options(self.options)  # types and ranges from the method's schema: bounded work
         self.make()  # the quantizer validates its option values (e.g. tau range)
 
     def make(self) -> Quantizer:

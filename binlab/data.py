@@ -156,39 +156,73 @@ def get_tokenizer(cfg: TokenizerConfig, train_texts: list[str] | None = None):
         if train_texts is None:
             raise ValueError("training a WordPiece tokenizer needs train_texts")
         key = fingerprint([asdict(cfg), _texts_fingerprint(train_texts)])
-        path = cache_dir() / f"tokenizer-{key}.json"
+        path = cache_dir() / f"tokenizer-v2-{key}.json"
+        digest = path.with_suffix(".sha256")
         tok = None
         if path.exists():
             try:
-                tok = Tokenizer.from_file(str(path))
-            except Exception:  # noqa: BLE001 - a damaged cache file is trained again (it is only a cache)
+                text = path.read_text()
+                if digest.read_text().strip() != hashlib.sha256(text.encode()).hexdigest():
+                    raise ValueError("its content does not match its hash")
+                tok = Tokenizer.from_str(text)
+            except Exception as err:  # noqa: BLE001 - a damaged cache file is trained again: training is deterministic
                 import warnings
 
-                warnings.warn(f"the cached tokenizer {path.name} is damaged; training it again", stacklevel=2)
+                warnings.warn(f"the cached tokenizer {path.name} is damaged ({err}); training it again", stacklevel=2)
                 path.unlink(missing_ok=True)
         if tok is None:
-            tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-            tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-            tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-            tok.decoder = decoders.WordPiece()
-            trainer = trainers.WordPieceTrainer(
-                vocab_size=cfg.vocab_size,
-                min_frequency=cfg.min_frequency,
-                special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"],
-                show_progress=False,
-            )
+            def empty(model):
+                t = Tokenizer(model)
+                t.normalizer = normalizers.BertNormalizer(lowercase=True)
+                t.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+                t.decoder = decoders.WordPiece()
+                return t
+
+            tok = empty(models.WordPiece(unk_token="[UNK]"))
+            # the trainer numbers the word-inner pieces ("##e") in hash order, and breaks ties between merges of
+            # equal count by those numbers: given first, in sorted order, the pieces get fixed numbers and the
+            # training is deterministic (same data, same vocabulary)
+            inner = sorted({c for text in train_texts for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text))
+                            for c in w[1:]})
+            trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, show_progress=False,
+                                                special_tokens=list(SPECIAL_TOKENS) + ["##" + c for c in inner])
             tok.train_from_iterator(train_texts, trainer=trainer)
-            _atomic_write_text(path, tok.to_str())
+            tok = empty(_canonical_wordpiece(tok.get_vocab(), models))  # the word pieces are plain vocabulary again
+            tok.add_special_tokens(list(SPECIAL_TOKENS))
+            text = tok.to_str()
+            try:
+                _atomic_write_text(path, text)
+                _atomic_write_text(digest, hashlib.sha256(text.encode()).hexdigest())
+            except OSError as err:  # only a cache: the tokenizer is used as it is
+                import warnings
+
+                warnings.warn(f"could not cache the tokenizer {path.name} ({err})", stacklevel=2)
     tok.no_padding()
     tok.no_truncation()
     assert tok.token_to_id("[PAD]") == PAD_ID, "tokenizer must put [PAD] at id 0"
     return tok
 
 
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+
+
+def _canonical_wordpiece(vocab: dict[str, int], models):
+    """The trained WordPiece model with its ids in a canonical order: the special tokens first, then every
+    other token sorted (WordPiece splits words by the token strings alone, so the order changes no
+    tokenization), so the same data gives the same file."""
+    order = list(SPECIAL_TOKENS) + sorted(t for t in vocab if t not in SPECIAL_TOKENS)
+    return models.WordPiece({t: i for i, t in enumerate(order)}, unk_token="[UNK]", continuing_subword_prefix="##",
+                            max_input_chars_per_word=100)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -326,18 +360,41 @@ class Splits:
         return self.tokenizer.get_vocab_size()
 
 
+def _split_sha256(ids: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in (ids, offsets, labels):
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
 def _cache_split(path: Path, split: EncodedSplit) -> None:
+    """Write an encoded split with the hash of its content (checked by :func:`_load_split`), atomically;
+    a cache that cannot be written (a full disk) is only a cache: a warning, and the split is used as it is."""
     from safetensors.numpy import save_file
 
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"ids": split.ids, "offsets": split.offsets, "labels": split.labels}, str(tmp))
-    os.replace(tmp, path)
+    try:
+        save_file({"ids": split.ids, "offsets": split.offsets, "labels": split.labels}, str(tmp),
+                  metadata={"sha256": _split_sha256(split.ids, split.offsets, split.labels)})
+        os.replace(tmp, path)
+    except Exception as err:  # noqa: BLE001 - OSError or safetensors' own error on a full disk
+        tmp.unlink(missing_ok=True)
+        import warnings
+
+        warnings.warn(f"could not cache {path.name} ({err}); using it uncached", stacklevel=2)
 
 
 def _load_split(path: Path) -> EncodedSplit:
-    from safetensors.numpy import load_file
+    """An encoded split from the cache, checked against the hash of its content: a changed label or token
+    id, or a damaged offset, is a ValueError (the caller encodes it again), never a silently wrong number."""
+    from safetensors import safe_open
 
-    d = load_file(str(path))
+    with safe_open(str(path), framework="numpy") as f:
+        stored = (f.metadata() or {}).get("sha256")
+        d = {k: f.get_tensor(k) for k in ("ids", "offsets", "labels")}
+    if stored is None or stored != _split_sha256(d["ids"], d["offsets"], d["labels"]):
+        raise ValueError(f"{path.name} does not match the hash of its content")
     return EncodedSplit(d["ids"], d["offsets"], d["labels"])
 
 
@@ -365,7 +422,10 @@ def load_splits(cfg: DataConfig = DataConfig(), raw: dict | None = None) -> Spli
             try:
                 out[name] = _load_split(path)
                 continue
-            except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt
+            except Exception as err:  # noqa: BLE001 - a damaged cache file is rebuilt: it is derived data
+                import warnings
+
+                warnings.warn(f"the cached encoded {name} split is damaged ({err}); encoding it again", stacklevel=2)
                 path.unlink(missing_ok=True)
         out[name] = encode(tok, texts, labels, cfg.max_len)
         _cache_split(path, out[name])

@@ -2,6 +2,8 @@
 terminal, a widget in Jupyter). Each returns a callback for binlab's long-running functions."""
 from __future__ import annotations
 
+import sys
+
 
 def training_bar(desc: str | None = None):
     """Callback for :func:`binlab.training.train.train` / :func:`binlab.training.qat.qat` events: a bar over steps with the loss,
@@ -21,7 +23,9 @@ def training_bar(desc: str | None = None):
             if e["step"] >= e["total"]:
                 bar["t"].close()
         elif e["kind"] == "eval":
-            bar["t"].write(f"step {e['step']}: val accuracy {e['val_accuracy']:.4f}")
+            m = e.get("metric")  # progress goes to stderr: stdout stays the command's output (JSON, tables)
+            bar["t"].write(f"step {e['step']}: validation {m.name} {m.text()}" if m is not None else
+                           f"step {e['step']}: val accuracy {e['val_accuracy']:.4f}", file=sys.stderr)
 
     return cb
 

@@ -140,9 +140,8 @@ def test_the_option_schema_agrees_with_each_method(name):
 
 
 def test_damaged_cache_files_are_rebuilt_with_a_warning(fixture_data, tmp_path, monkeypatch):
-    """A cached tokenizer or encoded split that no longer parses is a cache miss (with a warning for the
-    tokenizer), never a traceback; the same rows come back (the retrained WordPiece vocabulary may order
-    tokens of equal frequency differently, so the ids themselves are not compared)."""
+    """A cached tokenizer or encoded split that no longer parses is a cache miss (with a warning), never a
+    traceback; the same rows come back, token for token (WordPiece training is deterministic)."""
     import numpy as np
 
     from binlab.presets import load_data
@@ -154,4 +153,5 @@ def test_damaged_cache_files_are_rebuilt_with_a_warning(fixture_data, tmp_path, 
     with pytest.warns(UserWarning, match="tokenizer"):
         again = load_data("tiny", source=str(fixture_data), val_size=50, test_size=60)
     assert len(again.train) == len(first.train) and np.array_equal(first.test.labels, again.test.labels)
-    assert np.array_equal(first.train.lengths, again.train.lengths)
+    assert np.array_equal(first.train.lengths, again.train.lengths) and np.array_equal(first.train.ids, again.train.ids)
+    assert first.tokenizer.to_str() == again.tokenizer.to_str()

@@ -44,7 +44,6 @@ def _number(v):
 
 def _budget(preset: str, fields: dict, path):
     """A grid budget: the preset's QAT budget (its freeze list and other settings kept) with these training fields."""
-
     base = get_preset(preset).qat
     try:
         return replace(base, train=replace(base.train, **fields))

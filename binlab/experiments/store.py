@@ -17,6 +17,8 @@ the tables in ``docs/results`` are what a run leaves in the repository.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import sqlite3
 import time
@@ -38,6 +40,32 @@ def open_sqlite(path: str | Path | None, default_name: str, schema: str, what: s
     return path
 
 
+def _digest(row: dict) -> str:
+    return hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()
+
+
+def _sealed(row: dict) -> str:
+    """A row's stored text: the row and the hash of its content."""
+    row = json.loads(json.dumps(row))
+    return json.dumps(row | {"_sha256": _digest(row)})
+
+
+def _verified(body: str, key: str) -> dict | None:
+    """The row in ``body`` when it matches its hash (rows stored before hashes carry none and are taken as
+    they are); None, with a warning, when a byte of it changed."""
+    try:
+        row = json.loads(body)
+        digest = row.pop("_sha256", None)
+        if digest is None or digest == _digest(row):
+            return row
+    except (json.JSONDecodeError, AttributeError, TypeError):
+        pass
+    import warnings
+
+    warnings.warn(f"the stored result {key[:12]}... is damaged (it does not match its hash); it is left out and computed again", stacklevel=3)
+    return None
+
+
 class ResultStore:
     """Results by key (see the module docstring)."""
 
@@ -45,19 +73,34 @@ class ResultStore:
         self.path = open_sqlite(path, "results.sqlite", "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, experiment TEXT, "
                                 "preset TEXT, label TEXT, seed INTEGER, created REAL, body TEXT)", "results store")
 
+    @contextlib.contextmanager
     def _db(self):
-        return sqlite3.connect(self.path, timeout=60)
+        """A committed transaction; a damaged file is a ValueError naming it and what to do."""
+        try:
+            with sqlite3.connect(self.path, timeout=60) as db:
+                yield db
+        except sqlite3.DatabaseError as err:
+            raise ValueError(f"the results store {self.path} is damaged ({err}); move it away to start a new one "
+                             "(its rows are computed again)") from None
 
     def get(self, key: str) -> dict | None:
+        """The row stored under ``key``; None when there is none, or when it no longer matches its hash (a
+        damaged row is computed again: it is derived data)."""
         with self._db() as db:
             hit = db.execute("SELECT body FROM results WHERE key = ?", (key,)).fetchone()
-        return None if hit is None else json.loads(hit[0])
+        if hit is None:
+            return None
+        row = _verified(hit[0], key)
+        if row is None:
+            with self._db() as db:
+                db.execute("DELETE FROM results WHERE key = ?", (key,))
+        return row
 
     def put(self, key: str, row: dict, experiment: str | None = None, preset: str | None = None) -> bool:
         """Store ``row`` under ``key`` unless the key is there already; True when this call wrote it."""
         with self._db() as db:
             cur = db.execute("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (key, experiment, preset, row.get("label"), row.get("random_seed"), time.time(), json.dumps(row)))
+                             (key, experiment, preset, row.get("label"), row.get("random_seed"), time.time(), _sealed(row)))
             return cur.rowcount == 1
 
     def keys(self) -> set[str]:
@@ -73,7 +116,7 @@ class ResultStore:
             args = [v for _, v in where]
         with self._db() as db:
             out = db.execute(q + " ORDER BY rowid", args).fetchall()
-        return [json.loads(body) | {"key": key} for key, body in out]
+        return [row | {"key": key} for key, body in out if (row := _verified(body, key)) is not None]
 
     def __len__(self) -> int:
         with self._db() as db:

@@ -125,10 +125,16 @@ def save_packed(model: nn.Module, path: str | Path, **extra_meta: str) -> dict:
     meta["sha256"] = _digest(tensors, meta)
     meta |= {k: str(v) for k, v in extra_meta.items()}
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give the packed file's path, e.g. {path / 'model.safetensors'}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except Exception as err:  # a full disk, a folder that cannot be written: nothing half-written is left
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"could not write {path} ({err}); free some disk space or pick another path") from None
     return {"path": str(path), "file_bytes": path.stat().st_size, "predicted_bytes": model_size(model).total_bytes,
             "components": len(comps)}
 
@@ -153,15 +159,23 @@ def read_packed(path: str | Path) -> tuple[dict[str, str], dict[str, np.ndarray]
     return meta, tensors
 
 
-def load_packed(path: str | Path) -> nn.Module:
+def load_packed(path: str | Path, tokenizer=None) -> nn.Module:
     """The runnable packed model in ``path`` (eval mode, CPU): quantized components are
     :class:`~binlab.runtime.packed.PackedLinear`/:class:`~binlab.runtime.packed.PackedEmbedding`; no latent weights.
-    ``model.packed_meta`` keeps the file's metadata. A damaged file raises ``ValueError``."""
+    ``model.packed_meta`` keeps the file's metadata. A damaged file raises ``ValueError``, and so does a
+    ``tokenizer`` other than the one the file was written with (its fingerprint is in the header): the
+    model would read other token ids and answer wrongly without a word."""
     from binlab.methods.activations import make_act
     from binlab.nn.model import ModelConfig, build
     from binlab.nn.quantize import MethodConfig, QuantSpec, install_attention_, set_submodule
 
     meta, tensors = read_packed(path)
+    if tokenizer is not None and meta.get("tokenizer"):
+        from binlab.data import fingerprint
+
+        if fingerprint(tokenizer.to_str()) != meta["tokenizer"]:
+            raise ValueError(f"{path} was written with another tokenizer (fingerprint {meta['tokenizer']}, this one "
+                             f"{fingerprint(tokenizer.to_str())}): load it with the tokenizer of the preset and data it was exported from")
     try:
         cfg = ModelConfig(**json.loads(meta["config"]))
         spec = QuantSpec.from_json(meta["spec"])

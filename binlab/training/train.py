@@ -60,10 +60,12 @@ class TrainConfig:
     eval_every: int = 0  # steps between validation evaluations (0: once per epoch)
 
     def __post_init__(self):
-        if self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (isinstance(self.epochs, (int, float)) and 0 < self.epochs < 1e4):
+            raise ValueError(f"epochs must be a number in (0, 10000), got {self.epochs!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 65536:
+            raise ValueError(f"batch_size must be a whole number in [1, 65536], got {self.batch_size!r}")
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise ValueError(f"eval_every must be a whole number >= 0, got {self.eval_every!r}")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
         if self.schedule not in ("linear", "cosine", "constant"):
@@ -305,6 +307,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, damaged, or does not fit the model it is loaded into."""
 
 
+#: checkpoints written now hash their metadata too; "binlab-checkpoint-1" files (weights hash only) still load
+CHECKPOINT_FORMAT = "binlab-checkpoint-2"
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -313,22 +319,44 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _meta_sha256(payload: dict) -> str:
+    """The hash of a checkpoint's config and metadata (what its .json says beside the weights' hash)."""
+    body = json.dumps({"model_config": payload["model_config"], "meta": payload["meta"]}, sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary file in ``path``'s folder, flush it to disk, then rename it over ``path``:
+    a crash or a full disk leaves the previous file (or none) and no stray temporary file."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, (OSError, RuntimeError)) or type(err).__name__ == "SafetensorError":
+            raise OSError(f"could not write {path} ({err}); free some disk space or pick another folder "
+                          "(BINLAB_CACHE), then run it again") from None
+        raise
+
+
 def save_checkpoint(model: Classifier, stem: str | Path, meta: dict | None = None) -> Path:
-    """Write ``stem.safetensors`` (weights) and ``stem.json`` (config, metadata, hash); returns the json path."""
+    """Write ``stem.safetensors`` (weights) and ``stem.json`` (config, metadata, and the hashes of both),
+    each atomically; returns the json path."""
     from safetensors.torch import save_file
 
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     weights, info = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    tmp = weights.with_name(weights.name + f".tmp{os.getpid()}")
     # QAT-only machinery (FDA's noise module) is not part of the model
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not is_training_aux(k)}
-    save_file(state, str(tmp))
-    os.replace(tmp, weights)
-    payload = {"format": "binlab-checkpoint-1", "model_config": model.config.to_dict(), "meta": meta or {}, "sha256": _sha256(weights)}
-    tmp = info.with_name(info.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, info)
+    atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
+    payload = {"format": CHECKPOINT_FORMAT, "model_config": model.config.to_dict(), "meta": json.loads(json.dumps(meta or {}, default=str)),
+               "sha256": _sha256(weights)}
+    payload["meta_sha256"] = _meta_sha256(payload)
+    atomic_write(info, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, default=str)))
     return info
 
 
@@ -339,12 +367,16 @@ def load_checkpoint(stem: str | Path, expect: ModelConfig | None = None) -> tupl
     stem = Path(stem)
     weights, info = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
     if not weights.exists() or not info.exists():
-        raise CheckpointError(f"checkpoint {stem} is incomplete: need both {weights.name} and {info.name}")
+        raise CheckpointError(f"checkpoint {stem} is incomplete: need both {weights.name} and {info.name}; train it again "
+                              "(binlab train --retrain, or the Home page's button)")
     try:
         payload = json.loads(info.read_text())
         cfg = ModelConfig(**payload["model_config"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint metadata {info} is damaged ({err}); delete it and train again") from err
+    if payload.get("format") == CHECKPOINT_FORMAT and payload.get("meta_sha256") != _meta_sha256(payload):
+        raise CheckpointError(f"the metadata in {info} does not match its hash: the file is damaged or was edited; delete "
+                              f"{info.name} and {weights.name} and train again (binlab train --retrain)")
     if _sha256(weights) != payload.get("sha256"):
         raise CheckpointError(f"{weights} does not match the hash in {info.name}: the file is damaged or from another run; delete both and train again")
     if expect is not None and expect != cfg:

@@ -1,5 +1,6 @@
 """A lab a school can host: bounded method options, bounded uploads, safe server defaults, the data
 source fixed by the server, and shared changes kept for the teacher."""
+import json
 import sqlite3
 from pathlib import Path
 
@@ -156,3 +157,16 @@ def test_labels_are_shown_as_text():
     shown = plain(label)
     assert "](" not in shown.replace("\\]\\(", "") and "**" not in shown.replace("\\*\\*", "")
     assert "<b>" not in chart_text(label) and "&lt;b&gt;" in chart_text(label)
+
+
+def test_a_spec_is_bounded_in_size_and_rules():
+    from binlab.nn.quantize import MAX_RULES, MAX_SPEC_CHARS
+
+    many = {"rules": [{"target": f"layers.{i}.attn.q", "method": {"method": "sign"}} for i in range(MAX_RULES + 1)]}
+    with pytest.raises(ValueError, match=f"at most {MAX_RULES} rules"):
+        QuantSpec.from_json(json.dumps(many))
+    with pytest.raises(ValueError, match="characters of JSON"):
+        QuantSpec.from_json(" " * (MAX_SPEC_CHARS + 1))
+    with pytest.raises(ValueError, match="1 to 200 characters"):
+        QuantSpec.from_json(json.dumps({"rules": [{"target": "x" * 201, "method": {"method": "sign"}}]}))
+    assert len(QuantSpec.from_json(json.dumps({"rules": many["rules"][:MAX_RULES]})).rules) == MAX_RULES

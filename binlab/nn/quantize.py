@@ -200,6 +200,11 @@ class Rule:
             object.__setattr__(self, "method", MethodConfig(**self.method))
 
 
+
+#: what one spec may hold, wherever it comes from (a link, a file, the CLI): bounded work per evaluation
+MAX_RULES = 256
+MAX_SPEC_CHARS = 100_000
+
 @dataclass(frozen=True)
 class QuantSpec:
     """Ordered rules (later wins), plus for W1A1 attention: ``attn_probs``, a quantizer of the
@@ -214,6 +219,8 @@ class QuantSpec:
 
     def __post_init__(self):
         object.__setattr__(self, "rules", tuple(r if isinstance(r, Rule) else Rule(**r) for r in self.rules))
+        if len(self.rules) > MAX_RULES:
+            raise ValueError(f"a spec holds at most {MAX_RULES} rules; got {len(self.rules)}")
         if self.attn_probs is not None and self.attn_probs not in ATTENTION:
             raise ValueError(f"attn_probs must be None or one of {sorted(ATTENTION)}, got {self.attn_probs!r}")
         if self.attn_qkv is not None and self.attn_qkv not in ACT_NAMES:
@@ -239,6 +246,8 @@ class QuantSpec:
     def from_json(cls, s: str) -> "QuantSpec":
         """Parse a spec; any problem (syntax, unknown keys, wrong types, unknown methods or options,
         out-of-range values) is a ``ValueError`` saying what is wrong."""
+        if isinstance(s, (str, bytes)) and len(s) > MAX_SPEC_CHARS:
+            raise ValueError(f"a spec is at most {MAX_SPEC_CHARS:,} characters of JSON; this one has {len(s):,}")
         try:
             d = json.loads(s)
         except (json.JSONDecodeError, TypeError) as err:
@@ -252,8 +261,8 @@ class QuantSpec:
         for i, r in enumerate(rules):
             if not isinstance(r, dict) or set(r) != {"target", "method"}:
                 raise ValueError(f"rule {i} must be an object with exactly the keys 'target' and 'method', got {r!r}")
-            if not isinstance(r["target"], str) or not r["target"]:
-                raise ValueError(f"rule {i}: 'target' must be a non-empty string, got {r['target']!r}")
+            if not isinstance(r["target"], str) or not 0 < len(r["target"]) <= 200:
+                raise ValueError(f"rule {i}: 'target' must be a name or pattern of 1 to 200 characters, got {str(r['target'])[:80]!r}")
             m = r["method"]
             if not isinstance(m, dict) or set(m) - {"method", "options", "ste", "act"} or not isinstance(m.get("method"), str):
                 raise ValueError(f"rule {i}: 'method' must be an object with 'method' (a name) and optionally 'options', 'ste', 'act'; got {m!r}")

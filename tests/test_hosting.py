@@ -170,3 +170,29 @@ def test_a_spec_is_bounded_in_size_and_rules():
     with pytest.raises(ValueError, match="1 to 200 characters"):
         QuantSpec.from_json(json.dumps({"rules": [{"target": "x" * 201, "method": {"method": "sign"}}]}))
     assert len(QuantSpec.from_json(json.dumps({"rules": many["rules"][:MAX_RULES]})).rules) == MAX_RULES
+
+
+def test_a_schemas_ends_are_values_the_method_accepts():
+    """The schema's range is the method's own: each end of each numeric option makes a valid method (a
+    cross-option rule aside: STBLLM's N <= M, checked with M at its largest)."""
+    for name, cls in BINARIZERS.items():
+        for opt, s in cls.schema().items():
+            if s["kind"] in ("int", "float"):
+                for v in (s["min"], s["max"]):
+                    MethodConfig(name, options={opt: v} | ({"m": 16} if (name, opt) == ("stbllm", "n") else {})
+                                 | ({"n": 2} if (name, opt, v) == ("stbllm", "m", 2) else {}))
+
+
+def test_the_stated_time_bound_covers_every_option_range():
+    """docs/results/bench-worst-case-scratch.json states the longest live change a link can ask for; it was
+    measured at every end of every numeric option's current range, so a widened range fails here until the
+    bench is run again (python bench/worst_case.py --preset scratch)."""
+    d = json.loads((ROOT / "docs" / "results" / "bench-worst-case-scratch.json").read_text())
+    measured = {(r["method"], json.dumps(r["options"], sort_keys=True)) for r in d["rows"] + d["refused"]}
+    for name, cls in BINARIZERS.items():
+        assert (name, "{}") in measured, name
+        for opt, s in cls.schema().items():
+            if s["kind"] in ("int", "float"):
+                for v in (s["min"], s["max"]):
+                    assert (name, json.dumps({opt: v})) in measured, f"{name} {opt}={v}: run bench/worst_case.py again"
+    assert d["worst"]["seconds"] == max(r["seconds"] for r in d["rows"]) and d["val_rows"] == 1000

@@ -151,7 +151,7 @@ class ARB(BiLLM):
     arxiv: ClassVar[str] = "2410.03129"
     stores: ClassVar[str] = "as BiLLM, with a mean per group (ARB, ARB-X) or row and column scales (ARB-RC)"
     ui: ClassVar[dict] = {"variant": {"kind": "choice", "label": "variant", "choices": ["arb", "x", "rc"]}}
-    bounds: ClassVar[dict] = {"blocksize": {"kind": "int", "min": 1, "max": 4096}, "iters": {"kind": "int", "min": 0, "max": 100}}
+    bounds: ClassVar[dict] = {"blocksize": {"kind": "int", "min": 16, "max": 4096}, "iters": {"kind": "int", "min": 0, "max": 100}}
     variant: str = "x"
     iters: int = 15
 

@@ -126,7 +126,7 @@ class BiLLM(Quantizer):
     stores: ClassVar[str] = "1 sign bit per weight, a second per salient weight, column and group bitmaps, 4 scales per row per block"
     needs_calibration: ClassVar[bool] = True
     ui: ClassVar[dict] = {}
-    bounds: ClassVar[dict] = {"blocksize": {"kind": "int", "min": 1, "max": 4096}}
+    bounds: ClassVar[dict] = {"blocksize": {"kind": "int", "min": 16, "max": 4096}}
     blocksize: int = 128
 
     def __post_init__(self):

@@ -80,7 +80,7 @@ class Stochastic(Quantizer):
     stores: ClassVar[str] = "1 bit per weight + H (fp32) per layer"
     default_ste: ClassVar[str] = "identity"
     ui: ClassVar[dict] = {"seed": {"kind": "int", "label": "noise seed", "min": 0, "max": 10_000}}
-    bounds: ClassVar[dict] = {"H": {"kind": "float", "min": 0.0, "max": 1000.0}}
+    bounds: ClassVar[dict] = {"H": {"kind": "float", "min": 1e-6, "max": 1000.0}}
     H: float | None = None
     seed: int = 0
 

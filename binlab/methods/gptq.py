@@ -166,7 +166,7 @@ class GPTQ(Quantizer):
     ui: ClassVar[dict] = {"bits": {"kind": "int", "label": "bits", "min": 2, "max": 8, "step": 1},
                           "group": {"kind": "int", "label": "group size (0 = one per row)", "min": 0, "max": 1024, "step": 32},
                           "act_order": {"kind": "bool", "label": "columns by decreasing Hessian diagonal"}}
-    bounds: ClassVar[dict] = {"percdamp": {"kind": "float", "min": 0.0, "max": 1.0}, "blocksize": {"kind": "int", "min": 1, "max": 4096}}
+    bounds: ClassVar[dict] = {"percdamp": {"kind": "float", "min": 1e-6, "max": 0.99}, "blocksize": {"kind": "int", "min": 1, "max": 4096}}
     bits: int = 4
     group: int = 0
     act_order: bool = False

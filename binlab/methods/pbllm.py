@@ -56,7 +56,7 @@ class PBLLM(Quantizer):
     ui: ClassVar[dict] = {"salient": {"kind": "float", "label": "salient fraction (kept in 8 bits)", "min": 0.0, "max": 0.5, "step": 0.01},
                           "metric": {"kind": "choice", "label": "salience", "choices": ["hessian", "magnitude"]},
                           "gptq": {"kind": "bool", "label": "GPTQ error compensation (PB-GPTQ)"}}
-    bounds: ClassVar[dict] = {"high_bits": {"kind": "int", "min": 2, "max": 16}}
+    bounds: ClassVar[dict] = {"high_bits": {"kind": "int", "min": 2, "max": 8}}
     salient: float = 0.1
     metric: str = "hessian"
     gptq: bool = True

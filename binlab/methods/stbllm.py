@@ -89,7 +89,7 @@ class STBLLM(Quantizer):
     data_dependent_storage: ClassVar[bool] = True
     ui: ClassVar[dict] = {"m": {"kind": "int", "label": "M", "min": 2, "max": 16, "step": 1},
                           "n": {"kind": "int", "label": "N (kept of every M)", "min": 1, "max": 8, "step": 1, "at_most": "m"}}
-    bounds: ClassVar[dict] = {"blocksize": {"kind": "int", "min": 1, "max": 4096}}
+    bounds: ClassVar[dict] = {"blocksize": {"kind": "int", "min": 16, "max": 4096}}
     n: int = 4
     m: int = 8
     blocksize: int = 128

@@ -82,6 +82,21 @@ def test_home_shows_data_and_baseline(env, trained):
     assert metric(at, "validation accuracy").endswith("%")
 
 
+def test_home_lists_every_page_and_every_view_is_a_page(env, trained):
+    import sys
+
+    sys.path.insert(0, str(Path(APP).parent))
+    from sitemap import PAGES
+
+    at = new_app()
+    assert not at.exception
+    text = "\n".join(m.value for m in at.markdown)
+    for _, _, title, _, _ in PAGES:
+        assert f"**{title}**" in text, title
+    views = {f"views/{p.name}" for p in (Path(APP).parent / "views").glob("*.py")}
+    assert views == {path for _, path, *_ in PAGES}
+
+
 def test_the_data_source_is_the_servers_not_a_visitors(env, trained):
     """No box lets a visitor point the server at another folder or data set: the source is BINLAB_DATA's."""
     at = new_app()

@@ -7,9 +7,10 @@ from binlab.methods import BINARIZERS
 from binlab.presets import PRESETS
 
 from common import cached_baseline_for, damaged_checkpoint_ui, friendly_errors, resolved_for, sidebar, splits_for, teacher_only, train_baseline_ui
+from sitemap import PAGES
 
 preset, source = sidebar()
-st.title("binlab: binarize a language model, live")
+st.title("binlab: binarize a transformer, live")
 st.markdown(
     """
 Binarization stores each weight in **1 bit** (+1 or -1, or two bucket means) instead of 32. This lab
@@ -19,13 +20,10 @@ straight-through estimator, and see the exact model size change with accuracy on
 classifier) or perplexity on AG_NEWS text (the `lm` preset, a small causal language model, where the
 LLM-era methods that need data -- {calibrated} -- calibrate on training text).
 
-1. **Home** (here): check the data and train the full-precision baseline once (cached on disk).
-2. **Binarize (live)**: pick components and a method, drag the threshold; numbers update in about a second.
-3. **Train (QAT)**: fine-tune the binarized model through the STE, with distillation.
-4. **Sensitivity**: which components hurt most when binarized alone.
-5. **Results**: the seed's tables, regenerated and compared.
+**New here?** Train the baseline below, then open **Lessons** and start with lesson 1.
 """.format(calibrated=", ".join(sorted({c.paper.split(", ", 1)[-1].split(":")[0] for c in BINARIZERS.values() if c.needs_calibration})))
 )
+st.markdown("\n".join(f"- **{title}**: {what}" for _, _, title, _, what in PAGES))
 
 
 @st.cache_data(show_spinner="Checking the data source ...", ttl=600)

@@ -119,6 +119,20 @@ def test_class_mode_keeps_shared_changes_for_the_teacher(env, trained, monkeypat
     assert any(b.key == "retrain" for b in at.button) and not at.number_input(key="train_rows").disabled
 
 
+def test_class_mode_keeps_deleting_runs_for_the_teacher(env, trained, monkeypatch):
+    from binlab.lab.runs import Run, RunStore
+
+    RunStore().add(Run(preset="tiny", mode="QAT", label="[a](javascript:x) **run**", spec="{}", rows=10, split="val", accuracy=50.0,
+                       low=40.0, high=60.0, size_bytes=1000.0, reduction=10.0, bits_per_weight=1.0))
+    monkeypatch.setenv("BINLAB_CLASS", "1")
+    monkeypatch.setenv("BINLAB_TEACHER_TOKEN", "tok-123")
+    at = new_app("views/compare.py")
+    assert not at.exception
+    assert not any(b.key == "cmp_delete" for b in at.button)
+    at.text_input(key="_teacher_token").set_value("tok-123").run()
+    assert any(b.key == "cmp_delete" for b in at.button)
+
+
 def test_bad_source_is_an_error_not_a_traceback(env, monkeypatch, tmp_path):
     monkeypatch.setenv("BINLAB_DATA", str(tmp_path / "missing"))
     at = new_app()

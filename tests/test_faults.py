@@ -145,6 +145,7 @@ def test_cli_bad_paths_and_numbers_give_one_line(tmp_path, capsys):
     from binlab.cli import main
 
     cases = [(["eval", "--preset", "tiny", "--data", "/nonexistent", "--spec", str(tmp_path)], "is not a file"),
+             (["eval", "--preset", "tiny", "--data", "/nonexistent", "--spec", "/dev/zero"], "is not a file"),  # endless
              (["export", "--preset", "tiny", "--data", "/nonexistent", "--target", "encoder", "--out", str(tmp_path)], "is a folder"),
              (["experiments", "run", "T4", "--preset", "tiny", "--only", "a"], "configuration indices"),
              (["landscape", "slice", "--preset", "tiny", "--data", "/nonexistent", "--span", "inf"], "positive finite number")]

@@ -20,7 +20,8 @@ straight-through estimator, and see the exact model size change with accuracy on
 classifier) or perplexity on AG_NEWS text (the `lm` preset, a small causal language model, where the
 LLM-era methods that need data -- {calibrated} -- calibrate on training text).
 
-**New here?** Train the baseline below, then open **Lessons** and start with lesson 1.
+**New here?** Train the baseline below, then open **Lessons** and start with lesson 1. The words the lab
+uses (binarizer, STE, PTQ, QAT, W1A1, perplexity, interval ...) are explained in `docs/glossary.md`.
 """.format(calibrated=", ".join(sorted({c.paper.split(", ", 1)[-1].split(":")[0] for c in BINARIZERS.values() if c.needs_calibration})))
 )
 st.markdown("\n".join(f"- **{title}**: {what}" for _, _, title, _, what in PAGES))

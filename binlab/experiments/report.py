@@ -193,6 +193,17 @@ def load_results(out_dir: Path | None = None) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(d.glob("T*.json")) if not p.stem.endswith("-fast")]
 
 
+def _log_range(values: list[float]) -> list[float] | None:
+    """A log axis's range (log10 units) around ``values``, at most 6 decades (a far-off bar is cut at the top)."""
+    import math
+
+    v = [x for x in values if x and x > 0 and math.isfinite(x)]
+    if not v:
+        return None
+    lo = math.log10(min(v))
+    return [lo - 0.05, min(math.log10(max(v)), lo + 6) + 0.1]
+
+
 def table_view(payload: dict, rows: list[dict]) -> dict:
     """What the Results page shows of a committed table's ``rows`` (a filtered, sorted subset of its
     rows), for either kind of table, so the page never asks which kind it has:
@@ -212,7 +223,7 @@ def table_view(payload: dict, rows: list[dict]) -> dict:
                   "the survey reports (LLaMA-7B)": r.get("survey")} for r in rows]
         return {"table": table, "bars": {"x": [r["configuration"] for r in table], "y": [r["perplexity"] for r in table], "plus": None,
                                          "minus": None, "name": "test perplexity"},
-                "reported": None, "y_title": "test perplexity (log)", "log_y": True, "y_range": None,
+                "reported": None, "y_title": "test perplexity (log)", "log_y": True, "y_range": _log_range([r["perplexity"] for r in table]),
                 "hline": (bg, "bigram") if bg else None,
                 "caption": (f"Test perplexity of the fp32 LM: {fp:.2f}" + (f"; a bigram model on the same tokens: {bg:.2f}." if bg else "."))
                 if fp is not None else None}

@@ -3,14 +3,21 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.binlab-installed
+STAMP  := $(VENV)/.binlab-lab
+TESTED := $(VENV)/.binlab-test
 
 .PHONY: setup lab class test notebooks bench experiments clean-cache
 
+# the lab and the notebooks need binlab and its notebook extras; the tests add pytest, Playwright and Ray
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[dev,notebooks,cluster]"
+	$(PY) -m pip install -q -e ".[notebooks]"
 	touch $(STAMP)
+
+$(TESTED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[dev,notebooks,cluster]"
+	touch $(STAMP) $(TESTED)
 
 setup: $(STAMP)
 
@@ -21,7 +28,7 @@ lab: setup
 class: setup
 	$(PY) -m binlab.cli app --class
 
-test: setup
+test: $(TESTED)
 	$(PY) -m pytest -q
 
 notebooks: setup

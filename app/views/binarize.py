@@ -4,7 +4,7 @@ import json
 import plotly.graph_objects as go
 import streamlit as st
 
-from binlab.lab.live import SEED_POINTS, LiveLab, component_view, layout, spec_components, widget_representable
+from binlab.lab.live import LiveLab, component_view, layout, spec_components, widget_representable
 from binlab.lab.runs import RunStore
 from binlab.methods import BINARIZERS, PAGE_DEFAULTS, method_card
 from binlab.methods.activations import ACT_HELP, ACT_NAMES, QKV_HELP
@@ -13,6 +13,7 @@ from binlab.methods.ste import STES
 from binlab.nn.generate import greedy
 from binlab.nn.metric import task_info
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, plan
+from binlab.seed import SEED_POINTS
 from binlab.training.calibration import calibration_set
 from binlab.training.recipes import RECIPES
 from binlab.training.train import evaluate

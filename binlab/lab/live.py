@@ -6,7 +6,6 @@
   component's Hessian computed once from the full-precision model and cached.
 - :func:`component_view` gives what the histogram of one weight matrix draws.
 - :func:`sensitivity` binarizes each component alone (and the QK/QV/KV pairs) and measures.
-- :data:`SEED_POINTS`: the seed's (reduction, accuracy) points for reference in scatter plots.
 """
 from __future__ import annotations
 
@@ -24,7 +23,6 @@ from binlab.nn.metric import Metric, headline, task_info
 from binlab.nn.objective import perplexity, task_of
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, current_plan, quantizable, quantize_
 from binlab.runtime.size import model_size
-from binlab.seed import SEED_POINTS  # noqa: F401 - re-exported: the app's scatter reads it from here
 from binlab.training.train import EVAL_BATCH, stats_on
 
 PARTS = (("Q", "attn.q"), ("K", "attn.k"), ("V", "attn.v"), ("O", "attn.o"), ("FFN up", "ffn.up"), ("FFN down", "ffn.down"))

@@ -12,7 +12,6 @@ import json
 
 import torch
 
-from binlab.data import MINILM_HUB_ID as HUB_ID  # noqa: F401 - where the files are: binlab.data (its tokenizer needs them too)
 from binlab.data import minilm_dir
 
 from .model import Classifier, ModelConfig

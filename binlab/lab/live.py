@@ -105,10 +105,11 @@ def accuracy_metric(correct: np.ndarray, reference: np.ndarray, reference_label:
                     change_low=100 * pd.low, change_high=100 * pd.high, within_noise=pd.within_noise, p_value=pd.p_value)
 
 
-def perplexity_metric(nll: np.ndarray, units: np.ndarray, reference_nll: np.ndarray, reference_label: str = "fp32") -> Metric:
+def perplexity_metric(nll: np.ndarray, units: np.ndarray, reference_nll: np.ndarray, reference_label: str = "fp32",
+                      m: dict | None = None) -> Metric:
     """A language model's perplexity on these rows and its ratio to ``reference``'s on the same rows
-    (:func:`lm_metrics`: delta-method intervals)."""
-    m = lm_metrics(nll, units, reference_nll)
+    (:func:`lm_metrics`: delta-method intervals; pass its result as ``m`` when it is computed already)."""
+    m = m or lm_metrics(nll, units, reference_nll)
     return headline(task_info("lm"), m["perplexity"], low=m["perplexity_low"], high=m["perplexity_high"], rows=len(units),
                     tokens=m["tokens"], reference=m["baseline_perplexity"], reference_label=reference_label, change=m["ppl_ratio"],
                     change_low=m["ppl_ratio_low"], change_high=m["ppl_ratio_high"], within_noise=m["ppl_within_noise"])
@@ -121,6 +122,12 @@ def next_token_metric(hits: np.ndarray, reference_hits: np.ndarray, units: np.nd
     return Metric("next-token accuracy", 100 * acc.value, " %", True, low=100 * acc.low, high=100 * acc.high, rows=len(units),
                   tokens=int(units.sum()), reference=100 * ref.value, reference_label=reference_label, change=100 * d.value,
                   change_low=100 * d.low, change_high=100 * d.high, within_noise=d.within_noise)
+
+
+def _accuracy_keys(m: Metric) -> dict:
+    """An accuracy :class:`~binlab.nn.metric.Metric` as the plain keys the live lab has always returned."""
+    return {"accuracy": m.value, "accuracy_low": m.low, "accuracy_high": m.high, "diff": m.change, "diff_low": m.change_low,
+            "diff_high": m.change_high, "p_value": float("nan") if m.p_value is None else m.p_value, "within_noise": m.within_noise}
 
 
 class LiveLab:
@@ -213,12 +220,16 @@ class LiveLab:
 
     def _metrics(self, nll, units, hits, out: dict) -> dict:
         """``metric``: the task's headline :class:`~binlab.nn.metric.Metric` against fp32 on the same rows;
-        ``more``: the others a page shows beside it (a classifier's loss, a language model's next-token accuracy)."""
+        ``more``: the others a page shows beside it (a classifier's loss, a language model's next-token accuracy);
+        and the same numbers as plain keys (``accuracy``, ``diff_low`` ...; a language model adds :func:`lm_metrics`'s)."""
         if self.info.name == "lm":
-            return {"metric": perplexity_metric(nll, units, self.baseline_nll), "more": [next_token_metric(hits, self.baseline_correct, units)]}
+            lm = lm_metrics(nll, units, self.baseline_nll)
+            acc = next_token_metric(hits, self.baseline_correct, units)
+            return _accuracy_keys(acc) | lm | {"metric": perplexity_metric(nll, units, self.baseline_nll, m=lm), "more": [acc]}
+        acc = accuracy_metric(hits.astype(bool), self.baseline_correct)
         loss = Metric("validation loss", out["loss"], higher_is_better=False, rows=len(nll), reference=out["baseline_loss"],
                       change=out["loss"] - out["baseline_loss"])
-        return {"metric": accuracy_metric(hits.astype(bool), self.baseline_correct), "more": [loss]}
+        return _accuracy_keys(acc) | {"metric": acc, "more": [loss]}
 
     def apply(self, spec: QuantSpec) -> dict:
         """Binarize to ``spec`` (only changed components are redone) and measure; returns plain numbers.
@@ -249,20 +260,6 @@ class LiveLab:
         size = model_size(self.model).summary()
         out = {"loss": float(nll.sum() / units.sum()), "baseline_loss": float(self.baseline_nll.sum() / self.units.sum()), **size, "fp32_bytes": self.fp_size["total_bytes"], "rows": len(nll),
                "baseline_accuracy": 100 * self.baseline_accuracy}
-        if self.task == "lm":
-            acc = ratio_interval(hits, units)
-            dacc = paired_ratio_difference(hits, self.baseline_correct, units)
-            out |= {"accuracy": 100 * acc.value, "accuracy_low": 100 * acc.low, "accuracy_high": 100 * acc.high,
-                    "diff": 100 * dacc.value, "diff_low": 100 * dacc.low, "diff_high": 100 * dacc.high, "p_value": float("nan"),
-                    "within_noise": dacc.within_noise, **lm_metrics(nll, units, self.baseline_nll)}
-        else:
-            correct = hits.astype(bool)
-            n = len(correct)
-            lo, hi = wilson_interval(int(correct.sum()), n)
-            pd = paired_difference(correct, self.baseline_correct)
-            out |= {"accuracy": 100 * float(correct.mean()), "accuracy_low": 100 * lo, "accuracy_high": 100 * hi,
-                    "diff": 100 * pd.diff, "diff_low": 100 * pd.low, "diff_high": 100 * pd.high, "p_value": pd.p_value,
-                    "within_noise": pd.within_noise}
         out |= self._metrics(nll, units, hits, out)
         out["seconds"] = time.perf_counter() - t0
         if len(LiveLab._shared_results) > 2000:
@@ -287,22 +284,22 @@ def compare_models(model_a: torch.nn.Module, model_b: torch.nn.Module, val: Enco
             r = ratio_interval(hits, units)
             out.update({f"accuracy_{tag}": 100 * r.value, f"low_{tag}": 100 * r.low, f"high_{tag}": 100 * r.high,
                         f"perplexity_{tag}": perplexity(float(nll.sum() / units.sum()))})
-        d = paired_ratio_difference(st[0][2], st[1][2], units)
-        out["metric"] = perplexity_metric(st[0][0], units, st[1][0], reference_label=reference_label)
+        lm = lm_metrics(st[0][0], units, st[1][0])
+        acc = next_token_metric(st[0][2], st[1][2], units)
+        out["metric"] = perplexity_metric(st[0][0], units, st[1][0], reference_label=reference_label, m=lm)
         out["metric_b"] = headline(task_info("lm"), out["perplexity_b"], rows=len(units), tokens=int(units.sum()))
-        return out | {"diff": 100 * d.value, "diff_low": 100 * d.low, "diff_high": 100 * d.high, "p_value": float("nan"),
-                      "within_noise": d.within_noise, "rows": len(units), **lm_metrics(st[0][0], units, st[1][0])}
+        return out | {"diff": acc.change, "diff_low": acc.change_low, "diff_high": acc.change_high, "p_value": float("nan"),
+                      "within_noise": acc.within_noise, "rows": len(units), **lm}
     for tag, m in (("a", model_a), ("b", model_b)):
         dev = next(m.parameters()).device
         c, _ = row_correctness(m.eval(), list(rows.batches(batch_size, device=dev)))
         lo, hi = wilson_interval(int(c.sum()), len(c))
         out.update({f"accuracy_{tag}": 100 * float(c.mean()), f"low_{tag}": 100 * lo, f"high_{tag}": 100 * hi})
         correct.append(c)
-    pd = paired_difference(*correct)
-    out["metric"] = accuracy_metric(correct[0], correct[1], reference_label=reference_label)
+    m = accuracy_metric(correct[0], correct[1], reference_label=reference_label)
+    out["metric"] = m
     out["metric_b"] = headline(task_info("classify"), out["accuracy_b"], low=out["low_b"], high=out["high_b"], rows=len(correct[1]))
-    return out | {"diff": 100 * pd.diff, "diff_low": 100 * pd.low, "diff_high": 100 * pd.high, "p_value": pd.p_value,
-                  "within_noise": pd.within_noise, "rows": len(correct[0])}
+    return out | {k: v for k, v in _accuracy_keys(m).items() if k.startswith(("diff", "p_", "within"))} | {"rows": len(correct[0])}
 
 
 def _histogram(v: np.ndarray, bins: int) -> dict:

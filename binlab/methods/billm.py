@@ -26,56 +26,66 @@ def residual_binarize(w: torch.Tensor, mask: torch.Tensor, order: int = 1) -> to
     return out
 
 
-def split_errors(w: torch.Tensor, mask: torch.Tensor, ps: torch.Tensor) -> torch.Tensor:
-    """Squared error of binarizing the ``mask`` entries as two groups, ``|w| <= p`` (concentrated)
-    and ``|w| > p`` (sparse), each with its own per-row ``alpha = mean |w|``, for every candidate p.
-
-    Closed form: a group with ``n`` entries of absolute sum ``S`` and square sum ``Q`` in a row has
-    error ``Q - S^2 / n``."""
-    a = (w.abs() * mask)[None]  # (1, R, C)
-    m = mask[None].to(w.dtype)
-    lo = (a <= ps[:, None, None]).to(w.dtype) * m  # (P, R, C)
-    hi = m - lo
-    err = (a**2).sum((1, 2))
-    for g in (lo, hi):
-        s, n = (a * g).sum(2), g.sum(2)
-        err = err - torch.where(n > 0, s**2 / n.clamp_min(1), torch.zeros_like(s)).sum(1)
-    return err
+def centred_residual(x: torch.Tensor, mask: torch.Tensor, order: int) -> torch.Tensor:
+    """The reference code's sub-binarizer (``high_order_residual``): ``order`` rounds over the
+    ``mask`` entries of each row of the residual ``r``: ``mu = mean r``, ``alpha = mean |r - mu|``,
+    ``r <- r - (alpha sign(r - mu) + mu)`` (sign(0) = 0). BiLLM's searches score candidates with it."""
+    m = mask.to(x.dtype)
+    cnt = m.sum(1, keepdim=True).clamp_min(1)
+    out = torch.zeros_like(x)
+    for _ in range(order):
+        r = (x - out) * m
+        mu = r.sum(1, keepdim=True) / cnt
+        alpha = ((r - mu).abs() * m).sum(1, keepdim=True) / cnt
+        out = out + (alpha * torch.sign(r - mu) + mu) * m
+    return out
 
 
-def break_point(w: torch.Tensor, mask: torch.Tensor, n_grid: int = 81) -> float:
-    """The break-point p* that minimises :func:`split_errors`, searched over ``n_grid`` quantiles
-    (0.10 ... 0.90) of the non-salient ``|w|`` (BiLLM sec. 3.2, "bell-shaped distribution splitting")."""
-    vals = w.abs()[mask]
-    if vals.numel() == 0:
-        return 0.0
-    ps = torch.quantile(vals.double(), torch.linspace(0.1, 0.9, n_grid, dtype=torch.float64, device=w.device)).to(w.dtype)
-    return float(ps[torch.argmin(split_errors(w, mask, ps))])
+def salience(w: torch.Tensor, u_diag: torch.Tensor) -> torch.Tensor:
+    """BiLLM eq. 2, entry by entry: ``s_ij = w_ij^2 / [H^-1]_jj^2``, ``[H^-1]_jj`` read as the
+    diagonal of the upper Cholesky factor of ``H^-1`` (as the reference code does)."""
+    return w**2 / u_diag[None, :] ** 2
 
 
-def salient_columns(w: torch.Tensor, u_diag: torch.Tensor, up_lim: int = 50, keep: torch.Tensor | None = None) -> torch.Tensor:
-    """BiLLM's structured salient-column search (sec. 3.1): columns ranked by the summed Hessian
-    salience ``sum_i w_ij^2 / [H^-1]_jj^2`` (eq. 2; ``[H^-1]_jj`` read as the diagonal of the Cholesky
-    factor of ``H^-1`` as in the reference code); the number k < ``up_lim`` of columns minimises
-    ``||W - R2(W, salient) - R2(W, rest)||^2`` (order-2 residual binarization on both, as the code
-    scores candidates). ``keep``: entries that exist (STBLLM's N:M mask; pruned ones are left out).
-    Returns the boolean column mask."""
-    cols = w.shape[1]
-    keep = torch.ones_like(w, dtype=torch.bool) if keep is None else keep
-    w = w * keep
-    score = (w**2 / u_diag[None, :] ** 2).sum(0)
-    order = torch.argsort(score, descending=True)
+def salient_search(s: torch.Tensor, up_lim: int = 50, n_grid: int = 81,
+                   keep: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """BiLLM's two searches (sec. 3.1-3.2), run as the reference code runs them: on the salience
+    matrix ``s`` (:func:`salience`), every candidate scored by the squared error of binarizing ``s``
+    itself with :func:`centred_residual` (BiLLM ``utils/autosearch.py``).
+
+    1. Columns ranked by ``sum_i s_ij``; the count ``k < up_lim`` minimises the error of 2 rounds on
+       the top-k columns plus 2 rounds on the rest.
+    2. The break-point p: ``n_grid`` quantiles (0.10 ... 0.90) of ``s`` over the whole block with
+       the salient entries set to 0 (the code's candidate set); the non-salient entries split into
+       ``s < p`` (concentrated) and ``s >= p`` (sparse), one round each, plus the salient group.
+
+    ``keep``: entries that exist (STBLLM's N:M mask; pruned ones count as zero salience and stay
+    out of every group). Returns ``(salient column mask, p)``; first minimum on ties."""
+    rows, cols = s.shape
+    keep = torch.ones_like(s, dtype=torch.bool) if keep is None else keep
+    s = s * keep
+    order = torch.argsort(s.sum(0), descending=True, stable=True)
     best_k, best = 0, None
     for k in range(1, min(up_lim, cols)):
-        sel = torch.zeros(cols, dtype=torch.bool, device=w.device)
+        sel = torch.zeros(cols, dtype=torch.bool, device=s.device)
         sel[order[:k]] = True
-        m = sel[None, :].expand_as(w) & keep
-        err = float(((w - residual_binarize(w, m, 2) - residual_binarize(w, keep & ~m, 2)) ** 2).sum())
+        m3 = sel[None, :] & keep
+        err = float(((s - centred_residual(s, m3, 2) - centred_residual(s, keep & ~m3, 2)) ** 2).sum())
         if best is None or err < best:
             best_k, best = k, err
-    sel = torch.zeros(cols, dtype=torch.bool, device=w.device)
+    sel = torch.zeros(cols, dtype=torch.bool, device=s.device)
     sel[order[:best_k]] = True
-    return sel
+    m3 = sel[None, :] & keep
+    g3 = centred_residual(s, m3, 2)
+    rest = keep & ~m3
+    ps = torch.quantile((s * rest).flatten(), torch.linspace(0.1, 0.9, n_grid, dtype=s.dtype, device=s.device))
+    p, best = 0.0, None
+    for cand in ps:
+        lo = rest & (s < cand)
+        err = float(((s - g3 - centred_residual(s, lo, 1) - centred_residual(s, rest & ~lo, 1)) ** 2).sum())
+        if best is None or err < best:
+            p, best = float(cand), err
+    return sel, p
 
 
 def block_compensated(w: torch.Tensor, h: torch.Tensor, quant_block, blocksize: int = 128) -> torch.Tensor:
@@ -100,18 +110,22 @@ def block_compensated(w: torch.Tensor, h: torch.Tensor, quant_block, blocksize: 
 class BiLLM(Quantizer):
     """BiLLM (Huang et al. 2024), block by block over 128 input columns (Algorithm 1):
 
-    1. Salient columns by the Hessian salience (eq. 2), their number searched
-       (:func:`salient_columns`), binarized with the residual approximation
+    1. The salience of every weight, ``s_ij = w_ij^2 / [H^-1]_jj^2`` (eq. 2, :func:`salience`).
+       Salient columns: the top ones by summed salience, their number searched
+       (:func:`salient_search`), binarized with the residual approximation
        ``alpha_o sign(w) + alpha_r sign(w - alpha_o sign(w))`` (eq. 6-8).
-    2. The other weights split at the searched break-point p* into concentrated (``|w| <= p*``) and
-       sparse (``|w| > p*``) groups, each ``alpha sign(w)`` with its own per-row alpha (eq. 9-10).
+    2. The other weights split at the searched break-point p* of the salience into concentrated
+       (``s < p*``) and sparse (``s >= p*``) groups, each ``alpha sign(w)`` with its own per-row
+       alpha (eq. 9-10).
     3. The block's error is pushed onto the later columns with GPTQ's inverse-Hessian update,
        ``E = (W_b - Q_b) / diag(U_b)``, ``W_after -= E U[b, after]`` (block-wise compensation; as in
        the paper and the code, no compensation *inside* a block).
 
-    Where binlab reads the paper rather than the code: the searches measure the error on the
-    weights (the paper's Algorithm 1; the code measures it on the salience matrix), and no per-row
-    mean is subtracted before binarizing (the code subtracts one in every sub-binarizer).
+    The searches follow the reference code (Aaronhuang-778/BiLLM, ``run.sh``: ``--salient_metric
+    hessian``): both run on the salience matrix, scored by the error of binarizing it with the
+    code's row-centred binarizer (:func:`centred_residual`). Where binlab differs: the *weights* are
+    binarized as the paper's eq. 1 and 6-8 write it, without the per-row mean the code subtracts in
+    every sub-binarizer (tests/reference/billm_ref.py runs both; the masks are the same).
 
     Storage, counted in full: 1 sign bit per weight and a second per salient weight, a salient
     column bitmap and a concentrated/sparse bitmap over the non-salient weights, and 4 fp32 scales
@@ -146,11 +160,11 @@ class BiLLM(Quantizer):
 
         def quant_block(wb, d, hb, i1):
             gram = h[i1 : i1 + wb.shape[1], i1 : i1 + wb.shape[1]] / 2  # S = X X^T of the block (undamped), for ARB-X
-            sal = salient_columns(wb, d)
+            s = salience(wb, d)
+            sal, p = salient_search(s)
             m3 = sal[None, :].expand_as(wb)
             rest = ~m3
-            p = break_point(wb, rest)
-            m1 = rest & (wb.abs() <= p)
+            m1 = rest & (s < p)
             stats.append((wb.shape[1], int(sal.sum())))
             return (self.binarize_group(wb, m3, 2, gram) + self.binarize_group(wb, m1, 1, gram)
                     + self.binarize_group(wb, rest & ~m1, 1, gram))

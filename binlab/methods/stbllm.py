@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from .base import FP_BITS, Quantizer, register
-from .billm import block_compensated, residual_binarize, salient_columns
+from .billm import block_compensated, residual_binarize, salience, salient_search
 
 
 def standardized_importance(w: torch.Tensor, h_diag: torch.Tensor) -> torch.Tensor:
@@ -111,7 +111,7 @@ class STBLLM(Quantizer):
 
         def quant_block(wb, d, hb, i1):
             kb = keep[:, i1 : i1 + wb.shape[1]]
-            sal = salient_columns(wb, d, keep=kb)
+            sal, _ = salient_search(salience(wb, d), keep=kb)
             m3 = sal[None, :].expand_as(wb) & kb
             rest = kb & ~m3
             out = residual_binarize(wb, m3, 2)

@@ -125,10 +125,32 @@ def test_elastic_initialises_from_the_first_batch_and_has_a_shift_only_on_linear
     assert act.alpha.item() == pytest.approx(2 * x.abs().mean().item(), rel=1e-5)
     u = make_act("elastic01_4")
     u(x.abs())
-    shifted = x.abs() - x.abs().amin(-1, keepdim=True)  # unsigned k > 1 bits: the minimum is subtracted first (BiT)
-    assert u.alpha.item() == pytest.approx(4 * shifted.mean().item() / math.sqrt(15), rel=1e-4)
+    assert u.alpha.item() == pytest.approx(4 * x.abs().mean().item() / math.sqrt(15), rel=1e-4)  # from the unshifted input (BiT)
     assert make_act("lsq4", features=10).move is None and make_act("elastic", features=10).move is not None
     assert set(ELASTIC) >= {"elastic", "elastic01", "lsq1", "lsq01_4"}
+
+
+@pytest.mark.parametrize("name, signed, bits", [("elastic", True, 1), ("elastic01", False, 1), ("elastic01_2", False, 2),
+                                                ("elastic4", True, 4), ("lsq01_4", False, 4)])
+def test_elastic_equals_bits_reference_code(name, signed, bits):
+    """Value, input gradient and step-size gradient against a port of BiT's quantizers
+    (tests/reference/bit_ref.py): the unsigned k-bit path takes the tensor's minimum off and puts it back."""
+    from tests.reference.bit_ref import elastic, init_alpha
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 12, generator=g, dtype=torch.float64) * 0.9 + 0.3
+    up = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    act = make_act(name).double()
+    xa = x.clone().requires_grad_()
+    y = act(xa)
+    (y * up).sum().backward()
+    alpha = init_alpha(x.numpy(), bits, signed)
+    assert act.alpha.item() == pytest.approx(alpha, rel=1e-6)
+    want_y, want_dx, want_da = elastic(x.numpy(), act.alpha.item(), bits, signed, up.numpy())
+    nonzero = x.numpy() != 0
+    np.testing.assert_allclose(y.detach().numpy()[nonzero], want_y[nonzero], atol=1e-12)
+    np.testing.assert_allclose(xa.grad.numpy(), want_dx, atol=1e-12)
+    assert act.alpha.grad.item() == pytest.approx(want_da, rel=1e-9, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -154,8 +154,10 @@ class ElasticAct(torch.nn.Module):
     BinaryBERT (Bai et al. 2021, sec. 4.1) quantizes activations.
 
     ``alpha`` starts from the first batch it sees (BiT's ``AlphaInit``): ``2 mean|x| / sqrt(Q_p)``
-    signed, ``4 mean|x| / sqrt(Q_p)`` unsigned. BiT's unsigned k > 1 path subtracts the tensor's
-    minimum first; binlab does the same. ``sign(0) = +1`` (binlab's convention; BiT's sign(0) is 0).
+    signed, ``4 mean|x| / sqrt(Q_p)`` unsigned, from the unshifted input. BiT's unsigned k > 1 path
+    quantizes ``x' - m`` with ``m = min(x')`` over the whole tensor (a constant, no gradient) and adds
+    ``m`` back: ``y = alpha clamp(round((x' - m) / alpha), 0, Q_p) + m``; binlab does the same
+    (tests/reference/bit_ref.py). ``sign(0) = +1`` (binlab's convention; BiT's sign(0) is 0).
     """
 
     def __init__(self, name: str, signed: bool, bits: int, features: int | None = None):
@@ -170,14 +172,16 @@ class ElasticAct(torch.nn.Module):
     def forward(self, x):
         if self.move is not None:
             x = x + self.move
-        if not self.signed and self.bits > 1:
-            x = x - x.detach().amin(-1, keepdim=True)
         if not bool(self.initialized):
             with torch.no_grad():
                 qp = elastic_levels(self.signed, self.bits)[1]
                 self.alpha.fill_((2.0 if self.signed else 4.0) * float(x.abs().mean()) / math.sqrt(qp) + 1e-8)
                 self.initialized.fill_(True)
-        return _Elastic.apply(x, self.alpha.clamp_min(1e-5), self.signed, self.bits)
+        alpha = self.alpha.clamp_min(1e-5)
+        if not self.signed and self.bits > 1:  # BiT: the tensor's minimum (a constant) off, then back on
+            lo = x.detach().min()
+            return _Elastic.apply(x - lo, alpha, self.signed, self.bits) + lo
+        return _Elastic.apply(x, alpha, self.signed, self.bits)
 
     def extra_repr(self):
         return f"{self.name}, signed={self.signed}, bits={self.bits}, shift={self.move is not None}"

@@ -340,9 +340,36 @@ def test_attention_maps_follow_the_spec(tiny_model, tiny_splits):
     assert m.layers[0].attn.prob_quantizer is None and m.layers[0].attn.qkv_quantizer is None
 
 
+def test_bits_ladder_starts_the_1bit_step_from_the_w1a2_quantizers(tiny_model, tiny_splits):
+    """BiT's second step loads the W1A2 student: every elastic quantizer's step size and shift carry over."""
+    from binlab.methods.activations import ElasticAct
+    from binlab.training.recipes import bit_spec
+
+    ids = next(iter(tiny_splits.test.head(8).batches(8)))[0]
+    m = copy.deepcopy(tiny_model).eval()
+    quantize_(m, bit_spec(2))
+    with torch.no_grad():
+        m(ids)  # the quantizers take their scale from a first batch
+        acts = {n: a for n, a in m.named_modules() if isinstance(a, ElasticAct)}
+        for i, a in enumerate(acts.values()):
+            a.alpha.fill_(0.1 + 0.01 * i)
+            if a.move is not None:
+                a.move.fill_(0.02 * i)
+    learned = {n: (a.alpha.item(), None if a.move is None else a.move.clone()) for n, a in acts.items()}
+    quantize_(m, bit_spec(1))
+    after = {n: a for n, a in m.named_modules() if isinstance(a, ElasticAct)}
+    assert set(after) == set(learned) and len(after) >= 5
+    for n, a in after.items():
+        assert a.bits == 1 and bool(a.initialized)
+        assert a.alpha.item() == pytest.approx(learned[n][0])
+        if a.move is not None:
+            assert torch.equal(a.move, learned[n][1])
+
+
 def test_bipft_residual_starts_as_a_no_op_and_learns(tiny_model, tiny_splits):
-    """BiPFT's estimators start at zero contribution (the layer computes what it did without them),
-    every map gets a gradient, and the size counts them as fp32: (4 r + 1)(d + 1) per layer."""
+    """BiPFT's estimators start at zero contribution (the layer computes what it did without them);
+    at the first step P_q, M_q and p_v get a gradient and P_k, M_k none (they enter only through
+    products with P_q X and M_q X, which are 0); the size counts them as fp32: (4 r + 1)(d + 1) per layer."""
     ids = next(iter(tiny_splits.test.head(8).batches(8)))[0]
     # softmax attention here: on an untrained model the attention is near uniform, and BiT's {0,1}
     # quantizer (threshold 2 / T at its data initialisation) would keep no key, leaving V without a gradient
@@ -363,7 +390,9 @@ def test_bipft_residual_starts_as_a_no_op_and_learns(tiny_model, tiny_splits):
     m.train()
     m(ids).sum().backward()
     r = m.layers[0].attn.residual
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (r.maps, r.v))
+    for i, learns in enumerate((True, False, True, False)):  # P_q, P_k, M_q, M_k
+        assert (r.maps.grad[i].abs().sum() > 0) == learns, i
+    assert r.v.grad.abs().sum() > 0
     spec = replace(base, attn_residual=2)
     assert QuantSpec.from_json(spec.to_json()) == spec
     with pytest.raises(ValueError, match="attn_residual"):
@@ -390,3 +419,33 @@ def test_t9_rows_name_their_methods_and_the_finding_compares_orderings():
     rows[1]["accuracy"] = 86.0
     f = t9_finding(rows)
     assert "a different order (Spearman rho = -0.50)" in f  # ranks (2,0,1) vs (0,1,2): 1 - 6 * 6 / 24
+
+
+def test_bert_era_logit_term_is_the_codes_soft_cross_entropy():
+    """``kd_loss(form="soft_ce")`` equals a port of the BERT-era codes' ``soft_cross_entropy``
+    (tests/reference/bert_kd_ref.py); BiBERT's, BiT's and BinaryBERT's stages use it at T = 1, and
+    BiPFT fine-tunes with cross-entropy only, as its code does."""
+    from binlab.nn.objective import kd_loss
+    from binlab.training.qat import QATConfig
+    from binlab.training.recipes import RECIPES, stage_budget
+    from tests.reference.bert_kd_ref import soft_cross_entropy
+
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(6, 4, generator=g, dtype=torch.float64) * 2, torch.randn(6, 4, generator=g, dtype=torch.float64) * 2
+    y = torch.randint(0, 4, (6,), generator=g)
+    got = kd_loss(s, t, None, y, "classify", 1.0, 1.0, form="soft_ce")
+    assert got.item() == pytest.approx(soft_cross_entropy(s.numpy(), t.numpy()), rel=1e-12)
+    mixed = kd_loss(s, t, None, y, "classify", 0.5, 1.0, form="soft_ce")
+    ce = torch.nn.functional.cross_entropy(s, y).item()
+    assert mixed.item() == pytest.approx(0.5 * ce + 0.5 * soft_cross_entropy(s.numpy(), t.numpy()), rel=1e-12)
+    with pytest.raises(ValueError, match="form"):
+        kd_loss(s, t, None, y, "classify", 1.0, 1.0, form="other")
+    base = QATConfig()
+    for name in ("bibert", "bit", "binarybert", "bebert"):
+        for stage in RECIPES[name].stages:
+            tr = stage_budget(base, stage).train
+            assert (tr.kd_form, tr.temperature) == ("soft_ce", 1.0), name
+    (bipft,) = RECIPES["bipft"].stages
+    b = stage_budget(base, bipft)
+    assert b.train.distill == 0.0 and b.hidden_distill == 0.0
+

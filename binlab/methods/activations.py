@@ -185,3 +185,15 @@ class ElasticAct(torch.nn.Module):
 
     def extra_repr(self):
         return f"{self.name}, signed={self.signed}, bits={self.bits}, shift={self.move is not None}"
+
+
+def carry_state(old: torch.nn.Module | None, new: torch.nn.Module | None) -> bool:
+    """Start ``new`` from what ``old`` learned when both are elastic quantizers of the same
+    signedness and shape (BiT's second step loads the W1A2 student: the step size ``alpha`` and the
+    shift carry over from the k-bit quantizer to the 1-bit one). Returns whether it did."""
+    if not (isinstance(old, ElasticAct) and isinstance(new, ElasticAct) and old.signed == new.signed):
+        return False
+    if (old.move is None) != (new.move is None) or (old.move is not None and old.move.shape != new.move.shape):
+        return False
+    new.load_state_dict(old.state_dict())
+    return True

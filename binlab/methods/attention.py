@@ -97,8 +97,10 @@ class LowRankResidual(nn.Module):
         context = A_b V_b + A_b (X p_v)                               (p_v: d -> 1, added to every channel)
 
     BiPFT learns them in its binarized pretraining; binlab starts ``P_q``, ``M_q`` and ``p_v`` at 0
-    (so the layer computes what it did without them, and every map still gets a gradient) and the
-    rest at N(0, 0.02), BERT's initialisation. Stored in fp32 (``(4 r + 1)(d + 1)`` numbers per layer).
+    (so the layer computes what it did without them) and the rest at N(0, 0.02), BERT's
+    initialisation. At the first step only ``P_q``, ``M_q`` and ``p_v`` get a gradient: ``P_k`` and
+    ``M_k`` enter through products with ``X P_q`` and ``X M_q``, which are 0, and start learning
+    once those move. Stored in fp32 (``(4 r + 1)(d + 1)`` numbers per layer).
     """
 
     def __init__(self, d: int, rank: int = 1):

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from binlab.methods import BINARIZERS, Quantizer
-from binlab.methods.activations import ACT_NAMES, make_act
+from binlab.methods.activations import ACT_NAMES, carry_state, make_act
 from binlab.methods.attention import ATTENTION, LowRankResidual, make_attention
 from binlab.methods.ste import STES
 
@@ -348,8 +348,11 @@ def quantize_(model: nn.Module, spec: QuantSpec) -> dict[str, MethodConfig]:
         base = _plain(m)
         new = QuantLinear.from_linear(base, want) if isinstance(base, nn.Linear) else QuantEmbedding.from_embedding(base, want)
         new.quantizer.bind(name)  # e.g. each component its own noise stream
-        if isinstance(m, QuantLinear) and m.act is not None and m.method.act == want.act and list(m.act.state_dict()):
-            new.act = m.act  # same input quantizer: keep what it learned (BiT's scale and shift) across a change of weight method
+        if isinstance(m, QuantLinear) and m.act is not None and list(m.act.state_dict()):
+            if m.method.act == want.act:
+                new.act = m.act  # same input quantizer: keep what it learned (BiT's scale and shift) across a change of weight method
+            else:
+                carry_state(m.act, new.act)  # BiT's ladder: the 1-bit quantizer starts from the k-bit one's scale and shift
         new.train(m.training)
         set_submodule(model, name, new)
     install_attention_(model, spec)
@@ -362,10 +365,16 @@ def install_attention_(model: nn.Module, spec: QuantSpec) -> None:
     for mod in model.modules():
         if hasattr(mod, "prob_quantizer"):  # an Attention: its quantizers change only when the spec's names do
             if getattr(mod.prob_quantizer, "name", None) != spec.attn_probs:
+                old = mod.prob_quantizer
                 mod.prob_quantizer = make_attention(spec.attn_probs) if spec.attn_probs else None
+                carry_state(getattr(old, "act", None), getattr(mod.prob_quantizer, "act", None))
             have = mod.qkv_quantizer["q"].name if mod.qkv_quantizer is not None else None
             if have != spec.attn_qkv:
+                old = mod.qkv_quantizer
                 mod.qkv_quantizer = nn.ModuleDict({n: make_act(spec.attn_qkv) for n in "qkv"}) if spec.attn_qkv else None
+                if old is not None and mod.qkv_quantizer is not None:
+                    for n in "qkv":
+                        carry_state(old[n], mod.qkv_quantizer[n])
             if (mod.residual.rank if mod.residual is not None else 0) != spec.attn_residual:
                 w = mod.q.weight
                 mod.residual = LowRankResidual(w.shape[1], spec.attn_residual).to(w.device, w.dtype) if spec.attn_residual else None

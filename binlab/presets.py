@@ -24,7 +24,7 @@ from .data import DataConfig, Splits, TokenizerConfig, cache_dir, fingerprint, l
 from .nn.metric import Metric, TaskInfo, headline, task_info
 from .nn.model import Classifier, ModelConfig, build
 from .training.qat import QATConfig
-from .training.train import CheckpointError, TrainConfig, estimate_seconds, evaluate, load_checkpoint, save_checkpoint, train
+from .training.train import CheckpointError, TrainConfig, estimate_seconds, evaluate, key_dict, load_checkpoint, save_checkpoint, train
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def build_model(p: Preset, splits: Splits, seed: int = 0) -> Classifier:
 
 
 def baseline_stem(p: Preset, splits: Splits, train_cfg: TrainConfig) -> Path:
-    key = fingerprint([p.name, model_config(p, splits).fingerprint_dict(), asdict(train_cfg), fingerprint(splits.tokenizer.to_str()),
+    key = fingerprint([p.name, model_config(p, splits).fingerprint_dict(), key_dict(train_cfg), fingerprint(splits.tokenizer.to_str()),
                         int(splits.train.ids.sum()), len(splits.train), len(splits.val)])
     return cache_dir() / "models" / f"{p.name}-{key}"
 

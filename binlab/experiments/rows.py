@@ -11,7 +11,6 @@ import hashlib
 import inspect
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from binlab.data import fingerprint
@@ -29,7 +28,7 @@ from binlab.training import qat as qat_mod
 from binlab.training import recipes as recipes_mod
 from binlab.training import train as train_mod
 from binlab.training.qat import QATConfig, ptq, qat
-from binlab.training.train import evaluate
+from binlab.training.train import evaluate, key_dict
 
 from .budgets import budget_label
 from .catalog import Config
@@ -105,7 +104,7 @@ def row_key(c: Config, budget: QATConfig, key_base: str, code: str, test: bool =
     from binlab.training.recipes import RECIPES
 
     recipe = RECIPES[c.recipe] if c.recipe else None
-    return fingerprint([key_base, c.spec.to_json(), c.mode, asdict(budget), code, CALIB_ROWS] + ([recipe.key()] if recipe else [])
+    return fingerprint([key_base, c.spec.to_json(), c.mode, key_dict(budget), code, CALIB_ROWS] + ([recipe.key()] if recipe else [])
                         + ([] if test else ["validation only"]))
 
 

@@ -80,9 +80,18 @@ def loss(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, task: st
     return F.cross_entropy(logits, labels)
 
 
+#: forms of the logit-distillation term (:func:`kd_loss`)
+KD_FORMS = ("hinton", "soft_ce")
+
+
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, task: str, alpha: float, T: float,
-            dad_gamma: float = 0.0) -> torch.Tensor:
+            dad_gamma: float = 0.0, form: str = "hinton") -> torch.Tensor:
     """Hinton et al. 2015: ``(1 - a) CE(z_s, y) + a T^2 KL(softmax(z_t / T) || softmax(z_s / T))``, per unit.
+
+    ``form="soft_ce"``: the BERT-era codes' term (TinyBERT's ``soft_cross_entropy``, used by BiBERT,
+    BiT and BinaryBERT at ``T = 1``): ``(1 - a) CE + a mean_{n,c} [-softmax(z_t/T)_c log softmax(z_s/T)_c]``,
+    the mean taken over rows *and classes* (so it weighs 1/C of the per-row cross-entropy) and no
+    ``T^2`` factor.
 
     For a language model the KL is taken at every position that predicts a real token (token-level
     distillation from the full-precision model, as in FBI-LLM's autoregressive distillation and
@@ -103,6 +112,10 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, ids: torch.Tensor, lab
     else:
         s, t = student, teacher
     ls, lt = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
+    if form == "soft_ce":
+        return (1 - alpha) * ce + alpha * (-(lt.exp() * ls)).mean()
+    if form != "hinton":
+        raise ValueError(f"unknown distillation form {form!r}; choose one of {', '.join(KD_FORMS)}")
     if dad_gamma > 0:
         per = (lt.exp() * (lt - ls)).sum(-1)
         with torch.no_grad():

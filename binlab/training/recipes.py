@@ -15,13 +15,17 @@ the whole budget, as in the paper; the budget column says so).
   shift (:class:`binlab.methods.activations.ElasticAct`; {0,1} for the attention probabilities and the FFN's
   second linear, +-1 elsewhere), distilled on logits (no ground-truth term) and hidden states (MSE),
   in two steps down the precision ladder W32A32 -> W1A2 -> W1A1 (each step's teacher is the previous
-  step's model; the ladder is the one the BiT authors give in facebookresearch/bit issue 2).
+  step's model and the second step starts from the first step's weights, step sizes and shifts, as
+  BiT's step 2 loads the W1A2 student; the W1A2 rung is the paper's multi-step distillation,
+  sec. 3.3, read with the BiT code's 2-bit settings).
 - ``binarybert`` (Bai et al. 2021): a ternary (TWN) model with LSQ activations, split by ternary
   weight splitting into a binary one that computes the same function
-  (:class:`binlab.methods.TWS`), then fine-tuned; both steps distil logits and hidden states.
+  (:class:`binlab.methods.TWS`), then fine-tuned; both steps distil logits and hidden states. Its
+  code has no 1-bit activation path (the paper stops at 4 bits): the W1A1 row's LSQ 1-bit
+  activations are binlab's construction and its label says so.
 - ``bipft`` (Xing et al. 2024): BiT's binarization plus BiPFT's rank-1 estimators of the attention
-  binarization residual (:class:`binlab.methods.attention.LowRankResidual`), fine-tuned with BiT's
-  distillation. BiPFT learns the estimators in a 500k-step binarized pretraining on Wikipedia and
+  binarization residual (:class:`binlab.methods.attention.LowRankResidual`), fine-tuned with
+  cross-entropy only, as its fine-tuning code does. BiPFT learns the estimators in a 500k-step binarized pretraining on Wikipedia and
   BookCorpus, which binlab does not do: this row measures the mechanism alone.
 - ``bebert`` (Tian et al. 2023): boosting (SAMME) of BiBERT members; member m + 1 continues from
   member m on rows resampled by the boosting weights; the ensemble outputs the members'
@@ -38,15 +42,25 @@ Where binlab differs from the papers' code (each a choice made for a 2-layer mod
   table's QAT budget (2 epochs on scratch, 1 on minilm-l2), split across its stages;
 - learned activation scales train at the weights' learning rate (BiT and BinaryBERT use a separate
   1e-4 with no weight decay); attention dropout is not applied on the quantized attention path;
-- BiT's student swaps GELU for ReLU; binlab keeps GELU (after the {0,1} quantizer, whose
-  threshold alpha / 2 is positive, the two differ only in the gradient below the threshold);
+- BiT's student swaps GELU for ReLU; binlab keeps GELU. The two are not the same before the {0,1}
+  quantizer: GELU is negative below 0 and below ReLU up to about 2, so a pre-activation near the
+  threshold alpha / 2 can land on the other side (about 5 % of N(0, 1) pre-activations at a
+  typical alpha);
   BiT's word embedding centres on the global mean, binlab's ``bitnet`` per row centres per row;
-- BiBERT's direction-matching term zeroes padding positions (its code pads to 128 and does not);
+- the logit term of BiBERT, BiT, BinaryBERT and BEBERT is the codes' soft cross-entropy at T = 1,
+  averaged over rows and classes (:func:`binlab.nn.objective.kd_loss`, ``form="soft_ce"``); the
+  other rows of T9 use binlab's ``(1 - a) CE + a T^2 KL`` at T = 2;
+- BiBERT's direction-matching term and its hidden-state term leave padding positions out (its code
+  pads to 128 and counts them);
 - BinaryBERT keeps the width (see :class:`binlab.methods.TWS`) and runs one distillation pass per
-  step with the logit and hidden-state terms together (its code runs an intermediate-layer pass,
-  then a prediction pass, each for the full epochs);
+  step with the logit and hidden-state terms together (its code runs an intermediate-layer pass
+  with an attention-score MSE as well, which binlab leaves out, then a prediction pass, each for
+  the full epochs);
+- on ``minilm-l2`` the token embeddings stay frozen in every recipe (the preset's QAT budget), so
+  BinaryBERT's split embeddings and every binarized embedding keep their initial values there;
 - BEBERT: SAMME weights for a multi-class problem (BEBERT's code applies AdaBoost.R2's regression
-  update to class predictions), 2 members, member 2 continuing from member 1 as in its code.
+  update to class predictions), 2 members, member 2 continuing from member 1 as in its code; the
+  rows are resampled once per member (its code resamples every epoch).
 """
 from __future__ import annotations
 
@@ -60,13 +74,16 @@ import torch.nn as nn
 from binlab.data import EncodedSplit
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
 
+#: the stage changes that go to the budget's TrainConfig: the logit-KD weight, temperature and form
+TRAIN_FIELDS = ("distill", "temperature", "kd_form")
+
 
 @dataclass(frozen=True)
 class Stage:
     spec: QuantSpec
     frac: float = 1.0  # share of the table's QAT epochs
     teacher: str = "fp"  # "fp": distil from the full-precision model; "previous": from the previous stage's model
-    qat: dict = field(default_factory=dict)  # changes to the budget (QATConfig fields; "distill": the logit-KD weight)
+    qat: dict = field(default_factory=dict)  # changes to the budget (QATConfig fields, and the TRAIN_FIELDS of its TrainConfig)
 
     def __post_init__(self):
         if not 0 < self.frac <= 1:
@@ -98,9 +115,9 @@ class Recipe:
 def stage_budget(base, stage: Stage):
     """The stage's QAT config: the table's budget with ``frac`` of its epochs and the stage's changes."""
     changes = dict(stage.qat)
-    distill = changes.pop("distill", base.train.distill)
+    train_changes = {k: changes.pop(k) for k in TRAIN_FIELDS if k in changes}
     cfg = replace(base, **changes)
-    return replace(cfg, train=replace(cfg.train, epochs=cfg.train.epochs * stage.frac, distill=distill))
+    return replace(cfg, train=replace(cfg.train, epochs=cfg.train.epochs * stage.frac, **train_changes))
 
 
 def run_stages(recipe: Recipe, teacher: nn.Module, train_split: EncodedSplit, budget, callback=None, calib=None,
@@ -222,8 +239,10 @@ def lab_w1a4(method: str = "xnor") -> QuantSpec:
                      attn_probs="lsq01_4", attn_qkv="lsq4")
 
 
-BIBERT_LOSS = {"dmd": 1.0, "hidden_distill": 1.0, "hidden_kind": "bibert"}
-BIT_LOSS = {"hidden_distill": 1.0, "hidden_kind": "mse"}
+#: the BERT-era codes' logit term: TinyBERT's class-averaged soft cross-entropy at T = 1
+SOFT_CE = {"kd_form": "soft_ce", "temperature": 1.0}
+BIBERT_LOSS = {"dmd": 1.0, "hidden_distill": 1.0, "hidden_kind": "bibert", **SOFT_CE}
+BIT_LOSS = {"hidden_distill": 1.0, "hidden_kind": "mse", **SOFT_CE}
 
 
 def recipes() -> dict[str, Recipe]:
@@ -243,7 +262,7 @@ def recipes() -> dict[str, Recipe]:
             Stage(binarybert_spec("twn", 4), 0.5, "fp", {**BIT_LOSS, "distill": 1.0}),
             Stage(binarybert_spec("binarybert", 4), 0.5, "fp", {**BIT_LOSS, "distill": 1.0}))),
         Recipe("bipft", "Xing et al. 2024, BiPFT (arXiv 2312.08937): BiT-style binarization + rank-1 attention residual estimators, "
-                        "no binarized pretraining", (Stage(replace(bit_spec(1), attn_residual=1), 1.0, "fp", {**BIT_LOSS, "distill": 1.0}),)),
+                        "no binarized pretraining", (Stage(replace(bit_spec(1), attn_residual=1), 1.0, "fp", {"distill": 0.0}),)),
         Recipe("bebert", "Tian et al. 2023, BEBERT (arXiv 2210.15976): 2 BiBERT members by boosting",
                (Stage(bibert_spec(), 1.0, "fp", BIBERT_LOSS),), ensemble=2),
         Recipe("two-stage", "Le et al. 2022, two-stage progressive quantization (ETSPQ-style)", (

@@ -57,6 +57,7 @@ class TrainConfig:
     device: str = "auto"
     distill: float = 0.0  # weight a of the KD term (needs a teacher)
     temperature: float = 2.0
+    kd_form: str = "hinton"  # "hinton" (T^2 KL) or "soft_ce" (the BERT-era codes' class-averaged soft cross-entropy)
     eval_every: int = 0  # steps between validation evaluations (0: once per epoch)
 
     def __post_init__(self):
@@ -76,6 +77,21 @@ class TrainConfig:
             raise ValueError(f"distill (KD weight) must be in [0, 1], got {self.distill}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.kd_form not in objective.KD_FORMS:
+            raise ValueError(f"kd_form must be one of {', '.join(objective.KD_FORMS)}; got {self.kd_form!r}")
+
+
+#: fields added to the configs after results were first stored, with the value they had before:
+#: left out of :func:`key_dict` at that value so stored baselines and rows keep their keys
+KEY_DEFAULTS = {"kd_form": "hinton"}
+
+
+def key_dict(cfg) -> dict:
+    """``asdict(cfg)`` (nested configs included) without the :data:`KEY_DEFAULTS` fields at their
+    old value: what the cache and the results store fingerprint."""
+    def strip(d):
+        return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if not (k in KEY_DEFAULTS and v == KEY_DEFAULTS[k])}
+    return strip(asdict(cfg))
 
 
 @dataclass
@@ -241,7 +257,7 @@ def train(
                     with torch.no_grad():
                         t_logits = teacher(x)
             if teacher is not None and cfg.distill > 0:
-                loss = objective.kd_loss(logits, t_logits, x, y, task, cfg.distill, cfg.temperature, dad_gamma)
+                loss = objective.kd_loss(logits, t_logits, x, y, task, cfg.distill, cfg.temperature, dad_gamma, cfg.kd_form)
             else:
                 loss = objective.loss(logits, x, y, task)
             if hidden_weight > 0:

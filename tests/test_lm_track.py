@@ -458,18 +458,42 @@ def test_arb_x_is_least_squares_in_the_calibration_metric():
         assert abs(b @ S @ e_x) < 1e-9 * (abs(W[r]) @ S @ abs(W[r]))  # d/d alpha = -2 b S e = 0
 
 
-def test_arb_rc_row_scales_are_least_squares():
-    from binlab.methods.arb import arb_rc
+@pytest.mark.parametrize("order", [1, 2])
+def test_arb_fits_equal_the_reference_code(order):
+    """ARB's and ARB-RC's refinements against ports of the code's functions (tests/reference/arb_ref.py)."""
+    from binlab.methods.arb import arb, arb_rc
+    from tests.reference import arb_ref
 
-    rng = np.random.default_rng(5)
-    w = rng.normal(size=(6, 20)) * rng.uniform(0.5, 2, size=(1, 20))
-    m = np.ones_like(w, bool)
-    got = arb_rc(torch.from_numpy(w), torch.from_numpy(m), 1, 15).numpy()
-    # the fit is rank-one-scaled signs: |got| = a c^T
-    a_c = np.abs(got)
-    assert np.linalg.matrix_rank(a_c, tol=1e-9) == 1
-    plain = np_binarize_group(w, m, 1)  # one scale per row
-    assert ((w - got) ** 2).sum() < ((w - plain) ** 2).sum()
+    rng = np.random.default_rng(5 + order)
+    w = rng.laplace(size=(6, 24)) * rng.uniform(0.5, 2, size=(1, 24)) + 0.2
+    m = rng.random(w.shape) > 0.25
+    want_arb = (arb_ref.arb_fit_order1 if order == 1 else arb_ref.arb_fit_order2)(w, m, 15)
+    want_rc = (arb_ref.rc_fit_order1 if order == 1 else arb_ref.rc_fit_order2)(w, m, 15)
+    np.testing.assert_allclose(arb(torch.from_numpy(w), torch.from_numpy(m), order, 15)[0].numpy(), want_arb, atol=1e-8)
+    np.testing.assert_allclose(arb_rc(torch.from_numpy(w), torch.from_numpy(m), order, 15).numpy(), want_rc, atol=1e-8)
+
+
+@pytest.mark.parametrize("variant", ["arb", "x", "rc"])
+def test_arb_groups_equal_the_reference_search(variant):
+    """The salient columns, the column-group bitmap and the break-point split (ARB-X's weighted by
+    the calibration Gram matrix) against a port of ARB-LLM's search (``--order2_group``)."""
+    from binlab.methods.billm import salience
+    from tests.reference import arb_ref
+
+    for seed in range(3):
+        W, H = outlier_layer(rows=24, cols=64, seed=seed, outliers=4)
+        G = H / 2
+        Hd = H + 0.01 * np.mean(np.diag(H)) * np.eye(len(H))
+        u = np.diag(np.linalg.cholesky(np.linalg.inv(Hd)).T)
+        ref = arb_ref.block_masks(W, u, variant, "hessian", 50, 1, G, True)
+        q = BINARIZERS["arb"](variant=variant)
+        sal, groups = q.block_groups(salience(torch.from_numpy(W), torch.from_numpy(u.copy())), torch.from_numpy(G))
+        assert int(sal.sum()) == ref["k"]
+        hi, lo, sparse, conc = ref["masks"]  # the code's order: CGB high, CGB low, sparse, concentrated
+        mine = [m.numpy() for m, _ in groups]
+        for got, want in zip(mine, (hi, lo, conc, sparse)):
+            assert (got == want).all(), seed
+        assert [o for _, o in groups] == [2, 2, 1, 1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -489,39 +513,64 @@ def test_nm_mask_keeps_exactly_n_of_every_m():
         assert torch.all(s.masked_fill(~groups, float("inf")).min(2).values >= s.masked_fill(groups, -float("inf")).max(2).values)
 
 
-def test_standardized_importance_matches_formula():
-    from binlab.methods.stbllm import standardized_importance
+def test_stbllm_importance_and_mask_equal_the_reference_code():
+    """The importance score and the N:M mask against a port of STBLLM's code
+    (tests/reference/stbllm_ref.py): ``||X_j||^0.5`` on the positive relative term, no
+    standardisation; on a layer with outlier input channels the mask keeps their weights."""
+    from binlab.methods.stbllm import importance, nm_mask
+    from tests.reference import stbllm_ref
 
-    rng = np.random.default_rng(6)
-    w = rng.normal(size=(5, 12))
-    hd = rng.uniform(0.1, 3, size=12)
-    a = np.abs(w)
-    rel = a / a.sum(0, keepdims=True) + a / a.sum(1, keepdims=True)
-    z = (rel - rel.mean()) / rel.std(ddof=1)
-    np.testing.assert_allclose(standardized_importance(torch.from_numpy(w), torch.from_numpy(hd)).numpy(), z * np.sqrt(hd)[None], rtol=1e-12)
+    W, H = outlier_layer(rows=16, cols=64, seed=6, outliers=4)
+    xnorm = stbllm_ref.xnorm_from_hessian(H)
+    want = stbllm_ref.importance(W, xnorm)
+    got = importance(torch.from_numpy(W), torch.from_numpy(np.diag(H).copy())).numpy()
+    ratio = got / want
+    np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-12)  # equal up to one constant factor
+    for n in (2, 4, 6):
+        keep = nm_mask(torch.from_numpy(got), n, 8).numpy()
+        assert (keep == stbllm_ref.nm_mask(want, n, 8)).all()
+    outl = np.argsort(-np.diag(H))[:4]
+    assert keep[:, outl].mean() > 0.9  # n = 6 of 8: the outlier channels' weights are kept
 
 
-def test_three_group_errors_match_direct():
-    from binlab.methods.stbllm import three_group_errors
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stbllm_block_equals_the_reference_searches(seed):
+    """One block (no compensation yet): the salient columns, the 160-quantile three-group split and
+    the binarized weights (the paper's per-row alpha over the kept entries of the code's groups)."""
+    from tests.reference import stbllm_ref
+    from tests.reference.billm_ref import plain_residual
 
-    rng = np.random.default_rng(8)
-    w = rng.laplace(size=(4, 32))
-    m = rng.random(w.shape) > 0.4
-    for p in (0.3, 0.8):
-        a = np.abs(w)
-        q = sum(np_binarize_group(w, g, 1) for g in (m & (a < p), m & (a >= p) & (a < 2 * p), m & (a >= 2 * p)))
-        got = float(three_group_errors(torch.from_numpy(w), torch.from_numpy(m), torch.tensor([p], dtype=torch.float64))[0])
-        assert got == pytest.approx(float((((w - q) * m) ** 2).sum()), rel=1e-9)
+    W, H = outlier_layer(rows=16, cols=64, seed=seed, outliers=4)
+    q = BINARIZERS["stbllm"](n=4, m=8, blocksize=64)
+    q.calibrate(torch.from_numpy(H))
+    got = q.quantize(torch.from_numpy(W)).numpy()
+    keep = stbllm_ref.nm_mask(stbllm_ref.importance(W, stbllm_ref.xnorm_from_hessian(H)), 4, 8)
+    Hd = H + 0.01 * np.mean(np.diag(H)) * np.eye(len(H))
+    u = np.diag(np.linalg.cholesky(np.linalg.inv(Hd)).T)
+    g1, g2, g3, sal = stbllm_ref.block_masks(W * keep, u)
+    want = plain_residual(W, sal & keep, 2) + sum(plain_residual(W, g & keep, 1) for g in (g1, g2, g3))
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    assert q._stats[0][1] == int(sal[0].sum())
+
+
+def test_stbllm_layerwise_rule_equals_the_reference_code():
+    from binlab.training.allocation import allocate_n
+    from tests.reference import stbllm_ref
+
+    for ratios in ([0.1, 0.3, 0.2, 0.9], [0.5, 0.5, 0.6], [1.0, 0.0], [0.2, 0.25, 0.3, 0.35, 0.4], [0.0, 0.01, 0.5, 0.02]):
+        assert allocate_n(ratios, 4, 8) == [int(x) for x in stbllm_ref.layerwise_n(ratios, 4, 8)], ratios
+    assert allocate_n([0.3, 0.3], 4, 8) == [4, 4]
+    assert allocate_n([0.0, 1.0], 7, 8) == [6, 8]  # clipped to m
 
 
 def test_stbllm_is_n_m_sparse_and_counts_its_storage():
-    from binlab.methods.stbllm import nm_mask, standardized_importance
+    from binlab.methods.stbllm import importance, nm_mask
 
     W, X, H = layer(rows=8, cols=32, seed=12)
     q = BINARIZERS["stbllm"](n=4, m=8)
     q.calibrate(torch.from_numpy(H))
     got = q.quantize(torch.from_numpy(W)).numpy()
-    keep = nm_mask(standardized_importance(torch.from_numpy(W), torch.from_numpy(np.diag(H).copy())), 4, 8).numpy()
+    keep = nm_mask(importance(torch.from_numpy(W), torch.from_numpy(np.diag(H).copy())), 4, 8).numpy()
     assert np.all(got[~keep] == 0) and np.all(got[keep] != 0)
     c, k, kept, ks = q._stats[0]
     assert kept == 8 * 32 // 2
@@ -798,7 +847,9 @@ def test_storage_by_hand_for_the_other_llm_methods():
     assert BINARIZERS["onebit"]().storage((rows, cols)) == {"codes": n, "scales": (rows + cols) * 32}
     assert BINARIZERS["fbi"]().storage((rows, cols)) == {"codes": n, "scales": 2 * cols * 32}
     W, _, H = layer(rows=rows, cols=cols, seed=16)
-    for variant, per_block in (("arb", lambda c: 7 * rows), ("x", lambda c: 7 * rows), ("rc", lambda c: 4 * (rows + c))):
+    # per block per row: alpha and mu of 4 groups (3 + 3 for the two order-2 CGB groups, 2 + 2), or
+    # ARB-RC's row and column vectors of 6 terms; the CGB bitmap adds a bit per salient weight
+    for variant, per_block in (("arb", lambda c: 10 * rows), ("x", lambda c: 10 * rows), ("rc", lambda c: 6 * (rows + c))):
         q = BINARIZERS["arb"](variant=variant, iters=2)
         q.calibrate(torch.from_numpy(H))
         q.quantize(torch.from_numpy(W))
@@ -806,7 +857,7 @@ def test_storage_by_hand_for_the_other_llm_methods():
         assert [c for c, _ in blocks] == [128, 128, 44]
         st = q.storage((rows, cols))
         assert st["codes"] == sum(rows * (c + k) for c, k in blocks)
-        assert st["index"] == sum(c + rows * (c - k) for c, k in blocks)
+        assert st["index"] == sum(c + rows * (c - k) + rows * k for c, k in blocks)
         assert st["scales"] == 32 * sum(per_block(c) for c, _ in blocks)
 
 

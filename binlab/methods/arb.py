@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 
 from .base import FP_BITS, register, sign
-from .billm import BiLLM
+from .billm import BiLLM, break_point, centred_residual, salient_columns
 
 EPS = 1e-8
 
@@ -127,23 +127,33 @@ def arb_rc(w: torch.Tensor, mask: torch.Tensor, order: int = 1, iters: int = 15)
 @register
 @dataclass
 class ARB(BiLLM):
-    """ARB-LLM (Li et al. 2025) in BiLLM's framework: per block of 128 input columns, BiLLM's
-    Hessian-chosen salient columns and break-point split into concentrated and sparse groups (the
-    searches as in :class:`.billm.BiLLM`, as the ARB code keeps them), with every group binarized by
-    ``variant``:
+    """ARB-LLM (Li et al. 2025) in BiLLM's framework, as its README's commands run it
+    (``--salient_metric hessian --num_p 1 --order2_group``; ZHITENGLI/ARB-LLM). Per block of 128
+    input columns, on BiLLM's salience ``s = w^2 / [H^-1]_jj^2`` (:meth:`block_groups`):
 
-    - ``"arb"``: alternating refined binarization (:func:`arb`; salient columns order 2, the two
-      other groups order 1), 15 iterations;
+    1. BiLLM's salient columns (:func:`.billm.salient_columns`);
+    2. the column-group bitmap (CGB): the salient entries split at a searched p into ``s >= p`` and
+       ``s < p``, each binarized at order 2 (p: 81 quantiles of the non-zero salient ``s``, each
+       split scored by the error of 2 centred rounds per part on ``s``);
+    3. BiLLM's break-point split of the other entries into concentrated and sparse groups (order 1),
+       the salient columns' ARB fit of ``s`` held fixed; ARB-X scores each candidate by the
+       calibration-weighted error ``sum_i d_i S d_i^T`` (``d = s - fit``, ``S = X X^T / N`` of the
+       block) instead of the squared error;
+
+    every group then binarized by ``variant``:
+
+    - ``"arb"``: alternating refined binarization (:func:`arb`), 15 iterations;
     - ``"x"``: ARB-X, the same refined against the calibration data (:func:`arb_x`);
     - ``"rc"``: ARB-RC, row and column scales without a mean (:func:`arb_rc`).
 
-    Then BiLLM's block-wise error compensation. Left out: the column-group bitmap (CGB) that also
-    splits the salient columns.
+    Then BiLLM's block-wise error compensation. Checked against a port of the code's searches
+    (tests/reference/arb_ref.py).
 
-    Storage, counted in full: 1 sign bit per weight and a second per salient weight, the column and
-    group bitmaps, and per block per row alpha and mu for each of the 4 binarizations with a mean
-    (7 fp32: the two salient orders share a mean); ARB-RC: a row and a column scale vector per term
-    (4 terms). :meth:`paper_bits` counts only the sign bits, as the paper does. Needs calibration data.
+    Storage, counted in full: 1 sign bit per weight and a second per salient weight, the column
+    bitmap, the CGB bitmap over the salient weights, the concentrated/sparse bitmap, and per block
+    per row alpha and mu for each group (10 fp32: 3 for each order-2 group, 2 for each order-1 one);
+    ARB-RC: a row and a column scale vector per term (6 terms). :meth:`paper_bits` counts only the
+    sign bits, as the paper does. Needs calibration data.
     """
 
     name: ClassVar[str] = "arb"
@@ -162,6 +172,26 @@ class ARB(BiLLM):
         if not (isinstance(self.iters, int) and self.iters >= 0):
             raise ValueError(f"arb iters must be an int >= 0, got {self.iters!r}")
 
+    def salient_fit(self, s, mask):
+        """The salient columns' order-2 fit of the salience, held fixed in the break-point search."""
+        return arb_rc(s, mask, 2, self.iters) if self.variant == "rc" else arb(s, mask, 2, self.iters)[0]
+
+    def block_groups(self, s, gram):
+        sal = salient_columns(s)
+        m3 = sal[None, :].expand_as(s)
+        vals = s[m3 & (s != 0)]
+        if vals.numel():  # the column-group bitmap
+            ps = torch.quantile(vals, torch.linspace(0.1, 0.9, 81, dtype=s.dtype, device=s.device))
+            errs = [float(((s - centred_residual(s, m3 & (s < p), 2) - centred_residual(s, m3 & (s >= p), 2)) ** 2).sum()) for p in ps]
+            q = ps[min(range(len(errs)), key=errs.__getitem__)]
+            salient = [(m3 & (s >= q), 2), (m3 & (s < q), 2)]
+        else:
+            salient = [(m3, 2)]
+        error = (lambda d: float(((d @ gram) * d).sum())) if self.variant == "x" else None
+        p = break_point(s, ~m3, self.salient_fit(s, m3), error=error)
+        m1 = ~m3 & (s < p)
+        return sal, salient + [(m1, 1), (~m3 & ~m1, 1)]
+
     def binarize_group(self, wb, mask, order, gram):
         if self.variant == "x":
             return arb_x(wb, mask, gram, order, self.iters)
@@ -172,5 +202,7 @@ class ARB(BiLLM):
     def storage(self, shape):
         st = super().storage(shape)
         rows = shape[0]
-        per_block = (lambda c: 4 * (rows + c)) if self.variant == "rc" else (lambda c: 7 * rows)
-        return st | {"scales": FP_BITS * sum(per_block(c) for c, _ in self._blocks(shape))}
+        blocks = self._blocks(shape)
+        per_block = (lambda c: 6 * (rows + c)) if self.variant == "rc" else (lambda c: 10 * rows)
+        return st | {"index": st["index"] + sum(rows * k for _, k in blocks),
+                     "scales": FP_BITS * sum(per_block(c) for c, _ in blocks)}

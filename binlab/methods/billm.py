@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 
@@ -47,21 +47,14 @@ def salience(w: torch.Tensor, u_diag: torch.Tensor) -> torch.Tensor:
     return w**2 / u_diag[None, :] ** 2
 
 
-def salient_search(s: torch.Tensor, up_lim: int = 50, n_grid: int = 81,
-                   keep: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
-    """BiLLM's two searches (sec. 3.1-3.2), run as the reference code runs them: on the salience
-    matrix ``s`` (:func:`salience`), every candidate scored by the squared error of binarizing ``s``
-    itself with :func:`centred_residual` (BiLLM ``utils/autosearch.py``).
-
-    1. Columns ranked by ``sum_i s_ij``; the count ``k < up_lim`` minimises the error of 2 rounds on
-       the top-k columns plus 2 rounds on the rest.
-    2. The break-point p: ``n_grid`` quantiles (0.10 ... 0.90) of ``s`` over the whole block with
-       the salient entries set to 0 (the code's candidate set); the non-salient entries split into
-       ``s < p`` (concentrated) and ``s >= p`` (sparse), one round each, plus the salient group.
-
-    ``keep``: entries that exist (STBLLM's N:M mask; pruned ones count as zero salience and stay
-    out of every group). Returns ``(salient column mask, p)``; first minimum on ties."""
-    rows, cols = s.shape
+def salient_columns(s: torch.Tensor, up_lim: int = 50, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """BiLLM's salient-column search (sec. 3.1) as its code runs it (``utils/autosearch.py``): on the
+    salience matrix ``s`` (:func:`salience`), columns ranked by ``sum_i s_ij``; the count
+    ``k < up_lim`` minimises the squared error of binarizing ``s`` itself, 2 rounds of
+    :func:`centred_residual` on the top-k columns plus 2 on the rest (first minimum on ties).
+    ``keep``: entries that exist (STBLLM's N:M mask; pruned ones count as zero salience and stay out
+    of every group). Returns the boolean column mask."""
+    cols = s.shape[1]
     keep = torch.ones_like(s, dtype=torch.bool) if keep is None else keep
     s = s * keep
     order = torch.argsort(s.sum(0), descending=True, stable=True)
@@ -75,17 +68,37 @@ def salient_search(s: torch.Tensor, up_lim: int = 50, n_grid: int = 81,
             best_k, best = k, err
     sel = torch.zeros(cols, dtype=torch.bool, device=s.device)
     sel[order[:best_k]] = True
-    m3 = sel[None, :] & keep
-    g3 = centred_residual(s, m3, 2)
-    rest = keep & ~m3
+    return sel
+
+
+def break_point(s: torch.Tensor, rest: torch.Tensor, fixed: torch.Tensor, n_grid: int = 81,
+                error: Callable[[torch.Tensor], float] | None = None) -> float:
+    """BiLLM's break-point search (sec. 3.2) as its code runs it: candidates are ``n_grid``
+    quantiles (0.10 ... 0.90) of ``s * rest`` over the whole block (the zeros outside ``rest``
+    included); each splits ``rest`` into ``s < p`` (concentrated) and ``s >= p`` (sparse), one
+    :func:`centred_residual` round each, added to ``fixed`` (the other groups' fit of ``s``).
+    ``error(d)`` scores the difference ``d = s - fit`` (default: its squared sum; ARB-X weighs it
+    by the calibration Gram matrix). First minimum on ties."""
+    error = error or (lambda d: float((d**2).sum()))
     ps = torch.quantile((s * rest).flatten(), torch.linspace(0.1, 0.9, n_grid, dtype=s.dtype, device=s.device))
     p, best = 0.0, None
     for cand in ps:
         lo = rest & (s < cand)
-        err = float(((s - g3 - centred_residual(s, lo, 1) - centred_residual(s, rest & ~lo, 1)) ** 2).sum())
+        err = error(s - fixed - centred_residual(s, lo, 1) - centred_residual(s, rest & ~lo, 1))
         if best is None or err < best:
             p, best = float(cand), err
-    return sel, p
+    return p
+
+
+def salient_search(s: torch.Tensor, up_lim: int = 50, n_grid: int = 81,
+                   keep: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """BiLLM's two searches in order (``utils/autosearch.py``, ``structural_searching``):
+    :func:`salient_columns`, then :func:`break_point` on the other entries with the salient
+    columns' 2-round fit fixed. Returns ``(salient column mask, p)``."""
+    keep = torch.ones_like(s, dtype=torch.bool) if keep is None else keep
+    sel = salient_columns(s, up_lim, keep)
+    m3 = sel[None, :] & keep
+    return sel, break_point(s * keep, keep & ~m3, centred_residual(s * keep, m3, 2), n_grid)
 
 
 def block_compensated(w: torch.Tensor, h: torch.Tensor, quant_block, blocksize: int = 128) -> torch.Tensor:
@@ -153,21 +166,24 @@ class BiLLM(Quantizer):
         overrides this and keeps the rest of the algorithm."""
         return residual_binarize(wb, mask, order)
 
+    def block_groups(self, s: torch.Tensor, gram: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, int]]]:
+        """The block's groups from its salience ``s``: ``(salient column mask, [(mask, order), ...])``
+        (BiLLM: salient order 2, concentrated and sparse order 1); ARB-LLM overrides it."""
+        sal, p = salient_search(s)
+        m3 = sal[None, :].expand_as(s)
+        m1 = ~m3 & (s < p)
+        return sal, [(m3, 2), (m1, 1), (~m3 & ~m1, 1)]
+
     def quantize(self, w):
         w2 = w.reshape(w.shape[0], -1)
         h = self.hessian_for(w2).double()
         stats = []
 
         def quant_block(wb, d, hb, i1):
-            gram = h[i1 : i1 + wb.shape[1], i1 : i1 + wb.shape[1]] / 2  # S = X X^T of the block (undamped), for ARB-X
-            s = salience(wb, d)
-            sal, p = salient_search(s)
-            m3 = sal[None, :].expand_as(wb)
-            rest = ~m3
-            m1 = rest & (s < p)
+            gram = h[i1 : i1 + wb.shape[1], i1 : i1 + wb.shape[1]] / 2  # X X^T / N of the block (undamped), for ARB-X
+            sal, groups = self.block_groups(salience(wb, d), gram)
             stats.append((wb.shape[1], int(sal.sum())))
-            return (self.binarize_group(wb, m3, 2, gram) + self.binarize_group(wb, m1, 1, gram)
-                    + self.binarize_group(wb, rest & ~m1, 1, gram))
+            return sum(self.binarize_group(wb, m, order, gram) for m, order in groups)
 
         q = block_compensated(w2, h, quant_block, self.blocksize)
         self._salient_per_block = stats

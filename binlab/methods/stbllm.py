@@ -8,18 +8,22 @@ from typing import ClassVar
 import torch
 
 from .base import FP_BITS, Quantizer, register
-from .billm import block_compensated, residual_binarize, salience, salient_search
+from .billm import block_compensated, centred_residual, residual_binarize, salience, salient_columns
 
 
-def standardized_importance(w: torch.Tensor, h_diag: torch.Tensor) -> torch.Tensor:
-    """STBLLM's standardized importance (sec. 3.2):
-    ``SI_ij = sigma(|W_ij| / sum_i |W_ij| + |W_ij| / sum_j |W_ij|) * ||X_j||_2``, sigma the
-    standardisation over the matrix (zero mean, unit std) and ``||X_j||`` the input feature's norm
-    (``sqrt(H_jj)`` up to a constant, from the calibration Hessian)."""
-    a = w.abs()
-    rel = a / a.sum(0, keepdim=True).clamp_min(1e-12) + a / a.sum(1, keepdim=True).clamp_min(1e-12)
-    z = (rel - rel.mean()) / rel.std().clamp_min(1e-12)
-    return z * h_diag.clamp_min(0).sqrt()[None, :]
+def importance(w: torch.Tensor, h_diag: torch.Tensor, a: float = 0.5) -> torch.Tensor:
+    """STBLLM's importance score as its code computes it (sec. 3.2; ``prune_ria_outlier_structure_special``,
+    run with ``--a 0.5``)::
+
+        s_ij = (|W_ij| / sum_i |W_ij| + |W_ij| / sum_j |W_ij|) * ||X_j||^a
+
+    ``||X_j||`` the input feature's norm over the calibration tokens, ``sqrt(H_jj)`` up to a constant
+    (which scales every score alike). The paper's eq. writes a standardisation sigma(.) around the
+    relative term; the code that produces its tables has none, and binlab follows the code (with
+    it, a negative standardised term makes a weight *less* important as its input grows)."""
+    x = w.abs()
+    rel = x / x.sum(0, keepdim=True).clamp_min(1e-12) + x / x.sum(1, keepdim=True).clamp_min(1e-12)
+    return rel * h_diag.clamp_min(0) ** (a / 2)
 
 
 def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -41,38 +45,59 @@ def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return keep
 
 
-def three_group_errors(w: torch.Tensor, mask: torch.Tensor, ps: torch.Tensor) -> torch.Tensor:
-    """Squared error of binarizing the ``mask`` entries in three groups -- ``|w| < p`` (sparse),
-    ``p <= |w| < 2p`` (intermediate), ``|w| >= 2p`` (dense) -- each ``alpha sign(w)`` with its own
-    per-row alpha, for every candidate p (closed form ``Q - S^2 / n`` per group and row)."""
-    a = (w.abs() * mask)[None]
-    m = mask[None].to(w.dtype)
-    p = ps[:, None, None]
-    groups = ((a < p).to(w.dtype) * m, ((a >= p) & (a < 2 * p)).to(w.dtype) * m, (a >= 2 * p).to(w.dtype) * m)
-    err = (a**2).sum((1, 2))
-    for g in groups:
-        s, n = (a * g).sum(2), g.sum(2)
-        err = err - torch.where(n > 0, s**2 / n.clamp_min(1), torch.zeros_like(s)).sum(1)
-    return err
+def three_group_split(s: torch.Tensor, salient: torch.Tensor, n_grid: int = 160) -> float:
+    """STBLLM's break-point search (sec. 3.2) as its code runs it (``utils/autosearch.py``): on the
+    salience matrix ``s`` (``w^2 / [H^-1]_jj^2``, pruned weights 0), candidates p are ``n_grid``
+    quantiles (0.10 ... 0.90) of ``s`` over the whole block with the salient entries set to 0; a p
+    with ``2p`` above the 90th-percentile candidate is skipped. Each p splits the non-salient
+    entries into ``s < p`` (sparse), ``p <= s < 2p`` (intermediate), ``s >= 2p`` (dense), one
+    :func:`.billm.centred_residual` round each, plus 2 rounds on the salient entries; the squared
+    error against ``s`` picks p (first minimum; the first candidate if every one is skipped)."""
+    rest = ~salient
+    fixed = centred_residual(s, salient, 2)
+    ps = torch.quantile((s * rest).flatten(), torch.linspace(0.1, 0.9, n_grid, dtype=s.dtype, device=s.device))
+    p, best = float(ps[0]), None
+    for cand in ps:
+        if 2 * cand > ps[-1]:
+            continue
+        fit = fixed + sum(centred_residual(s, g, 1) for g in three_groups(s, rest, cand))
+        err = float(((s - fit) ** 2).sum())
+        if best is None or err < best:
+            p, best = float(cand), err
+    return p
+
+
+def three_groups(s: torch.Tensor, rest: torch.Tensor, p) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``rest`` split at ``p`` and ``2p`` of ``s``: sparse, intermediate, dense."""
+    return rest & (s < p), rest & (s >= p) & (s < 2 * p), rest & (s >= 2 * p)
 
 
 @register
 @dataclass
 class STBLLM(Quantizer):
-    """STBLLM (Dong et al. 2025): N:M structured sparsity on top of BiLLM-style binarization.
+    """STBLLM (Dong et al. 2025): N:M structured sparsity on top of BiLLM-style binarization, as
+    its code runs it (pprp/STBLLM, ``scripts/run_stbllm.sh``):
 
     1. N:M mask: in every group of ``m`` consecutive input columns of a row keep the ``n`` weights of
-       highest standardized importance (:func:`standardized_importance`), chosen once from the
-       original weights and the calibration Hessian; the others are zero.
-    2. Per block of 128 columns, BiLLM's salient columns (searched over the kept weights) with
-       residual binarization, and the other kept weights in three groups split at ``p`` and ``2p``
-       (sparse, intermediate, dense; p searched over 81 quantiles of their ``|w|``), each group
+       highest importance (:func:`importance`), chosen once from the original weights and the
+       calibration Hessian; the others are zero.
+    2. Per block of 128 columns, on the salience ``s = w^2 / [H^-1]_jj^2`` of the pruned weights:
+       BiLLM's salient columns (:func:`.billm.salient_columns`), binarized with residual
+       binarization (order 2), and the other weights in three groups split at ``p`` and ``2p``
+       (sparse, intermediate, dense; :func:`three_group_split`, 160 quantiles), each group
        ``alpha sign(w)`` per row.
-    3. BiLLM's block-wise error compensation; pruned weights stay zero.
+    3. BiLLM's block-wise error compensation.
 
-    Layer-wise N:M (sec. 3.3): :func:`binlab.training.allocation.layerwise_nm` builds a spec with one ``n`` per layer from the
-    layers' outlier ratios. Pruned weights are kept out of every group and statistic (the indexed
-    reference code binarizes them back to non-zero values).
+    Layer-wise N:M (sec. 3.3): :func:`binlab.training.allocation.layerwise_nm` builds a spec with one
+    ``n`` per layer from the layers' outlier ratios.
+
+    Where binlab differs from the code: ``n`` counts the weights *kept* (the code's "N:M" counts the
+    pruned ones; 4:8 is the same either way) and a trailing partial group keeps
+    ``round(n / m * len)``; pruned weights stay zero and out of every group's scale (the code's
+    searches see them as zeros, as binlab's do, but it then binarizes them back to non-zero values
+    and lets the compensation write into them, so its model is not sparse); the weights are
+    binarized as BiLLM's paper writes it, without the per-row mean the code subtracts
+    (tests/reference/stbllm_ref.py runs the code's procedure).
 
     Storage, counted in full: 1 sign bit per kept weight and a second per kept salient weight, the
     N:M positions (``ceil(log2 C(m, n))`` bits per group), the salient column bitmap, the group of
@@ -106,22 +131,19 @@ class STBLLM(Quantizer):
     def quantize(self, w):
         w2 = w.reshape(w.shape[0], -1)
         h = self.hessian_for(w2).double()
-        keep = nm_mask(standardized_importance(w2.double(), torch.diag(h)), self.n, self.m)
+        keep = nm_mask(importance(w2.double(), torch.diag(h)), self.n, self.m)
         stats = []
 
         def quant_block(wb, d, hb, i1):
             kb = keep[:, i1 : i1 + wb.shape[1]]
-            sal, _ = salient_search(salience(wb, d), keep=kb)
-            m3 = sal[None, :].expand_as(wb) & kb
-            rest = kb & ~m3
+            s = salience(wb * kb, d)
+            sal = salient_columns(s)  # the code's searches see the pruned weights as zeros
+            col = sal[None, :].expand_as(wb)
+            p = three_group_split(s, col)
+            m3 = col & kb
             out = residual_binarize(wb, m3, 2)
-            vals = wb.abs()[rest]
-            if vals.numel():
-                ps = torch.quantile(vals, torch.linspace(0.1, 0.9, 81, dtype=wb.dtype, device=wb.device))
-                p = ps[torch.argmin(three_group_errors(wb, rest, ps))]
-                a = wb.abs()
-                for g in (rest & (a < p), rest & (a >= p) & (a < 2 * p), rest & (a >= 2 * p)):
-                    out = out + residual_binarize(wb, g, 1)
+            for g in three_groups(s, ~col, p):
+                out = out + residual_binarize(wb, g & kb, 1)
             stats.append((wb.shape[1], int(sal.sum()), int(kb.sum()), int(m3.sum())))
             return out
 

@@ -7,22 +7,27 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import torch
 
+from binlab.methods.stbllm import importance
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, quantizable
 
 from .calibration import collect_hessians
 
 
 def layerwise_nm(model, calib, n: int = 4, m: int = 8, lam: float = 2.0, hyper_m: float = 6.0):
-    """STBLLM's layer-wise N:M allocation (sec. 3.3), as its code does it (OWL-style outlier ratios):
-    for each transformer layer, the share ``D_l`` of importance scores ``|W_ij| (1/sum_i |W_ij| +
-    1/sum_j |W_ij|) ||X_j||`` above ``hyper_m`` times their mean (over all the layer's linears);
-    layers with more outliers keep more weights::
+    """STBLLM's layer-wise N:M allocation (sec. 3.3), as its code does it (``prune_ria_outlier_structure_special``,
+    OWL-style outlier ratios, ``--Lamda 2 --Hyper_m 6``): for each transformer layer, the share
+    ``D_l`` of importance scores (:func:`binlab.methods.stbllm.importance`, ``||X_j||^0.5``) above
+    ``hyper_m`` times their mean, over all the layer's linears on the unquantized model; then::
 
-        N_l = clip(round(n + lam (D_l - mean D) / (max D - min D)), 1, m)
+        r_l = round_half_even(lam (D_l - min D) / (max D - min D) - mean_l(...)),   r_l = 2 where r_l = 1
+        N_l = n + r_l
 
-    (the average stays at n). Returns ``(spec, {layer: N_l})``: one STBLLM rule per layer, ready for
+    (layers with more outliers keep more weights). binlab clips ``N_l`` to [1, m] where the code
+    would prune a whole group or keep more than ``m``; equal ratios give every layer ``n``.
+    Returns ``(spec, {layer: N_l})``: one STBLLM rule per layer, ready for
     :func:`binlab.training.qat.ptq` with calibration data."""
     linears = [k for k, v in quantizable(model).items() if re.match(r"layers\.\d+\.(attn|ffn)\.", k) and isinstance(v, torch.nn.Linear)]
     if not linears:
@@ -31,15 +36,23 @@ def layerwise_nm(model, calib, n: int = 4, m: int = 8, lam: float = 2.0, hyper_m
     layers = sorted({int(k.split(".")[1]) for k in linears})
     ratios = {}
     for i in layers:
-        scores = []
-        for k in (k for k in linears if k.startswith(f"layers.{i}.")):
-            w = model.get_submodule(k).weight.detach().double().abs()
-            rel = w / w.sum(0, keepdim=True).clamp_min(1e-12) + w / w.sum(1, keepdim=True).clamp_min(1e-12)
-            scores.append((rel * torch.diag(hs[k]).clamp_min(0).sqrt()[None, :]).flatten())
-        s = torch.cat(scores)
+        s = torch.cat([importance(model.get_submodule(k).weight.detach().double(), torch.diag(hs[k])).flatten()
+                       for k in linears if k.startswith(f"layers.{i}.")])
         ratios[i] = float((s > hyper_m * s.mean()).double().mean())
-    d = torch.tensor([ratios[i] for i in layers], dtype=torch.float64)
-    spread = float(d.max() - d.min())
-    alloc = {i: n if spread == 0 else int(min(max(round(n + lam * (ratios[i] - float(d.mean())) / spread), 1), m)) for i in layers}
+    alloc = dict(zip(layers, allocate_n([ratios[i] for i in layers], n, m, lam)))
     rules = tuple(Rule(f"layers.{i}.{part}.*", MethodConfig("stbllm", options={"n": alloc[i], "m": m})) for i in layers for part in ("attn", "ffn"))
     return QuantSpec(rules), alloc
+
+
+def allocate_n(ratios: list[float], n: int, m: int, lam: float = 2.0) -> list[int]:
+    """The kept count per layer from the layers' outlier ratios (:func:`layerwise_nm`'s rule, in
+    the code's order of operations): ``r = (D - min D) * (lam / (max D - min D))``, centred,
+    rounded half to even, 1 -> 2; ``N_l = clip(n + r_l, 1, m)``; equal ratios give every layer ``n``."""
+    d = np.asarray(ratios, dtype=np.float64)
+    span = d.max() - d.min()
+    if not span > 0:
+        return [n] * len(d)
+    r = (d - d.min()) * (1.0 / span * lam)
+    r = np.round(r - r.mean())
+    r[r == 1] = 2
+    return [int(min(max(n + int(x), 1), m)) for x in r]

@@ -249,7 +249,7 @@ T9_CONFIGS = (
            survey=f"{GLUE} 67.0 (W1A1)", recipe="bibert"),
     Config("BiT W1A1: elastic activations, ladder W32A32 -> W1A2 -> W1A1", recipes_mod.RECIPES["bit"].spec, "qat",
            survey=f"{GLUE} 78.0 (W1A1)", recipe="bit"),
-    Config("BinaryBERT W1A1: ternary, split, binary fine-tune", recipes_mod.RECIPES["binarybert"].spec, "qat",
+    Config("BinaryBERT W1A1: ternary, split, binary fine-tune (1-bit LSQ activations: binlab's extension)", recipes_mod.RECIPES["binarybert"].spec, "qat",
            survey=f"{GLUE} 50.1 (W1A1, reported by BiBERT)", recipe="binarybert"),
     Config("BinaryBERT W1A4: ternary, split, binary fine-tune", recipes_mod.RECIPES["binarybert-a4"].spec, "qat",
            survey=f"{GLUE} 82.6 (W1A4)", recipe="binarybert-a4"),
@@ -278,7 +278,11 @@ EXPERIMENTS["T9"] = Experiment("T9", "The BERT-era fully binary encoders (W1A1)"
     "trains for the same number of epochs. Word embeddings are binarized as each paper does (position embeddings fp32); "
     "the head stays fp32. BiPFT learns its estimators in a 500k-step binarized pretraining on Wikipedia and BookCorpus "
     "that a 2-core machine cannot do; its row here starts them from zero at fine-tuning (the mechanism alone), so it "
-    "does not measure BiPFT's method as published. Packed inference: every row's model but BEBERT's ensemble "
+    "does not measure BiPFT's method as published; it fine-tunes with cross-entropy only, as BiPFT's code does. The logit "
+    "term of BiBERT, BiT, BinaryBERT and BEBERT is their codes' soft cross-entropy at temperature 1, averaged over classes; "
+    "the other QAT rows use binlab's (1 - a) CE + a T^2 KL at T = 2. BinaryBERT's code stops at 4-bit activations: its "
+    "W1A1 row's 1-bit LSQ activations are binlab's extension. On minilm-l2 the token embeddings stay frozen in every row "
+    "(the preset's QAT budget), so binarized and split embeddings keep their initial values there. Packed inference: every row's model but BEBERT's ensemble "
     "(whose members pack one by one) writes to a packed file (binlab.runtime.export) that gives the same predictions; linears whose "
     "inputs are scale * sign(x + shift) (binlab's sign, BiBERT's unscaled sign, BiT's elastic 1-bit) run through the "
     "XNOR-popcount kernel, the rest (unsigned {0,1} and k-bit inputs, BinaryBERT's two binary matrices) through "

@@ -401,9 +401,21 @@ def test_lm_ptq_with_calibrated_methods_and_size(lm_splits):
         rep = model_size(q)
         quantized = [c for c in rep.components if c.method == name]
         assert len(quantized) == 6
-        for c in quantized:  # every stored bit of the component comes from the method's own count
+        for c in quantized:  # every stored bit of the component, counted by hand from what the method keeps
             mod = q.get_submodule(c.name)
-            assert c.total_bits - c.bits["bias"] == sum(mod.quantizer.storage(tuple(mod.weight.shape)).values())
+            rows, cols = mod.weight.shape
+            n = rows * cols
+            if name == "gptq":
+                b = mod.quantizer.bits
+                want = b * n + rows * 32 + rows * b  # codes, an fp32 scale and a b-bit zero per row
+            elif name == "pbllm":
+                k = round(0.1 * n)  # 10 % salient in 8 bits, the rest 1 bit; positions as CSR or a bitmap
+                want = (n - k) + 8 * k + min(n, k * math.ceil(math.log2(cols)) + (rows + 1) * 32) + 2 * rows * 32 + rows * 8
+            else:
+                blocks = mod.quantizer._salient_per_block  # (columns, salient columns) of each block
+                want = (sum(rows * (cb + kb) for cb, kb in blocks) + sum(cb + rows * (cb - kb) for cb, kb in blocks)
+                        + 4 * rows * 32 * len(blocks))
+            assert c.total_bits - c.bits["bias"] == want, (name, c.name)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -625,6 +637,46 @@ def test_onebit_value_vectors_are_learned_stored_and_counted(tiny_model, tiny_sp
     assert not any("qparams" in n for n in names)
     c = next(c for c in rep.components if c.name == "layers.0.attn.q")
     assert c.bits["codes"] == w.numel() and c.bits["scales"] == 32 * sum(w.shape)
+
+
+def test_onebit_layer_equals_the_reference_code(tiny_model, tiny_splits):
+    """OneBit's layer against a port of its code (tests/reference/onebit_ref.py): the output
+    LayerNorm in the forward, QAT's start from ``0.01 sign(W)``, and the ``1.001 - tanh^2`` estimator
+    on the raw latent weight."""
+    from binlab.nn.quantize import MethodConfig, QuantLinear, QuantSpec
+    from binlab.training.qat import QATConfig, qat
+    from binlab.training.train import TrainConfig
+    from tests.reference import onebit_ref
+
+    g = torch.Generator().manual_seed(3)
+    lin = torch.nn.Linear(12, 7).double()
+    torch.nn.init.normal_(lin.weight, std=0.2, generator=g)
+    q = QuantLinear.from_linear(lin, MethodConfig("onebit")).double().train()
+    x = torch.randn(4, 5, 12, generator=g, dtype=torch.float64)
+    a, b = q.qparams.a.detach().numpy(), q.qparams.b.detach().numpy()
+    y = q(x)
+    want = onebit_ref.onebit_forward(x.numpy(), lin.weight.detach().numpy(), a, b, lin.bias.detach().numpy())
+    np.testing.assert_allclose(y.detach().numpy(), want, atol=1e-10)
+    up = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    (y * up).sum().backward()
+    # the latent's gradient: dL/dsign(W) * g(W) with the code's estimator on the raw weight
+    s = lin.weight.detach().sign().requires_grad_()
+    ys = torch.nn.functional.layer_norm(torch.nn.functional.linear(x * q.qparams.b.detach(), s) * q.qparams.a.detach(), (7,)) + lin.bias.detach()
+    (ys * up).sum().backward()
+    np.testing.assert_allclose(lin.weight.grad.numpy(), s.grad.numpy() * onebit_ref.sign_estimator_grad(lin.weight.detach().numpy()), atol=1e-10)
+    off = QuantLinear.from_linear(lin, MethodConfig("onebit", options={"out_norm": False})).double().eval()
+    np.testing.assert_allclose(off(x).detach().numpy(), x.numpy() @ off.quantized_weight().detach().numpy().T + lin.bias.detach().numpy(), atol=1e-10)
+    # QAT starts from 0.01 sign(W), the value vectors from SVID of the trained W (one step, lr ~ 0)
+    from binlab.methods.onebit import svid
+
+    w0 = tiny_model.get_submodule("layers.0.attn.q").weight.detach().clone()
+    student, _ = qat(tiny_model, QuantSpec.simple("layers.0.attn.q", "onebit"), tiny_splits.train.head(8),
+                     QATConfig(TrainConfig(epochs=1, lr=1e-12, warmup=0.0, batch_size=8, device="cpu")))
+    mod = student.get_submodule("layers.0.attn.q")
+    torch.testing.assert_close(mod.weight.detach(), 0.01 * torch.where(w0 >= 0, 1.0, -1.0), atol=1e-9, rtol=0)
+    a0, b0 = svid(w0)
+    torch.testing.assert_close(torch.outer(mod.qparams.a, mod.qparams.b).detach(), torch.outer(a0, b0), atol=1e-6, rtol=1e-4)
+    assert torch.equal(tiny_model.get_submodule("layers.0.attn.q").weight.detach(), w0)  # the teacher is untouched
 
 
 def test_hidden_loss_matches_reference():

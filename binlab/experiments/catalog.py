@@ -213,7 +213,7 @@ LM_CONFIGS = (
     Config("ARB-LLM: ARB-RC (PTQ)", _enc("arb", variant="rc"), "ptq"),
     Config("STBLLM 4:8 (PTQ)", _enc("stbllm", n=4, m=8), "ptq", survey=f"{WIKI} 31.72 (0.55 bits)"),
     Config("STBLLM 6:8 (PTQ)", _enc("stbllm", n=6, m=8), "ptq"),
-    Config("OneBit: SVID only (PTQ)", _enc("onebit"), "ptq"),
+    Config("OneBit: SVID only, no output LayerNorm (PTQ)", _enc("onebit", out_norm=False), "ptq"),
     Config("XNOR, QAT + KD", _enc("xnor"), "qat"),
     Config("PB-LLM 10 % salient, frozen, QAT + KD", _enc("pbllm", metric="magnitude", gptq=False), "qat", survey=f"{WIKI} 20.61 (QAT)"),
     Config("BitNet W1A8, QAT + KD", _spec(("encoder", MethodConfig("bitnet", act="absmax8"))), "qat"),

@@ -102,6 +102,15 @@ class Quantizer:
     def make_aux(self, shape) -> torch.nn.Module | None:
         return None
 
+    #: True: the estimator acts on the latent weight itself (OneBit), not on ``w / (3 std_row)``
+    raw_ste: ClassVar[bool] = False
+
+    def init_latent(self, w: torch.Tensor) -> torch.Tensor | None:
+        """The latent weight QAT starts from, given the trained one (None: the trained one; OneBit:
+        ``0.01 sign(W)``). Called once when QAT quantizes a full-precision model, after the method's
+        learned values were initialised from ``w``."""
+        return None
+
     params = None  # the module make_params built (attached by the quantized component); not an option
 
     def init_values(self, w: torch.Tensor) -> dict[str, torch.Tensor] | None:

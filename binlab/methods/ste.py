@@ -37,8 +37,8 @@ def _approxsign(x):
     return ((2 - 2 * x.abs()) * (x.abs() <= 1)).to(x.dtype)
 
 
-FDA_TERMS = 10  # the BiBench port of FDA starts at 10 terms (and grows to 18); binlab keeps 10
-FDA_OMEGA = math.pi / 2  # period 4: the series is sign's square wave on (-2, 2)
+FDA_TERMS = 10  # the paper's n_s = 9 (sum over i = 0 .. 9) and the BiBench port's start (it grows to 18); binlab keeps 10
+FDA_OMEGA = 0.1  # the frequency of the only training codes (BiBench's and PB-LLM's FDA); the paper gives no number
 
 
 def fourier_sign(x: torch.Tensor, terms: int = FDA_TERMS, omega: float = FDA_OMEGA) -> torch.Tensor:
@@ -62,8 +62,9 @@ def fda_ste(terms: int = FDA_TERMS) -> "STE":
     the proxy the series itself on [-1, 1]. ``STES["fda"]`` is the default; FDA layers build their own."""
     return STE("fda", lambda x: fourier_sign_grad(x, terms) * (x.abs() <= 1).to(x.dtype),
                lambda x: fourier_sign(x.clamp(-1, 1), terms),
-               f"Derivative of sign's truncated Fourier series (Xu et al. 2021, FDA, §3.1): g(x) = (4w/pi) sum_(i<n) cos((2i+1) w x), "
-               f"n={terms} terms, w=pi/2 (sign on (-2, 2)), zero for |x| > 1; the proxy is the series itself on [-1, 1].")
+               f"Derivative of sign's truncated Fourier series (Xu et al. 2021, FDA, eq. 10): g(x) = (4w/pi) sum_(i<n) cos((2i+1) w x), "
+               f"n={terms} terms, w={FDA_OMEGA} (BiBench's and PB-LLM's FDA code), zero for |x| > 1; positive on the whole window; "
+               f"the proxy is the series itself on [-1, 1].")
 
 
 TANH_K = 2.0
@@ -71,6 +72,10 @@ TANH_K = 2.0
 
 def _tanh(x):
     return TANH_K * (1 - torch.tanh(TANH_K * x) ** 2)
+
+
+def _onebit(x):
+    return 1.001 - torch.tanh(x) ** 2
 
 
 STES: dict[str, STE] = {
@@ -81,6 +86,9 @@ STES: dict[str, STE] = {
                       lambda x: torch.where(x.abs() <= 1, 2 * x - x * x.abs(), torch.sign(x)),
                       "g(x) = (2 - 2|x|) 1[|x| <= 1], derivative of the piecewise quadratic ApproxSign (Liu et al. 2018, Bi-Real Net, eq. 3)."),
     "fda": fda_ste(FDA_TERMS),
+    "onebit": STE("onebit", _onebit, lambda x: 0.001 * x + torch.tanh(x),
+                  "g(x) = 1.001 - tanh^2(x) on the raw latent weight: OneBit's sign estimator (xuyuzhuang11/OneBit, bitnet.py SignSTEFunc); "
+                  "never below 0.001, so every latent weight keeps learning."),
     "tanh": STE("tanh", _tanh, lambda x: torch.tanh(TANH_K * x), f"g(x) = k (1 - tanh^2(k x)), k={TANH_K}: a smooth sign surrogate (no single paper; binlab's teaching baseline)."),
 }
 

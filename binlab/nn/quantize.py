@@ -89,6 +89,8 @@ class _Fake(nn.Module):
         self.bypass = False  # True while calibration needs this component's full-precision output
 
     def ste_scale(self, w: torch.Tensor) -> torch.Tensor:
+        if self.quantizer.raw_ste:
+            return torch.ones((), dtype=w.dtype, device=w.device)
         # the estimator acts on weights normalised by 3 std per row, so "clipped" cuts the tails
         return 3 * w.detach().reshape(w.shape[0], -1).std(1, keepdim=True).clamp_min(1e-8).reshape(-1, *([1] * (w.ndim - 1)))
 

@@ -98,7 +98,7 @@ def packed_tensors(model: nn.Module) -> tuple[dict[str, np.ndarray], dict[str, d
             tensors[f"{name}{SEP}{field}"] = np.ascontiguousarray(arr)
         comps[name] = {"codec": codec.kind, "shape": list(codec.shape), "meta": codec.meta, "method": mod.method.method,
                        "kind": "linear" if isinstance(mod, QuantLinear) else "embedding", "act": mod.method.act,
-                       "shortcut": bool(getattr(mod, "shortcut", False)), "padding_idx": getattr(mod, "padding_idx", None),
+                       "shortcut": bool(getattr(mod, "shortcut", False)), "post_norm": bool(getattr(mod.quantizer, "post_norm", False)), "padding_idx": getattr(mod, "padding_idx", None),
                        "weight_shape": list(mod.weight.shape)}
         drop += [f"{name}.weight", f"{name}.qparams."]
     for key, t in model.state_dict().items():
@@ -206,7 +206,7 @@ def load_packed(path: str | Path, tokenizer=None) -> nn.Module:
                 if info.get("act"):
                     mc = MethodConfig(info["method"], act=info["act"])
                     act = make_act(info["act"], ste=mc.make().act_estimator(), features=codec.shape[1])
-                mod = PackedLinear(codec, base.bias, act, info.get("shortcut", False), info["method"])
+                mod = PackedLinear(codec, base.bias, act, info.get("shortcut", False), info["method"], info.get("post_norm", False))
             else:
                 mod = PackedEmbedding(codec, info.get("padding_idx"), info["method"])
             set_submodule(model, name, mod)

@@ -36,6 +36,10 @@ def _xnor_input(act) -> tuple[float, torch.Tensor | None] | None:
     return None
 
 
+#: OneBit's output LayerNorm (no parameters, torch's default eps)
+POST_NORM_EPS = 1e-5
+
+
 class PackedLinear(nn.Module):
     """A quantized linear that holds only its codec, bias and input quantizer (no latent weight).
 
@@ -50,9 +54,10 @@ class PackedLinear(nn.Module):
     LUT_ROWS = 32
 
     def __init__(self, codec: Codec, bias: torch.Tensor | None, act: nn.Module | None = None, shortcut: bool = False,
-                 method: str = ""):
+                 method: str = "", post_norm: bool = False):
         super().__init__()
         self.codec = codec
+        self.post_norm = post_norm  # OneBit: a parameter-free LayerNorm on the output, before the bias
         self.out_features, self.in_features = codec.shape
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
         self.act = act
@@ -72,7 +77,7 @@ class PackedLinear(nn.Module):
     def from_quant(cls, mod) -> "PackedLinear":
         """The packed form of a :class:`~binlab.nn.quantize.QuantLinear` (its input quantizer and bias shared);
         :class:`NotPackable` when its method has none."""
-        return cls(encode(mod), mod.bias, mod.act, bool(mod.shortcut), mod.method.method)
+        return cls(encode(mod), mod.bias, mod.act, bool(mod.shortcut), mod.method.method, bool(getattr(mod.quantizer, "post_norm", False)))
 
     def storage(self) -> dict[str, int]:
         return self.codec.bits()
@@ -87,7 +92,8 @@ class PackedLinear(nn.Module):
             scale, shift = form
             xs = x2 if shift is None else (x2 + shift.detach()).contiguous()
             out = np.empty((x2.shape[0], N), np.float32)
-            w1a1_linear_kernel(xs.numpy(), self._wt, self.codec.lo, self.codec.hi, self._bias_np(), np.int64(K), np.float32(scale), out)
+            bias = self._zeros if self.post_norm else self._bias_np()
+            w1a1_linear_kernel(xs.numpy(), self._wt, self.codec.lo, self.codec.hi, bias, np.int64(K), np.float32(scale), out)
             y = torch.from_numpy(out)
         else:
             xa = self.act(x2).contiguous() if self.act is not None else x2
@@ -100,6 +106,10 @@ class PackedLinear(nn.Module):
                 for n0 in range(0, N, TILE):
                     n1 = min(N, n0 + TILE)
                     torch.mm(xa, torch.from_numpy(self.codec.rows(slice(n0, n1))).T, out=y[:, n0:n1])
+            if self.bias is not None and not self.post_norm:
+                y += self.bias
+        if self.post_norm:
+            y = torch.nn.functional.layer_norm(y, (N,), eps=POST_NORM_EPS)
             if self.bias is not None:
                 y += self.bias
         if self.shortcut:

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from binlab.data import EncodedSplit
-from binlab.nn.quantize import QuantSpec, post_step, quantize_, set_progress
+from binlab.nn.quantize import QuantSpec, post_step, quantize_, quantized_modules, set_progress
 
 from .train import Callback, TrainConfig, train
 
@@ -102,6 +102,11 @@ def qat(
         student = ptq(init, spec, calib=calib)
     else:
         student = ptq(teacher, spec, calib=calib)
+        with torch.no_grad():  # methods that start QAT from other latent weights (OneBit: 0.01 sign(W))
+            for mod in quantized_modules(student):
+                start = mod.quantizer.init_latent(mod.weight.detach())
+                if start is not None:
+                    mod.weight.copy_(start)
     for name, p in student.named_parameters():
         if any(fnmatch.fnmatchcase(name, pat) for pat in cfg.freeze):
             p.requires_grad_(False)

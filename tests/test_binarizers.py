@@ -131,9 +131,10 @@ def test_options_are_only_those_that_act():
            "high_bits": lambda v: 3, "variant": lambda v: "rc", "iters": lambda v: 0, "n": lambda v: 2, "m": lambda v: 4}
     training_only = {"tau_start", "terms", "noise", "shortcut", "experts"}  # act in QAT (tested below), not on Q(W)
     same_result = {("gptq", "blocksize")}  # GPTQ's lazy batches change the speed, not the result (tested in test_lm_track)
+    layer_only = {("onebit", "out_norm")}  # acts on the layer's output, not on Q(W) (test_onebit_layer_equals_the_reference_code)
     for name, cls in BINARIZERS.items():
         for opt, default in cls.defaults().items():
-            if opt in training_only or (name, opt) in same_result:
+            if opt in training_only or (name, opt) in same_result | layer_only:
                 continue
             a, b = calibrated(cls(), 64)(w), calibrated(cls(**{opt: alt[opt](default)}), 64)(w)
             assert not torch.equal(a, b), f"{name}.{opt} does nothing"
@@ -267,12 +268,17 @@ def test_bad_options(name, kw, match):
 # --------------------------------------------------------------------------------------------
 # straight-through estimators: closed forms, and the derivative of each smooth proxy
 
-def np_fourier_grad(x, n=10, w=np.pi / 2):
-    return (4 * w / np.pi) * sum(np.cos((2 * i + 1) * w * x) for i in range(n))
+def np_fourier_grad(x, n=10):
+    """FDA's gradient with ``n`` terms, from the port of BiBench's FDA layer (tests/reference/fda_ref.py; its n is the last index)."""
+    from tests.reference.fda_ref import partial_sum_grad
+
+    return partial_sum_grad(x, n - 1)
 
 
-def np_fourier(x, n=10, w=np.pi / 2):
-    return (4 / np.pi) * sum(np.sin((2 * i + 1) * w * x) / (2 * i + 1) for i in range(n))
+def np_fourier(x, n=10):
+    from tests.reference.fda_ref import partial_sum
+
+    return partial_sum(x, n - 1)
 
 
 NP_STE = {
@@ -281,6 +287,7 @@ NP_STE = {
     "approxsign": lambda x: np.where(np.abs(x) <= 1, 2 - 2 * np.abs(x), 0.0),
     "fda": lambda x: np.where(np.abs(x) <= 1, np_fourier_grad(x), 0.0),
     "tanh": lambda x: 2.0 * (1 - np.tanh(2.0 * x) ** 2),
+    "onebit": lambda x: 1.001 - np.tanh(x) ** 2,
 }
 
 
@@ -307,15 +314,21 @@ def test_ste_gradient_is_the_derivative_of_its_proxy(name):
     np.testing.assert_allclose(fd.numpy(), ste.grad(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_fda_series_approaches_sign():
-    """Target: the 10-term proxy within 0.2 of sign on 0.4 <= |x| <= 1 (Gibbs overshoot ~0.18 is allowed)."""
-    x = np.linspace(0.4, 1.0, 301)
-    proxy = STES["fda"].forward_proxy(torch.from_numpy(x)).numpy()
-    assert np.abs(proxy - 1).max() <= 0.2
-    assert np.abs(STES["fda"].forward_proxy(torch.from_numpy(-x)).numpy() + 1).max() <= 0.2
-    np.testing.assert_allclose(proxy, np_fourier(x), rtol=1e-12)
-    # the old, term-count-normalised proxy was ~0.24 at x = 1; the series itself is ~1
-    assert float(STES["fda"].forward_proxy(torch.tensor([1.0], dtype=torch.float64))[0]) == pytest.approx(1.0, abs=0.1)
+def test_fda_estimator_is_bibench_and_stays_positive():
+    """The 10-term series and its derivative equal the port of BiBench's FDA (omega = 0.1,
+    tests/reference/fda_ref.py); its derivative is positive on the whole |t| <= 1 window (a period of
+    4, omega = pi/2, would make it negative for ~44 % of Gaussian weights)."""
+    from tests.reference.fda_ref import bibench_grad
+
+    x = np.linspace(-1.5, 1.5, 601)
+    np.testing.assert_allclose(STES["fda"].forward_proxy(torch.from_numpy(x)).numpy(), np_fourier(np.clip(x, -1, 1)), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(STES["fda"].grad(torch.from_numpy(x)).numpy(), bibench_grad(x), rtol=1e-12, atol=1e-15)
+    inside = np.abs(x) <= 1
+    assert (STES["fda"].grad(torch.from_numpy(x)).numpy()[inside] > 0.5).all()
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=20000)
+    t = w / (3 * w.std())
+    assert (STES["fda"].grad(torch.from_numpy(t)).numpy()[np.abs(t) <= 1] > 0).all()
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,14 +488,16 @@ def test_binarybert_trains_its_two_binary_matrices():
 
 
 def test_onebit_gradient_flows_through_signs_and_value_vectors():
-    """d/dW of sign_ste(W) * (a b^T) is dL/dQ * a b^T * g(W / (3 std_row)); a and b get dL/dQ * sign(W) summed."""
+    """d/dW of sign_ste(W) * (a b^T) is dL/dQ * a b^T * g(W) (OneBit's estimator acts on the raw latent
+    weight); a and b get dL/dQ * sign(W) summed."""
     from binlab.methods.onebit import svid
 
     w = W(7, (5, 33))
-    lin, q, R = _qat_backward("onebit", w)
+    lin, q, R = _qat_backward("onebit", w, out_norm=False)
     a, b = (t.numpy().astype(np.float64) for t in svid(torch.from_numpy(w)))
     ste = BINARIZERS["onebit"].default_ste
-    np.testing.assert_allclose(lin.weight.grad.numpy(), R.numpy() * np.outer(a, b) * NP_STE[ste](_x(w)), rtol=1e-4, atol=1e-7)
+    assert ste == "onebit"
+    np.testing.assert_allclose(lin.weight.grad.numpy(), R.numpy() * np.outer(a, b) * NP_STE[ste](w), rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(q.qparams.a.grad.numpy(), (R.numpy() * np_sign(w) * b[None, :]).sum(1), rtol=1e-4, atol=1e-6)
 
 

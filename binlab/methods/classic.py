@@ -46,7 +46,7 @@ class Sign(Quantizer):
 
 
 def glorot_h(shape) -> float:
-    """BinaryConnect's binary magnitude ``H = sqrt(1.5 / (fan_in + fan_out))`` (Glorot's bound / 2)."""
+    """BinaryConnect's binary magnitude ``H = sqrt(1.5 / (fan_in + fan_out))`` (its code's ``H = "Glorot"`` option: Glorot's bound / 2)."""
     fan_out, fan_in = shape[0], numel(shape) // shape[0]
     return math.sqrt(1.5 / (fan_in + fan_out))
 
@@ -58,8 +58,12 @@ class Stochastic(Quantizer):
 
         w_b = +H with probability p = hard_sigmoid(w / H) = clip((w / H + 1) / 2, 0, 1),  else -H
 
-    with ``H = sqrt(1.5 / (fan_in + fan_out))`` per layer, as in the paper's experiments' code
-    (``H=None``; a number sets it). ``E[w_b] = H (2p - 1) = clip(w, -H, H)``.
+    with ``H = sqrt(1.5 / (fan_in + fan_out))`` per layer (``H=None``; a number sets it): the
+    BinaryConnect code's ``H = "Glorot"`` option. The paper's experiment scripts run ``H = 1`` and
+    instead scale each layer's learning rate by ``1 / sqrt(1.5 / (fan_in + fan_out))``
+    (``W_LR_scale = "Glorot"``); binlab uses the Glorot H and no per-layer learning-rate scale,
+    because its latent weights start from a trained model whose weights are far inside [-1, 1]
+    (H = 1 would make almost every draw a coin flip). ``E[w_b] = H (2p - 1) = clip(w, -H, H)``.
 
     Every call draws fresh noise from the instance's own generator, seeded by ``seed`` (and, once
     bound to a model component, by the component's name, so no two layers share a stream): QAT sees
@@ -310,10 +314,14 @@ class FDA(XNOR):
 
         sign(t) = (4/pi) sum_{i>=0} sin((2i+1) w t) / (2i+1),   g(t) = (4w/pi) sum_{i<n} cos((2i+1) w t)
 
-    on ``t = w / (3 std_row)``, with ``w = pi/2`` (period 4, so the series is sign on (-2, 2)) and
-    zero gradient for ``|t| > 1`` (as the clipped estimator). The published code is inference only;
-    binlab takes n = 10 (the BiBench port's starting count, which it raises to 18 over training;
-    binlab keeps n fixed). The series is not normalised: ``g(0) = 2n``.
+    on ``t = w / (3 std_row)``, with zero gradient for ``|t| > 1`` (as the clipped estimator). The
+    paper defines ``w = 2 pi / T`` and gives no value for the period T; its published code is
+    inference only. binlab follows the two training codes there are, BiBench's and PB-LLM's FDA
+    layers: ``w = 0.1`` and n = 10 terms (the paper's n_s = 9, summing i = 0 .. 9; BiBench raises it
+    to 18 over training, binlab keeps it fixed). At that frequency ``g`` stays positive on the whole
+    window (1.27 at 0, 0.58 at |t| = 1; tests/reference/fda_ref.py), where a period of 4
+    (``w = pi / 2``) would make it negative for about 44 % of Gaussian weights. The codes apply it
+    to the raw weights; binlab to the normalised t, as its other estimators.
 
     Noise adaptation (§3.2, ``noise=True``): in QAT the forward is
     ``alpha (sign(t) + lambda e(t))`` with ``e`` a small learned module (:class:`NoiseAdaptation`)

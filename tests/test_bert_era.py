@@ -13,8 +13,8 @@ from binlab.methods.attention import ATTENTION, BiAttention, entropy, make_atten
 from binlab.nn.objective import dmd_loss, hidden_loss
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, quantize_
 from binlab.runtime.size import model_size
-from binlab.training.qat import QATConfig, qat
-from binlab.training.recipes import RECIPES, Ensemble, Stage, binarybert_spec, run, run_stages, samme_update
+from binlab.training.qat import QATConfig
+from binlab.training.recipes import RECIPES, Ensemble, Stage, binarybert_spec, run, samme_update
 from binlab.training.train import TrainConfig, evaluate
 
 # ---------------------------------------------------------------------------------------------
@@ -54,7 +54,21 @@ def test_bi_attention_masks_hidden_keys_and_uses_the_clipped_estimator():
     a = BiAttention()(s, mask)
     assert a.tolist() == [[[[1.0, 0.0, 1.0, 0.0]]]]  # 0.2 > 0 but hidden
     a.sum().backward()
-    assert s.grad.tolist() == [[[[1.0, 0.0, 0.0, 0.0]]]]  # g 1[|S| <= 1] on visible keys only
+    assert s.grad.tolist() == [[[[1.0, 0.0, 0.0, 0.0]]]]  # g 1[|S| < 1] on visible keys only
+
+
+def test_bi_attention_equals_bibert_code_at_zero_and_at_the_clip_edges():
+    """Against a port of BiBERT's quantizer (tests/reference/bibert_ref.py): a score of exactly 0
+    keeps no key, and the estimator is 0 at |S| = 1."""
+    from tests.reference.bibert_ref import bool_attention
+
+    s = torch.tensor([[[[0.0, 1.0, -1.0, 0.999, -0.5, 2.0, 0.0, 1e-9]]]], dtype=torch.float64, requires_grad=True)
+    g = torch.arange(1.0, 9.0, dtype=torch.float64).reshape(s.shape)
+    a = BiAttention()(s, torch.ones(1, 1, 1, 8, dtype=torch.bool))
+    (a * g).sum().backward()
+    want_a, want_g = bool_attention(s.detach().numpy(), g.numpy())
+    np.testing.assert_array_equal(a.detach().numpy(), want_a)
+    np.testing.assert_array_equal(s.grad.numpy(), want_g)
 
 
 def test_attention_registry_and_entropy_closed_form():
@@ -320,8 +334,9 @@ def test_each_recipe_lowers_the_loss_on_the_tiny_preset(name, tiny_teacher, tiny
     first = stages[0][1]
     assert np.mean(first[-5:]) < np.mean(first[:5]), (name, first[:5], first[-5:])  # training from the fp32 model lowers the loss
     for stage, ls in stages[1:]:  # a later stage starts near its predecessor's optimum; a change of quantizer bumps the loss first
-        peak = max(np.mean(ls[i:i + 5]) for i in range(len(ls) - 4))
-        assert np.mean(ls[-5:]) < peak, (name, stage, ls)
+        assert len(ls) >= 10
+        peak = max(np.mean(ls[i:i + 5]) for i in range(len(ls) // 2 - 4))  # the first half's worst window
+        assert np.mean(ls[-5:]) < peak, (name, stage, ls)  # the last window is not part of the peak it must beat
     assert evaluate(out, tiny_splits.val).accuracy > 0.3
     if recipe.ensemble > 1:
         assert isinstance(out, Ensemble) and len(out.members) == recipe.ensemble

@@ -47,14 +47,15 @@ class BinaryAttentionProbs(nn.Module):
 
 
 class BiAttention(nn.Module):
-    """BiBERT's Bi-Attention: ``A = 1[S > 0]`` on visible keys, no softmax; backward ``g 1[|S| <= 1]``."""
+    """BiBERT's Bi-Attention: ``A = 1[S > 0]`` on visible keys (a zero score keeps no key), no
+    softmax; backward ``g 1[|S| < 1]`` (its code's ``ZMeanBinaryQuantizer``; tests/reference/bibert_ref.py)."""
 
     name = "bibert"
 
     def forward(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = mask.expand_as(scores)
         a = ((scores > 0) & mask).to(scores.dtype)
-        return apply_grad(scores, a, lambda s: ((s.abs() <= 1) & mask).to(s.dtype))
+        return apply_grad(scores, a, lambda s: ((s.abs() < 1) & mask).to(s.dtype))
 
 
 class ElasticProbs(nn.Module):

@@ -8,7 +8,11 @@ PB-LLM's PB-GPTQ, BiLLM, ARB-X, STBLLM ...).
 
       H = 2 X X^T / N    (in x in),  X: the N non-padding input vectors of the layer
 
-  accumulated as a running mean over calibration batches, exactly as GPTQ's ``add_batch`` does.
+  accumulated as a running mean over calibration batches like GPTQ's ``add_batch``, with one
+  difference: binlab divides by the number of non-padding tokens, GPTQ's ``add_batch`` by the number
+  of sequences (its inputs have no padding). The two differ by a constant factor, which no method
+  sees (GPTQ's updates, the salience ``w^2 / [H^-1]_jj^2`` rankings and the relative damping are
+  all unchanged by a scale of H).
   With ``sequential=True`` (GPTQ's default) the model is calibrated stage by stage in forward
   order -- the embeddings, then each transformer layer, then the head -- and the inputs of a stage
   come from the earlier stages *already quantized*; within a stage all inputs come from its

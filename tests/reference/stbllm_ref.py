@@ -23,8 +23,6 @@ four-argument ``generate_structural_mask`` that ``utils/autosearch.py``@091a6b4 
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 REPO = "pprp/STBLLM"

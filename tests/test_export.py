@@ -280,3 +280,23 @@ def test_two_levels_shared_by_the_tensor_are_stored_once():
     c = BinaryCodec.detect(q)
     assert c.bits() == {"codes": 8, "scales": 64}
     np.testing.assert_array_equal(c.dense(), q)
+
+
+def test_pbllm_file_holds_only_the_binarized_weights_signs(fp_tiny, calib, tiny_splits, tmp_path):
+    """PB-LLM's packed rows hold one sign bit per *binarized* weight (the salient ones have their
+    8-bit codes instead), so the file's sign plane has N K - nnz bits and the codec counts exactly that."""
+    from safetensors.numpy import load_file
+
+    from binlab.runtime.export import SEP
+
+    q = ptq(fp_tiny, QuantSpec.simple("encoder", "pbllm"), calib=calib)
+    _round_trip(q, tmp_path / "m.safetensors", tiny_splits.test)
+    t = load_file(str(tmp_path / "m.safetensors"))
+    name = "layers.0.ffn.up"
+    N, K = q.get_submodule(name).weight.shape
+    nnz = len(t[f"{name}{SEP}codes"])
+    assert 0 < nnz < N * K
+    assert t[f"{name}{SEP}signs"].size == -(-(N * K - nnz) // 8)
+    assert f"{name}{SEP}words" not in t
+    packed = load_packed(tmp_path / "m.safetensors")
+    assert packed.get_submodule(name).storage()["codes"] == (N * K - nnz) + 8 * nnz

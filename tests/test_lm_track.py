@@ -163,17 +163,27 @@ def test_pbllm_storage_by_hand():
     assert sum(BINARIZERS["pbllm"]().storage((rows, cols)).values()) == want
 
 
-def test_pbllm_qat_freezes_salient_weights():
-    from binlab.methods.ste import STES  # noqa: F401  (the registry the default estimator comes from)
+@pytest.mark.parametrize("skew", [0.0, 0.8])
+def test_pbllm_qat_equals_the_reference_code(skew):
+    """PB-LLM's QAT layer against a port of its code (tests/reference/pbllm_ref.py): the two signed
+    tails as the frozen mask, one alpha per matrix over the binarized weights, the identity
+    estimator's gradient times alpha (0 on the frozen weights); on skewed weights the signed tails
+    differ from the top |w|."""
+    from tests.reference import pbllm_ref
 
-    torch.manual_seed(0)
-    w = torch.randn(8, 40, requires_grad=True)
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(8, 40, generator=g, dtype=torch.float64) + skew).requires_grad_()
+    up = torch.randn(8, 40, generator=g, dtype=torch.float64)
     q = BINARIZERS["pbllm"](metric="magnitude", gptq=False)
-    out = q.train_forward(w, "identity", torch.full((8, 1), 3.0))
-    out.sum().backward()
-    sal = q._qat_mask
-    assert sal.sum() == round(0.1 * w.numel())
-    assert torch.all(w.grad[sal] == 0) and torch.all(w.grad[~sal] != 0)
+    out = q.train_forward(w, "identity", torch.full((8, 1), 3.0, dtype=torch.float64))
+    (out * up).sum().backward()
+    sal = pbllm_ref.qat_salient_mask(w.detach().numpy(), 0.1)
+    assert (q._qat_mask.numpy() == sal).all()
+    alpha = pbllm_ref.qat_binary_scale(w.detach().numpy(), sal)
+    want = pbllm_ref.qat_binarize_except_salient(w.detach().numpy(), sal, alpha)
+    np.testing.assert_allclose(out.detach().numpy()[~sal], want[~sal], atol=1e-12)
+    np.testing.assert_allclose(w.grad.numpy(), pbllm_ref.qat_latent_grad(up.numpy(), sal, alpha), atol=1e-12)
+    assert sum(q.storage((8, 40)).values()) == (320 - int(sal.sum())) + 8 * int(sal.sum()) + min(320, int(sal.sum()) * 6 + 9 * 32) + 2 * 8 * 32 + 8 * 8
 
 
 # ------------------------------------------------------------------------------------------------

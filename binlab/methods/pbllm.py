@@ -39,9 +39,14 @@ class PBLLM(Quantizer):
     - PTQ (``gptq=True``, PB-GPTQ, sec. 4.1): the mixed quantizer runs inside GPTQ's column loop, so
       each column's error is compensated by the columns not yet quantized (needs calibration data).
       ``gptq=False`` is the reference's ``--disable_gptq`` (round to nearest with the same mask).
-    - QAT (sec. 5): the salient weights are frozen at their 8-bit value (no gradient) and the rest
-      are trained through the STE with the optimal scale recomputed from the latent weights; the
-      mask is fixed from the weights at the start of QAT, by magnitude.
+    - QAT (sec. 5), as the reference code's ``BinaryXnorExceptOutliersLinear`` does it: the mask is
+      fixed at the start of QAT from the two *signed* tails of the whole matrix (the ``salient / 2``
+      most negative and most positive weights, :meth:`qat_mask`); the salient weights are frozen at
+      their 8-bit value (no gradient) and the rest are ``alpha sign(w)`` with one ``alpha`` per
+      matrix, the mean ``|w|`` of all binarized latent weights, recomputed every step; the
+      estimator's gradient is scaled by ``alpha`` (``dL/dw = alpha dL/dq g(w)``). Where binlab
+      differs: the frozen salient weights sit on the per-row 8-bit grid above (the code's
+      ``weight_quant_8bit`` at the commit read does not give a usable 8-bit grid), and sign(0) = +1.
 
     Stores 1 bit per binarized weight, 8 bits per salient weight, their positions (CSR or bitmap,
     the smaller, as the paper counts them), and per row alpha and the 8-bit grid (fp32 scale, 8-bit zero).
@@ -81,7 +86,26 @@ class PBLLM(Quantizer):
         return super().state() + (id(self._qat_mask),)
 
     def _k(self, n: int) -> int:
+        if self._qat_mask is not None and self._qat_mask.numel() == n:
+            return int(self._qat_mask.sum())  # QAT's two-tailed mask
         return int(round(self.salient * n))
+
+    def qat_mask(self, w: torch.Tensor) -> torch.Tensor:
+        """QAT's salient positions (True), as the reference code picks them: with ``N`` weights,
+        ``w < kth(N f / 2)`` or ``w > kth(N (1 - f / 2))`` (``kth(k)``: the k-th smallest, 1-based,
+        ``int`` of the products), the two signed tails of the whole matrix."""
+        flat = w.flatten()
+        n = flat.numel()
+        k_lo, k_hi = int(n * self.salient / 2), int(n * (1 - self.salient / 2))
+        lo = torch.kthvalue(flat, k_lo).values if k_lo >= 1 else flat.min() - 1
+        hi = torch.kthvalue(flat, k_hi).values if k_hi >= 1 else flat.max() + 1
+        return (w < lo) | (w > hi)
+
+    @staticmethod
+    def matrix_alpha(w: torch.Tensor, sal: torch.Tensor) -> torch.Tensor:
+        """QAT's scale: the mean ``|w|`` over every binarized weight of the matrix (one number)."""
+        nb = (~sal).to(w.dtype)
+        return (w.abs() * nb).sum() / nb.sum().clamp_min(1)
 
     def mask(self, w: torch.Tensor, u_diag: torch.Tensor | None) -> torch.Tensor:
         """Salient positions (True): the top ``salient`` fraction of the salience score."""
@@ -101,9 +125,9 @@ class PBLLM(Quantizer):
     def quantize(self, w):
         w2 = w.reshape(w.shape[0], -1)
         s8, z8 = minmax_params(w2.double(), self.high_bits)
-        if self._qat_mask is not None:  # after QAT: the frozen mask, no compensation
+        if self._qat_mask is not None:  # after QAT: the frozen mask, one alpha per matrix, no compensation
             sal = self._qat_mask
-            q = torch.where(sal, minmax_quant(w2.double(), s8, z8, self.high_bits), self.alpha(w2.double(), sal) * sign(w2.double()))
+            q = torch.where(sal, minmax_quant(w2.double(), s8, z8, self.high_bits), self.matrix_alpha(w2.double(), sal) * sign(w2.double()))
             return q.to(w.dtype).reshape(w.shape)
         if self.needs_calibration:
             wd, _, u = prepare_hessian(w2, self.hessian_for(w2), 0.01)
@@ -126,12 +150,12 @@ class PBLLM(Quantizer):
 
         w2 = w.reshape(w.shape[0], -1)
         if self._qat_mask is None or self._qat_mask.shape != w2.shape:
-            self._qat_mask = self.mask(w2.detach(), None)  # fixed at the start of QAT, by magnitude
+            self._qat_mask = self.qat_mask(w2.detach())  # fixed at the start of QAT
         sal = self._qat_mask
         wd = w2.detach()
         s8, z8 = minmax_params(wd, self.high_bits)
         frozen = minmax_quant(wd, s8, z8, self.high_bits)
-        binar = apply_ste(w2, self.alpha(wd, sal) * sign(wd), ste, scale.reshape(-1, 1))
+        binar = self.matrix_alpha(wd, sal) * apply_ste(w2, sign(wd), ste, scale.reshape(-1, 1))
         return torch.where(sal, frozen, binar).reshape(w.shape)  # salient: no gradient (frozen)
 
     def paper_bits(self) -> float:

@@ -435,19 +435,17 @@ class PlanesCodec(Codec):
 
 
 class PartialCodec(Codec):
-    """PB-LLM's rows: a symmetric :class:`BinaryCodec` (``words``, ``scale`` per row) for the binarized
-    weights; the salient ones by CSR (``rowptr`` int32 (N+1), ``cols`` packed at ceil(log2 K) bits)
-    or by a bitmap (``mask``, (N, ceil(K/64)) uint64), whichever is smaller (PB-LLM's count), with
-    ``codes`` (uint8, one per salient weight, row-major order) on the row's grid ``step_n (code - zero_n)``."""
+    """PB-LLM's rows: the signs of the *binarized* weights only (``signs``: one bit each, row-major,
+    packed 8 per byte; bit set: +1) with a scale per row (``scale``); the salient ones by CSR
+    (``rowptr`` int32 (N+1), ``cols`` packed at ceil(log2 K) bits) or by a bitmap (``mask``,
+    (N, ceil(K/64)) uint64), whichever is smaller (PB-LLM's count), with ``codes`` (uint8, one per
+    salient weight, row-major order) on the row's grid ``step_n (code - zero_n)``. Reading the file
+    rebuilds a dense sign plane in memory (the salient positions +1, overwritten by their codes)."""
 
     kind = "partial"
 
     def check(self):
         N, K = self.shape
-        self.binary = BinaryCodec((N, K), {"symmetric": True}, {"words": self.t.get("words"), "scale": self.t.get("scale")}) \
-            if self.t.get("words") is not None else None
-        if self.binary is None:
-            raise ValueError("partial codec: 'words' is missing")
         if "mask" in self.t:
             sal = unpack_bits(self._need("mask", (N, n_words(K)), np.uint64), K, signed=False).astype(bool)
             self.rowptr = np.concatenate([[0], np.cumsum(sal.sum(1))]).astype(np.int64)
@@ -465,6 +463,13 @@ class PartialCodec(Codec):
         self.codes = self._need("codes", (nnz,), np.uint8)
         self.step = self._need("step", (N,), np.float32)
         self.zero = self._need("zeros", (N,), np.uint8)
+        n_bin = N * K - nnz
+        bits = np.unpackbits(self._need("signs", (-(-n_bin // 8),), np.uint8), count=n_bin).astype(bool)
+        sal = np.zeros((N, K), dtype=bool)
+        sal[np.repeat(np.arange(N), np.diff(self.rowptr)), self.cols] = True
+        plane = np.ones((N, K))
+        plane[~sal] = np.where(bits, 1.0, -1.0)
+        self.binary = BinaryCodec((N, K), {"symmetric": True}, {"words": pack_bits(plane), "scale": self.t.get("scale")})
 
     def rows(self, idx):
         N, K = self.shape
@@ -544,7 +549,7 @@ def _encode_pbllm(qz, w, q):
         raise NotPackable("pbllm: a salient weight is not on its row's 8-bit grid")
     csr = {"rowptr": rowptr, "cols": pack_uint(cc, uint_bits(K))}
     index = {"mask": pack_bits(np.where(sal, 1.0, 0.0), signed=False)} if N * K <= len(cc) * uint_bits(K) + 32 * (N + 1) else csr
-    t = {"words": pack_bits(np.where(q >= 0, 1.0, -1.0)), "scale": alpha.float().numpy(), **index,
+    t = {"signs": np.packbits((q >= 0)[~sal]), "scale": alpha.float().numpy(), **index,
          "codes": codes.numpy()[rr, cc].astype(np.uint8),
          "step": s8.reshape(-1).float().numpy(), "zeros": z8.reshape(-1).numpy().astype(np.uint8)}
     return PartialCodec((N, K), {}, t)

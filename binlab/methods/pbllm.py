@@ -48,8 +48,10 @@ class PBLLM(Quantizer):
       differs: the frozen salient weights sit on the per-row 8-bit grid above (the code's
       ``weight_quant_8bit`` at the commit read does not give a usable 8-bit grid), and sign(0) = +1.
 
-    Stores 1 bit per binarized weight, 8 bits per salient weight, their positions (CSR or bitmap,
-    the smaller, as the paper counts them), and per row alpha and the 8-bit grid (fp32 scale, 8-bit zero).
+    Stores 1 bit per binarized weight, 8 bits per salient weight, their positions (CSR or a bitmap,
+    whichever is smaller: the two encodings the paper discusses), and per row alpha and the 8-bit
+    grid (fp32 scale, 8-bit zero). The paper's "1.7 bits" (10 % salient) leaves the positions and
+    scales out: :meth:`paper_bits`.
     """
 
     name: ClassVar[str] = "pbllm"

@@ -37,8 +37,9 @@ with friendly_errors():
     splits, baseline = require_baseline(preset, source)
     spec_json = st.session_state.get("spec_json") or st.query_params.get("spec")
     if not spec_json:
-        st.info("Choose a configuration on **Binarize (live)** first; QAT fine-tunes that configuration.")
-        st.stop()
+        st.info("No configuration chosen on **Binarize (live)** yet, so this page starts from XNOR on every layer but the "
+                "head; choose another there, or pick a paper's recipe below.")
+        spec_json = QuantSpec.simple("all-except-head", "xnor").to_json()
     spec = QuantSpec.from_json(spec_json)
     if not spec.rules:
         st.info("The current configuration binarizes nothing: pick components on **Binarize (live)**.")

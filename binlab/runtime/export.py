@@ -60,12 +60,13 @@ SIGNED_FIELDS = ("format", "config", "spec", "components")
 
 def ready_specs() -> dict[str, QuantSpec]:
     """Ready-made configurations (PTQ of the baseline) to export before a learner has made one: W1A1
-    through the XNOR kernel, W1A32 through lookup tables, and the seed's thresholding."""
+    through the XNOR kernel (the linears only: unlike the tables' W1A1, attention stays fp32), W1A32
+    through lookup tables, and the student project's thresholding."""
     return {
-        "W1A1: XNOR weights and sign inputs in every encoder linear, binary embeddings (PTQ)":
+        "W1A1 linears (attention itself in fp32): XNOR weights and sign inputs in every encoder linear, binary embeddings (PTQ)":
             QuantSpec((Rule("embeddings", MethodConfig("xnor")), Rule("encoder", MethodConfig("xnor", act="sign")))),
         "W1A32: XNOR weights everywhere but the head (PTQ)": QuantSpec.simple("all-except-head", "xnor"),
-        "The seed's thresholding: bucket means everywhere but the head (PTQ)": QuantSpec.simple("all-except-head", "bucket"),
+        "The student project's thresholding: bucket means everywhere but the head (PTQ)": QuantSpec.simple("all-except-head", "bucket"),
     }
 
 

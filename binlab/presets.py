@@ -60,7 +60,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "scratch": Preset(
         "scratch",
-        "The seed's setup: 2 encoder layers (d=128) trained from scratch with a 16k WordPiece vocabulary.",
+        "The student project's setup: 2 encoder layers (d=128) trained from scratch with a 16k WordPiece vocabulary.",
         DataConfig(tokenizer=TokenizerConfig("wordpiece", vocab_size=16000)),
         ModelConfig(d_model=128, n_heads=4, d_ff=512, n_layers=2, dropout=0.1),
         TrainConfig(epochs=6, batch_size=32, lr=1e-3),

@@ -105,7 +105,7 @@ class Experiment:
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("T1", "Full precision vs 8/4/2-bit quantization", (
         "k-bit rows quantize every encoder linear and the embeddings (per-channel uniform, MSE-clipped); "
-        "the head stays fp32. 'fully quantized' also quantizes the head (8-bit). The seed's sizes are "
+        "the head stays fp32. 'fully quantized' also quantizes the head (8-bit). The student project's sizes are "
         "inconsistent (8-bit and 'fully quant' share one); ours are exact."), (
         Config("fp32 baseline", FP, "fp", SEED["fp32"]),
         Config("8-bit (PTQ)", _spec(("all-except-head", U(8))), "ptq", SEED["8-bit"]),
@@ -120,7 +120,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         Config("sign + scale (XNOR), all except head", _spec(("all-except-head", "xnor")), "qat"),
         control(),
     )),
-    Experiment("T3", "Binarizing the head too", "The seed: binarizing the final layer as well collapses to chance.", (
+    Experiment("T3", "Binarizing the head too", "The student project: binarizing the final layer as well collapses to chance.", (
         Config("all except head (sign)", _spec(("all-except-head", SIGN)), "qat", (SEED["basic binarization"][0], None, None)),
         Config("all incl. head (sign)", _spec(("all", SIGN)), "qat", (25.0, None, None)),
         Config("all incl. head (sign), PTQ", _spec(("all", SIGN)), "ptq"),
@@ -128,7 +128,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     )),
     Experiment("T4", "Which attention pair to binarize", (
         "Only the named pair of attention matrices is binarized (sign, QAT); everything else stays fp32. "
-        "The seed reports 22.8M / 71.03 % for every pair; that cannot be a pair of 4 attention matrices, "
+        "The student project reports 22.8M / 71.03 % for every pair; that cannot be a pair of 4 attention matrices, "
         "so compare accuracies."), (
         Config("QK", _spec(("QK", SIGN)), "qat", SEED["QK"]),
         Config("QV", _spec(("QV", SIGN)), "qat", SEED["QV"]),
@@ -142,8 +142,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         "Every component except the head binarized/quantized with the named method, QAT with distillation. "
         "The LLM-era methods (GPTQ, PB-LLM, BiLLM, OAC, ARB-LLM, STBLLM, OneBit, DB-LLM, BinaryMoS, FBI-LLM) are in "
         "T8, on the encoder linears with calibration data where the paper uses it. "
-        "The seed's 'their method' row is the bucket binarizer; 'binlab best' is the bucket binarizer with the "
-        "squared-error-optimal threshold, per-row means and logit distillation. Budgets differ: the seed trained "
+        "The student project's 'their method' row is the bucket binarizer; 'binlab best' is the bucket binarizer with the "
+        "squared-error-optimal threshold, per-row means and logit distillation. Budgets differ: the student project trained "
         "each model 10 epochs from scratch without distillation; our rows fine-tune the fp32 baseline (itself "
         "trained 6 epochs) for the QAT budget shown, distilling from it."), (
         Config("fp32 baseline", FP, "fp", SEED["fp32"]),
@@ -174,7 +174,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
               Config("W1A1 bireal + real-valued shortcut (QAT)", w1a1("bireal", shortcut=True), "qat"), control())),
     Experiment("T7", "Headline: best 1-bit configuration and W1A1", (
         "The targets: every encoder linear 1-bit, embeddings at most 2 bits, head kept, everything counted; "
-        "within 1.5 points of the fp32 baseline at >= 94 % reduction. The seed's method lost 1.7 points at 94.03 %."), (
+        "within 1.5 points of the fp32 baseline at >= 94 % reduction. The student project's method lost 1.7 points at 94.03 %."), (
         Config("fp32 baseline", FP, "fp", SEED["fp32"]),
         Config("binlab best: bucket encoder + bucket embeddings, QAT + KD", BEST, "qat", SEED["thresholding"]),
         Config("same, PTQ only", BEST, "ptq"),

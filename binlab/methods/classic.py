@@ -373,7 +373,7 @@ class FDA(XNOR):
 
 
 # --------------------------------------------------------------------------------------------
-# the seed's method
+# the student project's method
 
 
 def optimal_threshold(w2d: torch.Tensor) -> torch.Tensor:
@@ -399,7 +399,7 @@ def optimal_threshold(w2d: torch.Tensor) -> torch.Tensor:
 @register
 @dataclass
 class Bucket(Quantizer):
-    """The seed's threshold/bucket binarizer: two levels, each the mean of its bucket::
+    """The student project's threshold/bucket binarizer: two levels, each the mean of its bucket::
 
         t = mean(W) + tau * std(W)          (tau=None: the squared-error-optimal t, exact 1-D 2-means)
         Q(w) = mean{W_j : W_j >= t}  if w >= t  else  mean{W_j : W_j < t}
@@ -410,7 +410,7 @@ class Bucket(Quantizer):
     """
 
     name: ClassVar[str] = "bucket"
-    paper: ClassVar[str] = "the seed student project (thresholded bucket-mean binarization)"
+    paper: ClassVar[str] = "the student project the lab reproduces (thresholded bucket-mean binarization)"
     stores: ClassVar[str] = "1 bit per weight + two bucket means (fp32) per row (or per tensor)"
     ui: ClassVar[dict] = {"per_channel": PER_CHANNEL_UI,
                           "tau": {"kind": "float", "label": "threshold tau (in std units: t = mean + tau * std)",

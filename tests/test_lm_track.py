@@ -713,6 +713,8 @@ def test_hidden_loss_matches_reference():
 
 
 def test_output_hessian_is_the_mean_outer_product_of_per_row_weight_gradients(lm_splits):
+    """OAC has no public reference code: its Hessian is checked against the paper's stated definition
+    (the mean of per-row weight-gradient outer products) computed directly, one row at a time."""
     from binlab.nn.objective import row_stats
     from binlab.presets import build_model, get_preset
     from binlab.training.calibration import calibration_set, collect_output_hessians
@@ -733,6 +735,8 @@ def test_output_hessian_is_the_mean_outer_product_of_per_row_weight_gradients(lm
 
 
 def test_oac_is_billm_with_the_output_hessian(lm_splits):
+    """OAC (no public code) is BiLLM's procedure with the output-adaptive Hessian in place of GPTQ's:
+    checked against the port of BiLLM's reference procedure (tests/reference/billm_ref.py) run on that Hessian."""
     from binlab.nn.quantize import QuantSpec, quantize_
     from binlab.presets import build_model, get_preset
     from binlab.training.calibration import calibrate_, calibration_set, collect_output_hessians
@@ -760,6 +764,9 @@ def test_oac_is_billm_with_the_output_hessian(lm_splits):
 
 
 def test_dbllm_starts_as_nearest_rounding_onto_the_2bit_grid():
+    """DB-LLM has no public reference code: the tests check the paper's stated properties (the dual
+    binarization starts as the nearest point of the 2-bit grid; the scales learn through the product;
+    deviation-aware distillation weighs units by entropy)."""
     rng = np.random.default_rng(14)
     W = rng.normal(size=(4, 64)) * 0.05
     q = BINARIZERS["dbllm"](group=32).quantize(torch.from_numpy(W)).numpy()

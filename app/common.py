@@ -31,6 +31,31 @@ def is_teacher() -> bool:
     return bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
 
+def classroom():
+    """The class this visitor belongs to (:class:`binlab.lab.classroom.ClassRoom`), or None: the server's
+    class (``binlab app --class --name NAME``) or ``?class=NAME`` in the link."""
+    from binlab.lab.classroom import ClassRoom
+
+    name = st.query_params.get("class") or (os.environ.get("BINLAB_CLASS_NAME") if class_mode() else None)
+    if not name:
+        return None
+    try:
+        return ClassRoom(name)
+    except ValueError as err:
+        st.sidebar.warning(f"Class ignored: {err}")
+        return None
+
+
+def nickname() -> str | None:
+    """The nickname this learner typed in the sidebar (what the class sees), or None."""
+    from binlab.lab.classroom import check_nick
+
+    try:
+        return check_nick(st.session_state.get("_nickname", ""))
+    except ValueError:
+        return None
+
+
 def teacher_only(action: str) -> bool:
     """True when this visitor may ``action`` (a shared, destructive change); else says who can."""
     if is_teacher():
@@ -90,6 +115,16 @@ def sidebar() -> tuple[str, str | None]:
                         help="Train the baseline on the first N training rows. The hub's full split has 120,000 rows and "
                              "takes several times longer than the default; the Home page shows the expected time before "
                              "training. A baseline is cached per row count" + (" (in class mode the teacher sets it)." if class_mode() else "."))
+        room = classroom()
+        if room is not None:
+            st.session_state["nick"] = st.session_state.get("_nickname", "")  # a widget's state does not survive a page switch
+
+            def keep_nick():
+                st.session_state["_nickname"] = st.session_state["nick"]
+
+            st.text_input(f"Your nickname in class {room.name}", key="nick", on_change=keep_nick, max_chars=24,
+                          placeholder="any name you like",
+                          help="What the class sees beside your pinned runs and lesson answers; no real name needed.")
         if class_mode():
             st.text_input("Teacher token", type="password", key="_teacher_token",
                           help="Given by whoever started the lab; lets you retrain baselines, change the training rows and delete runs.")

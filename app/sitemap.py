@@ -13,5 +13,7 @@ PAGES = [
     ("Lab", "views/deploy.py", "Deploy", ":material/rocket_launch:", "write the model as a packed file, check its size, run it"),
     ("Lab", "views/compare.py", "Compare runs", ":material/compare_arrows:", "saved runs side by side, each with its interval"),
     ("Learn", "views/lessons.py", "Lessons", ":material/school:", "six guided lessons: predict, run the experiment, check"),
+    ("Learn", "views/classroom.py", "Class", ":material/groups:",
+     "the whole class live: everyone's pinned runs, the lesson predictions, the best so far (class mode)"),
     ("Reference", "views/results.py", "Results", ":material/table_chart:", "the committed tables, with their intervals"),
 ]

@@ -333,16 +333,21 @@ SAFE_SERVER = {"browser.gatherUsageStats": "false", "client.showErrorDetails": "
                "server.enableXsrfProtection": "true", "server.maxUploadSize": "5"}
 
 
-def app_command(port: int = 8501, address: str | None = None, classroom: bool = False, token: str | None = None) -> tuple[list[str], dict]:
+def app_command(port: int = 8501, address: str | None = None, classroom: bool = False, token: str | None = None,
+                name: str = "class") -> tuple[list[str], dict]:
     """The command and the environment that start the lab: on this machine only (localhost) unless
-    ``classroom`` (every address, or ``address``), where shared changes need the teacher ``token``."""
+    ``classroom`` (every address, or ``address``), where shared changes need the teacher ``token`` and the
+    learners' pins and predictions go to the class ``name``'s shared store (:mod:`binlab.lab.classroom`)."""
     import secrets
+
+    from binlab.lab.classroom import check_class_name
 
     if not 1 <= port <= 65535:
         raise ValueError(f"--port must be between 1 and 65535, got {port}")
     env = {}
     if classroom:
-        env = {"BINLAB_CLASS": "1", "BINLAB_TEACHER_TOKEN": token or os.environ.get("BINLAB_TEACHER_TOKEN") or secrets.token_urlsafe(12)}
+        env = {"BINLAB_CLASS": "1", "BINLAB_CLASS_NAME": check_class_name(name),
+               "BINLAB_TEACHER_TOKEN": token or os.environ.get("BINLAB_TEACHER_TOKEN") or secrets.token_urlsafe(12)}
     where = address or ("0.0.0.0" if classroom else "localhost")
     app = Path(__file__).resolve().parents[1] / "app" / "Home.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address", where]
@@ -352,10 +357,11 @@ def app_command(port: int = 8501, address: str | None = None, classroom: bool = 
 
 
 def cmd_app(args):
-    cmd, env = app_command(args.port, args.address, args.classroom)
+    cmd, env = app_command(args.port, args.address, args.classroom, name=args.name)
     if args.classroom:
-        print(f"Class mode: the lab listens on {cmd[cmd.index('--server.address') + 1]}:{args.port}. Learners open "
-              f"http://<this machine's address>:{args.port}; the teacher enters this token in the sidebar to retrain "
+        print(f"Class mode (class {env['BINLAB_CLASS_NAME']!r}): the lab listens on {cmd[cmd.index('--server.address') + 1]}:{args.port}. "
+              f"Learners open http://<this machine's address>:{args.port} and pick a nickname; the Class page shows their pinned "
+              f"runs and lesson answers. The teacher enters this token in the sidebar to reveal answers, retrain "
               f"baselines, change the training rows and delete runs:\n\n    {env['BINLAB_TEACHER_TOKEN']}\n", flush=True)
     return subprocess.call(cmd, env=os.environ | env, cwd=Path(__file__).resolve().parents[1])
 
@@ -502,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve a classroom: listen on every address (or --address) and print a teacher token that shared changes need "
                         "(BINLAB_TEACHER_TOKEN sets your own)")
     p.add_argument("--address", help="the address to listen on (default: localhost; with --class: every address)")
+    p.add_argument("--name", default="class", help="with --class: the class's name (letters, digits, '_', '-', '.'; default 'class')")
     p.set_defaults(fn=cmd_app)
     return ap
 

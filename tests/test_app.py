@@ -614,3 +614,40 @@ def test_bounded_options_follow_their_bound(env, trained):
     at.number_input(key="opt:stbllm:m").set_value(3).run()
     assert not at.exception and not at.error
     assert at.number_input(key="opt:stbllm:n").value == 3
+
+
+def test_class_page_shows_the_class_and_reveals_only_for_the_teacher(env, trained, monkeypatch):
+    """Class mode: the learners' pins on one chart, the lesson tally with the measured answer hidden until
+    the teacher (token in the sidebar) reveals it; a learner's pin on Compare runs reaches the class store."""
+    from binlab.lab.classroom import ClassRoom
+    from binlab.lab.runs import Run
+
+    monkeypatch.setenv("BINLAB_CLASS", "1")
+    monkeypatch.setenv("BINLAB_CLASS_NAME", "apptest-class")
+    monkeypatch.setenv("BINLAB_TEACHER_TOKEN", "tok-123")
+    room = ClassRoom("apptest-class")
+    for nick, acc in (("ann", 60.0), ("bo", 70.0)):
+        room.pin(nick, Run(preset="tiny", mode="PTQ", label=f"{nick}'s run", spec='{"rules": [{"target": "encoder", "method": {"method": "xnor"}}]}',
+                           rows=100, split="val", accuracy=acc, low=acc - 5, high=acc + 5, size_bytes=1e4, reduction=80.0, bits_per_weight=1.0))
+    room.predict("ann", "xnor", "128")
+    room.predict("bo", "xnor", "64")
+    room.record_answer("xnor", ["128"], "a . b = K - 2 popcount")
+    at = new_app("views/classroom.py")
+    assert not at.exception
+    at.selectbox(key="class_lesson").set_value("xnor").run()
+    text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
+    assert "hidden until the teacher reveals it" in text
+    assert not any(b.key and b.key.startswith("class_reveal") for b in at.button)  # learners cannot reveal
+    assert any("ann" in str(d.value) or "bo" in str(d.value) for d in at.dataframe)
+    at.text_input(key="_teacher_token").input("tok-123").run()
+    at.button(key="class_reveal:xnor").click().run()
+    assert room.revealed("xnor")
+    assert any("Measured" in s.value and "128" in s.value for s in at.success)
+    # a learner pins on Compare runs under a nickname: the run reaches the class
+    at = new_app("views/binarize.py")
+    at.button(key="pick_encoder").click().run()
+    at.text_input(key="nick").input("cy").run()
+    at.switch_page("views/compare.py").run()
+    at.button(key="cmp_pin").click().run()
+    assert not at.exception
+    assert any(n == "cy" for n, _ in room.pins("tiny"))

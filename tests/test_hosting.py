@@ -138,7 +138,10 @@ def test_the_lab_serves_this_machine_only_unless_asked(capsys):
         assert cmd[cmd.index(f"--{k}") + 1] == v
     assert SAFE_SERVER["client.showErrorDetails"] == "none" and SAFE_SERVER["browser.gatherUsageStats"] == "false"
     cmd, env = app_command(classroom=True, token="s3cret")
-    assert cmd[cmd.index("--server.address") + 1] == "0.0.0.0" and env == {"BINLAB_CLASS": "1", "BINLAB_TEACHER_TOKEN": "s3cret"}
+    assert cmd[cmd.index("--server.address") + 1] == "0.0.0.0" and env == {"BINLAB_CLASS": "1", "BINLAB_CLASS_NAME": "class", "BINLAB_TEACHER_TOKEN": "s3cret"}
+    assert app_command(classroom=True, name="maths-3b")[1]["BINLAB_CLASS_NAME"] == "maths-3b"
+    with pytest.raises(ValueError, match="class name"):
+        app_command(classroom=True, name="../x")
     assert len(app_command(classroom=True)[1]["BINLAB_TEACHER_TOKEN"]) >= 12  # a token is made when none is given
     assert main(["app", "--port", "99999"]) == 2 and "between 1 and 65535" in capsys.readouterr().err
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+

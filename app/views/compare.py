@@ -7,7 +7,7 @@ from binlab.data import CLASSES
 from binlab.lab.runs import RunStore, export_json, import_json, measure
 from binlab.runtime.export import spec_of
 
-from common import chart_text, friendly_errors, plain, require_baseline, session_models, sidebar, teacher_only
+from common import chart_text, classroom, friendly_errors, nickname, plain, require_baseline, session_models, sidebar, teacher_only
 
 preset, source = sidebar()
 st.title("Compare runs")
@@ -32,6 +32,13 @@ with friendly_errors():
                                             mode="PTQ" if pick.startswith("the configuration") else "QAT",
                                             label=name or pick.replace("the ", ""), spec_json=spec_json))
                 st.success(f"Pinned as `{run.id}`.")
+                room = classroom()
+                if room is not None:
+                    if nickname():
+                        room.pin(nickname(), run)
+                        st.caption(f"Shared with class {room.name} as {plain(nickname())}.")
+                    else:
+                        st.caption(f"Type a nickname in the sidebar to share your pins with class {room.name}.")
         else:
             st.info("Nothing to pin in this session yet: choose a configuration on **Binarize (live)** or train one on **Train (QAT)**.")
     with c2:

@@ -7,7 +7,7 @@ import streamlit as st
 
 from binlab.lab.lessons import LESSONS, Context, check, lesson
 
-from common import friendly_errors, require_baseline, sidebar
+from common import classroom, friendly_errors, nickname, require_baseline, sidebar
 
 preset, source = sidebar()
 st.title("Lessons")
@@ -39,6 +39,14 @@ with friendly_errors():
     if run:
         with st.spinner("running the experiment ..."):
             st.session_state[f"outcome:{preset}:{key}"] = (pred, les.run(Context(baseline, splits)))
+        room = classroom()
+        if room is not None:
+            outcome_now = st.session_state[f"outcome:{preset}:{key}"][1]
+            room.record_answer(key, list(outcome_now.answers), outcome_now.summary)
+            if nickname():
+                room.predict(nickname(), key, pred)
+            else:
+                st.caption(f"Type a nickname in the sidebar so your prediction counts in class {room.name}'s tally.")
     done = st.session_state.get(f"outcome:{preset}:{key}")
     if done is not None:
         said, outcome = done

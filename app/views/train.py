@@ -6,6 +6,7 @@ import streamlit as st
 
 from binlab.lab.live import compare_models
 from binlab.lab.runs import RunStore, measure
+from binlab.methods import PAGE_DEFAULTS
 from binlab.nn.quantize import QuantSpec
 from binlab.runtime.size import reduction_against
 from binlab.training.calibration import calibration_set
@@ -39,7 +40,7 @@ with friendly_errors():
     if not spec_json:
         st.info("No configuration chosen on **Binarize (live)** yet, so this page starts from XNOR on every layer but the "
                 "head; choose another there, or pick a paper's recipe below.")
-        spec_json = QuantSpec.simple("all-except-head", "xnor").to_json()
+        spec_json = QuantSpec.simple("all-except-head", PAGE_DEFAULTS["train"]).to_json()
     spec = QuantSpec.from_json(spec_json)
     if not spec.rules:
         st.info("The current configuration binarizes nothing: pick components on **Binarize (live)**.")

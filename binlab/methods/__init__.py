@@ -32,7 +32,7 @@ from .pbllm import PBLLM  # noqa: F401
 from .stbllm import STBLLM  # noqa: F401
 
 #: the method a page of the lab starts with (each a registry key)
-PAGE_DEFAULTS = {"binarize": "bucket", "sensitivity": "sign", "landscape": "xnor", "deploy": "xnor"}
+PAGE_DEFAULTS = {"binarize": "bucket", "sensitivity": "sign", "landscape": "xnor", "deploy": "xnor", "train": "xnor"}
 if not set(PAGE_DEFAULTS.values()) <= set(BINARIZERS):
     raise ValueError(f"PAGE_DEFAULTS names a method the registry lacks: {set(PAGE_DEFAULTS.values()) - set(BINARIZERS)}")
 

@@ -965,6 +965,43 @@ def test_live_lab_partial_recompute_equals_full_evaluation(preset, fixture_data)
     assert starts == [1, 2, 0, 0, -1, -1, -1]  # layer 1; the head alone; layer 0; ...; embeddings; attention probabilities
 
 
+@pytest.mark.parametrize("preset", ["tiny", "tiny-lm"])
+def test_first_look_then_full_numbers_equal_a_full_evaluation(preset, fixture_data):
+    """Progressive results: a change's first look is measured on a fixed, class-stratified slice of the
+    lab's rows and equals a direct evaluation of that slice; the full numbers that follow equal those of
+    a lab that never took a first look (the partial recompute still starts from the right layer)."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from binlab.lab.live import LiveLab, stratified_rows
+    from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
+    from binlab.presets import build_model, get_preset, load_data
+    from binlab.training.calibration import calibration_set
+    from binlab.training.train import stats_on
+
+    p = get_preset(preset)
+    p = replace(p, model=replace(p.model, n_layers=2))
+    splits = load_data(p, source=str(fixture_data), val_size=100, test_size=50)
+    model, calib = build_model(p, splits), calibration_set(splits, 16)
+    a, b = LiveLab(model, splits.val, val_rows=80, calib=calib, glance_rows=30), LiveLab(model, splits.val, val_rows=80, calib=calib)
+    specs = [QuantSpec.simple("layers.1.attn.q", "xnor"), QuantSpec.simple(["layers.1.attn.q", "layers.0.ffn.up"], "xnor"),
+             QuantSpec((Rule("layers.1.attn.q", MethodConfig("gptq", options={"bits": 2})),)), QuantSpec()]
+    for spec in specs:
+        g = a.glance(spec)
+        assert g["first_look"] and g["rows"] == len(a.glance_val) < len(a.val)
+        nll, units, hits = stats_on(a.model, a.glance_batches)
+        assert g["loss"] == pytest.approx(float(nll.sum() / units.sum()), rel=1e-6)
+        assert g["metric"].rows == len(a.glance_val)
+        full, plain = a.apply(spec), b.apply(spec)
+        assert full["loss"] == pytest.approx(plain["loss"], rel=1e-12) and full["accuracy"] == pytest.approx(plain["accuracy"], rel=1e-12)
+        assert g["total_bytes"] == full["total_bytes"]  # the size is exact from the first look on
+        assert a.last_start == b.last_start
+    if preset == "tiny":  # the slice is balanced over the classes
+        labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+        assert list(stratified_rows(labels, 4)) == [0, 3, 5, 9] and len(stratified_rows(labels, 20)) == 10
+
+
 def test_pbllm_paper_bits_is_the_papers_count():
     assert BINARIZERS["pbllm"]().paper_bits() == pytest.approx(1.7)  # PB-LLM's "1.7 bits" at 10 % salient
 

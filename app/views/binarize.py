@@ -220,22 +220,35 @@ with friendly_errors():
                 del st.session_state["custom_spec"]
                 st.rerun()
 
-    with right:
-        r = lab.apply(spec)
-        st.query_params["preset"] = preset
-        st.query_params["spec"] = spec.to_json()
-        st.session_state["spec_json"] = spec.to_json()
-        st.subheader("3 · What changed")
+    def show_numbers(r: dict) -> None:
         m, more = r["metric"], r["more"]
         m1, m2 = st.columns(2)
         m3, m4 = st.columns(2)
-        m1.metric(f"validation {m.name}", m.text(), m.change_text(), delta_color=m.delta_color(), help=m.help())
+        m1.metric(f"validation {m.name}" + (" (first look)" if r.get("first_look") else ""), m.text(), m.change_text(),
+                  delta_color=m.delta_color(), help=m.help())
         m2.metric("model size", f"{r['megabytes']:.3f} MB", f"{r['megabytes'] - r['fp32_megabytes']:+.3f} MB", delta_color="inverse")
         m3.metric("size reduction", f"{r['reduction_percent']:.2f} %")
         m4.metric("bits / quantized weight", f"{r['bits_per_quantized_weight']:.3f}" if chosen else "-")
         for col, x in zip(st.columns(2), more):  # a classifier's loss (it moves even where no prediction flips), an LM's next-token accuracy
             col.metric(x.name, x.text(4 if not x.unit else 2), x.change_text(), delta_color=x.delta_color(), help=x.help())
-        st.caption(f"{m.caption()} · updated in {r['seconds']:.2f} s · sizes are exact (codes, scales, means, masks and fp32 rest)")
+        if r.get("first_look"):
+            st.caption(f"First look: {m.caption()} · the full {len(lab.val):,} rows follow in a moment · sizes are exact")
+        else:
+            st.caption(f"{m.caption()} · updated in {r['seconds']:.2f} s · sizes are exact (codes, scales, means, masks and fp32 rest)")
+
+    with right:
+        st.query_params["preset"] = preset
+        st.query_params["spec"] = spec.to_json()
+        st.session_state["spec_json"] = spec.to_json()
+        st.subheader("3 · What changed")
+        numbers = st.empty()
+        if lab.measured(spec) is None:  # a new configuration: numbers on a small, balanced slice first, then on every row
+            with numbers.container():
+                show_numbers(lab.glance(spec))
+        r = lab.apply(spec)
+        with numbers.container():
+            show_numbers(r)
+        m = r["metric"]
 
         points = st.session_state.setdefault("points", {})
         label = ", ".join(chosen[:3]) + (f" +{len(chosen) - 3}" if len(chosen) > 3 else "") if chosen else "fp32"

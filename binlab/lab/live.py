@@ -130,6 +130,25 @@ def _accuracy_keys(m: Metric) -> dict:
             "diff_high": m.change_high, "p_value": float("nan") if m.p_value is None else m.p_value, "within_noise": m.within_noise}
 
 
+#: rows of a change's first look (:meth:`LiveLab.glance`): a fixed slice of the lab's rows, stratified by class
+GLANCE_ROWS = 200
+
+
+def stratified_rows(labels: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` indices of ``labels`` taken round-robin over the classes in order of appearance
+    (a fixed, balanced slice; all rows when ``n`` is at least their number)."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    out, i = [], 0
+    while len(out) < n:
+        for idx in by_class:
+            if i < len(idx) and len(out) < n:
+                out.append(int(idx[i]))
+        i += 1
+    return np.sort(np.asarray(out))
+
+
 class LiveLab:
     """One working copy of a baseline that follows the spec it is given (PTQ), fast enough for a slider.
 
@@ -145,7 +164,7 @@ class LiveLab:
     _shared_results: dict = {}
 
     def __init__(self, baseline: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000, batch_size: int = EVAL_BATCH, device: str = "auto",
-                 calib: EncodedSplit | None = None):
+                 calib: EncodedSplit | None = None, glance_rows: int = GLANCE_ROWS):
         from binlab.training.train import pick_device
 
         self.device = pick_device(device)  # a GPU when there is one
@@ -163,6 +182,12 @@ class LiveLab:
         self.baseline_accuracy = float(hits.sum() / self.units.sum())
         self.fp_size = model_size(self.model).summary()
         self.family = id(self)  # clones share it (and so their measured results)
+        # the first look's rows: a fixed slice of the same rows, stratified by class (a language model: the first rows)
+        idx = np.arange(min(glance_rows, len(self.val))) if self.task == "lm" else stratified_rows(self.val.labels, glance_rows)
+        self.glance_val = self.val.subset(idx)
+        self.glance_batches = list(self.glance_val.batches(batch_size, device=self.device))
+        self.glance_base = self._plain_stats(self.glance_batches)  # (NLL, units, hits) of fp32 on those rows
+        self._before = None  # the plan a first look changed from, for apply()'s partial recompute
 
     def clone(self) -> "LiveLab":
         """A lab for another learner: its own copy of the model (at the fp32 baseline), everything else shared."""
@@ -204,6 +229,18 @@ class LiveLab:
         self.last_start = start  # the layer this evaluation started from (-1: the embeddings)
         return tuple(torch.cat(v).numpy() for v in out)
 
+    @torch.inference_mode()
+    def _plain_stats(self, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-row (NLL, units, hits) of the current model on ``batches``, every layer computed (no cache)."""
+        from binlab.nn import objective
+
+        m = self.model.eval()
+        out = [[], [], []]
+        for x, y in batches:
+            for acc, v in zip(out, objective.row_stats(m(x), x, y, self.task)):
+                acc.append(v.double().cpu())
+        return tuple(torch.cat(v).numpy() for v in out)
+
     def hessian(self, name: str, kind: str = "layer") -> torch.Tensor:
         """The full-precision Hessian of a component on the calibration rows (cached): ``"layer"``
         (GPTQ's ``2 X X^T / N``) or ``"output"`` (OAC's output-adaptive one)."""
@@ -218,18 +255,54 @@ class LiveLab:
                 self.hessians[(name, kind)] = collect(self.model, self.calib, [name])[name]
         return self.hessians[(name, kind)]
 
-    def _metrics(self, nll, units, hits, out: dict) -> dict:
+    def _metrics(self, nll, units, hits, out: dict, base: tuple | None = None) -> dict:
         """``metric``: the task's headline :class:`~binlab.nn.metric.Metric` against fp32 on the same rows;
         ``more``: the others a page shows beside it (a classifier's loss, a language model's next-token accuracy);
-        and the same numbers as plain keys (``accuracy``, ``diff_low`` ...; a language model adds :func:`lm_metrics`'s)."""
+        and the same numbers as plain keys (``accuracy``, ``diff_low`` ...; a language model adds :func:`lm_metrics`'s).
+        ``base``: fp32's (NLL, hits) on those rows (default: the lab's rows)."""
+        base_nll, base_hits = base if base is not None else (self.baseline_nll, self.baseline_correct)
         if self.info.name == "lm":
-            lm = lm_metrics(nll, units, self.baseline_nll)
-            acc = next_token_metric(hits, self.baseline_correct, units)
-            return _accuracy_keys(acc) | lm | {"metric": perplexity_metric(nll, units, self.baseline_nll, m=lm), "more": [acc]}
-        acc = accuracy_metric(hits.astype(bool), self.baseline_correct)
+            lm = lm_metrics(nll, units, base_nll)
+            acc = next_token_metric(hits, base_hits, units)
+            return _accuracy_keys(acc) | lm | {"metric": perplexity_metric(nll, units, base_nll, m=lm), "more": [acc]}
+        acc = accuracy_metric(hits.astype(bool), base_hits.astype(bool))
         loss = Metric("validation loss", out["loss"], higher_is_better=False, rows=len(nll), reference=out["baseline_loss"],
                       change=out["loss"] - out["baseline_loss"])
         return _accuracy_keys(acc) | {"metric": acc, "more": [loss]}
+
+    def _switch(self, spec: QuantSpec) -> tuple[dict, tuple]:
+        """Binarize to ``spec`` (only changed components are redone; methods that need data calibrated);
+        returns the plan and attention settings the model had before (before a first look, if one ran)."""
+        from binlab.training.calibration import calibrate_, needs_calibration
+
+        before = self._before or (current_plan(self.model), (self.spec.attn_probs, self.spec.attn_qkv, self.spec.attn_residual))
+        quantize_(self.model, spec)
+        self.spec = spec
+        todo = needs_calibration(self.model)
+        if todo:
+            if self.calib is None:
+                raise ValueError(f"{todo[0]}'s method needs calibration data, and this lab has none (pass calib=...)")
+            calibrate_(self.model, self.calib, sequential=False, cache=self.hessians)
+        return before
+
+    def measured(self, spec: QuantSpec) -> dict | None:
+        """The numbers :meth:`apply` already returned for ``spec`` on this lab's rows (any clone's), or None."""
+        return LiveLab._shared_results.get((self.family, spec.to_json()))
+
+    def glance(self, spec: QuantSpec) -> dict:
+        """A first look at ``spec``: binarized as :meth:`apply` does, measured on a fixed slice of the
+        lab's rows (``glance_rows``, default :data:`GLANCE_ROWS`, stratified by class) with the same keys as :meth:`apply`
+        (``rows`` says how many) plus ``first_look: True``; the size is exact already. A following
+        :meth:`apply` of the same spec gives the full numbers, equal to an evaluation without the first look."""
+        t0 = time.perf_counter()
+        self._before = self._switch(spec)
+        nll, units, hits = self._plain_stats(self.glance_batches)
+        base_nll, base_units, base_hits = self.glance_base
+        size = model_size(self.model).summary()
+        out = {"loss": float(nll.sum() / units.sum()), "baseline_loss": float(base_nll.sum() / base_units.sum()), **size,
+               "fp32_bytes": self.fp_size["total_bytes"], "rows": len(nll), "baseline_accuracy": 100 * float(base_hits.sum() / base_units.sum())}
+        out |= self._metrics(nll, units, hits, out, base=(base_nll, base_hits))
+        return out | {"seconds": time.perf_counter() - t0, "first_look": True}
 
     def apply(self, spec: QuantSpec) -> dict:
         """Binarize to ``spec`` (only changed components are redone) and measure; returns plain numbers.
@@ -238,17 +311,10 @@ class LiveLab:
         the change against fp32 on the same rows its paired 95 % interval (``diff_low``/``diff_high``) and
         McNemar p-value; ``within_noise`` is True when that interval contains 0 (:mod:`binlab.experiments.stats`).
         A language model adds :func:`lm_metrics` (perplexity; ``accuracy`` is next-token top-1)."""
-        from binlab.training.calibration import calibrate_, needs_calibration
 
         t0 = time.perf_counter()
-        before, probs_before = current_plan(self.model), (self.spec.attn_probs, self.spec.attn_qkv, self.spec.attn_residual)
-        quantize_(self.model, spec)
-        self.spec = spec
-        todo = needs_calibration(self.model)
-        if todo:
-            if self.calib is None:
-                raise ValueError(f"{todo[0]}'s method needs calibration data, and this lab has none (pass calib=...)")
-            calibrate_(self.model, self.calib, sequential=False, cache=self.hessians)
+        before, probs_before = self._switch(spec)
+        self._before = None
         shared = LiveLab._shared_results.get((self.family, spec.to_json()))
         if shared is not None:  # another learner measured this spec on the same rows: the same numbers
             self._inputs = None  # this copy's layer inputs are not computed: the next change starts from the embeddings

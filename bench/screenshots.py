@@ -39,6 +39,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="scratch")
     ap.add_argument("--width", type=int, default=1400)
+    ap.add_argument("--height", type=int, default=2200, help="the window's height (Streamlit scrolls inside it)")
     ap.add_argument("--wait", type=float, default=25.0, help="seconds to let each page finish its work")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
@@ -61,13 +62,13 @@ def main():
         OUT.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium)
-            page = browser.new_page(viewport={"width": args.width, "height": 1000})
+            page = browser.new_page(viewport={"width": args.width, "height": args.height})
             for _, file, title, _, _ in PAGES:
                 path = "" if file.endswith("home.py") else "/" + Path(file).stem
                 page.goto(url + path)
                 page.wait_for_selector("[data-testid='stApp']", timeout=60_000)
                 end = time.time() + args.wait
-                time.sleep(3)
+                time.sleep(min(8.0, args.wait))  # charts draw after the script finishes
                 while time.time() < end and page.locator("[data-testid='stStatusWidget']").count():
                     time.sleep(0.5)  # the page is still running
                 page.screenshot(path=str(OUT / f"{slug(title)}.png"), full_page=True)

@@ -70,7 +70,7 @@ with friendly_errors():
     rows = len(splits.train)
     st.caption(f"{rows:,} training rows × {epochs:g} epochs; progress and curves below. The defaults are the budget the "
                f"committed tables trained with on this preset ({budget.train.epochs:g} epochs, learning rate {budget.train.lr:g}, "
-               f"distillation {budget.train.distill:g}). A 2-core CPU does the scratch preset's epoch in about a minute.")
+               f"distillation {budget.train.distill:g}).")
 
     if st.button("Run QAT", key="run_qat", type="primary"):
         bar = st.progress(0.0, text="quantizing ...")

@@ -151,7 +151,7 @@ with friendly_errors():
     left, right = st.columns([5, 7], gap="large")
     with left:
         st.subheader("1 · Components")
-        q1, q2, q3, q4 = st.columns([2, 3, 4, 2])  # widths by label length, so no label is cut
+        q1, q2, q3, q4 = st.columns([2, 3, 4, 3])  # widths by label length, so no label is cut
         if q1.button("QK", key="pick_qk", help="Q and K in every layer"):
             set_selection(names, [n for n in names if n.endswith((".attn.q", ".attn.k"))]); st.rerun()  # noqa: E702
         if q2.button("encoder", key="pick_encoder"):
@@ -166,9 +166,9 @@ with friendly_errors():
             c.checkbox(n.split(".")[1], key=f"c:{n}")
         for i, row in enumerate(lay["layers"]):
             st.caption(f"Layer {i}")
-            for part in (row[:4], row[4:]):  # attention, then the feed-forward pair: at most 4 per line, so no label is cut
+            for part in (row[:4], row[4:]):  # attention, then the feed-forward pair on a line of its own, so no label is cut
                 if part:
-                    for c, (label, n) in zip(st.columns(4), part):
+                    for c, (label, n) in zip(st.columns(max(len(part), 2)), part):
                         c.checkbox(label, key=f"c:{n}")
         st.caption(lab.info.head_label)
         st.checkbox("head", key=f"c:{lay['head']}")

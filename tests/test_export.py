@@ -300,3 +300,26 @@ def test_pbllm_file_holds_only_the_binarized_weights_signs(fp_tiny, calib, tiny_
     assert f"{name}{SEP}words" not in t
     packed = load_packed(tmp_path / "m.safetensors")
     assert packed.get_submodule(name).storage()["codes"] == (N * K - nnz) + 8 * nnz
+
+
+def test_billm_blocks_codec_holds_what_billm_counts():
+    """BiLLM's layout packed block by block: the decoded weight is the quantized one, the codec's bits are
+    BiLLM's storage() count exactly, and an altered layout is refused."""
+    from binlab.nn.quantize import MethodConfig, QuantLinear
+    from binlab.runtime.codecs import BlocksCodec, encode
+
+    rng = np.random.default_rng(3)
+    W = rng.laplace(size=(24, 80)) * 0.05
+    X = rng.normal(size=(80, 400)) * rng.uniform(0.2, 2, size=(80, 1))
+    lin = torch.nn.Linear(80, 24, bias=False)
+    lin.weight.data = torch.from_numpy(W).float()
+    mod = QuantLinear.from_linear(lin, MethodConfig("billm", options={"blocksize": 32}))
+    mod.quantizer.calibrate(torch.from_numpy(2 * X @ X.T / 400))
+    codec = encode(mod)
+    assert isinstance(codec, BlocksCodec) and codec.meta["blocks"] == [32, 32, 16]
+    np.testing.assert_allclose(codec.dense(), mod.quantized_weight().detach().numpy(), rtol=1e-5, atol=1e-7)
+    assert codec.bits() == mod.quantizer.storage((24, 80))
+    with pytest.raises(ValueError, match="blocks"):
+        BlocksCodec((24, 80), {"blocks": [32, 32, 17]}, codec.t)
+    with pytest.raises(ValueError, match="scales"):
+        BlocksCodec((24, 80), codec.meta, codec.t | {"scales": codec.t["scales"][:2]})

@@ -10,20 +10,27 @@ from .base import FP_BITS, Quantizer, register, sign
 from .gptq import prepare_hessian
 
 
+def residual_parts(w: torch.Tensor, mask: torch.Tensor, order: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``order`` rounds of :func:`residual_binarize` as ``(alpha (rows, 1), signs (rows, cols))``:
+    per row, over the ``mask`` entries, ``alpha = mean |r|``, ``b = sign(r)``, ``r <- r - alpha b``."""
+    m = mask.to(w.dtype)
+    cnt = m.sum(1, keepdim=True).clamp_min(1)
+    r = w * m
+    parts = []
+    for _ in range(order):
+        a = r.abs().sum(1, keepdim=True) / cnt
+        b = sign(r)
+        parts.append((a, b))
+        r = (r - a * b * m) * m
+    return parts
+
+
 def residual_binarize(w: torch.Tensor, mask: torch.Tensor, order: int = 1) -> torch.Tensor:
     """Per row, over the entries in ``mask`` (zero elsewhere): ``order`` rounds of
     ``alpha = mean |r|``, ``r <- r - alpha sign(r)`` (BiLLM eq. 1 for order 1; the residual
     approximation of salient weights, eq. 6-8, for order 2: ``alpha_o B_o + alpha_r B_r``)."""
     m = mask.to(w.dtype)
-    cnt = m.sum(1, keepdim=True).clamp_min(1)
-    out = torch.zeros_like(w)
-    r = w * m
-    for _ in range(order):
-        a = r.abs().sum(1, keepdim=True) / cnt
-        b = a * sign(r) * m
-        out = out + b
-        r = (r - b) * m
-    return out
+    return sum((a * b * m for a, b in residual_parts(w, mask, order)), torch.zeros_like(w))
 
 
 def centred_residual(x: torch.Tensor, mask: torch.Tensor, order: int) -> torch.Tensor:
@@ -142,8 +149,9 @@ class BiLLM(Quantizer):
 
     Storage, counted in full: 1 sign bit per weight and a second per salient weight, a salient
     column bitmap and a concentrated/sparse bitmap over the non-salient weights, and 4 fp32 scales
-    per row per block. The paper's "1.08 bits" counts only the sign bits (``1 + salient fraction``);
-    :meth:`paper_bits` gives that figure for the last matrix quantized. Needs calibration data.
+    per row per block (packed exactly so: :class:`binlab.runtime.codecs.BlocksCodec`). The paper's
+    "1.08 bits" counts only the sign bits (``1 + salient fraction``); :meth:`paper_bits` gives that
+    figure for the last matrix quantized. Needs calibration data.
     """
 
     name: ClassVar[str] = "billm"
@@ -160,6 +168,7 @@ class BiLLM(Quantizer):
         if not (isinstance(self.blocksize, int) and self.blocksize >= 2):
             raise ValueError(f"billm blocksize must be an int >= 2, got {self.blocksize!r}")
         self._salient_per_block: list[tuple[int, int]] | None = None  # (block columns, salient columns)
+        self.layout: list[dict] | None = None  # per block, what a packed file holds (binlab.runtime.codecs.BlocksCodec)
 
     def binarize_group(self, wb: torch.Tensor, mask: torch.Tensor, order: int, gram: torch.Tensor) -> torch.Tensor:
         """How one group of a block is binarized (BiLLM: residual binarization of ``order``); ARB-LLM
@@ -179,14 +188,25 @@ class BiLLM(Quantizer):
         h = self.hessian_for(w2).double()
         stats = []
 
+        plain = type(self).binarize_group is BiLLM.binarize_group  # BiLLM's own binarizer: its layout can be packed
+        layout = []
+
         def quant_block(wb, d, hb, i1):
             gram = h[i1 : i1 + wb.shape[1], i1 : i1 + wb.shape[1]] / 2  # X X^T / N of the block (undamped), for ARB-X
             sal, groups = self.block_groups(salience(wb, d), gram)
             stats.append((wb.shape[1], int(sal.sum())))
+            if plain:  # what a packed file holds: the two sign planes, the concentrated mask, 4 scales per row
+                (m3, _), (m1, _), (m2, _) = groups
+                (a1, b1), (a2, b2) = residual_parts(wb, m3, 2)
+                ((a3, b3),), ((a4, b4),) = residual_parts(wb, m1, 1), residual_parts(wb, m2, 1)
+                first = torch.where(m3, b1, torch.where(m1, b3, b4))
+                layout.append({"salient": sal.cpu().numpy(), "concentrated": m1.cpu().numpy(), "signs": first.cpu().numpy(),
+                               "signs2": b2.cpu().numpy(), "scales": torch.cat([a1, a2, a3, a4], 1).cpu().numpy()})
             return sum(self.binarize_group(wb, m, order, gram) for m, order in groups)
 
         q = block_compensated(w2, h, quant_block, self.blocksize)
         self._salient_per_block = stats
+        self.layout = layout if plain else None
         return q.to(w.dtype).reshape(w.shape)
 
     def _blocks(self, shape):

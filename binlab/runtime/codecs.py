@@ -13,9 +13,12 @@ keeps exactly the numbers it needs to give ``Q`` back (to float32 rounding) and 
   TWN, BitNet b1.58, uniform) or an integer zero point per group (GPTQ's min-max grid: RTN, GPTQ).
 - :class:`PlanesCodec`: a sum of binary planes with per-group scales,
   ``Q = sum_t scale_t,g P_t`` with P in {-1, +1} (BinaryBERT's two BWN halves) or {0, 1} (DB-LLM).
-- :class:`PartialCodec`: PB-LLM's partially binarized rows: a :class:`BinaryCodec` plus the
+- :class:`PartialCodec`: PB-LLM's partially binarized rows: the binarized weights' signs plus the
   salient weights' positions (CSR, column indices in ceil(log2 K) bits) and their 8-bit codes on
   a per-row min-max grid.
+- :class:`BlocksCodec`: BiLLM's (and OAC's) blocks of columns: a salient column bitmap, a sign
+  plane, a second plane over the salient weights, a concentrated/sparse bitmap and four scales per
+  row per block.
 
 Every codec counts its own payload bits (:meth:`Codec.bits`, the same kinds as
 :meth:`~binlab.methods.base.Quantizer.storage`), so :func:`binlab.runtime.size.model_size` of a packed
@@ -41,11 +44,6 @@ class NotPackable(ValueError):
 
 #: method name -> why binlab cannot write it packed (yet); every other method has a codec
 NOT_PACKABLE = {
-    "billm": "BiLLM keeps salient columns with a residual second binarization and splits the other weights into two "
-             "groups by a per-block bitmap, each with its own scales; model_size counts those bits exactly, but binlab "
-             "has no packed layout (codec) for them yet",
-    "oac": "OAC uses BiLLM's quantizer (salient columns with residual binarization, a per-block group bitmap), which has "
-           "no packed layout in binlab yet",
     "arb": "ARB's layout (BiLLM's salient/group structure with per-group means or row and column scales) has no packed "
            "layout in binlab yet",
     "stbllm": "STBLLM's N:M sparse sign bits with per-block group bitmaps and five scales per row have no packed layout "
@@ -490,7 +488,64 @@ class PartialCodec(Codec):
                 "scales": FP_BITS * (2 * N), "zeros": 8 * N}
 
 
-CODECS: dict[str, type[Codec]] = {c.kind: c for c in (BinaryCodec, GridCodec, PlanesCodec, PartialCodec)}
+class BlocksCodec(Codec):
+    """BiLLM's layout (and OAC's, which uses BiLLM's quantizer), block by block of input columns: a
+    salient column bitmap (``salient``, K bits), one sign bit per weight (``signs``, (N, ceil(K/64))
+    uint64), a second sign bit per salient weight (``signs2``, (N, words of the salient columns)), a
+    concentrated/sparse bit per other weight (``concentrated``, (N, words of the other columns)) and
+    four float32 scales per row per block (``scales``, (blocks, N, 4))::
+
+        salient:       a1 s + a2 s2      concentrated: a3 s      sparse: a4 s
+
+    ``meta["blocks"]`` lists each block's column count. Stored exactly as BiLLM's ``storage()`` counts."""
+
+    kind = "blocks"
+
+    def check(self):
+        N, K = self.shape
+        widths = self.meta.get("blocks")
+        if not isinstance(widths, list) or not widths or any(not isinstance(c, int) or c < 1 for c in widths) or sum(widths) != K:
+            raise ValueError("blocks codec: meta 'blocks' must list positive block widths that add up to K")
+        self.widths = widths
+        sal = np.unpackbits(self._need("salient", (-(-K // 8),), np.uint8), count=K).astype(bool)
+        self.sal = sal
+        S = int(sal.sum())
+        self.s1 = self._need("signs", (N, n_words(K)), np.uint64)
+        self.s2 = self._need("signs2", (N, n_words(max(S, 1))), np.uint64)
+        self.conc = self._need("concentrated", (N, n_words(max(K - S, 1))), np.uint64)
+        self.scales = self._need("scales", (len(widths), N, 4), np.float32)
+
+    def rows(self, idx):
+        N, K = self.shape
+        sel = self._select(idx)
+        R = len(sel)
+        s1 = unpack_bits(self.s1[sel], K) if R else np.zeros((0, K), np.float32)
+        S = int(self.sal.sum())
+        s2 = np.zeros((R, K), np.float32)
+        conc = np.zeros((R, K), bool)
+        if R and S:
+            s2[:, self.sal] = unpack_bits(self.s2[sel], S)
+        if R and K - S:
+            conc[:, ~self.sal] = unpack_bits(self.conc[sel], K - S, signed=False).astype(bool)
+        out = np.zeros((R, K), np.float32)
+        c0 = 0
+        for b, c in enumerate(self.widths):
+            a = self.scales[b][sel]  # (R, 4)
+            blk = slice(c0, c0 + c)
+            sal = self.sal[blk][None, :]
+            v = np.where(sal, a[:, 0:1] * s1[:, blk] + a[:, 1:2] * s2[:, blk],
+                         np.where(conc[:, blk], a[:, 2:3], a[:, 3:4]) * s1[:, blk])
+            out[:, blk] = v
+            c0 += c
+        return out
+
+    def bits(self):
+        N, K = self.shape
+        S = int(self.sal.sum())
+        return {"codes": N * K + N * S, "index": K + N * (K - S), "scales": FP_BITS * 4 * N * len(self.widths)}
+
+
+CODECS: dict[str, type[Codec]] = {c.kind: c for c in (BinaryCodec, GridCodec, PlanesCodec, PartialCodec, BlocksCodec)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,8 +610,24 @@ def _encode_pbllm(qz, w, q):
     return PartialCodec((N, K), {}, t)
 
 
+def _encode_billm(qz, w, q):
+    layout = getattr(qz, "layout", None)
+    if not layout:
+        raise NotPackable(f"{qz.name}: the quantizer keeps no packable layout (quantize the component first)")
+    sal = np.concatenate([blk["salient"] for blk in layout])
+    s1 = np.concatenate([blk["signs"] for blk in layout], 1)
+    s2 = np.concatenate([blk["signs2"][:, blk["salient"]] for blk in layout], 1)
+    conc = np.concatenate([blk["concentrated"][:, ~blk["salient"]] for blk in layout], 1)
+    N = q.shape[0]
+    t = {"salient": np.packbits(sal), "signs": pack_bits(s1),
+         "signs2": pack_bits(s2) if s2.shape[1] else np.zeros((N, 1), np.uint64),
+         "concentrated": pack_bits(np.where(conc, 1.0, 0.0), signed=False) if conc.shape[1] else np.zeros((N, 1), np.uint64),
+         "scales": np.stack([blk["scales"] for blk in layout]).astype(np.float32)}
+    return BlocksCodec(q.shape, {"blocks": [int(blk["salient"].size) for blk in layout]}, t)
+
+
 #: methods whose packed form comes from their own learned values, not from the values of Q alone
-ENCODERS = {"onebit": _encode_onebit, "fbi": _encode_fbi, "binarybert": _encode_binarybert, "dbllm": _encode_dbllm,
+ENCODERS = {"billm": _encode_billm, "oac": _encode_billm, "onebit": _encode_onebit, "fbi": _encode_fbi, "binarybert": _encode_binarybert, "dbllm": _encode_dbllm,
             "pbllm": _encode_pbllm}
 
 

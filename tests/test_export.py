@@ -306,7 +306,8 @@ def test_billm_blocks_codec_holds_what_billm_counts():
     """BiLLM's layout packed block by block: the decoded weight is the quantized one, the codec's bits are
     BiLLM's storage() count exactly, and an altered layout is refused."""
     from binlab.nn.quantize import MethodConfig, QuantLinear
-    from binlab.runtime.codecs import BlocksCodec, encode
+    from binlab.runtime.codecs import BlocksCodec
+    from binlab.runtime.encoders import encode
 
     rng = np.random.default_rng(3)
     W = rng.laplace(size=(24, 80)) * 0.05

@@ -22,8 +22,9 @@ keeps exactly the numbers it needs to give ``Q`` back (to float32 rounding) and 
 
 Every codec counts its own payload bits (:meth:`Codec.bits`, the same kinds as
 :meth:`~binlab.methods.base.Quantizer.storage`), so :func:`binlab.runtime.size.model_size` of a packed
-model is the size of what the file holds. Methods whose layout has no codec yet raise
-:class:`NotPackable` naming why (:data:`NOT_PACKABLE`).
+model is the size of what the file holds. :mod:`binlab.runtime.encoders` turns a quantized component
+into its codec; methods whose layout has no codec yet raise :class:`NotPackable` naming why
+(:data:`NOT_PACKABLE`).
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ NOT_PACKABLE = {
 TILE = 256  # output rows dequantized at a time for the dense GEMM (a 256 x 1536 fp32 tile is 1.5 MiB)
 
 
-def _np(t) -> np.ndarray:
+def as_numpy(t) -> np.ndarray:
+    """A tensor or array as a numpy array (no copy where none is needed)."""
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
@@ -87,7 +89,7 @@ def unpack_uint(stream: np.ndarray, bits: int, n: int) -> np.ndarray:
     return (planes.astype(np.int64) << np.arange(bits, dtype=np.int64)[None]).sum(1)
 
 
-def _close(a: np.ndarray, b: np.ndarray) -> bool:
+def same_rows(a: np.ndarray, b: np.ndarray) -> bool:
     """Equal up to float32 rounding of the decoding arithmetic, row by row (a row of tiny weights is
     held to its own scale, so a coarse shared grid cannot round it to zero unnoticed)."""
     a2, b2 = np.atleast_2d(a).astype(np.float64), np.atleast_2d(b).astype(np.float64)
@@ -353,7 +355,7 @@ class GridCodec(Codec):
             if variant == "offset":
                 with np.errstate(invalid="ignore"):
                     m = np.round(x / step - phase_common)
-                if not _close(np.where(ok, step * (m + phase_common), 0), np.where(ok, x, 0)):
+                if not same_rows(np.where(ok, step * (m + phase_common), 0), np.where(ok, x, 0)):
                     continue
                 Z = -np.nanmin(m)
                 codes = m + Z
@@ -372,7 +374,7 @@ class GridCodec(Codec):
                 with np.errstate(invalid="ignore"):
                     m = np.round((x - lo) / step)
                 zero = -np.round(lo / step)
-                if not (_close(np.where(ok, step * (m - zero), 0), np.where(ok, x, 0)) and (zero >= 0).all() and (zero <= 255).all()):
+                if not (same_rows(np.where(ok, step * (m - zero), 0), np.where(ok, x, 0)) and (zero >= 0).all() and (zero <= 255).all()):
                     continue
                 codes = m
                 k = uint_bits(int(np.nanmax(codes)) + 1)
@@ -384,7 +386,7 @@ class GridCodec(Codec):
             meta = {"bits": k, "group": g} | ({"zero_bits": zb} if variant == "zeros" else {})
             t = {"codes": pack_uint(flat.astype(np.int64), k), "step": step.reshape(-1).astype(np.float32), **extra}
             codec = cls((N, K), meta, t)
-            if _close(codec.dense(), q):
+            if same_rows(codec.dense(), q):
                 out.append(codec)
         return out
 
@@ -546,115 +548,3 @@ class BlocksCodec(Codec):
 
 
 CODECS: dict[str, type[Codec]] = {c.kind: c for c in (BinaryCodec, GridCodec, PlanesCodec, PartialCodec, BlocksCodec)}
-
-
-# --------------------------------------------------------------------------------------------
-# encoding a quantized component
-
-
-def _sign_with_factors(w, q, **factors) -> BinaryCodec:
-    """sign(W) bits with learned per-row/per-column factors (OneBit, FBI-LLM), no level of their own."""
-    s = np.where(_np(w) >= 0, 1.0, -1.0)
-    return BinaryCodec(q.shape, {"symmetric": True, "unit": True},
-                       {"words": pack_bits(s)} | {k: _np(v).astype(np.float32) for k, v in factors.items()})
-
-
-def _encode_onebit(qz, w, q):
-    v = qz.values(w)
-    return _sign_with_factors(w, q, row_factor=v["a"], col_factor=v["b"])  # Q = a_n sign(W_nk) b_k
-
-
-def _encode_fbi(qz, w, q):
-    v = qz.values(w)
-    return _sign_with_factors(w, q, col_factor=v["alpha"], col_shift=v["beta"])  # Q = alpha_k sign(W_nk) + beta_k
-
-
-def _encode_binarybert(qz, w, q):
-    v = qz.values(w)
-    planes, scales = [], []
-    for p in (v["w1"], v["w2"]):
-        p2 = _np(p).reshape(q.shape[0], -1)
-        planes.append(np.where(p2 >= 0, 1.0, -1.0))
-        scales.append(np.abs(p2).mean(1) if qz.per_channel else np.abs(p2).mean(keepdims=True).reshape(1))
-    return PlanesCodec.build(planes, scales, signed=True, group=q.shape[1] if qz.per_channel else 0)
-
-
-def _encode_dbllm(qz, w, q):
-    w2 = w.reshape(w.shape[0], -1)
-    a1, a2 = (t.detach() for t in qz._scales(w2))
-    b1, b2 = qz._binaries(w2.detach(), a1, a2)
-    v = qz.values(w2)
-    group = min(qz.group, q.shape[1])
-    return PlanesCodec.build([_np(b1), _np(b2)], [_np(v["a1"]), _np(v["a2"])], signed=False, group=group)
-
-
-def _encode_pbllm(qz, w, q):
-    from binlab.methods.gptq import minmax_params
-
-    N, K = q.shape
-    qq = torch.from_numpy(q).double()
-    alpha = qq.abs().mode(1).values  # the binarized weights (the majority) sit at +-alpha_n
-    binar = qq.abs() == alpha[:, None]
-    s8, z8 = minmax_params(w.reshape(N, -1).double(), qz.high_bits)
-    codes = torch.round(qq / s8) + z8
-    sal = (~binar).numpy()
-    rowptr = np.concatenate([[0], np.cumsum(sal.sum(1))]).astype(np.int32)
-    rr, cc = np.nonzero(sal)
-    if ((codes < 0) | (codes > 255)).numpy()[sal].any():
-        raise NotPackable("pbllm: a salient weight is not on its row's 8-bit grid")
-    csr = {"rowptr": rowptr, "cols": pack_uint(cc, uint_bits(K))}
-    index = {"mask": pack_bits(np.where(sal, 1.0, 0.0), signed=False)} if N * K <= len(cc) * uint_bits(K) + 32 * (N + 1) else csr
-    t = {"signs": np.packbits((q >= 0)[~sal]), "scale": alpha.float().numpy(), **index,
-         "codes": codes.numpy()[rr, cc].astype(np.uint8),
-         "step": s8.reshape(-1).float().numpy(), "zeros": z8.reshape(-1).numpy().astype(np.uint8)}
-    return PartialCodec((N, K), {}, t)
-
-
-def _encode_billm(qz, w, q):
-    layout = getattr(qz, "layout", None)
-    if not layout:
-        raise NotPackable(f"{qz.name}: the quantizer keeps no packable layout (quantize the component first)")
-    sal = np.concatenate([blk["salient"] for blk in layout])
-    s1 = np.concatenate([blk["signs"] for blk in layout], 1)
-    s2 = np.concatenate([blk["signs2"][:, blk["salient"]] for blk in layout], 1)
-    conc = np.concatenate([blk["concentrated"][:, ~blk["salient"]] for blk in layout], 1)
-    N = q.shape[0]
-    t = {"salient": np.packbits(sal), "signs": pack_bits(s1),
-         "signs2": pack_bits(s2) if s2.shape[1] else np.zeros((N, 1), np.uint64),
-         "concentrated": pack_bits(np.where(conc, 1.0, 0.0), signed=False) if conc.shape[1] else np.zeros((N, 1), np.uint64),
-         "scales": np.stack([blk["scales"] for blk in layout]).astype(np.float32)}
-    return BlocksCodec(q.shape, {"blocks": [int(blk["salient"].size) for blk in layout]}, t)
-
-
-#: methods whose packed form comes from their own learned values, not from the values of Q alone
-ENCODERS = {"billm": _encode_billm, "oac": _encode_billm, "onebit": _encode_onebit, "fbi": _encode_fbi, "binarybert": _encode_binarybert, "dbllm": _encode_dbllm,
-            "pbllm": _encode_pbllm}
-
-
-def encode(mod) -> Codec:
-    """The packed form of a :class:`~binlab.nn.quantize.QuantLinear`/:class:`~binlab.nn.quantize.QuantEmbedding`,
-    checked to give its deployed weight back; :class:`NotPackable` saying why when it cannot."""
-    name = mod.method.method
-    if name in NOT_PACKABLE:
-        raise NotPackable(f"method {name!r} cannot be packed: {NOT_PACKABLE[name]}")
-    with torch.no_grad():
-        w = mod.weight.detach().float().cpu()
-        q_t = mod.quantized_weight().detach().float().cpu()
-    w2 = w.reshape(w.shape[0], -1)
-    q = q_t.reshape(q_t.shape[0], -1).numpy()
-    qz = mod.quantizer
-    if name in ENCODERS:
-        codec = ENCODERS[name](qz, w2, q)
-    else:
-        codec = BinaryCodec.detect(q)
-        if codec is None:
-            group = getattr(qz, "group", 0) or 0
-            groups = [0, q.shape[1]] + ([min(group, q.shape[1])] if group else [])
-            codec = GridCodec.detect(q, groups)
-    if codec is None:
-        raise NotPackable(f"method {name!r} on a {tuple(q.shape)} weight: its values are neither two levels per row nor "
-                          "an affine grid of at most 8 bits, and the method has no packed layout of its own")
-    if not _close(codec.dense(), q):
-        raise NotPackable(f"method {name!r}: the packed form does not give the quantized weight back (max error "
-                          f"{float(np.abs(codec.dense() - q).max()):.3g}); not exported")
-    return codec

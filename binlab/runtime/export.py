@@ -30,7 +30,8 @@ import torch.nn as nn
 
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
 
-from .codecs import CODECS, NotPackable, encode
+from .codecs import CODECS, NotPackable
+from .encoders import encode
 from .packed import PackedEmbedding, PackedLinear
 
 FORMAT = "binlab-packed/1"

@@ -14,7 +14,8 @@ import torch.nn as nn
 
 from binlab.nn.quantize import QuantEmbedding, QuantLinear, set_submodule
 
-from .codecs import TILE, BinaryCodec, Codec, NotPackable, encode
+from .codecs import TILE, BinaryCodec, Codec, NotPackable
+from .encoders import encode
 from .kernels import LutWeights, binary_gemm, w1a1_linear_kernel
 
 

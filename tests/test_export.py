@@ -306,8 +306,8 @@ def test_billm_blocks_codec_holds_what_billm_counts():
     """BiLLM's layout packed block by block: the decoded weight is the quantized one, the codec's bits are
     BiLLM's storage() count exactly, and an altered layout is refused."""
     from binlab.nn.quantize import MethodConfig, QuantLinear
-    from binlab.runtime.codecs import BlocksCodec
     from binlab.runtime.encoders import encode
+    from binlab.runtime.layouts import BlocksCodec
 
     rng = np.random.default_rng(3)
     W = rng.laplace(size=(24, 80)) * 0.05
@@ -324,3 +324,27 @@ def test_billm_blocks_codec_holds_what_billm_counts():
         BlocksCodec((24, 80), {"blocks": [32, 32, 17]}, codec.t)
     with pytest.raises(ValueError, match="scales"):
         BlocksCodec((24, 80), codec.meta, codec.t | {"scales": codec.t["scales"][:2]})
+
+
+@pytest.mark.parametrize("n, m, cols", [(4, 8, 80), (6, 8, 70), (2, 4, 64), (3, 5, 52)])
+def test_stbllm_nm_codec_holds_what_stbllm_counts(n, m, cols):
+    """STBLLM's layout packed: the N:M positions as combination indices, the kept weights' signs, the
+    three groups five to a byte; decoded it is the quantized weight, its bits are STBLLM's storage()."""
+    from binlab.nn.quantize import MethodConfig, QuantLinear
+    from binlab.runtime.encoders import encode
+    from binlab.runtime.layouts import NMBlocksCodec, comb_rank, comb_unrank
+
+    rng = np.random.default_rng(n + m + cols)
+    W = rng.laplace(size=(20, cols)) * 0.05
+    X = rng.normal(size=(cols, 300)) * rng.uniform(0.2, 2, size=(cols, 1))
+    lin = torch.nn.Linear(cols, 20, bias=False)
+    lin.weight.data = torch.from_numpy(W).float()
+    mod = QuantLinear.from_linear(lin, MethodConfig("stbllm", options={"n": n, "m": m, "blocksize": 32}))
+    mod.quantizer.calibrate(torch.from_numpy(2 * X @ X.T / 300))
+    codec = encode(mod)
+    assert isinstance(codec, NMBlocksCodec)
+    np.testing.assert_allclose(codec.dense(), mod.quantized_weight().detach().numpy(), rtol=1e-5, atol=1e-7)
+    assert codec.bits() == mod.quantizer.storage((20, cols))
+    masks = rng.permuted(np.tile(np.arange(8) < 3, (50, 1)), axis=1)
+    assert (comb_unrank(comb_rank(masks), 8, 3) == masks).all()
+    assert sorted(comb_rank(np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1) if a + b + c == 2], bool))) == [0, 1, 2]

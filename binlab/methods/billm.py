@@ -149,7 +149,7 @@ class BiLLM(Quantizer):
 
     Storage, counted in full: 1 sign bit per weight and a second per salient weight, a salient
     column bitmap and a concentrated/sparse bitmap over the non-salient weights, and 4 fp32 scales
-    per row per block (packed exactly so: :class:`binlab.runtime.codecs.BlocksCodec`). The paper's
+    per row per block (packed exactly so: :class:`binlab.runtime.layouts.BlocksCodec`). The paper's
     "1.08 bits" counts only the sign bits (``1 + salient fraction``); :meth:`paper_bits` gives that
     figure for the last matrix quantized. Needs calibration data.
     """
@@ -168,7 +168,7 @@ class BiLLM(Quantizer):
         if not (isinstance(self.blocksize, int) and self.blocksize >= 2):
             raise ValueError(f"billm blocksize must be an int >= 2, got {self.blocksize!r}")
         self._salient_per_block: list[tuple[int, int]] | None = None  # (block columns, salient columns)
-        self.layout: list[dict] | None = None  # per block, what a packed file holds (binlab.runtime.codecs.BlocksCodec)
+        self.layout: list[dict] | None = None  # per block, what a packed file holds (binlab.runtime.layouts.BlocksCodec)
 
     def binarize_group(self, wb: torch.Tensor, mask: torch.Tensor, order: int, gram: torch.Tensor) -> torch.Tensor:
         """How one group of a block is binarized (BiLLM: residual binarization of ``order``); ARB-LLM

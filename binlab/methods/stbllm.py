@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from .base import FP_BITS, Quantizer, register
-from .billm import block_compensated, centred_residual, residual_binarize, salience, salient_columns
+from .billm import block_compensated, centred_residual, residual_binarize, residual_parts, salience, salient_columns
 
 
 def importance(w: torch.Tensor, h_diag: torch.Tensor, a: float = 0.5) -> torch.Tensor:
@@ -127,6 +127,7 @@ class STBLLM(Quantizer):
         if not (isinstance(self.blocksize, int) and self.blocksize >= 2):
             raise ValueError(f"stbllm blocksize must be an int >= 2, got {self.blocksize!r}")
         self._stats = None
+        self.layout: list[dict] | None = None  # per block, what a packed file holds
 
     def quantize(self, w):
         w2 = w.reshape(w.shape[0], -1)
@@ -142,13 +143,26 @@ class STBLLM(Quantizer):
             p = three_group_split(s, col)
             m3 = col & kb
             out = residual_binarize(wb, m3, 2)
-            for g in three_groups(s, ~col, p):
+            groups = three_groups(s, ~col, p)
+            for g in groups:
                 out = out + residual_binarize(wb, g & kb, 1)
             stats.append((wb.shape[1], int(sal.sum()), int(kb.sum()), int(m3.sum())))
+            # what a packed file holds (binlab.runtime.layouts.NMBlocksCodec): signs, groups, 5 scales per row
+            (a1, b1), (a2, b2) = residual_parts(wb, m3, 2)
+            parts = [residual_parts(wb, g & kb, 1)[0] for g in groups]
+            gid = torch.zeros_like(kb, dtype=torch.int8)
+            first = b1.clone()
+            for i, (g, (_, b)) in enumerate(zip(groups, parts)):
+                gid[g & kb] = i
+                first = torch.where(g & kb, b, first)
+            layout.append({"keep": kb.cpu().numpy(), "salient": sal.cpu().numpy(), "group": gid.cpu().numpy(),
+                           "signs": first.cpu().numpy(), "signs2": b2.cpu().numpy(),
+                           "scales": torch.cat([a1, a2] + [a for a, _ in parts], 1).cpu().numpy()})
             return out
 
+        layout = []
         q = block_compensated(w2, h, quant_block, self.blocksize)
-        self._stats, self._rows = stats, w2.shape[0]
+        self._stats, self._rows, self.layout = stats, w2.shape[0], layout
         return (q * keep).to(w.dtype).reshape(w.shape)
 
     def _blocks(self, shape):

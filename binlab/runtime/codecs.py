@@ -13,12 +13,8 @@ keeps exactly the numbers it needs to give ``Q`` back (to float32 rounding) and 
   TWN, BitNet b1.58, uniform) or an integer zero point per group (GPTQ's min-max grid: RTN, GPTQ).
 - :class:`PlanesCodec`: a sum of binary planes with per-group scales,
   ``Q = sum_t scale_t,g P_t`` with P in {-1, +1} (BinaryBERT's two BWN halves) or {0, 1} (DB-LLM).
-- :class:`PartialCodec`: PB-LLM's partially binarized rows: the binarized weights' signs plus the
-  salient weights' positions (CSR, column indices in ceil(log2 K) bits) and their 8-bit codes on
-  a per-row min-max grid.
-- :class:`BlocksCodec`: BiLLM's (and OAC's) blocks of columns: a salient column bitmap, a sign
-  plane, a second plane over the salient weights, a concentrated/sparse bitmap and four scales per
-  row per block.
+- the LLM-era methods' own layouts (PB-LLM's partial rows, BiLLM's and STBLLM's blocks) are in
+  :mod:`binlab.runtime.layouts`, with the registry of every codec (``CODECS``).
 
 Every codec counts its own payload bits (:meth:`Codec.bits`, the same kinds as
 :meth:`~binlab.methods.base.Quantizer.storage`), so :func:`binlab.runtime.size.model_size` of a packed
@@ -36,7 +32,7 @@ import torch
 
 from binlab.methods import FP_BITS
 
-from .kernels import dequant_rows, n_words, pack_bits, unpack_bits
+from .kernels import dequant_rows, n_words, pack_bits
 
 
 class NotPackable(ValueError):
@@ -47,8 +43,6 @@ class NotPackable(ValueError):
 NOT_PACKABLE = {
     "arb": "ARB's layout (BiLLM's salient/group structure with per-group means or row and column scales) has no packed "
            "layout in binlab yet",
-    "stbllm": "STBLLM's N:M sparse sign bits with per-block group bitmaps and five scales per row have no packed layout "
-              "in binlab yet",
     "binarymos": "BinaryMoS mixes scale experts per token with a router, so the layer is not one fixed weight matrix; "
                  "binlab's packed runtime has no token-adaptive layer yet",
 }
@@ -432,119 +426,3 @@ class PlanesCodec(Codec):
             t[f"words_{i}"] = pack_bits(np.where(p > 0, 1.0, -1.0))
             t[f"scale_{i}"] = np.asarray(s, np.float32).reshape(-1)
         return cls((N, K), {"planes": len(planes), "signed": signed, "group": group}, t)
-
-
-class PartialCodec(Codec):
-    """PB-LLM's rows: the signs of the *binarized* weights only (``signs``: one bit each, row-major,
-    packed 8 per byte; bit set: +1) with a scale per row (``scale``); the salient ones by CSR
-    (``rowptr`` int32 (N+1), ``cols`` packed at ceil(log2 K) bits) or by a bitmap (``mask``,
-    (N, ceil(K/64)) uint64), whichever is smaller (PB-LLM's count), with ``codes`` (uint8, one per
-    salient weight, row-major order) on the row's grid ``step_n (code - zero_n)``. Reading the file
-    rebuilds a dense sign plane in memory (the salient positions +1, overwritten by their codes)."""
-
-    kind = "partial"
-
-    def check(self):
-        N, K = self.shape
-        if "mask" in self.t:
-            sal = unpack_bits(self._need("mask", (N, n_words(K)), np.uint64), K, signed=False).astype(bool)
-            self.rowptr = np.concatenate([[0], np.cumsum(sal.sum(1))]).astype(np.int64)
-            self.cols = np.nonzero(sal)[1]
-        else:
-            rp = self._need("rowptr", (N + 1,), np.int32)
-            if rp[0] != 0 or (np.diff(rp) < 0).any() or int(rp[-1]) > N * K:
-                raise ValueError("partial codec: 'rowptr' is not a valid CSR row pointer")
-            self.rowptr = rp.astype(np.int64)
-            cb = uint_bits(K)
-            self.cols = unpack_uint(self._need("cols", (-(-int(rp[-1]) * cb // 8),), np.uint8), cb, int(rp[-1]))
-            if self.cols.size and self.cols.max() >= K:
-                raise ValueError("partial codec: a salient column index is out of range")
-        nnz = int(self.rowptr[-1])
-        self.codes = self._need("codes", (nnz,), np.uint8)
-        self.step = self._need("step", (N,), np.float32)
-        self.zero = self._need("zeros", (N,), np.uint8)
-        n_bin = N * K - nnz
-        bits = np.unpackbits(self._need("signs", (-(-n_bin // 8),), np.uint8), count=n_bin).astype(bool)
-        sal = np.zeros((N, K), dtype=bool)
-        sal[np.repeat(np.arange(N), np.diff(self.rowptr)), self.cols] = True
-        plane = np.ones((N, K))
-        plane[~sal] = np.where(bits, 1.0, -1.0)
-        self.binary = BinaryCodec((N, K), {"symmetric": True}, {"words": pack_bits(plane), "scale": self.t.get("scale")})
-
-    def rows(self, idx):
-        N, K = self.shape
-        sel = self._select(idx)
-        out = self.binary.rows(sel)
-        rp = self.rowptr
-        for i, n in enumerate(sel):
-            a, b = rp[n], rp[n + 1]
-            if b > a:
-                out[i, self.cols[a:b]] = self.step[n] * (self.codes[a:b].astype(np.float32) - np.float32(self.zero[n]))
-        return out
-
-    def bits(self):
-        N, K = self.shape
-        nnz = int(self.rowptr[-1])
-        index = N * K if "mask" in self.t else nnz * uint_bits(K) + 32 * (N + 1)
-        return {"codes": N * K - nnz + 8 * nnz, "index": index,
-                "scales": FP_BITS * (2 * N), "zeros": 8 * N}
-
-
-class BlocksCodec(Codec):
-    """BiLLM's layout (and OAC's, which uses BiLLM's quantizer), block by block of input columns: a
-    salient column bitmap (``salient``, K bits), one sign bit per weight (``signs``, (N, ceil(K/64))
-    uint64), a second sign bit per salient weight (``signs2``, (N, words of the salient columns)), a
-    concentrated/sparse bit per other weight (``concentrated``, (N, words of the other columns)) and
-    four float32 scales per row per block (``scales``, (blocks, N, 4))::
-
-        salient:       a1 s + a2 s2      concentrated: a3 s      sparse: a4 s
-
-    ``meta["blocks"]`` lists each block's column count. Stored exactly as BiLLM's ``storage()`` counts."""
-
-    kind = "blocks"
-
-    def check(self):
-        N, K = self.shape
-        widths = self.meta.get("blocks")
-        if not isinstance(widths, list) or not widths or any(not isinstance(c, int) or c < 1 for c in widths) or sum(widths) != K:
-            raise ValueError("blocks codec: meta 'blocks' must list positive block widths that add up to K")
-        self.widths = widths
-        sal = np.unpackbits(self._need("salient", (-(-K // 8),), np.uint8), count=K).astype(bool)
-        self.sal = sal
-        S = int(sal.sum())
-        self.s1 = self._need("signs", (N, n_words(K)), np.uint64)
-        self.s2 = self._need("signs2", (N, n_words(max(S, 1))), np.uint64)
-        self.conc = self._need("concentrated", (N, n_words(max(K - S, 1))), np.uint64)
-        self.scales = self._need("scales", (len(widths), N, 4), np.float32)
-
-    def rows(self, idx):
-        N, K = self.shape
-        sel = self._select(idx)
-        R = len(sel)
-        s1 = unpack_bits(self.s1[sel], K) if R else np.zeros((0, K), np.float32)
-        S = int(self.sal.sum())
-        s2 = np.zeros((R, K), np.float32)
-        conc = np.zeros((R, K), bool)
-        if R and S:
-            s2[:, self.sal] = unpack_bits(self.s2[sel], S)
-        if R and K - S:
-            conc[:, ~self.sal] = unpack_bits(self.conc[sel], K - S, signed=False).astype(bool)
-        out = np.zeros((R, K), np.float32)
-        c0 = 0
-        for b, c in enumerate(self.widths):
-            a = self.scales[b][sel]  # (R, 4)
-            blk = slice(c0, c0 + c)
-            sal = self.sal[blk][None, :]
-            v = np.where(sal, a[:, 0:1] * s1[:, blk] + a[:, 1:2] * s2[:, blk],
-                         np.where(conc[:, blk], a[:, 2:3], a[:, 3:4]) * s1[:, blk])
-            out[:, blk] = v
-            c0 += c
-        return out
-
-    def bits(self):
-        N, K = self.shape
-        S = int(self.sal.sum())
-        return {"codes": N * K + N * S, "index": K + N * (K - S), "scales": FP_BITS * 4 * N * len(self.widths)}
-
-
-CODECS: dict[str, type[Codec]] = {c.kind: c for c in (BinaryCodec, GridCodec, PlanesCodec, PartialCodec, BlocksCodec)}

@@ -11,11 +11,9 @@ import torch
 from .codecs import (
     NOT_PACKABLE,
     BinaryCodec,
-    BlocksCodec,
     Codec,
     GridCodec,
     NotPackable,
-    PartialCodec,
     PlanesCodec,
     as_numpy,
     pack_uint,
@@ -23,6 +21,7 @@ from .codecs import (
     uint_bits,
 )
 from .kernels import pack_bits
+from .layouts import BlocksCodec, NMBlocksCodec, PartialCodec, comb_rank, nm_layout
 
 
 def _sign_with_factors(w, q, **factors) -> BinaryCodec:
@@ -99,8 +98,38 @@ def _encode_billm(qz, w, q):
     return BlocksCodec(q.shape, {"blocks": [int(blk["salient"].size) for blk in layout]}, t)
 
 
+def _encode_stbllm(qz, w, q):
+    import math
+
+    layout = getattr(qz, "layout", None)
+    if not layout:
+        raise NotPackable("stbllm: the quantizer keeps no packable layout (quantize the component first)")
+    keep = np.concatenate([blk["keep"] for blk in layout], 1)
+    sal = np.concatenate([blk["salient"] for blk in layout])
+    s1 = np.concatenate([blk["signs"] for blk in layout], 1)
+    s2 = np.concatenate([blk["signs2"] for blk in layout], 1)
+    grp = np.concatenate([blk["group"] for blk in layout], 1)
+    N, K = keep.shape
+    n, m = qz.n, qz.m
+    pbits = max(1, math.ceil(math.log2(math.comb(m, n)))) if math.comb(m, n) > 1 else 0
+    t = {}
+    if pbits:
+        ranks = np.stack([comb_rank(keep[:, c0:c0 + width]) for c0, width, _ in nm_layout(K, n, m)], 1)
+        if ranks.max(initial=0) >= 2**pbits:
+            raise NotPackable("stbllm: a group's kept positions do not fit the N:M index")
+        t["patterns"] = pack_uint(ranks.ravel(), pbits)
+    salkeep = keep & sal[None, :]
+    rest = keep & ~sal[None, :]
+    digits = grp[rest].astype(np.int64)
+    digits = np.concatenate([digits, np.zeros(-len(digits) % 5, np.int64)]).reshape(-1, 5)
+    t |= {"salient": np.packbits(sal), "signs": np.packbits(s1[keep] >= 0), "signs2": np.packbits(s2[salkeep] >= 0),
+          "groups": (digits * (3 ** np.arange(5))[None, :]).sum(1).astype(np.uint8),
+          "scales": np.stack([blk["scales"] for blk in layout]).astype(np.float32)}
+    return NMBlocksCodec(q.shape, {"n": n, "m": m, "blocks": [int(blk["salient"].size) for blk in layout]}, t)
+
+
 #: methods whose packed form comes from their own learned values, not from the values of Q alone
-ENCODERS = {"billm": _encode_billm, "oac": _encode_billm, "onebit": _encode_onebit, "fbi": _encode_fbi, "binarybert": _encode_binarybert, "dbllm": _encode_dbllm,
+ENCODERS = {"billm": _encode_billm, "oac": _encode_billm, "stbllm": _encode_stbllm, "onebit": _encode_onebit, "fbi": _encode_fbi, "binarybert": _encode_binarybert, "dbllm": _encode_dbllm,
             "pbllm": _encode_pbllm}
 
 

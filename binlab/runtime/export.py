@@ -30,8 +30,9 @@ import torch.nn as nn
 
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
 
-from .codecs import CODECS, NotPackable
+from .codecs import NotPackable
 from .encoders import encode
+from .layouts import CODECS
 from .packed import PackedEmbedding, PackedLinear
 
 FORMAT = "binlab-packed/1"

@@ -348,3 +348,24 @@ def test_stbllm_nm_codec_holds_what_stbllm_counts(n, m, cols):
     masks = rng.permuted(np.tile(np.arange(8) < 3, (50, 1)), axis=1)
     assert (comb_unrank(comb_rank(masks), 8, 3) == masks).all()
     assert sorted(comb_rank(np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1) if a + b + c == 2], bool))) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("variant", ["arb", "x", "rc"])
+def test_arb_codec_holds_what_arb_counts(variant):
+    """ARB-LLM's layout packed (the column-group bitmap, each group's mean and scales, or ARB-RC's row and
+    column vectors): decoded it is the quantized weight; its bits are ARB's storage() count."""
+    from binlab.nn.quantize import MethodConfig, QuantLinear
+    from binlab.runtime.encoders import encode
+    from binlab.runtime.layouts import ARBBlocksCodec
+
+    rng = np.random.default_rng(11)
+    W = rng.laplace(size=(16, 72)) * 0.05
+    X = rng.normal(size=(72, 300)) * rng.uniform(0.2, 2, size=(72, 1))
+    lin = torch.nn.Linear(72, 16, bias=False)
+    lin.weight.data = torch.from_numpy(W).float()
+    mod = QuantLinear.from_linear(lin, MethodConfig("arb", options={"variant": variant, "blocksize": 32, "iters": 5}))
+    mod.quantizer.calibrate(torch.from_numpy(2 * X @ X.T / 300))
+    codec = encode(mod)
+    assert isinstance(codec, ARBBlocksCodec) and codec.rc == (variant == "rc")
+    np.testing.assert_allclose(codec.dense(), mod.quantized_weight().detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert codec.bits() == mod.quantizer.storage((16, 72))

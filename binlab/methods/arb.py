@@ -67,7 +67,7 @@ def _refit_signs(target: torch.Tensor, alphas: list[torch.Tensor], m: torch.Tens
     return [best[0] * m, best[1] * m]
 
 
-def arb_x(w: torch.Tensor, mask: torch.Tensor, gram: torch.Tensor, order: int = 1, iters: int = 15) -> torch.Tensor:
+def arb_x(w: torch.Tensor, mask: torch.Tensor, gram: torch.Tensor, order: int = 1, iters: int = 15, params: bool = False):
     """ARB-X (sec. 3.2): ARB, then ``iters`` rounds that refit mean and scales with the signs fixed
     to minimise the calibration-aware error ``(w_i - w_hat_i) S (w_i - w_hat_i)^T`` per row, with
     ``S = X X^T`` the block's input Gram matrix (= H / 2)::
@@ -86,16 +86,18 @@ def arb_x(w: torch.Tensor, mask: torch.Tensor, gram: torch.Tensor, order: int = 
             rest = sum((alphas[j] * bs[j] for j in range(order) if j != k), torch.zeros_like(w))
             bS = bs[k] @ gram
             alphas[k] = (bS * (wm - mu * m - rest)).sum(1, keepdim=True) / (bS * bs[k]).sum(1, keepdim=True).clamp_min(1e-10)
-    return (sum(a * b for a, b in zip(alphas, bs)) + mu) * m
+    w_hat = (sum(a * b for a, b in zip(alphas, bs)) + mu) * m
+    return (w_hat, {"mu": mu, "alphas": alphas, "bs": bs}) if params else w_hat
 
 
-def arb_rc(w: torch.Tensor, mask: torch.Tensor, order: int = 1, iters: int = 15) -> torch.Tensor:
+def arb_rc(w: torch.Tensor, mask: torch.Tensor, order: int = 1, iters: int = 15, params: bool = False):
     """ARB-RC (sec. 3.3): row and column scales, no mean: ``W ~ sum_k (a_k c_k^T) * B_k``.
     Start from ``a = mean |W|`` per row, ``c_j = mean_i |W_ij| / a_i``, ``B = sign(W)`` (order 2: the
     same on the residual); then alternate the least-squares updates
     ``a_i = sum_j g_ij W'_ij / sum_j g_ij^2`` with ``g_ij = c_j B_ij`` and
     ``c_j = sum_i h_ij W'_ij / sum_i h_ij^2`` with ``h_ij = a_i B_ij`` (``W'``: W minus the other
-    term); for order 2 the signs are refitted jointly to the nearest of ``+-c1 +- c2``."""
+    term); for order 2 the signs are refitted jointly to the nearest of ``+-c1 +- c2``. ``params``:
+    also return ``{"terms": [(a, c, B), ...]}``."""
     m = mask.to(w.dtype)
     cnt_r = m.sum(1, keepdim=True).clamp_min(1)
     cnt_c = m.sum(0, keepdim=True).clamp_min(1)
@@ -121,7 +123,8 @@ def arb_rc(w: torch.Tensor, mask: torch.Tensor, order: int = 1, iters: int = 15)
             scales = [t[0] * t[1] for t in terms]
             b1, b2 = _refit_signs(w, scales, m)
             terms[0][2], terms[1][2] = b1, b2
-    return sum(t[0] * t[1] * t[2] for t in terms) * m
+    w_hat = sum(t[0] * t[1] * t[2] for t in terms) * m
+    return (w_hat, {"terms": terms}) if params else w_hat
 
 
 @register
@@ -191,6 +194,40 @@ class ARB(BiLLM):
         p = break_point(s, ~m3, self.salient_fit(s, m3), error=error)
         m1 = ~m3 & (s < p)
         return sal, salient + [(m1, 1), (~m3 & ~m1, 1)]
+
+    def block_values(self, wb, groups, gram):
+        """The block's values (each group by ``variant``) and what a packed file holds for them
+        (:class:`binlab.runtime.layouts.ARBBlocksCodec`)."""
+        fits = []
+        q = torch.zeros_like(wb)
+        for m, order in groups:
+            if self.variant == "rc":
+                v, p = arb_rc(wb, m, order, self.iters, params=True)
+            elif self.variant == "x":
+                v, p = arb_x(wb, m, gram, order, self.iters, params=True)
+            else:
+                v, p = arb(wb, m, order, self.iters)
+            q = q + v
+            fits.append((m, order, p))
+        if len(fits) == 3:  # no column-group split (no salient salience): an empty low group
+            m, _, p = fits[0]
+            empty = torch.zeros_like(m)
+            zp = {"terms": [[t[0] * 0, t[1] * 0, t[2] * 0] for t in p["terms"]]} if self.variant == "rc" else \
+                {"mu": p["mu"] * 0, "alphas": [a * 0 for a in p["alphas"]], "bs": [b * 0 for b in p["bs"]]}
+            fits.insert(1, (empty, 2, zp))
+        (hi, _, phi), (lo, _, plo), (conc, _, pc), (sp, _, ps) = fits
+        sal = (hi | lo).any(0)
+        signs = lambda p: [t[2] for t in p["terms"]] if self.variant == "rc" else p["bs"]  # noqa: E731
+        first = torch.where(hi, signs(phi)[0], torch.where(lo, signs(plo)[0], torch.where(conc, signs(pc)[0], signs(ps)[0])))
+        second = torch.where(hi, signs(phi)[1], signs(plo)[1])
+        lay = {"salient": sal.cpu().numpy(), "cgb": hi.cpu().numpy(), "concentrated": conc.cpu().numpy(),
+               "signs": (first >= 0).cpu().numpy(), "signs2": (second >= 0).cpu().numpy()}
+        if self.variant == "rc":
+            terms = [t for p in (phi, plo, pc, ps) for t in p["terms"]]
+            lay |= {"row": torch.cat([t[0] for t in terms], 1).cpu().numpy(), "col": torch.cat([t[1] for t in terms], 0).cpu().numpy()}
+        else:
+            lay |= {"scales": torch.cat([x for p in (phi, plo, pc, ps) for x in [p["mu"], *p["alphas"]]], 1).cpu().numpy()}
+        return q, lay
 
     def binarize_group(self, wb, mask, order, gram):
         if self.variant == "x":

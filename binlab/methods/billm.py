@@ -188,26 +188,36 @@ class BiLLM(Quantizer):
         h = self.hessian_for(w2).double()
         stats = []
 
-        plain = type(self).binarize_group is BiLLM.binarize_group  # BiLLM's own binarizer: its layout can be packed
         layout = []
 
         def quant_block(wb, d, hb, i1):
             gram = h[i1 : i1 + wb.shape[1], i1 : i1 + wb.shape[1]] / 2  # X X^T / N of the block (undamped), for ARB-X
             sal, groups = self.block_groups(salience(wb, d), gram)
             stats.append((wb.shape[1], int(sal.sum())))
-            if plain:  # what a packed file holds: the two sign planes, the concentrated mask, 4 scales per row
-                (m3, _), (m1, _), (m2, _) = groups
-                (a1, b1), (a2, b2) = residual_parts(wb, m3, 2)
-                ((a3, b3),), ((a4, b4),) = residual_parts(wb, m1, 1), residual_parts(wb, m2, 1)
-                first = torch.where(m3, b1, torch.where(m1, b3, b4))
-                layout.append({"salient": sal.cpu().numpy(), "concentrated": m1.cpu().numpy(), "signs": first.cpu().numpy(),
-                               "signs2": b2.cpu().numpy(), "scales": torch.cat([a1, a2, a3, a4], 1).cpu().numpy()})
-            return sum(self.binarize_group(wb, m, order, gram) for m, order in groups)
+            qb, lay = self.block_values(wb, groups, gram)
+            layout.append(lay)
+            return qb
 
         q = block_compensated(w2, h, quant_block, self.blocksize)
         self._salient_per_block = stats
-        self.layout = layout if plain else None
+        self.layout = layout if all(lay is not None for lay in layout) else None
         return q.to(w.dtype).reshape(w.shape)
+
+    def block_values(self, wb: torch.Tensor, groups, gram: torch.Tensor) -> tuple[torch.Tensor, dict | None]:
+        """The block's quantized values and what a packed file holds for them
+        (:class:`binlab.runtime.layouts.BlocksCodec`: the two sign planes, the concentrated mask, 4 scales
+        per row); a subclass that only changes :meth:`binarize_group` gets its values and no layout."""
+        if type(self).binarize_group is not BiLLM.binarize_group:
+            return sum(self.binarize_group(wb, m, order, gram) for m, order in groups), None
+        (m3, _), (m1, _), (m2, _) = groups
+        (a1, b1), (a2, b2) = residual_parts(wb, m3, 2)
+        ((a3, b3),), ((a4, b4),) = residual_parts(wb, m1, 1), residual_parts(wb, m2, 1)
+        f3, f1, f2 = (m.to(wb.dtype) for m in (m3, m1, m2))
+        q = torch.zeros_like(wb) + (torch.zeros_like(wb) + a1 * b1 * f3 + a2 * b2 * f3) + (torch.zeros_like(wb) + a3 * b3 * f1) \
+            + (torch.zeros_like(wb) + a4 * b4 * f2)
+        first = torch.where(m3, b1, torch.where(m1, b3, b4))
+        return q, {"salient": m3.any(0).cpu().numpy(), "concentrated": m1.cpu().numpy(), "signs": first.cpu().numpy(),
+                   "signs2": b2.cpu().numpy(), "scales": torch.cat([a1, a2, a3, a4], 1).cpu().numpy()}
 
     def _blocks(self, shape):
         if self._salient_per_block is not None and sum(c for c, _ in self._salient_per_block) == shape[1]:

@@ -41,8 +41,6 @@ class NotPackable(ValueError):
 
 #: method name -> why binlab cannot write it packed (yet); every other method has a codec
 NOT_PACKABLE = {
-    "arb": "ARB's layout (BiLLM's salient/group structure with per-group means or row and column scales) has no packed "
-           "layout in binlab yet",
     "binarymos": "BinaryMoS mixes scale experts per token with a router, so the layer is not one fixed weight matrix; "
                  "binlab's packed runtime has no token-adaptive layer yet",
 }

@@ -21,7 +21,7 @@ from .codecs import (
     uint_bits,
 )
 from .kernels import pack_bits
-from .layouts import BlocksCodec, NMBlocksCodec, PartialCodec, comb_rank, nm_layout
+from .layouts import ARBBlocksCodec, BlocksCodec, NMBlocksCodec, PartialCodec, comb_rank, nm_layout
 
 
 def _sign_with_factors(w, q, **factors) -> BinaryCodec:
@@ -128,8 +128,31 @@ def _encode_stbllm(qz, w, q):
     return NMBlocksCodec(q.shape, {"n": n, "m": m, "blocks": [int(blk["salient"].size) for blk in layout]}, t)
 
 
+def _encode_arb(qz, w, q):
+    layout = getattr(qz, "layout", None)
+    if not layout:
+        raise NotPackable("arb: the quantizer keeps no packable layout (quantize the component first)")
+    N = q.shape[0]
+
+    def plane(key, cols, signed=True):
+        x = np.concatenate([blk[key][:, cols(blk)] for blk in layout], 1)
+        return pack_bits(np.where(x, 1.0, -1.0 if signed else 0.0), signed=signed) if x.shape[1] else np.zeros((N, 1), np.uint64)
+
+    sal = np.concatenate([blk["salient"] for blk in layout])
+    t = {"salient": np.packbits(sal), "signs": plane("signs", lambda b: slice(None)),
+         "signs2": plane("signs2", lambda b: b["salient"]), "cgb": plane("cgb", lambda b: b["salient"], signed=False),
+         "concentrated": plane("concentrated", lambda b: ~b["salient"], signed=False)}
+    rc = qz.variant == "rc"
+    if rc:
+        t |= {"row": np.stack([blk["row"] for blk in layout]).astype(np.float32),
+              "col": np.concatenate([blk["col"] for blk in layout], 1).astype(np.float32)}
+    else:
+        t["scales"] = np.stack([blk["scales"] for blk in layout]).astype(np.float32)
+    return ARBBlocksCodec(q.shape, {"blocks": [int(blk["salient"].size) for blk in layout], "rc": rc}, t)
+
+
 #: methods whose packed form comes from their own learned values, not from the values of Q alone
-ENCODERS = {"billm": _encode_billm, "oac": _encode_billm, "stbllm": _encode_stbllm, "onebit": _encode_onebit, "fbi": _encode_fbi, "binarybert": _encode_binarybert, "dbllm": _encode_dbllm,
+ENCODERS = {"billm": _encode_billm, "oac": _encode_billm, "stbllm": _encode_stbllm, "arb": _encode_arb, "onebit": _encode_onebit, "fbi": _encode_fbi, "binarybert": _encode_binarybert, "dbllm": _encode_dbllm,
             "pbllm": _encode_pbllm}
 
 

@@ -7,6 +7,8 @@ the registry of every codec a packed file may name (:data:`CODECS`).
 - :class:`BlocksCodec`: BiLLM's (and OAC's) blocks of columns: a salient column bitmap, a sign
   plane, a second plane over the salient weights, a concentrated/sparse bitmap and four scales per
   row per block.
+- :class:`ARBBlocksCodec`: ARB-LLM's: BiLLM's blocks with the column-group bitmap and each group's
+  mean and scales (ARB, ARB-X) or row and column scale vectors (ARB-RC).
 - :class:`NMBlocksCodec`: STBLLM's: the N:M positions (one combination index per group of M), the
   signs of the kept weights, a second sign per kept salient weight, the salient column bitmap, the
   group of each other kept weight (three groups, five to a byte) and five scales per row per block.
@@ -238,4 +240,74 @@ class NMBlocksCodec(Codec):
                 "scales": 5 * N * FP_BITS * len(self.widths)}
 
 
-CODECS: dict[str, type[Codec]] = {c.kind: c for c in (BinaryCodec, GridCodec, PlanesCodec, PartialCodec, BlocksCodec, NMBlocksCodec)}
+class ARBBlocksCodec(Codec):
+    """ARB-LLM's layout, block by block: BiLLM's salient column bitmap (``salient``), one sign bit per
+    weight (``signs``), a second per salient weight (``signs2``), the column-group bit of each salient
+    weight (``cgb``: the high or the low part of the salient columns), the concentrated/sparse bit of
+    each other weight (``concentrated``), and the fits of the four groups (high and low salient: order
+    2; concentrated and sparse: order 1). ARB and ARB-X (``meta["rc"]`` false): ``scales``
+    (blocks, N, 10) = per group ``mu, a1[, a2]``, the value ``mu + a1 s + a2 s2``. ARB-RC: ``row``
+    (blocks, N, 6) and ``col`` (6, K), one row and one column vector per term, the value
+    ``sum_t row_t col_t s_t``."""
+
+    kind = "arb-blocks"
+
+    def check(self):
+        N, K = self.shape
+        widths = self.meta.get("blocks")
+        if not isinstance(widths, list) or not widths or any(not isinstance(c, int) or c < 1 for c in widths) or sum(widths) != K:
+            raise ValueError("arb-blocks codec: meta 'blocks' must list positive block widths that add up to K")
+        self.widths, self.rc = widths, bool(self.meta.get("rc"))
+        self.sal = np.unpackbits(self._need("salient", (-(-K // 8),), np.uint8), count=K).astype(bool)
+        S = int(self.sal.sum())
+        self.s1 = self._need("signs", (N, n_words(K)), np.uint64)
+        self.s2 = self._need("signs2", (N, n_words(max(S, 1))), np.uint64)
+        self.cgb = self._need("cgb", (N, n_words(max(S, 1))), np.uint64)
+        self.conc = self._need("concentrated", (N, n_words(max(K - S, 1))), np.uint64)
+        if self.rc:
+            self.row = self._need("row", (len(widths), N, 6), np.float32)
+            self.col = self._need("col", (6, K), np.float32)
+        else:
+            self.scales = self._need("scales", (len(widths), N, 10), np.float32)
+
+    def rows(self, idx):
+        N, K = self.shape
+        sel = self._select(idx)
+        R = len(sel)
+        S = int(self.sal.sum())
+        s1 = unpack_bits(self.s1[sel], K) if R else np.zeros((0, K), np.float32)
+        s2, hi, conc = np.zeros((R, K), np.float32), np.zeros((R, K), bool), np.zeros((R, K), bool)
+        if R and S:
+            s2[:, self.sal] = unpack_bits(self.s2[sel], S)
+            hi[:, self.sal] = unpack_bits(self.cgb[sel], S, signed=False).astype(bool)
+        if R and K - S:
+            conc[:, ~self.sal] = unpack_bits(self.conc[sel], K - S, signed=False).astype(bool)
+        out = np.zeros((R, K), np.float32)
+        c0 = 0
+        for b, c in enumerate(self.widths):
+            blk = slice(c0, c0 + c)
+            a, b1, b2, h, cc = None, s1[:, blk], s2[:, blk], hi[:, blk], conc[:, blk]
+            if self.rc:
+                r, k = self.row[b][sel], self.col[:, blk]  # (R, 6), (6, c)
+                t = [r[:, i:i + 1] * k[i][None, :] for i in range(6)]
+                v_hi, v_lo = t[0] * b1 + t[1] * b2, t[2] * b1 + t[3] * b2
+                v_c, v_s = t[4] * b1, t[5] * b1
+            else:
+                a = self.scales[b][sel]  # (R, 10): hi mu a1 a2, lo mu a1 a2, conc mu a, sparse mu a
+                v_hi = a[:, 0:1] + a[:, 1:2] * b1 + a[:, 2:3] * b2
+                v_lo = a[:, 3:4] + a[:, 4:5] * b1 + a[:, 5:6] * b2
+                v_c, v_s = a[:, 6:7] + a[:, 7:8] * b1, a[:, 8:9] + a[:, 9:10] * b1
+            sal = self.sal[blk][None, :]
+            out[:, blk] = np.where(sal, np.where(h, v_hi, v_lo), np.where(cc, v_c, v_s))
+            c0 += c
+        return out
+
+    def bits(self):
+        N, K = self.shape
+        S = int(self.sal.sum())
+        scales = 6 * (N * len(self.widths) + K) if self.rc else 10 * N * len(self.widths)
+        return {"codes": N * K + N * S, "index": K + N * (K - S) + N * S, "scales": FP_BITS * scales}
+
+
+CODECS: dict[str, type[Codec]] = {c.kind: c for c in (BinaryCodec, GridCodec, PlanesCodec, PartialCodec, BlocksCodec, NMBlocksCodec,
+                                                      ARBBlocksCodec)}

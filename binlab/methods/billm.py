@@ -213,8 +213,7 @@ class BiLLM(Quantizer):
         (a1, b1), (a2, b2) = residual_parts(wb, m3, 2)
         ((a3, b3),), ((a4, b4),) = residual_parts(wb, m1, 1), residual_parts(wb, m2, 1)
         f3, f1, f2 = (m.to(wb.dtype) for m in (m3, m1, m2))
-        q = torch.zeros_like(wb) + (torch.zeros_like(wb) + a1 * b1 * f3 + a2 * b2 * f3) + (torch.zeros_like(wb) + a3 * b3 * f1) \
-            + (torch.zeros_like(wb) + a4 * b4 * f2)
+        q = (a1 * b1 + a2 * b2) * f3 + a3 * b3 * f1 + a4 * b4 * f2
         first = torch.where(m3, b1, torch.where(m1, b3, b4))
         return q, {"salient": m3.any(0).cpu().numpy(), "concentrated": m1.cpu().numpy(), "signs": first.cpu().numpy(),
                    "signs2": b2.cpu().numpy(), "scales": torch.cat([a1, a2, a3, a4], 1).cpu().numpy()}

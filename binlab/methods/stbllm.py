@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from .base import FP_BITS, Quantizer, register
-from .billm import block_compensated, centred_residual, residual_binarize, residual_parts, salience, salient_columns
+from .billm import block_compensated, centred_residual, residual_parts, salience, salient_columns
 
 
 def importance(w: torch.Tensor, h_diag: torch.Tensor, a: float = 0.5) -> torch.Tensor:
@@ -142,19 +142,19 @@ class STBLLM(Quantizer):
             col = sal[None, :].expand_as(wb)
             p = three_group_split(s, col)
             m3 = col & kb
-            out = residual_binarize(wb, m3, 2)
             groups = three_groups(s, ~col, p)
-            for g in groups:
-                out = out + residual_binarize(wb, g & kb, 1)
-            stats.append((wb.shape[1], int(sal.sum()), int(kb.sum()), int(m3.sum())))
-            # what a packed file holds (binlab.runtime.layouts.NMBlocksCodec): signs, groups, 5 scales per row
-            (a1, b1), (a2, b2) = residual_parts(wb, m3, 2)
+            (a1, b1), (a2, b2) = residual_parts(wb, m3, 2)  # each group binarized once: its values and what a file holds
             parts = [residual_parts(wb, g & kb, 1)[0] for g in groups]
+            f3 = m3.to(wb.dtype)
+            out = a1 * b1 * f3 + a2 * b2 * f3
             gid = torch.zeros_like(kb, dtype=torch.int8)
             first = b1.clone()
-            for i, (g, (_, b)) in enumerate(zip(groups, parts)):
+            for i, (g, (a, b)) in enumerate(zip(groups, parts)):
+                out = out + a * b * (g & kb).to(wb.dtype)
                 gid[g & kb] = i
                 first = torch.where(g & kb, b, first)
+            stats.append((wb.shape[1], int(sal.sum()), int(kb.sum()), int(m3.sum())))
+            # what a packed file holds (binlab.runtime.layouts.NMBlocksCodec): signs, groups, 5 scales per row
             layout.append({"keep": kb.cpu().numpy(), "salient": sal.cpu().numpy(), "group": gid.cpu().numpy(),
                            "signs": first.cpu().numpy(), "signs2": b2.cpu().numpy(),
                            "scales": torch.cat([a1, a2] + [a for a, _ in parts], 1).cpu().numpy()})

@@ -81,6 +81,14 @@ class PartialCodec(Codec):
                 "scales": FP_BITS * (2 * N), "zeros": 8 * N}
 
 
+def block_widths(meta: dict, K: int, kind: str) -> list[int]:
+    """``meta["blocks"]``: each block's column count, positive, adding up to K (else a ValueError naming ``kind``)."""
+    widths = meta.get("blocks")
+    if not isinstance(widths, list) or not widths or any(not isinstance(c, int) or c < 1 for c in widths) or sum(widths) != K:
+        raise ValueError(f"{kind} codec: meta 'blocks' must list positive block widths that add up to K")
+    return widths
+
+
 class BlocksCodec(Codec):
     """BiLLM's layout (and OAC's, which uses BiLLM's quantizer), block by block of input columns: a
     salient column bitmap (``salient``, K bits), one sign bit per weight (``signs``, (N, ceil(K/64))
@@ -96,10 +104,7 @@ class BlocksCodec(Codec):
 
     def check(self):
         N, K = self.shape
-        widths = self.meta.get("blocks")
-        if not isinstance(widths, list) or not widths or any(not isinstance(c, int) or c < 1 for c in widths) or sum(widths) != K:
-            raise ValueError("blocks codec: meta 'blocks' must list positive block widths that add up to K")
-        self.widths = widths
+        self.widths = widths = block_widths(self.meta, K, self.kind)
         sal = np.unpackbits(self._need("salient", (-(-K // 8),), np.uint8), count=K).astype(bool)
         self.sal = sal
         S = int(sal.sum())
@@ -181,11 +186,10 @@ class NMBlocksCodec(Codec):
 
     def check(self):
         N, K = self.shape
-        n, m, widths = self.meta.get("n"), self.meta.get("m"), self.meta.get("blocks")
+        n, m = self.meta.get("n"), self.meta.get("m")
         if not (isinstance(m, int) and m >= 2 and isinstance(n, int) and 1 <= n <= m):
             raise ValueError("nm-blocks codec: meta 'n' and 'm' must be whole numbers with 1 <= n <= m")
-        if not isinstance(widths, list) or not widths or any(not isinstance(c, int) or c < 1 for c in widths) or sum(widths) != K:
-            raise ValueError("nm-blocks codec: meta 'blocks' must list positive block widths that add up to K")
+        widths = block_widths(self.meta, K, self.kind)
         self.n, self.m, self.widths = n, m, widths
         groups = nm_layout(K, n, m)
         pbits = max(1, math.ceil(math.log2(math.comb(m, n)))) if math.comb(m, n) > 1 else 0
@@ -254,10 +258,7 @@ class ARBBlocksCodec(Codec):
 
     def check(self):
         N, K = self.shape
-        widths = self.meta.get("blocks")
-        if not isinstance(widths, list) or not widths or any(not isinstance(c, int) or c < 1 for c in widths) or sum(widths) != K:
-            raise ValueError("arb-blocks codec: meta 'blocks' must list positive block widths that add up to K")
-        self.widths, self.rc = widths, bool(self.meta.get("rc"))
+        self.widths, self.rc = block_widths(self.meta, K, self.kind), bool(self.meta.get("rc"))
         self.sal = np.unpackbits(self._need("salient", (-(-K // 8),), np.uint8), count=K).astype(bool)
         S = int(self.sal.sum())
         self.s1 = self._need("signs", (N, n_words(K)), np.uint64)
@@ -265,10 +266,10 @@ class ARBBlocksCodec(Codec):
         self.cgb = self._need("cgb", (N, n_words(max(S, 1))), np.uint64)
         self.conc = self._need("concentrated", (N, n_words(max(K - S, 1))), np.uint64)
         if self.rc:
-            self.row = self._need("row", (len(widths), N, 6), np.float32)
+            self.row = self._need("row", (len(self.widths), N, 6), np.float32)
             self.col = self._need("col", (6, K), np.float32)
         else:
-            self.scales = self._need("scales", (len(widths), N, 10), np.float32)
+            self.scales = self._need("scales", (len(self.widths), N, 10), np.float32)
 
     def rows(self, idx):
         N, K = self.shape

@@ -1,4 +1,4 @@
-"""Command line: ``binlab data | train | eval | size | export | experiments | sweep | landscape | bench | methods | app``.
+"""Command line: ``binlab data | train | eval | size | export | classify | experiments | sweep | landscape | bench | methods | app``.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
     binlab eval --preset minilm-l2 --spec '{"rules":[{"target":"QK","method":{"method":"xnor"}}]}'
     binlab size --preset scratch --target all-except-head --method bucket
     binlab export --preset scratch --target encoder --method xnor --act sign --out model.safetensors --verify
+    binlab classify model.safetensors "Stocks rally as oil falls"   # no torch in this process
     binlab experiments run T4 --preset scratch
     binlab methods recu                 # one method card; --write regenerates docs/methods.md
 """
@@ -124,7 +125,30 @@ def cmd_eval(args):
     return 0
 
 
+def cmd_classify(args):
+    """Classify texts with a packed model, without torch (binlab.runtime.standalone)."""
+    from .runtime.standalone import load
+
+    texts = list(args.texts)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise ValueError(f"--file {args.file}: no such file (give a text file with one headline per line)")
+        texts += [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    if not texts:
+        raise ValueError("give one or more texts to classify, or --file with one text per line")
+    out = load(args.model).classify(texts)
+    for r in out:
+        print(json.dumps(r) if args.json else f"{r['label']}\t{r['probs'][r['label']]:.3f}\t{r['text']}")
+    return 0
+
+
 def cmd_generate(args):
+    if args.model:  # a packed language model, without torch
+        from .runtime.standalone import load
+
+        print(json.dumps({"prompt": args.prompt, "packed": load(args.model).generate(args.prompt, args.tokens)["text"]}, indent=2))
+        return 0
     from .nn.generate import greedy
     from .training.calibration import calibration_set
     from .training.qat import ptq
@@ -167,7 +191,6 @@ def cmd_size(args):
 
 
 def cmd_export(args):
-    from .data import fingerprint
     from .runtime.export import check_size, load_packed, save_packed
     from .training.calibration import calibration_set
     from .training.qat import ptq
@@ -179,7 +202,7 @@ def cmd_export(args):
         raise ValueError("nothing to pack: give --target/--method or --spec (an fp32 model is exported by torch itself)")
     p, splits, model = _load(args)
     q = ptq(model, spec, calib=calibration_set(splits))
-    info = save_packed(q, args.out, preset=p.name, tokenizer=fingerprint(splits.tokenizer.to_str()))
+    info = save_packed(q, args.out, tokenizer=splits.tokenizer, preset=p.name)
     info["within_header"] = check_size(info)
     if args.verify:
         from .training.train import predict
@@ -443,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--split", default="test", choices=["val", "test"])
         elif name == "generate":
             p.add_argument("--prompt", required=True)
+            p.add_argument("--model", default=None, help="a packed language model file (binlab export): run it without torch")
             p.add_argument("--tokens", type=int, default=20, help="at most this many new tokens")
         elif name == "export":
             p.add_argument("--out", required=True, help="the .safetensors file to write")
@@ -450,6 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--json", action="store_true", help="print the size report as JSON (summary with total_bytes, and components)")
         p.set_defaults(fn=fn)
+
+    p = sub.add_parser("classify", help="classify texts with a packed model file (binlab export), without torch")
+    p.add_argument("model", help="the packed .safetensors file")
+    p.add_argument("texts", nargs="*", help="texts to classify (one argument each)")
+    p.add_argument("--file", default=None, help="a text file: one text per line")
+    p.add_argument("--json", action="store_true", help="one JSON object per text (label and class probabilities)")
+    p.set_defaults(fn=cmd_classify)
 
     p = sub.add_parser("experiments", help="regenerate the seed tables (writes docs/results/)")
     p.add_argument("action", choices=["list", "run", "render", "datasize"],

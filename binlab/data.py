@@ -18,10 +18,12 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where batches are made: the torch-free runtime encodes texts without it
+    import torch
 
 HUB_ID = "fancyzhx/ag_news"
 CLASSES = ("World", "Sports", "Business", "Sci/Tech")
@@ -279,8 +281,9 @@ class EncodedSplit:
     def head(self, n: int) -> "EncodedSplit":
         return self.subset(np.arange(min(n, len(self))))
 
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, device="cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(input_ids (B, T), labels (B,))`` with rows of similar length together.
+    def padded(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(input_ids (B, T) int64, rows (B,))``: the row indices of each batch and their ids,
+        rows of similar length together.
 
         Rows are sorted by length so padding is small (dynamic padding to the batch's longest
         row). With ``shuffle``, rows are shuffled, then sorted inside chunks of 50 batches, and
@@ -304,6 +307,13 @@ class EncodedSplit:
             for j, r in enumerate(rows):
                 seq = self.ids[self.offsets[r] : self.offsets[r + 1]]
                 x[j, : len(seq)] = seq
+            yield x, rows
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, device="cpu") -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+        """Yield ``(input_ids (B, T), labels (B,))`` as torch tensors on ``device``: :meth:`padded`'s batches."""
+        import torch
+
+        for x, rows in self.padded(batch_size, shuffle, seed):
             yield torch.from_numpy(x).to(device), torch.from_numpy(self.labels[rows]).to(device)
 
 

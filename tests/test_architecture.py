@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: module) and from any layer below; never from a layer above, and never from another unit of its own
 #: layer (training and runtime do not know each other). docs/architecture.md says what each one is.
 LAYERS = [
-    ("binlab.seed", "binlab.progress", "binlab.data"),  # constants, progress bars, AG_NEWS and tokenizers
+    ("binlab.seed", "binlab.bits", "binlab.progress", "binlab.data"),  # constants, progress bars, AG_NEWS and tokenizers
     ("binlab.methods",),  # everything a learner picks from a registry: weight methods, estimators, activation and attention quantizers
     ("binlab.nn",),  # the models, quantize_/QuantSpec, the objective, pretrained loading
     ("binlab.training", "binlab.runtime"),  # train/PTQ/QAT/calibration/recipes; kernels/codecs/packed modules/export/size

@@ -138,7 +138,7 @@ def test_damaged_files_are_refused(fp_tiny, tmp_path):
     save_file(tensors, str(tmp_path / "other.safetensors"), metadata={**meta, "format": "something-else/9"})
     with pytest.raises(ValueError, match="not a binlab packed model"):
         load_packed(tmp_path / "other.safetensors")
-    from binlab.runtime.export import _digest
+    from binlab.runtime.fileformat import digest as _digest
 
     def resigned(name, **changes):  # a header edited, with its checksum recomputed: what the loader itself must catch
         m = {**meta, **changes}

@@ -161,7 +161,7 @@ def test_cli_bad_paths_and_numbers_give_one_line(tmp_path, capsys):
 
 
 def test_a_packed_model_refuses_another_tokenizer_and_a_folder(tiny_splits, tiny_model, tmp_path, fixture_data, monkeypatch):
-    from binlab.data import TokenizerConfig, fingerprint, get_tokenizer
+    from binlab.data import TokenizerConfig, get_tokenizer
     from binlab.nn.quantize import QuantSpec
     from binlab.runtime.export import load_packed, save_packed
     from binlab.training.qat import ptq
@@ -170,7 +170,7 @@ def test_a_packed_model_refuses_another_tokenizer_and_a_folder(tiny_splits, tiny
     with pytest.raises(ValueError, match="is a folder"):
         save_packed(q, tmp_path)
     path = tmp_path / "m.safetensors"
-    save_packed(q, path, tokenizer=fingerprint(tiny_splits.tokenizer.to_str()))
+    save_packed(q, path, tokenizer=tiny_splits.tokenizer)
     assert load_packed(path, tokenizer=tiny_splits.tokenizer) is not None
     monkeypatch.setenv("BINLAB_CACHE", str(tmp_path / "other"))
     other = get_tokenizer(TokenizerConfig("wordpiece", vocab_size=300), _texts(fixture_data))

@@ -5,7 +5,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from binlab.data import cache_dir, fingerprint
+from binlab.data import cache_dir
 from binlab.nn.metric import task_info
 from binlab.runtime.codecs import NotPackable
 from binlab.runtime.export import classify_text, load_packed, ready_specs, save_packed
@@ -36,7 +36,7 @@ with friendly_errors():
         path = cache_dir() / "exports" / f"{preset}-{key}.safetensors"
         try:
             with st.spinner("packing and writing ..."):
-                info = save_packed(model, path, preset=preset, tokenizer=fingerprint(splits.tokenizer.to_str()))
+                info = save_packed(model, path, tokenizer=splits.tokenizer, preset=preset)
                 packed = load_packed(path, tokenizer=splits.tokenizer)
         except NotPackable as err:
             st.error(f"This configuration cannot be packed: {err}. Pick another method for that component.")

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import torch
 
-FP_BITS = 32  # every stored real number (scale, mean, threshold) is fp32
+from binlab.bits import FP_BITS  # noqa: F401 - every stored real number (scale, mean, threshold) is fp32
 
 
 def sign(x: torch.Tensor) -> torch.Tensor:

@@ -28,9 +28,8 @@ import math
 from typing import ClassVar
 
 import numpy as np
-import torch
 
-from binlab.methods import FP_BITS
+from binlab.bits import FP_BITS
 
 from .kernels import dequant_rows, n_words, pack_bits
 
@@ -50,7 +49,7 @@ TILE = 256  # output rows dequantized at a time for the dense GEMM (a 256 x 1536
 
 def as_numpy(t) -> np.ndarray:
     """A tensor or array as a numpy array (no copy where none is needed)."""
-    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+    return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)  # a torch tensor, without importing torch
 
 
 def uint_bits(n_values: int) -> int:

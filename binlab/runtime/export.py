@@ -19,7 +19,6 @@ weight is ever materialised. A truncated or altered file raises ``ValueError`` s
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -32,11 +31,9 @@ from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
 
 from .codecs import NotPackable
 from .encoders import encode
+from .fileformat import FORMAT, SEP, digest, read_packed  # noqa: F401 - read_packed: part of this module's API
 from .layouts import CODECS
 from .packed import PackedEmbedding, PackedLinear
-
-FORMAT = "binlab-packed/1"
-SEP = ".__"
 
 
 def spec_of(model: nn.Module):
@@ -56,10 +53,6 @@ def spec_of(model: nn.Module):
     return QuantSpec(rules, attn_probs=probs, attn_qkv=qkv, attn_residual=rank)
 
 
-#: the header fields the checksum covers with the tensors (everything that decides what the model computes)
-SIGNED_FIELDS = ("format", "config", "spec", "components")
-
-
 def ready_specs() -> dict[str, QuantSpec]:
     """Ready-made configurations (PTQ of the baseline) to export before a learner has made one: W1A1
     through the XNOR kernel (the linears only: unlike the tables' W1A1, attention stays fp32), W1A32
@@ -72,15 +65,27 @@ def ready_specs() -> dict[str, QuantSpec]:
     }
 
 
-def _digest(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> str:
-    h = hashlib.sha256()
-    for k in SIGNED_FIELDS:
-        h.update(f"{k}={meta.get(k, '')}|".encode())
-    for k in sorted(tensors):
-        a = np.ascontiguousarray(tensors[k])
-        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+def act_form(act) -> dict | None:
+    """What an input quantizer computes, for a runtime that has no torch modules: ``{"kind": name}`` for
+    the stateless ones (:data:`binlab.methods.activations.ACTIVATIONS`), ``{"kind": "elastic", "signed",
+    "bits"}`` for BiT's elastic and LSQ kinds (their scale and shift are tensors of the file)."""
+    if act is None:
+        return None
+    if hasattr(act, "signed") and hasattr(act, "bits"):
+        return {"kind": "elastic", "signed": bool(act.signed), "bits": int(act.bits)}
+    return {"kind": act.name}
+
+
+def attention_form(model: nn.Module) -> dict:
+    """The attention quantizers of a model (the same in every layer), as :func:`act_form` describes them:
+    ``{"probs": None | {"kind": "binary01" | "bibert"} | elastic form, "qkv": act form, "residual_rank": r}``."""
+    for mod in model.modules():
+        if hasattr(mod, "prob_quantizer"):
+            pq = mod.prob_quantizer
+            probs = None if pq is None else act_form(pq.act) if hasattr(pq, "act") else {"kind": pq.name}
+            qkv = act_form(mod.qkv_quantizer["q"]) if mod.qkv_quantizer is not None else None
+            return {"probs": probs, "qkv": qkv, "residual_rank": mod.residual.rank if mod.residual is not None else 0}
+    return {"probs": None, "qkv": None, "residual_rank": 0}
 
 
 def packed_tensors(model: nn.Module) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
@@ -101,6 +106,7 @@ def packed_tensors(model: nn.Module) -> tuple[dict[str, np.ndarray], dict[str, d
             tensors[f"{name}{SEP}{field}"] = np.ascontiguousarray(arr)
         comps[name] = {"codec": codec.kind, "shape": list(codec.shape), "meta": codec.meta, "method": mod.method.method,
                        "kind": "linear" if isinstance(mod, QuantLinear) else "embedding", "act": mod.method.act,
+                       "act_form": act_form(getattr(mod, "act", None)),
                        "shortcut": bool(getattr(mod, "shortcut", False)), "post_norm": bool(getattr(mod.quantizer, "post_norm", False)), "padding_idx": getattr(mod, "padding_idx", None),
                        "weight_shape": list(mod.weight.shape)}
         drop += [f"{name}.weight", f"{name}.qparams."]
@@ -111,11 +117,13 @@ def packed_tensors(model: nn.Module) -> tuple[dict[str, np.ndarray], dict[str, d
     return tensors, comps
 
 
-def save_packed(model: nn.Module, path: str | Path, **extra_meta: str) -> dict:
+def save_packed(model: nn.Module, path: str | Path, tokenizer=None, **extra_meta: str) -> dict:
     """Write ``model`` (a :class:`~binlab.nn.model.Classifier` or :class:`~binlab.nn.model.CausalLM`, fake-quantized
-    by :func:`~binlab.nn.quantize.quantize_`) packed to ``path`` (atomically). Returns ``{"path",
-    "file_bytes", "predicted_bytes", "components"}``; :class:`~binlab.runtime.codecs.NotPackable` names the
-    component and why when a method has no packed layout."""
+    by :func:`~binlab.nn.quantize.quantize_`) packed to ``path`` (atomically). ``tokenizer`` (a
+    ``tokenizers.Tokenizer``): the file carries it (``tokenizer_json``, signed, and its fingerprint), so
+    :mod:`binlab.runtime.standalone` needs nothing else. Returns ``{"path", "file_bytes",
+    "predicted_bytes", "tokenizer_bytes", "components"}``; :class:`~binlab.runtime.codecs.NotPackable`
+    names the component and why when a method has no packed layout."""
     from safetensors.numpy import save_file
 
     from .size import model_size
@@ -124,8 +132,15 @@ def save_packed(model: nn.Module, path: str | Path, **extra_meta: str) -> dict:
         raise ValueError("save_packed needs a binlab model (Classifier or CausalLM with .config); ensembles are not supported")
     tensors, comps = packed_tensors(model)
     meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict()), "spec": spec_of(model).to_json(),
-            "components": json.dumps(comps, sort_keys=True)}
-    meta["sha256"] = _digest(tensors, meta)
+            "components": json.dumps(comps, sort_keys=True), "attention": json.dumps(attention_form(model), sort_keys=True)}
+    if tokenizer is not None:
+        from binlab.data import fingerprint
+
+        if not hasattr(tokenizer, "to_str"):
+            raise ValueError(f"tokenizer must be a tokenizers.Tokenizer, got {type(tokenizer).__name__}")
+        meta["tokenizer_json"] = tokenizer.to_str()
+        meta["tokenizer"] = fingerprint(meta["tokenizer_json"])
+    meta["sha256"] = digest(tensors, meta)
     meta |= {k: str(v) for k, v in extra_meta.items()}
     path = Path(path)
     if path.is_dir():
@@ -139,27 +154,7 @@ def save_packed(model: nn.Module, path: str | Path, **extra_meta: str) -> dict:
         tmp.unlink(missing_ok=True)
         raise OSError(f"could not write {path} ({err}); free some disk space or pick another path") from None
     return {"path": str(path), "file_bytes": path.stat().st_size, "predicted_bytes": model_size(model).total_bytes,
-            "components": len(comps)}
-
-
-def read_packed(path: str | Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
-    """(metadata, tensors) of a packed file, checked: format, every tensor readable, the checksum."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no packed model at {path}; write one with `binlab export ... --out {path}`")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # noqa: BLE001 - safetensors raises several kinds on a damaged file
-        raise ValueError(f"{path} is not a readable packed model (truncated or corrupted?): {type(err).__name__}: {err}") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a binlab packed model (format {meta.get('format')!r}, expected {FORMAT!r})")
-    if _digest(tensors, meta) != meta.get("sha256"):
-        raise ValueError(f"{path} is corrupted: its tensors or header do not match the checksum in its header (altered after export?)")
-    return meta, tensors
+            "tokenizer_bytes": len(meta.get("tokenizer_json", "").encode()), "components": len(comps)}
 
 
 def load_packed(path: str | Path, tokenizer=None) -> nn.Module:
@@ -231,8 +226,10 @@ def load_packed(path: str | Path, tokenizer=None) -> nn.Module:
 
 
 def check_size(info: dict, rel: float = 0.01, slack: int = 16 * 1024) -> bool:
-    """Whether a written file's size equals the predicted size within ``rel`` or ``slack`` bytes (the header)."""
-    return abs(info["file_bytes"] - info["predicted_bytes"]) <= max(rel * info["predicted_bytes"], slack)
+    """Whether a written file's size, less the tokenizer it carries, equals the predicted size within
+    ``rel`` or ``slack`` bytes (the header)."""
+    weights = info["file_bytes"] - info.get("tokenizer_bytes", 0)
+    return abs(weights - info["predicted_bytes"]) <= max(rel * info["predicted_bytes"], slack)
 
 
 def classify_text(model: nn.Module, tokenizer, text: str, repeats: int = 5) -> dict:

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from binlab.methods import FP_BITS
+from binlab.bits import FP_BITS
 
 from .codecs import BinaryCodec, Codec, GridCodec, PlanesCodec, uint_bits, unpack_uint
 from .kernels import n_words, pack_bits, unpack_bits

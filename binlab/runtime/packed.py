@@ -17,6 +17,7 @@ from binlab.nn.quantize import QuantEmbedding, QuantLinear, set_submodule
 from .codecs import TILE, BinaryCodec, Codec, NotPackable
 from .encoders import encode
 from .kernels import LutWeights, binary_gemm, w1a1_linear_kernel
+from .standalone import POST_NORM_EPS
 
 
 def _xnor_capable(act) -> bool:
@@ -37,8 +38,6 @@ def _xnor_input(act) -> tuple[float, torch.Tensor | None] | None:
     return None
 
 
-#: OneBit's output LayerNorm (no parameters, torch's default eps)
-POST_NORM_EPS = 1e-5
 
 
 class PackedLinear(nn.Module):

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from binlab.methods import FP_BITS
+from binlab.bits import FP_BITS
 from binlab.nn.quantize import is_method_state, is_training_aux
 
 

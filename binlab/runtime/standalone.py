@@ -1,0 +1,409 @@
+"""Run a packed model with numpy and numba only: no torch in the process.
+
+A 1-bit model is meant to run where a float32 one cannot, so the file :mod:`binlab.runtime.export`
+writes carries everything a deployment needs (the weights' codecs, the other tensors, the model
+config, what every input and attention quantizer computes, and the tokenizer), and this module runs
+it with the packed kernels of :mod:`binlab.runtime.kernels`::
+
+    from binlab.runtime.standalone import load
+    m = load("model.safetensors")
+    m.classify(["Stocks rally as oil falls"])      # [{"label": "Business", "probs": {...}}]
+    m.generate("The president said", 20)           # a packed language model
+
+    binlab classify model.safetensors "Stocks rally as oil falls"     # the same, from the shell
+    binlab generate --model lm.safetensors --prompt "The president said"
+
+It computes what :class:`binlab.nn.model.Classifier` / :class:`~binlab.nn.model.CausalLM` with
+:class:`~binlab.runtime.packed.PackedLinear` layers compute (the post-norm BERT block, mean pooling or
+next-token logits), in float32:
+
+- a plain binary linear with a sign-like input quantizer (binlab's ``sign``, BiBERT's unscaled sign,
+  BiT's signed 1-bit elastic activation): the fused XNOR-popcount kernel, as the torch packed path;
+- a plain binary linear without an input quantizer on fewer than ``LUT_ROWS`` tokens: lookup tables;
+- every other codec (k-bit grids, planes, PB-LLM's partial rows, BiLLM/ARB/STBLLM blocks): the input
+  quantizer, then ``TILE`` output rows dequantized at a time for a float32 GEMM;
+- unquantized linears and embeddings: their float32 tensors.
+
+The results equal the torch packed path's up to float32 summation order (the tests hold logits to
+1e-5 relative on the tiny presets); a value within rounding of a sign threshold can flip a bit, so on a
+large test set a few predictions may differ (the deploy bench reports the share that agree).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from binlab.data import CLASSES, PAD_ID, encode
+
+from .codecs import TILE, BinaryCodec
+from .fileformat import SEP, packed_tokenizer, read_packed
+from .kernels import LutWeights, binary_gemm, gelu, w1a1_linear_kernel
+from .layouts import CODECS
+
+#: OneBit's output LayerNorm (no parameters, torch's default eps)
+POST_NORM_EPS = 1e-5
+#: a plain binary linear without input quantizer uses lookup tables below this many input rows
+LUT_ROWS = 32
+#: the stateless input quantizers this runtime computes (binlab.methods.activations.ACTIVATIONS)
+STATELESS = ("sign", "sign_unscaled", "binary01", "absmax8")
+
+
+def _sign(x: np.ndarray) -> np.ndarray:
+    return np.where(x >= 0, np.float32(1), np.float32(-1))  # sign(0) = +1, binlab's convention
+
+
+def _layer_norm(x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None, eps: float) -> np.ndarray:
+    mu = x.mean(-1, keepdims=True)
+    xc = x - mu
+    var = (xc * xc).mean(-1, keepdims=True)
+    y = xc / np.sqrt(var + np.float32(eps))
+    if w is not None:
+        y = y * w + b
+    return y.astype(np.float32, copy=False)
+
+
+def _softmax(s: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    s = np.where(mask, s, np.float32(-np.inf))
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+class Quantizer:
+    """An input or attention quantizer of the file (see :func:`binlab.runtime.export.act_form`):
+    ``sign`` (per-token scale mean|x|), ``sign_unscaled``, ``binary01``, ``absmax8``, or BiT's/LSQ's
+    elastic kinds with their learned ``alpha`` (and per-channel shift ``move`` in front of a linear)."""
+
+    def __init__(self, form: dict, params: dict[str, np.ndarray], where: str):
+        self.kind = form.get("kind")
+        if self.kind not in STATELESS + ("elastic",):
+            raise ValueError(f"{where}: the torch-free runtime has no input quantizer {self.kind!r}; "
+                             "load the file with binlab.runtime.export.load_packed")
+        self.signed, self.bits = bool(form.get("signed", True)), int(form.get("bits", 1))
+        self.alpha = self.move = None
+        if self.kind == "elastic":
+            if "alpha" not in params or not bool(np.asarray(params.get("initialized", False))):
+                raise ValueError(f"{where}: its elastic quantizer's scale was never set (the model never ran before export)")
+            alpha = np.asarray(params["alpha"], np.float32).reshape(-1)
+            if alpha.size != 1:
+                raise ValueError(f"{where}: its elastic quantizer's scale has {alpha.size} values, expected 1")
+            self.alpha = float(max(alpha[0], np.float32(1e-5)))
+            self.move = params.get("move")
+        if self.bits < 1:
+            raise ValueError(f"{where}: bits must be >= 1, got {self.bits}")
+
+    def xnor_form(self) -> tuple[float, np.ndarray | None] | None:
+        """(scale, shift) when the quantizer gives ``scale * sign(x + shift)`` (scale -1: the per-token
+        mean|x|), so the XNOR kernel computes the layer; else None."""
+        if self.kind == "sign":
+            return -1.0, None
+        if self.kind == "sign_unscaled":
+            return 1.0, None
+        if self.kind == "elastic" and self.signed and self.bits == 1:
+            return self.alpha, self.move
+        return None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.kind == "sign":
+            a = np.maximum(np.abs(x).mean(-1, keepdims=True), np.float32(1e-8))
+            return a * _sign(x)
+        if self.kind == "sign_unscaled":
+            return _sign(x)
+        if self.kind == "binary01":
+            up = (x >= x.mean(-1, keepdims=True)).astype(np.float32)
+            m = (x * up).sum(-1, keepdims=True) / np.maximum(up.sum(-1, keepdims=True), np.float32(1))
+            return m * up
+        if self.kind == "absmax8":
+            g = np.maximum(np.abs(x).max(-1, keepdims=True), np.float32(1e-8))
+            return np.clip(np.round(np.float32(127) * x / g), -127, 127) * g / np.float32(127)
+        if self.move is not None:
+            x = x + self.move
+        alpha = np.float32(self.alpha)
+        if self.signed and self.bits == 1:
+            return alpha * _sign(x)
+        qn, qp = (-(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1) if self.signed else (0, 2**self.bits - 1)
+        if not self.signed and self.bits > 1:  # BiT: the tensor's minimum off, then back on
+            lo = x.min()
+            return np.clip(np.round((x - lo) / alpha), qn, qp) * alpha + lo
+        return np.clip(np.round(x / alpha), qn, qp) * alpha
+
+
+class Linear:
+    """One linear of the file: packed (a codec) or float32, with its input quantizer, OneBit's output
+    norm and Bi-Real's shortcut."""
+
+    def __init__(self, name: str, weight, bias: np.ndarray | None, act: Quantizer | None = None,
+                 shortcut: bool = False, post_norm: bool = False):
+        self.name = name
+        self.codec = weight if not isinstance(weight, np.ndarray) else None
+        self.dense = weight if isinstance(weight, np.ndarray) else None
+        self.out_features, self.in_features = weight.shape
+        self.bias = bias
+        self.act, self.shortcut, self.post_norm = act, shortcut, post_norm
+        plain = isinstance(self.codec, BinaryCodec) and self.codec.plain
+        self.xnor = act.xnor_form() if (plain and act is not None) else None
+        self._wt = np.ascontiguousarray(self.codec.words.T) if self.xnor is not None else None
+        self._lut = LutWeights(self.codec.words, self.in_features) if plain and act is None else None
+        self._zeros = np.zeros(self.out_features, np.float32)
+
+    @property
+    def path(self) -> str:
+        return "dense" if self.dense is not None else "xnor" if self.xnor is not None else "lut/tiles" if self._lut is not None else "tiles"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        K, N = self.in_features, self.out_features
+        if self.dense is not None:
+            y = x @ self.dense.T
+            if self.bias is not None:
+                y += self.bias
+            return y
+        if self.xnor is not None:
+            scale, shift = self.xnor
+            xs = x if shift is None else np.ascontiguousarray(x + shift)
+            y = np.empty((x.shape[0], N), np.float32)
+            bias = self._zeros if (self.post_norm or self.bias is None) else self.bias
+            w1a1_linear_kernel(xs, self._wt, self.codec.lo, self.codec.hi, bias, np.int64(K), np.float32(scale), y)
+        else:
+            xa = np.ascontiguousarray(self.act(x), dtype=np.float32) if self.act is not None else x
+            if self._lut is not None and xa.shape[0] < LUT_ROWS:
+                P = binary_gemm(xa, self._lut, K)
+                y = self.codec.lo[None] * xa.sum(1, keepdims=True) + (self.codec.hi - self.codec.lo)[None] * P
+            else:
+                y = np.empty((xa.shape[0], N), np.float32)
+                for n0 in range(0, N, TILE):
+                    n1 = min(N, n0 + TILE)
+                    y[:, n0:n1] = xa @ self.codec.rows(slice(n0, n1)).T
+            if self.bias is not None and not self.post_norm:
+                y += self.bias
+        if self.post_norm:
+            y = _layer_norm(y, None, None, POST_NORM_EPS)
+            if self.bias is not None:
+                y += self.bias
+        if self.shortcut:
+            y += x
+        return y
+
+
+class Embedding:
+    """A token or position table: packed (only the rows looked up are decoded) or float32."""
+
+    def __init__(self, weight):
+        self.codec = weight if not isinstance(weight, np.ndarray) else None
+        self.dense = weight if isinstance(weight, np.ndarray) else None
+        self.num_embeddings = weight.shape[0]
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+            raise IndexError(f"token id out of range [0, {self.num_embeddings})")
+        if self.dense is not None:
+            return self.dense[ids]
+        uniq, inv = np.unique(ids.reshape(-1), return_inverse=True)
+        return self.codec.rows(uniq)[inv].reshape(*ids.shape, -1)
+
+
+class Model:
+    """A packed classifier or causal language model, run with numpy and numba (:func:`load` makes one)."""
+
+    def __init__(self, meta: dict[str, str], tensors: dict[str, np.ndarray], path: str | Path = "the file"):
+        self.path, self.meta = str(path), meta
+        try:
+            cfg = json.loads(meta["config"])
+            comps = json.loads(meta["components"])
+            attn = json.loads(meta["attention"]) if "attention" in meta else None
+            self.d_model, self.n_heads, self.n_layers = int(cfg["d_model"]), int(cfg["n_heads"]), int(cfg["n_layers"])
+            self.max_len, self.eps, self.task = int(cfg["max_len"]), float(cfg["norm_eps"]), cfg.get("task", "classify")
+            if not isinstance(comps, dict):
+                raise ValueError("'components' must map names to objects")
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: its header is not a valid binlab packed model header ({err})") from None
+        spec = json.loads(meta.get("spec", "{}"))
+        if attn is None and (spec.get("attn_probs") or spec.get("attn_qkv") or spec.get("attn_residual")):
+            raise ValueError(f"{path} was written before packed files described their attention quantizers: export it again")
+        self.attn = attn or {"probs": None, "qkv": None, "residual_rank": 0}
+        self.tensors = dict(tensors)
+        self.components = comps
+        self._codecs = {}
+        for name, info in comps.items():
+            fields = {k[len(name) + len(SEP):]: self.tensors.pop(k) for k in [k for k in self.tensors if k.startswith(name + SEP)]}
+            try:
+                self._codecs[name] = CODECS[info["codec"]](tuple(info["shape"]), info["meta"], fields)
+            except (KeyError, AttributeError, ValueError, TypeError, IndexError) as err:
+                raise ValueError(f"{path}: component {name!r} cannot be read ({err})") from None
+        self.token = self._embedding("embed.token")
+        self.pos = self._embedding("embed.pos")
+        self.linears = {f"layers.{i}.{p}": self._linear(f"layers.{i}.{p}")
+                        for i in range(self.n_layers) for p in ("attn.q", "attn.k", "attn.v", "attn.o", "ffn.up", "ffn.down")}
+        self.head = self._linear("head")
+        self.attn_quant = []
+        for i in range(self.n_layers):
+            pre = f"layers.{i}.attn"
+            probs = self.attn["probs"]
+            pq = None
+            if probs is not None and probs.get("kind") not in ("binary01", "bibert"):
+                pq = Quantizer(probs, self._params(f"{pre}.prob_quantizer.act."), f"{pre}.prob_quantizer")
+            qkv = {n: Quantizer(self.attn["qkv"], self._params(f"{pre}.qkv_quantizer.{n}."), f"{pre}.qkv_quantizer.{n}")
+                   for n in "qkv"} if self.attn["qkv"] else None
+            res = {k: self._tensor(f"{pre}.residual.{k}") for k in ("maps", "bias", "v", "v_bias")} if self.attn["residual_rank"] else None
+            self.attn_quant.append((pq, qkv, res))
+        self.tokenizer = None
+
+    # ---- reading the file
+    def _tensor(self, key: str) -> np.ndarray:
+        if key not in self.tensors:
+            raise ValueError(f"{self.path}: the file has no tensor {key!r}")
+        t = self.tensors[key]
+        return t if t.dtype == np.bool_ else np.ascontiguousarray(t, dtype=np.float32)
+
+    def _params(self, prefix: str) -> dict[str, np.ndarray]:
+        return {k[len(prefix):]: self._tensor(k) for k in self.tensors if k.startswith(prefix)}
+
+    def _weight(self, name: str):
+        return self._codecs[name] if name in self._codecs else self._tensor(f"{name}.weight")
+
+    def _embedding(self, name: str) -> Embedding:
+        return Embedding(self._weight(name))
+
+    def _linear(self, name: str) -> Linear:
+        info = self.components.get(name, {})
+        act = None
+        if info.get("act"):
+            if "act_form" not in info:
+                raise ValueError(f"{self.path} was written before packed files described their input quantizers: export it again")
+            act = Quantizer(info["act_form"], self._params(f"{name}.act."), name)
+        bias = self._tensor(f"{name}.bias") if f"{name}.bias" in self.tensors else None
+        return Linear(name, self._weight(name), bias, act, bool(info.get("shortcut")), bool(info.get("post_norm")))
+
+    def _norm(self, name: str, x: np.ndarray) -> np.ndarray:
+        return _layer_norm(x, self._tensor(f"{name}.weight"), self._tensor(f"{name}.bias"), self.eps)
+
+    # ---- the forward pass
+    def _attention(self, i: int, x: np.ndarray, key_mask: np.ndarray) -> np.ndarray:
+        B, T, d = x.shape
+        h, dh = self.n_heads, d // self.n_heads
+        pre = f"layers.{i}.attn"
+        x2 = x.reshape(B * T, d)
+        q, k, v = (self.linears[f"{pre}.{n}"](x2).reshape(B, T, h, dh).transpose(0, 2, 1, 3) for n in "qkv")
+        pq, qkv, res = self.attn_quant[i]
+        kind = (self.attn["probs"] or {}).get("kind")
+        if qkv is not None:
+            q, k, v = qkv["q"](q), qkv["k"](k), qkv["v"](v)
+        plain = self.attn["probs"] is None and qkv is None and res is None
+        mask = key_mask[:, None, None, :]
+        if self.task == "lm":
+            tril = np.tril(np.ones((T, T), bool))[None, None]
+            mask = tril if plain else (tril & mask)  # fp attention: the causal mask alone (padding follows every real token)
+        s = q @ k.transpose(0, 1, 3, 2)
+        xr = None
+        if res is not None:
+            xr = x
+            rq, rk, mq, mk = (xr @ res["maps"][j].T + res["bias"][j] for j in range(4))
+            s = s + (mq @ rk.transpose(0, 2, 1) + rq @ mk.transpose(0, 2, 1) + rq @ rk.transpose(0, 2, 1))[:, None]
+        scores = s / np.float32(math.sqrt(dh))
+        if kind == "bibert":
+            a = ((scores > 0) & mask).astype(np.float32)
+        else:
+            p = _softmax(scores, mask)
+            if kind == "binary01":
+                L = np.maximum(mask.sum(-1, keepdims=True), 1).astype(np.float32)
+                keep = ((p >= 1.0 / L) & mask).astype(np.float32)
+                a = keep / np.maximum(keep.sum(-1, keepdims=True), np.float32(1))
+            elif pq is not None:
+                a = pq(p) * mask
+            else:
+                a = p
+        if res is not None:
+            v = v + (xr @ res["v"].T + res["v_bias"])[:, None]
+        y = (a.astype(np.float32) @ v).transpose(0, 2, 1, 3).reshape(B * T, d)
+        return self.linears[f"{pre}.o"](y).reshape(B, T, d)
+
+    def hidden(self, ids: np.ndarray) -> np.ndarray:
+        """Token states after the last layer, (B, T, d), for token ids (B, T) padded with 0."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim != 2:
+            raise ValueError(f"ids must be (batch, tokens), got shape {ids.shape}")
+        B, T = ids.shape
+        if T > self.max_len:
+            raise ValueError(f"sequence length {T} exceeds the position table ({self.max_len})")
+        key_mask = ids != PAD_ID
+        x = self._norm("embed.norm", self.token(ids) + self.pos(np.arange(T))[None])
+        for i in range(self.n_layers):
+            x = self._norm(f"layers.{i}.norm1", x + self._attention(i, x, key_mask))
+            up = self.linears[f"layers.{i}.ffn.up"](x.reshape(B * T, -1))
+            f = self.linears[f"layers.{i}.ffn.down"](gelu(up)).reshape(B, T, -1)
+            x = self._norm(f"layers.{i}.norm2", x + f)
+        return x
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        """Class logits (B, classes) of a classifier, or next-token logits (B, T, vocab) of a language model."""
+        ids = np.asarray(ids, dtype=np.int64)
+        x = self.hidden(ids)
+        if self.task == "lm":
+            B, T, d = x.shape
+            return self.head(x.reshape(B * T, d)).reshape(B, T, -1)
+        m = (ids != PAD_ID)[..., None].astype(np.float32)
+        pooled = (x * m).sum(1) / np.maximum(m.sum(1), np.float32(1))
+        return self.head(pooled)
+
+    # ---- texts in, answers out
+    def _tok(self):
+        if self.tokenizer is None:
+            self.tokenizer = packed_tokenizer(self.meta, self.path)
+        return self.tokenizer
+
+    def predict(self, split, batch_size: int = 64) -> np.ndarray:
+        """Logits (n, classes) of an :class:`~binlab.data.EncodedSplit`, in its row order."""
+        if self.task == "lm":
+            raise ValueError("predict is for classifiers; a language model generates (generate)")
+        out = None
+        for x, rows in split.padded(batch_size):
+            lg = self.logits(x)
+            if out is None:
+                out = np.empty((len(split), lg.shape[1]), np.float32)
+            out[rows] = lg
+        return out if out is not None else np.zeros((0, 0), np.float32)
+
+    def classify(self, texts: list[str], batch_size: int = 64) -> list[dict]:
+        """``[{"text", "label", "probs"}]`` for each text (AG_NEWS's four classes)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise ValueError("give one or more non-empty texts to classify")
+        split = encode(self._tok(), list(texts), [0] * len(texts), self.max_len)
+        lg = self.predict(split, batch_size).astype(np.float64)
+        p = np.exp(lg - lg.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        names = CLASSES if p.shape[1] == len(CLASSES) else tuple(str(j) for j in range(p.shape[1]))
+        return [{"text": t, "label": names[int(r.argmax())], "probs": dict(zip(names, r.round(6).tolist()))} for t, r in zip(texts, p)]
+
+    def generate(self, prompt: str, max_new_tokens: int = 20) -> dict:
+        """Greedy continuation of ``[CLS] prompt`` until ``[SEP]``, ``max_new_tokens`` or the position
+        table's end (what :func:`binlab.nn.generate.greedy` does): ``{"text", "ids", "seconds"}``."""
+        if self.task != "lm":
+            raise ValueError("generation needs a language model (a file exported from the lm preset)")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        tok = self._tok()
+        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        ids = [cls] + tok.encode(prompt, add_special_tokens=False).ids[: self.max_len - 2]
+        t0 = time.perf_counter()
+        new: list[int] = []
+        for _ in range(max_new_tokens):
+            if len(ids) >= self.max_len:
+                break
+            nxt = int(self.logits(np.array([ids]))[0, -1].argmax())
+            if nxt == sep:
+                break
+            ids.append(nxt)
+            new.append(nxt)
+        return {"text": tok.decode(new), "ids": new, "seconds": time.perf_counter() - t0}
+
+
+def load(path: str | Path) -> Model:
+    """The packed model in ``path``, ready to run without torch; a damaged or altered file raises
+    ``ValueError`` (format and checksum are checked first, as :func:`~binlab.runtime.export.load_packed` does)."""
+    meta, tensors = read_packed(path)
+    return Model(meta, tensors, path)

@@ -1,0 +1,186 @@
+"""The torch-free runtime (binlab.runtime.standalone) against the torch packed path (load_packed) on
+the same files: logits within 1e-5 relative; torch never imported; damaged files refused."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from binlab.nn.model import ModelConfig, build
+from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, quantize_
+from binlab.runtime import standalone
+from binlab.runtime.export import load_packed, save_packed
+from binlab.training.qat import ptq
+from binlab.training.train import EVAL_BATCH, predict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: one spec per runtime path: XNOR-popcount (binlab's sign, BiBERT's unscaled sign, BiT's elastic 1-bit),
+#: lookup tables / tiles (W1A32), k-bit grids, planes, blocks, partial rows, OneBit's norm, every
+#: input quantizer kind and every attention quantizer kind
+SPECS = {
+    "w1a1-sign": QuantSpec((Rule("embeddings", MethodConfig("xnor")), Rule("encoder", MethodConfig("xnor", act="sign")))),
+    "w1a32-xnor": QuantSpec.simple("all-except-head", "xnor"),
+    "bucket-head-too": QuantSpec.simple("all", "bucket"),
+    "gptq-3bit": QuantSpec.simple("encoder", "gptq", options={"bits": 3}),
+    "billm": QuantSpec.simple("encoder", "billm"),
+    "pbllm": QuantSpec.simple("encoder", "pbllm"),
+    "stbllm": QuantSpec.simple("encoder", "stbllm"),
+    "arb-x": QuantSpec.simple("encoder", "arb", options={"variant": "x"}),
+    "binarybert-planes": QuantSpec.simple("encoder", "binarybert"),
+    "dbllm-planes": QuantSpec.simple("encoder", "dbllm"),
+    "onebit-post-norm": QuantSpec((Rule("encoder", MethodConfig("onebit", options={"out_norm": True})),)),
+    "bibert": QuantSpec((Rule("encoder", MethodConfig("bibert", act="sign_unscaled")),), attn_probs="bibert", attn_qkv="sign_unscaled"),
+    "bit-elastic": QuantSpec((Rule("embeddings", MethodConfig("xnor")), Rule("encoder", MethodConfig("xnor", act="elastic"))),
+                             attn_probs="elastic01_2", attn_qkv="elastic", attn_residual=1),
+    "binary01-absmax8": QuantSpec((Rule("attention", MethodConfig("bitnet", act="absmax8")),
+                                   Rule("ffn", MethodConfig("xnor", act="binary01"))), attn_probs="binary01"),
+    "lsq4-bireal-shortcut": QuantSpec((Rule("attention", MethodConfig("bireal", act="lsq4", options={"shortcut": True})),
+                                       Rule("ffn", MethodConfig("xnor", act="lsq01_2")))),
+}
+
+
+@pytest.fixture(scope="module")
+def fp_tiny(tiny_splits):
+    from binlab.presets import get_baseline
+
+    return get_baseline("tiny", tiny_splits)[0]
+
+
+@pytest.fixture(scope="module")
+def calib(tiny_splits):
+    from binlab.training.calibration import calibration_set
+
+    return calibration_set(tiny_splits)
+
+
+def _export(model, path, tokenizer, split):
+    with torch.no_grad():  # the elastic quantizers take their scale from a first batch
+        model(next(iter(split.batches(8)))[0])
+    save_packed(model, path, tokenizer=tokenizer)
+    return load_packed(path), standalone.load(path)
+
+
+def _both(packed, lite, split):
+    """Logits of the torch packed path and of the torch-free one, in the same (length-sorted) order and
+    the same batches (BiT's k-bit quantizers take the minimum of the whole batch)."""
+    a, _ = predict(packed, split, batch_size=EVAL_BATCH)
+    b = lite.predict(split, batch_size=EVAL_BATCH)[np.argsort(split.lengths, kind="stable")]
+    return a, b
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_torch_free_logits_equal_the_torch_packed_path(name, fp_tiny, calib, tiny_splits, tmp_path):
+    q = ptq(fp_tiny, SPECS[name], calib=calib)
+    packed, lite = _export(q, tmp_path / "m.safetensors", tiny_splits.tokenizer, tiny_splits.test)
+    a, b = _both(packed, lite, tiny_splits.test)
+    # a sign input within float rounding of 0 may flip a bit (different summation order): rows without one agree to 1e-5
+    close = np.all(np.abs(b - a) <= 1e-5 * np.abs(a).max(), axis=1)
+    assert close.mean() >= 0.99 and (a.argmax(1) == b.argmax(1)).mean() >= 0.99, (close.mean(), _rel(b, a))
+    used = {lin.path for lin in lite.linears.values()}
+    if name == "w1a1-sign":
+        assert used == {"xnor"}
+    if name == "bit-elastic":
+        assert used == {"xnor"} and lite.attn_quant[0][2] is not None
+    if name == "w1a32-xnor":
+        assert "lut/tiles" in used
+
+
+def test_a_wrong_runtime_is_caught(fp_tiny, calib, tiny_splits, tmp_path, monkeypatch):
+    """The comparison above can fail: a runtime that forgets BiBERT's Bi-Attention (softmax instead) differs."""
+    q = ptq(fp_tiny, SPECS["bibert"], calib=calib)
+    packed, lite = _export(q, tmp_path / "m.safetensors", tiny_splits.tokenizer, tiny_splits.test)
+    lite.attn["probs"] = None
+    a, b = _both(packed, lite, tiny_splits.test)
+    assert _rel(b, a) > 1e-3
+
+
+def test_classify_texts_and_the_file_carries_its_tokenizer(fp_tiny, tiny_splits, tmp_path):
+    q = ptq(fp_tiny, SPECS["w1a1-sign"])
+    path = tmp_path / "m.safetensors"
+    packed, lite = _export(q, path, tiny_splits.tokenizer, tiny_splits.test)
+    texts = ["Stocks rally as oil prices fall", "The team won the final in extra time"]
+    out = lite.classify(texts)
+    from binlab.runtime.export import classify_text
+
+    for t, r in zip(texts, out):
+        ref = classify_text(packed, tiny_splits.tokenizer, t, repeats=1)
+        assert r["label"] == ref["label"]
+        np.testing.assert_allclose(list(r["probs"].values()), list(ref["probs"].values()), atol=1e-5)
+    with pytest.raises(ValueError, match="non-empty"):
+        lite.classify([""])
+    bare = tmp_path / "bare.safetensors"
+    save_packed(q, bare)
+    with pytest.raises(ValueError, match="carries no tokenizer"):
+        standalone.load(bare).classify(texts)
+
+
+def test_language_model_logits_and_generation(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from binlab.nn.generate import greedy
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(46)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    torch.manual_seed(0)
+    lm = build(ModelConfig(vocab_size=50, max_len=16, d_model=32, n_heads=2, d_ff=64, n_layers=2, task="lm")).eval()
+    quantize_(lm, QuantSpec((Rule("attention", MethodConfig("xnor", act="sign")), Rule("ffn", MethodConfig("rtn", options={"bits": 3, "group": 16})),
+                             Rule("head", MethodConfig("bucket")))))
+    save_packed(lm, tmp_path / "lm.safetensors", tokenizer=tok)
+    packed, lite = load_packed(tmp_path / "lm.safetensors"), standalone.load(tmp_path / "lm.safetensors")
+    ids = torch.randint(4, 50, (3, 12))
+    ids[1, 9:] = 0  # padding after the text
+    with torch.no_grad():
+        a = packed(ids).numpy()
+    b = lite.logits(ids.numpy())
+    real = (ids != 0).numpy()
+    assert _rel(b[real], a[real]) <= 1e-5
+    assert lite.generate("w5 w7 w9", 8)["ids"] == greedy(packed, tok, "w5 w7 w9", 8)["ids"]
+    with pytest.raises(ValueError, match="language model"):
+        lite.classify(["w1"])
+
+
+def test_damaged_files_are_refused(fp_tiny, tiny_splits, tmp_path):
+    q = ptq(fp_tiny, SPECS["w1a1-sign"])
+    path = tmp_path / "m.safetensors"
+    save_packed(q, path, tokenizer=tiny_splits.tokenizer)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupted"):
+        standalone.load(bad)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(ValueError, match="not a readable"):
+        standalone.load(cut)
+    with pytest.raises(FileNotFoundError):
+        standalone.load(tmp_path / "missing.safetensors")
+
+
+def test_no_torch_in_the_process(fp_tiny, tiny_splits, tmp_path):
+    """A prediction in a fresh interpreter imports no torch module (the Python API and the command line)."""
+    q = ptq(fp_tiny, SPECS["w1a1-sign"])
+    path = tmp_path / "m.safetensors"
+    save_packed(q, path, tokenizer=tiny_splits.tokenizer)
+    code = ("import sys, json; from binlab.runtime.standalone import load; "
+            f"r = load({str(path)!r}).classify(['Stocks rally as oil falls']); "
+            "print(json.dumps([r[0]['label'], sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    label, torch_mods = json.loads(out.stdout.strip().splitlines()[-1])
+    assert torch_mods == [] and label in ("World", "Sports", "Business", "Sci/Tech")
+    cli = subprocess.run([sys.executable, "-X", "importtime", "-m", "binlab.cli", "classify", str(path), "Stocks rally as oil falls"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in cli.stderr.splitlines() if line.startswith("import time:")]
+    assert "binlab.runtime.standalone" in imported and not [m for m in imported if m == "torch" or m.startswith("torch.")]
+    assert cli.stdout.split("\t")[0] in ("World", "Sports", "Business", "Sci/Tech"), cli.stdout

@@ -1,4 +1,4 @@
-"""What the benchmarks share: a median timer and the CPU flags a figure was measured with."""
+"""What the benchmarks share: a median timer, interleaved paired timing, and the CPU flags a figure was measured with."""
 from __future__ import annotations
 
 import statistics
@@ -24,3 +24,24 @@ def cpu_flags() -> list[str]:
     except (OSError, StopIteration):
         return []
     return sorted(f for f in flags if f.startswith(("avx", "popcnt", "fma", "bmi")))
+
+
+def paired(fa, fb, pairs: int = 7, warmup: int = 1) -> dict:
+    """Time ``fa`` and ``fb`` in interleaved pairs (a, b, a, b ...), so both see the same machine state;
+    return each side's median seconds and the median, min and max of the per-pair ratios a / b (how
+    many times faster b is)."""
+    for _ in range(warmup):
+        fa()
+        fb()
+    ta, tb = [], []
+    for _ in range(pairs):
+        t0 = time.perf_counter()
+        fa()
+        t1 = time.perf_counter()
+        fb()
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    ratios = [a / b for a, b in zip(ta, tb)]
+    return {"a_s": statistics.median(ta), "b_s": statistics.median(tb), "ratio": statistics.median(ratios),
+            "ratio_min": min(ratios), "ratio_max": max(ratios), "pairs": pairs}

@@ -154,7 +154,9 @@ def save_packed(model: nn.Module, path: str | Path, tokenizer=None, **extra_meta
         tmp.unlink(missing_ok=True)
         raise OSError(f"could not write {path} ({err}); free some disk space or pick another path") from None
     return {"path": str(path), "file_bytes": path.stat().st_size, "predicted_bytes": model_size(model).total_bytes,
-            "tokenizer_bytes": len(meta.get("tokenizer_json", "").encode()), "components": len(comps)}
+            # the header holds the tokenizer as a JSON string (quotes escaped)
+            "tokenizer_bytes": len(json.dumps(meta["tokenizer_json"], ensure_ascii=False).encode()) if tokenizer is not None else 0,
+            "components": len(comps)}
 
 
 def load_packed(path: str | Path, tokenizer=None) -> nn.Module:

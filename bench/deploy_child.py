@@ -1,0 +1,79 @@
+"""One fresh process of the deploy bench (bench/deploy.py starts it): load one model, predict one text,
+then the whole test set; print JSON with the seconds from process start to that first prediction, the
+resident memory before loading and at its peak, and whether torch was imported.
+
+    python bench/deploy_child.py KIND PATH IDS.npy OFFSETS.npy SPAWN_TIME
+
+KIND: ``fp32`` (a torch checkpoint), ``packed`` (:func:`binlab.runtime.export.load_packed`, torch) or
+``torchfree`` (:func:`binlab.runtime.standalone.load`: numpy and numba only). All three read the same
+token ids, so the tokenizer is not part of the figures. Nothing here imports torch unless KIND needs it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _rss_mb(field: str = "VmRSS") -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main(kind: str, path: str, ids_path: str, offsets_path: str, spawned: float) -> None:
+    import numpy as np
+
+    from binlab.data import PAD_ID
+
+    ids, offsets = np.load(ids_path), np.load(offsets_path)
+    lens = np.diff(offsets)
+    base = _rss_mb()
+    if kind == "torchfree":
+        from binlab.runtime.standalone import load
+
+        run = load(path).logits
+    else:
+        import torch
+
+        if kind == "fp32":
+            from safetensors.torch import load_file
+
+            from binlab.nn.model import ModelConfig, build
+
+            cfg = ModelConfig(**json.loads(Path(path).with_suffix(".json").read_text())["model_config"])
+            with torch.device("meta"):
+                model = build(cfg)
+            model.load_state_dict(load_file(path), assign=True)
+            model.eval()
+        else:
+            from binlab.runtime.export import load_packed
+
+            model = load_packed(path)
+
+        def run(x):
+            with torch.no_grad():
+                return model(torch.from_numpy(x)).numpy()
+    first = run(ids[offsets[0]:offsets[1]].astype(np.int64)[None])
+    first_s = time.time() - spawned
+    loaded = _rss_mb()
+    order = np.argsort(lens, kind="stable")
+    preds = np.empty(len(lens), np.int64)
+    t0 = time.perf_counter()
+    for s in range(0, len(order), 64):
+        rows = order[s:s + 64]
+        x = np.full((len(rows), max(int(lens[rows].max()), 1)), PAD_ID, dtype=np.int64)
+        for j, r in enumerate(rows):
+            x[j, :lens[r]] = ids[offsets[r]:offsets[r + 1]]
+        lg = run(x)
+        preds[rows] = (lg[:, -1] if lg.ndim == 3 else lg).argmax(-1)
+    print(json.dumps({"kind": kind, "start_to_first_s": first_s, "test_s": time.perf_counter() - t0, "base_mb": base,
+                      "loaded_mb": loaded, "peak_mb": _rss_mb("VmHWM"), "first_class": int(np.argmax(first)),
+                      "preds_sum": int(preds.sum()), "torch_imported": "torch" in sys.modules}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5], float(sys.argv[5]))

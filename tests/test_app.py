@@ -478,8 +478,11 @@ def test_deploy_page_exports_sizes_and_classifies(env, trained, monkeypatch, tmp
     predicted = metric(at, "predicted size (model_size)")
     on_disk = metric(at, "file on disk")
     assert predicted.endswith("kB") and on_disk.endswith("kB")
-    assert abs(float(on_disk[:-3].replace(",", "")) - float(predicted[:-3].replace(",", ""))) <= 16.4  # the header, in kB
+    tokenizer = float(next(m for m in at.metric if m.label == "file on disk").delta.split(" kB tokenizer")[0].replace(",", ""))
+    assert tokenizer > 1  # the file carries its tokenizer
+    assert abs(float(on_disk[:-3].replace(",", "")) - tokenizer - float(predicted[:-3].replace(",", ""))) <= 16.4  # the header, in kB
     assert metric(at, "packed model") in ("World", "Sports", "Business", "Sci/Tech")
+    assert metric(at, "packed, without torch") == metric(at, "packed model")
     at.text_input(key="deploy_text").input("shares of the oil company fell after earnings").run()
     assert not at.exception
     assert metric(at, "packed model") in ("World", "Sports", "Business", "Sci/Tech")

@@ -7,6 +7,7 @@ import streamlit as st
 
 from binlab.data import cache_dir
 from binlab.nn.metric import task_info
+from binlab.runtime import standalone
 from binlab.runtime.codecs import NotPackable
 from binlab.runtime.export import classify_text, load_packed, ready_specs, save_packed
 from binlab.runtime.size import model_size
@@ -19,7 +20,8 @@ st.title("Deploy")
 st.markdown("The sizes elsewhere in the lab are bookkeeping; here the model is written as a file that really has that "
             "size (`binlab.runtime.export`: bits, scales and whatever else each method stores, plus the fp32 rest), loaded back "
             "with no latent weights, and run: W1A1 layers through the XNOR-popcount kernel, W1A32 layers through lookup tables "
-            "for a few tokens and through weights decoded tile by tile for longer inputs.")
+            "for a few tokens and through weights decoded tile by tile for longer inputs. The file carries its tokenizer, and "
+            "runs without torch too (numpy and numba only), as it would on a small device.")
 
 READY = ready_specs()  # ready-made configurations (PTQ of the baseline) for when nothing is configured yet
 
@@ -38,27 +40,32 @@ with friendly_errors():
             with st.spinner("packing and writing ..."):
                 info = save_packed(model, path, tokenizer=splits.tokenizer, preset=preset)
                 packed = load_packed(path, tokenizer=splits.tokenizer)
+                lite = standalone.load(path)
         except NotPackable as err:
             st.error(f"This configuration cannot be packed: {err}. Pick another method for that component.")
             st.stop()
-        st.session_state["deploy"] = {"choice": choice, "info": info, "packed": packed}
+        st.session_state["deploy"] = {"choice": choice, "info": info, "packed": packed, "lite": lite}
 
     dep = st.session_state.get("deploy")
     if dep is None or dep["choice"] != choice:
         st.info("Export the model to see the file's size and run it.")
         st.stop()
-    info, packed = dep["info"], dep["packed"]
+    info, packed, lite = dep["info"], dep["packed"], dep["lite"]
     fp32_bytes = model_size(baseline).total_bytes
     c1, c2, c3 = st.columns(3)
     c1.metric("predicted size (model_size)", f"{info['predicted_bytes'] / 1e3:,.1f} kB",
               help="The exact count of every stored bit: codes, scales, indices, and the fp32 rest")
-    c2.metric("file on disk", f"{info['file_bytes'] / 1e3:,.1f} kB", f"{info['file_bytes'] - info['predicted_bytes']:+,.0f} B header",
-              delta_color="off", help="The safetensors header (names, shapes, the model config and a checksum) is the difference")
+    header = info["file_bytes"] - info["predicted_bytes"] - info["tokenizer_bytes"]
+    c2.metric("file on disk", f"{info['file_bytes'] / 1e3:,.1f} kB",
+              f"{info['tokenizer_bytes'] / 1e3:,.1f} kB tokenizer, {header:+,.0f} B header", delta_color="off",
+              help="Beside the weights the file holds the tokenizer and a header (names, shapes, the model config and a checksum)")
     c3.metric("fp32 model", f"{fp32_bytes / 1e3:,.1f} kB", f"{100 * (1 - info['file_bytes'] / fp32_bytes):.1f} % smaller (file)",
               delta_color="off")
     st.download_button("Download the packed model (.safetensors)", data=Path(info["path"]).read_bytes(),
                        file_name=f"binlab-{preset}.safetensors", mime="application/octet-stream", key="deploy_download")
-    st.caption("Load it with `binlab.runtime.export.load_packed(path, tokenizer)`; `binlab export --help` writes the same file from the command line.")
+    st.caption("Run it without torch: `binlab classify binlab-" + preset + ".safetensors \"a headline\"` (or "
+               "`binlab.runtime.standalone.load(path)` in Python); in torch, `binlab.runtime.export.load_packed(path)`. "
+               "`binlab export --help` writes the same file from the command line.")
 
     if not task_info(baseline).classifies_text:
         st.info("The text box classifies headlines; this model does not. For a language model, use `binlab generate` on the command line.")
@@ -68,10 +75,13 @@ with friendly_errors():
     text = st.text_input("Type a headline", sample, key="deploy_text", max_chars=400)
     r_fp = classify_text(baseline, tok, text)
     r_pk = classify_text(packed, tok, text)
-    a, b = st.columns(2)
+    r_lite = lite.classify_one(text)
+    a, b, c = st.columns(3)
     a.metric("fp32 model", r_fp["label"], f"{r_fp['ms']:.2f} ms", delta_color="off", help="median of 5 runs, one text")
     b.metric("packed model", r_pk["label"], f"{r_pk['ms']:.2f} ms ({r_fp['ms'] / max(r_pk['ms'], 1e-9):.2f}x)", delta_color="off",
              help="median of 5 runs, one text; the whole-test-set figures are in docs/results/bench-deploy-*.md")
+    c.metric("packed, without torch", r_lite["label"], f"{r_lite['ms']:.2f} ms ({r_fp['ms'] / max(r_lite['ms'], 1e-9):.2f}x)",
+             delta_color="off", help="the same file run by binlab.runtime.standalone (numpy and numba): median of 5 runs, one text")
     fig = go.Figure()
     fig.add_bar(x=list(r_fp["probs"]), y=list(r_fp["probs"].values()), name="fp32")
     fig.add_bar(x=list(r_pk["probs"]), y=list(r_pk["probs"].values()), name="packed")

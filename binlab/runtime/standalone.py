@@ -379,6 +379,19 @@ class Model:
         names = CLASSES if p.shape[1] == len(CLASSES) else tuple(str(j) for j in range(p.shape[1]))
         return [{"text": t, "label": names[int(r.argmax())], "probs": dict(zip(names, r.round(6).tolist()))} for t, r in zip(texts, p)]
 
+    def classify_one(self, text: str, repeats: int = 5) -> dict:
+        """One text: ``{"label", "probs", "ms"}``, ``ms`` the median of ``repeats`` forward passes (batch of
+        1, after one warm-up), as :func:`binlab.runtime.export.classify_text` times the torch models."""
+        r = self.classify([text])[0]
+        split = encode(self._tok(), [text], [0], self.max_len)
+        x = next(split.padded(1))[0]
+        ts = []
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            self.logits(x)
+            ts.append(time.perf_counter() - t0)
+        return {"label": r["label"], "probs": r["probs"], "ms": 1e3 * sorted(ts)[len(ts) // 2]}
+
     def generate(self, prompt: str, max_new_tokens: int = 20) -> dict:
         """Greedy continuation of ``[CLS] prompt`` until ``[SEP]``, ``max_new_tokens`` or the position
         table's end (what :func:`binlab.nn.generate.greedy` does): ``{"text", "ids", "seconds"}``."""

@@ -52,3 +52,22 @@ def test_check_judges_against_the_measurement_only():
     assert lesson(2) is les and lesson("2") is les and lesson("components") is les
     with pytest.raises(ValueError, match="unknown lesson"):
         lesson(7)
+
+
+def test_the_notebooks_check_block_never_answers_for_the_learner(ctx, capsys):
+    """course.answer with no prediction shows the measurement and judges nothing; with a choice's number it
+    judges that choice; a number out of range is refused."""
+    from binlab.lab import course
+
+    les = course.ask("xnor")
+    assert "0: " in capsys.readouterr().out
+    out = course.answer(les, None, ctx.baseline, ctx.splits, fast=True)
+    said = capsys.readouterr().out
+    assert "No prediction written" in said and "Yes:" not in said and "Not this time" not in said
+    right = les.choices.index(out.answers[0])
+    course.answer(les, right, ctx.baseline, ctx.splits, fast=True)
+    assert capsys.readouterr().out.startswith("Yes:")
+    course.answer(les, (right + 1) % len(les.choices), ctx.baseline, ctx.splits, fast=True)
+    assert capsys.readouterr().out.startswith("Not this time")
+    with pytest.raises(ValueError, match="choice's number"):
+        course.answer(les, len(les.choices), ctx.baseline, ctx.splits, fast=True)

@@ -1,0 +1,71 @@
+"""What every course notebook starts and ends with, written once: the FAST switch, the preset, the
+cached baseline, and the "check yourself" block of its lesson (:mod:`binlab.lab.lessons`).
+
+    from binlab.lab import course
+    FAST, PRESET = course.start()               # FAST=1 in the environment: the tiny preset, short runs
+    splits, model = course.baseline(PRESET)     # AG_NEWS and the preset's fp32 model, trained once, cached
+    ...
+    lesson = course.ask("components")           # prints the question and numbered choices
+    my_prediction = None                        # <- the number of your choice, before the next cell
+    outcome = course.answer(lesson, my_prediction, model, splits, FAST)
+"""
+from __future__ import annotations
+
+import os
+
+
+def start() -> tuple[bool, str]:
+    """(FAST, preset): ``FAST=1`` in the environment picks the ``tiny`` preset and shorter runs (what
+    the tests use; figures then render as JSON), otherwise ``scratch``, the student project's setup.
+    Plotly renders into the notebook."""
+    import plotly.io as pio
+
+    fast = os.environ.get("FAST", "0") == "1"
+    pio.renderers.default = "json" if fast else "notebook_connected"
+    preset = "tiny" if fast else "scratch"
+    print(f"preset {preset}" + (" (FAST=1: small data, short runs; the numbers are not the course's)" if fast else ""))
+    return fast, preset
+
+
+def baseline(preset: str):
+    """(splits, model): AG_NEWS (from ``$BINLAB_DATA``, else the hub; a clear error says how to fix a
+    missing source) and the preset's fp32 baseline, trained once (a progress bar) and cached on disk."""
+    from binlab.presets import get_baseline, load_data
+    from binlab.progress import training_bar
+
+    splits = load_data(preset)
+    model, meta = get_baseline(preset, splits, callback=training_bar())
+    print(f"{preset}: {len(splits.train):,} training rows, fp32 validation accuracy {100 * meta['val_accuracy']:.2f} %")
+    return splits, model
+
+
+def ask(key: str):
+    """Print a lesson's question and its numbered choices; return the lesson."""
+    from .lessons import lesson
+
+    les = lesson(key)
+    print(les.question)
+    for i, c in enumerate(les.choices):
+        print(f"  {i}: {c}")
+    print("Write the number of your prediction in my_prediction, then run the next cell.")
+    return les
+
+
+def answer(les, my_prediction, model, splits, fast: bool = False):
+    """Run the lesson's experiment on ``model`` and say whether it supports ``my_prediction`` (a
+    choice's number or text). With no prediction (None) it shows the measurement and asks for a
+    prediction next time: "Run All" never answers for the learner. Returns the :class:`~binlab.lab.lessons.Outcome`."""
+    from .lessons import Context, check
+
+    if my_prediction is not None and not isinstance(my_prediction, str):
+        if not isinstance(my_prediction, int) or not 0 <= my_prediction < len(les.choices):
+            raise ValueError(f"my_prediction must be a choice's number, 0 to {len(les.choices) - 1}, got {my_prediction!r}")
+        my_prediction = les.choices[my_prediction]
+    outcome = les.run(Context(model, splits, fast=fast))
+    if my_prediction is None:
+        told = " or ".join(f"'{a}'" for a in outcome.answers)
+        print(f"No prediction written, so nothing to check: the experiment says {told}. {les.why}\n"
+              "Next time write your prediction first: a guess you can be wrong about is what makes the result stick.")
+    else:
+        print(check(les, my_prediction, outcome)[1])
+    return outcome

@@ -84,6 +84,22 @@ PRESETS: dict[str, Preset] = {
         TrainConfig(epochs=3, batch_size=32, lr=3e-3),
         QATConfig(TrainConfig(epochs=1, lr=3e-3, warmup=0.05, distill=0.5)),
     ),
+    "lstm": Preset(
+        "lstm",
+        "The LSTM era: a 2-layer LSTM language model (d=256) on the lm preset's text and tokenizer; perplexity.",
+        DataConfig(tokenizer=TokenizerConfig("wordpiece", vocab_size=8000), max_len=64),
+        ModelConfig(task="lm", arch="lstm", max_len=64, d_model=256, n_heads=1, d_ff=256, n_layers=2, dropout=0.2),
+        TrainConfig(epochs=3, batch_size=32, lr=2e-3, schedule="cosine"),
+        QATConfig(TrainConfig(epochs=0.5, lr=5e-4, warmup=0.05, distill=0.5)),
+    ),
+    "tiny-lstm": Preset(
+        "tiny-lstm",
+        "1 small LSTM layer, 2k training rows: the LSTM track's test preset (seconds).",
+        DataConfig(tokenizer=TokenizerConfig("wordpiece", vocab_size=1000), max_len=32, val_size=300, train_size=2000, test_size=300),
+        ModelConfig(task="lm", arch="lstm", max_len=32, d_model=32, n_heads=1, d_ff=32, n_layers=1, dropout=0.0),
+        TrainConfig(epochs=3, batch_size=32, lr=3e-3),
+        QATConfig(TrainConfig(epochs=1, lr=3e-3, warmup=0.05, distill=0.5)),
+    ),
     "minilm-l2": Preset(
         "minilm-l2",
         "Embeddings + first 2 layers of all-MiniLM-L6-v2 (d=384, 12 heads), fine-tuned.",

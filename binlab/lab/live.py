@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import time
 from typing import Callable
@@ -21,20 +22,21 @@ from binlab.data import PAD_ID, EncodedSplit
 from binlab.experiments.stats import paired_difference, paired_ratio_difference, ratio_interval, wilson_interval
 from binlab.nn.metric import Metric, headline, task_info
 from binlab.nn.objective import perplexity, task_of
-from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, current_plan, quantizable, quantize_
+from binlab.nn.quantize import GROUPS, MethodConfig, QuantSpec, Rule, current_plan, quantizable, quantize_
 from binlab.runtime.size import model_size
 from binlab.training.train import EVAL_BATCH, stats_on
 
-PARTS = (("Q", "attn.q"), ("K", "attn.k"), ("V", "attn.v"), ("O", "attn.o"), ("FFN up", "ffn.up"), ("FFN down", "ffn.down"))
+PARTS = (("Q", "attn.q"), ("K", "attn.k"), ("V", "attn.v"), ("O", "attn.o"), ("FFN up", "ffn.up"), ("FFN down", "ffn.down"),
+         ("W_ih", "rnn.ih"), ("W_hh", "rnn.hh"))  # the transformer's parts, then the LSTM's (binlab.nn.lstm)
 
 
 def layout(model) -> dict:
-    """Component names arranged like the model: embeddings, one row per layer, head."""
+    """Component names arranged like the model: embeddings, one row per layer (the parts it has), head."""
     names = set(quantizable(model))
-    n_layers = sum(1 for n in names if n.endswith(".attn.q"))
+    n_layers = len({n.split(".")[1] for n in names if n.startswith("layers.")})
     return {
         "embeddings": [n for n in ("embed.token", "embed.pos") if n in names],
-        "layers": [[(label, f"layers.{i}.{part}") for label, part in PARTS] for i in range(n_layers)],
+        "layers": [[(label, f"layers.{i}.{part}") for label, part in PARTS if f"layers.{i}.{part}" in names] for i in range(n_layers)],
         "head": "head",
     }
 
@@ -431,7 +433,9 @@ def sensitivity(baseline: torch.nn.Module, val: EncodedSplit, method: MethodConf
     lay = layout(lab.model)
     targets = [(f"L{i} {label}", name, "component") for i, row in enumerate(lay["layers"]) for label, name in row]
     targets += [(n, n, "component") for n in lay["embeddings"]] + [("head", "head", "component")]
-    targets += [(g, g, "pair") for g in ("QK", "QV", "KV")] + [(g, g, "group") for g in ("attention", "ffn", "all-except-head", "all")]
+    targets += [(g, g, "pair") for g in ("QK", "QV", "KV")] + [(g, g, "group") for g in ("attention", "ffn", "recurrent", "all-except-head", "all")]
+    names = list(quantizable(lab.model))
+    targets = [t for t in targets if t[2] == "component" or any(fnmatch.fnmatchcase(n, pat) for n in names for pat in GROUPS[t[1]])]
     rows = []
     for i, (label, target, kind) in enumerate(targets):
         r = lab.apply(QuantSpec((Rule(target, method),)))

@@ -9,6 +9,7 @@
 - :mod:`.onebit`: OneBit (SVID, learned value vectors).
 - :mod:`.learned`: DB-LLM, BinaryMoS, FBI-LLM (scales learned in QAT with distillation).
 - :mod:`.bert`: the BERT-era weight binarizers: BiBERT's, BinaryBERT's ternary weight splitting.
+- :mod:`.recurrent`: the LSTM era's: loss-aware binarization (LAB).
 
 Equation and section numbers in the LLM-era docstrings (GPTQ onward) come from reading each paper's
 reference code and its published summaries; they were not checked against the PDFs on this machine
@@ -29,6 +30,7 @@ from .learned import DBLLM, FBI, BinaryMoS  # noqa: F401
 from .lowbit import TWN, BitNet, BitNet158, Uniform, ternarize, uniform_midrise  # noqa: F401
 from .onebit import OneBit  # noqa: F401
 from .pbllm import PBLLM  # noqa: F401
+from .recurrent import LAB  # noqa: F401
 from .stbllm import STBLLM  # noqa: F401
 
 #: the method a page of the lab starts with (each a registry key)

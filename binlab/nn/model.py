@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from binlab.data import PAD_ID
 
 TASKS = ("classify", "lm")
+ARCHS = ("transformer", "lstm")  # lstm: binlab.nn.lstm, a recurrent language model
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class ModelConfig:
     dropout: float = 0.1
     norm_eps: float = 1e-12  # BERT's value, so pretrained layer norms behave identically
     task: str = "classify"  # "classify" (pooled sentence -> n_classes) or "lm" (causal, next-token logits)
+    arch: str = "transformer"  # or "lstm" (binlab.nn.lstm: language models only; n_heads and d_ff unused)
 
     def __post_init__(self):
         for name in ("vocab_size", "max_len", "d_model", "n_heads", "d_ff", "n_layers", "n_classes"):
@@ -56,6 +58,10 @@ class ModelConfig:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.arch == "lstm" and self.task != "lm":
+            raise ValueError("the LSTM is a language model: use task='lm' with arch='lstm'")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -63,11 +69,13 @@ class ModelConfig:
         return asdict(self)
 
     def fingerprint_dict(self) -> dict:
-        """The fields that identify a trained model (``task`` only when it is not the default, so
-        classifier checkpoints cached before the LM track keep their keys)."""
+        """The fields that identify a trained model (``task`` and ``arch`` only when they are not the
+        defaults, so checkpoints cached before those existed keep their keys)."""
         d = asdict(self)
         if d["task"] == "classify":
             d.pop("task")
+        if d["arch"] == "transformer":
+            d.pop("arch")
         return d
 
 
@@ -246,7 +254,12 @@ class CausalLM(Classifier):
 
 
 def build(cfg: ModelConfig) -> Classifier:
-    """The model a config describes: :class:`Classifier` or :class:`CausalLM`."""
+    """The model a config describes: :class:`Classifier`, :class:`CausalLM` or the recurrent
+    :class:`binlab.nn.lstm.LSTMLM`."""
+    if cfg.arch == "lstm":
+        from .lstm import LSTMLM
+
+        return LSTMLM(cfg)
     return CausalLM(cfg) if cfg.task == "lm" else Classifier(cfg)
 
 

@@ -184,7 +184,8 @@ GROUPS: dict[str, list[str]] = {
     "QKV": ["layers.*.attn.q", "layers.*.attn.k", "layers.*.attn.v"],
     "attention": ["layers.*.attn.*"],
     "ffn": ["layers.*.ffn.*"],
-    "encoder": ["layers.*.attn.*", "layers.*.ffn.*"],
+    "recurrent": ["layers.*.rnn.*"],  # an LSTM's input-to-hidden and hidden-to-hidden matrices (binlab.nn.lstm)
+    "encoder": ["layers.*.attn.*", "layers.*.ffn.*", "layers.*.rnn.*"],
     "embeddings": ["embed.token", "embed.pos"],
     "head": ["head"],
     "all": ["*"],

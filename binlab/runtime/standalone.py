@@ -220,6 +220,9 @@ class Model:
                 raise ValueError("'components' must map names to objects")
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: its header is not a valid binlab packed model header ({err})") from None
+        if cfg.get("arch", "transformer") != "transformer":
+            raise ValueError(f"{path}: the torch-free runtime runs transformers and this file holds an {cfg['arch']!r} model; "
+                             "load it with binlab.runtime.export.load_packed")
         spec = json.loads(meta.get("spec", "{}"))
         if attn is None and (spec.get("attn_probs") or spec.get("attn_qkv") or spec.get("attn_residual")):
             raise ValueError(f"{path} was written before packed files described their attention quantizers: export it again")

@@ -71,6 +71,20 @@ class QATConfig:
             raise ValueError(f"hidden_kind must be one of {HIDDEN_KINDS}, got {self.hidden_kind!r}")
 
 
+def share_second_moments(model: nn.Module, opt: torch.optim.Optimizer) -> int:
+    """Give every quantized component whose method asks for it (``wants_second_moment``: LAB) the
+    optimizer's running average of its weight's squared gradients (Adam's ``exp_avg_sq``, updated in
+    place by every step). Returns how many components received one."""
+    n = 0
+    for mod in quantized_modules(model):
+        if getattr(mod.quantizer, "wants_second_moment", False):
+            v = opt.state.get(mod.weight, {}).get("exp_avg_sq")
+            if v is not None:
+                mod.quantizer.set_second_moment(v)
+                n += 1
+    return n
+
+
 def qat(
     teacher: nn.Module,
     spec: QuantSpec,
@@ -133,7 +147,7 @@ def qat(
         hist = train(student, train_split, cfg.train, val_split=val_split, callback=on_event,
                      teacher=teacher if (cfg.train.distill > 0 or cfg.hidden_distill > 0 or cfg.dmd > 0) else None,
                      should_stop=should_stop, hidden_weight=cfg.hidden_distill, dad_gamma=cfg.dad_gamma,
-                     hidden_kind=cfg.hidden_kind, dmd_weight=cfg.dmd)
+                     hidden_kind=cfg.hidden_kind, dmd_weight=cfg.dmd, after_step=lambda opt: share_second_moments(student, opt))
     finally:
         set_progress(student, 1.0)  # evaluation and export use each method's final state
     return student.eval(), hist

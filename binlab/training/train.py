@@ -198,8 +198,12 @@ def train(
     dad_gamma: float = 0.0,
     hidden_kind: str = "onebit",
     dmd_weight: float = 0.0,
+    after_step: Callable[[torch.optim.Optimizer], None] | None = None,
 ) -> dict:
     """Train ``model`` in place; return the history (losses, learning rates, validation accuracy).
+
+    ``after_step(optimizer)`` runs after every optimizer step, before the step's callback: a method that
+    reads the optimizer's state (LAB's second moments) gets it there, and the loop stays generic.
 
     ``hidden_weight`` > 0 adds hidden-state distillation from ``teacher``
     (:func:`binlab.nn.objective.hidden_loss` of kind ``hidden_kind``: OneBit's, BiBERT's or BiT's) to the
@@ -271,6 +275,8 @@ def train(
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            if after_step is not None:
+                after_step(opt)
             step += 1
             hist["step"].append(step)
             hist["loss"].append(loss.item())

@@ -117,7 +117,8 @@ def test_every_binarizer_basic_contract(name):
 
 def test_every_method_has_a_reference_test():
     """A new method must come with a reference here (or a dedicated test below)."""
-    dedicated = {"stochastic", "uniform", "pbllm", "billm", "rtn", "gptq", "arb", "stbllm", "oac", "dbllm", "binarymos", "fbi"}  # tests/test_lm_track.py
+    dedicated = {"stochastic", "uniform", "pbllm", "billm", "rtn", "gptq", "arb", "stbllm", "oac", "dbllm", "binarymos", "fbi",  # tests/test_lm_track.py
+                 "lab"}  # tests/test_lstm.py
     assert set(BINARIZERS) <= set(REFS) | dedicated
 
 
@@ -128,7 +129,8 @@ def test_options_are_only_those_that_act():
            "tau_start": lambda v: v, "bits": lambda v: 2, "salient": lambda v: 0.3, "seed": lambda v: v + 1, "H": lambda v: 0.01,
            "terms": lambda v: v, "noise": lambda v: v, "shortcut": lambda v: v, "group": lambda v: 16, "act_order": lambda v: not v,
            "percdamp": lambda v: 0.5, "blocksize": lambda v: 16, "metric": lambda v: "magnitude", "gptq": lambda v: not v,
-           "high_bits": lambda v: 3, "variant": lambda v: "rc", "iters": lambda v: 0, "n": lambda v: 2, "m": lambda v: 4}
+           "high_bits": lambda v: 3, "variant": lambda v: "rc", "iters": lambda v: 0, "n": lambda v: 2, "m": lambda v: 4,
+           "blocks": lambda v: 2}
     training_only = {"tau_start", "terms", "noise", "shortcut", "experts"}  # act in QAT (tested below), not on Q(W)
     same_result = {("gptq", "blocksize")}  # GPTQ's lazy batches change the speed, not the result (tested in test_lm_track)
     layer_only = {("onebit", "out_norm")}  # acts on the layer's output, not on Q(W) (test_onebit_layer_equals_the_reference_code)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from binlab.data import PAD_ID
 
-from .model import CausalLM, ModelConfig
+from .model import ARCH_MODELS, CausalLM, ModelConfig
 
 
 class TokenEmbedding(nn.Module):
@@ -127,3 +127,6 @@ class LSTMLM(CausalLM):
         for layer in self.layers:
             xs.append(layer(xs[-1], ids != PAD_ID))
         return xs
+
+
+ARCH_MODELS["lstm"] = LSTMLM

@@ -253,13 +253,18 @@ class CausalLM(Classifier):
         return self.head(self.drop(x))
 
 
-def build(cfg: ModelConfig) -> Classifier:
-    """The model a config describes: :class:`Classifier`, :class:`CausalLM` or the recurrent
-    :class:`binlab.nn.lstm.LSTMLM`."""
-    if cfg.arch == "lstm":
-        from .lstm import LSTMLM
+#: architectures other than the transformer: ``arch`` -> model class (:mod:`binlab.nn.lstm` adds "lstm"
+#: when :mod:`binlab.nn` is imported, so this module never imports the families built on it)
+ARCH_MODELS: dict[str, type] = {}
 
-        return LSTMLM(cfg)
+
+def build(cfg: ModelConfig) -> Classifier:
+    """The model a config describes: :class:`Classifier`, :class:`CausalLM` or a registered
+    architecture's (the recurrent :class:`binlab.nn.lstm.LSTMLM`)."""
+    if cfg.arch != "transformer":
+        if cfg.arch not in ARCH_MODELS:
+            raise ValueError(f"no model registered for arch {cfg.arch!r}; known: {sorted(ARCH_MODELS)}")
+        return ARCH_MODELS[cfg.arch](cfg)
     return CausalLM(cfg) if cfg.task == "lm" else Classifier(cfg)
 
 

@@ -120,3 +120,20 @@ def test_lab_reads_the_optimizers_second_moment_as_the_code_accumulates_it(tiny_
         assert len(grads[name]) == 4 and mod.weight.abs().max() <= 1.0
         np.testing.assert_allclose(mod.quantizer(mod.weight.detach().double()).numpy(),
                                    lab_ref.binarize(mod.weight.detach().double().numpy(), acc), rtol=1e-4)
+
+
+def test_the_lab_lays_out_and_probes_an_lstm(tiny_splits):
+    """The Binarize page's layout and the Sensitivity page's probe work on a recurrent model (no attention
+    pairs or groups offered where there is no attention)."""
+    from binlab.lab.live import layout, sensitivity
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(task="lm", arch="lstm", vocab_size=tiny_splits.vocab_size, max_len=64, d_model=16, n_heads=1, d_ff=16, n_layers=2, dropout=0.0)
+    m = build(cfg).eval()
+    lay = layout(m)
+    assert lay["embeddings"] == ["embed.token"] and lay["head"] == "head"
+    assert lay["layers"] == [[("W_ih", f"layers.{i}.rnn.ih"), ("W_hh", f"layers.{i}.rnn.hh")] for i in range(2)]
+    rows = sensitivity(m, tiny_splits.val, MethodConfig("xnor"), val_rows=40)
+    labels = [r["label"] for r in rows]
+    assert "L1 W_hh" in labels and "recurrent" in labels and "QK" not in labels and "attention" not in labels
+    assert all(np.isfinite(r["perplexity"]) for r in rows)

@@ -21,6 +21,9 @@ st.markdown("How binarizing changes where each head looks. BiBERT's argument (Qi
 
 with friendly_errors():
     splits, baseline = require_baseline(preset, source)
+    if not any(hasattr(m, "prob_quantizer") for m in baseline.modules()):
+        st.info("This model has no attention: an LSTM carries the past in its recurrent state instead. Pick a transformer preset.")
+        st.stop()
     if not task_info(baseline).classifies_text:
         st.info("The attention viewer looks at the classifier presets; the language model's attention is causal.")
     tok = splits.tokenizer

@@ -69,3 +69,56 @@ def answer(les, my_prediction, model, splits, fast: bool = False):
     else:
         print(check(les, my_prediction, outcome)[1])
     return outcome
+
+
+def code_fingerprint(nb) -> str:
+    """A notebook's code, fingerprinted: the SHA-256 of its code cells' source. Committed outputs carry
+    the fingerprint of the code that made them (``metadata["binlab"]["code"]``), so a test can tell
+    outputs older than the code they show."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for c in nb.cells:
+        if c.cell_type == "code":
+            h.update(c.source.encode())
+            h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def execute(path, timeout: int = 3600) -> dict:
+    """Run a course notebook top to bottom in place (the full course, not FAST), keep its outputs, and
+    stamp it with the fingerprint of its code, the preset, the machine and each code cell's seconds.
+    Returns the stamp. ``python -m binlab.lab.course notebooks/*.ipynb`` runs them all."""
+    import time
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    from binlab.experiments.provenance import machine
+
+    if os.environ.get("FAST", "0") == "1":
+        raise ValueError("committed outputs come from the full course: unset FAST")
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    seconds: list[float] = []
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    with client.setup_kernel():
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            t0 = time.perf_counter()
+            client.execute_cell(cell, i)
+            seconds.append(round(time.perf_counter() - t0, 1))
+    stamp = {"code": code_fingerprint(nb), "preset": "scratch", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+             "cell_seconds": seconds}
+    nb.metadata["binlab"] = stamp
+    nbformat.write(nb, path)
+    return stamp
+
+
+if __name__ == "__main__":
+    import sys
+
+    for p in sys.argv[1:]:
+        print(p, execute(p), flush=True)

@@ -247,12 +247,12 @@ def friendly_errors():
 
 
 def session_models(preset: str, source: str | None) -> dict:
-    """The binarized models this session holds, by the label pages offer them under: the Binarize
-    page's current configuration and the Train page's last QAT model, where they exist."""
+    """The binarized models this session holds, by the label pages offer them under: the Train page's
+    last QAT model and the Binarize page's current configuration, where they exist."""
     out = {}
+    if "qat_model" in st.session_state:  # a learner's own trained model comes first: pages offer it by default
+        out["the model trained on Train (QAT)"] = st.session_state["qat_model"]
     lab = st.session_state.get(f"lab:{preset}:{source}")
     if lab is not None:
         out["the configuration on Binarize (live)"] = lab.model
-    if "qat_model" in st.session_state:
-        out["the model trained on Train (QAT)"] = st.session_state["qat_model"]
     return out

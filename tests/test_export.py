@@ -369,3 +369,22 @@ def test_arb_codec_holds_what_arb_counts(variant):
     assert isinstance(codec, ARBBlocksCodec) and codec.rc == (variant == "rc")
     np.testing.assert_allclose(codec.dense(), mod.quantized_weight().detach().numpy(), rtol=1e-5, atol=1e-6)
     assert codec.bits() == mod.quantizer.storage((16, 72))
+
+
+def test_ready_models_are_trained_once_then_read_from_the_cache(fp_tiny, tiny_splits):
+    """The Deploy page's ready W1A1 model is QAT-trained (not the PTQ of the baseline), written once, and reused."""
+    from binlab.lab.deploy import ready_packed, ready_path
+    from binlab.runtime.export import ready_specs
+
+    name = next(n for n in ready_specs() if n.startswith("W1A1"))
+    events = []
+    path = ready_packed("tiny", tiny_splits, fp_tiny, name, callback=events.append)
+    assert path == ready_path("tiny", tiny_splits, name) and path.exists()
+    assert any(e.get("kind") == "step" for e in events)  # it trained
+    stamp = path.stat().st_mtime_ns
+    events.clear()
+    assert ready_packed("tiny", tiny_splits, fp_tiny, name, callback=events.append) == path
+    assert path.stat().st_mtime_ns == stamp and not events  # read back, not trained again
+    trained, _ = predict(load_packed(path), tiny_splits.test)
+    first_guess, _ = predict(ptq(fp_tiny, ready_specs()[name]), tiny_splits.test)
+    assert not np.allclose(trained, first_guess)

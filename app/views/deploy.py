@@ -6,12 +6,12 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from binlab.data import cache_dir
+from binlab.lab.deploy import ready_packed, ready_path
 from binlab.nn.metric import task_info
 from binlab.runtime import standalone
 from binlab.runtime.codecs import NotPackable
-from binlab.runtime.export import classify_text, load_packed, ready_specs, save_packed
+from binlab.runtime.export import classify_text, file_info, load_packed, ready_specs, save_packed
 from binlab.runtime.size import model_size
-from binlab.training.qat import ptq
 
 from common import friendly_errors, require_baseline, session_models, sidebar
 
@@ -23,24 +23,38 @@ st.markdown("The sizes elsewhere in the lab are bookkeeping; here the model is w
             "for a few tokens and through weights decoded tile by tile for longer inputs. The file carries its tokenizer, and "
             "runs without torch too (numpy and numba only), as it would on a small device.")
 
-READY = ready_specs()  # ready-made configurations (PTQ of the baseline) for when nothing is configured yet
+READY = ready_specs()  # ready-made configurations, each trained once with the preset's QAT budget and cached
 
 with friendly_errors():
     splits, baseline = require_baseline(preset, source)
     held = session_models(preset, source)
-    choice = st.selectbox("Model to export", list(held) + list(READY), key="deploy_choice")
+    choice = st.selectbox("Model to export", list(held) + list(READY), key="deploy_choice",
+                          help="Your own models first; the ready ones are trained once with this preset's QAT budget (a few minutes "
+                               "the first time, with a progress bar), then read from the cache.")
 
     if st.button("Export the packed file", key="deploy_export", type="primary"):
         from binlab.runtime.export import spec_of
 
-        model = held[choice] if choice in held else ptq(baseline, READY[choice])  # only when exporting: reruns stay cheap
-        key = hashlib.sha256(f"{preset}|{source}|{choice}|{spec_of(model).to_json()}".encode()).hexdigest()[:12]
-        path = cache_dir() / "exports" / f"{preset}-{key}.safetensors"
         try:
-            with st.spinner("packing and writing ..."):
-                info = save_packed(model, path, tokenizer=splits.tokenizer, preset=preset)
-                packed = load_packed(path, tokenizer=splits.tokenizer)
-                lite = standalone.load(path)
+            if choice in held:
+                model = held[choice]
+                key = hashlib.sha256(f"{preset}|{source}|{choice}|{spec_of(model).to_json()}".encode()).hexdigest()[:12]
+                path = cache_dir() / "exports" / f"{preset}-{key}.safetensors"
+                with st.spinner("packing and writing ..."):
+                    info = save_packed(model, path, tokenizer=splits.tokenizer, preset=preset)
+            else:
+                path = ready_path(preset, splits, choice)
+                if not path.exists():
+                    bar = st.progress(0.0, text="training the ready model once (QAT) ...")
+
+                    def progress(e):
+                        if e.get("kind") == "step":
+                            bar.progress(e["step"] / e["total"], text=f"QAT step {e['step']}/{e['total']}  loss {e['loss']:.3f}")
+                    ready_packed(preset, splits, baseline, choice, callback=progress)
+                    bar.empty()
+                info = file_info(path)
+            packed = load_packed(path, tokenizer=splits.tokenizer)
+            lite = standalone.load(path)
         except NotPackable as err:
             st.error(f"This configuration cannot be packed: {err}. Pick another method for that component.")
             st.stop()

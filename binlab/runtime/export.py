@@ -54,14 +54,15 @@ def spec_of(model: nn.Module):
 
 
 def ready_specs() -> dict[str, QuantSpec]:
-    """Ready-made configurations (PTQ of the baseline) to export before a learner has made one: W1A1
-    through the XNOR kernel (the linears only: unlike the tables' W1A1, attention stays fp32), W1A32
-    through lookup tables, and the student project's thresholding."""
+    """Ready-made configurations to export before a learner has made one (the Deploy page trains each
+    once with the preset's QAT budget: :func:`binlab.lab.deploy.ready_packed`): W1A1 through the XNOR
+    kernel (the linears only: unlike the tables' W1A1, attention stays fp32), W1A32 through lookup
+    tables, and the student project's thresholding."""
     return {
-        "W1A1 linears (attention itself in fp32): XNOR weights and sign inputs in every encoder linear, binary embeddings (PTQ)":
+        "W1A1 linears (attention itself in fp32): XNOR weights and sign inputs in every encoder linear, binary embeddings (QAT)":
             QuantSpec((Rule("embeddings", MethodConfig("xnor")), Rule("encoder", MethodConfig("xnor", act="sign")))),
-        "W1A32: XNOR weights everywhere but the head (PTQ)": QuantSpec.simple("all-except-head", "xnor"),
-        "The student project's thresholding: bucket means everywhere but the head (PTQ)": QuantSpec.simple("all-except-head", "bucket"),
+        "W1A32: XNOR weights everywhere but the head (QAT)": QuantSpec.simple("all-except-head", "xnor"),
+        "The student project's thresholding: bucket means everywhere but the head (QAT)": QuantSpec.simple("all-except-head", "bucket"),
     }
 
 
@@ -225,6 +226,19 @@ def load_packed(path: str | Path, tokenizer=None) -> nn.Module:
     model.eval()
     model.packed_meta = meta
     return model
+
+
+def file_info(path: str | Path) -> dict:
+    """What :func:`save_packed` returns, for a packed file already on disk: its bytes, the accounting of
+    the model it holds (the packed modules count their own bits), the tokenizer's share, the components."""
+    model = load_packed(path)
+    from .size import model_size
+
+    meta = model.packed_meta
+    tok = meta.get("tokenizer_json")
+    return {"path": str(path), "file_bytes": Path(path).stat().st_size, "predicted_bytes": model_size(model).total_bytes,
+            "tokenizer_bytes": len(json.dumps(tok, ensure_ascii=False).encode()) if tok else 0,
+            "components": len(json.loads(meta["components"]))}
 
 
 def check_size(info: dict, rel: float = 0.01, slack: int = 16 * 1024) -> bool:

@@ -167,6 +167,57 @@ def test_binarize_numbers_follow_the_configuration(env, trained):
     assert not at.exception and any("test accuracy" in s.value for s in at.success)
 
 
+def test_a_busy_server_says_so_and_then_shows_the_numbers(env, trained, monkeypatch):
+    """While other learners' evaluations hold the gate, the page says how many changes are ahead; the numbers follow."""
+    from binlab.lab import gate
+
+    monkeypatch.setattr(gate.GATE, "ahead", lambda: 3)
+    at = new_app("views/binarize.py")
+    at.selectbox(key="method").set_value("xnor").run()
+    at.button(key="pick_encoder").click().run()
+    assert not at.exception
+    assert_core_numbers(at)  # the numbers arrive, and the page says the change waited
+    assert any("waited behind 3 others" in c.value for c in at.caption)
+
+
+def test_the_gate_queues_evaluations_beyond_its_slots():
+    """At most `slots` holders at once; a newcomer is told how many are ahead; everyone gets through."""
+    import threading
+    import time
+
+    from binlab.lab.gate import EvalGate
+
+    g = EvalGate(slots=1)
+    assert g.ahead() == 0
+    inside, order = [], []
+    release = threading.Event()
+
+    def work(i):
+        with g():
+            inside.append(i)
+            order.append(i)
+            if i == 0:
+                release.wait(5)
+            inside.remove(i)
+
+    t0 = threading.Thread(target=work, args=(0,))
+    t0.start()
+    while not inside:
+        time.sleep(0.01)
+    assert g.ahead() == 1  # one running
+    others = [threading.Thread(target=work, args=(i,)) for i in (1, 2)]
+    for t in others:
+        t.start()
+    time.sleep(0.2)
+    assert g.ahead() == 3 and inside == [0]  # one running, two waiting, nobody else inside
+    release.set()
+    for t in [t0, *others]:
+        t.join(5)
+    assert sorted(order) == [0, 1, 2] and g.ahead() == 0
+    with pytest.raises(ValueError):
+        EvalGate(slots=0)
+
+
 def test_binarize_restores_from_url(env, trained):
     spec = {"rules": [{"target": "layers.0.attn.v", "method": {"method": "xnor", "options": {"per_channel": False}, "ste": "tanh", "act": None}}],
             "attn_probs": None}

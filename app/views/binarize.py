@@ -4,6 +4,7 @@ import json
 import plotly.graph_objects as go
 import streamlit as st
 
+from binlab.lab.gate import GATE
 from binlab.lab.live import LiveLab, component_view, layout, spec_components, widget_representable
 from binlab.lab.runs import RunStore
 from binlab.methods import BINARIZERS, PAGE_DEFAULTS, method_card
@@ -242,13 +243,20 @@ with friendly_errors():
         st.query_params["spec"] = spec.to_json()
         st.session_state["spec_json"] = spec.to_json()
         st.subheader("3 · What changed")
+        busy = st.empty()
         numbers = st.empty()
+        ahead = GATE.ahead() if lab.measured(spec) is None else 0
+        if ahead:  # a busy server: say so at once rather than freeze
+            busy.info(f"The server is busy: queued behind {ahead} change{'s' if ahead > 1 else ''} from other learners. "
+                      "Your numbers follow as soon as it is their turn.")
         if lab.measured(spec) is None:  # a new configuration: numbers on a small, balanced slice first, then on every row
             with numbers.container():
                 show_numbers(lab.glance(spec))
         r = lab.apply(spec)
         with numbers.container():
             show_numbers(r)
+        if ahead:
+            busy.caption(f"This change waited behind {ahead} other{'s' if ahead > 1 else ''} on a busy server.")
         m = r["metric"]
 
         points = st.session_state.setdefault("points", {})

@@ -26,6 +26,8 @@ from binlab.nn.quantize import GROUPS, MethodConfig, QuantSpec, Rule, current_pl
 from binlab.runtime.size import model_size
 from binlab.training.train import EVAL_BATCH, stats_on
 
+from .gate import GATE
+
 PARTS = (("Q", "attn.q"), ("K", "attn.k"), ("V", "attn.v"), ("O", "attn.o"), ("FFN up", "ffn.up"), ("FFN down", "ffn.down"),
          ("W_ih", "rnn.ih"), ("W_hh", "rnn.hh"))  # the transformer's parts, then the LSTM's (binlab.nn.lstm)
 
@@ -206,6 +208,10 @@ class LiveLab:
         """Per-row (NLL, units, hits) on the lab's rows, recomputing only from layer ``start`` on
         (-1: from the embeddings): the inputs of earlier layers are kept from the last evaluation,
         so the result equals a full evaluation of the same rows (tested)."""
+        with GATE():  # one evaluation per free core set at a time (binlab.lab.gate)
+            return self._stats_locked(start)
+
+    def _stats_locked(self, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from binlab.nn import objective
 
         m = self.model
@@ -238,9 +244,10 @@ class LiveLab:
 
         m = self.model.eval()
         out = [[], [], []]
-        for x, y in batches:
-            for acc, v in zip(out, objective.row_stats(m(x), x, y, self.task)):
-                acc.append(v.double().cpu())
+        with GATE():
+            for x, y in batches:
+                for acc, v in zip(out, objective.row_stats(m(x), x, y, self.task)):
+                    acc.append(v.double().cpu())
         return tuple(torch.cat(v).numpy() for v in out)
 
     def hessian(self, name: str, kind: str = "layer") -> torch.Tensor:

@@ -486,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "run", "render", "datasize"],
                    help="render: rewrite the markdown of every committed table from its JSON; "
                         "datasize: fp32 vs the best 1-bit recipe by training rows (docs/results/data-size-<preset>)")
-    p.add_argument("name", nargs="?", default="all", help="T1..T9 or all")
+    p.add_argument("name", nargs="?", default="all", help="T1..T10 or all")
     common(p)
     p.add_argument("--fast", action="store_true", help="tiny budget (for smoke tests)")
     p.add_argument("--only", help="comma-separated indices of the configurations to run (e.g. 0,1,2)")

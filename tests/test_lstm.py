@@ -137,3 +137,19 @@ def test_the_lab_lays_out_and_probes_an_lstm(tiny_splits):
     labels = [r["label"] for r in rows]
     assert "L1 W_hh" in labels and "recurrent" in labels and "QK" not in labels and "attention" not in labels
     assert all(np.isfinite(r["perplexity"]) for r in rows)
+
+
+def test_t10_runs_on_the_tiny_lstm(fixture_data, tmp_path):
+    """The LSTM era's table runs end to end on the test preset: every row has a perplexity, a size and the
+    bits its method stores (the test fixture's vocabulary is tiny, so which part holds the bits is the
+    lstm preset's question, not this one's)."""
+    import json
+
+    from binlab.experiments import tables
+
+    md = tables.run("T10", preset="tiny-lstm", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0, 1, 2, 6])
+    rows = {r["label"]: r for r in json.loads(md.with_suffix(".json").read_text())["rows"]}
+    assert all(np.isfinite(r["perplexity"]) and r["megabytes"] > 0 for r in rows.values())
+    rec, emb = rows["XNOR, recurrent weights only (PTQ)"], rows["XNOR, embeddings only (PTQ)"]
+    assert emb["reduction_percent"] > 0 and rec["reduction_percent"] > 0 and rows["fp32 baseline"]["reduction_percent"] == 0
+    assert rows["LAB: recurrent weights only, one scale per gate, QAT"]["bits_per_quantized_weight"] < 1.1

@@ -1,4 +1,4 @@
-"""The tables' catalog: every experiment (T1-T9) as named configurations of a spec and a mode.
+"""The tables' catalog: every experiment (T1-T10) as named configurations of a spec and a mode.
 
 A :class:`Config` is one row (a label, a :class:`~binlab.nn.quantize.QuantSpec`, ``fp``/``ptq``/``qat``,
 the seed's or the survey's number where there is one); an :class:`Experiment` is a titled table of
@@ -290,3 +290,29 @@ EXPERIMENTS["T9"] = Experiment("T9", "The BERT-era fully binary encoders (W1A1)"
     "numbers, quoted, not measured: compare orderings, not values. Attention entropy: mean over heads and test rows of "
     "the entropy (nats) of each query's attention weights, normalised to sum to 1 (BiBERT's argument for Bi-Attention)."),
     T9_CONFIGS)
+
+
+LAB4 = MethodConfig("lab", options={"blocks": 4})  # one scale per LSTM gate, as LAB's code binarizes each gate matrix
+T10_CONFIGS = (
+    Config("fp32 baseline", FP, "fp"),
+    Config("XNOR, recurrent weights only (PTQ)", _spec(("encoder", "xnor")), "ptq"),
+    Config("XNOR, embeddings only (PTQ)", _spec(("embeddings", "xnor")), "ptq"),
+    Config("XNOR on LSTMs (Zheng and Tang): recurrent weights only, QAT", _spec(("encoder", "xnor")), "qat",
+           survey="weights-only binarization lowered perplexity (a regularizer)"),
+    Config("XNOR: embeddings only, QAT", _spec(("embeddings", "xnor")), "qat"),
+    Config("XNOR on LSTMs (Zheng and Tang): recurrent weights and embeddings, QAT", _spec(("encoder", "xnor"), ("embeddings", "xnor")), "qat",
+           survey="weights and embeddings together overfit"),
+    Config("LAB: recurrent weights only, one scale per gate, QAT", _spec(("encoder", LAB4)), "qat"),
+    Config("LAB: recurrent weights and embeddings, QAT", _spec(("encoder", LAB4), ("embeddings", "lab")), "qat"),
+    control(),
+)
+
+
+EXPERIMENTS["T10"] = Experiment("T10", "The LSTM era: which part holds the bits, and what binarizing it costs", (
+    "On the lstm preset: a 2-layer LSTM language model (d = 256) trained from scratch on AG_NEWS text with the lm preset's "
+    "tokenizer, perplexity on the test text. 'Recurrent weights' are every LSTM's input-to-hidden and hidden-to-hidden "
+    "matrices (on a transformer preset the same rows binarize the encoder linears); 'embeddings' the token table; the "
+    "head (the output embedding) stays fp32. XNOR on LSTMs is XNOR-Net's scaled sign (Zheng and Tang 2016, a course "
+    "report with no code); LAB is loss-aware binarization (Hou et al. 2017) with Adam's second moments, one scale per "
+    "gate matrix as its code keeps them. QAT rows distil from the fp32 model token by token. The papers' findings are "
+    "quoted, not measured: their models are word-level LSTMs on Penn Treebank."), T10_CONFIGS)

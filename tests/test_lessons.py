@@ -51,7 +51,7 @@ def test_check_judges_against_the_measurement_only():
         check(les, "QQ", tie)
     assert lesson(2) is les and lesson("2") is les and lesson("components") is les
     with pytest.raises(ValueError, match="unknown lesson"):
-        lesson(7)
+        lesson(8)
 
 
 def test_the_notebooks_check_block_never_answers_for_the_learner(ctx, capsys):
@@ -71,3 +71,22 @@ def test_the_notebooks_check_block_never_answers_for_the_learner(ctx, capsys):
     assert capsys.readouterr().out.startswith("Not this time")
     with pytest.raises(ValueError, match="choice's number"):
         course.answer(les, len(les.choices), ctx.baseline, ctx.splits, fast=True)
+
+
+def test_bits_by_part_counts_every_parameter_once():
+    """bits_by_part of an fp32 model is 32 bits per parameter, grouped by the parameter's name (an
+    independent count from named_parameters), for a transformer and an LSTM."""
+    from binlab.lab.teaching import bits_by_part
+    from binlab.nn.model import ModelConfig, build
+
+    for cfg in (ModelConfig(vocab_size=300, max_len=16, d_model=16, n_heads=2, d_ff=32, n_layers=2),
+                ModelConfig(task="lm", arch="lstm", vocab_size=300, max_len=16, d_model=16, n_heads=1, d_ff=16, n_layers=2)):
+        m = build(cfg)
+        expect = {"embeddings": 0, "layers": 0, "head": 0}
+        for name, p in m.named_parameters():
+            expect["embeddings" if name.startswith("embed.") else "layers" if name.startswith("layers.") else "head"] += 32 * p.numel()
+        assert bits_by_part(m) == expect
+        les = LESSONS["eras"]
+        out = les.run(Context(m, None))
+        big = max(expect, key=expect.get)
+        assert out.answers[0].startswith("the " + {"embeddings": "embeddings", "layers": "layers", "head": "head"}[big])

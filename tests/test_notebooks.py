@@ -13,8 +13,10 @@ NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 MAX_DEF_LINES = 8  # a widget callback may be a few lines; logic belongs in binlab
 
 
-def test_there_are_six_notebooks():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
+def test_there_is_a_notebook_per_lesson():
+    from binlab.lab.lessons import LESSONS
+
+    assert [p.name for p in NOTEBOOKS] == sorted(les.notebook for les in LESSONS.values())
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -1,7 +1,7 @@
 """Guided lessons: a question, the learner's prediction, an experiment run in place, and a check of
 the prediction against what the experiment measured.
 
-Six lessons follow the six course notebooks. Each lesson's :attr:`Lesson.run` measures its answer on
+Seven lessons follow the seven course notebooks. Each lesson's :attr:`Lesson.run` measures its answer on
 the model in front of the learner (nothing is hard-coded): the accepted answers are every choice the
 measurement cannot separate from the best one (for accuracies, a paired 95 % interval that contains
 zero), so a learner is never told they are wrong by noise. The Lessons page and the notebooks'
@@ -170,6 +170,19 @@ def _xnor(ctx: Context) -> Outcome:
                    {"title": "the same dot product two ways", "x": ["XNOR-popcount", "float"], "y": [dot, direct], "y_title": "a . b"})
 
 
+def _eras(ctx: Context) -> Outcome:
+    from .teaching import bits_by_part
+
+    bits = bits_by_part(ctx.baseline)
+    names = {"embeddings": "the embeddings", "layers": "the layers' weight matrices", "head": "the head (a language model's output embedding)"}
+    top = max(bits.values())
+    tied = tuple(names[p] for p, b in sorted(bits.items(), key=lambda t: -t[1]) if b >= 0.98 * top)  # within 2 %: a tie
+    mb = {names[p]: b / 8e6 for p, b in bits.items()}
+    return Outcome(tied, "Megabytes stored in full precision: " + ", ".join(f"{k} {v:.3f}" for k, v in mb.items())
+                   + f" (vocabulary {ctx.baseline.config.vocab_size:,}, width {ctx.baseline.config.d_model}).",
+                   {"title": "where the bits are (fp32)", "x": list(mb), "y": list(mb.values()), "y_title": "MB"})
+
+
 LESSONS: dict[str, Lesson] = {les.key: les for les in (
     Lesson("binarizers", 1, "Binarizers and scales", "01_binarizers_and_ste.ipynb",
            "Three binarizers approximate the trained weight matrix layers.0.ffn.up. Which one is closest to it "
@@ -205,11 +218,17 @@ LESSONS: dict[str, Lesson] = {les.key: les for les in (
            "Two +-1 vectors of length 256 differ in exactly 64 positions. What is their dot product?", ("64", "128", "192"),
            "Matching positions add +1 and differing ones -1: a . b = K - 2 popcount(a XOR b), which a CPU computes 64 "
            "positions per instruction.", _xnor),
+    Lesson("eras", 7, "From LSTMs to LLMs", "07_lstms_to_llms.ipynb",
+           "In this model, stored in full precision, which part holds the most bits?",
+           ("the embeddings", "the layers' weight matrices", "the head (a language model's output embedding)"),
+           "A table of vocabulary x width numbers dwarfs the layers of a small model, which is why the LSTM era binarized "
+           "embeddings first; in a large LLM the layers hold nearly all the bits, which is why the LLM era binarizes the "
+           "linears and keeps embeddings and head in full precision.", _eras),
 )}
 
 
 def lesson(key_or_number) -> Lesson:
-    """A lesson by key ("components") or number (1-6); ValueError naming the choices otherwise."""
+    """A lesson by key ("components") or number (1-7); ValueError naming the choices otherwise."""
     for les in LESSONS.values():
         if key_or_number in (les.key, les.number, str(les.number)):
             return les

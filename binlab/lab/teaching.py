@@ -41,3 +41,23 @@ def latent_toy(ste: str = "clipped", steps: int = 150, lr: float = 0.05, start=(
         binary.append(sign(w.detach()).numpy())
         losses.append(loss.item())
     return {"latent": np.array(traj), "binary": np.array(binary), "loss": np.array(losses)}
+
+
+#: the parts of a model the LSTM-era lesson compares (component name prefixes; a component's norm and
+#: bias count with it)
+PARTS = {"embeddings": ("embed.",), "layers": ("layers.",), "head": ("head",)}
+
+
+def bits_by_part(model: torch.nn.Module) -> dict[str, int]:
+    """Stored bits of the embeddings, the layers (attention and FFN linears, or an LSTM's recurrent
+    matrices, with their biases and norms) and the head, as :func:`binlab.runtime.size.model_size`
+    counts them (fp32 where not quantized)."""
+    from binlab.runtime.size import model_size
+
+    out = dict.fromkeys(PARTS, 0)
+    for c in model_size(model).components:
+        part = next((p for p, prefixes in PARTS.items() if c.name.startswith(prefixes)), None)
+        if part is None:
+            raise ValueError(f"component {c.name!r} belongs to none of {list(PARTS)}")
+        out[part] += c.total_bits
+    return out

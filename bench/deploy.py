@@ -143,6 +143,12 @@ def main():
                "max_logit_rel_diff": float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)),
                "torchfree_agreement": float((pc == pb).mean()),
                "torchfree_max_logit_rel_diff": float(np.abs(c - b).max() / max(np.abs(b).max(), 1e-30))}
+        if kind == "w1a32":  # the integer path: inputs rounded to int8 per token, an int8 GEMM
+            int8 = load_packed(path, int8_inputs=True)
+            pd, d = outputs(torch_fn(int8), test, lm, keep)
+            cfg |= {"int8_metric": metric(evaluate(int8, test)), "int8_agreement": float((pd == pa).mean()),
+                    "int8_max_logit_rel_diff": float(np.abs(d - a).max() / max(np.abs(a).max(), 1e-30))}
+            models["packed_w1a32_int8"] = int8
         out["configs"][kind] = cfg
         models[f"packed_{kind}"], lites[kind] = packed, lite
         print(kind, cfg, flush=True)
@@ -152,12 +158,14 @@ def main():
     # the whole test set, each side against fp32 torch in interleaved pairs
     def whole(fn):
         return lambda: outputs(fn, test, lm, 0)
-    for kind in SPECS:
-        for side, fn in ((f"packed_{kind}", torch_fn(models[f"packed_{kind}"])), (f"torchfree_{kind}", lites[kind].logits)):
-            r = paired(whole(torch_fn(fp)), whole(fn), pairs=3, warmup=1)
-            out[f"{side}_s"], out[f"{side}_vs_fp32"] = r["b_s"], r
-            out.setdefault("fp32_s_pairs", []).append(r["a_s"])
-            print(side, "test set", r, flush=True)
+    sides = [(f"{w}_{kind}", fn) for kind in SPECS
+             for w, fn in (("packed", torch_fn(models[f"packed_{kind}"])), ("torchfree", lites[kind].logits))]
+    sides.append(("packed_w1a32_int8", torch_fn(models["packed_w1a32_int8"])))
+    for side, fn in sides:
+        r = paired(whole(torch_fn(fp)), whole(fn), pairs=3, warmup=1)
+        out[f"{side}_s"], out[f"{side}_vs_fp32"] = r["b_s"], r
+        out.setdefault("fp32_s_pairs", []).append(r["a_s"])
+        print(side, "test set", r, flush=True)
     out["fp32_s"] = statistics.median(out.pop("fp32_s_pairs"))
 
     # one text at a time
@@ -171,13 +179,12 @@ def main():
                 fn(x)
         return go
 
-    for kind in SPECS:
-        for side, fn in ((f"packed_{kind}", torch_fn(models[f"packed_{kind}"])), (f"torchfree_{kind}", lites[kind].logits)):
-            r = paired(one_by_one(torch_fn(fp)), one_by_one(fn), pairs=3, warmup=1)
-            out[f"batch1_{side}_ms"] = 1e3 * r["b_s"] / len(texts)
-            out[f"batch1_{side}_vs_fp32"] = r
-            out.setdefault("batch1_fp32_pairs", []).append(1e3 * r["a_s"] / len(texts))
-            print(side, "one text", r, flush=True)
+    for side, fn in sides:
+        r = paired(one_by_one(torch_fn(fp)), one_by_one(fn), pairs=3, warmup=1)
+        out[f"batch1_{side}_ms"] = 1e3 * r["b_s"] / len(texts)
+        out[f"batch1_{side}_vs_fp32"] = r
+        out.setdefault("batch1_fp32_pairs", []).append(1e3 * r["a_s"] / len(texts))
+        print(side, "one text", r, flush=True)
     out["batch1_fp32_ms"] = statistics.median(out.pop("batch1_fp32_pairs"))
 
     # fresh processes: start to first prediction, and peak memory
@@ -249,13 +256,20 @@ def markdown(out: dict) -> str:
         for side, name in ((f"packed_{kind}", f"packed {label}, torch"), (f"torchfree_{kind}", f"packed {label}, torch-free")):
             md.append(f"| {name} | {out[f'{side}_s']:.2f} | {_ratio(out[f'{side}_vs_fp32'])} | {out[f'batch1_{side}_ms']:.2f} | "
                       f"{_ratio(out[f'batch1_{side}_vs_fp32'])} | {fmt(c['packed_metric'])} | {c['file_bytes']:,} | {c['predicted_bytes']:,.0f} |")
+        if kind == "w1a32":
+            side = "packed_w1a32_int8"
+            md.append(f"| packed W1A32, torch, int8 inputs | {out[f'{side}_s']:.2f} | {_ratio(out[f'{side}_vs_fp32'])} | "
+                      f"{out[f'batch1_{side}_ms']:.2f} | {_ratio(out[f'batch1_{side}_vs_fp32'])} | {fmt(c['int8_metric'])} | "
+                      f"{c['file_bytes']:,} | {c['predicted_bytes']:,.0f} |")
     c1, c32 = out["configs"]["w1a1"], out["configs"]["w1a32"]
     md += ["", f"The file carries its tokenizer ({c1['tokenizer_bytes']:,} bytes of the file bytes above); the rest is the weights' "
                "accounting plus the header. Torch packed vs fake quantization: W1A1 "
                f"{100 * c1['prediction_agreement']:.2f} % of predictions agree (largest logit difference {c1['max_logit_rel_diff']:.1e} "
                f"of the largest logit), W1A32 {100 * c32['prediction_agreement']:.2f} % ({c32['max_logit_rel_diff']:.1e}). "
                f"Torch-free vs torch packed: W1A1 {100 * c1['torchfree_agreement']:.2f} % ({c1['torchfree_max_logit_rel_diff']:.1e}), "
-               f"W1A32 {100 * c32['torchfree_agreement']:.2f} % ({c32['torchfree_max_logit_rel_diff']:.1e}). Fake-quant "
+               f"W1A32 {100 * c32['torchfree_agreement']:.2f} % ({c32['torchfree_max_logit_rel_diff']:.1e}). The int8-input W1A32 "
+               "path (`load_packed(path, int8_inputs=True)`: inputs rounded to 8 bits per token, an int8 GEMM) against fake "
+               f"quantization: {100 * c32['int8_agreement']:.2f} % ({c32['int8_max_logit_rel_diff']:.1e}). Fake-quant "
                f"{unit}: W1A1 {fmt(c1['fake_quant_metric'])}, W1A32 {fmt(c32['fake_quant_metric'])}.", "",
            "Fresh processes (W1A1; three of each, interleaved; medians): a process that loads the model, predicts one text, then "
            "the whole test set.", "",

@@ -388,3 +388,33 @@ def test_ready_models_are_trained_once_then_read_from_the_cache(fp_tiny, tiny_sp
     trained, _ = predict(load_packed(path), tiny_splits.test)
     first_guess, _ = predict(ptq(fp_tiny, ready_specs()[name]), tiny_splits.test)
     assert not np.allclose(trained, first_guess)
+
+
+def test_w1a32_int8_inputs_path_equals_its_arithmetic():
+    """The int8 W1A32 path computes (lo + hi)/2 sum(x) + (hi - lo)/2 (x~ . s), with x~ = (g/127) round(127 x / g)
+    per token and s the weights' signs (a float64 reference), and stays within the rounding of 8-bit inputs
+    of exact W1A32."""
+    from binlab.runtime.codecs import BinaryCodec
+
+    rng = np.random.default_rng(3)
+    N, K, M = 48, 100, 40
+    s = np.where(rng.normal(size=(N, K)) >= 0, 1.0, -1.0)
+    hi = rng.uniform(0.1, 0.5, N).astype(np.float32)
+    lo = (-hi * rng.uniform(0.5, 1.5, N)).astype(np.float32)
+    codec = BinaryCodec((N, K), {}, {"words": pack_bits(s), "lo": lo, "hi": hi})
+    bias = torch.from_numpy(rng.normal(size=N).astype(np.float32))
+    x = torch.from_numpy(rng.normal(size=(M, K)).astype(np.float32))
+    exact = PackedLinear(codec, bias)(x).numpy()
+    fast_layer = PackedLinear(codec, bias, int8_inputs=True)
+    fast = fast_layer(x).numpy()
+    assert "path=int8" in fast_layer.extra_repr()
+    x64 = x.numpy().astype(np.float64)
+    g = np.maximum(np.abs(x64).max(1, keepdims=True), 1e-8)
+    xq = np.clip(np.round(x64 * 127 / g), -127, 127) * g / 127
+    lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
+    ref = (lo64 + hi64)[None] / 2 * x64.sum(1, keepdims=True) + (hi64 - lo64)[None] / 2 * (xq @ s.T) + bias.numpy()
+    np.testing.assert_allclose(fast, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert np.abs(fast - exact).max() <= 0.02 * np.abs(exact).max()
+    assert np.abs(fast - exact).max() > 0  # it is a different (rounded) computation
+    few = PackedLinear(codec, bias, int8_inputs=True)(x[:3]).numpy()  # few rows: the exact lookup-table path
+    np.testing.assert_allclose(few, exact[:3], rtol=1e-5, atol=1e-5)

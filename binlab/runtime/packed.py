@@ -16,7 +16,7 @@ from binlab.nn.quantize import QuantEmbedding, QuantLinear, set_submodule
 
 from .codecs import TILE, BinaryCodec, Codec, NotPackable
 from .encoders import encode
-from .kernels import LutWeights, binary_gemm, w1a1_linear_kernel
+from .kernels import LutWeights, binary_gemm, unpack_bits, w1a1_linear_kernel
 from .standalone import POST_NORM_EPS
 
 
@@ -54,7 +54,7 @@ class PackedLinear(nn.Module):
     LUT_ROWS = 32
 
     def __init__(self, codec: Codec, bias: torch.Tensor | None, act: nn.Module | None = None, shortcut: bool = False,
-                 method: str = "", post_norm: bool = False):
+                 method: str = "", post_norm: bool = False, int8_inputs: bool = False):
         super().__init__()
         self.codec = codec
         self.post_norm = post_norm  # OneBit: a parameter-free LayerNorm on the output, before the bias
@@ -68,6 +68,9 @@ class PackedLinear(nn.Module):
         self._wt = np.ascontiguousarray(codec.words.T) if self.xnor else None
         self._lut = LutWeights(codec.words, self.in_features) if plain and act is None else None
         self._zeros = np.zeros(self.out_features, np.float32)
+        # W1A32 batches through an integer GEMM: the signs as int8 once, inputs rounded to int8 per token
+        self._signs8 = (torch.from_numpy(unpack_bits(codec.words, self.in_features)).to(torch.int8)
+                        if int8_inputs and plain and act is None else None)
 
     def _bias_np(self) -> np.ndarray:
         # the bias arrives after construction (load_state_dict(assign=True)); read it as numpy each call (no copy)
@@ -97,7 +100,9 @@ class PackedLinear(nn.Module):
             y = torch.from_numpy(out)
         else:
             xa = self.act(x2).contiguous() if self.act is not None else x2
-            if self._lut is not None and xa.shape[0] < self.LUT_ROWS:
+            if self._signs8 is not None and xa.shape[0] >= self.LUT_ROWS:
+                y = self._int8_forward(xa)
+            elif self._lut is not None and xa.shape[0] < self.LUT_ROWS:
                 P = torch.from_numpy(binary_gemm(xa.numpy(), self._lut, K))
                 lo, hi = torch.from_numpy(self.codec.lo)[None], torch.from_numpy(self.codec.hi)[None]
                 y = lo * xa.sum(1, keepdim=True) + (hi - lo) * P
@@ -116,8 +121,18 @@ class PackedLinear(nn.Module):
             y += x2
         return y.reshape(*shape[:-1], N).to(x.dtype)
 
+    def _int8_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """W1A32 on a batch through torch's int8 GEMM: ``x ~ (g / 127) round(127 x / g)`` per token (g = max|x|,
+        BitNet's absmax8), then with signs s = 2b - 1 of the weights,
+        ``x . (lo + (hi - lo) b) = (lo + hi) / 2 sum(x) + (hi - lo) / 2 (x . s)``, the last product in int32."""
+        g = x.abs().amax(1, keepdim=True).clamp_min(1e-8)
+        xq = torch.clamp(torch.round(x * (127.0 / g)), -127, 127).to(torch.int8)
+        p = torch._int_mm(xq, self._signs8.T).float() * (g / 127.0)
+        lo, hi = torch.from_numpy(self.codec.lo)[None], torch.from_numpy(self.codec.hi)[None]
+        return (lo + hi) / 2 * x.sum(1, keepdim=True) + (hi - lo) / 2 * p
+
     def extra_repr(self):
-        path = "xnor" if self.xnor else ("lut/tiles" if self._lut is not None else "tiles")
+        path = "xnor" if self.xnor else ("int8" if self._signs8 is not None else "lut/tiles" if self._lut is not None else "tiles")
         return f"{self.in_features}, {self.out_features}, codec={self.codec.kind}, method={self.method_name}, path={path}"
 
 

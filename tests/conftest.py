@@ -76,6 +76,22 @@ def tiny_splits(fixture_data):
     return load_data("tiny", source=str(fixture_data), val_size=100, test_size=200)
 
 
+@pytest.fixture(scope="module")
+def fp_tiny(tiny_splits):
+    """The tiny preset's trained fp32 baseline (cached on disk after the first test that needs it)."""
+    from binlab.presets import get_baseline
+
+    return get_baseline("tiny", tiny_splits)[0]
+
+
+@pytest.fixture(scope="module")
+def calib(tiny_splits):
+    """Calibration rows (train only) for the methods that need data."""
+    from binlab.training.calibration import calibration_set
+
+    return calibration_set(tiny_splits)
+
+
 @pytest.fixture()
 def tiny_model(tiny_splits):
     from binlab.presets import build_model, get_preset

@@ -23,20 +23,6 @@ from binlab.training.train import predict
 PACKABLE = [m for m in BINARIZERS if m not in NOT_PACKABLE]
 
 
-@pytest.fixture(scope="module")
-def fp_tiny(tiny_splits):
-    from binlab.presets import get_baseline
-
-    return get_baseline("tiny", tiny_splits)[0]
-
-
-@pytest.fixture(scope="module")
-def calib(tiny_splits):
-    from binlab.training.calibration import calibration_set
-
-    return calibration_set(tiny_splits)
-
-
 def _target(method):
     # calibrated methods need a linear's inputs: they cannot take the embeddings
     return "all-except-head" if not BINARIZERS[method]().needs_calibration else "encoder"

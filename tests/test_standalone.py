@@ -43,20 +43,6 @@ SPECS = {
 }
 
 
-@pytest.fixture(scope="module")
-def fp_tiny(tiny_splits):
-    from binlab.presets import get_baseline
-
-    return get_baseline("tiny", tiny_splits)[0]
-
-
-@pytest.fixture(scope="module")
-def calib(tiny_splits):
-    from binlab.training.calibration import calibration_set
-
-    return calibration_set(tiny_splits)
-
-
 def _export(model, path, tokenizer, split):
     with torch.no_grad():  # the elastic quantizers take their scale from a first batch
         model(next(iter(split.batches(8)))[0])

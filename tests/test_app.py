@@ -542,16 +542,20 @@ def test_deploy_page_exports_sizes_and_classifies(env, trained, monkeypatch, tmp
     assert not at.exception and any("type a headline" in e.value for e in at.error)
 
 
-def test_deploy_page_names_an_unpackable_method(env, trained):
+def test_deploy_page_names_an_unpackable_method(env, trained, monkeypatch):
+    """Every registered method packs today; one listed in NOT_PACKABLE would be named with its reason."""
+    from binlab.runtime.codecs import NOT_PACKABLE
+
+    monkeypatch.setitem(NOT_PACKABLE, "sign", "a reason stated in its card")
     at = new_app("views/binarize.py")
-    at.selectbox(key="method").set_value("binarymos").run()
+    at.selectbox(key="method").set_value("sign").run()
     at.button(key="pick_encoder").click().run()
     assert not at.exception
     at.switch_page("views/deploy.py").run()
     at.selectbox(key="deploy_choice").set_value("the configuration on Binarize (live)").run()
     at.button(key="deploy_export").click().run()
     assert not at.exception
-    assert any("cannot be packed" in e.value and "binarymos" in e.value for e in at.error)
+    assert any("cannot be packed" in e.value and "sign" in e.value and "a reason stated" in e.value for e in at.error)
 
 
 def test_fuzzed_share_urls_never_raise(env, trained):

@@ -38,11 +38,9 @@ class NotPackable(ValueError):
     """This component's method has no packed layout (the message says why)."""
 
 
-#: method name -> why binlab cannot write it packed (yet); every other method has a codec
-NOT_PACKABLE = {
-    "binarymos": "BinaryMoS mixes scale experts per token with a router, so the layer is not one fixed weight matrix; "
-                 "binlab's packed runtime has no token-adaptive layer yet",
-}
+#: method name -> why binlab cannot write it packed; empty: every registered method has a codec (a method
+#: added without one belongs here, with the reason, until it gets one)
+NOT_PACKABLE: dict[str, str] = {}
 
 TILE = 256  # output rows dequantized at a time for the dense GEMM (a 256 x 1536 fp32 tile is 1.5 MiB)
 

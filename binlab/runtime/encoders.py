@@ -21,7 +21,7 @@ from .codecs import (
     uint_bits,
 )
 from .kernels import pack_bits
-from .layouts import ARBBlocksCodec, BlocksCodec, NMBlocksCodec, PartialCodec, comb_rank, nm_layout
+from .layouts import ARBBlocksCodec, BlocksCodec, MoSCodec, NMBlocksCodec, PartialCodec, comb_rank, nm_layout
 
 
 def _sign_with_factors(w, q, **factors) -> BinaryCodec:
@@ -151,9 +151,18 @@ def _encode_arb(qz, w, q):
     return ARBBlocksCodec(q.shape, {"blocks": [int(blk["salient"].size) for blk in layout], "rc": rc}, t)
 
 
+def _encode_binarymos(qz, w, q):
+    v = qz.params
+    if v is None:
+        raise NotPackable("binarymos: the component has no experts (quantize it with quantize_ first)")
+    t = {"words": pack_bits(np.where(as_numpy(w) >= 0, 1.0, -1.0)), "router": as_numpy(v.router.weight).astype(np.float32),
+         "s_in": as_numpy(v.s_in).astype(np.float32), "s_out": as_numpy(v.s_out).astype(np.float32)}
+    return MoSCodec(q.shape, {}, t)
+
+
 #: methods whose packed form comes from their own learned values, not from the values of Q alone
 ENCODERS = {"billm": _encode_billm, "oac": _encode_billm, "stbllm": _encode_stbllm, "arb": _encode_arb, "onebit": _encode_onebit, "fbi": _encode_fbi, "binarybert": _encode_binarybert, "dbllm": _encode_dbllm,
-            "pbllm": _encode_pbllm}
+            "pbllm": _encode_pbllm, "binarymos": _encode_binarymos}
 
 
 def encode(mod) -> Codec:

@@ -9,6 +9,8 @@ the registry of every codec a packed file may name (:data:`CODECS`).
   row per block.
 - :class:`ARBBlocksCodec`: ARB-LLM's: BiLLM's blocks with the column-group bitmap and each group's
   mean and scales (ARB, ARB-X) or row and column scale vectors (ARB-RC).
+- :class:`MoSCodec`: BinaryMoS's token-adaptive layer: the sign plane, the scale experts and the router
+  (the layer is computed per token by the modules that run it, :meth:`MoSCodec.scales`).
 - :class:`NMBlocksCodec`: STBLLM's: the N:M positions (one combination index per group of M), the
   signs of the kept weights, a second sign per kept salient weight, the salient column bitmap, the
   group of each other kept weight (three groups, five to a byte) and five scales per row per block.
@@ -310,5 +312,49 @@ class ARBBlocksCodec(Codec):
         return {"codes": N * K + N * S, "index": K + N * (K - S) + N * S, "scales": FP_BITS * scales}
 
 
+class MoSCodec(Codec):
+    """BinaryMoS (Jo et al. 2024): ``words`` the signs of W (N, ceil(K/64)) uint64 (bit set: +1), the scale
+    experts ``s_in`` (E, K) and ``s_out`` (E, N) and the ``router`` (E, K), float32. Per token x::
+
+        g = softmax(router x),  y = ((x * (g S_in)) sign(W)^T) * (g S_out)
+
+    :meth:`rows` gives the layer with the experts averaged (what the method's ``quantize`` reports);
+    the modules that run the file use :meth:`scales` per token instead."""
+
+    kind = "mos"
+
+    def check(self):
+        N, K = self.shape
+        self.words = self._need("words", (N, n_words(K)), np.uint64)
+        E = self.t.get("router", np.zeros((0, 0))).shape[0]
+        if E < 1:
+            raise ValueError("mos codec: tensor 'router' is missing or empty")
+        for name, shape in (("router", (E, K)), ("s_in", (E, K)), ("s_out", (E, N))):
+            self._need(name, shape, np.float32)
+        pad = n_words(K) * 64 - K
+        if pad and N and (self.words[:, -1] >> np.uint64(64 - pad)).any():
+            raise ValueError("mos codec: padding bits are set (the file was altered)")
+
+    def scales(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(s_in (M, K), s_out (M, N)) for tokens x (M, K): the router's softmax mix of the experts."""
+        z = x @ self.t["router"].T
+        g = np.exp(z - z.max(1, keepdims=True))
+        g /= g.sum(1, keepdims=True)
+        return g @ self.t["s_in"], g @ self.t["s_out"]
+
+    def signs(self, idx) -> np.ndarray:
+        sel = self._select(idx)
+        return unpack_bits(self.words[sel], self.shape[1])
+
+    def rows(self, idx):
+        sel = self._select(idx)
+        return self.signs(idx) * self.t["s_out"].mean(0)[sel][:, None] * self.t["s_in"].mean(0)[None]
+
+    def bits(self):
+        N, K = self.shape
+        E = self.t["router"].shape[0]
+        return {"codes": N * K, "scales": FP_BITS * E * (N + K), "router": FP_BITS * E * K}
+
+
 CODECS: dict[str, type[Codec]] = {c.kind: c for c in (BinaryCodec, GridCodec, PlanesCodec, PartialCodec, BlocksCodec, NMBlocksCodec,
-                                                      ARBBlocksCodec)}
+                                                      ARBBlocksCodec, MoSCodec)}

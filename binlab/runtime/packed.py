@@ -17,6 +17,7 @@ from binlab.nn.quantize import QuantEmbedding, QuantLinear, set_submodule
 from .codecs import TILE, BinaryCodec, Codec, NotPackable
 from .encoders import encode
 from .kernels import LutWeights, binary_gemm, unpack_bits, w1a1_linear_kernel
+from .layouts import MoSCodec
 from .standalone import POST_NORM_EPS
 
 
@@ -100,7 +101,15 @@ class PackedLinear(nn.Module):
             y = torch.from_numpy(out)
         else:
             xa = self.act(x2).contiguous() if self.act is not None else x2
-            if self._signs8 is not None and xa.shape[0] >= self.LUT_ROWS:
+            if isinstance(self.codec, MoSCodec):  # BinaryMoS: the scales are mixed per token
+                s_in, s_out = (torch.from_numpy(a) for a in self.codec.scales(xa.numpy()))
+                xs = (xa * s_in).contiguous()
+                y = torch.empty(xa.shape[0], N)
+                for n0 in range(0, N, TILE):
+                    n1 = min(N, n0 + TILE)
+                    torch.mm(xs, torch.from_numpy(self.codec.signs(slice(n0, n1))).T, out=y[:, n0:n1])
+                y *= s_out
+            elif self._signs8 is not None and xa.shape[0] >= self.LUT_ROWS:
                 y = self._int8_forward(xa)
             elif self._lut is not None and xa.shape[0] < self.LUT_ROWS:
                 P = torch.from_numpy(binary_gemm(xa.numpy(), self._lut, K))

@@ -42,7 +42,7 @@ from binlab.data import CLASSES, PAD_ID, encode
 from .codecs import TILE, BinaryCodec
 from .fileformat import SEP, packed_tokenizer, read_packed
 from .kernels import LutWeights, binary_gemm, gelu, w1a1_linear_kernel
-from .layouts import CODECS
+from .layouts import CODECS, MoSCodec
 
 #: OneBit's output LayerNorm (no parameters, torch's default eps)
 POST_NORM_EPS = 1e-5
@@ -169,7 +169,15 @@ class Linear:
             w1a1_linear_kernel(xs, self._wt, self.codec.lo, self.codec.hi, bias, np.int64(K), np.float32(scale), y)
         else:
             xa = np.ascontiguousarray(self.act(x), dtype=np.float32) if self.act is not None else x
-            if self._lut is not None and xa.shape[0] < LUT_ROWS:
+            if isinstance(self.codec, MoSCodec):  # BinaryMoS: the scales are mixed per token
+                s_in, s_out = self.codec.scales(xa)
+                xs = np.ascontiguousarray(xa * s_in, dtype=np.float32)
+                y = np.empty((xa.shape[0], N), np.float32)
+                for n0 in range(0, N, TILE):
+                    n1 = min(N, n0 + TILE)
+                    y[:, n0:n1] = xs @ self.codec.signs(slice(n0, n1)).T
+                y *= s_out
+            elif self._lut is not None and xa.shape[0] < LUT_ROWS:
                 P = binary_gemm(xa, self._lut, K)
                 y = self.codec.lo[None] * xa.sum(1, keepdims=True) + (self.codec.hi - self.codec.lo)[None] * P
             else:

@@ -51,3 +51,27 @@ def test_notebook_runs_in_fast_mode(path, nb_env):
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NB_DIR)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+
+
+def test_execute_stamps_outputs_with_the_code_that_made_them(tmp_path, monkeypatch):
+    """course.execute runs a notebook, keeps its outputs and stamps the fingerprint of its code cells, so
+    outputs older than the code they show are detectable; it refuses FAST runs (the course's outputs
+    come from the full presets)."""
+    from binlab.lab import course
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("x = 6 * 7\nprint(x)"),
+                nbformat.v4.new_code_cell("print('done')")]
+    path = tmp_path / "t.ipynb"
+    nbformat.write(nb, path)
+    monkeypatch.delenv("FAST", raising=False)
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    stamp = course.execute(path, timeout=120)
+    ran = nbformat.read(path, as_version=4)
+    assert ran.cells[1].outputs[0]["text"].strip() == "42"
+    assert ran.metadata["binlab"] == stamp and stamp["code"] == course.code_fingerprint(ran) and len(stamp["cell_seconds"]) == 2
+    ran.cells[2].source = "print('changed')"
+    assert course.code_fingerprint(ran) != stamp["code"]  # an edit after the run shows
+    monkeypatch.setenv("FAST", "1")
+    with pytest.raises(ValueError, match="unset FAST"):
+        course.execute(path)

@@ -132,6 +132,10 @@ def test_language_model_logits_and_generation(tmp_path):
     assert lite.generate("w5 w7 w9", 8)["ids"] == greedy(packed, tok, "w5 w7 w9", 8)["ids"]
     with pytest.raises(ValueError, match="language model"):
         lite.classify(["w1"])
+    from binlab.cli import main
+
+    assert main(["generate", "--model", str(tmp_path / "lm.safetensors"), "--prompt", "w5 w7 w9", "--tokens", "8"]) == 0
+    assert main(["classify", str(tmp_path / "lm.safetensors"), "w1"]) == 2  # a language model does not classify: a message
 
 
 def test_damaged_files_are_refused(fp_tiny, tiny_splits, tmp_path):

@@ -153,3 +153,22 @@ def test_t10_runs_on_the_tiny_lstm(fixture_data, tmp_path):
     rec, emb = rows["XNOR, recurrent weights only (PTQ)"], rows["XNOR, embeddings only (PTQ)"]
     assert emb["reduction_percent"] > 0 and rec["reduction_percent"] > 0 and rows["fp32 baseline"]["reduction_percent"] == 0
     assert rows["LAB: recurrent weights only, one scale per gate, QAT"]["bits_per_quantized_weight"] < 1.1
+
+
+def test_t10_finding_reads_the_rows():
+    """The generated finding names the part that holds more bits and judges Zheng and Tang's regularizer
+    claim against the equal-budget control, both ways."""
+    from binlab.experiments.findings import t10_finding
+
+    def rows(w_ppl):
+        return [{"label": "fp32 baseline", "mode": "fp", "perplexity": 150.0, "reduction_percent": 0.0},
+                {"label": "XNOR, recurrent weights only (PTQ)", "mode": "ptq", "perplexity": 400.0, "reduction_percent": 19.0},
+                {"label": "XNOR, embeddings only (PTQ)", "mode": "ptq", "perplexity": 300.0, "reduction_percent": 38.0},
+                {"label": "XNOR on LSTMs (Zheng and Tang): recurrent weights only, QAT", "mode": "qat", "perplexity": w_ppl,
+                 "reduction_percent": 19.0},
+                {"label": "fp32 control: fine-tuned with the same budget", "mode": "qat", "perplexity": 149.0, "reduction_percent": 0.0}]
+
+    text = t10_finding(rows(160.0))
+    assert "the embeddings hold more of the bits" in text and "does not hold" in text
+    assert "'binarization as a regularizer' holds" in t10_finding(rows(140.0))
+    assert t10_finding([]) == ""

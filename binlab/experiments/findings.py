@@ -1,4 +1,4 @@
-"""Findings written from a table's rows (T6, T8, T9): what the numbers say, in a sentence or two."""
+"""Findings written from a table's rows (T6, T8, T9, T10): what the numbers say, in a sentence or two."""
 from __future__ import annotations
 
 from .stats import spearman_rho
@@ -95,4 +95,35 @@ def t9_finding(rows: list[dict]) -> str:
             "set's noise): " + " ".join(out)) if out else ""
 
 
-FINDINGS = {"T6": t6_finding, "T8": t8_finding, "T9": t9_finding}
+def t10_finding(rows: list[dict]) -> str:
+    """The LSTM era's question: which part holds the bits (the size each PTQ row saves), what binarizing it
+    costs (perplexity against fp32), and whether Zheng and Tang's reading holds here (binarizing the
+    recurrent weights alone lowers perplexity after training; adding the embeddings does worse)."""
+    def ppl(label_start: str, mode: str):
+        return next((r for r in rows if r["label"].startswith(label_start) and r["mode"] == mode and "perplexity" in r), None)
+
+    fp = next((r["perplexity"] for r in rows if r["mode"] == "fp" and "perplexity" in r), None)
+    if fp is None:
+        return ""
+    out = []
+    rec, emb = ppl("XNOR, recurrent weights only", "ptq"), ppl("XNOR, embeddings only", "ptq")
+    if rec and emb:
+        bigger = "the embeddings" if emb["reduction_percent"] > rec["reduction_percent"] else "the recurrent weights"
+        out.append(f"Binarizing the embeddings saves {emb['reduction_percent']:.1f} % of the model, the recurrent weights "
+                   f"{rec['reduction_percent']:.1f} %: {bigger} hold more of the bits. Post-training, XNOR on the recurrent weights gives "
+                   f"perplexity {rec['perplexity']:.1f} and on the embeddings {emb['perplexity']:.1f} (fp32 {fp:.1f}).")
+    w, wb = ppl("XNOR on LSTMs (Zheng and Tang): recurrent weights only", "qat"), ppl("XNOR on LSTMs (Zheng and Tang): recurrent weights and", "qat")
+    ctl = next((r for r in rows if r["mode"] == "qat" and r["label"].startswith("fp32 control") and "perplexity" in r), None)
+    if w and ctl:
+        reg = w["perplexity"] < ctl["perplexity"]
+        out.append(f"After QAT, weights-only XNOR reaches {w['perplexity']:.1f} against {ctl['perplexity']:.1f} for the fp32 control "
+                   f"trained the same way: Zheng and Tang's 'binarization as a regularizer' {'holds' if reg else 'does not hold'} here"
+                   + (f"; with the embeddings binarized too, {wb['perplexity']:.1f}." if wb else "."))
+    lab = ppl("LAB: recurrent weights only", "qat")
+    if lab and w:
+        out.append(f"LAB on the recurrent weights: {lab['perplexity']:.1f}, against XNOR's {w['perplexity']:.1f} with the same training.")
+    return ("**Finding** (generated from the rows above, one seed: LSTM-era papers measured word-level LSTMs on Penn "
+            "Treebank, this is AG_NEWS text): " + " ".join(out)) if out else ""
+
+
+FINDINGS = {"T6": t6_finding, "T8": t8_finding, "T9": t9_finding, "T10": t10_finding}

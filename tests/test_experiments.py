@@ -194,3 +194,19 @@ def test_table_view_of_both_kinds_of_table():
     assert v["bars"]["plus"][0] == pytest.approx(100 * (centre + half) - round(acc, 2), abs=1e-6)
     assert v["bars"]["minus"][0] == pytest.approx(round(acc, 2) - 100 * (centre - half), abs=1e-6)
     assert not v["log_y"] and v["y_range"] == [0, 100]
+
+
+def test_a_merged_table_says_which_rows_came_from_which_run(fixture_data, tmp_path):
+    """A partial run keeps the other rows; the table then names the run each came from and the fp32
+    result its rows compare with, and a run that replaces every row says nothing of the kind."""
+    tables.run("T6", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0, 1])
+    first = json.loads((tmp_path / "T6-tiny-fast.json").read_text())
+    assert "base_run" not in first
+    md = tables.run("T6", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[3])
+    merged = json.loads(md.with_suffix(".json").read_text())
+    fp = next(r["accuracy"] for r in first["rows"] if r["mode"] == "fp")
+    assert merged["base_run"]["fp32"] == fp and merged["base_run"]["date"] == first["date"]
+    assert merged["partial_runs"][-1]["rows"] == [catalog.EXPERIMENTS["T6"].configs[3].label]
+    assert "Rows from more than one run" in md.read_text() and f"was {fp:.2f}" in md.read_text()
+    again = tables.run("T6", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0, 1, 3])
+    assert "base_run" not in json.loads(again.with_suffix(".json").read_text())

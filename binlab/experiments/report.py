@@ -19,7 +19,18 @@ def _header(payload: dict) -> list[str]:
     return [f"# {payload['experiment']}: {payload['title']} ({payload['preset']})", "", payload["note"], "",
             f"Data: {payload['data']['train']} train / {payload['data']['test']} test rows{calib}. QAT budget: {b['epochs']} epoch(s), "
             f"lr {b['lr']}, distillation weight {b['distill']}. Machine: {payload['machine']}. Date: {payload['date']}.",
-            f"Reproduce: `{payload['command']}`", ""]
+            f"Reproduce: `{payload['command']}`", ""] + _provenance_lines(payload)
+
+
+def _provenance_lines(payload: dict) -> list[str]:
+    """A merged table says which rows came from which run (the header's machine and date are the last run's)."""
+    base = payload.get("base_run")
+    if not base:
+        return []
+    parts = [f"rows {', '.join(repr(r) for r in run['rows'])} on {run['date']} ({run['machine']})" for run in payload.get("partial_runs", [])]
+    fp = f", where the fp32 baseline's {base['metric']} was {base['fp32']:.2f}" if base.get("fp32") is not None else ""
+    return [f"Rows from more than one run: {'; '.join(parts)}. The other rows are from the run of {base['date']} ({base['machine']}){fp}; "
+            "each row's 'vs fp32' compares with the baseline of its own run.", ""]
 
 
 def lm_markdown(payload: dict) -> str:

@@ -108,8 +108,10 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     out_dir.mkdir(parents=True, exist_ok=True)
     # read again after the run (not the copy checked above): another partial run may have added rows meanwhile
     prior = json.loads(stem.with_suffix(".json").read_text()) if only is not None and stem.with_suffix(".json").exists() else None
+    provenance = {}
     if prior is not None:
         rows = _merge_rows(prior["rows"], rows, [c.label for c in EXPERIMENTS[name].configs])
+        provenance = _provenance(prior, [c.label for c in exp.configs], {r["label"] for r in rows})
     _plain_control_diffs(rows)
     command = (f"binlab experiments run {name} --preset {preset}" + (" --fast" if fast else "")
                + (f" --seeds {seeds}" if seeds > 1 else "") + (f" --only {','.join(map(str, only))}" if only is not None else "")
@@ -121,7 +123,7 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
                "date": time.strftime("%Y-%m-%d"), "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
                "budget": asdict(budget), "baseline_val_accuracy": meta.get("val_accuracy"), "rows": rows, "calibration_rows": len(calib),
                "baseline_train_seconds": meta.get("history", {}).get("seconds"), "seeds": max(seeds, (prior or {}).get("seeds", 1)),
-               "seeded_baseline": exp.seeded_baseline, "command": command}
+               "seeded_baseline": exp.seeded_baseline, "command": command, **provenance}
     fill_budgets(payload)
     if get_preset(preset).model.task == "lm":
         from binlab.nn.ngram import bigram_perplexity
@@ -134,6 +136,19 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     if not fast:
         write_index(out_dir)
     return stem.with_suffix(".md")
+
+
+def _provenance(prior: dict, rerun: list[str], kept: set[str]) -> dict:
+    """Where a merged table's rows come from: the run that made the rows this partial run keeps
+    (``base_run``: its date, machine and fp32 result, the baseline those rows compare with) and every
+    partial run since (``partial_runs``: date, machine, rows). Empty when this run replaces every row."""
+    if not (kept - set(rerun)):
+        return {}
+    fp = next((r for r in prior["rows"] if r["mode"] == "fp"), {})
+    base = prior.get("base_run") or {"date": prior.get("date"), "machine": prior.get("machine"),
+                                      "fp32": fp.get("perplexity", fp.get("accuracy")), "metric": "perplexity" if "perplexity" in fp else "accuracy"}
+    runs = list(prior.get("partial_runs") or []) + [{"date": time.strftime("%Y-%m-%d"), "machine": machine(), "rows": list(rerun)}]
+    return {"base_run": base, "partial_runs": runs}
 
 
 def _plain_control_diffs(rows: list[dict]) -> None:

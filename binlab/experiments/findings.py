@@ -21,8 +21,11 @@ def t6_finding(rows: list[dict]) -> str:
         verdict = ("holds" if len(fail) == len(rs) else "does not hold" if not fail else f"holds only for {', '.join(fail)}")
         drops = ", ".join(f"{r['label'].split(' ')[0]} {r['accuracy']:.2f} % ({diff_text(r, fp)})" for r in rs)
         big = [r["label"].split(" ")[0] for r in rs if r["accuracy"] < fp - 5]
+        bases = sorted({round(r["accuracy"] - r["diff"], 2) for r in rs if r.get("diff") is not None} | {round(fp, 2)})
+        against = (f"fp32 {fp:.2f} %" if len(bases) == 1 else  # a merged table: rows compare with their own run's baseline
+                   "fp32 of each row's own run (" + ", ".join(f"{b:.2f} %" for b in bases) + ")")
         out.append(f"Under {mode.upper()} PB-LLM's finding {verdict} ({len(fail)} of {len(rs)} classic methods within 5 points "
-                   f"of chance, {CHANCE:.0f} %): {drops} against fp32 {fp:.2f} %."
+                   f"of chance, {CHANCE:.0f} %): {drops} against {against}."
                    + (f" More than 5 points below fp32: {', '.join(big)}." if big else " All within 5 points of fp32."))
     if not out:
         return ""

@@ -9,6 +9,7 @@ The Hessians of the calibrated methods are computed on first use and timed with 
 visit pays them once; the lab caches them).
 
     python bench/worst_case.py --preset scratch     # writes docs/results/bench-worst-case-<preset>.{json,md}
+    python bench/worst_case.py --preset scratch --methods lab   # measures new methods into the committed file
 """
 from __future__ import annotations
 
@@ -42,13 +43,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="scratch")
     ap.add_argument("--data", default=None)
+    ap.add_argument("--methods", default=None, help="comma-separated methods to (re)measure; the committed rows of the others are kept")
     args = ap.parse_args()
+    only = set(args.methods.split(",")) if args.methods else None
     rp = resolve(args.preset, source=args.data)
     model, _ = rp.baseline()
     lab = LiveLab(model, rp.splits.val, val_rows=rp.task.live_rows, calib=calibration_set(rp.splits))
     lab.apply(QuantSpec.simple("QK", "bucket"))  # warm-up
     rows, refused = [], []
     for name, opts in settings():
+        if only is not None and name not in only:
+            continue
         try:
             m = MethodConfig(name, options=opts)
         except ValueError as err:  # a cross-option rule (STBLLM's N <= M): refused before any work
@@ -66,12 +71,20 @@ def main():
                      "metric": r["metric"].text()})
         lab.apply(QuantSpec())  # back to fp32, so each change starts from the same place
         print(f"{name:<11} {json.dumps(opts):<28} {rows[-1]['seconds']:7.2f} s  {rows[-1]['metric']}", flush=True)
-    worst = max(rows, key=lambda r: r["seconds"])
-    payload = {"preset": args.preset, "machine": machine(), "cpu_flags": cpu_flags(), "threads": torch.get_num_threads(),
-               "date": time.strftime("%Y-%m-%d"), "val_rows": rp.task.live_rows, "worst": worst, "rows": rows, "refused": refused,
-               "command": f"python bench/worst_case.py --preset {args.preset}"}
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"bench-worst-case-{args.preset}"
+    added = []
+    if only is not None and stem.with_suffix(".json").exists():  # keep the committed rows of every other method
+        prior = json.loads(stem.with_suffix(".json").read_text())
+        rows += [r for r in prior["rows"] if r["method"] not in only]
+        refused += [r for r in prior["refused"] if r["method"] not in only]
+        added = list(prior.get("added", [])) + [{"methods": sorted(only), "date": time.strftime("%Y-%m-%d"), "machine": machine()}]
+        header = {k: prior[k] for k in ("machine", "cpu_flags", "threads", "date")}
+    else:
+        header = {"machine": machine(), "cpu_flags": cpu_flags(), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+    worst = max(rows, key=lambda r: r["seconds"])
+    payload = {"preset": args.preset, **header, "val_rows": rp.task.live_rows, "worst": worst, "rows": rows, "refused": refused,
+               "command": f"python bench/worst_case.py --preset {args.preset}", "added": added}
+    RESULTS.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
     md = [f"# The longest live change ({args.preset})", "",
           f"Machine: {payload['machine']}, {payload['threads']} threads; CPU flags: {' '.join(payload['cpu_flags'])}. "
@@ -80,6 +93,7 @@ def main():
           "defaults and with each numeric option at each end of its range; one LiveLab.apply each (PTQ, calibration Hessians on "
           f"first use, accuracy on {payload['val_rows']:,} validation rows, exact size).", "",
           f"- slowest: **{worst['seconds']:.2f} s**, {worst['method']} {json.dumps(worst['options'])}",
+          *[f"- measured later and added: {', '.join(a['methods'])} on {a['date']} ({a['machine']})" for a in added],
           f"- refused when parsed or applied (no work done): {len(refused)}", "",
           "| method | options | seconds | validation |", "|---|---|---|---|"]
     md += [f"| {r['method']} | `{json.dumps(r['options'])}` | {r['seconds']:.2f} | {r['metric']} |"

@@ -4,6 +4,8 @@ from __future__ import annotations
 import statistics
 import time
 
+from binlab.experiments.provenance import cpu_flags, vector_summary  # noqa: F401 (the benches' CPU flags)
+
 
 def timeit(fn, repeats: int = 7, warmup: int = 2) -> float:
     """Median seconds of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
@@ -15,15 +17,6 @@ def timeit(fn, repeats: int = 7, warmup: int = 2) -> float:
         fn()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
-
-
-def cpu_flags() -> list[str]:
-    """The vector/popcount flags of this CPU (from /proc/cpuinfo; empty where there is none)."""
-    try:
-        flags = next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in flags if f.startswith(("avx", "popcnt", "fma", "bmi")))
 
 
 def paired(fa, fb, pairs: int = 7, warmup: int = 1) -> dict:

@@ -106,3 +106,63 @@ def test_readme_accuracies_are_committed_numbers():
                 if m.group(1) not in nums:
                     bad.append((m.group(1), s[:120]))
     assert not bad, f"README numbers not found in docs/results/*.json: {bad}"
+
+
+#: words that state an order, a "best" or a winner
+ORDER = re.compile(r"\b(best|better|worse|ahead of|behind|beats?|outperforms?|outperformed|the same order|ranks?|ranked|"
+                   r"cheapest|highest|lowest|strongest|weakest)\b", re.I)
+#: phrases that decline to order (a sentence saying the intervals cannot separate two rows is fine)
+DECLINES = re.compile(r"no measurable|cannot be told apart|not claimed|no ordering|within (?:the )?(?:test set's )?noise|ranks none|"
+                      r"not ranked|is not decided|cannot separate|nor an order|does not support|do not support", re.I)
+INTERVAL = re.compile(r"\[([+−-]?\d+\.\d+), ([+−-]?\d+\.\d+)\]")
+
+
+def _excludes_zero(lo: str, hi: str) -> bool:
+    lo, hi = (float(x.replace("−", "-")) for x in (lo, hi))
+    return lo > 0 or hi < 0
+
+
+def test_readme_and_findings_order_only_what_an_interval_supports():
+    """A sentence of the README's results or docs/findings.md that orders rows ("best", "ahead of",
+    "cheapest" ...) is attributed to a paper, or declines the order, or carries intervals that all
+    exclude 0."""
+    text = (ROOT / "README.md").read_text()
+    docs = [("README.md", text.split("## Results", 1)[1].split("\n## ", 1)[0] if "## Results" in text else text),
+            ("docs/findings.md", (ROOT / "docs" / "findings.md").read_text())]
+    bad = []
+    for where, t in docs:
+        for s in sentences(t):
+            if not ORDER.search(s) or ATTRIBUTION.search(s) or DECLINES.search(s):
+                continue
+            cis = INTERVAL.findall(s)
+            if not cis or not all(_excludes_zero(lo, hi) for lo, hi in cis):
+                bad.append((where, s[:160]))
+    assert not bad, f"orderings without an interval that supports them: {bad}"
+
+
+def test_generated_findings_order_only_what_the_json_intervals_support():
+    """Each committed table's finding is what the finding code writes from its JSON today; a table whose
+    rows have one seed each orders nothing; and every "A > B" a finding states outside the survey's
+    quoted order is backed by the rows' stored per-row results (interval of A - B above 0)."""
+    from binlab.experiments.findings import FINDINGS, separated
+
+    checked = 0
+    for p in sorted(RESULTS.glob("T*.json")):
+        payload = json.loads(p.read_text())
+        if payload["experiment"] not in FINDINGS:
+            continue
+        finding = payload.get("finding") or ""
+        assert finding == FINDINGS[payload["experiment"]](payload["rows"]), f"{p.name}: stale finding (run binlab experiments render)"
+        qat = [r for r in payload["rows"] if r["mode"] == "qat"]
+        one_seed = all(len(r.get("random_seeds") or [0]) < 2 for r in qat)
+        for s in sentences(finding):
+            if "survey's" in s or "quoted" in s:
+                continue
+            if one_seed:
+                assert not ORDER.search(s) or DECLINES.search(s), f"{p.name}: a one-seed table orders rows: {s[:160]}"
+            for a, b in re.findall(r"([\w\-() ]+?) > ([\w\-() ]+?)(?=[,;.)])", s):
+                ra = next(r for r in payload["rows"] if r["label"].split(":")[0] == a.strip())
+                rb = next(r for r in payload["rows"] if r["label"].split(":")[0] == b.strip())
+                assert separated(ra, rb) > 0, f"{p.name}: {a} > {b} without an interval above 0"
+        checked += 1
+    assert checked >= 4

@@ -14,9 +14,12 @@ def test_every_experiment_is_well_formed():
 def test_run_writes_json_and_markdown(fixture_data, tmp_path):
     md = tables.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0, 3])
     payload = json.loads(md.with_suffix(".json").read_text())
-    assert [r["label"] for r in payload["rows"]] == ["QK", "QK, PTQ"]
+    # the QAT row's matched control runs with it, so its vs-control figure is measured
+    assert [r["label"] for r in payload["rows"]] == ["QK", "QK, PTQ", catalog.control().label]
+    assert payload["rows"][0]["control"] == catalog.control().label and "diff_vs_control_ci95" in payload["rows"][0]
+    assert len(payload["rows"][0]["test_correct_per_seed"]) == 1 and payload["rows"][0]["hardware"][0]["vector"]
     assert payload["rows"][0]["seed"][0] == 89.3 and "--only 0,3" in payload["command"]
-    for r in payload["rows"]:
+    for r in payload["rows"][:2]:
         assert 0 <= r["accuracy"] <= 100 and 0 < r["reduction_percent"] < 100
     text = md.read_text()
     assert "| QK | qat |" in text and "seed accuracy" in text
@@ -134,7 +137,7 @@ def test_a_partial_run_keeps_the_committed_tables_budget(fixture_data, tmp_path)
     md = tables.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0],
                budget_changes={"lr": 1e-3, "distill": 0.25})
     rows = json.loads(md.with_suffix(".json").read_text())["rows"]
-    assert [r["label"] for r in rows] == ["QK", "QK, PTQ"] and "KD 0.25" in rows[0]["budget"]
+    assert [r["label"] for r in rows] == ["QK", "QK, PTQ", catalog.control().label] and "KD 0.25" in rows[0]["budget"]
     command = json.loads(md.with_suffix(".json").read_text())["command"]
     assert "--only 3 --lr 0.001 --distill 0.25`, then `binlab experiments run T4 --preset tiny --fast --only 0 --lr" in command
     tables.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0], budget_changes={"lr": 1e-3, "distill": 0.25})
@@ -145,35 +148,48 @@ def test_a_partial_run_keeps_the_committed_tables_budget(fixture_data, tmp_path)
         tables.run("T4", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, budget_changes={"lr": 2.0})
 
 
-def test_rows_kept_from_before_per_row_results_get_a_plain_difference_to_the_control():
-    rows = [{"label": "fp32 baseline", "mode": "fp", "accuracy": 86.0},
-            {"label": "old qat row", "mode": "qat", "accuracy": 85.25},
-            {"label": "new qat row", "mode": "qat", "accuracy": 86.5, "diff_vs_control": 0.1, "diff_vs_control_ci95": [-0.3, 0.5]},
-            {"label": "fp32 control: fine-tuned", "mode": "qat", "accuracy": 86.75},
-            {"label": "ptq row", "mode": "ptq", "accuracy": 80.0}]
-    tables._plain_control_diffs(rows)
+def test_rows_kept_from_before_per_row_results_get_a_plain_difference_to_their_matched_control():
+    from binlab.experiments.aggregate import match_controls
+
+    t7 = [c.label for c in catalog.EXPERIMENTS["T7"].configs]  # fp32, best QAT, PTQ, xnor QAT, W1A1 QAT, control
+    rows = [{"label": t7[0], "mode": "fp", "accuracy": 86.0},
+            {"label": t7[1], "mode": "qat", "accuracy": 85.25},
+            {"label": t7[3], "mode": "qat", "accuracy": 86.5, "diff_vs_control": 0.1, "diff_vs_control_ci95": [-0.3, 0.5]},
+            {"label": t7[5], "mode": "qat", "accuracy": 86.75},
+            {"label": t7[2], "mode": "ptq", "accuracy": 80.0}]
+    match_controls(rows, "T7")
     assert rows[1]["diff_vs_control"] == pytest.approx(-1.5) and texts.vs_control_text(rows[1]) == "-1.50 (no interval)"
     assert rows[2]["diff_vs_control"] == 0.1  # its interval's estimate is kept
     assert "diff_vs_control" not in rows[3] and "diff_vs_control" not in rows[4] and texts.vs_control_text(rows[4]) == "-"
 
 
-def test_the_w1a1_and_language_model_tables_show_the_control():
+def test_the_w1a1_and_language_model_tables_show_the_matched_control_only():
+    from binlab.experiments.aggregate import match_controls
+
     base = {"title": "t", "note": "n", "preset": "scratch", "machine": "m", "date": "d", "data": {"train": 1, "test": 1},
             "budget": {"train": {"epochs": 2, "lr": 1e-3, "distill": 0.5}}, "command": "c"}
     row = {"megabytes": 1.0, "reduction_percent": 90.0, "bits_per_quantized_weight": 1.0, "train_seconds": 1.0}
+    t9 = {c.label.split(" ")[0]: c.label for c in catalog.EXPERIMENTS["T9"].configs}
+    ctl = catalog.control().label
     rows = [row | {"label": "fp32 baseline", "mode": "fp", "accuracy": 86.0},
-            row | {"label": "BiBERT", "mode": "qat", "accuracy": 85.0},
-            row | {"label": "fp32 control: x", "mode": "qat", "accuracy": 86.5}]
-    tables._plain_control_diffs(rows)
+            row | {"label": t9["W1A1"], "mode": "qat", "accuracy": 85.0},
+            row | {"label": t9["BiBERT"], "mode": "qat", "accuracy": 84.0, "diff_vs_control": -2.5},  # against a control that does not match
+            row | {"label": ctl, "mode": "qat", "accuracy": 86.5}]
+    match_controls(rows, "T9")
     md = report.to_markdown(base | {"experiment": "T9", "rows": rows})
-    assert "| BiBERT | - | 1 | 85.00 | -1.00 (no interval) | -1.50 (no interval) |" in md
+    assert f"| {t9['W1A1']} | - | 1 | 85.00 | -1.00 (no interval) | -1.50 (no interval) |" in md
+    assert f"| {t9['BiBERT']} | - | 1 | 84.00 | -2.00 (no interval) | - |" in md
+    t8 = {c.label.split(",")[0]: c.label for c in catalog.EXPERIMENTS["T8"].configs if c.mode == "qat"}
+    onebit = next(c.label for c in catalog.EXPERIMENTS["T8"].configs if c.label.startswith("OneBit: SVID, then"))
     lm = [row | {"label": "fp32 baseline", "mode": "fp", "perplexity": 40.0, "accuracy": 30.0},
-          row | {"label": "XNOR", "mode": "qat", "perplexity": 60.0, "accuracy": 25.0},
-          row | {"label": "fp32 control: x", "mode": "qat", "perplexity": 30.0, "accuracy": 31.0}]
-    tables._plain_control_diffs(lm)
+          row | {"label": t8["XNOR"], "mode": "qat", "perplexity": 60.0, "accuracy": 25.0},
+          row | {"label": onebit, "mode": "qat", "perplexity": 50.0, "accuracy": 27.0},
+          row | {"label": ctl, "mode": "qat", "perplexity": 30.0, "accuracy": 31.0}]
+    match_controls(lm, "T8")
     assert "diff_vs_control" not in lm[1]
     md = report.to_markdown(base | {"experiment": "T8", "rows": lm})
-    assert "| XNOR | qat | - | 60.00 | 1.50 | 2.00 |" in md and "| fp32 control: x | qat | - | 30.00 | 0.75 | - |" in md
+    assert f"| {t8['XNOR']} | qat | - | 60.00 | 1.50 | 2.00 |" in md and f"| {ctl} | qat | - | 30.00 | 0.75 | - |" in md
+    assert f"| {onebit} | qat | - | 50.00 | 1.25 | - |" in md  # its matched control (hidden-state distillation) is not in the table
 
 
 def test_table_view_of_both_kinds_of_table():

@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from binlab.nn.quantize import GROUPS, MethodConfig, QuantLinear, QuantSpec, Rule, current_plan, plan, quantize_, restore_
+from binlab.nn.quantize import MethodConfig, QuantLinear, QuantSpec, Rule, current_plan, plan, quantize_, restore_
 from binlab.training.qat import QATConfig, ptq, qat
 from binlab.training.train import TrainConfig, evaluate
 

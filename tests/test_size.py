@@ -1,7 +1,5 @@
 import math
 
-import torch.nn as nn
-
 from binlab.nn.model import Classifier, ModelConfig
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, quantize_
 from binlab.runtime.size import model_size

@@ -15,55 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from binlab.experiments import aggregate, catalog, datasize, report, tables, texts
-from binlab.experiments.stats import Z95, bootstrap_diff, mcnemar_p, pack_correct, paired_difference, seed_summary, unpack_correct
-from binlab.experiments.store import ResultStore
 from binlab.experiments.grids import load_grid
+from binlab.experiments.stats import mcnemar_p, pack_correct, seed_summary, unpack_correct
+from binlab.experiments.store import ResultStore
 from binlab.experiments.sweep import Task, run_tasks
 from binlab.presets import get_preset
 
 # ---------------------------------------------------------------------------------------------
 # statistics
-
-
-def test_bootstrap_matches_the_paired_closed_form_with_one_seed():
-    """One seed per side: the bootstrap's percentile interval tends to d +- z sqrt(b + c - (b - c)^2/n)/n."""
-    rng = np.random.default_rng(1)
-    n = 20_000
-    a = rng.random(n) < 0.86
-    flip = rng.random(n) < 0.06  # B disagrees with A on about 6 % of the rows
-    b = np.where(flip, ~a, a)
-    pd = paired_difference(a, b)
-    half = (pd.high - pd.low) / 2
-    bd = bootstrap_diff(a, b, n_boot=4000, seed=3)
-    assert bd.diff == pytest.approx(pd.diff, abs=1e-12)
-    assert bd.low == pytest.approx(pd.low, abs=0.12 * half) and bd.high == pytest.approx(pd.high, abs=0.12 * half)
-    # and the closed form written out here, independently of paired_difference
-    nb, nc = int((a & ~b).sum()), int((~a & b).sum())
-    se = math.sqrt(nb + nc - (nb - nc) ** 2 / n) / n
-    assert (bd.high - bd.low) / 2 == pytest.approx(Z95 * se, rel=0.12)
-
-
-def test_bootstrap_over_seeds_is_wider_when_seeds_disagree_and_centred_on_the_mean():
-    rng = np.random.default_rng(0)
-    n = 5000
-    truth = rng.random(n) < 0.85
-    same = np.stack([truth] * 3)
-    # three "seeds" that each get a different 2 % of the rows wrong on top of the shared errors
-    differ = np.stack([truth & ~(rng.random(n) < 0.02 * (k + 1)) for k in range(3)])
-    ref = np.stack([truth])
-    narrow = bootstrap_diff(same, ref, n_boot=2000)
-    wide = bootstrap_diff(differ, ref, n_boot=2000)
-    assert narrow.low == narrow.high == narrow.diff == 0.0  # identical models: no difference, no spread
-    assert wide.diff == pytest.approx(differ.mean() - truth.mean())
-    assert wide.high - wide.low > 0.01 and wide.high < 0  # the seeds are all worse: the interval says so
-    assert not wide.within_noise and narrow.within_noise
-
-
-def test_bootstrap_rejects_bad_shapes():
-    with pytest.raises(ValueError):
-        bootstrap_diff(np.ones((2, 5), bool), np.ones((2, 6), bool))
-    with pytest.raises(ValueError):
-        bootstrap_diff(np.ones((0, 5), bool), np.ones((1, 5), bool))
 
 
 def test_seed_summary_is_the_sample_standard_deviation():
@@ -102,12 +61,51 @@ def test_aggregate_on_a_hand_made_table():
     assert mcnemar_p(10, 2) == pytest.approx(row["mcnemar_p"])
 
 
-def test_every_qat_table_has_an_equal_budget_control():
+def test_every_qat_row_has_a_matched_control_in_its_table():
+    """A control matches a row when it trains exactly as the row does with nothing quantized: the same
+    budget changes, and for a recipe the same stages (epochs share, teacher, loss terms) and members."""
+    from binlab.training.recipes import RECIPES
+
+    seen = 0
     for e in catalog.EXPERIMENTS.values():
-        if any(c.mode == "qat" for c in e.configs):
-            ctl = [c for c in e.configs if "control" in c.label]
-            assert len(ctl) == 1 and ctl[0].mode == "qat" and not ctl[0].spec.rules, e.name
+        labels = {c.label: c for c in e.configs}
+        for c in e.configs:
+            if c.mode != "qat" or catalog.is_control(c.mode, c.label):
+                continue
+            m = labels.get(catalog.matched_control(c).label)
+            assert m is not None and m.mode == "qat" and not m.spec.rules and m.spec.attn_probs is None, (e.name, c.label)
+            assert m.qat == c.qat, (e.name, c.label)
+            if c.recipe is None:
+                assert m.recipe is None
+                continue
+            seen += 1
+            r, k = RECIPES[c.recipe], RECIPES[m.recipe]
+            assert r.ensemble == k.ensemble
+            assert [(s.frac, s.teacher, s.qat) for s in r.stages] == [(s.frac, s.teacher, s.qat) for s in k.stages]
+            assert all(not s.spec.rules and s.spec.attn_probs is None and s.spec.attn_qkv is None for s in k.stages)
+    assert seen >= 9  # T9's recipes
     assert catalog.EXPERIMENTS["T7"].seeded_baseline
+    # BiT's ladder and its one-step ablation train differently, so their controls differ; BinaryBERT's W1A1 and W1A4 do not
+    t9 = {c.recipe: catalog.matched_control(c).label for c in catalog.EXPERIMENTS["T9"].configs if c.recipe and c.mode == "qat" and not catalog.is_control(c.mode, c.label)}
+    assert t9["bit"] != t9["bit-1step"] and t9["binarybert"] == t9["binarybert-a4"]
+
+
+def test_a_row_without_its_matched_control_shows_no_vs_control_figure():
+    """T8's OneBit row distils hidden states too: the table's plain control does not match it."""
+    from binlab.experiments.aggregate import match_controls
+
+    plain = catalog.control()
+    onebit = next(c for c in catalog.EXPERIMENTS["T8"].configs if c.label.startswith("OneBit: SVID, then QAT"))
+    xnor = next(c for c in catalog.EXPERIMENTS["T8"].configs if c.label == "XNOR, QAT + KD")
+    rows = [{"label": plain.label, "mode": "qat", "accuracy": 80.0},
+            {"label": onebit.label, "mode": "qat", "accuracy": 79.0, "diff_vs_control": -1.0, "diff_vs_control_ci95": [-2.0, 0.0]},
+            {"label": xnor.label, "mode": "qat", "accuracy": 78.5}]
+    match_controls(rows, "T8")
+    assert "diff_vs_control" not in rows[1] and rows[1]["control"] == catalog.matched_control(onebit).label
+    assert rows[2]["diff_vs_control"] == pytest.approx(-1.5) and rows[2]["control"] == plain.label
+    rows.append({"label": catalog.matched_control(onebit).label, "mode": "qat", "accuracy": 79.5})
+    match_controls(rows, "T8")
+    assert rows[1]["diff_vs_control"] == pytest.approx(-0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,18 +316,6 @@ def test_grid_budgets_keep_the_presets_settings_and_read_yaml_exponents(tmp_path
     [t] = load_grid(g)
     assert t.budget.train.lr == 0.001 and t.budget.freeze == get_preset("minilm-l2").qat.freeze  # the preset's freeze list kept
     assert t.budget.train.epochs == get_preset("minilm-l2").qat.train.epochs
-
-
-def test_bootstrap_coverage_by_simulation_with_three_seeds():
-    """Nominal 95 %: a fresh test set and fresh seeds (with a seed effect) per trial, true difference 0."""
-    rng = np.random.default_rng(7)
-    n, trials, hits = 300, 150, 0
-    for r in range(trials):
-        truth = rng.random(n) < 0.85
-        side = lambda: np.stack([truth ^ (rng.random(n) < max(0.0, 0.03 + 0.01 * rng.standard_normal())) for _ in range(3)])
-        d = bootstrap_diff(side(), side(), n_boot=300, seed=r)
-        hits += d.low <= 0 <= d.high
-    assert 0.89 <= hits / trials <= 0.99
 
 
 def test_mcnemar_pairs_each_seed_with_the_baseline_it_started_from():

@@ -15,7 +15,7 @@ st.markdown("Committed outputs of `binlab experiments run NAME --preset PRESET [
             "Budgets differ: the student project trained each model 10 epochs from scratch without distillation; our QAT rows "
             "fine-tune the fp32 baseline for the budget shown, distilling from it, and each QAT table has an fp32 "
             "**control** row fine-tuned with the same budget. A row run with several seeds shows their mean ± standard "
-            "deviation, and its change against fp32 a paired bootstrap 95 % interval over test rows and seeds; a one-seed "
+            "deviation, and its change against fp32 a 95 % interval over test rows and seeds; a one-seed "
             "row shows the 95 % Wilson interval of its accuracy on the test rows (sampling only).")
 payloads = load_results()
 if not payloads:

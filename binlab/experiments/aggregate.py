@@ -2,18 +2,18 @@
 baseline's runs and against the table's equal-budget control (:mod:`binlab.experiments.stats`)."""
 from __future__ import annotations
 
-from .catalog import Config
+from .catalog import Config, control, control_of, is_control
 
 
 def aggregate(c: Config, runs: list[dict], reference: list[dict] | None = None) -> dict:
     """One table row from the runs of configuration ``c`` (one per seed): the mean accuracy over seeds with
     its standard deviation, and, against ``reference`` (the fp32 baseline's runs on the same test rows),
-    the difference with its paired two-stage bootstrap 95 % interval (:func:`binlab.experiments.stats.bootstrap_diff`)
+    the difference with its two-stage (rows, then seeds) 95 % interval (:func:`binlab.experiments.stats.seed_diff`)
     and the exact McNemar p-value of each seed against the baseline it was trained from (the largest is
     shown: the least significant). ``no_measurable_difference``: the interval contains 0."""
     import numpy as np
 
-    from .stats import bootstrap_diff, mcnemar_p, seed_summary, unpack_correct
+    from .stats import mcnemar_p, seed_diff, seed_summary, unpack_correct
 
     if not runs:
         raise ValueError(f"no runs for {c.label!r}")
@@ -31,13 +31,18 @@ def aggregate(c: Config, runs: list[dict], reference: list[dict] | None = None) 
                 row[f"{k}_std"] = std
                 if len(vals) > 1:
                     row[f"{k}_per_seed"] = vals
+    hw = [r["hardware"] for r in runs if r.get("hardware")]
+    if hw:  # where each seed ran (CPU vector extensions and GPU): AVX2 and AVX-512 runs can be told apart
+        row["hardware"] = [dict(t) for t in dict.fromkeys(tuple(sorted(h.items())) for h in hw)]
+    if all("test_correct" in r for r in runs):  # per-row results, so any interval can be recomputed from the JSON
+        row["test_correct_per_seed"] = [r["test_correct"] for r in runs]
     if all("per_class" in r for r in runs):
         row["per_class"] = {k: float(np.mean([r["per_class"][k] for r in runs])) for k in first["per_class"]}
     ref = [r for r in (reference or []) if "test_correct" in r]
     if c.mode != "fp" and ref and all("test_correct" in r for r in runs):
         # seed k started from baseline k (the headline): pair them, so what they share cancels
         a, b, paired = _paired(runs, ref, lambda r: r.get("baseline_seed", 0))
-        d = bootstrap_diff(a, b, paired_seeds=paired)
+        d = seed_diff(a, b, paired_seeds=paired)
         row |= {"diff": 100 * d.diff, "diff_ci95": [100 * d.low, 100 * d.high], "no_measurable_difference": d.within_noise,
                 "interval": ("rows and seeds, seeds paired with their baselines" if paired else "rows and seeds" if len(runs) > 1 or len(ref) > 1
                              else "test rows only (one seed)")}
@@ -67,12 +72,35 @@ def _paired(runs: list[dict], ref: list[dict], key) -> tuple:
 
 def against_control(runs: list[dict], control: list[dict]) -> dict:
     """A QAT row against the table's equal-budget fp32 control (same epochs and distillation): the
-    difference of mean accuracies with its paired bootstrap 95 % interval (seed k paired with the
+    difference of mean accuracies with its two-stage 95 % interval (seed k paired with the
     control's seed k when both started from the same baselines). Empty when per-row results are missing."""
-    from .stats import bootstrap_diff
+    from .stats import seed_diff
 
     if not runs or not control or not all("test_correct" in r for r in runs + control):
         return {}
     a, b, paired = _paired(runs, control, lambda r: (r.get("baseline_seed", 0), r.get("random_seed", 0)))
-    d = bootstrap_diff(a, b, paired_seeds=paired)
+    d = seed_diff(a, b, paired_seeds=paired)
     return {"diff_vs_control": 100 * d.diff, "diff_vs_control_ci95": [100 * d.low, 100 * d.high]}
+
+
+def match_controls(rows: list[dict], name: str) -> None:
+    """Every QAT row of experiment ``name`` names its matched control (:func:`binlab.experiments.catalog.matched_control`)
+    and keeps a vs-control figure only against it: a row whose matched control is not in the table shows
+    none (a control with another budget is no control), and a row kept from a run before per-row results
+    were stored gets the plain difference to its matched control (no interval: nothing to resample)."""
+    by = {r["label"]: r for r in rows}
+    for r in rows:
+        if r["mode"] != "qat" or is_control(r["mode"], r["label"]):
+            continue
+        label = control_of(name, r["label"]) or r.get("control")
+        compared_with = r.get("control") or control().label  # a row stored before matched controls was compared with the table's one
+        r["control"] = label
+        ctl = by.get(label)
+        if compared_with != label:
+            for k in ("diff_vs_control", "diff_vs_control_ci95"):
+                r.pop(k, None)
+        if ctl is None or ctl.get("accuracy") is None or r.get("accuracy") is None:
+            for k in ("diff_vs_control", "diff_vs_control_ci95"):
+                r.pop(k, None)
+        elif r.get("diff_vs_control_ci95") is None and "perplexity" not in r:
+            r["diff_vs_control"] = r["accuracy"] - ctl["accuracy"]

@@ -89,8 +89,79 @@ def is_control(mode: str, label: str) -> bool:
 def control(what: str = "the QAT rows") -> Config:
     """The equal-budget control of a QAT table: the fp32 baseline fine-tuned with the same extra epochs,
     learning rate and distillation as ``what`` (an empty spec through the same QAT code), so a QAT row's
-    gain or loss is not the extra training."""
+    gain or loss is not the extra training. It matches the rows that train with the table's budget
+    unchanged; :func:`matched_control` gives every other QAT row its own."""
     return Config(f"fp32 control: fine-tuned with the same budget and distillation as {what}", FP, "qat")
+
+
+def _control_recipes() -> dict[str, str]:
+    """Register, for every recipe, its control recipe: the same stages (epochs, learning rates, teachers
+    and every loss term) and members with nothing quantized (each stage's spec empty). Recipes whose
+    controls coincide share one (BinaryBERT at W1A1 and W1A4 train the same way in fp32). Returns
+    recipe name -> control recipe name."""
+    from binlab.training.recipes import Recipe
+
+    out, by_key = {}, {}
+    for name, r in list(recipes_mod.RECIPES.items()):
+        if name.endswith("-control"):
+            continue
+        ctl = Recipe(f"{name}-control", f"fp32 control of the {name} recipe: its stages, objective and members, nothing quantized",
+                     tuple(replace(st, spec=QuantSpec()) for st in r.stages), r.ensemble)
+        first = by_key.setdefault(ctl.key(), ctl.name)
+        if first == ctl.name:
+            recipes_mod.RECIPES.setdefault(ctl.name, ctl)
+        out[name] = first
+    return out
+
+
+CONTROL_RECIPES = _control_recipes()
+
+
+def _changes_text(changes: dict) -> str:
+    parts = []
+    for k, v in sorted(changes.items()):
+        if hasattr(v, "__dataclass_fields__"):  # a TrainConfig: the fields that differ from the default
+            default = type(v)()
+            v = ", ".join(f"{f} {getattr(v, f)}" for f in v.__dataclass_fields__ if getattr(v, f) != getattr(default, f) and f != "seed")
+        parts.append(f"{k} ({v})" if k == "train" else f"{k} {v}")
+    return "; ".join(parts)
+
+
+def matched_control(c: Config) -> Config | None:
+    """The fp32 control that matches QAT row ``c``: its epochs, learning rate, members and every
+    distillation term, through the same code, with nothing quantized. A recipe's control runs the
+    recipe's stages with empty specs (:data:`CONTROL_RECIPES`); a row with its own budget changes
+    (``qat``) gets the table's budget with the same changes; any other QAT row the table's
+    :func:`control`. None for fp32 and PTQ rows and for controls."""
+    if c.mode != "qat" or is_control(c.mode, c.label):
+        return None
+    if c.recipe is not None:
+        name = CONTROL_RECIPES[c.recipe]
+        shared = sorted(r for r, ctl in CONTROL_RECIPES.items() if ctl == name)
+        return Config(f"fp32 control of the {' and '.join(shared)} recipe{'s' if len(shared) > 1 else ''}: the same stages, "
+                      "objective and members, nothing quantized", FP, "qat", recipe=name)
+    if c.qat:
+        return Config(f"fp32 control: the table's budget with {_changes_text(c.qat)}", FP, "qat", qat=c.qat)
+    return control()
+
+
+def with_controls(configs: tuple[Config, ...]) -> tuple[Config, ...]:
+    """``configs`` followed by every matched control its QAT rows need that it does not hold yet (in
+    order of first use), so each QAT row has a control with its own budget."""
+    out = list(configs)
+    for c in configs:
+        m = matched_control(c)
+        if m is not None and m.label not in {x.label for x in out}:
+            out.append(m)
+    return tuple(out)
+
+
+def control_of(exp_name: str, label: str) -> str | None:
+    """The label of the control that matches row ``label`` of experiment ``exp_name`` (None: no match)."""
+    exp = EXPERIMENTS.get(exp_name)
+    c = next((c for c in exp.configs if c.label == label), None) if exp else None
+    m = matched_control(c) if c is not None else None
+    return m.label if m is not None else None
 
 
 @dataclass(frozen=True)
@@ -100,6 +171,9 @@ class Experiment:
     note: str
     configs: tuple[Config, ...]
     seeded_baseline: bool = False  # the headline: seed k retrains the fp32 baseline with seed k too (run())
+
+    def __post_init__(self):  # every QAT row's matched control is a row of the table (appended after the others)
+        object.__setattr__(self, "configs", with_controls(self.configs))
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [

@@ -24,7 +24,7 @@ def data_size_curve(preset: str = "scratch", sizes=DATA_SIZES, seeds: int = 3, s
     each n in ``sizes``: for seed k the fp32 baseline is trained from scratch on those rows with seed k
     and the 1-bit model is QAT'd from it with seed k (as in the headline). Writes
     ``docs/results/data-size-<preset>.{json,md}``: each size's mean ± sd over seeds and the gap with its
-    paired bootstrap 95 % interval on the full test split."""
+    95 % interval over test rows and seeds on the full test split."""
 
 
     if not isinstance(seeds, int) or seeds < 1:
@@ -68,7 +68,7 @@ def data_size_markdown(payload: dict) -> str:
     lines = [f"# fp32 vs the best 1-bit recipe by training rows ({payload['preset']})", "",
              f"1-bit: {payload['binary']} (QAT {b['epochs']} epoch(s), lr {b['lr']}, distillation {b['distill']}), each seed QAT'd "
              f"from the fp32 baseline trained with that seed on the same rows ({payload.get('baseline', 'the preset baseline')}). "
-             f"Test: {payload.get('test_rows', 7600):,} AG_NEWS test rows. Gap: 1-bit minus fp32, with the paired bootstrap 95 % "
+             f"Test: {payload.get('test_rows', 7600):,} AG_NEWS test rows. Gap: 1-bit minus fp32, with the 95 % "
              "interval over test rows and seeds (seed k's 1-bit model paired with its own baseline). The 1-bit model trains "
              f"{b['epochs']:g} epoch(s) more than the fp32 one (the QAT budget): T7's equal-budget control measures what that "
              "extra training does alone on all rows. "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .aggregate import match_controls
 from .budgets import fill_budgets
 from .catalog import EXPERIMENTS, is_control
 from .findings import FINDINGS
@@ -41,13 +42,14 @@ def lm_markdown(payload: dict) -> str:
         lines += [f"Floor: an interpolated bigram model (lambda {bg['lambda']}, chosen on validation) has test perplexity "
                   f"**{bg['test_perplexity']:.2f}** on the same tokens" + (f"; the fp32 LM has **{fp:.2f}**" if fp else "")
                   + (f" (trained in {payload['baseline_train_seconds']:.0f} s here)." if payload.get("baseline_train_seconds") else "."), ""]
-    ctl = next((r["perplexity"] for r in payload["rows"] if is_control(r["mode"], r["label"])), None)
+    ppl = {r["label"]: r.get("perplexity") for r in payload["rows"]}
     lines += ["| configuration | mode | budget | perplexity | x fp32 | x control | bits / quantized weight (all stored) | paper bits | "
               "size MB | reduction % | calibration / train s | the survey reports |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
         ratio = None if not fp else r["perplexity"] / fp
-        vs_ctl = r["perplexity"] / ctl if ctl and r["mode"] == "qat" and not is_control(r["mode"], r["label"]) else None
+        ctl = ppl.get(r.get("control")) if r["mode"] == "qat" and not is_control(r["mode"], r["label"]) else None
+        vs_ctl = r["perplexity"] / ctl if ctl else None  # only against the row's matched control
         lines.append(f"| {r['label']} | {r['mode']} | {r.get('budget') or '-'} | {fmt(r['perplexity'])} | {fmt(ratio, '{:.2f}')} | "
                      f"{fmt(vs_ctl, '{:.2f}')} | "
                      f"{fmt(r['bits_per_quantized_weight'], '{:.3f}') if r['mode'] != 'fp' else '32'} | {fmt(r.get('paper_bits'), '{:.3f}')} | "
@@ -126,12 +128,14 @@ def _intervals_note(payload: dict) -> list[str]:
         return ["", "One seed per row and no per-row results stored: differences under about 1 point are within the test "
                     "set's noise (standard error about 0.39 points at 7,600 rows)." + seeds]
     return ["", "Accuracy: mean over the row's seeds ± their standard deviation. vs fp32: the difference of mean accuracies "
-                "to the fp32 baseline's runs on the same test rows, with a paired bootstrap 95 % interval (2,000 replicates, "
-                "binlab.experiments.stats.bootstrap_diff): test rows resampled, and seeds too where a row has several (paired with the "
-                "baseline each started from in the headline table); 'no measurable difference' where it contains 0. A one-seed "
-                "row's interval holds the test set's noise only, not training noise." + seeds + " vs control: against the "
-                "table's fp32 row fine-tuned with the same QAT budget and distillation (so extra training is not counted as "
-                "binarization's doing), same interval. McNemar p: exact test of "
+                "to the fp32 baseline's runs on the same test rows, with a 95 % interval over test rows and seeds "
+                "(binlab.experiments.stats.seed_diff: the rows' part at the normal quantile, the seeds' part at Student's t "
+                "on seeds - 1 degrees of freedom, seeds paired with the baseline each started from in the headline tables); "
+                "'no measurable difference' where it contains 0. A one-seed row's interval holds the test set's noise only, "
+                "not training noise, so one-seed rows are not ranked." + seeds + " vs control: against the row's matched "
+                "fp32 control (the control column names it in the JSON): the same epochs, learning rate, members and every "
+                "distillation term with nothing quantized, so extra training is not counted as binarization's doing; same "
+                "interval; '-' where the table has no matched control for the row. McNemar p: exact test of "
                 "each seed against the baseline it started from, the largest shown. Choices of recipe are made on validation "
                 "(val accuracy; docs/results/select-*.md); test is evaluated once per final configuration."]
 
@@ -149,6 +153,8 @@ def render(out_dir: Path | None = None) -> list[Path]:
             for r in payload["rows"]:
                 if r["label"] in quoted and (quoted[r["label"]] is not None or "survey" in r):
                     r["survey"] = quoted[r["label"]]
+        if exp is not None:  # each QAT row against its matched control only
+            match_controls(payload["rows"], payload["experiment"])
         if payload["experiment"] in FINDINGS:
             payload["finding"] = FINDINGS[payload["experiment"]](payload["rows"])
         path.write_text(json.dumps(payload, indent=2))
@@ -165,7 +171,7 @@ def write_index(out_dir: Path | None = None) -> Path:
     lines = ["# Committed results", "",
              "Generated by `binlab experiments run ...` (each table's own file has the machine, the budget and the "
              "command). Accuracy is on the 7,600-row AG_NEWS test split (mean ± sd over seeds where a row has several); "
-             "'vs fp32' is against the same preset's fp32 baseline, with a paired bootstrap 95 % interval where the "
+             "'vs fp32' is against the same preset's fp32 baseline, with a 95 % interval over test rows and seeds where the "
              "table stored per-row results ('no interval': a one-seed row from before intervals; differences under "
              "about 1 point are then within the test set's noise); sizes count every scale, threshold and mask.", ""]
     baselines = {}

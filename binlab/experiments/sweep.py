@@ -149,8 +149,10 @@ def execute(task: Task, code: str | None = None, threads: int | None = None, exp
         row = compute_row(task.config, ctx.teacher, ctx.splits, budget_of(task), code, calib=ctx.calib, test=task.test)
     finally:
         torch.set_num_threads(old)
+    from .provenance import hardware
+
     return row | {"baseline_seed": task.baseline_seed, "train_rows": len(ctx.splits.train), "val_rows": len(ctx.splits.val),
-                  "preset": task.preset}
+                  "preset": task.preset, "hardware": hardware()}
 
 
 def _ray():

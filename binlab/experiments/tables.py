@@ -18,9 +18,9 @@ from typing import Callable
 from binlab.presets import get_preset
 
 from . import sweep
-from .aggregate import against_control, aggregate
+from .aggregate import against_control, aggregate, match_controls
 from .budgets import SEED_BUDGET, fill_budgets
-from .catalog import EXPERIMENTS, FP, Config, is_control
+from .catalog import EXPERIMENTS, FP, Config, matched_control
 from .findings import FINDINGS
 from .provenance import RESULTS, machine
 from .report import to_markdown, write_index
@@ -52,7 +52,10 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
         bad = [i for i in only if not 0 <= i < len(exp.configs)]
         if bad:
             raise ValueError(f"config indices {bad} out of range; {name} has {len(exp.configs)} configurations (0..{len(exp.configs) - 1})")
-        exp = replace(exp, configs=tuple(exp.configs[i] for i in only))
+        picked = tuple(exp.configs[i] for i in only)
+        # a row's matched control runs with it (from the store when it is there), so its vs-control figure is measured
+        extra = tuple(m for m in (matched_control(c) for c in picked) if m is not None and m.label not in {c.label for c in picked})
+        exp = replace(exp, configs=tuple({c.label: c for c in picked + extra}.values()))
     log = callback or (lambda *_: None)
     fp = Config("fp32 baseline", FP, "fp")
     qat = None
@@ -90,11 +93,14 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     runs = [[next(it) for _ in ts] for _, ts in plan]
     reference = [next(it) for _ in ref_tasks]
     rows = []
-    ctl = next((rs for (c, _), rs in zip(plan, runs) if is_control(c.mode, c.label)), None)
+    by_label = {c.label: rs for (c, _), rs in zip(plan, runs)}
     for (c, _), rs in zip(plan, runs):
         row = aggregate(c, rs, reference)
-        if ctl is not None and c.mode == "qat" and not is_control(c.mode, c.label):
-            row |= against_control(rs, ctl)
+        m = matched_control(c)
+        if m is not None:
+            row["control"] = m.label
+            if m.label in by_label:
+                row |= against_control(rs, by_label[m.label])
         row["survey"] = c.survey
         row["seed"] = list(c.seed) if c.seed else None
         row["seed_budget"] = SEED_BUDGET if c.seed else None
@@ -112,7 +118,7 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     if prior is not None:
         rows = _merge_rows(prior["rows"], rows, [c.label for c in EXPERIMENTS[name].configs])
         provenance = _provenance(prior, [c.label for c in exp.configs], {r["label"] for r in rows})
-    _plain_control_diffs(rows)
+    match_controls(rows, name)
     command = (f"binlab experiments run {name} --preset {preset}" + (" --fast" if fast else "")
                + (f" --seeds {seeds}" if seeds > 1 else "") + (f" --only {','.join(map(str, only))}" if only is not None else "")
                + "".join(f" --{k.replace('_', '-')} {v}" for k, v in (budget_changes or {}).items()))
@@ -149,20 +155,6 @@ def _provenance(prior: dict, rerun: list[str], kept: set[str]) -> dict:
                                       "fp32": fp.get("perplexity", fp.get("accuracy")), "metric": "perplexity" if "perplexity" in fp else "accuracy"}
     runs = list(prior.get("partial_runs") or []) + [{"date": time.strftime("%Y-%m-%d"), "machine": machine(), "rows": list(rerun)}]
     return {"base_run": base, "partial_runs": runs}
-
-
-def _plain_control_diffs(rows: list[dict]) -> None:
-    """QAT rows kept from a table run before per-row results were stored get the plain difference to
-    the table's control (no interval: there is nothing to resample)."""
-    if any("perplexity" in r for r in rows):  # a language model's table compares perplexities, not accuracies
-        return
-    ctl = next((r for r in rows if is_control(r["mode"], r["label"]) and r.get("accuracy") is not None), None)
-    if ctl is None:
-        return
-    for r in rows:
-        if (r["mode"] == "qat" and not is_control(r["mode"], r["label"]) and r.get("accuracy") is not None
-                and r.get("diff_vs_control_ci95") is None):
-            r["diff_vs_control"] = r["accuracy"] - ctl["accuracy"]
 
 
 def _merge_rows(old: list[dict], new: list[dict], order: list[str]) -> list[dict]:

@@ -27,7 +27,7 @@ def seeds_text(r: dict) -> str:
 
 
 def diff_text(r: dict, fp: float | None = None) -> str:
-    """The change against fp32 with its 95 % interval (paired bootstrap over rows and seeds), or the
+    """The change against fp32 with its 95 % interval over test rows and seeds (:func:`binlab.experiments.stats.seed_diff`), or the
     plain difference for a row stored before intervals were."""
     if r.get("diff_ci95"):
         lo, hi = r["diff_ci95"]

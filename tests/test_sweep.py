@@ -279,6 +279,9 @@ def test_data_size_curve_on_tiny(fixture_data, tmp_path):
     for r in payload["rows"]:
         assert r["seeds"] == 2 and r["gap"] == pytest.approx(r["binary_accuracy"] - r["fp32_accuracy"])
         assert r["gap_ci95"][0] <= r["gap_ci95"][1]
+        # an equal-budget control at every size: the 1-bit model against fp32 trained as long
+        assert r["gap_vs_control"] == pytest.approx(r["binary_accuracy"] - r["control_accuracy"])
+        assert r["gap_vs_control_ci95"][0] <= r["gap_vs_control"] <= r["gap_vs_control_ci95"][1]
     assert "| 60 | 2 |" in md.read_text()
     with pytest.raises(ValueError, match="sizes"):
         datasize.data_size_curve("tiny", sizes=(0,), source=str(fixture_data), fast=True, out_dir=tmp_path)

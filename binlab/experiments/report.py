@@ -10,7 +10,7 @@ from .budgets import fill_budgets
 from .catalog import EXPERIMENTS, is_control
 from .findings import FINDINGS
 from .provenance import RESULTS
-from .stats import wilson_interval
+from .stats import INTERVAL, wilson_interval
 from .texts import accuracy_text, diff_text, fmt, seeds_text, vs_control_text
 
 
@@ -127,6 +127,10 @@ def _intervals_note(payload: dict) -> list[str]:
     if not any(r.get("diff_ci95") for r in payload["rows"]):
         return ["", "One seed per row and no per-row results stored: differences under about 1 point are within the test "
                     "set's noise (standard error about 0.39 points at 7,600 rows)." + seeds]
+    old = ("" if payload.get("interval") == INTERVAL or not any(len(r.get("random_seeds") or [0]) > 1 for r in payload["rows"]) else
+           " The intervals in this file were computed before binlab's current interval: a paired percentile bootstrap of rows "
+           "and seeds, which with three seeds covers less than its 95 % (0.84-0.92 in the suite's simulation); read them as "
+           "too narrow, and re-run the table for the current ones.")
     return ["", "Accuracy: mean over the row's seeds ± their standard deviation. vs fp32: the difference of mean accuracies "
                 "to the fp32 baseline's runs on the same test rows, with a 95 % interval over test rows and seeds "
                 "(binlab.experiments.stats.seed_diff: the rows' part at the normal quantile, the seeds' part at Student's t "
@@ -137,7 +141,7 @@ def _intervals_note(payload: dict) -> list[str]:
                 "distillation term with nothing quantized, so extra training is not counted as binarization's doing; same "
                 "interval; '-' where the table has no matched control for the row. McNemar p: exact test of "
                 "each seed against the baseline it started from, the largest shown. Choices of recipe are made on validation "
-                "(val accuracy; docs/results/select-*.md); test is evaluated once per final configuration."]
+                "(val accuracy; docs/results/select-*.md); test is evaluated once per final configuration." + old]
 
 
 def render(out_dir: Path | None = None) -> list[Path]:

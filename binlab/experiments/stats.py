@@ -35,6 +35,8 @@ from fractions import Fraction
 import numpy as np
 
 Z95 = 1.959963984540054
+#: the interval a results file's differences were computed with (files without it predate seed_diff)
+INTERVAL = "seed_diff"
 
 
 def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:

@@ -24,6 +24,7 @@ from .catalog import EXPERIMENTS, FP, Config, matched_control
 from .findings import FINDINGS
 from .provenance import RESULTS, machine
 from .report import to_markdown, write_index
+from .stats import INTERVAL
 
 
 def run(name: str, preset: str = "scratch", source: str | None = None, fast: bool = False,
@@ -129,7 +130,7 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
                "date": time.strftime("%Y-%m-%d"), "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
                "budget": asdict(budget), "baseline_val_accuracy": meta.get("val_accuracy"), "rows": rows, "calibration_rows": len(calib),
                "baseline_train_seconds": meta.get("history", {}).get("seconds"), "seeds": max(seeds, (prior or {}).get("seeds", 1)),
-               "seeded_baseline": exp.seeded_baseline, "command": command, **provenance}
+               "seeded_baseline": exp.seeded_baseline, "command": command, "interval": INTERVAL, **provenance}
     fill_budgets(payload)
     if get_preset(preset).model.task == "lm":
         from binlab.nn.ngram import bigram_perplexity

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from common import cpu_flags, paired, timeit  # noqa: E402 - bench/common.py, beside this script
 
 SPECS = ("w1a1", "w1a32")
-KINDS = ("fp32", "packed", "torchfree")
+KINDS = ("fp32", "packed", "torchfree", "torchfree_w1a32")  # fresh processes: fp32 torch, W1A1 in torch, W1A1 and W1A32 torch-free
 
 
 def _specs():
@@ -80,9 +80,9 @@ def torch_fn(model):
     return f
 
 
-def _fresh(kind: str, path: str, tmp: Path) -> dict:
+def _fresh(kind: str, path: str, tmp: Path, one_by_one: int) -> dict:
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "deploy_child.py"), kind, path, str(tmp / "ids.npy"),
-                        str(tmp / "offsets.npy"), repr(time.time())],
+                        str(tmp / "offsets.npy"), repr(time.time()), str(one_by_one)],
                        capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
     if r.returncode:
         raise RuntimeError(f"{kind} child failed: {r.stderr[-2000:]}")
@@ -133,7 +133,7 @@ def main():
         train_s = time.perf_counter() - t0
         path = tmp / f"{kind}.safetensors"
         info = save_packed(fq, path, tokenizer=splits.tokenizer)
-        packed, lite = load_packed(path), standalone.load(path)
+        packed, lite = load_packed(path), standalone.load(path, numba_threads=None)  # here only for agreement: timed in its own process
         keep = 2 if lm else None  # a language model's logits over the whole test set would not fit in memory
         (pa, a), (pb, b), (pc, c) = (outputs(f, test, lm, keep) for f in (torch_fn(fq), torch_fn(packed), lite.logits))
         cfg = {"spec": spec.to_json(), "train_s": train_s, "file_bytes": info["file_bytes"], "predicted_bytes": info["predicted_bytes"],
@@ -158,8 +158,7 @@ def main():
     # the whole test set, each side against fp32 torch in interleaved pairs
     def whole(fn):
         return lambda: outputs(fn, test, lm, 0)
-    sides = [(f"{w}_{kind}", fn) for kind in SPECS
-             for w, fn in (("packed", torch_fn(models[f"packed_{kind}"])), ("torchfree", lites[kind].logits))]
+    sides = [(f"packed_{kind}", torch_fn(models[f"packed_{kind}"])) for kind in SPECS]
     sides.append(("packed_w1a32_int8", torch_fn(models["packed_w1a32_int8"])))
     for side, fn in sides:
         r = paired(whole(torch_fn(fp)), whole(fn), pairs=3, warmup=1)
@@ -191,16 +190,24 @@ def main():
     np.save(tmp / "ids.npy", test.ids)
     np.save(tmp / "offsets.npy", test.offsets)
     paths = {"fp32": str(baseline_stem(p, splits, p.train).with_suffix(".safetensors")),
-             "packed": str(tmp / "w1a1.safetensors"), "torchfree": str(tmp / "w1a1.safetensors")}
+             "packed": str(tmp / "w1a1.safetensors"), "torchfree": str(tmp / "w1a1.safetensors"),
+             "torchfree_w1a32": str(tmp / "w1a32.safetensors")}
     runs = {k: [] for k in KINDS}
     for _ in range(3):
         for k in KINDS:
-            runs[k].append(_fresh(k, paths[k], tmp))
+            runs[k].append(_fresh(k.split("_")[0], paths[k], tmp, args.latency_texts))
     out["fresh"] = runs
     for k in KINDS:
         out[f"{k}_start_s"] = statistics.median(r["start_to_first_s"] for r in runs[k])
         out[f"peak_rss_{k}_mb"] = statistics.median(r["peak_mb"] for r in runs[k])
         out[f"base_rss_{k}_mb"] = statistics.median(r["base_mb"] for r in runs[k])
+    # the torch-free runtime's speed: its own processes against the fp32 torch process of the same round
+    for kind, k in (("w1a1", "torchfree"), ("w1a32", "torchfree_w1a32")):
+        for what, key, prefix in (("test_s", "_s", ""), ("batch1_ms", "_ms", "batch1_")):
+            ratios = [f[what] / t[what] for f, t in zip(runs["fp32"], runs[k])]
+            out[f"{prefix}torchfree_{kind}{key}"] = statistics.median(r[what] for r in runs[k])
+            out[f"{prefix}torchfree_{kind}_vs_fp32"] = {"ratio": statistics.median(ratios), "ratio_min": min(ratios),
+                                                       "ratio_max": max(ratios), "pairs": len(ratios), "fresh_processes": True}
     out["torchfree_imports_torch"] = any(r["torch_imported"] for r in runs["torchfree"])
     # the keys the runtime's targets are stated in
     out["torchfree_s"] = out["torchfree_w1a1_s"]
@@ -247,7 +254,9 @@ def markdown(out: dict) -> str:
           f"Test set: {out['rows']} rows, batches of 64, length-sorted. The packed models are the cached fp32 baseline "
           f"binarized and trained: {out['trained']}. Three runtimes: fp32 torch, the packed file in torch (`load_packed`) and "
           "the packed file without torch (`binlab.runtime.standalone`: numpy and numba). Speedups are against fp32 torch, timed in "
-          "interleaved pairs: the median of the per-pair ratios, their range in brackets.", "",
+          "interleaved pairs: the median of the per-pair ratios, their range in brackets. The torch-free rows are timed as they are "
+          "deployed, in fresh processes without torch (three, each paired with the fp32 torch process of the same round); the torch "
+          "rows in one process.", "",
           f"| model | test set s | speedup | 1 text ms | speedup | {unit} | file bytes | predicted bytes (weights) |",
           "|---|---|---|---|---|---|---|---|",
           f"| fp32 torch | {out['fp32_s']:.2f} | 1.00x | {out['batch1_fp32_ms']:.2f} | 1.00x | {fmt(out['fp32_metric'])} | - | {out['fp32_bytes']:,.0f} |"]
@@ -271,10 +280,11 @@ def markdown(out: dict) -> str:
                "path (`load_packed(path, int8_inputs=True)`: inputs rounded to 8 bits per token, an int8 GEMM) against fake "
                f"quantization: {100 * c32['int8_agreement']:.2f} % ({c32['int8_max_logit_rel_diff']:.1e}). Fake-quant "
                f"{unit}: W1A1 {fmt(c1['fake_quant_metric'])}, W1A32 {fmt(c32['fake_quant_metric'])}.", "",
-           "Fresh processes (W1A1; three of each, interleaved; medians): a process that loads the model, predicts one text, then "
-           "the whole test set.", "",
+           "Fresh processes (three of each, interleaved; medians): a process that loads the model, predicts one text, then "
+           "the whole test set, then texts one at a time.", "",
            "| runtime | process start to first prediction s | peak memory MiB | before the model MiB |", "|---|---|---|---|"]
-    for k, name in (("fp32", "fp32 torch"), ("packed", "packed, torch"), ("torchfree", "packed, torch-free")):
+    for k, name in (("fp32", "fp32 torch"), ("packed", "packed W1A1, torch"), ("torchfree", "packed W1A1, torch-free"),
+                    ("torchfree_w1a32", "packed W1A32, torch-free")):
         md.append(f"| {name} | {out[f'{k}_start_s']:.2f} | {out[f'peak_rss_{k}_mb']:.0f} | {out[f'base_rss_{k}_mb']:.0f} |")
     md += ["", f"Torch-free against fp32 torch: start {out['fp32_start_s'] / out['torchfree_start_s']:.2f}x sooner, peak memory "
                f"{out['peak_rss_torchfree_mb'] / out['peak_rss_fp32_mb']:.2f} of fp32's; torch imported by the torch-free process: "

@@ -1,8 +1,10 @@
 """One fresh process of the deploy bench (bench/deploy.py starts it): load one model, predict one text,
-then the whole test set; print JSON with the seconds from process start to that first prediction, the
-resident memory before loading and at its peak, and whether torch was imported.
+then the whole test set, then one text at a time; print JSON with the seconds from process start to that
+first prediction, the seconds of the test set, the milliseconds per text one at a time, the resident
+memory before loading and at its peak, and whether torch was imported. The torch-free runtime is timed
+here only, in a process of its own, as it is deployed (beside torch its thread pools would compete).
 
-    python bench/deploy_child.py KIND PATH IDS.npy OFFSETS.npy SPAWN_TIME
+    python bench/deploy_child.py KIND PATH IDS.npy OFFSETS.npy SPAWN_TIME [ONE_BY_ONE]
 
 KIND: ``fp32`` (a torch checkpoint), ``packed`` (:func:`binlab.runtime.export.load_packed`, torch) or
 ``torchfree`` (:func:`binlab.runtime.standalone.load`: numpy and numba only). All three read the same
@@ -24,7 +26,7 @@ def _rss_mb(field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def main(kind: str, path: str, ids_path: str, offsets_path: str, spawned: float) -> None:
+def main(kind: str, path: str, ids_path: str, offsets_path: str, spawned: float, one_by_one: int = 200) -> None:
     import numpy as np
 
     from binlab.data import PAD_ID
@@ -70,10 +72,18 @@ def main(kind: str, path: str, ids_path: str, offsets_path: str, spawned: float)
             x[j, :lens[r]] = ids[offsets[r]:offsets[r + 1]]
         lg = run(x)
         preds[rows] = (lg[:, -1] if lg.ndim == 3 else lg).argmax(-1)
-    print(json.dumps({"kind": kind, "start_to_first_s": first_s, "test_s": time.perf_counter() - t0, "base_mb": base,
+    test_s = time.perf_counter() - t0
+    singles = [ids[offsets[r]:offsets[r + 1]].astype(np.int64)[None] for r in np.random.default_rng(0).choice(len(lens), one_by_one, replace=False)]
+    for x in singles[:5]:
+        run(x)
+    t0 = time.perf_counter()
+    for x in singles:
+        run(x)
+    batch1_ms = 1e3 * (time.perf_counter() - t0) / len(singles)
+    print(json.dumps({"kind": kind, "start_to_first_s": first_s, "test_s": test_s, "batch1_ms": batch1_ms, "base_mb": base,
                       "loaded_mb": loaded, "peak_mb": _rss_mb("VmHWM"), "first_class": int(np.argmax(first)),
                       "preds_sum": int(preds.sum()), "torch_imported": "torch" in sys.modules}))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5], float(sys.argv[5]))
+    main(*sys.argv[1:5], float(sys.argv[5]), *(int(a) for a in sys.argv[6:7]))

@@ -174,3 +174,26 @@ def test_no_torch_in_the_process(fp_tiny, tiny_splits, tmp_path):
     imported = [line.rsplit("|", 1)[-1].strip() for line in cli.stderr.splitlines() if line.startswith("import time:")]
     assert "binlab.runtime.standalone" in imported and not [m for m in imported if m == "torch" or m.startswith("torch.")]
     assert cli.stdout.split("\t")[0] in ("World", "Sports", "Business", "Sci/Tech"), cli.stdout
+
+
+def test_load_leaves_the_cores_to_numpy_unless_told_otherwise(tmp_path, tiny_model):
+    """numba's and OpenBLAS's pools both spin while waiting: the runtime keeps numba at one thread by
+    default (bench/deploy.py measures why) and leaves numba's setting alone when asked to."""
+    import numba
+
+    from binlab.nn.quantize import QuantSpec
+    from binlab.runtime.export import save_packed
+    from binlab.runtime.standalone import load
+    from binlab.training.qat import ptq
+
+    path = tmp_path / "m.safetensors"
+    save_packed(ptq(tiny_model, QuantSpec.simple("encoder", "xnor")), path)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        load(path, numba_threads=None)
+        assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+        load(path)
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(before)

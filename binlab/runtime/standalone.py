@@ -297,7 +297,8 @@ class Model:
         h, dh = self.n_heads, d // self.n_heads
         pre = f"layers.{i}.attn"
         x2 = x.reshape(B * T, d)
-        q, k, v = (self.linears[f"{pre}.{n}"](x2).reshape(B, T, h, dh).transpose(0, 2, 1, 3) for n in "qkv")
+        # contiguous (B, h, T, dh) blocks: numpy's stacked matmul calls BLAS per head only on contiguous operands
+        q, k, v = (np.ascontiguousarray(self.linears[f"{pre}.{n}"](x2).reshape(B, T, h, dh).transpose(0, 2, 1, 3)) for n in "qkv")
         pq, qkv, res = self.attn_quant[i]
         kind = (self.attn["probs"] or {}).get("kind")
         if qkv is not None:
@@ -307,7 +308,7 @@ class Model:
         if self.task == "lm":
             tril = np.tril(np.ones((T, T), bool))[None, None]
             mask = tril if plain else (tril & mask)  # fp attention: the causal mask alone (padding follows every real token)
-        s = q @ k.transpose(0, 1, 3, 2)
+        s = q @ np.ascontiguousarray(k.transpose(0, 1, 3, 2))
         xr = None
         if res is not None:
             xr = x
@@ -328,7 +329,7 @@ class Model:
                 a = p
         if res is not None:
             v = v + (xr @ res["v"].T + res["v_bias"])[:, None]
-        y = (a.astype(np.float32) @ v).transpose(0, 2, 1, 3).reshape(B * T, d)
+        y = (np.ascontiguousarray(a, dtype=np.float32) @ np.ascontiguousarray(v)).transpose(0, 2, 1, 3).reshape(B * T, d)
         return self.linears[f"{pre}.o"](y).reshape(B, T, d)
 
     def hidden(self, ids: np.ndarray) -> np.ndarray:
@@ -426,8 +427,18 @@ class Model:
         return {"text": tok.decode(new), "ids": new, "seconds": time.perf_counter() - t0}
 
 
-def load(path: str | Path) -> Model:
+def load(path: str | Path, numba_threads: int | None = 1) -> Model:
     """The packed model in ``path``, ready to run without torch; a damaged or altered file raises
-    ``ValueError`` (format and checksum are checked first, as :func:`~binlab.runtime.export.load_packed` does)."""
+    ``ValueError`` (format and checksum are checked first, as :func:`~binlab.runtime.export.load_packed` does).
+
+    ``numba_threads``: the threads numba's kernels use in this process (None: leave numba's setting).
+    The default, 1, leaves the cores to numpy's BLAS (attention, float32 linears and tiles): numba's
+    OpenMP workers and OpenBLAS's threads both spin while they wait, and with two pools on 2 cores a
+    one-text W1A1 prediction on scratch took about 20 ms instead of about 2 ms (with either pool at one
+    thread; bench/deploy.py measures the runtime in a fresh process)."""
+    if numba_threads is not None:
+        import numba
+
+        numba.set_num_threads(max(1, min(int(numba_threads), numba.config.NUMBA_NUM_THREADS)))
     meta, tensors = read_packed(path)
     return Model(meta, tensors, path)

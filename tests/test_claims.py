@@ -113,7 +113,7 @@ ORDER = re.compile(r"\b(best|better|worse|ahead of|behind|beats?|outperforms?|ou
                    r"cheapest|highest|lowest|strongest|weakest)\b", re.I)
 #: phrases that decline to order (a sentence saying the intervals cannot separate two rows is fine)
 DECLINES = re.compile(r"no measurable|cannot be told apart|not claimed|no ordering|within (?:the )?(?:test set's )?noise|ranks none|"
-                      r"not ranked|is not decided|cannot separate|nor an order|does not support|do not support", re.I)
+                      r"not ranked|rank nothing|is not decided|cannot separate|nor an order|does not support|do not support", re.I)
 INTERVAL = re.compile(r"\[([+−-]?\d+\.\d+), ([+−-]?\d+\.\d+)\]")
 
 

@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.binlab-lab
 TESTED := $(VENV)/.binlab-test
 
-.PHONY: setup lab class test notebooks bench experiments clean-cache
+.PHONY: setup lab class test notebooks bench experiments evidence clean-cache
 
 # the lab and the notebooks need binlab and its notebook extras; the tests add pytest, Playwright and Ray
 $(STAMP): pyproject.toml
@@ -39,6 +39,14 @@ bench: setup
 
 experiments: setup
 	$(PY) -m binlab.cli experiments run all --preset scratch
+
+# the seeded tables the statistics need (hours on 2 cores; resumable: a killed run picks up from the results
+# store, and each table's files land in docs/results when it finishes): T9 with 3 seeds on scratch; on
+# minilm-l2 3 seeds for fp32 and the two best W1A1 recipes by validation (BiPFT-style, BiT in one step) with
+# their matched controls, the other rows keeping one seed.
+evidence: setup
+	$(PY) -m binlab.cli experiments run T9 --preset scratch --seeds 3 --threads 2
+	$(PY) -m binlab.cli experiments run T9 --preset minilm-l2 --seeds 3 --only 0,6,9 --threads 2
 
 clean-cache:
 	rm -rf data/cache

@@ -363,7 +363,7 @@ EXPERIMENTS["T9"] = Experiment("T9", "The BERT-era fully binary encoders (W1A1)"
     "dequantized tiles. The accuracies here are measured with fake quantization. The survey's GLUE averages are BERT-base "
     "numbers, quoted, not measured: compare orderings, not values. Attention entropy: mean over heads and test rows of "
     "the entropy (nats) of each query's attention weights, normalised to sum to 1 (BiBERT's argument for Bi-Attention)."),
-    T9_CONFIGS)
+    T9_CONFIGS, seeded_baseline=True)  # seed k retrains the fp32 baseline with seed k, as T7 does
 
 
 LAB4 = MethodConfig("lab", options={"blocks": 4})  # one scale per LSTM gate, as LAB's code binarizes each gate matrix

@@ -4,7 +4,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from binlab.experiments.provenance import cpu_flags, vector_summary  # noqa: F401 (the benches' CPU flags)
+from binlab.experiments.provenance import cpu_flags  # noqa: F401 (the benches' CPU flags)
 
 
 def timeit(fn, repeats: int = 7, warmup: int = 2) -> float:

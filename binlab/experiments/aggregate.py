@@ -96,11 +96,9 @@ def match_controls(rows: list[dict], name: str) -> None:
         compared_with = r.get("control") or control().label  # a row stored before matched controls was compared with the table's one
         r["control"] = label
         ctl = by.get(label)
-        if compared_with != label:
+        usable = ctl is not None and ctl.get("accuracy") is not None and r.get("accuracy") is not None
+        if compared_with != label or not usable:
             for k in ("diff_vs_control", "diff_vs_control_ci95"):
                 r.pop(k, None)
-        if ctl is None or ctl.get("accuracy") is None or r.get("accuracy") is None:
-            for k in ("diff_vs_control", "diff_vs_control_ci95"):
-                r.pop(k, None)
-        elif r.get("diff_vs_control_ci95") is None and "perplexity" not in r:
+        if usable and r.get("diff_vs_control_ci95") is None and "perplexity" not in r:
             r["diff_vs_control"] = r["accuracy"] - ctl["accuracy"]

@@ -34,10 +34,6 @@ def compare(a: dict, b: dict) -> SeedDiff | None:
     return seed_diff(xa, xb, paired_seeds=paired)
 
 
-def interval_text(d: SeedDiff) -> str:
-    return f"{100 * d.diff:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]"
-
-
 def separated(a: dict, b: dict) -> int:
     """+1 when ``a`` is measurably more accurate than ``b`` (the interval of a - b above 0), -1 when
     measurably less, 0 when the interval contains 0 or there is none. Rows with one seed are never
@@ -142,9 +138,8 @@ def t9_finding(rows: list[dict]) -> str:
         with_val = [r for r in w1a1 if r.get("val_accuracy") is not None]
         best = max(with_val, key=lambda r: r["val_accuracy"]) if with_val else None
         if best is not None:
-            ahead = [name(r) for r in w1a1 if r is not best and separated(best, r) > 0]
-            behind = [name(r) for r in w1a1 if r is not best and separated(best, r) < 0]
-            level = [name(r) for r in w1a1 if r is not best and separated(best, r) == 0]
+            sep = {name(r): separated(best, r) for r in w1a1 if r is not best}
+            ahead, behind, level = ([n for n, v in sep.items() if v == k] for k in (1, -1, 0))
             out.append(f"Best W1A1 by validation ({seeds} seeds each): {name(best)}, validation {best['val_accuracy']:.2f} %, test "
                        f"{best['accuracy']:.2f} % ({diff_text(best, fp)} against fp32 {fp:.2f} %)."
                        + (f" On test it is measurably ahead of {', '.join(ahead)}" if ahead else "")
@@ -152,8 +147,9 @@ def t9_finding(rows: list[dict]) -> str:
                        + (f"{';' if ahead or behind else ' On test'} no measurable difference from {', '.join(level)}" if level else "") + ".")
         if len(glue) >= 2:
             pairs = [(a, b) for i, (a, _) in enumerate(sorted(glue, key=lambda t: -t[1])) for b, _ in sorted(glue, key=lambda t: -t[1])[i + 1:]]
-            agree = [f"{name(a)} > {name(b)}" for a, b in pairs if separated(a, b) > 0]
-            against = [f"{name(b)} > {name(a)}" for a, b in pairs if separated(a, b) < 0]
+            sep = [(a, b, separated(a, b)) for a, b in pairs]
+            agree = [f"{name(a)} > {name(b)}" for a, b, v in sep if v > 0]
+            against = [f"{name(b)} > {name(a)}" for a, b, v in sep if v < 0]
             out.append(f"Of the survey's {len(pairs)} ordered pairs, our intervals confirm {len(agree)}"
                        + (f" ({', '.join(agree)})" if agree else "") + f", reverse {len(against)}"
                        + (f" ({', '.join(against)})" if against else "") + f" and cannot separate {len(pairs) - len(agree) - len(against)}.")

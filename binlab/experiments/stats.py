@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from statistics import NormalDist
 
 import numpy as np
 
@@ -233,7 +234,7 @@ def seed_diff(correct_a, correct_b, paired_seeds: bool = False, level: float = 0
         raise ValueError("level must be in (0, 1)")
     n = a.shape[1]
     d = a.mean(0) - b.mean(0)
-    z = _normal_quantile((1 + level) / 2)
+    z = NormalDist().inv_cdf((1 + level) / 2)
     se_rows = math.sqrt(float(d.var(ddof=1)) / n)
     half2, var_seeds, seeds = (z * se_rows) ** 2, 0.0, 1
     for x in ([a - b] if paired_seeds else [a, b]):
@@ -245,15 +246,6 @@ def seed_diff(correct_a, correct_b, paired_seeds: bool = False, level: float = 0
             seeds = max(seeds, s)
     est, half = float(d.mean()), math.sqrt(half2)
     return SeedDiff(est, est - half, est + half, se_rows, math.sqrt(var_seeds), seeds)
-
-
-def _normal_quantile(p: float) -> float:
-    """The standard normal quantile (bisection on erf, to 1e-13)."""
-    lo, hi = -10.0, 10.0
-    while hi - lo > 1e-13:
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p else (lo, mid)
-    return 0.5 * (lo + hi)
 
 
 def seed_summary(values) -> tuple[float, float | None]:
@@ -284,12 +276,3 @@ def unpack_correct(text: str) -> np.ndarray:
     if not 0 <= n <= bits.size < n + 8:
         raise ValueError(f"packed correctness says {n} rows but holds {bits.size} bits")
     return bits[:n].astype(bool)
-
-
-def spearman_rho(rank_a: dict, rank_b: dict) -> float:
-    """Spearman's rank correlation of two rankings of the same items (``{item: rank}``, no ties),
-    ``rho = 1 - 6 sum d^2 / (n (n^2 - 1))``; NaN for fewer than 3 items."""
-    n = len(rank_a)
-    if n < 3:
-        return float("nan")
-    return 1 - 6 * sum((rank_a[k] - rank_b[k]) ** 2 for k in rank_a) / (n * (n * n - 1))

@@ -147,29 +147,11 @@ def test_seed_diff_seed_stage_is_t_on_the_seed_means():
     assert d.se_seeds == pytest.approx(se) and d.seeds == 3
 
 
-def _coverage(interval, trials: int, seed_sd: float, paired: bool, seed: int) -> float:
-    """The headline design at its real size: 7,600 test rows, 3 seeds; the fp32 model of seed k and the
-    binarized one trained from it (which keeps the baseline's answer on half of the rows and answers
-    the other half itself); a seed shifts a model's accuracy by N(0, seed_sd). True difference known."""
-    rng = np.random.default_rng(seed)
-    n, s, delta, f, hits = 7600, 3, -0.02, 0.5, 0
-    for _ in range(trials):
-        p = np.clip(rng.beta(6, 1.2, n), 0.05, 0.93)
-        base = np.stack([rng.random(n) < np.clip(p + rng.normal(0, seed_sd), 0, 1) for _ in range(s)])
-        if paired:
-            own = np.stack([rng.random(n) < np.clip(p + delta + rng.normal(0, seed_sd), 0, 1) for _ in range(s)])
-            binary, truth = np.where(rng.random((s, n)) < f, own, base), f * delta
-        else:
-            binary, truth = np.stack([rng.random(n) < np.clip(p + delta + rng.normal(0, seed_sd), 0, 1) for _ in range(s)]), delta
-        lo, hi = interval(binary, base, paired)
-        hits += lo <= truth <= hi
-    return hits / trials
-
-
 def test_seed_diff_covers_95_percent_with_three_seeds_at_the_tables_size():
     """Coverage >= 0.93 whether rows or seeds dominate; the same harness with the seed stage at the
     normal quantile instead of t (what a percentile bootstrap of three seed effects amounts to) falls
     short once seeds vary, so the harness can see the difference."""
+    from binlab.experiments.coverage import coverage
     from binlab.experiments.stats import seed_diff
 
     new = lambda a, b, paired: (lambda d: (d.low, d.high))(seed_diff(a, b, paired_seeds=paired))  # noqa: E731
@@ -180,5 +162,5 @@ def test_seed_diff_covers_95_percent_with_three_seeds_at_the_tables_size():
         return d.diff - half, d.diff + half
 
     for sd, paired, seed in ((0.0, True, 1), (0.01, True, 2), (0.02, True, 3), (0.005, False, 4)):
-        assert _coverage(new, 250, sd, paired, seed) >= 0.93, (sd, paired)
-    assert _coverage(normal_seed_stage, 250, 0.02, True, 3) < 0.9
+        assert coverage(new, 250, sd, paired, seed) >= 0.93, (sd, paired)
+    assert coverage(normal_seed_stage, 250, 0.02, True, 3) < 0.9

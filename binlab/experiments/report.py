@@ -129,7 +129,7 @@ def _intervals_note(payload: dict) -> list[str]:
                     "set's noise (standard error about 0.39 points at 7,600 rows)." + seeds]
     old = ("" if payload.get("interval") == INTERVAL or not any(len(r.get("random_seeds") or [0]) > 1 for r in payload["rows"]) else
            " The intervals in this file were computed before binlab's current interval: a paired percentile bootstrap of rows "
-           "and seeds, which with three seeds covers less than its 95 % (0.84-0.92 in the suite's simulation); read them as "
+           "and seeds, which with three seeds covers less than its 95 % (0.81-0.90 once seeds vary, docs/results/interval-coverage.md); read them as "
            "too narrow, and re-run the table for the current ones.")
     return ["", "Accuracy: mean over the row's seeds ± their standard deviation. vs fp32: the difference of mean accuracies "
                 "to the fp32 baseline's runs on the same test rows, with a 95 % interval over test rows and seeds "

@@ -217,10 +217,11 @@ def seed_diff(correct_a, correct_b, paired_seeds: bool = False, level: float = 0
     quantile, combined in quadrature, so that it keeps its 95 % whichever stage dominates. It is
     conservative: ``s_m^2`` also carries the row-by-seed noise (``sigma_e^2 / n``), counted a second
     time, and the quadrature of half-widths is at least the half-width of the summed variance.
-    Checked by simulation of the headline design (7,600 rows, 3 seeds; the test suite's harness):
-    coverage 0.95-1.00, where a paired percentile bootstrap of rows and the three seed effects (Efron &
-    Tibshirani 1993, ch. 13) covered 0.84-0.92 once the seeds varied, and a Welch-Satterthwaite t
-    interval about 0.92 (its degrees of freedom, estimated from the same three seeds, grow exactly when
+    Checked by simulation of the headline design (7,600 rows, 3 seeds; :mod:`binlab.experiments.coverage`,
+    ``bench/interval_coverage.py`` -> docs/results/interval-coverage.md): coverage 0.95-0.99, where on the
+    same simulated tables a paired percentile bootstrap of rows and the three seed effects (Efron &
+    Tibshirani 1993, ch. 13) covered 0.81-0.90 once the seeds varied, and a Welch-Satterthwaite t
+    interval 0.90-0.93 (its degrees of freedom, estimated from the same three seeds, grow exactly when
     their spread is underestimated). With one seed per side only the rows vary and the interval is
     the paired normal one, ``d +- z sqrt(b + c - (b - c)^2 / n) / sqrt(n (n - 1))``
     (:func:`paired_difference` up to n / (n - 1))."""

@@ -433,9 +433,8 @@ def load(path: str | Path, numba_threads: int | None = 1) -> Model:
 
     ``numba_threads``: the threads numba's kernels use in this process (None: leave numba's setting).
     The default, 1, leaves the cores to numpy's BLAS (attention, float32 linears and tiles): numba's
-    OpenMP workers and OpenBLAS's threads both spin while they wait, and with two pools on 2 cores a
-    one-text W1A1 prediction on scratch took about 20 ms instead of about 2 ms (with either pool at one
-    thread; bench/deploy.py measures the runtime in a fresh process)."""
+    OpenMP workers and OpenBLAS's threads both spin while they wait, so two pools on a 2-core machine
+    take the cores from each other (bench/deploy.py times the runtime in a fresh process)."""
     if numba_threads is not None:
         import numba
 

@@ -116,6 +116,7 @@ def main():
     fp.eval()
     tmp = Path(tempfile.mkdtemp(prefix="binlab-deploy-"))
     out = {"preset": p.name, "rows": len(test), "machine": machine(), "cpu_flags": cpu_flags(), "threads": threads,
+           "load_average_start": os.getloadavg()[0],
            "date": time.strftime("%Y-%m-%d"), "command": f"python bench/deploy.py --preset {p.name}" + (" --ptq" if args.ptq else ""),
            "trained": "PTQ" if args.ptq else f"QAT ({p.qat.train.epochs:g} ep, lr {p.qat.train.lr:g}, KD {p.qat.train.distill:g})",
            "configs": {}}
@@ -236,6 +237,7 @@ def main():
     results = Path(args.out) if args.out else RESULTS
     results.mkdir(parents=True, exist_ok=True)
     stem_out = results / f"bench-deploy-{p.name}"
+    out["load_average_end"] = os.getloadavg()[0]  # 1-minute load: about the bench's own threads on an otherwise idle machine
     stem_out.with_suffix(".json").write_text(json.dumps(out, indent=2))
     stem_out.with_suffix(".md").write_text(markdown(out) + "\n")
     print(markdown(out))
@@ -250,7 +252,9 @@ def markdown(out: dict) -> str:
     fmt = (lambda v: f"{v:.2f}") if unit == "perplexity" else (lambda v: f"{v:.2f} %")
     md = [f"# Deploy benchmark: {out['preset']}", "",
           f"Machine: {out['machine']}; {out['threads']} threads; CPU flags: {' '.join(out['cpu_flags'])}. Date: {out['date']}. "
-          f"Reproduce: `{out['command']}`", "",
+          + (f"1-minute load average {out['load_average_start']:.2f} at the start, {out['load_average_end']:.2f} at the end. "
+             if "load_average_end" in out else "")
+          + f"Reproduce: `{out['command']}`", "",
           f"Test set: {out['rows']} rows, batches of 64, length-sorted. The packed models are the cached fp32 baseline "
           f"binarized and trained: {out['trained']}. Three runtimes: fp32 torch, the packed file in torch (`load_packed`) and "
           "the packed file without torch (`binlab.runtime.standalone`: numpy and numba). Speedups are against fp32 torch, timed in "

@@ -1085,3 +1085,23 @@ def test_health_measures_against_references(tiny_model, tiny_splits):
     hs = [e for e in events if e["kind"] == "health"]
     assert len(hs) == 2 and all(0 <= v <= 1 for e in hs for v in e["flip"].values())
     assert any(v > 0 for e in hs for v in e["flip"].values())  # a lr of 1e-2 flips some signs
+
+
+def test_a_new_lab_never_inherits_a_freed_labs_results(tiny_model, tiny_splits):
+    """Labs share measured results by family; a family number is never reused, so a lab built after
+    another was freed (which may get the same id()) measures its own model."""
+    import gc
+
+    from binlab.lab.live import LiveLab
+    from binlab.nn.quantize import QuantSpec
+
+    spec = QuantSpec.simple("encoder", "xnor")
+    families = set()
+    for _ in range(5):
+        lab = LiveLab(tiny_model, tiny_splits.val, val_rows=20, device="cpu")
+        assert lab.family not in families
+        families.add(lab.family)
+        lab.apply(spec)
+        del lab
+        gc.collect()
+    assert LiveLab(tiny_model, tiny_splits.val, val_rows=20, device="cpu").measured(spec) is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import itertools
 import json
 import time
 from typing import Callable
@@ -166,6 +167,8 @@ class LiveLab:
 
     #: (lab family, spec JSON) -> the numbers apply() returned: identical for every clone of one lab
     _shared_results: dict = {}
+    #: family numbers: never reused (an ``id()`` can be, once a lab is freed, and would hand a new lab old results)
+    _families = itertools.count()
 
     def __init__(self, baseline: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000, batch_size: int = EVAL_BATCH, device: str = "auto",
                  calib: EncodedSplit | None = None, glance_rows: int = GLANCE_ROWS):
@@ -185,7 +188,7 @@ class LiveLab:
         self.baseline_correct = hits.astype(bool) if self.task == "classify" else hits
         self.baseline_accuracy = float(hits.sum() / self.units.sum())
         self.fp_size = model_size(self.model).summary()
-        self.family = id(self)  # clones share it (and so their measured results)
+        self.family = next(LiveLab._families)  # clones share it (and so their measured results)
         # the first look's rows: a fixed slice of the same rows, stratified by class (a language model: the first rows)
         idx = np.arange(min(glance_rows, len(self.val))) if self.task == "lm" else stratified_rows(self.val.labels, glance_rows)
         self.glance_val = self.val.subset(idx)

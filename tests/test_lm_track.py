@@ -363,6 +363,33 @@ def test_perplexity_is_exp_of_the_token_nll(lm_splits):
     assert r.perplexity == pytest.approx(lm_splits.vocab_size, rel=0.5)  # untrained: about uniform
 
 
+def test_lm_row_stores_block_sums_of_each_test_rows_nll(lm_splits):
+    """A language model's table row keeps its test rows' NLL and token counts in blocks, from which the
+    row's perplexity and any paired interval are recomputed; checked against a direct per-row loop."""
+    from binlab.experiments.catalog import Config
+    from binlab.experiments.rows import compute_row
+    from binlab.experiments.stats import block_sums, unpack_floats
+    from binlab.nn.quantize import QuantSpec
+    from binlab.presets import build_model, get_preset
+    from binlab.training.qat import QATConfig
+
+    m = build_model(get_preset("tiny-lm"), lm_splits).eval()
+    row = compute_row(Config("fp32", QuantSpec(()), "fp"), m, lm_splits, QATConfig())
+    nll, units = unpack_floats(row["test_nll"]), unpack_floats(row["test_units"])
+    per_row, counts = [], []
+    with torch.no_grad():
+        for i in range(len(lm_splits.test)):
+            ids = torch.from_numpy(lm_splits.test.ids[lm_splits.test.offsets[i]:lm_splits.test.offsets[i + 1]].astype(np.int64))
+            logp = torch.log_softmax(m(ids[None])[0].double(), -1)
+            per_row.append(-float(logp[torch.arange(len(ids) - 1), ids[1:]].sum()))
+            counts.append(len(ids) - 1)
+    assert len(nll) == min(400, len(per_row))
+    np.testing.assert_allclose(nll, block_sums(per_row), rtol=1e-5)
+    np.testing.assert_array_equal(units, block_sums(counts))
+    assert row["test_tokens"] == sum(counts)
+    assert row["perplexity"] == pytest.approx(math.exp(sum(per_row) / sum(counts)), rel=1e-5)
+
+
 def test_tiny_lm_trains_and_beats_its_start(lm_splits):
     from binlab.presets import build_model, get_preset
     from binlab.training.train import evaluate, train

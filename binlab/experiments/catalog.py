@@ -310,7 +310,8 @@ EXPERIMENTS["T8"] = Experiment("T8", "The LLM-era methods: perplexity on a small
     "quantized, embeddings and head kept in fp32 as the LLM papers keep them. PTQ methods that need data are calibrated on 128 training rows (sequentially, block by block, as "
     "GPTQ does). QAT rows distil from the fp32 model token by token. Bits per quantized weight count everything "
     "stored (scales, masks, indices); 'paper bits' is the paper's own count where it differs. The survey's numbers "
-    "are for LLaMA-7B on WikiText2 and are quoted, not measured: compare orderings, not values."), LM_CONFIGS)
+    "are for LLaMA-7B on WikiText2 and are quoted, not measured: compare orderings, not values."), LM_CONFIGS,
+    seeded_baseline=True)  # seed k retrains the fp32 baseline with seed k: PTQ rows get seeds too
 
 
 GLUE = "GLUE avg"

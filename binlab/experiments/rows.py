@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from binlab.data import fingerprint
 from binlab.methods import BINARIZERS, activations
 from binlab.methods import attention as attention_mod
@@ -113,7 +115,9 @@ def compute_row(c: Config, teacher, splits, budget: QATConfig, code: str | None 
     """Train (QAT with ``budget``, whose ``train.seed`` seeds data order and new parameters) or quantize
     (PTQ) a copy of ``teacher`` as ``c`` says and measure it: validation accuracy always, the test split
     only when ``test`` (a final configuration; selection runs look at validation alone). The row holds
-    the per-row test correctness (``test_correct``, :func:`binlab.experiments.stats.pack_correct`) for paired intervals."""
+    the per-row test correctness (``test_correct``, :func:`binlab.experiments.stats.pack_correct`), or for a language
+    model the test rows' NLL sums and token counts in blocks of consecutive rows, in the split's order (``test_nll``, ``test_units``,
+    :func:`binlab.experiments.stats.block_sums`), for paired intervals."""
     from binlab.training.recipes import RECIPES
 
     from .stats import pack_correct
@@ -147,8 +151,13 @@ def compute_row(c: Config, teacher, splits, budget: QATConfig, code: str | None 
         from binlab.training.train import classification_metrics, predict
 
         if objective_mod.task_of(model) == "lm":
-            r = evaluate(model, splits.test)
-            row |= {"accuracy": 100 * r.accuracy, "perplexity": r.perplexity, "test_tokens": r.tokens}
+            from .stats import block_sums, pack_floats
+
+            nll, units, hits = train_mod.stats_on(model, splits.test)  # in batch (length-sorted) order
+            order = np.argsort(splits.test.lengths, kind="stable")  # the order of EncodedSplit.padded
+            nll, units = nll[np.argsort(order)], units[np.argsort(order)]  # back to the split's own order
+            row |= {"accuracy": 100 * float(hits.sum() / units.sum()), "perplexity": objective_mod.perplexity(float(nll.sum() / units.sum())),
+                    "test_tokens": int(units.sum()), "test_nll": pack_floats(block_sums(nll)), "test_units": pack_floats(block_sums(units))}
         else:
             logits, labels = predict(model, splits.test)
             r = classification_metrics(logits, labels)

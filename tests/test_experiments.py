@@ -188,8 +188,9 @@ def test_the_w1a1_and_language_model_tables_show_the_matched_control_only():
     match_controls(lm, "T8")
     assert "diff_vs_control" not in lm[1]
     md = report.to_markdown(base | {"experiment": "T8", "rows": lm})
-    assert f"| {t8['XNOR']} | qat | - | 60.00 | 1.50 | 2.00 |" in md and f"| {ctl} | qat | - | 30.00 | 0.75 | - |" in md
-    assert f"| {onebit} | qat | - | 50.00 | 1.25 | - |" in md  # its matched control (hidden-state distillation) is not in the table
+    assert f"| {t8['XNOR']} | qat | - | 1 | 60.00 | 1.50 (no interval) | 2.00 (no interval) |" in md
+    assert f"| {ctl} | qat | - | 1 | 30.00 | 0.75 (no interval) | - |" in md
+    assert f"| {onebit} | qat | - | 1 | 50.00 | 1.25 (no interval) | - |" in md  # its matched control (hidden-state distillation) is not in the table
 
 
 def test_table_view_of_both_kinds_of_table():
@@ -226,3 +227,59 @@ def test_a_merged_table_says_which_rows_came_from_which_run(fixture_data, tmp_pa
     assert "Rows from more than one run" in md.read_text() and f"was {fp:.2f}" in md.read_text()
     again = tables.run("T6", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0, 1, 3])
     assert "base_run" not in json.loads(again.with_suffix(".json").read_text())
+
+
+def test_a_seeded_language_model_table_orders_only_what_its_ratio_intervals_support():
+    """T8 on a language model with 3 seeds, from simulated per-block NLL sums: every row gets its perplexity
+    ratio against fp32 and its matched control with an interval, and the finding states an order (the
+    survey's pairs, the best QAT row by validation) only where those intervals exclude 1: a method 20 %
+    worse is separated from one 0.1 % worse, two methods equally worse are not."""
+    import numpy as np
+
+    from binlab.experiments import findings
+    from binlab.experiments.aggregate import aggregate, against_control
+    from binlab.experiments.stats import pack_floats, unpack_floats
+
+    rng = np.random.default_rng(0)
+    u = rng.poisson(850, 400).astype(float)
+    mu = rng.normal(5.0, 0.3, 400)
+    by = {c.label: c for c in catalog.EXPERIMENTS["T8"].configs}
+    fp = next(c for c in by.values() if c.mode == "fp")
+    ctl = next(c for c in by.values() if catalog.is_control(c.mode, c.label) and c.qat is None)
+    fbi = next(c for c in by.values() if c.label.startswith("FBI-LLM"))
+    db = next(c for c in by.values() if c.label.startswith("DB-LLM"))
+    pb = next(c for c in by.values() if c.label.startswith("PB-LLM 10 % salient, frozen"))
+    xnor = next(c for c in by.values() if c.label == "XNOR, QAT + KD")
+    base = [mu + rng.normal(0, 0.003) + rng.normal(0, 0.5, 400) / np.sqrt(u) for _ in range(3)]
+    shift = {fp.label: 0.0, ctl.label: -0.01, fbi.label: 0.18, db.label: 0.001, pb.label: 0.18, xnor.label: 0.1}
+
+    def runs(c):
+        out = []
+        for k in range(3):
+            nll = (base[k] + shift[c.label] + rng.normal(0, 0.003) + rng.normal(0, 0.3, 400) / np.sqrt(u)) * u
+            out.append({"label": c.label, "mode": c.mode, "spec": json.loads(c.spec.to_json()), "megabytes": 1.0, "reduction_percent": 0.0,
+                        "bits_per_quantized_weight": 1.0, "train_seconds": 1.0, "random_seed": k, "baseline_seed": k,
+                        "perplexity": float(np.exp(nll.sum() / u.sum())), "val_perplexity": float(np.exp(nll.sum() / u.sum())) + 0.01 * k,
+                        "accuracy": 30.0, "test_nll": pack_floats(nll), "test_units": pack_floats(u)})
+        return out
+
+    fp_runs = runs(fp)
+    rows = []
+    for c in (fp, pb, xnor, db, fbi, ctl):
+        rs = runs(c)
+        row = aggregate(c, rs, fp_runs) | ({"control": ctl.label} | against_control(rs, runs(ctl)) if c.mode == "qat" and c is not ctl else {})
+        rows.append(row | {"survey": c.survey})
+    got = {r["label"]: r for r in rows}
+    d = got[db.label]
+    assert d["ratio_ci95"][0] <= 1 <= d["ratio_ci95"][1] and d["no_measurable_difference"] and d["interval"].startswith("rows and seeds, seeds paired")
+    assert got[fbi.label]["ratio_ci95"][0] > 1.15 and got[fbi.label]["ratio_vs_control_ci95"][0] > 1.15
+    assert len(unpack_floats(got[fbi.label]["test_nll_per_seed"][2])) == 400
+    text = findings.t8_finding(rows)
+    assert "dbllm QAT > fbi QAT" in text and "dbllm QAT > pbllm QAT" in text  # measurably lower perplexity
+    assert "and cannot separate 1" in text  # FBI-LLM and PB-LLM: equally worse
+    assert "Best QAT row by validation perplexity: DB-LLM" in text
+    assert findings.separated(got[fbi.label], got[pb.label]) == 0 and findings.separated(got[db.label], got[fbi.label]) == 1
+    md = report.to_markdown({"experiment": "T8", "title": "t", "note": "n", "preset": "lm", "machine": "m", "date": "d", "command": "c",
+                             "data": {"train": 1, "test": 1}, "budget": {"train": {"epochs": 1, "lr": 1, "distill": 0}}, "rows": rows})
+    lo, hi = got[fbi.label]["ratio_ci95"]
+    assert f"| 3 | {got[fbi.label]['perplexity']:.2f} ± " in md and f"[{lo:.3f}, {hi:.3f}]" in md

@@ -4,17 +4,23 @@ The rule every finding keeps (and ``tests/test_claims.py`` checks against the JS
 "best" or a difference between two rows is stated only where its 95 % interval excludes zero
 (:func:`compare`, from the rows' stored per-row results); a "best" is chosen on validation; a table
 whose rows have one seed each states no ordering at all (one trained model per recipe says nothing
-about the recipe's rank), and neither does a language-model table (its rows store no per-row
-log-likelihoods, so its perplexities carry no interval).
+about the recipe's rank). Language-model rows compare by perplexity ratio (:func:`compare_perplexity`,
+from their stored per-block log-likelihoods); a table stored without them states no ordering.
 """
 from __future__ import annotations
 
-from .stats import SeedDiff, seed_diff, unpack_correct
-from .texts import diff_text
+from .catalog import is_control
+from .stats import SeedDiff, SeedRatio, seed_diff, seed_ratio, unpack_correct, unpack_floats
+from .texts import diff_text, ratio_text
 
 
 def seeds_of(r: dict) -> int:
     return len(r.get("random_seeds") or [0])
+
+
+def _paired_seeds(a: dict, b: dict) -> bool:
+    ba, bb = a.get("baseline_seeds") or [], b.get("baseline_seeds") or []
+    return len(ba) > 1 and ba == bb and len(set(ba)) == len(ba)
 
 
 def compare(a: dict, b: dict) -> SeedDiff | None:
@@ -29,21 +35,36 @@ def compare(a: dict, b: dict) -> SeedDiff | None:
     xb = np.stack([unpack_correct(t) for t in b["test_correct_per_seed"]])
     if xa.shape[1] != xb.shape[1]:
         return None
-    ba, bb = a.get("baseline_seeds") or [], b.get("baseline_seeds") or []
-    paired = len(ba) > 1 and ba == bb and len(set(ba)) == len(ba)
-    return seed_diff(xa, xb, paired_seeds=paired)
+    return seed_diff(xa, xb, paired_seeds=_paired_seeds(a, b))
+
+
+def compare_perplexity(a: dict, b: dict) -> SeedRatio | None:
+    """Row ``a``'s perplexity over row ``b``'s on the same test tokens, with the interval of
+    :func:`binlab.experiments.stats.seed_ratio` from the rows' stored per-block NLL sums; None without them."""
+    import numpy as np
+
+    if not (a.get("test_nll_per_seed") and b.get("test_nll_per_seed")) or a.get("test_units") != b.get("test_units"):
+        return None
+    xa = np.stack([unpack_floats(t) for t in a["test_nll_per_seed"]])
+    xb = np.stack([unpack_floats(t) for t in b["test_nll_per_seed"]])
+    return seed_ratio(xa, xb, unpack_floats(a["test_units"]), paired_seeds=_paired_seeds(a, b))
 
 
 def separated(a: dict, b: dict) -> int:
-    """+1 when ``a`` is measurably more accurate than ``b`` (the interval of a - b above 0), -1 when
-    measurably less, 0 when the interval contains 0 or there is none. Rows with one seed are never
-    separated: one trained model per recipe does not rank recipes."""
+    """+1 when ``a`` is measurably better than ``b`` (more accurate: the interval of a - b above 0; for
+    language models lower perplexity: the interval of the ratio below 1), -1 when measurably worse, 0 when
+    the interval holds no difference or there is none. Rows with one seed are never separated: one
+    trained model per recipe does not rank recipes."""
     if seeds_of(a) < 2 or seeds_of(b) < 2:
         return 0
+    q = compare_perplexity(a, b)
+    if q is not None:
+        return 0 if q.within_noise else (1 if q.high < 1 else -1)
     d = compare(a, b)
     if d is None or d.within_noise:
         return 0
     return 1 if d.low > 0 else -1
+
 
 CHANCE = 25.0  # AG_NEWS has 4 balanced classes
 
@@ -83,27 +104,52 @@ def _short(r: dict) -> str:
 
 
 def t8_finding(rows: list[dict]) -> str:
-    """Perplexity after each method against fp32, beside the survey's LLaMA-7B numbers. One seed and no
-    per-row log-likelihoods: no interval, so no ranking of the methods is claimed (the survey's order is
-    quoted, not tested). A classifier preset's T8 has per-row results: there each row's change against
-    fp32 carries its test-row interval, but one seed still ranks nothing."""
+    """Perplexity after each method against fp32, beside the survey's LLaMA-7B numbers. With seeds and stored
+    per-block log-likelihoods, each ratio carries its interval, the best QAT row is chosen on validation and
+    the survey's pairs are confirmed, reversed or left unseparated by those intervals; with one seed (or no
+    stored log-likelihoods) no ranking is claimed and the survey's order is only quoted. A classifier
+    preset's T8 has per-row results: there each row's change against fp32 carries its test-row interval,
+    but one seed still ranks nothing."""
     fp_row = next((r for r in rows if r["mode"] == "fp"), None)
     if fp_row is None:
         return ""
     out = []
     if "perplexity" in fp_row:
         fp = fp_row["perplexity"]
+        quantized = [r for r in rows if r["mode"] != "fp" and "perplexity" in r]
+        seeded = bool(quantized) and all(seeds_of(r) >= 2 and r.get("ratio_ci95") for r in quantized)
         ptq = [r for r in rows if r["mode"] == "ptq" and "perplexity" in r]
+        short = lambda r: r["label"].split(" (")[0]  # noqa: E731
         if ptq:
             out.append(f"Post-training, perplexity against fp32 {fp:.1f}: " + ", ".join(
-                f"{r['label'].split(' (')[0]} {r['perplexity']:.1f}" for r in ptq) + ".")
+                f"{short(r)} {r['perplexity']:.1f}" + (f" (x fp32 {ratio_text(r)})" if seeded else "") for r in ptq) + ".")
+        if seeded:
+            level = [short(r) for r in quantized if not is_control(r["mode"], r["label"]) and r["no_measurable_difference"]]
+            out.append("No measurable difference from fp32: " + ("; ".join(level) if level else "none") + ".")
+            qat = [r for r in rows if r["mode"] == "qat" and not is_control(r["mode"], r["label"]) and r.get("ratio_vs_control_ci95")]
+            if qat:
+                out.append("After QAT, perplexity against each row's matched fp32 control: " + "; ".join(
+                    f"{short(r)} x {ratio_text(r, 'ratio_vs_control')}" for r in qat) + ".")
+            with_val = [r for r in rows if r["mode"] == "qat" and not is_control(r["mode"], r["label"]) and r.get("val_perplexity")]
+            if with_val:
+                best = min(with_val, key=lambda r: r["val_perplexity"])
+                behind = [short(r) for r in with_val if r is not best and separated(best, r) > 0]
+                level = [short(r) for r in with_val if r is not best and separated(best, r) == 0]
+                out.append(f"Best QAT row by validation perplexity: {short(best)} (validation {best['val_perplexity']:.1f}, test "
+                           f"{best['perplexity']:.1f}); on test it is measurably better than {'; '.join(behind) if behind else 'none of the others'}"
+                           + (f", and cannot be separated from {'; '.join(level)}" if level else "") + ".")
         surveyed = [r for r in rows if r.get("survey") and "ppl " in r["survey"] and "perplexity" in r]
         if surveyed:
             order = sorted(surveyed, key=lambda r: float(r["survey"].split("ppl ")[1].split()[0]))
             out.append("The survey's order on LLaMA-7B (quoted), best first: " + " > ".join(_short(r) for r in order) + ".")
-        out.append("With one seed and no interval on these perplexities, the table ranks none of the methods here; "
-                   "perplexity gaps between one-seed rows can be training noise.")
-        note = "one seed"
+            if seeded and len(order) >= 2:
+                out.append(_survey_pairs(order, _short))
+        if not seeded:
+            out.append("With one seed and no interval on these perplexities, the table ranks none of the methods here; "
+                       "perplexity gaps between one-seed rows can be training noise.")
+        seeds = min(seeds_of(r) for r in quantized) if quantized else 1
+        note = (f"{seeds} seeds, each from its own fp32 baseline; x fp32 and x control: perplexity ratios with their 95 % "
+                "intervals over test rows and seeds" if seeded else "one seed")
     else:
         acc = [r for r in rows if r["mode"] in ("ptq", "qat") and not r["label"].startswith("fp32 control") and r.get("accuracy") is not None]
         if acc:
@@ -112,6 +158,18 @@ def t8_finding(rows: list[dict]) -> str:
         out.append("One seed per row: the intervals hold the test rows' noise only, so the table ranks none of the methods.")
         note = "one seed; in brackets the change against fp32 with its test-row 95 % interval"
     return f"**Finding** (generated from the rows above, {note}): " + " ".join(out)
+
+
+def _survey_pairs(ordered: list[dict], name) -> str:
+    """How many of the pairs in a survey's order (``ordered``, best first) our intervals confirm, reverse or
+    cannot separate (:func:`separated`)."""
+    pairs = [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:]]
+    sep = [(a, b, separated(a, b)) for a, b in pairs]
+    agree = [f"{name(a)} > {name(b)}" for a, b, v in sep if v > 0]
+    against = [f"{name(b)} > {name(a)}" for a, b, v in sep if v < 0]
+    return (f"Of the survey's {len(pairs)} ordered pairs, our intervals confirm {len(agree)}" + (f" ({', '.join(agree)})" if agree else "")
+            + f", reverse {len(against)}" + (f" ({', '.join(against)})" if against else "")
+            + f" and cannot separate {len(pairs) - len(agree) - len(against)}.")
 
 
 def t9_finding(rows: list[dict]) -> str:
@@ -146,13 +204,7 @@ def t9_finding(rows: list[dict]) -> str:
                        + (f"{';' if ahead else ' On test it is'} measurably behind {', '.join(behind)}" if behind else "")
                        + (f"{';' if ahead or behind else ' On test'} no measurable difference from {', '.join(level)}" if level else "") + ".")
         if len(glue) >= 2:
-            pairs = [(a, b) for i, (a, _) in enumerate(sorted(glue, key=lambda t: -t[1])) for b, _ in sorted(glue, key=lambda t: -t[1])[i + 1:]]
-            sep = [(a, b, separated(a, b)) for a, b in pairs]
-            agree = [f"{name(a)} > {name(b)}" for a, b, v in sep if v > 0]
-            against = [f"{name(b)} > {name(a)}" for a, b, v in sep if v < 0]
-            out.append(f"Of the survey's {len(pairs)} ordered pairs, our intervals confirm {len(agree)}"
-                       + (f" ({', '.join(agree)})" if agree else "") + f", reverse {len(against)}"
-                       + (f" ({', '.join(against)})" if against else "") + f" and cannot separate {len(pairs) - len(agree) - len(against)}.")
+            out.append(_survey_pairs([r for r, _ in sorted(glue, key=lambda t: -t[1])], name))
     return ("**Finding** (generated from the rows above; in brackets the change against fp32 with its 95 % interval over "
             "test rows and seeds): " + " ".join(out)) if out else ""
 

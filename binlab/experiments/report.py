@@ -11,7 +11,7 @@ from .catalog import EXPERIMENTS, is_control
 from .findings import FINDINGS
 from .provenance import RESULTS
 from .stats import INTERVAL, wilson_interval
-from .texts import accuracy_text, diff_text, fmt, seeds_text, vs_control_text
+from .texts import accuracy_text, diff_text, fmt, ratio_text, seeds_text, vs_control_text
 
 
 def _header(payload: dict) -> list[str]:
@@ -43,18 +43,24 @@ def lm_markdown(payload: dict) -> str:
                   f"**{bg['test_perplexity']:.2f}** on the same tokens" + (f"; the fp32 LM has **{fp:.2f}**" if fp else "")
                   + (f" (trained in {payload['baseline_train_seconds']:.0f} s here)." if payload.get("baseline_train_seconds") else "."), ""]
     ppl = {r["label"]: r.get("perplexity") for r in payload["rows"]}
-    lines += ["| configuration | mode | budget | perplexity | x fp32 | x control | bits / quantized weight (all stored) | paper bits | "
-              "size MB | reduction % | calibration / train s | the survey reports |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| configuration | mode | budget | seeds | perplexity (mean ± sd) | x fp32 [95 % CI] | x control [95 % CI] | "
+              "bits / quantized weight (all stored) | paper bits | size MB | reduction % | calibration / train s | the survey reports |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
-        ratio = None if not fp else r["perplexity"] / fp
+        ratio = None if not fp or r["mode"] == "fp" else r["perplexity"] / fp
         ctl = ppl.get(r.get("control")) if r["mode"] == "qat" and not is_control(r["mode"], r["label"]) else None
         vs_ctl = r["perplexity"] / ctl if ctl else None  # only against the row's matched control
-        lines.append(f"| {r['label']} | {r['mode']} | {r.get('budget') or '-'} | {fmt(r['perplexity'])} | {fmt(ratio, '{:.2f}')} | "
-                     f"{fmt(vs_ctl, '{:.2f}')} | "
+        lines.append(f"| {r['label']} | {r['mode']} | {r.get('budget') or '-'} | {seeds_text(r)} | {accuracy_text(r, 'perplexity')} | "
+                     f"{ratio_text(r, 'ratio', ratio)} | {ratio_text(r, 'ratio_vs_control', vs_ctl)} | "
                      f"{fmt(r['bits_per_quantized_weight'], '{:.3f}') if r['mode'] != 'fp' else '32'} | {fmt(r.get('paper_bits'), '{:.3f}')} | "
                      f"{fmt(r['megabytes'], '{:.3f}')} | {fmt(r['reduction_percent'])} | {fmt(r['train_seconds'], '{:.0f}')} | "
                      f"{r.get('survey') or '-'} |")
+    if any(r.get("ratio_ci95") for r in payload["rows"]):
+        lines += ["", "x fp32 and x control: the ratio of the two rows' perplexities (each the geometric mean over its seeds), with a 95 % "
+                      "interval over the test rows (in 400 blocks of consecutive rows) and the seeds, seed k paired with the baseline "
+                      "it was trained from (binlab.experiments.stats.seed_ratio); 'no measurable difference': the interval holds 1."
+                      + (" A row with one seed has an interval over the test rows only: it says nothing of training noise."
+                         if any(r.get("ratio_ci95") and len(r.get("random_seeds") or [0]) == 1 for r in payload["rows"]) else "")]
     return _finish(lines, payload)
 
 

@@ -237,16 +237,79 @@ def seed_diff(correct_a, correct_b, paired_seeds: bool = False, level: float = 0
     d = a.mean(0) - b.mean(0)
     z = NormalDist().inv_cdf((1 + level) / 2)
     se_rows = math.sqrt(float(d.var(ddof=1)) / n)
-    half2, var_seeds, seeds = (z * se_rows) ** 2, 0.0, 1
-    for x in ([a - b] if paired_seeds else [a, b]):
-        s = x.shape[0]
+    half2, var_seeds, seeds = _seed_stage([(a - b).mean(1)] if paired_seeds else [a.mean(1), b.mean(1)], level)
+    est, half = float(d.mean()), math.sqrt((z * se_rows) ** 2 + half2)
+    return SeedDiff(est, est - half, est + half, se_rows, math.sqrt(var_seeds), seeds)
+
+
+def _seed_stage(per_seed: list, level: float) -> tuple[float, float, int]:
+    """The seed stage of :func:`seed_diff` and :func:`seed_ratio`: for each side's per-seed estimates (or
+    the paired differences), ``s^2 / S`` at Student's t on S - 1 degrees of freedom. Returns (squared
+    half-width, variance, the largest S)."""
+    half2, var, seeds = 0.0, 0.0, 1
+    for x in per_seed:
+        s = len(x)
         if s > 1:
-            v = float(x.mean(1).var(ddof=1)) / s
-            var_seeds += v
+            v = float(np.var(x, ddof=1)) / s
+            var += v
             half2 += t_quantile((1 + level) / 2, s - 1) ** 2 * v
             seeds = max(seeds, s)
-    est, half = float(d.mean()), math.sqrt(half2)
-    return SeedDiff(est, est - half, est + half, se_rows, math.sqrt(var_seeds), seeds)
+    return half2, var, seeds
+
+
+@dataclass(frozen=True)
+class SeedRatio:
+    ratio: float  # perplexity(A) / perplexity(B), each side's perplexity the geometric mean over its seeds
+    low: float  # 95 % interval
+    high: float
+    log_ratio: float  # the difference of mean NLL per token (nats)
+    se_rows: float  # standard errors of the log ratio's two stages
+    se_seeds: float
+    seeds: int
+
+    @property
+    def within_noise(self) -> bool:
+        """True when the interval contains 1: no measurable difference."""
+        return self.low <= 1 <= self.high
+
+
+def seed_ratio(nll_a, nll_b, units, paired_seeds: bool = False, level: float = 0.95) -> SeedRatio:
+    """Interval of the perplexity ratio ``ppl(A) / ppl(B)`` of two language models measured on the same test
+    rows, each one or several trained models (seeds): :func:`seed_diff`'s two stages on the log scale.
+
+    ``nll_a``: (S_a, n) NLL sums of A's seeds over n sampling units (rows, or blocks of rows,
+    :func:`block_sums`), ``nll_b``: (S_b, n), ``units``: (n,) tokens per unit (the same for both). With
+    ``U = sum_j units_j`` and each side's mean NLL per token ``L = sum_j mean_s nll[s, j] / U``, the
+    estimate is ``log R = L_A - L_B`` (each side's perplexity ``exp(L)``: the geometric mean of its seeds'
+    perplexities), with
+
+    - rows: the delta-method (ratio-estimator) standard error of ``sum_j d_j / U``, ``d_j`` the per-unit
+      difference of the seeds' means: ``SE_rows^2 = n / (n - 1) * sum_j (d_j - log R * units_j)^2 / U^2``,
+      at the normal quantile z (as :func:`ratio_interval`);
+    - seeds: the per-seed ``L_A,s - L_B,s`` (``paired_seeds``: seed k of A trained from seed k of B) or
+      each side's per-seed L, ``s^2 / S`` at Student's t on S - 1 degrees of freedom;
+
+    combined in quadrature on the log scale and exponentiated: ``R * exp(+-half)``. Checked by simulation
+    (:func:`binlab.experiments.coverage.lm_trial`, in ``tests/test_stats.py``)."""
+    a = np.atleast_2d(np.asarray(nll_a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(nll_b, dtype=np.float64))
+    u = np.asarray(units, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or u.ndim != 1 or not a.shape[1] == b.shape[1] == u.size or u.size < 2 or 0 in a.shape or 0 in b.shape:
+        raise ValueError(f"seed_ratio needs (seeds, n) NLL arrays and (n,) token counts, n >= 2; got {a.shape}, {b.shape}, {u.shape}")
+    if (u < 0).any() or u.sum() <= 0:
+        raise ValueError("token counts must be non-negative with a positive total")
+    if paired_seeds and a.shape[0] != b.shape[0]:
+        raise ValueError(f"paired seeds need as many seeds on both sides, got {a.shape[0]} and {b.shape[0]}")
+    if not 0 < level < 1:
+        raise ValueError("level must be in (0, 1)")
+    n, total = u.size, u.sum()
+    d = a.mean(0) - b.mean(0)
+    log_r = float(d.sum() / total)
+    se_rows = math.sqrt(n / (n - 1) * float(((d - log_r * u) ** 2).sum())) / total
+    la, lb = a.sum(1) / total, b.sum(1) / total
+    half2, var_seeds, seeds = _seed_stage([la - lb] if paired_seeds else [la, lb], level)
+    half = math.sqrt((NormalDist().inv_cdf((1 + level) / 2) * se_rows) ** 2 + half2)
+    return SeedRatio(math.exp(log_r), math.exp(log_r - half), math.exp(log_r + half), log_r, se_rows, math.sqrt(var_seeds), seeds)
 
 
 def seed_summary(values) -> tuple[float, float | None]:

@@ -35,3 +35,12 @@ def diff_text(r: dict, fp: float | None = None) -> str:
     if fp is None or r.get("mode") == "fp" or r.get("accuracy") is None:
         return "-"
     return f"{r['accuracy'] - fp:+.2f} (no interval)"
+
+
+def ratio_text(r: dict, key: str = "ratio", plain: float | None = None) -> str:
+    """A perplexity ratio (x fp32 or x control) with its 95 % interval (:func:`binlab.experiments.stats.seed_ratio`),
+    or ``plain`` (the ratio of the table's perplexities) for a row stored before per-row NLL was."""
+    if r.get(f"{key}_ci95"):
+        lo, hi = r[f"{key}_ci95"]
+        return f"{r[key]:.3f} [{lo:.3f}, {hi:.3f}]" + (" no measurable difference" if lo <= 1 <= hi else "")
+    return "-" if plain is None else f"{plain:.2f} (no interval)"

@@ -171,7 +171,7 @@ def main():
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / ("bench-kernels" + ("-quick" if args.quick else ""))
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
-    md = [f"# Kernel benchmark", "", f"Machine: {payload['machine']}; {threads} threads. Date: {payload['date']}. Reproduce: `{payload['command']}`", "",
+    md = ["# Kernel benchmark", "", f"Machine: {payload['machine']}; {threads} threads. Date: {payload['date']}. Reproduce: `{payload['command']}`", "",
           f"CPU flags: {' '.join(payload['cpu_flags'])}.", "",
           f"Rooflines (tight in-cache xor+popcount loop, all threads, measured in this run): vectorized **{peak / 1e9:.2f} G words/s**, "
           f"scalar (vectorizers off: one popcnt per word) **{peak_scalar / 1e9:.2f} G words/s**. "

@@ -237,7 +237,7 @@ def test_a_seeded_language_model_table_orders_only_what_its_ratio_intervals_supp
     import numpy as np
 
     from binlab.experiments import findings
-    from binlab.experiments.aggregate import aggregate, against_control
+    from binlab.experiments.aggregate import against_control, aggregate
     from binlab.experiments.stats import pack_floats, unpack_floats
 
     rng = np.random.default_rng(0)

@@ -31,8 +31,6 @@ hardware popcount is used on every run.
 """
 from __future__ import annotations
 
-import math
-
 import numba as nb
 import numpy as np
 from numba import types
@@ -417,15 +415,3 @@ def dequant_rows(Wp: np.ndarray, lo: np.ndarray, hi: np.ndarray, K: int, n0: int
     out = np.empty((n1 - n0, K), dtype=np.float32)
     _unpack_rows_kernel(Wp, lo32, hi32, np.int64(K), np.int64(n0), out)
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# elementwise (the torch-free runtime's GELU)
-
-
-@nb.vectorize(["float32(float32)"], cache=True)
-def gelu(x):
-    """BERT's exact GELU, ``x Phi(x) = x (1 + erf(x / sqrt 2)) / 2``, float32 in and out (computed in
-    float64: numpy has no erf)."""
-    xd = np.float64(x)
-    return np.float32(0.5 * xd * (1.0 + math.erf(xd / math.sqrt(2.0))))

@@ -40,8 +40,9 @@ import numpy as np
 from binlab.data import CLASSES, PAD_ID, encode
 
 from .codecs import TILE, BinaryCodec
+from .elementwise import add_layer_norm, gelu_, masked_softmax_
 from .fileformat import SEP, packed_tokenizer, read_packed
-from .kernels import LutWeights, binary_gemm, gelu, w1a1_linear_kernel
+from .kernels import LutWeights, binary_gemm, w1a1_linear_kernel
 from .layouts import CODECS, MoSCodec
 
 #: OneBit's output LayerNorm (no parameters, torch's default eps)
@@ -54,22 +55,6 @@ STATELESS = ("sign", "sign_unscaled", "binary01", "absmax8")
 
 def _sign(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, np.float32(1), np.float32(-1))  # sign(0) = +1, binlab's convention
-
-
-def _layer_norm(x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None, eps: float) -> np.ndarray:
-    mu = x.mean(-1, keepdims=True)
-    xc = x - mu
-    var = (xc * xc).mean(-1, keepdims=True)
-    y = xc / np.sqrt(var + np.float32(eps))
-    if w is not None:
-        y = y * w + b
-    return y.astype(np.float32, copy=False)
-
-
-def _softmax(s: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    s = np.where(mask, s, np.float32(-np.inf))
-    e = np.exp(s - s.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 class Quantizer:
@@ -188,7 +173,7 @@ class Linear:
             if self.bias is not None and not self.post_norm:
                 y += self.bias
         if self.post_norm:
-            y = _layer_norm(y, None, None, POST_NORM_EPS)
+            y = add_layer_norm(y, None, None, None, POST_NORM_EPS)
             if self.bias is not None:
                 y += self.bias
         if self.shortcut:
@@ -288,8 +273,9 @@ class Model:
         bias = self._tensor(f"{name}.bias") if f"{name}.bias" in self.tensors else None
         return Linear(name, self._weight(name), bias, act, bool(info.get("shortcut")), bool(info.get("post_norm")))
 
-    def _norm(self, name: str, x: np.ndarray) -> np.ndarray:
-        return _layer_norm(x, self._tensor(f"{name}.weight"), self._tensor(f"{name}.bias"), self.eps)
+    def _norm(self, name: str, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+        """LayerNorm ``name`` of ``x`` (plus ``residual``, added in the same pass)."""
+        return add_layer_norm(x, residual, self._tensor(f"{name}.weight"), self._tensor(f"{name}.bias"), self.eps)
 
     # ---- the forward pass
     def _attention(self, i: int, x: np.ndarray, key_mask: np.ndarray) -> np.ndarray:
@@ -314,11 +300,11 @@ class Model:
             xr = x
             rq, rk, mq, mk = (xr @ res["maps"][j].T + res["bias"][j] for j in range(4))
             s = s + (mq @ rk.transpose(0, 2, 1) + rq @ mk.transpose(0, 2, 1) + rq @ rk.transpose(0, 2, 1))[:, None]
-        scores = s / np.float32(math.sqrt(dh))
         if kind == "bibert":
-            a = ((scores > 0) & mask).astype(np.float32)
+            a = ((s > 0) & mask).astype(np.float32)  # the sign of the scores: scaling by 1 / sqrt(dh) does not change it
         else:
-            p = _softmax(scores, mask)
+            p = masked_softmax_(np.ascontiguousarray(s, dtype=np.float32), key_mask if not (plain and self.task == "lm") else np.ones_like(key_mask),
+                                self.task == "lm", 1.0 / math.sqrt(dh))
             if kind == "binary01":
                 L = np.maximum(mask.sum(-1, keepdims=True), 1).astype(np.float32)
                 keep = ((p >= 1.0 / L) & mask).astype(np.float32)
@@ -341,12 +327,12 @@ class Model:
         if T > self.max_len:
             raise ValueError(f"sequence length {T} exceeds the position table ({self.max_len})")
         key_mask = ids != PAD_ID
-        x = self._norm("embed.norm", self.token(ids) + self.pos(np.arange(T))[None])
+        x = self._norm("embed.norm", self.token(ids), np.broadcast_to(self.pos(np.arange(T))[None], (B, T, self.d_model)))
         for i in range(self.n_layers):
-            x = self._norm(f"layers.{i}.norm1", x + self._attention(i, x, key_mask))
+            x = self._norm(f"layers.{i}.norm1", x, self._attention(i, x, key_mask))
             up = self.linears[f"layers.{i}.ffn.up"](x.reshape(B * T, -1))
-            f = self.linears[f"layers.{i}.ffn.down"](gelu(up)).reshape(B, T, -1)
-            x = self._norm(f"layers.{i}.norm2", x + f)
+            f = self.linears[f"layers.{i}.ffn.down"](gelu_(np.ascontiguousarray(up, dtype=np.float32))).reshape(B, T, -1)
+            x = self._norm(f"layers.{i}.norm2", x, f)
         return x
 
     def logits(self, ids: np.ndarray) -> np.ndarray:

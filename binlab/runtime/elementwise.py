@@ -67,7 +67,7 @@ def erf32(t: np.ndarray) -> np.ndarray:
     return np.array([_erf32(v) for v in t], np.float32)
 
 
-@nb.njit(cache=True, error_model="numpy")
+@nb.njit(cache=True, error_model="numpy", fastmath=True)  # the row sums may be reassociated: they vectorize
 def _add_layer_norm_kernel(x, r, w, b, eps, out):
     n, d = x.shape
     for i in range(n):

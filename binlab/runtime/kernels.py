@@ -312,6 +312,16 @@ def binary_gemm(X: np.ndarray, W, K: int) -> np.ndarray:
 # fused layer kernels (what the packed runtime calls)
 
 
+@nb.njit(cache=True, nogil=True, fastmath=True)
+def _abs_sum(X, r, K):
+    """``sum_k |X[r, k]|`` in float32 (fastmath: the sum may be reassociated, so it vectorizes instead of
+    waiting on one chain of dependent adds)."""
+    acc = np.float32(0.0)
+    for k in range(K):
+        acc += abs(X[r, k])
+    return acc
+
+
 @nb.njit(parallel=True, cache=True, nogil=True)
 def w1a1_linear_kernel(X, Wt, lo, hi, bias, K, scale, out):
     """One call for a whole W1A1 linear: per token r, ``a_r = mean|x_r|`` (or the constant ``scale``
@@ -338,21 +348,23 @@ def w1a1_linear_kernel(X, Wt, lo, hi, bias, K, scale, out):
         S = np.zeros((ROW_BLOCK, W), dtype=np.uint64)  # rows past M stay 0: computed, never written
         a = np.ones(ROW_BLOCK, dtype=np.float32)
         ssum = np.zeros(ROW_BLOCK, dtype=np.int64)
+        pos = np.zeros(ROW_BLOCK, dtype=np.int64)  # +1 inputs per row
         for r in range(rows):
-            acc = np.float32(0.0)
             ones = 0
-            for w in range(W):
+            for w in range(W):  # a full word's loop has a fixed trip count and no branch, so it vectorizes
                 word = np.uint64(0)
                 k0 = w * WORD
-                for b in range(min(WORD, K - k0)):
-                    v = X[i0 + r, k0 + b]
-                    acc += abs(v)
-                    if v >= 0:
-                        word |= np.uint64(1) << np.uint64(b)
+                if k0 + WORD <= K:
+                    for b in range(WORD):
+                        word |= np.uint64(X[i0 + r, k0 + b] >= 0) << np.uint64(b)
+                else:
+                    for b in range(K - k0):
+                        word |= np.uint64(X[i0 + r, k0 + b] >= 0) << np.uint64(b)
                 S[r, w] = word
                 ones += popcount64(word)
-            a[r] = scale if scale > 0 else max(acc / K, np.float32(1e-8))
+            a[r] = scale if scale > 0 else max(_abs_sum(X, i0 + r, K) / K, np.float32(1e-8))
             ssum[r] = 2 * ones - K
+            pos[r] = ones
         c = np.zeros((ROW_BLOCK, N), dtype=np.int64)
         for w in range(W):
             s0 = S[0, w]
@@ -367,7 +379,8 @@ def w1a1_linear_kernel(X, Wt, lo, hi, bias, K, scale, out):
                 c[3, n] += popcount64(s3 ^ b)
         for r in range(rows):
             for n in range(N):
-                out[i0 + r, n] = a[r] * (lo[n] * ssum[r] + (hi[n] - lo[n]) * ((K - 2 * c[r, n] + ssum[r]) // 2)) + bias[n]
+                # (D + S) / 2 = (K - 2 c + 2 pos - K) / 2 = pos - c: no division, so the loop vectorizes
+                out[i0 + r, n] = a[r] * (lo[n] * ssum[r] + (hi[n] - lo[n]) * (pos[r] - c[r, n])) + bias[n]
 
 
 def w1a1_linear(X: np.ndarray, Wt: np.ndarray, lo: np.ndarray, hi: np.ndarray, bias: np.ndarray | None, K: int,

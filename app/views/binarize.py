@@ -149,191 +149,198 @@ with friendly_errors():
     for k, v in {"method": PAGE_DEFAULTS["binarize"], "ste": "(default)", "act": "none", "attn_probs": "softmax (fp32)", "attn_qkv": "none"}.items():
         st.session_state.setdefault(k, v)
 
-    left, right = st.columns([5, 7], gap="large")
-    with left:
-        st.subheader("1 · Components")
-        q1, q2, q3, q4 = st.columns([2, 3, 4, 3])  # widths by label length, so no label is cut
-        if q1.button("QK", key="pick_qk", help="Q and K in every layer"):
-            set_selection(names, [n for n in names if n.endswith((".attn.q", ".attn.k"))]); st.rerun()  # noqa: E702
-        if q2.button("encoder", key="pick_encoder"):
-            set_selection(names, [n for n in names if n.startswith("layers.")]); st.rerun()  # noqa: E702
-        if q3.button("all but head", key="pick_all"):
-            set_selection(names, [n for n in names if n != "head"]); st.rerun()  # noqa: E702
-        if q4.button("none", key="pick_none"):
-            set_selection(names, []); st.rerun()  # noqa: E702
-        st.caption("Embeddings")
-        ec = st.columns(len(lay["embeddings"]))
-        for c, n in zip(ec, lay["embeddings"]):
-            c.checkbox(n.split(".")[1], key=f"c:{n}")
-        for i, row in enumerate(lay["layers"]):
-            st.caption(f"Layer {i}")
-            for part in (row[:4], row[4:]):  # attention, then the feed-forward pair on a line of its own, so no label is cut
-                if part:
-                    for c, (label, n) in zip(st.columns(max(len(part), 2)), part):
-                        c.checkbox(label, key=f"c:{n}")
-        st.caption(lab.info.head_label)
-        st.checkbox("head", key=f"c:{lay['head']}")
+    # a widget change reruns only this part (st.fragment): the sidebar, the data and the lab above are not
+    # rebuilt on every slider move; a button that changes the selection still reruns the page
+    @st.fragment
+    def live_part():
+        with friendly_errors():
+            left, right = st.columns([5, 7], gap="large")
+            with left:
+                st.subheader("1 · Components")
+                q1, q2, q3, q4 = st.columns([2, 3, 4, 3])  # widths by label length, so no label is cut
+                if q1.button("QK", key="pick_qk", help="Q and K in every layer"):
+                    set_selection(names, [n for n in names if n.endswith((".attn.q", ".attn.k"))]); st.rerun()  # noqa: E702
+                if q2.button("encoder", key="pick_encoder"):
+                    set_selection(names, [n for n in names if n.startswith("layers.")]); st.rerun()  # noqa: E702
+                if q3.button("all but head", key="pick_all"):
+                    set_selection(names, [n for n in names if n != "head"]); st.rerun()  # noqa: E702
+                if q4.button("none", key="pick_none"):
+                    set_selection(names, []); st.rerun()  # noqa: E702
+                st.caption("Embeddings")
+                ec = st.columns(len(lay["embeddings"]))
+                for c, n in zip(ec, lay["embeddings"]):
+                    c.checkbox(n.split(".")[1], key=f"c:{n}")
+                for i, row in enumerate(lay["layers"]):
+                    st.caption(f"Layer {i}")
+                    for part in (row[:4], row[4:]):  # attention, then the feed-forward pair on a line of its own, so no label is cut
+                        if part:
+                            for c, (label, n) in zip(st.columns(max(len(part), 2)), part):
+                                c.checkbox(label, key=f"c:{n}")
+                st.caption(lab.info.head_label)
+                st.checkbox("head", key=f"c:{lay['head']}")
 
-        st.subheader("2 · Method")
-        method = st.selectbox("Binarizer", sorted(BINARIZERS), key="method", help=method_help(st.session_state["method"]),
-                              format_func=lambda k: f"{k} — {BINARIZERS[k].paper.split(' (')[0]}")
-        cls = BINARIZERS[method]
-        st.caption(cls.summary())
-        with st.expander(f"Method card: {method}"):
-            st.markdown(method_help(method))
-            st.code(method_card(method)["doc"], language=None)
-        ste = st.selectbox("Straight-through estimator (for QAT)", ["(default)"] + sorted(STES), key="ste",
-                           help=f"default for {method}: {cls.default_ste}; " + "; ".join(f"{k}: {v.doc}" for k, v in sorted(STES.items())))
-        options = option_widgets(method)
-        act = st.selectbox("Input activations", ["none"] + list(ACT_NAMES), key="act",
-                           help=f"{ACT_HELP}; in QAT the stateless kinds use the method's estimator ({cls.act_ste}); embeddings have no "
-                                "inputs to quantize")
-        with st.expander("W1A1 attention: binarize the attention itself", expanded=st.session_state["attn_probs"] != "softmax (fp32)"):
-            a1, a2 = st.columns(2)
-            attn_probs = a1.selectbox("Attention weights", ["softmax (fp32)"] + sorted(ATTENTION), key="attn_probs",
-                                      help=ATTENTION_HELP + " See the Attention page for the maps.")
-            attn_qkv = a2.selectbox("Q, K, V before the products", ["none"] + list(ACT_NAMES), key="attn_qkv",
-                                    help=QKV_HELP)
-            rec = st.selectbox("or load a paper's W1A1 configuration", ["-"] + [n for n, r in RECIPES.items() if r.spec.attn_probs],
-                               key="recipe_pick", format_func=lambda n: n if n == "-" else f"{n}: {RECIPES[n].paper}",
-                               help="the final spec of the paper's recipe, applied post-training here; Train (QAT) runs the whole recipe")
-            if rec != "-" and st.session_state.get("_recipe_loaded") != rec:
-                st.session_state["_recipe_loaded"] = rec
-                load_spec(RECIPES[rec].spec, names, lab.model, f"{rec} recipe")
-                st.session_state["recipe"] = rec
-                st.rerun()
-        chosen = [n for n in names if st.session_state[f"c:{n}"]]
-        if act != "none" and any(n.startswith("embed.") for n in chosen):
-            st.warning("Embeddings have no input activations: the activation binarizer applies to linears only.")
-        mc = MethodConfig(method, options=options, ste=None if ste == "(default)" else ste)
-        spec_rules = []
-        for n in chosen:
-            spec_rules.append((n, MethodConfig(mc.method, mc.options, mc.ste, None if n.startswith("embed.") or act == "none" else act)))
-        spec = QuantSpec(tuple(Rule(n, m) for n, m in spec_rules), attn_probs=None if attn_probs == "softmax (fp32)" else attn_probs,
-                         attn_qkv=None if attn_qkv == "none" else attn_qkv)
-        if st.session_state.get("custom_spec"):  # a configuration the widgets cannot show: applied as it is
-            spec = QuantSpec.from_json(st.session_state["custom_spec"])
-            st.info(f"Applying a configuration with {len(spec.rules)} rule(s)"
-                    + (f" and {spec.attn_probs} attention" if spec.attn_probs else "") + (f", Q/K/V {spec.attn_qkv}" if spec.attn_qkv else "")
-                    + " from the URL, a file or a paper's recipe; the widgets above are not in use.\n\n"
-                    + "\n".join(f"- `{r.target}` → {r.method.method} {r.method.options or ''}" + (f", inputs {r.method.act}" if r.method.act else "")
-                                for r in spec.rules[:12]))
-            if st.button("Edit with the widgets instead", key="drop_custom"):
-                del st.session_state["custom_spec"]
-                st.rerun()
+                st.subheader("2 · Method")
+                method = st.selectbox("Binarizer", sorted(BINARIZERS), key="method", help=method_help(st.session_state["method"]),
+                                      format_func=lambda k: f"{k} — {BINARIZERS[k].paper.split(' (')[0]}")
+                cls = BINARIZERS[method]
+                st.caption(cls.summary())
+                with st.expander(f"Method card: {method}"):
+                    st.markdown(method_help(method))
+                    st.code(method_card(method)["doc"], language=None)
+                ste = st.selectbox("Straight-through estimator (for QAT)", ["(default)"] + sorted(STES), key="ste",
+                                   help=f"default for {method}: {cls.default_ste}; " + "; ".join(f"{k}: {v.doc}" for k, v in sorted(STES.items())))
+                options = option_widgets(method)
+                act = st.selectbox("Input activations", ["none"] + list(ACT_NAMES), key="act",
+                                   help=f"{ACT_HELP}; in QAT the stateless kinds use the method's estimator ({cls.act_ste}); embeddings have no "
+                                        "inputs to quantize")
+                with st.expander("W1A1 attention: binarize the attention itself", expanded=st.session_state["attn_probs"] != "softmax (fp32)"):
+                    a1, a2 = st.columns(2)
+                    attn_probs = a1.selectbox("Attention weights", ["softmax (fp32)"] + sorted(ATTENTION), key="attn_probs",
+                                              help=ATTENTION_HELP + " See the Attention page for the maps.")
+                    attn_qkv = a2.selectbox("Q, K, V before the products", ["none"] + list(ACT_NAMES), key="attn_qkv",
+                                            help=QKV_HELP)
+                    rec = st.selectbox("or load a paper's W1A1 configuration", ["-"] + [n for n, r in RECIPES.items() if r.spec.attn_probs],
+                                       key="recipe_pick", format_func=lambda n: n if n == "-" else f"{n}: {RECIPES[n].paper}",
+                                       help="the final spec of the paper's recipe, applied post-training here; Train (QAT) runs the whole recipe")
+                    if rec != "-" and st.session_state.get("_recipe_loaded") != rec:
+                        st.session_state["_recipe_loaded"] = rec
+                        load_spec(RECIPES[rec].spec, names, lab.model, f"{rec} recipe")
+                        st.session_state["recipe"] = rec
+                        st.rerun()
+                chosen = [n for n in names if st.session_state[f"c:{n}"]]
+                if act != "none" and any(n.startswith("embed.") for n in chosen):
+                    st.warning("Embeddings have no input activations: the activation binarizer applies to linears only.")
+                mc = MethodConfig(method, options=options, ste=None if ste == "(default)" else ste)
+                spec_rules = []
+                for n in chosen:
+                    spec_rules.append((n, MethodConfig(mc.method, mc.options, mc.ste, None if n.startswith("embed.") or act == "none" else act)))
+                spec = QuantSpec(tuple(Rule(n, m) for n, m in spec_rules), attn_probs=None if attn_probs == "softmax (fp32)" else attn_probs,
+                                 attn_qkv=None if attn_qkv == "none" else attn_qkv)
+                if st.session_state.get("custom_spec"):  # a configuration the widgets cannot show: applied as it is
+                    spec = QuantSpec.from_json(st.session_state["custom_spec"])
+                    st.info(f"Applying a configuration with {len(spec.rules)} rule(s)"
+                            + (f" and {spec.attn_probs} attention" if spec.attn_probs else "") + (f", Q/K/V {spec.attn_qkv}" if spec.attn_qkv else "")
+                            + " from the URL, a file or a paper's recipe; the widgets above are not in use.\n\n"
+                            + "\n".join(f"- `{r.target}` → {r.method.method} {r.method.options or ''}" + (f", inputs {r.method.act}" if r.method.act else "")
+                                        for r in spec.rules[:12]))
+                    if st.button("Edit with the widgets instead", key="drop_custom"):
+                        del st.session_state["custom_spec"]
+                        st.rerun()
 
-    def show_numbers(r: dict) -> None:
-        m, more = r["metric"], r["more"]
-        m1, m2 = st.columns(2)
-        m3, m4 = st.columns(2)
-        m1.metric(f"validation {m.name}" + (" (first look)" if r.get("first_look") else ""), m.text(), m.change_text(),
-                  delta_color=m.delta_color(), help=m.help())
-        m2.metric("model size", f"{r['megabytes']:.3f} MB", f"{r['megabytes'] - r['fp32_megabytes']:+.3f} MB", delta_color="inverse")
-        m3.metric("size reduction", f"{r['reduction_percent']:.2f} %")
-        m4.metric("bits / quantized weight", f"{r['bits_per_quantized_weight']:.3f}" if chosen else "-")
-        for col, x in zip(st.columns(2), more):  # a classifier's loss (it moves even where no prediction flips), an LM's next-token accuracy
-            col.metric(x.name, x.text(4 if not x.unit else 2), x.change_text(), delta_color=x.delta_color(), help=x.help())
-        if r.get("first_look"):
-            st.caption(f"First look: {m.caption()} · the full {len(lab.val):,} rows follow in a moment · sizes are exact")
-        else:
-            st.caption(f"{m.caption()} · updated in {r['seconds']:.2f} s · sizes are exact (codes, scales, means, masks and fp32 rest)")
+            def show_numbers(r: dict) -> None:
+                m, more = r["metric"], r["more"]
+                m1, m2 = st.columns(2)
+                m3, m4 = st.columns(2)
+                m1.metric(f"validation {m.name}" + (" (first look)" if r.get("first_look") else ""), m.text(), m.change_text(),
+                          delta_color=m.delta_color(), help=m.help())
+                m2.metric("model size", f"{r['megabytes']:.3f} MB", f"{r['megabytes'] - r['fp32_megabytes']:+.3f} MB", delta_color="inverse")
+                m3.metric("size reduction", f"{r['reduction_percent']:.2f} %")
+                m4.metric("bits / quantized weight", f"{r['bits_per_quantized_weight']:.3f}" if chosen else "-")
+                for col, x in zip(st.columns(2), more):  # a classifier's loss (it moves even where no prediction flips), an LM's next-token accuracy
+                    col.metric(x.name, x.text(4 if not x.unit else 2), x.change_text(), delta_color=x.delta_color(), help=x.help())
+                if r.get("first_look"):
+                    st.caption(f"First look: {m.caption()} · the full {len(lab.val):,} rows follow in a moment · sizes are exact")
+                else:
+                    st.caption(f"{m.caption()} · updated in {r['seconds']:.2f} s · sizes are exact (codes, scales, means, masks and fp32 rest)")
 
-    with right:
-        st.query_params["preset"] = preset
-        st.query_params["spec"] = spec.to_json()
-        st.session_state["spec_json"] = spec.to_json()
-        st.subheader("3 · What changed")
-        busy = st.empty()
-        numbers = st.empty()
-        ahead = GATE.ahead() if lab.measured(spec) is None else 0
-        if ahead:  # a busy server: say so at once rather than freeze
-            busy.info(f"The server is busy: queued behind {ahead} change{'s' if ahead > 1 else ''} from other learners. "
-                      "Your numbers follow as soon as it is their turn.")
-        if lab.measured(spec) is None:  # a new configuration: numbers on a small, balanced slice first, then on every row
-            with numbers.container():
-                show_numbers(lab.glance(spec))
-        r = lab.apply(spec)
-        with numbers.container():
-            show_numbers(r)
-        if ahead:
-            busy.caption(f"This change waited behind {ahead} other{'s' if ahead > 1 else ''} on a busy server.")
-        m = r["metric"]
+            with right:
+                st.query_params["preset"] = preset
+                st.query_params["spec"] = spec.to_json()
+                st.session_state["spec_json"] = spec.to_json()
+                st.subheader("3 · What changed")
+                busy = st.empty()
+                numbers = st.empty()
+                ahead = GATE.ahead() if lab.measured(spec) is None else 0
+                if ahead:  # a busy server: say so at once rather than freeze
+                    busy.info(f"The server is busy: queued behind {ahead} change{'s' if ahead > 1 else ''} from other learners. "
+                              "Your numbers follow as soon as it is their turn.")
+                if lab.measured(spec) is None:  # a new configuration: numbers on a small, balanced slice first, then on every row
+                    with numbers.container():
+                        show_numbers(lab.glance(spec))
+                r = lab.apply(spec)
+                with numbers.container():
+                    show_numbers(r)
+                if ahead:
+                    busy.caption(f"This change waited behind {ahead} other{'s' if ahead > 1 else ''} on a busy server.")
+                m = r["metric"]
 
-        points = st.session_state.setdefault("points", {})
-        label = ", ".join(chosen[:3]) + (f" +{len(chosen) - 3}" if len(chosen) > 3 else "") if chosen else "fp32"
-        points[spec.to_json()] = {"label": f"{label} · {method}", "reduction": r["reduction_percent"], "value": m.value,
-                                  "low": m.low, "high": m.high, "source": "PTQ"}
+                points = st.session_state.setdefault("points", {})
+                label = ", ".join(chosen[:3]) + (f" +{len(chosen) - 3}" if len(chosen) > 3 else "") if chosen else "fp32"
+                points[spec.to_json()] = {"label": f"{label} · {method}", "reduction": r["reduction_percent"], "value": m.value,
+                                          "low": m.low, "high": m.high, "source": "PTQ"}
 
-        view_default = chosen[0] if chosen else names[0]
-        comp = st.selectbox("Weight matrix to inspect", names, index=names.index(view_default), key="view")
-        v = component_view(lab.model, comp, mc, hessian=lab.hessian)
-        fig = go.Figure()
-        lh, qh = v["latent_hist"], v["quantized_hist"]  # binned on the server: every weight counted, a few hundred bars sent
-        fig.add_bar(x=lh["centers"], y=lh["counts"], width=lh["width"], name="latent (fp32) weights", opacity=0.75)
-        fig.add_bar(x=qh["centers"], y=qh["counts"], width=qh["width"], name=f"{method} values (right axis)", opacity=0.5, yaxis="y2")
-        if v["threshold"] is not None:
-            fig.add_vline(x=v["threshold"], line_dash="dash", line_color="black", annotation_text="threshold",
-                          annotation_position="top")
-            for lv, nm, where in zip(v["levels"], ("low mean", "high mean"), ("top left", "top right")):
-                fig.add_vline(x=lv, line_color="crimson", annotation_text=nm, annotation_position=where)
-        fig.update_layout(barmode="overlay", height=320, margin=dict(l=10, r=10, t=40, b=10),
-                          title=f"{comp} {v['shape']}: relative error {v['relative_error']:.3f}, SQNR {v['sqnr_db']:.1f} dB",
-                          xaxis_title=f"weight, in {v['units']}", legend=dict(orientation="h", y=-0.25),
-                          yaxis=dict(title="latent count"), yaxis2=dict(overlaying="y", side="right", title=f"{method} count", showgrid=False))
-        st.plotly_chart(fig, width="stretch")
+                view_default = chosen[0] if chosen else names[0]
+                comp = st.selectbox("Weight matrix to inspect", names, index=names.index(view_default), key="view")
+                v = component_view(lab.model, comp, mc, hessian=lab.hessian)
+                fig = go.Figure()
+                lh, qh = v["latent_hist"], v["quantized_hist"]  # binned on the server: every weight counted, a few hundred bars sent
+                fig.add_bar(x=lh["centers"], y=lh["counts"], width=lh["width"], name="latent (fp32) weights", opacity=0.75)
+                fig.add_bar(x=qh["centers"], y=qh["counts"], width=qh["width"], name=f"{method} values (right axis)", opacity=0.5, yaxis="y2")
+                if v["threshold"] is not None:
+                    fig.add_vline(x=v["threshold"], line_dash="dash", line_color="black", annotation_text="threshold",
+                                  annotation_position="top")
+                    for lv, nm, where in zip(v["levels"], ("low mean", "high mean"), ("top left", "top right")):
+                        fig.add_vline(x=lv, line_color="crimson", annotation_text=nm, annotation_position=where)
+                fig.update_layout(barmode="overlay", height=320, margin=dict(l=10, r=10, t=40, b=10),
+                                  title=f"{comp} {v['shape']}: relative error {v['relative_error']:.3f}, SQNR {v['sqnr_db']:.1f} dB",
+                                  xaxis_title=f"weight, in {v['units']}", legend=dict(orientation="h", y=-0.25),
+                                  yaxis=dict(title="latent count"), yaxis2=dict(overlaying="y", side="right", title=f"{method} count", showgrid=False))
+                st.plotly_chart(fig, width="stretch")
 
-        sc = go.Figure()
-        pts = list(points.values())
-        for run in RunStore().list(preset):  # QAT runs of every session, from the run store
-            if run.mode != "PTQ":
-                rm = run.metric
-                pts.append({"label": chart_text(f"{run.label} ({run.created})"), "reduction": run.reduction, "value": rm.value,
-                            "low": rm.low, "high": rm.high, "source": "QAT"})
-        for src, sym in (("PTQ", "circle"), ("QAT", "diamond")):
-            ps = [p for p in pts if p["source"] == src]
-            if ps:
-                sc.add_scatter(x=[p["reduction"] for p in ps], y=[p["value"] for p in ps], mode="markers",
-                               name="this session (PTQ)" if src == "PTQ" else "QAT runs (saved)",
-                               text=[p["label"] for p in ps], marker=dict(size=9, symbol=sym),
-                               error_y=dict(type="data", symmetric=False, thickness=1,
-                                            array=[(p["high"] if p["high"] is not None else p["value"]) - p["value"] for p in ps],
-                                            arrayminus=[p["value"] - (p["low"] if p["low"] is not None else p["value"]) for p in ps]))
-        if lab.info.shows_seed_points:  # the seed project's reported (reduction, accuracy) points
-            sc.add_scatter(x=[p["reduction"] for p in SEED_POINTS], y=[p["accuracy"] for p in SEED_POINTS], mode="markers", name="student project (reported)",
-                           text=[p["label"] for p in SEED_POINTS], marker=dict(size=9, symbol="x", color="gray"))
-        sc.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), yaxis_type="log" if m.log_scale else "linear",
-                         title=f"validation {m.name} vs size reduction (bars: 95 % interval)",
-                         xaxis_title="size reduction %", yaxis_title=m.name + (" (log)" if m.log_scale else m.unit))
-        st.plotly_chart(sc, width="stretch")
-        if lab.info.shows_seed_points:
-            st.caption("Grey crosses: what the student project reports for its own model (2 layers, a BERT tokenizer, 10 epochs "
-                       "on AG_NEWS), not measured here; our baseline trains on the rows this lab loads, so compare how the "
-                       "points fall with size more than their heights. Words: docs/glossary.md.")
+                sc = go.Figure()
+                pts = list(points.values())
+                for run in RunStore().list(preset):  # QAT runs of every session, from the run store
+                    if run.mode != "PTQ":
+                        rm = run.metric
+                        pts.append({"label": chart_text(f"{run.label} ({run.created})"), "reduction": run.reduction, "value": rm.value,
+                                    "low": rm.low, "high": rm.high, "source": "QAT"})
+                for src, sym in (("PTQ", "circle"), ("QAT", "diamond")):
+                    ps = [p for p in pts if p["source"] == src]
+                    if ps:
+                        sc.add_scatter(x=[p["reduction"] for p in ps], y=[p["value"] for p in ps], mode="markers",
+                                       name="this session (PTQ)" if src == "PTQ" else "QAT runs (saved)",
+                                       text=[p["label"] for p in ps], marker=dict(size=9, symbol=sym),
+                                       error_y=dict(type="data", symmetric=False, thickness=1,
+                                                    array=[(p["high"] if p["high"] is not None else p["value"]) - p["value"] for p in ps],
+                                                    arrayminus=[p["value"] - (p["low"] if p["low"] is not None else p["value"]) for p in ps]))
+                if lab.info.shows_seed_points:  # the seed project's reported (reduction, accuracy) points
+                    sc.add_scatter(x=[p["reduction"] for p in SEED_POINTS], y=[p["accuracy"] for p in SEED_POINTS], mode="markers", name="student project (reported)",
+                                   text=[p["label"] for p in SEED_POINTS], marker=dict(size=9, symbol="x", color="gray"))
+                sc.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), yaxis_type="log" if m.log_scale else "linear",
+                                 title=f"validation {m.name} vs size reduction (bars: 95 % interval)",
+                                 xaxis_title="size reduction %", yaxis_title=m.name + (" (log)" if m.log_scale else m.unit))
+                st.plotly_chart(sc, width="stretch")
+                if lab.info.shows_seed_points:
+                    st.caption("Grey crosses: what the student project reports for its own model (2 layers, a BERT tokenizer, 10 epochs "
+                               "on AG_NEWS), not measured here; our baseline trains on the rows this lab loads, so compare how the "
+                               "points fall with size more than their heights. Words: docs/glossary.md.")
 
-        if lab.info.can_generate:
-            st.subheader("Generate")
-            prompt = st.text_input("Prompt (greedy continuation, fp32 and binarized side by side)", "oil prices rose on", key="prompt")
-            if prompt.strip():
-                g1, g2 = st.columns(2)
-                fp_out, q_out = greedy(baseline, splits.tokenizer, prompt, 20), greedy(lab.model, splits.tokenizer, prompt, 20)
-                g1.markdown(f"**fp32** ({1000 * fp_out['seconds']:.0f} ms)\n\n{prompt} *{fp_out['text']}*")
-                g2.markdown(f"**binarized** ({1000 * q_out['seconds']:.0f} ms)\n\n{prompt} *{q_out['text']}*")
-        if st.button("Final check: evaluate on the full test set", key="eval_test", help="choose settings on the validation numbers above; the test set is for the final check of a chosen configuration (looking at it while choosing makes its number optimistic)"):
-            with st.spinner(f"evaluating {len(splits.test):,} test rows ..."):
-                t = evaluate(lab.model, splits.test)
-            st.success(f"test {t.metric().name} **{t.metric().text()}** on {t.n:,} rows" + (f" ({t.tokens:,} tokens" if t.tokens else " (")
-                       + f", {t.seconds:.1f} s)")
-            if t.per_class:
-                st.dataframe([{"class": k, "accuracy %": round(100 * a, 2)} for k, a in t.per_class.items()], hide_index=True)
-        with st.expander("Share this configuration"):
-            st.code("?preset=" + preset + "&spec=" + json.dumps(json.loads(spec.to_json())), language=None)
-            st.caption("The URL of this page already holds it: copy the address bar to reproduce this view.")
-            st.download_button("Download as JSON", spec.to_json(), file_name="binlab-spec.json", mime="application/json", key="spec_download")
-            up = st.file_uploader("Load a configuration (JSON: any QuantSpec, per-rule methods and groups included)", type="json", key="spec_upload")
-            if up is not None and st.session_state.get("_uploaded") != up.file_id:
-                st.session_state["_uploaded"] = up.file_id
-                try:
-                    load_spec(QuantSpec.from_json(up.getvalue().decode("utf-8", "replace")), names, lab.model, "file")
-                    st.rerun()
-                except ValueError as err:
-                    st.warning(f"The file was ignored: {err}")
+                if lab.info.can_generate:
+                    st.subheader("Generate")
+                    prompt = st.text_input("Prompt (greedy continuation, fp32 and binarized side by side)", "oil prices rose on", key="prompt")
+                    if prompt.strip():
+                        g1, g2 = st.columns(2)
+                        fp_out, q_out = greedy(baseline, splits.tokenizer, prompt, 20), greedy(lab.model, splits.tokenizer, prompt, 20)
+                        g1.markdown(f"**fp32** ({1000 * fp_out['seconds']:.0f} ms)\n\n{prompt} *{fp_out['text']}*")
+                        g2.markdown(f"**binarized** ({1000 * q_out['seconds']:.0f} ms)\n\n{prompt} *{q_out['text']}*")
+                if st.button("Final check: evaluate on the full test set", key="eval_test", help="choose settings on the validation numbers above; the test set is for the final check of a chosen configuration (looking at it while choosing makes its number optimistic)"):
+                    with st.spinner(f"evaluating {len(splits.test):,} test rows ..."):
+                        t = evaluate(lab.model, splits.test)
+                    st.success(f"test {t.metric().name} **{t.metric().text()}** on {t.n:,} rows" + (f" ({t.tokens:,} tokens" if t.tokens else " (")
+                               + f", {t.seconds:.1f} s)")
+                    if t.per_class:
+                        st.dataframe([{"class": k, "accuracy %": round(100 * a, 2)} for k, a in t.per_class.items()], hide_index=True)
+                with st.expander("Share this configuration"):
+                    st.code("?preset=" + preset + "&spec=" + json.dumps(json.loads(spec.to_json())), language=None)
+                    st.caption("The URL of this page already holds it: copy the address bar to reproduce this view.")
+                    st.download_button("Download as JSON", spec.to_json(), file_name="binlab-spec.json", mime="application/json", key="spec_download")
+                    up = st.file_uploader("Load a configuration (JSON: any QuantSpec, per-rule methods and groups included)", type="json", key="spec_upload")
+                    if up is not None and st.session_state.get("_uploaded") != up.file_id:
+                        st.session_state["_uploaded"] = up.file_id
+                        try:
+                            load_spec(QuantSpec.from_json(up.getvalue().decode("utf-8", "replace")), names, lab.model, "file")
+                            st.rerun()
+                        except ValueError as err:
+                            st.warning(f"The file was ignored: {err}")
+
+    live_part()

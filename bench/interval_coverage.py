@@ -6,7 +6,9 @@ three alternatives it was chosen over:
 - the paired percentile bootstrap of rows and seed effects binlab used before (Efron & Tibshirani 1993,
   ch. 13; the seed effects scaled to the seed variance alone, as that code did);
 - one t interval on Welch-Satterthwaite degrees of freedom estimated from the same seeds (Satterthwaite 1946);
-- seed_diff with the seeds' part at z instead of t.
+- seed_diff with the seeds' part at z instead of t;
+
+and the same for a perplexity ratio (``seed_ratio``, in T8's design) against the seeds at z and the test rows alone.
 
     python bench/interval_coverage.py     # writes docs/results/interval-coverage.{json,md}
 """
@@ -19,9 +21,9 @@ import time
 
 import numpy as np
 
-from binlab.experiments.coverage import coverage
+from binlab.experiments.coverage import coverage, ratio_coverage
 from binlab.experiments.provenance import RESULTS, machine
-from binlab.experiments.stats import Z95, seed_diff, t_quantile
+from binlab.experiments.stats import Z95, seed_diff, seed_ratio, t_quantile
 
 SETTINGS = ((0.0, True), (0.01, True), (0.02, True), (0.005, False))  # (seed sd, paired seeds)
 
@@ -83,6 +85,21 @@ def percentile_bootstrap(a, b, paired, n_boot: int = 500, seed: int = 0):
 INTERVALS = {"seed_diff (binlab)": binlab_interval, "seeds at z": seeds_at_z,
              "Welch-Satterthwaite t": welch_satterthwaite, "percentile bootstrap (binlab before)": percentile_bootstrap}
 
+RATIO_SETTINGS = ((0.0, True), (0.005, True), (0.01, True), (0.005, False))  # (seed sd of the mean NLL per token, paired)
+
+
+def _ratio(half_of):
+    def interval(a, b, u, paired):
+        r = seed_ratio(a, b, u, paired_seeds=paired)
+        h = half_of(r)
+        return math.exp(r.log_ratio - h), math.exp(r.log_ratio + h)
+    return interval
+
+
+RATIO_INTERVALS = {"seed_ratio (binlab)": lambda a, b, u, paired: (lambda r: (r.low, r.high))(seed_ratio(a, b, u, paired_seeds=paired)),
+                   "seeds at z": _ratio(lambda r: Z95 * math.hypot(r.se_rows, r.se_seeds)),
+                   "test rows only": _ratio(lambda r: Z95 * r.se_rows)}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -95,7 +112,14 @@ def main() -> None:
             row[name] = coverage(fn, args.trials, sd, paired, seed=100 + i)  # the same simulated tables for every interval
         rows.append(row)
         print(row, flush=True)
-    out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "trials": args.trials, "rows": rows,
+    ratio_rows = []
+    for i, (sd, paired) in enumerate(RATIO_SETTINGS):
+        row = {"seed_sd": sd, "paired": paired}
+        for name, fn in RATIO_INTERVALS.items():
+            row[name] = ratio_coverage(fn, args.trials, sd, paired, seed=200 + i)
+        ratio_rows.append(row)
+        print(row, flush=True)
+    out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "trials": args.trials, "rows": rows, "ratio_rows": ratio_rows,
            "command": "python bench/interval_coverage.py" + (f" --trials {args.trials}" if args.trials != 250 else "")}
     (RESULTS / "interval-coverage.json").write_text(json.dumps(out, indent=2))
     md = ["# Coverage of 95 % intervals in the headline design", "",
@@ -106,6 +130,13 @@ def main() -> None:
           "| seed sd | seeds paired | " + " | ".join(INTERVALS) + " |", "|---|---|" + "---|" * len(INTERVALS)]
     for r in rows:
         md.append(f"| {r['seed_sd']} | {'yes' if r['paired'] else 'no'} | " + " | ".join(f"{r[k]:.3f}" for k in INTERVALS) + " |")
+    md += ["", "## Perplexity ratios", "",
+           f"{args.trials} simulated language-model tables per setting (binlab.experiments.coverage.lm_trial: 400 blocks of test rows, "
+           "about 850 tokens each, 3 seeds, true log ratio 0.05), the same tables for every interval; seed sd is in nats of mean NLL "
+           "per token (0.01 is about 1 % of perplexity). binlab's suite requires 0.93 of seed_ratio.", "",
+           "| seed sd | seeds paired | " + " | ".join(RATIO_INTERVALS) + " |", "|---|---|" + "---|" * len(RATIO_INTERVALS)]
+    for r in ratio_rows:
+        md.append(f"| {r['seed_sd']} | {'yes' if r['paired'] else 'no'} | " + " | ".join(f"{r[k]:.3f}" for k in RATIO_INTERVALS) + " |")
     (RESULTS / "interval-coverage.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -1,13 +1,19 @@
 """Benchmark: the lab as learners feel it, in a real browser (Playwright, headless Chromium), the
 lab served locally from this machine.
 
-    python bench/browser.py [--preset scratch] [--steps 8] [--learners 8]
+    python bench/browser.py [--preset scratch] [--steps 8] [--learners 1,8,16,32] [--app-root DIR --out NAME]
     # writes docs/results/bench-browser-<preset>.{json,md}
 
-- one learner: on Binarize (live), each press of the right-arrow key on the threshold slider until
-  the page shows the new evaluation (the caption's "updated in ..." changes); median over ``steps``;
-- eight learners: as many browser pages at once, each loading the page and stepping the slider;
-  a page that shows no numbers within 30 s counts as failed; median over every step that finished.
+- a step: on Binarize (live), one press of the right-arrow key on the threshold slider, then three times
+  are read from the page: the first response (new numbers, a first look or the busy message, whichever
+  shows first), the first numbers (the numbers caption changes: a first look on a small slice, or the
+  final numbers when the configuration was measured before), and the final numbers (the caption
+  "updated in ..." changes). Captions, not a status indicator, so a fast rerun is never missed;
+- learners: for each count, as many browser pages at once, each loading the page and stepping the
+  slider; a page that shows no numbers within 30 s counts as failed; medians and 95th percentiles over
+  every step that finished;
+- ``--app-root``: serve the app of another checkout (e.g. a git worktree of an earlier commit) against
+  this binlab, to time a page change before and after on the same machine in one sitting.
 The server, the browsers and the computation share this machine's cores, as in a classroom with one
 lab server; the machine is printed with the numbers.
 """
@@ -34,12 +40,12 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
-def serve(preset: str) -> tuple[subprocess.Popen, str]:
+def serve(preset: str, app_root: Path = ROOT) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "BINLAB_PRESET": preset}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "Home.py"), "--server.headless", "true",
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app_root / "app" / "Home.py"), "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -53,9 +59,16 @@ def serve(preset: str) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the lab did not start within 120 s")
 
 
-async def caption(page) -> str:
-    loc = page.get_by_text("updated in", exact=False)
-    return await loc.first.inner_text() if await loc.count() else ""
+NUMBERS = ("updated in", "First look:")  # the final numbers' caption, the first look's
+BUSY = "The server is busy"
+
+
+async def texts(page) -> tuple[str, str, bool]:
+    """(the final numbers' caption, the first look's caption, whether the busy message shows), read in one
+    pass over the page's text (an element found and then read can be gone in between)."""
+    lines = (await page.evaluate("document.body.innerText")).splitlines()
+    pick = lambda needle: next((ln for ln in lines if needle in ln), "")  # noqa: E731
+    return pick(NUMBERS[0]), pick(NUMBERS[1]), any(BUSY in ln for ln in lines)
 
 
 async def learner(browser, url: str, steps: int, load_timeout: float) -> dict:
@@ -69,32 +82,62 @@ async def learner(browser, url: str, steps: int, load_timeout: float) -> dict:
         return {"failed": True, "load_s": time.perf_counter() - t0, "error": type(err).__name__, "steps": []}
     load = time.perf_counter() - t0
     thumb = page.get_by_role("slider").first
-    times = []
+    out = []
     for _ in range(steps):
-        before = await caption(page)
-        await thumb.focus()
-        t = time.perf_counter()
-        await page.keyboard.press("ArrowRight")
-        while time.perf_counter() - t < 60:
+        step = {"response_s": None, "first_s": None, "final_s": None}
+        try:
+            final0, first0, _ = await texts(page)
+            await thumb.focus(timeout=60_000)
+            t = time.perf_counter()
+            await page.keyboard.press("ArrowRight")
+        except Exception as err:  # noqa: BLE001 - a page too slow to take the key press: the step counts as timed out
+            out.append(step | {"error": type(err).__name__})
+            break
+        while time.perf_counter() - t < 60 and step["final_s"] is None:
             await page.wait_for_timeout(20)
-            if await caption(page) != before:
-                break
-        times.append(time.perf_counter() - t)
+            now = time.perf_counter() - t
+            final, first, busy = await texts(page)
+            if step["first_s"] is None and ((final and final != final0) or (first and first != first0)):
+                step["first_s"] = now
+            if step["response_s"] is None and (step["first_s"] is not None or busy):
+                step["response_s"] = now
+            if final and final != final0:
+                step["final_s"] = now
+        out.append(step)
         await page.wait_for_timeout(300)
     await page.close()
-    return {"failed": False, "load_s": load, "steps": times}
+    return {"failed": False, "load_s": load, "steps": out}
 
 
-async def run(url: str, steps: int, learners: int) -> tuple[dict, list[dict]]:
+async def run(url: str, steps: int, counts: list[int]) -> dict[int, list[dict]]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         await learner(browser, url, 1, 120)  # warm-up: the first session builds the lab's caches
-        one = await learner(browser, url, steps, 120)
-        many = await asyncio.gather(*(learner(browser, url, max(2, steps // 2), 30) for _ in range(learners)))
+        res = {}
+        for n in counts:
+            res[n] = list(await asyncio.gather(*(learner(browser, url, steps if n == 1 else max(2, steps // 2), 120 if n == 1 else 30)
+                                                 for _ in range(n))))
         await browser.close()
-    return one, list(many)
+    return res
+
+
+WORDS = {1: "one_learner", 8: "eight_learners", 16: "sixteen_learners", 32: "thirty_two_learners"}
+
+
+def summary(runs: list[dict]) -> dict:
+    """Medians and 95th percentiles of each time over every finished step of ``runs`` (one per page)."""
+    def q(xs, p):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))] if xs else None
+    out = {"failed_pages": sum(r["failed"] for r in runs), "load_s": [r["load_s"] for r in runs],
+           "timed_out_steps": sum(s["final_s"] is None for r in runs for s in r["steps"])}
+    for k in ("response", "first", "final"):
+        xs = [s[f"{k}_s"] for r in runs for s in r["steps"] if s[f"{k}_s"] is not None]
+        out[f"{k}_median_s"], out[f"{k}_p95_s"] = (statistics.median(xs) if xs else None), q(xs, 0.95)
+    out["steps"] = [s for r in runs for s in r["steps"]]
+    return out
 
 
 def main():
@@ -103,33 +146,47 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="scratch")
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--learners", type=int, default=8)
+    ap.add_argument("--learners", default="1,8,16,32", help="comma-separated class sizes, each timed in turn")
+    ap.add_argument("--app-root", default=None, help="serve the app of this checkout (default: this one)")
+    ap.add_argument("--out", default=None, help="results file stem (default bench-browser-<preset>)")
     args = ap.parse_args()
-    proc, url = serve(args.preset)
+    counts = [int(x) for x in args.learners.split(",")]
+    proc, url = serve(args.preset, Path(args.app_root).resolve() if args.app_root else ROOT)
+    load0 = os.getloadavg()[0]
     try:
-        one, many = asyncio.run(run(url, args.steps, args.learners))
+        res = asyncio.run(run(url, args.steps, counts))
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-    done = [t for r in many for t in r["steps"]]
-    out = {"preset": args.preset, "machine": machine(), "cpu_flags": cpu_flags(), "date": time.strftime("%Y-%m-%d"),
-           "command": f"python bench/browser.py --preset {args.preset} --steps {args.steps} --learners {args.learners}",
-           "one_learner_median_s": statistics.median(one["steps"]), "one_learner_steps_s": one["steps"],
-           "one_learner_load_s": one["load_s"], "learners": args.learners,
-           "eight_learners_median_s": statistics.median(done) if done else None,
-           "eight_learners_failed_pages": sum(r["failed"] for r in many),
-           "eight_learners_load_s": [r["load_s"] for r in many]}
-    stem = RESULTS / f"bench-browser-{args.preset}"
+    command = (f"python bench/browser.py --preset {args.preset} --steps {args.steps} --learners {args.learners}"
+               + (f" --app-root {args.app_root}" if args.app_root else "") + (f" --out {args.out}" if args.out else ""))
+    out = {"preset": args.preset, "machine": machine(), "cpu_flags": cpu_flags(), "date": time.strftime("%Y-%m-%d"), "command": command,
+           "app": "this checkout" if not args.app_root else f"the app of {args.app_root}", "load_average_start": load0,
+           "load_average_end": os.getloadavg()[0], "by_learners": {}}
+    for n, runs in res.items():
+        sm = summary(runs)
+        out["by_learners"][str(n)] = sm
+        w = WORDS.get(n, f"learners_{n}")
+        out |= {f"{w}_first_median_s": sm["first_median_s"], f"{w}_first_p95_s": sm["first_p95_s"],
+                f"{w}_final_median_s": sm["final_median_s"], f"{w}_response_p95_s": sm["response_p95_s"],
+                f"{w}_failed_pages": sm["failed_pages"]}
+    stem = RESULTS / (args.out or f"bench-browser-{args.preset}")
     stem.with_suffix(".json").write_text(json.dumps(out, indent=2))
+    f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     md = [f"# Browser benchmark ({args.preset})", "", f"Machine: {out['machine']}; CPU flags: {' '.join(out['cpu_flags'])}. "
-          f"Date: {out['date']}. Reproduce: `{out['command']}`", "",
+          f"Date: {out['date']}. 1-minute load average {load0:.2f} at the start, {out['load_average_end']:.2f} at the end. "
+          f"Reproduce: `{command}`" + (f" (served: {out['app']})" if args.app_root else ""), "",
           "Headless Chromium against the lab served on the same machine; a step is one right-arrow key press on the "
-          "threshold slider of Binarize (live), timed until the page shows the new evaluation.", "",
-          f"- one learner: median **{out['one_learner_median_s']:.2f} s** per step (page load {out['one_learner_load_s']:.1f} s); steps: "
-          + ", ".join(f"{t:.2f}" for t in one["steps"]),
-          f"- {args.learners} learners at once: median **" + (f"{out['eight_learners_median_s']:.2f} s" if done else "-")
-          + f"** per step; pages that showed no numbers within 30 s: **{out['eight_learners_failed_pages']}** of {args.learners}; "
-          "page loads " + ", ".join(f"{t:.1f}" for t in out["eight_learners_load_s"]) + " s"]
+          "threshold slider of Binarize (live), timed until the page shows: a first response (numbers or the busy message), "
+          "the first numbers (a first look on a small slice, or the final numbers of a configuration measured before), and "
+          "the final numbers. Seconds; the learners of a row work at once, each page loading and then stepping.", "",
+          "| learners | first response median / p95 | first numbers median / p95 | final numbers median / p95 | steps timed out (60 s) | "
+          "pages without numbers in 30 s | page loads s (median) |", "|---|---|---|---|---|---|---|"]
+    for n in counts:
+        sm = out["by_learners"][str(n)]
+        md.append(f"| {n} | {f(sm['response_median_s'])} / {f(sm['response_p95_s'])} | {f(sm['first_median_s'])} / {f(sm['first_p95_s'])} | "
+                  f"{f(sm['final_median_s'])} / {f(sm['final_p95_s'])} | {sm['timed_out_steps']} | {sm['failed_pages']} of {n} | "
+                  f"{f(statistics.median(sm['load_s']))} |")
     stem.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

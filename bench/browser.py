@@ -14,8 +14,9 @@ lab served locally from this machine.
   every step that finished;
 - ``--app-root``: serve the app of another checkout (e.g. a git worktree of an earlier commit) against
   this binlab, to time a page change before and after on the same machine in one sitting.
-The server, the browsers and the computation share this machine's cores, as in a classroom with one
-lab server; the machine is printed with the numbers.
+The server, the computation and the browsers share this machine's cores; in a classroom the browsers run
+on the learners' own machines, so with many learners these numbers are pessimistic (every page's
+rendering takes CPU from the server here). The machine is printed with the numbers.
 """
 from __future__ import annotations
 
@@ -179,7 +180,9 @@ def main():
           "Headless Chromium against the lab served on the same machine; a step is one right-arrow key press on the "
           "threshold slider of Binarize (live), timed until the page shows: a first response (numbers or the busy message), "
           "the first numbers (a first look on a small slice, or the final numbers of a configuration measured before), and "
-          "the final numbers. Seconds; the learners of a row work at once, each page loading and then stepping.", "",
+          "the final numbers. Seconds; the learners of a row work at once, each page loading and then stepping. The browsers "
+          "run on the server's own cores (in a classroom they run on the learners' machines), so rows with many learners "
+          "are pessimistic.", "",
           "| learners | first response median / p95 | first numbers median / p95 | final numbers median / p95 | steps timed out (60 s) | "
           "pages without numbers in 30 s | page loads s (median) |", "|---|---|---|---|---|---|---|"]
     for n in counts:

@@ -172,7 +172,7 @@ def test_a_busy_server_says_so_and_then_shows_the_numbers(env, trained, monkeypa
     """While other learners' evaluations hold the gate, the page says how many changes are ahead; the numbers follow."""
     from binlab.lab import gate
 
-    monkeypatch.setattr(gate.GATE, "ahead", lambda: 3)
+    monkeypatch.setattr(gate.GATE, "ahead", lambda priority=0: 3)
     at = new_app("views/binarize.py")
     at.selectbox(key="method").set_value("xnor").run()
     at.button(key="pick_encoder").click().run()
@@ -217,6 +217,39 @@ def test_the_gate_queues_evaluations_beyond_its_slots():
     assert sorted(order) == [0, 1, 2] and g.ahead() == 0
     with pytest.raises(ValueError):
         EvalGate(slots=0)
+
+
+def test_the_gate_lets_first_looks_ahead_of_full_evaluations():
+    """Waiting evaluations go by priority, then arrival: a first look (priority 1) that arrives after two
+    full evaluations (priority 0) runs before them; a newcomer's count of what is ahead follows its priority."""
+    import threading
+    import time
+
+    from binlab.lab.gate import EvalGate
+
+    g = EvalGate(slots=1)
+    order, release = [], threading.Event()
+    started = threading.Event()
+
+    def work(name, priority):
+        with g(priority):
+            order.append(name)
+            if name == "running":
+                started.set()
+                release.wait(5)
+
+    threads = [threading.Thread(target=work, args=("running", 0))]
+    threads[0].start()
+    started.wait(5)
+    for name, priority in (("full 1", 0), ("full 2", 0), ("first look", 1)):
+        threads.append(threading.Thread(target=work, args=(name, priority)))
+        threads[-1].start()
+        time.sleep(0.1)  # arrival order
+    assert g.ahead(0) == 4 and g.ahead(1) == 2  # a full evaluation waits behind all; a first look behind the running one and the first look
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert order == ["running", "first look", "full 1", "full 2"]
 
 
 def test_binarize_restores_from_url(env, trained):

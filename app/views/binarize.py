@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from binlab.lab.gate import GATE
-from binlab.lab.live import LiveLab, component_view, layout, spec_components, widget_representable
+from binlab.lab.live import GLANCE_PRIORITY, LiveLab, component_view, layout, spec_components, widget_representable
 from binlab.lab.runs import RunStore
 from binlab.methods import BINARIZERS, PAGE_DEFAULTS, method_card
 from binlab.methods.activations import ACT_HELP, ACT_NAMES, QKV_HELP
@@ -250,7 +250,7 @@ with friendly_errors():
                 st.subheader("3 · What changed")
                 busy = st.empty()
                 numbers = st.empty()
-                ahead = GATE.ahead() if lab.measured(spec) is None else 0
+                ahead = GATE.ahead(GLANCE_PRIORITY) if lab.measured(spec) is None else 0  # a first look comes next
                 if ahead:  # a busy server: say so at once rather than freeze
                     busy.info(f"The server is busy: queued behind {ahead} change{'s' if ahead > 1 else ''} from other learners. "
                               "Your numbers follow as soon as it is their turn.")

@@ -3,11 +3,19 @@
 Every learner's session is a thread of the same Streamlit process; two evaluations at once would
 each start torch's thread pool on the same cores, and two pools fighting for 2 cores slowed a
 training run here from 17 steps/s to 0.6. So :data:`GATE` lets at most ``slots`` evaluations compute
-at a time (one on a 2-core machine with 2 torch threads) and queues the rest in arrival order; the
-page shows a learner how many changes are ahead of theirs while they wait.
+at a time (one on a 2-core machine with 2 torch threads) and queues the rest; the page shows a learner
+how many changes are ahead of theirs while they wait.
+
+Waiting evaluations go by priority, then arrival: a first look (a small slice of rows, ``priority=1``)
+goes ahead of full evaluations (``priority=0``), so that with many learners each one sees first
+numbers after the running evaluation and the first looks ahead of theirs, not after every full
+evaluation queued before them. A full evaluation waits while first looks keep arriving; each learner's
+first look is followed by their own full evaluation, so the queue drains when the class pauses.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import threading
 from contextlib import contextmanager
@@ -26,27 +34,31 @@ class EvalGate:
         self.slots = slots
         self._cond = threading.Condition()
         self._running = 0
-        self._waiting = 0
+        self._queue: list[tuple[int, int]] = []  # (-priority, ticket) of the waiting ones, a heap: its head goes next
+        self._tickets = itertools.count()
 
-    def ahead(self) -> int:
-        """Evaluations a new one would wait behind (0: it starts at once)."""
+    def ahead(self, priority: int = 0) -> int:
+        """Evaluations a new one of ``priority`` would wait behind (0: it starts at once): those running
+        beyond the last free slot, and those waiting with the same or a higher priority."""
         with self._cond:
-            return self._waiting + max(0, self._running - self.slots + 1)
+            return sum(1 for p, _ in self._queue if -p >= priority) + max(0, self._running - self.slots + 1)
 
     @contextmanager
-    def __call__(self):
+    def __call__(self, priority: int = 0):
         with self._cond:
-            self._waiting += 1
-            while self._running >= self.slots:
+            me = (-priority, next(self._tickets))
+            heapq.heappush(self._queue, me)
+            while self._running >= self.slots or self._queue[0] != me:
                 self._cond.wait()
-            self._waiting -= 1
+            heapq.heappop(self._queue)
             self._running += 1
+            self._cond.notify_all()  # a free slot may remain for the next in line
         try:
             yield
         finally:
             with self._cond:
                 self._running -= 1
-                self._cond.notify()
+                self._cond.notify_all()  # the next in line may be any waiter
 
 
 #: the gate every live evaluation of this process passes (LiveLab's measurements)

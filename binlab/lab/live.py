@@ -29,6 +29,9 @@ from binlab.training.train import EVAL_BATCH, stats_on
 
 from .gate import GATE
 
+#: a first look's place in the evaluation gate: ahead of full evaluations (binlab.lab.gate)
+GLANCE_PRIORITY = 1
+
 PARTS = (("Q", "attn.q"), ("K", "attn.k"), ("V", "attn.v"), ("O", "attn.o"), ("FFN up", "ffn.up"), ("FFN down", "ffn.down"),
          ("W_ih", "rnn.ih"), ("W_hh", "rnn.hh"))  # the transformer's parts, then the LSTM's (binlab.nn.lstm)
 
@@ -241,13 +244,14 @@ class LiveLab:
         return tuple(torch.cat(v).numpy() for v in out)
 
     @torch.inference_mode()
-    def _plain_stats(self, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-row (NLL, units, hits) of the current model on ``batches``, every layer computed (no cache)."""
+    def _plain_stats(self, batches, priority: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-row (NLL, units, hits) of the current model on ``batches``, every layer computed (no cache);
+        ``priority`` in the evaluation gate (a first look: 1, ahead of full evaluations)."""
         from binlab.nn import objective
 
         m = self.model.eval()
         out = [[], [], []]
-        with GATE():
+        with GATE(priority):
             for x, y in batches:
                 for acc, v in zip(out, objective.row_stats(m(x), x, y, self.task)):
                     acc.append(v.double().cpu())
@@ -308,7 +312,7 @@ class LiveLab:
         :meth:`apply` of the same spec gives the full numbers, equal to an evaluation without the first look."""
         t0 = time.perf_counter()
         self._before = self._switch(spec)
-        nll, units, hits = self._plain_stats(self.glance_batches)
+        nll, units, hits = self._plain_stats(self.glance_batches, priority=GLANCE_PRIORITY)
         base_nll, base_units, base_hits = self.glance_base
         size = model_size(self.model).summary()
         out = {"loss": float(nll.sum() / units.sum()), "baseline_loss": float(base_nll.sum() / base_units.sum()), **size,

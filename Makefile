@@ -45,6 +45,8 @@ experiments: setup
 # minilm-l2 3 seeds for fp32 and the two best W1A1 recipes by validation (BiPFT-style, BiT in one step) with
 # their matched controls, the other rows keeping one seed.
 evidence: setup
+	$(PY) -m binlab.cli experiments run T8 --preset lm --seeds 3 --threads 2
+	$(PY) -m binlab.cli experiments datasize --preset scratch --seeds 3 --sizes 2000,4000,8000,all --threads 2
 	$(PY) -m binlab.cli experiments run T9 --preset scratch --seeds 3 --threads 2
 	$(PY) -m binlab.cli experiments run T9 --preset minilm-l2 --seeds 3 --only 0,6,9 --threads 2
 

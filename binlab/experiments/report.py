@@ -238,18 +238,22 @@ def table_view(payload: dict, rows: list[dict]) -> dict:
     - ``table``: one display dict per row;
     - ``bars``: ``{"x", "y", "plus", "minus", "name"}`` the bar chart's measured series (error bars: the
       seeds' standard deviation where there are several, else the 95 % Wilson interval on the test rows;
-      none for perplexity), ``reported``: the seed's reported series or None;
+      for perplexity the seeds' standard deviation or none), ``reported``: the seed's reported series or None;
     - ``y_title``, ``log_y``, ``y_range``, ``hline`` (a reference line: the bigram model) and ``caption``.
     """
     if any("perplexity" in r for r in payload["rows"]):  # a language model's table
         fp = next((r["perplexity"] for r in payload["rows"] if r["mode"] == "fp"), None)
         bg = (payload.get("bigram_perplexity") or {}).get("test_perplexity")
-        table = [{"configuration": r["label"], "mode": r["mode"], "budget": r.get("budget"), "perplexity": round(r["perplexity"], 2),
-                  "x fp32": round(r["perplexity"] / fp, 3) if fp else None, "bits / weight (all stored)": round(r["bits_per_quantized_weight"], 3),
+        table = [{"configuration": r["label"], "mode": r["mode"], "budget": r.get("budget"), "seeds": len(r.get("random_seeds") or [0]),
+                  "perplexity": round(r["perplexity"], 2),
+                  "x fp32 [95 % CI]": ratio_text(r, "ratio", r["perplexity"] / fp if fp and r["mode"] != "fp" else None),
+                  "x control [95 % CI]": ratio_text(r, "ratio_vs_control") if r.get("ratio_vs_control_ci95") else None,
+                  "bits / weight (all stored)": round(r["bits_per_quantized_weight"], 3),
                   "paper bits": r.get("paper_bits"), "reduction %": round(r["reduction_percent"], 2),
                   "the survey reports (LLaMA-7B)": r.get("survey")} for r in rows]
-        return {"table": table, "bars": {"x": [r["configuration"] for r in table], "y": [r["perplexity"] for r in table], "plus": None,
-                                         "minus": None, "name": "test perplexity"},
+        sd = [r.get("perplexity_std") or 0.0 for r in rows]  # error bars: the seeds' standard deviation where there are several
+        return {"table": table, "bars": {"x": [r["configuration"] for r in table], "y": [r["perplexity"] for r in table],
+                                         "plus": sd if any(sd) else None, "minus": sd if any(sd) else None, "name": "test perplexity"},
                 "reported": None, "y_title": "test perplexity (log)", "log_y": True, "y_range": _log_range([r["perplexity"] for r in table]),
                 "hline": (bg, "bigram") if bg else None,
                 "caption": (f"Test perplexity of the fp32 LM: {fp:.2f}" + (f"; a bigram model on the same tokens: {bg:.2f}." if bg else "."))

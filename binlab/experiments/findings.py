@@ -117,39 +117,44 @@ def t8_finding(rows: list[dict]) -> str:
     if "perplexity" in fp_row:
         fp = fp_row["perplexity"]
         quantized = [r for r in rows if r["mode"] != "fp" and "perplexity" in r]
-        seeded = bool(quantized) and all(seeds_of(r) >= 2 and r.get("ratio_ci95") for r in quantized)
-        ptq = [r for r in rows if r["mode"] == "ptq" and "perplexity" in r]
+        seeded = lambda r: seeds_of(r) >= 2 and bool(r.get("ratio_ci95"))  # noqa: E731 - a row whose ratio has seeds and an interval
         short = lambda r: r["label"].split(" (")[0]  # noqa: E731
+        ptq = [r for r in rows if r["mode"] == "ptq" and "perplexity" in r]
         if ptq:
-            out.append(f"Post-training, perplexity against fp32 {fp:.1f}: " + ", ".join(
-                f"{short(r)} {r['perplexity']:.1f}" + (f" (x fp32 {ratio_text(r)})" if seeded else "") for r in ptq) + ".")
-        if seeded:
-            level = [short(r) for r in quantized if not is_control(r["mode"], r["label"]) and r["no_measurable_difference"]]
-            out.append("No measurable difference from fp32: " + ("; ".join(level) if level else "none") + ".")
-            qat = [r for r in rows if r["mode"] == "qat" and not is_control(r["mode"], r["label"]) and r.get("ratio_vs_control_ci95")]
-            if qat:
-                out.append("After QAT, perplexity against each row's matched fp32 control: " + "; ".join(
-                    f"{short(r)} x {ratio_text(r, 'ratio_vs_control')}" for r in qat) + ".")
-            with_val = [r for r in rows if r["mode"] == "qat" and not is_control(r["mode"], r["label"]) and r.get("val_perplexity")]
-            if with_val:
-                best = min(with_val, key=lambda r: r["val_perplexity"])
-                behind = [short(r) for r in with_val if r is not best and separated(best, r) > 0]
-                level = [short(r) for r in with_val if r is not best and separated(best, r) == 0]
-                out.append(f"Best QAT row by validation perplexity: {short(best)} (validation {best['val_perplexity']:.1f}, test "
-                           f"{best['perplexity']:.1f}); on test it is measurably better than {'; '.join(behind) if behind else 'none of the others'}"
-                           + (f", and cannot be separated from {'; '.join(level)}" if level else "") + ".")
+            out.append(f"Post-training, perplexity against fp32 {fp:.1f}: " + "; ".join(
+                f"{short(r)} {r['perplexity']:.1f}" + (f" (x fp32 {ratio_text(r)})" if seeded(r) else "") for r in ptq) + ".")
+        with_ci = [r for r in quantized if seeded(r) and not is_control(r["mode"], r["label"])]
+        if with_ci:
+            level = [short(r) for r in with_ci if r["no_measurable_difference"]]
+            out.append(f"Of the {len(with_ci)} rows with seeds, no measurable difference from fp32: " + ("; ".join(level) if level else "none") + ".")
+        qat = [r for r in with_ci if r["mode"] == "qat" and r.get("ratio_vs_control_ci95")]
+        if qat:
+            out.append("After QAT, perplexity against each row's matched fp32 control: " + "; ".join(
+                f"{short(r)} x {ratio_text(r, 'ratio_vs_control')}" for r in qat) + ".")
+        with_val = [r for r in with_ci if r["mode"] == "qat" and r.get("val_perplexity")]
+        if len(with_val) >= 2:
+            best = min(with_val, key=lambda r: r["val_perplexity"])
+            behind = [short(r) for r in with_val if r is not best and separated(best, r) > 0]
+            level = [short(r) for r in with_val if r is not best and separated(best, r) == 0]
+            out.append(f"Best QAT row by validation perplexity: {short(best)} (validation {best['val_perplexity']:.1f}, test "
+                       f"{best['perplexity']:.1f}); on test it is measurably better than {'; '.join(behind) if behind else 'none of the others'}"
+                       + (f", and cannot be separated from {'; '.join(level)}" if level else "") + ".")
         surveyed = [r for r in rows if r.get("survey") and "ppl " in r["survey"] and "perplexity" in r]
         if surveyed:
             order = sorted(surveyed, key=lambda r: float(r["survey"].split("ppl ")[1].split()[0]))
             out.append("The survey's order on LLaMA-7B (quoted), best first: " + " > ".join(_short(r) for r in order) + ".")
-            if seeded and len(order) >= 2:
-                out.append(_survey_pairs(order, _short))
-        if not seeded:
-            out.append("With one seed and no interval on these perplexities, the table ranks none of the methods here; "
-                       "perplexity gaps between one-seed rows can be training noise.")
-        seeds = min(seeds_of(r) for r in quantized) if quantized else 1
-        note = (f"{seeds} seeds, each from its own fp32 baseline; x fp32 and x control: perplexity ratios with their 95 % "
-                "intervals over test rows and seeds" if seeded else "one seed")
+            tested = [r for r in order if seeded(r)]
+            if len(tested) >= 2:
+                out.append(_survey_pairs(tested, _short) + (f" Rows with one seed ({len(order) - len(tested)} of the survey's) are not tested."
+                                                            if len(tested) < len(order) else ""))
+        one_seed = [r for r in quantized if not seeded(r)]
+        if one_seed:
+            out.append(("The rows with one seed carry no interval on perplexity" if with_ci else
+                        "With one seed and no interval on these perplexities, the table ranks none of the methods here")
+                       + "; perplexity gaps between one-seed rows can be training noise.")
+        seeds = max((seeds_of(r) for r in with_ci), default=1)
+        note = (f"rows with {seeds} seeds, each from its own fp32 baseline, show x fp32 and x control as perplexity ratios with their "
+                "95 % intervals over test rows and seeds" + ("; the other rows have one seed" if one_seed else "")) if with_ci else "one seed"
     else:
         acc = [r for r in rows if r["mode"] in ("ptq", "qat") and not r["label"].startswith("fp32 control") and r.get("accuracy") is not None]
         if acc:

@@ -34,6 +34,14 @@ def _provenance_lines(payload: dict) -> list[str]:
             "each row's 'vs fp32' compares with the baseline of its own run.", ""]
 
 
+def _fp_of_own_run(payload: dict, fp: float | None):
+    """``label -> the fp32 result of the run that made that row``: in a merged table the rows kept from an
+    earlier run compare with that run's fp32 (``base_run``), the re-run rows with the table's."""
+    base = (payload.get("base_run") or {}).get("fp32")
+    rerun = {label for run in payload.get("partial_runs") or [] for label in run["rows"]}
+    return lambda label: base if base is not None and label not in rerun else fp
+
+
 def lm_markdown(payload: dict) -> str:
     fp = next((r["perplexity"] for r in payload["rows"] if r["mode"] == "fp"), None)
     bg = payload.get("bigram_perplexity") or {}
@@ -43,11 +51,13 @@ def lm_markdown(payload: dict) -> str:
                   f"**{bg['test_perplexity']:.2f}** on the same tokens" + (f"; the fp32 LM has **{fp:.2f}**" if fp else "")
                   + (f" (trained in {payload['baseline_train_seconds']:.0f} s here)." if payload.get("baseline_train_seconds") else "."), ""]
     ppl = {r["label"]: r.get("perplexity") for r in payload["rows"]}
+    fp_of = _fp_of_own_run(payload, fp)
     lines += ["| configuration | mode | budget | seeds | perplexity (mean ± sd) | x fp32 [95 % CI] | x control [95 % CI] | "
               "bits / quantized weight (all stored) | paper bits | size MB | reduction % | calibration / train s | the survey reports |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
-        ratio = None if not fp or r["mode"] == "fp" else r["perplexity"] / fp
+        own = fp_of(r["label"])
+        ratio = None if not own or r["mode"] == "fp" else r["perplexity"] / own  # shown where no interval is stored
         ctl = ppl.get(r.get("control")) if r["mode"] == "qat" and not is_control(r["mode"], r["label"]) else None
         vs_ctl = r["perplexity"] / ctl if ctl else None  # only against the row's matched control
         lines.append(f"| {r['label']} | {r['mode']} | {r.get('budget') or '-'} | {seeds_text(r)} | {accuracy_text(r, 'perplexity')} | "
@@ -195,9 +205,13 @@ def write_index(out_dir: Path | None = None) -> Path:
         if any("perplexity" in r for r in pl["rows"]):
             fp = next((r["perplexity"] for r in pl["rows"] if r["mode"] == "fp"), None)
             lines += [f"## [{pl['experiment']} ({pl['preset']})]({pl['experiment']}-{pl['preset']}.md): {pl['title']}", "",
-                      "| configuration | mode | test perplexity | x fp32 | bits / quantized weight | reduction % |", "|---|---|---|---|---|---|"]
+                      "| configuration | mode | seeds | test perplexity | x fp32 [95 % CI] | bits / quantized weight | reduction % |",
+                      "|---|---|---|---|---|---|---|"]
+            fp_of = _fp_of_own_run(pl, fp)
             for r in pl["rows"]:
-                lines.append(f"| {r['label']} | {r['mode']} | {r['perplexity']:.2f} | {fmt(r['perplexity'] / fp if fp else None)} | "
+                own = fp_of(r["label"]) if r["mode"] != "fp" else None
+                lines.append(f"| {r['label']} | {r['mode']} | {seeds_text(r)} | {r['perplexity']:.2f} | "
+                             f"{ratio_text(r, 'ratio', r['perplexity'] / own if own else None)} | "
                              f"{r['bits_per_quantized_weight']:.3f} | {r['reduction_percent']:.2f} |")
             lines.append("")
             continue
@@ -244,9 +258,10 @@ def table_view(payload: dict, rows: list[dict]) -> dict:
     if any("perplexity" in r for r in payload["rows"]):  # a language model's table
         fp = next((r["perplexity"] for r in payload["rows"] if r["mode"] == "fp"), None)
         bg = (payload.get("bigram_perplexity") or {}).get("test_perplexity")
+        fp_of = _fp_of_own_run(payload, fp)
         table = [{"configuration": r["label"], "mode": r["mode"], "budget": r.get("budget"), "seeds": len(r.get("random_seeds") or [0]),
                   "perplexity": round(r["perplexity"], 2),
-                  "x fp32 [95 % CI]": ratio_text(r, "ratio", r["perplexity"] / fp if fp and r["mode"] != "fp" else None),
+                  "x fp32 [95 % CI]": ratio_text(r, "ratio", r["perplexity"] / fp_of(r["label"]) if fp_of(r["label"]) and r["mode"] != "fp" else None),
                   "x control [95 % CI]": ratio_text(r, "ratio_vs_control") if r.get("ratio_vs_control_ci95") else None,
                   "bits / weight (all stored)": round(r["bits_per_quantized_weight"], 3),
                   "paper bits": r.get("paper_bits"), "reduction %": round(r["reduction_percent"], 2),

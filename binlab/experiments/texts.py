@@ -42,5 +42,6 @@ def ratio_text(r: dict, key: str = "ratio", plain: float | None = None) -> str:
     or ``plain`` (the ratio of the table's perplexities) for a row stored before per-row NLL was."""
     if r.get(f"{key}_ci95"):
         lo, hi = r[f"{key}_ci95"]
-        return f"{r[key]:.3f} [{lo:.3f}, {hi:.3f}]" + (" no measurable difference" if lo <= 1 <= hi else "")
+        d = 4 if hi - lo < 0.01 else 3  # a narrow interval near 1 needs the fourth decimal to show which side it is on
+        return f"{r[key]:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]" + (" no measurable difference" if lo <= 1 <= hi else "")
     return "-" if plain is None else f"{plain:.2f} (no interval)"

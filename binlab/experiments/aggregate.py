@@ -11,7 +11,9 @@ def aggregate(c: Config, runs: list[dict], reference: list[dict] | None = None) 
     its standard deviation, and, against ``reference`` (the fp32 baseline's runs on the same test rows),
     the difference with its two-stage (rows, then seeds) 95 % interval (:func:`binlab.experiments.stats.seed_diff`)
     and the exact McNemar p-value of each seed against the baseline it was trained from (the largest is
-    shown: the least significant). ``no_measurable_difference``: the interval contains 0."""
+    shown: the least significant). ``no_measurable_difference``: the interval contains 0. A language
+    model's row has the perplexity ratio against the baseline instead (``ratio``, ``ratio_ci95``,
+    :func:`binlab.experiments.stats.seed_ratio`; no measurable difference: the interval contains 1)."""
     import numpy as np
 
     from .stats import mcnemar_p, seed_diff, seed_ratio, seed_summary, unpack_correct, unpack_floats

@@ -22,7 +22,9 @@ next-token logits), in float32:
 - a plain binary linear without an input quantizer on fewer than ``LUT_ROWS`` tokens: lookup tables;
 - every other codec (k-bit grids, planes, PB-LLM's partial rows, BiLLM/ARB/STBLLM blocks): the input
   quantizer, then ``TILE`` output rows dequantized at a time for a float32 GEMM;
-- unquantized linears and embeddings: their float32 tensors.
+- unquantized linears and embeddings: their float32 tensors;
+- between the linears, GELU, the residual add with LayerNorm and the masked softmax as one-pass numba
+  loops (:mod:`binlab.runtime.elementwise`).
 
 The results equal the torch packed path's up to float32 summation order (the tests hold logits to
 1e-5 relative on the tiny presets); a value within rounding of a sign threshold can flip a bit, so on a

@@ -101,24 +101,27 @@ RATIO_INTERVALS = {"seed_ratio (binlab)": lambda a, b, u, paired: (lambda r: (r.
                    "test rows only": _ratio(lambda r: Z95 * r.se_rows)}
 
 
+def _rows(cover, settings, intervals: dict, trials: int, seed0: int) -> list[dict]:
+    """One row per (seed sd, paired) setting: each interval's coverage on the same simulated tables."""
+    rows = []
+    for i, (sd, paired) in enumerate(settings):
+        row = {"seed_sd": sd, "paired": paired} | {name: cover(fn, trials, sd, paired, seed=seed0 + i) for name, fn in intervals.items()}
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def _table(rows: list[dict], intervals: dict) -> list[str]:
+    return (["| seed sd | seeds paired | " + " | ".join(intervals) + " |", "|---|---|" + "---|" * len(intervals)]
+            + [f"| {r['seed_sd']} | {'yes' if r['paired'] else 'no'} | " + " | ".join(f"{r[k]:.3f}" for k in intervals) + " |" for r in rows])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=250)
     args = ap.parse_args()
-    rows = []
-    for i, (sd, paired) in enumerate(SETTINGS):
-        row = {"seed_sd": sd, "paired": paired}
-        for name, fn in INTERVALS.items():
-            row[name] = coverage(fn, args.trials, sd, paired, seed=100 + i)  # the same simulated tables for every interval
-        rows.append(row)
-        print(row, flush=True)
-    ratio_rows = []
-    for i, (sd, paired) in enumerate(RATIO_SETTINGS):
-        row = {"seed_sd": sd, "paired": paired}
-        for name, fn in RATIO_INTERVALS.items():
-            row[name] = ratio_coverage(fn, args.trials, sd, paired, seed=200 + i)
-        ratio_rows.append(row)
-        print(row, flush=True)
+    rows = _rows(coverage, SETTINGS, INTERVALS, args.trials, seed0=100)
+    ratio_rows = _rows(ratio_coverage, RATIO_SETTINGS, RATIO_INTERVALS, args.trials, seed0=200)
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "trials": args.trials, "rows": rows, "ratio_rows": ratio_rows,
            "command": "python bench/interval_coverage.py" + (f" --trials {args.trials}" if args.trials != 250 else "")}
     (RESULTS / "interval-coverage.json").write_text(json.dumps(out, indent=2))
@@ -126,17 +129,11 @@ def main() -> None:
           f"Machine: {out['machine']}. Date: {out['date']}. Reproduce: `{out['command']}`", "",
           f"{args.trials} simulated tables per setting (binlab.experiments.coverage: 7,600 test rows, 3 seeds, true difference "
           "known), the same tables for every interval. A 95 % interval should cover about 0.95; binlab's suite requires 0.93 "
-          "of seed_diff (tests/test_stats.py).", "",
-          "| seed sd | seeds paired | " + " | ".join(INTERVALS) + " |", "|---|---|" + "---|" * len(INTERVALS)]
-    for r in rows:
-        md.append(f"| {r['seed_sd']} | {'yes' if r['paired'] else 'no'} | " + " | ".join(f"{r[k]:.3f}" for k in INTERVALS) + " |")
+          "of seed_diff (tests/test_stats.py).", ""] + _table(rows, INTERVALS)
     md += ["", "## Perplexity ratios", "",
            f"{args.trials} simulated language-model tables per setting (binlab.experiments.coverage.lm_trial: 400 blocks of test rows, "
            "about 850 tokens each, 3 seeds, true log ratio 0.05), the same tables for every interval; seed sd is in nats of mean NLL "
-           "per token (0.01 is about 1 % of perplexity). binlab's suite requires 0.93 of seed_ratio.", "",
-           "| seed sd | seeds paired | " + " | ".join(RATIO_INTERVALS) + " |", "|---|---|" + "---|" * len(RATIO_INTERVALS)]
-    for r in ratio_rows:
-        md.append(f"| {r['seed_sd']} | {'yes' if r['paired'] else 'no'} | " + " | ".join(f"{r[k]:.3f}" for k in RATIO_INTERVALS) + " |")
+           "per token (0.01 is about 1 % of perplexity). binlab's suite requires 0.93 of seed_ratio.", ""] + _table(ratio_rows, RATIO_INTERVALS)
     (RESULTS / "interval-coverage.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -235,14 +235,17 @@ def load_results(out_dir: Path | None = None) -> list[dict]:
 
 
 def _log_range(values: list[float]) -> list[float] | None:
-    """A log axis's range (log10 units) around ``values``, at most 6 decades (a far-off bar is cut at the top)."""
+    """A log axis's range (log10 units) around ``values``: from just below the smallest to just above the
+    second largest times 2, so one far-off bar (a collapsed method) is cut at the top instead of flattening
+    every other bar; at most 6 decades."""
     import math
 
-    v = [x for x in values if x and x > 0 and math.isfinite(x)]
+    v = sorted(x for x in values if x and x > 0 and math.isfinite(x))
     if not v:
         return None
-    lo = math.log10(min(v))
-    return [lo - 0.05, min(math.log10(max(v)), lo + 6) + 0.1]
+    lo = math.log10(v[0])
+    top = math.log10(v[-1]) if len(v) < 3 else min(math.log10(v[-1]), math.log10(2 * v[-2]))
+    return [lo - 0.05, min(top, lo + 6) + 0.05]
 
 
 def table_view(payload: dict, rows: list[dict]) -> dict:
@@ -266,12 +269,15 @@ def table_view(payload: dict, rows: list[dict]) -> dict:
                   "bits / weight (all stored)": round(r["bits_per_quantized_weight"], 3),
                   "paper bits": r.get("paper_bits"), "reduction %": round(r["reduction_percent"], 2),
                   "the survey reports (LLaMA-7B)": r.get("survey")} for r in rows]
+        y_range = _log_range([r["perplexity"] for r in table])
         sd = [r.get("perplexity_std") or 0.0 for r in rows]  # error bars: the seeds' standard deviation where there are several
         return {"table": table, "bars": {"x": [r["configuration"] for r in table], "y": [r["perplexity"] for r in table],
                                          "plus": sd if any(sd) else None, "minus": sd if any(sd) else None, "name": "test perplexity"},
-                "reported": None, "y_title": "test perplexity (log)", "log_y": True, "y_range": _log_range([r["perplexity"] for r in table]),
+                "reported": None, "y_title": "test perplexity (log)", "log_y": True, "y_range": y_range,
                 "hline": (bg, "bigram") if bg else None,
-                "caption": (f"Test perplexity of the fp32 LM: {fp:.2f}" + (f"; a bigram model on the same tokens: {bg:.2f}." if bg else "."))
+                "caption": (f"Test perplexity of the fp32 LM: {fp:.2f}" + (f"; a bigram model on the same tokens: {bg:.2f}." if bg else ".")
+                            + "".join(f" {r['configuration']} ({r['perplexity']:,.0f}) runs off the top of the chart." for r in table
+                                      if y_range and r["perplexity"] > 10 ** y_range[1]))
                 if fp is not None else None}
     fp = next((r["accuracy"] for r in payload["rows"] if r["mode"] == "fp"), None)
     n_test = payload["data"]["test"]

@@ -1,6 +1,6 @@
 """Benchmark: the packed model file against the fp32 model, side by side in one run on this machine,
 run three ways: fp32 torch, the packed model in torch (:func:`binlab.runtime.export.load_packed`) and
-the torch-free runtime (:mod:`binlab.runtime.standalone`).
+the torch-free runtime (:mod:`binlab.runtime.standalone`, its numba backend, and its numpy backend for W1A1).
 
     python bench/deploy.py --preset scratch        # writes docs/results/bench-deploy-<preset>.{json,md}
     python bench/deploy.py --preset minilm-l2
@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 from common import cpu_flags, paired, timeit  # noqa: E402 - bench/common.py, beside this script
 
 SPECS = ("w1a1", "w1a32")
-KINDS = ("fp32", "packed", "torchfree", "torchfree_w1a32")  # fresh processes: fp32 torch, W1A1 in torch, W1A1 and W1A32 torch-free
+# fresh processes: fp32 torch, W1A1 in torch, W1A1 and W1A32 torch-free (numba backend), W1A1 torch-free on the numpy backend
+KINDS = ("fp32", "packed", "torchfree", "torchfree_w1a32", "numpy")
 
 
 def _specs():
@@ -135,15 +136,17 @@ def main():
         path = tmp / f"{kind}.safetensors"
         info = save_packed(fq, path, tokenizer=splits.tokenizer)
         packed, lite = load_packed(path), standalone.load(path, numba_threads=None)  # here only for agreement: timed in its own process
+        lite_np = standalone.load(path, backend="numpy")
         keep = 2 if lm else None  # a language model's logits over the whole test set would not fit in memory
-        (pa, a), (pb, b), (pc, c) = (outputs(f, test, lm, keep) for f in (torch_fn(fq), torch_fn(packed), lite.logits))
+        (pa, a), (pb, b), (pc, c), (pn, n) = (outputs(f, test, lm, keep) for f in (torch_fn(fq), torch_fn(packed), lite.logits, lite_np.logits))
         cfg = {"spec": spec.to_json(), "train_s": train_s, "file_bytes": info["file_bytes"], "predicted_bytes": info["predicted_bytes"],
                "tokenizer_bytes": info["tokenizer_bytes"], "within_header": check_size(info),
                "fake_quant_metric": metric(evaluate(fq, test)), "packed_metric": metric(evaluate(packed, test)),
                "prediction_agreement": float((pa == pb).mean()),
                "max_logit_rel_diff": float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)),
                "torchfree_agreement": float((pc == pb).mean()),
-               "torchfree_max_logit_rel_diff": float(np.abs(c - b).max() / max(np.abs(b).max(), 1e-30))}
+               "torchfree_max_logit_rel_diff": float(np.abs(c - b).max() / max(np.abs(b).max(), 1e-30)),
+               "numpy_agreement": float((pn == pb).mean()), "numpy_max_logit_rel_diff": float(np.abs(n - b).max() / max(np.abs(b).max(), 1e-30))}
         if kind == "w1a32":  # the integer path: inputs rounded to int8 per token, an int8 GEMM
             int8 = load_packed(path, int8_inputs=True)
             pd, d = outputs(torch_fn(int8), test, lm, keep)
@@ -192,7 +195,7 @@ def main():
     np.save(tmp / "offsets.npy", test.offsets)
     paths = {"fp32": str(baseline_stem(p, splits, p.train).with_suffix(".safetensors")),
              "packed": str(tmp / "w1a1.safetensors"), "torchfree": str(tmp / "w1a1.safetensors"),
-             "torchfree_w1a32": str(tmp / "w1a32.safetensors")}
+             "torchfree_w1a32": str(tmp / "w1a32.safetensors"), "numpy": str(tmp / "w1a1.safetensors")}
     runs = {k: [] for k in KINDS}
     for _ in range(3):
         for k in KINDS:
@@ -203,13 +206,14 @@ def main():
         out[f"peak_rss_{k}_mb"] = statistics.median(r["peak_mb"] for r in runs[k])
         out[f"base_rss_{k}_mb"] = statistics.median(r["base_mb"] for r in runs[k])
     # the torch-free runtime's speed: its own processes against the fp32 torch process of the same round
-    for kind, k in (("w1a1", "torchfree"), ("w1a32", "torchfree_w1a32")):
+    for kind, k in (("w1a1", "torchfree"), ("w1a32", "torchfree_w1a32"), ("w1a1_numpy", "numpy")):
         for what, key, prefix in (("test_s", "_s", ""), ("batch1_ms", "_ms", "batch1_")):
             ratios = [f[what] / t[what] for f, t in zip(runs["fp32"], runs[k])]
             out[f"{prefix}torchfree_{kind}{key}"] = statistics.median(r[what] for r in runs[k])
             out[f"{prefix}torchfree_{kind}_vs_fp32"] = {"ratio": statistics.median(ratios), "ratio_min": min(ratios),
                                                        "ratio_max": max(ratios), "pairs": len(ratios), "fresh_processes": True}
-    out["torchfree_imports_torch"] = any(r["torch_imported"] for r in runs["torchfree"])
+    out["torchfree_imports_torch"] = any(r["torch_imported"] for k in ("torchfree", "numpy") for r in runs[k])
+    out["numpy_imports_numba"] = any(r.get("numba_imported", True) for r in runs["numpy"])
     # the keys the runtime's targets are stated in
     out["torchfree_s"] = out["torchfree_w1a1_s"]
     out["torchfree_batch1_ms"] = out["batch1_torchfree_w1a1_ms"]
@@ -257,7 +261,8 @@ def markdown(out: dict) -> str:
           + f"Reproduce: `{out['command']}`", "",
           f"Test set: {out['rows']} rows, batches of 64, length-sorted. The packed models are the cached fp32 baseline "
           f"binarized and trained: {out['trained']}. Three runtimes: fp32 torch, the packed file in torch (`load_packed`) and "
-          "the packed file without torch (`binlab.runtime.standalone`: numpy and numba). Speedups are against fp32 torch, timed in "
+          "the packed file without torch (`binlab.runtime.standalone`: numpy and numba; W1A1 also on its numpy backend, which "
+          "decodes the binary matrices to float32 at load and keeps numba out of the process). Speedups are against fp32 torch, timed in "
           "interleaved pairs: the median of the per-pair ratios, their range in brackets. The torch-free rows are timed as they are "
           "deployed, in fresh processes without torch (three, each paired with the fp32 torch process of the same round); the torch "
           "rows in one process.", "",
@@ -266,7 +271,10 @@ def markdown(out: dict) -> str:
           f"| fp32 torch | {out['fp32_s']:.2f} | 1.00x | {out['batch1_fp32_ms']:.2f} | 1.00x | {fmt(out['fp32_metric'])} | - | {out['fp32_bytes']:,.0f} |"]
     for kind, label in (("w1a1", "W1A1"), ("w1a32", "W1A32")):
         c = out["configs"][kind]
-        for side, name in ((f"packed_{kind}", f"packed {label}, torch"), (f"torchfree_{kind}", f"packed {label}, torch-free")):
+        sides = [(f"packed_{kind}", f"packed {label}, torch"), (f"torchfree_{kind}", f"packed {label}, torch-free")]
+        if f"torchfree_{kind}_numpy_s" in out:
+            sides.append((f"torchfree_{kind}_numpy", f"packed {label}, torch-free, numpy backend"))
+        for side, name in sides:
             md.append(f"| {name} | {out[f'{side}_s']:.2f} | {_ratio(out[f'{side}_vs_fp32'])} | {out[f'batch1_{side}_ms']:.2f} | "
                       f"{_ratio(out[f'batch1_{side}_vs_fp32'])} | {fmt(c['packed_metric'])} | {c['file_bytes']:,} | {c['predicted_bytes']:,.0f} |")
         if kind == "w1a32":
@@ -280,7 +288,9 @@ def markdown(out: dict) -> str:
                f"{100 * c1['prediction_agreement']:.2f} % of predictions agree (largest logit difference {c1['max_logit_rel_diff']:.1e} "
                f"of the largest logit), W1A32 {100 * c32['prediction_agreement']:.2f} % ({c32['max_logit_rel_diff']:.1e}). "
                f"Torch-free vs torch packed: W1A1 {100 * c1['torchfree_agreement']:.2f} % ({c1['torchfree_max_logit_rel_diff']:.1e}), "
-               f"W1A32 {100 * c32['torchfree_agreement']:.2f} % ({c32['torchfree_max_logit_rel_diff']:.1e}). The int8-input W1A32 "
+               f"W1A32 {100 * c32['torchfree_agreement']:.2f} % ({c32['torchfree_max_logit_rel_diff']:.1e})"
+               + (f"; the numpy backend W1A1 {100 * c1['numpy_agreement']:.2f} % ({c1['numpy_max_logit_rel_diff']:.1e})" if "numpy_agreement" in c1 else "")
+               + ". The int8-input W1A32 "
                "path (`load_packed(path, int8_inputs=True)`: inputs rounded to 8 bits per token, an int8 GEMM) against fake "
                f"quantization: {100 * c32['int8_agreement']:.2f} % ({c32['int8_max_logit_rel_diff']:.1e}). Fake-quant "
                f"{unit}: W1A1 {fmt(c1['fake_quant_metric'])}, W1A32 {fmt(c32['fake_quant_metric'])}.", "",
@@ -288,11 +298,16 @@ def markdown(out: dict) -> str:
            "the whole test set, then texts one at a time.", "",
            "| runtime | process start to first prediction s | peak memory MiB | before the model MiB |", "|---|---|---|---|"]
     for k, name in (("fp32", "fp32 torch"), ("packed", "packed W1A1, torch"), ("torchfree", "packed W1A1, torch-free"),
-                    ("torchfree_w1a32", "packed W1A32, torch-free")):
+                    ("torchfree_w1a32", "packed W1A32, torch-free"), ("numpy", "packed W1A1, torch-free, numpy backend")):
+        if f"{k}_start_s" not in out:
+            continue
         md.append(f"| {name} | {out[f'{k}_start_s']:.2f} | {out[f'peak_rss_{k}_mb']:.0f} | {out[f'base_rss_{k}_mb']:.0f} |")
     md += ["", f"Torch-free against fp32 torch: start {out['fp32_start_s'] / out['torchfree_start_s']:.2f}x sooner, peak memory "
                f"{out['peak_rss_torchfree_mb'] / out['peak_rss_fp32_mb']:.2f} of fp32's; torch imported by the torch-free process: "
-               f"{'yes' if out['torchfree_imports_torch'] else 'no'}.", "",
+               f"{'yes' if out['torchfree_imports_torch'] else 'no'}"
+               + (f"; the numpy backend: start {out['fp32_start_s'] / out['numpy_start_s']:.2f}x sooner, peak memory "
+                  f"{out['peak_rss_numpy_mb'] / out['peak_rss_fp32_mb']:.2f} of fp32's, numba imported: "
+                  f"{'yes' if out['numpy_imports_numba'] else 'no'}" if "numpy_start_s" in out else "") + ".", "",
            f"W1A32 ceiling (exact float activations, measured here at (512, 384, 1536)): dense fp32 GEMM "
            f"{out['fp32_macs_per_s'] / 1e9:.0f} G MAC/s; the lookup-table kernel {out['lut_reads_per_s'] / 1e9:.1f} G table reads/s, "
            f"each read standing for 8 weights, so a batch can run at most {out['w1a32_ceiling']:.2f}x fp32 this way. "

@@ -125,6 +125,10 @@ def cmd_eval(args):
     return 0
 
 
+BACKEND_HELP = ("numba: the packed kernels (fastest on batches); numpy: no numba in the process, the smallest memory "
+                "(the binary matrices decoded to float32 at load)")
+
+
 def cmd_classify(args):
     """Classify texts with a packed model, without torch (binlab.runtime.standalone)."""
     from .runtime.standalone import load
@@ -137,7 +141,7 @@ def cmd_classify(args):
         texts += [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     if not texts:
         raise ValueError("give one or more texts to classify, or --file with one text per line")
-    out = load(args.model).classify(texts)
+    out = load(args.model, backend=args.backend).classify(texts)
     for r in out:
         print(json.dumps(r) if args.json else f"{r['label']}\t{r['probs'][r['label']]:.3f}\t{r['text']}")
     return 0
@@ -147,7 +151,7 @@ def cmd_generate(args):
     if args.model:  # a packed language model, without torch
         from .runtime.standalone import load
 
-        print(json.dumps({"prompt": args.prompt, "packed": load(args.model).generate(args.prompt, args.tokens)["text"]}, indent=2))
+        print(json.dumps({"prompt": args.prompt, "packed": load(args.model, backend=args.backend).generate(args.prompt, args.tokens)["text"]}, indent=2))
         return 0
     from .nn.generate import greedy
     from .training.calibration import calibration_set
@@ -468,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--prompt", required=True)
             p.add_argument("--model", default=None, help="a packed language model file (binlab export): run it without torch")
             p.add_argument("--tokens", type=int, default=20, help="at most this many new tokens")
+            p.add_argument("--backend", choices=("numba", "numpy"), default="numba", help=BACKEND_HELP)
         elif name == "export":
             p.add_argument("--out", required=True, help="the .safetensors file to write")
             p.add_argument("--verify", action="store_true", help="load the file back and compare its predictions on the test split")
@@ -480,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="texts to classify (one argument each)")
     p.add_argument("--file", default=None, help="a text file: one text per line")
     p.add_argument("--json", action="store_true", help="one JSON object per text (label and class probabilities)")
+    p.add_argument("--backend", choices=("numba", "numpy"), default="numba", help=BACKEND_HELP)
     p.set_defaults(fn=cmd_classify)
 
     p = sub.add_parser("experiments", help="regenerate the seed tables (writes docs/results/)")

@@ -1,13 +1,18 @@
-"""The torch-free runtime's float32 operations against float64 references written here."""
+"""The torch-free runtime's float32 operations (numba's loops and the numpy backend's array passes) against
+float64 references written here."""
 import math
 
 import numpy as np
 import pytest
 
-from binlab.runtime.elementwise import add_layer_norm, erf32, gelu_, masked_softmax_
+from binlab.runtime import elementwise, npops
+
+OPS = pytest.mark.parametrize("ops", [elementwise, npops], ids=["numba", "numpy"])
 
 
-def test_erf_and_gelu_match_float64_to_float32_precision():
+@OPS
+def test_erf_and_gelu_match_float64_to_float32_precision(ops):
+    erf32, gelu_ = ops.erf32, ops.gelu_
     t = np.linspace(-6, 6, 120001)
     ref = np.array([math.erf(v) for v in t])
     assert np.abs(erf32(t) - ref).max() < 1e-6
@@ -21,7 +26,9 @@ def test_erf_and_gelu_match_float64_to_float32_precision():
         gelu_(x.astype(np.float64))
 
 
-def test_add_layer_norm_is_torchs_layernorm_of_the_sum():
+@OPS
+def test_add_layer_norm_is_torchs_layernorm_of_the_sum(ops):
+    add_layer_norm = ops.add_layer_norm
     rng = np.random.default_rng(1)
     x, r = rng.normal(0, 2, (3, 5, 48)).astype(np.float32), rng.normal(1, 1, (3, 5, 48)).astype(np.float32)
     w, b = rng.normal(1, 0.2, 48).astype(np.float32), rng.normal(0, 0.2, 48).astype(np.float32)
@@ -30,10 +37,16 @@ def test_add_layer_norm_is_torchs_layernorm_of_the_sum():
     np.testing.assert_allclose(add_layer_norm(x, r, w, b, 1e-12), want, rtol=1e-5, atol=1e-5)
     plain = (x - x.astype(np.float64).mean(-1, keepdims=True)) / np.sqrt(x.astype(np.float64).var(-1, keepdims=True) + 1e-5)
     np.testing.assert_allclose(add_layer_norm(x, None, None, None, 1e-5), plain, rtol=1e-5, atol=1e-5)
+    big, pos = rng.normal(0, 2, (50, 40, 48)).astype(np.float32), rng.normal(0, 1, (1, 40, 48)).astype(np.float32)  # rows in several passes
+    v = big.astype(np.float64) + pos
+    want = (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-12) * w + b
+    np.testing.assert_allclose(add_layer_norm(big, np.broadcast_to(pos, big.shape), w, b, 1e-12), want, rtol=1e-5, atol=1e-5)
 
 
+@OPS
 @pytest.mark.parametrize("causal", [False, True])
-def test_masked_softmax_sees_only_the_allowed_keys(causal):
+def test_masked_softmax_sees_only_the_allowed_keys(causal, ops):
+    masked_softmax_ = ops.masked_softmax_
     rng = np.random.default_rng(2)
     B, H, T = 3, 2, 7
     s = rng.normal(0, 3, (B, H, T, T)).astype(np.float32)

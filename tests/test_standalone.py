@@ -43,11 +43,11 @@ SPECS = {
 }
 
 
-def _export(model, path, tokenizer, split):
+def _export(model, path, tokenizer, split, backend="numba"):
     with torch.no_grad():  # the elastic quantizers take their scale from a first batch
         model(next(iter(split.batches(8)))[0])
     save_packed(model, path, tokenizer=tokenizer)
-    return load_packed(path), standalone.load(path)
+    return load_packed(path), standalone.load(path, backend=backend)
 
 
 def _both(packed, lite, split):
@@ -62,15 +62,19 @@ def _rel(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
+@pytest.mark.parametrize("backend", standalone.BACKENDS)
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_torch_free_logits_equal_the_torch_packed_path(name, fp_tiny, calib, tiny_splits, tmp_path):
+def test_torch_free_logits_equal_the_torch_packed_path(name, backend, fp_tiny, calib, tiny_splits, tmp_path):
     q = ptq(fp_tiny, SPECS[name], calib=calib)
-    packed, lite = _export(q, tmp_path / "m.safetensors", tiny_splits.tokenizer, tiny_splits.test)
+    packed, lite = _export(q, tmp_path / "m.safetensors", tiny_splits.tokenizer, tiny_splits.test, backend)
     a, b = _both(packed, lite, tiny_splits.test)
     # a sign input within float rounding of 0 may flip a bit (different summation order): rows without one agree to 1e-5
     close = np.all(np.abs(b - a) <= 1e-5 * np.abs(a).max(), axis=1)
     assert close.mean() >= 0.99 and (a.argmax(1) == b.argmax(1)).mean() >= 0.99, (close.mean(), _rel(b, a))
     used = {lin.path for lin in lite.linears.values()}
+    if backend == "numpy":
+        assert used == {"decoded"}, used
+        return
     if name == "w1a1-sign":
         assert used == {"xnor"}
     if name == "bit-elastic":
@@ -174,6 +178,30 @@ def test_no_torch_in_the_process(fp_tiny, tiny_splits, tmp_path):
     imported = [line.rsplit("|", 1)[-1].strip() for line in cli.stderr.splitlines() if line.startswith("import time:")]
     assert "binlab.runtime.standalone" in imported and not [m for m in imported if m == "torch" or m.startswith("torch.")]
     assert cli.stdout.split("\t")[0] in ("World", "Sports", "Business", "Sci/Tech"), cli.stdout
+
+
+def test_the_numpy_backend_keeps_numba_out(fp_tiny, tiny_splits, tmp_path):
+    """backend="numpy" runs the packed file with numpy alone: neither numba nor torch in a fresh interpreter
+    (Python API and command line), and the same predictions as the numba backend."""
+    q = ptq(fp_tiny, SPECS["w1a1-sign"])
+    path = tmp_path / "m.safetensors"
+    save_packed(q, path, tokenizer=tiny_splits.tokenizer)
+    texts = ["Stocks rally as oil falls", "The team won the final in extra time", "New chip doubles battery life"]
+    code = ("import sys, json; from binlab.runtime.standalone import load; "
+            f"r = load({str(path)!r}, backend='numpy').classify({texts!r}); "
+            "print(json.dumps([[x['label'] for x in r], sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numba', 'llvmlite'))]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    labels, mods = json.loads(out.stdout.strip().splitlines()[-1])
+    assert mods == [] and labels == [r["label"] for r in standalone.load(path).classify(texts)]
+    cli = subprocess.run([sys.executable, "-X", "importtime", "-m", "binlab.cli", "classify", str(path), texts[0], "--backend", "numpy"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in cli.stderr.splitlines() if line.startswith("import time:")]
+    assert "binlab.runtime.standalone" in imported and not [m for m in imported if m.split(".")[0] in ("torch", "numba", "llvmlite")]
+    assert cli.stdout.split("\t")[0] == labels[0]
+    with pytest.raises(ValueError, match="backend"):
+        standalone.load(path, backend="cuda")
 
 
 def test_load_leaves_the_cores_to_numpy_unless_told_otherwise(tmp_path, tiny_model):

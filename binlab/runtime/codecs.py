@@ -31,7 +31,7 @@ import numpy as np
 
 from binlab.bits import FP_BITS
 
-from .kernels import dequant_rows, n_words, pack_bits
+from .bitpack import dequant_rows, n_words, pack_bits
 
 
 class NotPackable(ValueError):

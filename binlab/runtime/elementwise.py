@@ -27,11 +27,7 @@ import math
 import numba as nb
 import numpy as np
 
-# erf(t) ~ t * P(t^2) / Q(t^2) on |t| <= 4: see the module docstring for how they were fitted
-ERF_P = (1.1283788191944748, 0.2061136191180416, 0.0513860058050967, 0.003965617879845031, 0.00014822458315999677,
-         -1.977515712711287e-06, 1.966793047611158e-08)
-ERF_Q = (1.0, 0.515992597283669, 0.11755333991524765, 0.014880657606970885, 0.0010204739009740862)
-
+from .npops import ERF_P, ERF_Q  # the erf's coefficients (numpy-only module: the numpy backend shares them)
 
 P0, P1, P2, P3, P4, P5, P6 = (np.float32(c) for c in ERF_P)
 Q0, Q1, Q2, Q3, Q4 = (np.float32(c) for c in ERF_Q)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .bitpack import pack_bits
 from .codecs import (
     NOT_PACKABLE,
     BinaryCodec,
@@ -20,7 +21,6 @@ from .codecs import (
     same_rows,
     uint_bits,
 )
-from .kernels import pack_bits
 from .layouts import ARBBlocksCodec, BlocksCodec, MoSCodec, NMBlocksCodec, PartialCodec, comb_rank, nm_layout
 
 

@@ -1,8 +1,9 @@
 """Bit-packed binary kernels in numba.
 
-Packing: a ±1 (or {0,1}) matrix (M, K) becomes uint64 words (M, ceil(K/64)), bit ``k % 64`` of
-word ``k // 64`` set where the value is +1 (``x >= 0``; sign(0) = +1) or non-zero for {0,1}.
-Padding bits are 0 in every operand, so they never contribute.
+Packing (:mod:`binlab.runtime.bitpack`, numpy only, re-exported here): a ±1 (or {0,1}) matrix (M, K)
+becomes uint64 words (M, ceil(K/64)), bit ``k % 64`` of word ``k // 64`` set where the value is +1
+(``x >= 0``; sign(0) = +1) or non-zero for {0,1}. Padding bits are 0 in every operand, so they never
+contribute.
 
 - :func:`xnor_gemm` (W1A1): for ±1 rows a, b of length K,
   ``a . b = K - 2 popcount(a XOR b)``; int32 output, exact.
@@ -15,8 +16,9 @@ Padding bits are 0 in every operand, so they never contribute.
   P is computed with byte lookup tables (as in LUT-GEMM/T-MAC): for every 8 inputs, the 256
   partial sums are tabulated once per input row, then each weight byte is one table read; the
   weights are re-laid in blocks of 16 bytes (:class:`LutWeights`) so a block's tables stay in L1.
-- :func:`dequant_rows`: a tile of rows of ``lo + (hi - lo) B`` in float32 (the runtime's path for
-  a batch of many tokens: dense GEMM tile by tile, never the whole matrix).
+- :func:`~binlab.runtime.bitpack.dequant_rows`: a tile of rows of ``lo + (hi - lo) B`` in float32 (the
+  runtime's path for a batch of many tokens: dense GEMM tile by tile, never the whole matrix), with
+  this module's parallel loop once the module is loaded.
 
 Hardware note (what LLVM emits, from the assembly; ``bench/kernels.py`` records the counts each
 run): the ``popcount64`` intrinsic below is ``llvm.ctpop.i64``. On this project's AVX2-only
@@ -36,7 +38,8 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
-WORD = 64
+from .bitpack import WORD, dequant_rows, n_words, pack_bits, unpack_bits  # noqa: F401 (re-exported)
+from .bitpack import check_packed as _check_packed
 
 
 @intrinsic
@@ -48,46 +51,6 @@ def popcount64(typingctx, x):
         return builder.ctpop(args[0])
 
     return sig, codegen
-
-
-# --------------------------------------------------------------------------------------------
-# packing
-
-
-def n_words(K: int) -> int:
-    return (K + WORD - 1) // WORD
-
-
-def pack_bits(x, signed: bool = True) -> np.ndarray:
-    """Pack a 2-D array along its last axis into uint64 words (see module docstring for the bit rule)."""
-    a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)  # a torch tensor, without importing torch
-    if a.ndim != 2:
-        raise ValueError(f"pack_bits needs a 2-D array (rows, K), got shape {a.shape}")
-    if a.shape[1] == 0:
-        raise ValueError("pack_bits needs K >= 1")
-    bits = (a >= 0) if signed else (a != 0)
-    M, K = bits.shape
-    W = n_words(K)
-    padded = np.zeros((M, W * WORD), dtype=bool)
-    padded[:, :K] = bits
-    return np.ascontiguousarray(np.packbits(padded, axis=1, bitorder="little").view("<u8").reshape(M, W))
-
-
-def unpack_bits(packed: np.ndarray, K: int, signed: bool = True) -> np.ndarray:
-    """Inverse of :func:`pack_bits`: float32 ±1 (signed) or {0, 1}, shape (rows, K)."""
-    _check_packed(packed, "packed")
-    if not 1 <= K <= packed.shape[1] * WORD:
-        raise ValueError(f"K={K} does not fit {packed.shape[1]} words")
-    bits = np.unpackbits(packed.view(np.uint8).reshape(packed.shape[0], -1), axis=1, bitorder="little")[:, :K].astype(np.float32)
-    return 2 * bits - 1 if signed else bits
-
-
-def _check_packed(a, name):
-    if not isinstance(a, np.ndarray) or a.dtype != np.uint64 or a.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D numpy uint64 array from pack_bits, got {type(a).__name__} "
-                         f"{getattr(a, 'dtype', None)} {getattr(a, 'shape', None)}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,15 +380,3 @@ def _unpack_rows_kernel(Wp, lo, hi, K, n0, out):
             k0 = w * WORD
             for b in range(min(WORD, K - k0)):
                 out[i, k0 + b] = h if (word >> np.uint64(b)) & np.uint64(1) else l
-
-
-def dequant_rows(Wp: np.ndarray, lo: np.ndarray, hi: np.ndarray, K: int, n0: int, n1: int) -> np.ndarray:
-    """Float32 weights of rows n0 .. n1 from packed bits and per-row levels (a tile, not the matrix)."""
-    _check_packed(Wp, "Wp")
-    N = Wp.shape[0]
-    if not (0 <= n0 <= n1 <= N) or n_words(K) != Wp.shape[1]:
-        raise ValueError(f"rows {n0}..{n1} or K={K} do not fit packed weights of shape {Wp.shape}")
-    lo32, hi32 = (np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float32), (N,))) for v in (lo, hi))
-    out = np.empty((n1 - n0, K), dtype=np.float32)
-    _unpack_rows_kernel(Wp, lo32, hi32, np.int64(K), np.int64(n0), out)
-    return out

@@ -23,8 +23,8 @@ import numpy as np
 
 from binlab.bits import FP_BITS
 
+from .bitpack import n_words, pack_bits, unpack_bits
 from .codecs import BinaryCodec, Codec, GridCodec, PlanesCodec, uint_bits, unpack_uint
-from .kernels import n_words, pack_bits, unpack_bits
 
 
 class PartialCodec(Codec):

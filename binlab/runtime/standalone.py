@@ -26,6 +26,10 @@ next-token logits), in float32:
 - between the linears, GELU, the residual add with LayerNorm and the masked softmax as one-pass numba
   loops (:mod:`binlab.runtime.elementwise`).
 
+That is the ``numba`` backend. The ``numpy`` backend (``load(path, backend="numpy")``, ``binlab classify
+--backend numpy``) keeps numba out of the process, for the smallest memory: it decodes every packed
+matrix to float32 once at load and runs numpy's BLAS and array passes (:mod:`binlab.runtime.npops`).
+
 The results equal the torch packed path's up to float32 summation order (the tests hold logits to
 1e-5 relative on the tiny presets); a value within rounding of a sign threshold can flip a bit, so on a
 large test set a few predictions may differ (the deploy bench reports the share that agree).
@@ -42,10 +46,10 @@ import numpy as np
 from binlab.data import CLASSES, PAD_ID, encode
 
 from .codecs import TILE, BinaryCodec
-from .elementwise import add_layer_norm, gelu_, masked_softmax_
 from .fileformat import SEP, packed_tokenizer, read_packed
-from .kernels import LutWeights, binary_gemm, w1a1_linear_kernel
 from .layouts import CODECS, MoSCodec
+
+BACKENDS = ("numba", "numpy")
 
 #: OneBit's output LayerNorm (no parameters, torch's default eps)
 POST_NORM_EPS = 1e-5
@@ -123,22 +127,35 @@ class Linear:
     norm and Bi-Real's shortcut."""
 
     def __init__(self, name: str, weight, bias: np.ndarray | None, act: Quantizer | None = None,
-                 shortcut: bool = False, post_norm: bool = False):
+                 shortcut: bool = False, post_norm: bool = False, backend: str = "numba"):
         self.name = name
         self.codec = weight if not isinstance(weight, np.ndarray) else None
         self.dense = weight if isinstance(weight, np.ndarray) else None
         self.out_features, self.in_features = weight.shape
         self.bias = bias
         self.act, self.shortcut, self.post_norm = act, shortcut, post_norm
+        self.ops = _ops(backend)
         plain = isinstance(self.codec, BinaryCodec) and self.codec.plain
-        self.xnor = act.xnor_form() if (plain and act is not None) else None
-        self._wt = np.ascontiguousarray(self.codec.words.T) if self.xnor is not None else None
-        self._lut = LutWeights(self.codec.words, self.in_features) if plain and act is None else None
+        self.xnor = self._wt = self._lut = self._decoded = None
+        if backend == "numpy":  # the whole matrix decoded to float32 once, for numpy's BLAS (BinaryMoS mixes its scales per token)
+            if self.codec is not None and not isinstance(self.codec, MoSCodec):
+                self._decoded = np.ascontiguousarray(self.codec.rows(slice(0, self.out_features)), dtype=np.float32)
+        else:
+            from .kernels import LutWeights, binary_gemm, w1a1_linear_kernel
+
+            self._w1a1, self._binary_gemm = w1a1_linear_kernel, binary_gemm
+            self.xnor = act.xnor_form() if (plain and act is not None) else None
+            self._wt = np.ascontiguousarray(self.codec.words.T) if self.xnor is not None else None
+            self._lut = LutWeights(self.codec.words, self.in_features) if plain and act is None else None
         self._zeros = np.zeros(self.out_features, np.float32)
 
     @property
     def path(self) -> str:
-        return "dense" if self.dense is not None else "xnor" if self.xnor is not None else "lut/tiles" if self._lut is not None else "tiles"
+        if self.dense is not None:
+            return "dense"
+        if self._decoded is not None:
+            return "decoded"
+        return "xnor" if self.xnor is not None else "lut/tiles" if self._lut is not None else "tiles"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -153,10 +170,12 @@ class Linear:
             xs = x if shift is None else np.ascontiguousarray(x + shift)
             y = np.empty((x.shape[0], N), np.float32)
             bias = self._zeros if (self.post_norm or self.bias is None) else self.bias
-            w1a1_linear_kernel(xs, self._wt, self.codec.lo, self.codec.hi, bias, np.int64(K), np.float32(scale), y)
+            self._w1a1(xs, self._wt, self.codec.lo, self.codec.hi, bias, np.int64(K), np.float32(scale), y)
         else:
             xa = np.ascontiguousarray(self.act(x), dtype=np.float32) if self.act is not None else x
-            if isinstance(self.codec, MoSCodec):  # BinaryMoS: the scales are mixed per token
+            if self._decoded is not None:
+                y = xa @ self._decoded.T
+            elif isinstance(self.codec, MoSCodec):  # BinaryMoS: the scales are mixed per token
                 s_in, s_out = self.codec.scales(xa)
                 xs = np.ascontiguousarray(xa * s_in, dtype=np.float32)
                 y = np.empty((xa.shape[0], N), np.float32)
@@ -165,7 +184,7 @@ class Linear:
                     y[:, n0:n1] = xs @ self.codec.signs(slice(n0, n1)).T
                 y *= s_out
             elif self._lut is not None and xa.shape[0] < LUT_ROWS:
-                P = binary_gemm(xa, self._lut, K)
+                P = self._binary_gemm(xa, self._lut, K)
                 y = self.codec.lo[None] * xa.sum(1, keepdims=True) + (self.codec.hi - self.codec.lo)[None] * P
             else:
                 y = np.empty((xa.shape[0], N), np.float32)
@@ -175,7 +194,7 @@ class Linear:
             if self.bias is not None and not self.post_norm:
                 y += self.bias
         if self.post_norm:
-            y = add_layer_norm(y, None, None, None, POST_NORM_EPS)
+            y = self.ops.add_layer_norm(y, None, None, None, POST_NORM_EPS)
             if self.bias is not None:
                 y += self.bias
         if self.shortcut:
@@ -201,10 +220,14 @@ class Embedding:
 
 
 class Model:
-    """A packed classifier or causal language model, run with numpy and numba (:func:`load` makes one)."""
+    """A packed classifier or causal language model, run with numpy, and numba's kernels on the ``numba``
+    backend (:func:`load` makes one)."""
 
-    def __init__(self, meta: dict[str, str], tensors: dict[str, np.ndarray], path: str | Path = "the file"):
-        self.path, self.meta = str(path), meta
+    def __init__(self, meta: dict[str, str], tensors: dict[str, np.ndarray], path: str | Path = "the file", backend: str = "numba"):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.path, self.meta, self.backend = str(path), meta, backend
+        self.ops = _ops(backend)
         try:
             cfg = json.loads(meta["config"])
             comps = json.loads(meta["components"])
@@ -273,11 +296,11 @@ class Model:
                 raise ValueError(f"{self.path} was written before packed files described their input quantizers: export it again")
             act = Quantizer(info["act_form"], self._params(f"{name}.act."), name)
         bias = self._tensor(f"{name}.bias") if f"{name}.bias" in self.tensors else None
-        return Linear(name, self._weight(name), bias, act, bool(info.get("shortcut")), bool(info.get("post_norm")))
+        return Linear(name, self._weight(name), bias, act, bool(info.get("shortcut")), bool(info.get("post_norm")), self.backend)
 
     def _norm(self, name: str, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
         """LayerNorm ``name`` of ``x`` (plus ``residual``, added in the same pass)."""
-        return add_layer_norm(x, residual, self._tensor(f"{name}.weight"), self._tensor(f"{name}.bias"), self.eps)
+        return self.ops.add_layer_norm(x, residual, self._tensor(f"{name}.weight"), self._tensor(f"{name}.bias"), self.eps)
 
     # ---- the forward pass
     def _attention(self, i: int, x: np.ndarray, key_mask: np.ndarray) -> np.ndarray:
@@ -305,7 +328,7 @@ class Model:
         if kind == "bibert":
             a = ((s > 0) & mask).astype(np.float32)  # the sign of the scores: scaling by 1 / sqrt(dh) does not change it
         else:
-            p = masked_softmax_(np.ascontiguousarray(s, dtype=np.float32), key_mask if not (plain and self.task == "lm") else np.ones_like(key_mask),
+            p = self.ops.masked_softmax_(np.ascontiguousarray(s, dtype=np.float32), key_mask if not (plain and self.task == "lm") else np.ones_like(key_mask),
                                 self.task == "lm", 1.0 / math.sqrt(dh))
             if kind == "binary01":
                 L = np.maximum(mask.sum(-1, keepdims=True), 1).astype(np.float32)
@@ -333,7 +356,7 @@ class Model:
         for i in range(self.n_layers):
             x = self._norm(f"layers.{i}.norm1", x, self._attention(i, x, key_mask))
             up = self.linears[f"layers.{i}.ffn.up"](x.reshape(B * T, -1))
-            f = self.linears[f"layers.{i}.ffn.down"](gelu_(np.ascontiguousarray(up, dtype=np.float32))).reshape(B, T, -1)
+            f = self.linears[f"layers.{i}.ffn.down"](self.ops.gelu_(np.ascontiguousarray(up, dtype=np.float32))).reshape(B, T, -1)
             x = self._norm(f"layers.{i}.norm2", x, f)
         return x
 
@@ -415,17 +438,37 @@ class Model:
         return {"text": tok.decode(new), "ids": new, "seconds": time.perf_counter() - t0}
 
 
-def load(path: str | Path, numba_threads: int | None = 1) -> Model:
+def _ops(backend: str):
+    """The elementwise operations of a backend: numba's one-pass loops or numpy's array passes."""
+    if backend == "numpy":
+        from . import npops
+
+        return npops
+    from . import elementwise
+
+    return elementwise
+
+
+def load(path: str | Path, numba_threads: int | None = 1, backend: str = "numba") -> Model:
     """The packed model in ``path``, ready to run without torch; a damaged or altered file raises
     ``ValueError`` (format and checksum are checked first, as :func:`~binlab.runtime.export.load_packed` does).
+
+    ``backend``: ``"numba"`` (the packed kernels: XNOR-popcount, lookup tables, tiles decoded per call)
+    or ``"numpy"`` (no numba in the process: every packed matrix decoded to float32 once at load, then
+    numpy's BLAS). numba's compiler takes about 130 MiB of a process before any model (65 MiB to import,
+    65 MiB more at the first call of a cached kernel, measured on scratch); the numpy backend saves that
+    and holds the binary matrices at 32 bits a weight instead (a few MB on scratch and minilm-l2).
+    Both compute the same function; bench/deploy.py measures each one's memory and speed.
 
     ``numba_threads``: the threads numba's kernels use in this process (None: leave numba's setting).
     The default, 1, leaves the cores to numpy's BLAS (attention, float32 linears and tiles): numba's
     OpenMP workers and OpenBLAS's threads both spin while they wait, so two pools on a 2-core machine
     take the cores from each other (bench/deploy.py times the runtime in a fresh process)."""
-    if numba_threads is not None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if numba_threads is not None and backend == "numba":
         import numba
 
         numba.set_num_threads(max(1, min(int(numba_threads), numba.config.NUMBA_NUM_THREADS)))
     meta, tensors = read_packed(path)
-    return Model(meta, tensors, path)
+    return Model(meta, tensors, path, backend)

@@ -456,7 +456,7 @@ def load(path: str | Path, numba_threads: int | None = 1, backend: str = "numba"
     ``backend``: ``"numba"`` (the packed kernels: XNOR-popcount, lookup tables, tiles decoded per call)
     or ``"numpy"`` (no numba in the process: every packed matrix decoded to float32 once at load, then
     numpy's BLAS). numba's compiler takes about 130 MiB of a process before any model (65 MiB to import,
-    65 MiB more at the first call of a cached kernel, measured on scratch); the numpy backend saves that
+    66 MiB more at the first call of a cached kernel: bench/numba_memory.py); the numpy backend saves that
     and holds the binary matrices at 32 bits a weight instead (a few MB on scratch and minilm-l2).
     Both compute the same function; bench/deploy.py measures each one's memory and speed.
 

@@ -175,3 +175,12 @@ def test_t10_finding_reads_the_rows():
         assert "the embeddings hold more of the bits" in text and "its fp32 control trained the same way 149.0" in text
         assert "is not decided" in text and " holds" not in text
     assert t10_finding([]) == ""
+    # with seeds: the verdict follows the intervals of the ratios against fp32 and against the control
+    cases = {((0.93, 0.97), (0.95, 0.99)): "holds here", ((0.93, 0.97), (1.01, 1.03)): "not against the control",
+             ((1.02, 1.05), (1.03, 1.06)): "is not reproduced", ((0.98, 1.02), (0.99, 1.03)): "is not decided"}
+    for (ci_fp, ci_ctl), want in cases.items():
+        rs = rows(150.0)
+        rs[3] |= {"random_seeds": [0, 1, 2], "ratio": sum(ci_fp) / 2, "ratio_ci95": list(ci_fp),
+                  "ratio_vs_control": sum(ci_ctl) / 2, "ratio_vs_control_ci95": list(ci_ctl)}
+        text = t10_finding(rs)
+        assert want in text and "3 seeds" in text, (want, text)

@@ -217,9 +217,14 @@ def t9_finding(rows: list[dict]) -> str:
 def t10_finding(rows: list[dict]) -> str:
     """The LSTM era's question: which part holds the bits (the size each PTQ row saves), what binarizing it
     costs (perplexity against fp32), and whether Zheng and Tang's reading holds here (binarizing the
-    recurrent weights alone lowers perplexity after training; adding the embeddings does worse)."""
+    recurrent weights alone lowers perplexity after training; adding the embeddings does worse). With
+    seeds and stored per-block log-likelihoods each comparison is a perplexity ratio with its interval, and
+    only a separated one is stated as a difference; with one seed nothing is ranked."""
     def ppl(label_start: str, mode: str):
         return next((r for r in rows if r["label"].startswith(label_start) and r["mode"] == mode and "perplexity" in r), None)
+
+    def verdict(a: dict, b: dict, better: str, worse: str, level: str) -> str:
+        return {1: better, -1: worse, 0: level}[separated(a, b)]
 
     fp = next((r["perplexity"] for r in rows if r["mode"] == "fp" and "perplexity" in r), None)
     if fp is None:
@@ -230,18 +235,41 @@ def t10_finding(rows: list[dict]) -> str:
         bigger = "the embeddings" if emb["reduction_percent"] > rec["reduction_percent"] else "the recurrent weights"
         out.append(f"Binarizing the embeddings saves {emb['reduction_percent']:.1f} % of the model, the recurrent weights "
                    f"{rec['reduction_percent']:.1f} %: {bigger} hold more of the bits. Post-training, XNOR on the recurrent weights gives "
-                   f"perplexity {rec['perplexity']:.1f} and on the embeddings {emb['perplexity']:.1f} (fp32 {fp:.1f}).")
+                   f"perplexity {rec['perplexity']:.1f} and on the embeddings {emb['perplexity']:.1f} (fp32 {fp:.1f}"
+                   + (f"; x fp32 {ratio_text(rec)} and {ratio_text(emb)}" if rec.get("ratio_ci95") and emb.get("ratio_ci95") else "") + ").")
     w, wb = ppl("XNOR on LSTMs (Zheng and Tang): recurrent weights only", "qat"), ppl("XNOR on LSTMs (Zheng and Tang): recurrent weights and", "qat")
     ctl = next((r for r in rows if w and r["label"] == w.get("control") and "perplexity" in r), None)
-    if w and ctl:
-        out.append(f"After QAT, weights-only XNOR reaches perplexity {w['perplexity']:.1f}, its fp32 control trained the same way "
-                   f"{ctl['perplexity']:.1f}" + (f", and with the embeddings binarized too {wb['perplexity']:.1f}" if wb else "")
-                   + ". One seed and no interval on perplexity: whether binarization acts as a regularizer here (Zheng and "
-                   "Tang's reading) is not decided by this table.")
     lab = ppl("LAB: recurrent weights only", "qat")
-    if lab and w:
-        out.append(f"LAB on the recurrent weights: {lab['perplexity']:.1f}; XNOR with the same training {w['perplexity']:.1f}.")
-    return ("**Finding** (generated from the rows above, one seed: LSTM-era papers measured word-level LSTMs on Penn "
+    seeded = bool(w and seeds_of(w) >= 2 and w.get("ratio_ci95") and w.get("ratio_vs_control_ci95"))
+    if w and ctl and seeded:
+        lo_fp, lo_ctl = w["ratio_ci95"][1] < 1, w["ratio_vs_control_ci95"][1] < 1
+        hi_fp = w["ratio_ci95"][0] > 1
+        reading = ("holds here: lower perplexity than fp32 and than its control" if lo_fp and lo_ctl else
+                   "holds against fp32 but not against the control trained the same way, so the gain is the extra training, not "
+                   "binarization" if lo_fp else
+                   "is not reproduced here: binarized, the recurrent weights cost perplexity" if hi_fp else
+                   "is not decided: the interval against fp32 holds 1")
+        out.append(f"After QAT ({seeds_of(w)} seeds each), weights-only XNOR: x fp32 {ratio_text(w)}, x its fp32 control "
+                   f"{ratio_text(w, 'ratio_vs_control')}; Zheng and Tang's reading (a regularizer) {reading}.")
+        if wb and wb.get("ratio_vs_control_ci95"):
+            out.append(f"With the embeddings binarized too: x control {ratio_text(wb, 'ratio_vs_control')}, "
+                       + verdict(wb, w, "measurably better than weights only.", "measurably worse than weights only (their \"overfit\" "
+                                 "reading predicts worse).", "not separated from weights only."))
+        if lab and lab.get("ratio_vs_control_ci95"):
+            out.append(f"LAB on the recurrent weights: x control {ratio_text(lab, 'ratio_vs_control')}, "
+                       + verdict(lab, w, "measurably better than XNOR with the same training.", "measurably worse than XNOR with the "
+                                 "same training.", "not separated from XNOR with the same training."))
+        note = f"{seeds_of(w)} seeds for the QAT rows, perplexity ratios with 95 % intervals over test text and seeds"
+    else:
+        if w and ctl:
+            out.append(f"After QAT, weights-only XNOR reaches perplexity {w['perplexity']:.1f}, its fp32 control trained the same way "
+                       f"{ctl['perplexity']:.1f}" + (f", and with the embeddings binarized too {wb['perplexity']:.1f}" if wb else "")
+                       + ". One seed and no interval on perplexity: whether binarization acts as a regularizer here (Zheng and "
+                       "Tang's reading) is not decided by this table.")
+        if lab and w:
+            out.append(f"LAB on the recurrent weights: {lab['perplexity']:.1f}; XNOR with the same training {w['perplexity']:.1f}.")
+        note = "one seed"
+    return ("**Finding** (generated from the rows above, " + note + "; LSTM-era papers measured word-level LSTMs on Penn "
             "Treebank, this is AG_NEWS text): " + " ".join(out)) if out else ""
 
 

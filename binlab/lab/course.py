@@ -21,7 +21,9 @@ def start() -> tuple[bool, str]:
     import plotly.io as pio
 
     fast = os.environ.get("FAST", "0") == "1"
-    pio.renderers.default = "json" if fast else "notebook_connected"
+    # FAST: figures as JSON (the tests read them); the committed course (``execute``): PNG pictures, which
+    # GitHub shows (it drops the interactive charts' scripts); otherwise interactive charts
+    pio.renderers.default = "json" if fast else os.environ.get("BINLAB_PLOTLY_RENDERER", "notebook_connected")
     preset = "tiny" if fast else "scratch"
     print(f"preset {preset}" + (" (FAST=1: small data, short runs; the numbers are not the course's)" if fast else ""))
     return fast, preset
@@ -86,8 +88,9 @@ def code_fingerprint(nb) -> str:
 
 
 def execute(path, timeout: int = 3600) -> dict:
-    """Run a course notebook top to bottom in place (the full course, not FAST), keep its outputs, and
-    stamp it with the fingerprint of its code, the preset, the machine and each code cell's seconds.
+    """Run a course notebook top to bottom in place (the full course, not FAST), keep its outputs (figures
+    as PNG pictures when kaleido is installed, so the notebook reads on GitHub), and stamp it with the
+    fingerprint of its code, the preset, the machine and each code cell's seconds.
     Returns the stamp. ``python -m binlab.lab.course notebooks/*.ipynb`` runs them all."""
     import time
     from pathlib import Path
@@ -99,11 +102,20 @@ def execute(path, timeout: int = 3600) -> dict:
 
     if os.environ.get("FAST", "0") == "1":
         raise ValueError("committed outputs come from the full course: unset FAST")
+    env = dict(os.environ)
+    try:  # the committed figures are pictures, so the course reads on GitHub (plotly's PNG export needs kaleido)
+        import kaleido  # noqa: F401
+        env["BINLAB_PLOTLY_RENDERER"] = "png"
+    except ImportError:
+        import warnings
+
+        warnings.warn("kaleido is not installed (pip install 'binlab[course]'): figures are kept interactive, "
+                      "and GitHub will not show them", stacklevel=2)
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     seconds: list[float] = []
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
-    with client.setup_kernel():
+    with client.setup_kernel(env=env):
         for i, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue

@@ -225,3 +225,40 @@ def test_load_leaves_the_cores_to_numpy_unless_told_otherwise(tmp_path, tiny_mod
         assert numba.get_num_threads() == 1
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("backend", standalone.BACKENDS)
+@pytest.mark.parametrize("spec", [
+    QuantSpec((Rule("encoder", MethodConfig("xnor")), Rule("embeddings", MethodConfig("xnor")))),  # W1A32 + binary table
+    QuantSpec((Rule("encoder", MethodConfig("xnor", act="sign")),)),  # W1A1: the recurrence calls the layer every step
+    QuantSpec((Rule("layers.*.rnn.ih", MethodConfig("rtn", options={"bits": 3, "group": 16})), Rule("head", MethodConfig("bucket")))),
+], ids=["w1a32-embeddings", "w1a1", "kbit-head"])
+def test_a_packed_lstm_runs_without_torch(spec, backend, tmp_path):
+    """An LSTM language model (binlab.nn.lstm) packed: the torch packed path equals fake quantization, and
+    the torch-free runtime equals the torch packed path (next-token logits within 1e-5 relative on the real
+    positions, the same greedy continuation)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from binlab.nn.generate import greedy
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(46)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    torch.manual_seed(0)
+    lm = build(ModelConfig(vocab_size=50, max_len=16, d_model=32, n_heads=1, d_ff=32, n_layers=2, task="lm", arch="lstm")).eval()
+    with torch.no_grad():  # the uniform(-0.1, 0.1) init and zero biases give near-constant logits and W1A1 sums of exactly 0,
+        for prm in lm.parameters():  # whose sign the two runtimes' rounding decides: random weights and biases instead
+            prm.copy_(torch.randn_like(prm) * 0.5)
+    quantize_(lm, spec)
+    path = tmp_path / "lstm.safetensors"
+    save_packed(lm, path, tokenizer=tok)
+    packed, lite = load_packed(path), standalone.load(path, backend=backend)
+    ids = torch.randint(4, 50, (3, 12))
+    ids[1, 9:] = 0
+    real = (ids != 0).numpy()
+    with torch.no_grad():
+        fq, a = lm(ids).numpy(), packed(ids).numpy()
+    b = lite.logits(ids.numpy())
+    assert _rel(a[real], fq[real]) <= 1e-5 and _rel(b[real], a[real]) <= 1e-5, (_rel(a[real], fq[real]), _rel(b[real], a[real]))
+    assert np.abs(a[real]).max() > 1  # the logits vary: a wrong gate order or a missing bias would show
+    assert lite.generate("w5 w7 w9", 8)["ids"] == greedy(packed, tok, "w5 w7 w9", 8)["ids"]

@@ -56,10 +56,14 @@ class Recurrence(nn.Module):
     @staticmethod
     def _weight(mod: nn.Module) -> torch.Tensor | None:
         """The weight a linear computes with (fake-quantized ones: quantized once, through the STE in
-        training), or None when the layer is more than a weight (an input quantizer, a layer of its own)."""
+        training), or None when the layer is more than a weight (an input quantizer, a layer of its own,
+        a packed layer that computes from its codec): the recurrence then calls the layer every step."""
         if isinstance(mod, nn.Linear):
             return mod.weight
-        if getattr(mod, "act", None) is None and getattr(mod.quantizer, "linear", None) is None and not mod.shortcut:
+        quantizer = getattr(mod, "quantizer", None)
+        if quantizer is None:
+            return None
+        if getattr(mod, "act", None) is None and getattr(quantizer, "linear", None) is None and not mod.shortcut:
             return mod.quantized_weight()
         return None
 

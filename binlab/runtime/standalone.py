@@ -15,7 +15,8 @@ it with the packed kernels of :mod:`binlab.runtime.kernels`::
 
 It computes what :class:`binlab.nn.model.Classifier` / :class:`~binlab.nn.model.CausalLM` with
 :class:`~binlab.runtime.packed.PackedLinear` layers compute (the post-norm BERT block, mean pooling or
-next-token logits), in float32:
+next-token logits), or :class:`binlab.nn.lstm.LSTMLM`'s recurrence (the LSTM era's language model, step by
+step), in float32:
 
 - a plain binary linear with a sign-like input quantizer (binlab's ``sign``, BiBERT's unscaled sign,
   BiT's signed 1-bit elastic activation): the fused XNOR-popcount kernel, as the torch packed path;
@@ -238,9 +239,10 @@ class Model:
                 raise ValueError("'components' must map names to objects")
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: its header is not a valid binlab packed model header ({err})") from None
-        if cfg.get("arch", "transformer") != "transformer":
-            raise ValueError(f"{path}: the torch-free runtime runs transformers and this file holds an {cfg['arch']!r} model; "
-                             "load it with binlab.runtime.export.load_packed")
+        self.arch = cfg.get("arch", "transformer")
+        if self.arch not in ("transformer", "lstm") or (self.arch == "lstm" and self.task != "lm"):
+            raise ValueError(f"{path}: the torch-free runtime runs transformers and LSTM language models, and this file holds "
+                             f"an {self.arch!r} {self.task} model; load it with binlab.runtime.export.load_packed")
         spec = json.loads(meta.get("spec", "{}"))
         if attn is None and (spec.get("attn_probs") or spec.get("attn_qkv") or spec.get("attn_residual")):
             raise ValueError(f"{path} was written before packed files described their attention quantizers: export it again")
@@ -255,11 +257,16 @@ class Model:
             except (KeyError, AttributeError, ValueError, TypeError, IndexError) as err:
                 raise ValueError(f"{path}: component {name!r} cannot be read ({err})") from None
         self.token = self._embedding("embed.token")
+        self.tokenizer = None
+        self.attn_quant = []
+        if self.arch == "lstm":  # binlab.nn.lstm: token table, per layer the input-to-hidden and hidden-to-hidden matrices, head
+            self.linears = {f"layers.{i}.rnn.{p}": self._linear(f"layers.{i}.rnn.{p}") for i in range(self.n_layers) for p in ("ih", "hh")}
+            self.head = self._linear("head")
+            return
         self.pos = self._embedding("embed.pos")
         self.linears = {f"layers.{i}.{p}": self._linear(f"layers.{i}.{p}")
                         for i in range(self.n_layers) for p in ("attn.q", "attn.k", "attn.v", "attn.o", "ffn.up", "ffn.down")}
         self.head = self._linear("head")
-        self.attn_quant = []
         for i in range(self.n_layers):
             pre = f"layers.{i}.attn"
             probs = self.attn["probs"]
@@ -270,7 +277,6 @@ class Model:
                    for n in "qkv"} if self.attn["qkv"] else None
             res = {k: self._tensor(f"{pre}.residual.{k}") for k in ("maps", "bias", "v", "v_bias")} if self.attn["residual_rank"] else None
             self.attn_quant.append((pq, qkv, res))
-        self.tokenizer = None
 
     # ---- reading the file
     def _tensor(self, key: str) -> np.ndarray:
@@ -343,6 +349,24 @@ class Model:
         y = (np.ascontiguousarray(a, dtype=np.float32) @ np.ascontiguousarray(v)).transpose(0, 2, 1, 3).reshape(B * T, d)
         return self.linears[f"{pre}.o"](y).reshape(B, T, d)
 
+    def _recurrence(self, i: int, x: np.ndarray) -> np.ndarray:
+        """One LSTM layer (binlab.nn.lstm's equations): every step's input term at once, then
+        ``[i f g o] = W_ih x_t + b + W_hh h_{t-1}``, ``c_t = s(f) c_{t-1} + s(i) tanh(g)``, ``h_t = s(o) tanh(c_t)``."""
+        B, T, d = x.shape
+        gx = self.linears[f"layers.{i}.rnn.ih"](x.reshape(B * T, d)).reshape(B, T, 4 * d)
+        hh = self.linears[f"layers.{i}.rnn.hh"]
+        h = np.zeros((B, d), np.float32)
+        c = np.zeros((B, d), np.float32)
+        out = np.empty((B, T, d), np.float32)
+        one = np.float32(1)
+        for t in range(T):
+            g = gx[:, t] + hh(h)
+            gi, gf, gg, go = (g[:, k * d:(k + 1) * d] for k in range(4))
+            c = c / (one + np.exp(-gf)) + np.tanh(gg) / (one + np.exp(-gi))
+            h = np.tanh(c) / (one + np.exp(-go))
+            out[:, t] = h
+        return out
+
     def hidden(self, ids: np.ndarray) -> np.ndarray:
         """Token states after the last layer, (B, T, d), for token ids (B, T) padded with 0."""
         ids = np.asarray(ids, dtype=np.int64)
@@ -351,6 +375,11 @@ class Model:
         B, T = ids.shape
         if T > self.max_len:
             raise ValueError(f"sequence length {T} exceeds the position table ({self.max_len})")
+        if self.arch == "lstm":
+            x = np.ascontiguousarray(self.token(ids), dtype=np.float32)
+            for i in range(self.n_layers):
+                x = self._recurrence(i, x)
+            return x
         key_mask = ids != PAD_ID
         x = self._norm("embed.norm", self.token(ids), np.broadcast_to(self.pos(np.arange(T))[None], (B, T, self.d_model)))
         for i in range(self.n_layers):

@@ -51,7 +51,11 @@ def main(argv=None) -> dict:
              f"learning rate and measures it on the {len(splits.val):,} validation rows; the test split is not evaluated. "
              f"Chosen: **lr {best['lr']:g}** (the {'lowest' if lm else 'highest'} {metric}), the preset's baseline from then on. "
              "One seed per rate: a choice by protocol, not evidence that the neighbours are worse by this much. Train s is the "
-             "time recorded when each baseline was trained; a run that shared the 2 cores with other work took longer.", "",
+             "time recorded when each baseline was trained; a run that shared the 2 cores with other work took longer."
+             + (" The chosen rate is the largest tried and the metric was still improving toward it: a larger rate may do better."
+                if best["lr"] == max(r["lr"] for r in rows) and len(rows) > 1 else "")
+             + (" The chosen rate is the smallest tried: a smaller rate may do better." if best["lr"] == min(r["lr"] for r in rows)
+                and len(rows) > 1 else ""), "",
              f"| lr | {metric} | train s |", "|---|---|---|"]
     for r in rows:
         v = f"{r['val_perplexity']:.2f}" if lm else f"{100 * r['val_accuracy']:.2f}"

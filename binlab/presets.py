@@ -89,7 +89,7 @@ PRESETS: dict[str, Preset] = {
         "The LSTM era: a 2-layer LSTM language model (d=256) on the lm preset's text and tokenizer; perplexity.",
         DataConfig(tokenizer=TokenizerConfig("wordpiece", vocab_size=8000), max_len=64),
         ModelConfig(task="lm", arch="lstm", max_len=64, d_model=256, n_heads=1, d_ff=256, n_layers=2, dropout=0.2),
-        TrainConfig(epochs=3, batch_size=32, lr=2e-3, schedule="cosine"),
+        TrainConfig(epochs=3, batch_size=32, lr=0.02, schedule="cosine"),
         QATConfig(TrainConfig(epochs=0.5, lr=5e-4, warmup=0.05, distill=0.5)),
     ),
     "tiny-lstm": Preset(

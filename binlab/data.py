@@ -76,9 +76,13 @@ def load_raw(source: str | None = None) -> dict[str, dict[str, list]]:
     if looks_local and not Path(src).expanduser().exists():
         raise DataUnavailableError(_fix_message(src, FileNotFoundError(f"no such folder: {src}")))
     try:
+        import logging
+
         import datasets
 
         datasets.disable_progress_bars()
+        # a local folder without a README card makes huggingface_hub log a warning a learner cannot act on
+        logging.getLogger("huggingface_hub.repocard").setLevel(logging.ERROR)
         ds = datasets.load_dataset(str(Path(src).expanduser()) if looks_local else src)
     except Exception as err:  # noqa: BLE001 - every failure gets the same actionable message
         raise DataUnavailableError(_fix_message(src, err)) from err

@@ -30,7 +30,35 @@ def test_notebook_defines_no_core_logic(path):
         if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
             assert node.end_lineno - node.lineno + 1 <= MAX_DEF_LINES, f"{path.name}: {node.name} is too long for a notebook"
             assert not isinstance(node, ast.ClassDef), f"{path.name}: classes belong in binlab"
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_outputs_come_from_the_code_they_show(path):
+    """The course renders on GitHub: every notebook is committed with the outputs of a full run
+    (``python -m binlab.lab.course notebooks/*.ipynb``) stamped with the fingerprint of its code cells,
+    so an edit to a code cell without re-running fails here. Every code cell ran (in order, without an
+    error), figures are pictures GitHub shows, and a cell that took over 20 s on the full run has its run
+    time written in the markdown before it."""
+    from binlab.lab import course
+
+    nb = nbformat.read(path, as_version=4)
+    stamp = nb.metadata.get("binlab")
+    assert stamp, f"{path.name}: no committed outputs; run python -m binlab.lab.course {path.relative_to(NB_DIR.parent)}"
+    assert stamp["code"] == course.code_fingerprint(nb), f"{path.name}: its outputs are older than its code; run it again"
+    assert stamp["preset"] == "scratch" and "FAST=1: small data" not in "".join(str(o) for c in nb.cells for o in c.get("outputs", []))
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), f"{path.name}: not run top to bottom"
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert sum(bool(c.outputs) for c in code) >= len(code) // 2, f"{path.name}: most cells show nothing"
+    figures = [o for o in outputs if o["output_type"] == "display_data" and "text/html" in o.get("data", {})]
+    assert not [f for f in figures if "plotly" in f["data"]["text/html"]], f"{path.name}: interactive figures (GitHub drops them); install kaleido"
+    assert len(stamp["cell_seconds"]) == len(code)
+    for i, (cell, sec) in enumerate(zip(code, stamp["cell_seconds"])):
+        if sec > 20:
+            before = nb.cells[nb.cells.index(cell) - 1]
+            assert before.cell_type == "markdown" and ("minute" in before.source or "seconds" in before.source), (
+                f"{path.name}: code cell {i + 1} took {sec:.0f} s and the text before it does not say how long it runs")
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,9 @@ def baseline(preset: str):
 
     splits = load_data(preset)
     model, meta = get_baseline(preset, splits, callback=training_bar())
-    print(f"{preset}: {len(splits.train):,} training rows, fp32 validation accuracy {100 * meta['val_accuracy']:.2f} %")
+    metric = (f"fp32 validation perplexity {meta['val_perplexity']:.2f}" if meta.get("val_perplexity") is not None
+              else f"fp32 validation accuracy {100 * meta['val_accuracy']:.2f} %")
+    print(f"{preset}: {len(splits.train):,} training rows, {metric}")
     return splits, model
 
 

@@ -37,7 +37,7 @@ def erf32(t: np.ndarray) -> np.ndarray:
     return c * num / den
 
 
-CHUNK = 1 << 14  # elements (GELU) or rows (LayerNorm) per pass: the temporaries stay in cache and small
+CHUNK = 1 << 16  # elements (GELU) or rows (LayerNorm) per pass: the temporaries stay in cache and small
 
 
 def gelu_(x: np.ndarray) -> np.ndarray:

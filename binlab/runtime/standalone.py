@@ -61,7 +61,9 @@ STATELESS = ("sign", "sign_unscaled", "binary01", "absmax8")
 
 
 def _sign(x: np.ndarray) -> np.ndarray:
-    return np.where(x >= 0, np.float32(1), np.float32(-1))  # sign(0) = +1, binlab's convention
+    """+1 where x >= 0, else -1 (sign(0) = +1, binlab's convention): adding +0.0 turns -0.0 into +0.0, so
+    copysign gives +1 at both zeros (one pass, several times faster than a select)."""
+    return np.copysign(np.float32(1), np.asarray(x, np.float32) + np.float32(0))
 
 
 class Quantizer:

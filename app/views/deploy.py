@@ -21,7 +21,7 @@ st.markdown("The sizes elsewhere in the lab are bookkeeping; here the model is w
             "size (`binlab.runtime.export`: bits, scales and whatever else each method stores, plus the fp32 rest), loaded back "
             "with no latent weights, and run: W1A1 layers through the XNOR-popcount kernel, W1A32 layers through lookup tables "
             "for a few tokens and through weights decoded tile by tile for longer inputs. The file carries its tokenizer, and "
-            "runs without torch too (numpy and numba only), as it would on a small device.")
+            "runs without torch too (numpy and numba, or numpy alone), as it would on a small device.")
 
 READY = ready_specs()  # ready-made configurations, each trained once with the preset's QAT budget and cached
 

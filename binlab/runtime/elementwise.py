@@ -27,7 +27,7 @@ import math
 import numba as nb
 import numpy as np
 
-from .npops import ERF_P, ERF_Q  # the erf's coefficients (numpy-only module: the numpy backend shares them)
+from .npops import ERF_P, ERF_Q, softmax_args  # the erf's coefficients (numpy-only module: the numpy backend shares them)
 
 P0, P1, P2, P3, P4, P5, P6 = (np.float32(c) for c in ERF_P)
 Q0, Q1, Q2, Q3, Q4 = (np.float32(c) for c in ERF_Q)
@@ -136,11 +136,7 @@ def masked_softmax_(s: np.ndarray, key_mask: np.ndarray, causal: bool, scale: fl
     """``softmax(scale * s)`` over the last axis of attention scores ``s`` (B, heads, queries, keys), in
     place, where key j is seen by query i when ``key_mask[b, j]`` and (``causal``) ``j <= i``; masked
     entries are 0, and a query that sees no key is all zeros."""
-    if s.dtype != np.float32 or not s.flags.c_contiguous or s.ndim != 4:
-        raise ValueError("masked_softmax_ needs C-contiguous float32 scores (B, heads, queries, keys)")
-    km = np.ascontiguousarray(key_mask, dtype=np.bool_)
-    if km.shape != (s.shape[0], s.shape[3]):
-        raise ValueError(f"key mask {km.shape} does not match scores {s.shape}")
+    km = softmax_args(s, key_mask)
     _softmax_shift_kernel(s, km, bool(causal), np.float32(scale))
     np.exp(s, out=s)  # numpy's float32 exp is SIMD; numba's calls libm once per element
     _normalize_rows_kernel(s.reshape(-1, s.shape[3]))

@@ -79,15 +79,22 @@ def add_layer_norm(x: np.ndarray, r: np.ndarray | None, w: np.ndarray | None, b:
     return out.reshape(shape)
 
 
+def softmax_args(s: np.ndarray, key_mask: np.ndarray) -> np.ndarray:
+    """Check attention scores (C-contiguous float32, (B, heads, queries, keys)) and their key mask (B, keys);
+    return the mask as a contiguous bool array (both backends' softmax start here)."""
+    if s.dtype != np.float32 or not s.flags.c_contiguous or s.ndim != 4:
+        raise ValueError("masked_softmax_ needs C-contiguous float32 scores (B, heads, queries, keys)")
+    km = np.ascontiguousarray(key_mask, dtype=np.bool_)
+    if km.shape != (s.shape[0], s.shape[3]):
+        raise ValueError(f"key mask {km.shape} does not match scores {s.shape}")
+    return km
+
+
 def masked_softmax_(s: np.ndarray, key_mask: np.ndarray, causal: bool, scale: float) -> np.ndarray:
     """``softmax(scale * s)`` over the last axis of attention scores ``s`` (B, heads, queries, keys), in
     place, where key j is seen by query i when ``key_mask[b, j]`` and (``causal``) ``j <= i``; masked
     entries are 0, and a query that sees no key is all zeros."""
-    if s.dtype != np.float32 or not s.flags.c_contiguous or s.ndim != 4:
-        raise ValueError("masked_softmax_ needs C-contiguous float32 scores (B, heads, queries, keys)")
-    km = np.asarray(key_mask, dtype=np.bool_)
-    if km.shape != (s.shape[0], s.shape[3]):
-        raise ValueError(f"key mask {km.shape} does not match scores {s.shape}")
+    km = softmax_args(s, key_mask)
     seen = km[:, None, None, :]
     if causal:
         seen = seen & np.tril(np.ones((s.shape[2], s.shape[3]), bool))[None, None]

@@ -62,7 +62,7 @@ STATELESS = ("sign", "sign_unscaled", "binary01", "absmax8")
 
 def _sign(x: np.ndarray) -> np.ndarray:
     """+1 where x >= 0, else -1 (sign(0) = +1, binlab's convention): adding +0.0 turns -0.0 into +0.0, so
-    copysign gives +1 at both zeros (one pass, several times faster than a select)."""
+    copysign gives +1 at both zeros, in one pass."""
     return np.copysign(np.float32(1), np.asarray(x, np.float32) + np.float32(0))
 
 
@@ -360,12 +360,16 @@ class Model:
         h = np.zeros((B, d), np.float32)
         c = np.zeros((B, d), np.float32)
         out = np.empty((B, T, d), np.float32)
-        one = np.float32(1)
+        half = np.float32(0.5)
+
+        def sigmoid(v):  # as (1 + tanh(v / 2)) / 2: no overflow for large |v|
+            return half + half * np.tanh(half * v)
+
         for t in range(T):
             g = gx[:, t] + hh(h)
             gi, gf, gg, go = (g[:, k * d:(k + 1) * d] for k in range(4))
-            c = c / (one + np.exp(-gf)) + np.tanh(gg) / (one + np.exp(-gi))
-            h = np.tanh(c) / (one + np.exp(-go))
+            c = sigmoid(gf) * c + sigmoid(gi) * np.tanh(gg)
+            h = sigmoid(go) * np.tanh(c)
             out[:, t] = h
         return out
 

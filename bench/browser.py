@@ -7,8 +7,10 @@ lab served locally from this machine.
 - a step: on Binarize (live), one press of the right-arrow key on the threshold slider, then three times
   are read from the page: the first response (new numbers, a first look or the busy message, whichever
   shows first), the first numbers (the numbers caption changes: a first look on a small slice, or the
-  final numbers when the configuration was measured before), and the final numbers (the caption
-  "updated in ..." changes). Captions, not a status indicator, so a fast rerun is never missed;
+  final numbers when the configuration was measured before), and the final numbers (the final caption,
+  "... change n, updated in ..." or "... measured before ...", changes; its change counter makes every
+  move show new text, even where two configurations give the same numbers). Captions, not a status
+  indicator, so a fast rerun is never missed;
 - learners: for each count, as many browser pages at once, each loading the page and stepping the
   slider; a page that shows no numbers within 30 s counts as failed; medians and 95th percentiles over
   every step that finished;
@@ -60,7 +62,7 @@ def serve(preset: str, app_root: Path = ROOT) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the lab did not start within 120 s")
 
 
-NUMBERS = ("updated in", "First look:")  # the final numbers' caption, the first look's
+NUMBERS = ("sizes are exact (", "First look:")  # the final numbers' caption, the first look's
 BUSY = "The server is busy"
 
 
@@ -77,7 +79,7 @@ async def learner(browser, url: str, steps: int, load_timeout: float) -> dict:
     t0 = time.perf_counter()
     try:
         await page.goto(url + "/binarize", wait_until="domcontentloaded", timeout=load_timeout * 1000)
-        await page.get_by_text("updated in", exact=False).first.wait_for(timeout=load_timeout * 1000)
+        await page.get_by_text(NUMBERS[0], exact=False).first.wait_for(timeout=load_timeout * 1000)
     except Exception as err:  # noqa: BLE001 - a page that never showed its numbers
         await page.close()
         return {"failed": True, "load_s": time.perf_counter() - t0, "error": type(err).__name__, "steps": []}

@@ -181,6 +181,26 @@ def test_a_busy_server_says_so_and_then_shows_the_numbers(env, trained, monkeypa
     assert any("waited behind 3 others" in c.value for c in at.caption)
 
 
+def test_every_move_shows_new_text_even_when_the_numbers_repeat(env, trained):
+    """Two learners: the second one's moves are configurations the first one measured, so its numbers can
+    repeat; the caption counts the changes and says the numbers were measured before, so each move reads new."""
+    def final_caption(at):
+        return next(c.value for c in at.caption if "sizes are exact (" in c.value)
+
+    first = new_app("views/binarize.py")
+    for tau in (1.5, 2.0):
+        first.slider(key="opt:bucket:tau").set_value(tau).run()
+    assert not first.exception and ", updated in " in final_caption(first)
+    second = new_app("views/binarize.py")
+    seen = [final_caption(second)]
+    for tau in (1.5, 2.0):
+        second.slider(key="opt:bucket:tau").set_value(tau).run()
+        seen.append(final_caption(second))
+    assert not second.exception
+    assert [s.split(" · change ")[1].split(",")[0] for s in seen] == ["0", "1", "2"]
+    assert all("measured before on this server" in s for s in seen[1:])
+    assert len(set(seen)) == 3
+    assert_core_numbers(second)  # a result measured by another learner is still the core's for this configuration
 def test_the_gate_queues_evaluations_beyond_its_slots():
     """At most `slots` holders at once; a newcomer is told how many are ahead; everyone gets through."""
     import threading

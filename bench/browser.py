@@ -47,7 +47,8 @@ def serve(preset: str, app_root: Path = ROOT) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "BINLAB_PRESET": preset}
+    # a classroom server (binlab app --class --name bench), as a teacher starts it for a class
+    env = {**os.environ, "BINLAB_PRESET": preset, "BINLAB_CLASS": "1", "BINLAB_CLASS_NAME": CLASS, "BINLAB_TEACHER_TOKEN": "bench"}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app_root / "app" / "Home.py"), "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -62,6 +63,7 @@ def serve(preset: str, app_root: Path = ROOT) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the lab did not start within 120 s")
 
 
+CLASS = "bench"
 NUMBERS = ("sizes are exact (", "First look:")  # the final numbers' caption, the first look's
 BUSY = "The server is busy"
 
@@ -112,6 +114,46 @@ async def learner(browser, url: str, steps: int, load_timeout: float) -> dict:
     return {"failed": False, "load_s": load, "steps": out}
 
 
+async def class_view(browser, url: str, pins: int) -> list[float | None]:
+    """The Class page as a teacher watches it while one learner pins ``pins`` runs: for each pin, seconds
+    from the learner's page confirming it ("Shared with class ...") to the Class page (open, never reloaded)
+    listing it; None past 30 s."""
+    teacher = await browser.new_page(viewport={"width": 1400, "height": 1600})
+    await teacher.goto(url + "/classroom", wait_until="domcontentloaded", timeout=120_000)
+    await teacher.get_by_text("pinned runs (", exact=False).first.wait_for(timeout=120_000)
+    page = await browser.new_page(viewport={"width": 1400, "height": 1600})
+    await page.goto(url + "/binarize", wait_until="domcontentloaded", timeout=120_000)
+    await page.get_by_text(NUMBERS[0], exact=False).first.wait_for(timeout=120_000)
+    nick = "pinner"
+    box = page.get_by_role("textbox", name=f"Your nickname in class {CLASS}")
+    await box.fill(nick)
+    await box.press("Enter")
+    out = []
+    for k in range(pins):
+        final0, _, _ = await texts(page)
+        await page.get_by_role("slider").first.focus()
+        await page.keyboard.press("ArrowRight")  # a new configuration to pin
+        t = time.perf_counter()
+        while time.perf_counter() - t < 60 and (await texts(page))[0] in ("", final0):
+            await page.wait_for_timeout(50)
+        await page.get_by_role("link", name="Compare runs").click()
+        await page.get_by_role("button", name="Pin this run").click()
+        await page.get_by_text(f"Shared with class {CLASS} as {nick}").wait_for(timeout=60_000)
+        t0 = time.perf_counter()
+        seen = None
+        while time.perf_counter() - t0 < 30:
+            if f"{nick} ({k + 1})" in await teacher.evaluate("document.body.innerText"):
+                seen = time.perf_counter() - t0
+                break
+            await teacher.wait_for_timeout(20)
+        out.append(seen)
+        await page.get_by_role("link", name="Binarize (live)").click()
+        await page.get_by_text(NUMBERS[0], exact=False).first.wait_for(timeout=60_000)
+    await page.close()
+    await teacher.close()
+    return out
+
+
 def niced_chromium(level: int) -> str:
     """A launcher that runs Chromium at CPU priority ``level`` (nice), so the lab server goes first: an
     approximation of a classroom, where the browsers run on the learners' machines."""
@@ -123,7 +165,7 @@ def niced_chromium(level: int) -> str:
     return str(path)
 
 
-async def run(url: str, steps: int, counts: list[int], browser_nice: int = 0) -> dict[int, list[dict]]:
+async def run(url: str, steps: int, counts: list[int], browser_nice: int = 0, pins: int = 0) -> tuple[dict[int, list[dict]], list]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
@@ -134,8 +176,9 @@ async def run(url: str, steps: int, counts: list[int], browser_nice: int = 0) ->
         for n in counts:
             res[n] = list(await asyncio.gather(*(learner(browser, url, steps if n == 1 else max(2, steps // 2), 120 if n == 1 else 30)
                                                  for _ in range(n))))
+        seen = await class_view(browser, url, pins) if pins else []
         await browser.close()
-    return res
+    return res, seen
 
 
 WORDS = {1: "one_learner", 8: "eight_learners", 16: "sixteen_learners", 32: "thirty_two_learners"}
@@ -164,6 +207,7 @@ def main():
     ap.add_argument("--learners", default="1,8,16,32", help="comma-separated class sizes, each timed in turn")
     ap.add_argument("--app-root", default=None, help="serve the app of this checkout (default: this one)")
     ap.add_argument("--out", default=None, help="results file stem (default bench-browser-<preset>)")
+    ap.add_argument("--class-pins", type=int, default=5, help="pins timed on the Class page after the class sizes (0: none)")
     ap.add_argument("--browser-nice", type=int, default=0,
                     help="run the browsers at this nice level (e.g. 19), so the server gets the cores first, as when "
                          "the learners' browsers run on their own machines")
@@ -172,13 +216,13 @@ def main():
     proc, url = serve(args.preset, Path(args.app_root).resolve() if args.app_root else ROOT)
     load0 = os.getloadavg()[0]
     try:
-        res = asyncio.run(run(url, args.steps, counts, args.browser_nice))
+        res, seen = asyncio.run(run(url, args.steps, counts, args.browser_nice, args.class_pins))
     finally:
         proc.terminate()
         proc.wait(timeout=20)
     command = (f"python bench/browser.py --preset {args.preset} --steps {args.steps} --learners {args.learners}"
                + (f" --app-root {args.app_root}" if args.app_root else "") + (f" --out {args.out}" if args.out else "")
-               + (f" --browser-nice {args.browser_nice}" if args.browser_nice else ""))
+               + (f" --browser-nice {args.browser_nice}" if args.browser_nice else "") + (f" --class-pins {args.class_pins}" if args.class_pins != 5 else ""))
     out = {"preset": args.preset, "machine": machine(), "cpu_flags": cpu_flags(), "date": time.strftime("%Y-%m-%d"), "command": command,
            "app": "this checkout" if not args.app_root else f"the app of {args.app_root}", "load_average_start": load0,
            "load_average_end": os.getloadavg()[0], "browser_nice": args.browser_nice, "by_learners": {}}
@@ -189,13 +233,16 @@ def main():
         out |= {f"{w}_first_median_s": sm["first_median_s"], f"{w}_first_p95_s": sm["first_p95_s"],
                 f"{w}_final_median_s": sm["final_median_s"], f"{w}_response_p95_s": sm["response_p95_s"],
                 f"{w}_failed_pages": sm["failed_pages"]}
+    done = [x for x in seen if x is not None]
+    out |= {"class_page_pin_s": seen, "class_page_update_median_s": statistics.median(done) if done else None,
+            "class_page_update_max_s": max(done) if done else None, "class_page_pins_missed": len(seen) - len(done)}
     stem = RESULTS / (args.out or f"bench-browser-{args.preset}")
     stem.with_suffix(".json").write_text(json.dumps(out, indent=2))
     f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     md = [f"# Browser benchmark ({args.preset})", "", f"Machine: {out['machine']}; CPU flags: {' '.join(out['cpu_flags'])}. "
           f"Date: {out['date']}. 1-minute load average {load0:.2f} at the start, {out['load_average_end']:.2f} at the end. "
           f"Reproduce: `{command}`" + (f" (served: {out['app']})" if args.app_root else ""), "",
-          "Headless Chromium against the lab served on the same machine; a step is one right-arrow key press on the "
+          "Headless Chromium against the lab served on the same machine, as a teacher starts it for a class (`binlab app --class`); a step is one right-arrow key press on the "
           "threshold slider of Binarize (live), timed until the page shows: a first response (numbers or the busy message), "
           "the first numbers (a first look on a small slice, or the final numbers of a configuration measured before), and "
           "the final numbers. Seconds; the learners of a row work at once, each page loading and then stepping. The browsers "
@@ -208,6 +255,11 @@ def main():
         md.append(f"| {n} | {f(sm['response_median_s'])} / {f(sm['response_p95_s'])} | {f(sm['first_median_s'])} / {f(sm['first_p95_s'])} | "
                   f"{f(sm['final_median_s'])} / {f(sm['final_p95_s'])} | {sm['timed_out_steps']} | {sm['failed_pages']} of {n} | "
                   f"{f(statistics.median(sm['load_s']))} |")
+    if seen:
+        md += ["", f"Class page (a teacher's page left open, refreshing by itself; one learner pins {len(seen)} runs, one after another): "
+               f"seconds from the learner's page confirming a pin to the Class page listing it: median "
+               f"{f(out['class_page_update_median_s'])}, largest {f(out['class_page_update_max_s'])}, not shown within 30 s: "
+               f"{out['class_page_pins_missed']} ({', '.join(f(x) for x in seen)})."]
     stem.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -25,13 +25,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    data = make_ag_news_fixture(tmp_path_factory.mktemp("e2e_data"), n_train=900, n_test=300)
-    env = {**os.environ, "BINLAB_DATA": str(data), "BINLAB_PRESET": "tiny"}
+def start_server(data: Path, extra_env: dict | None = None):
+    """The lab served headless on a free localhost port, the tiny baseline trained first in its cache:
+    (process, url)."""
+    env = {**os.environ, "BINLAB_DATA": str(data), "BINLAB_PRESET": "tiny", **(extra_env or {})}
     # train the tiny baseline once up front, in the cache the server will use
     subprocess.run([sys.executable, "-c", "from binlab.presets import *; get_baseline('tiny', load_data('tiny'))"], env=env, check=True)
     port = free_port()
@@ -43,12 +40,35 @@ def server(tmp_path_factory):
     while time.time() < deadline:
         try:
             if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read().strip() == b"ok":
-                break
+                return proc, url
         except OSError:
             time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not become healthy in 60 s: " + proc.stdout.read().decode()[-2000:])
+    proc.kill()
+    pytest.fail("streamlit did not become healthy in 60 s: " + proc.stdout.read().decode()[-2000:])
+
+
+def need_browser():
+    pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    need_browser()
+    proc, url = start_server(make_ag_news_fixture(tmp_path_factory.mktemp("e2e_data"), n_train=900, n_test=300))
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def class_server(tmp_path_factory):
+    """A classroom server (``binlab app --class --name e2e``), with its own cache folder: its own class store."""
+    need_browser()
+    data = make_ag_news_fixture(tmp_path_factory.mktemp("e2e_class_data"), n_train=900, n_test=300)
+    proc, url = start_server(data, {"BINLAB_CLASS": "1", "BINLAB_CLASS_NAME": "e2e", "BINLAB_TEACHER_TOKEN": "e2e-token",
+                                    "BINLAB_CACHE": str(tmp_path_factory.mktemp("e2e_class_cache"))})
     yield url
     proc.terminate()
     proc.wait(timeout=10)
@@ -153,4 +173,43 @@ def test_a_lesson_check_and_a_pinned_comparison(server):
         page.get_by_role("button", name="Pin this run").click()
         page.get_by_text("Pinned as").wait_for(timeout=60_000)
         page.get_by_text("confusion matrices").first.wait_for(timeout=30_000)
+        browser.close()
+
+
+def pin_as(page, url: str, nick: str, button: str) -> None:
+    """One learner: a nickname in the sidebar, a configuration on Binarize (a quick-select ``button``), pinned on Compare."""
+    page.goto(url + "/binarize", wait_until="networkidle")
+    page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=60_000)
+    box = page.get_by_role("textbox", name="Your nickname in class e2e")
+    box.fill(nick)
+    box.press("Enter")
+    before = metrics(page)
+    page.get_by_role("button", name=button, exact=True).click()
+    wait_for(page, lambda m: m[1] != before[1])
+    page.get_by_role("link", name="Compare runs").click()
+    page.get_by_role("button", name="Pin this run").click()
+    page.get_by_text(f"Shared with class e2e as {nick}").wait_for(timeout=60_000)
+
+
+def test_two_learners_in_one_class_see_each_others_pins(class_server):
+    """Two learners (two browser sessions) pin runs in one class; each sees both pins on the Class page,
+    which refreshes by itself (no reload), and the teacher's token is not needed for any of it."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        ada = browser.new_context(viewport={"width": 1400, "height": 1800}).new_page()
+        bob = browser.new_context(viewport={"width": 1400, "height": 1800}).new_page()
+        pin_as(ada, class_server, "ada", "encoder")
+        bob.goto(class_server + "/classroom", wait_until="networkidle")
+        bob.get_by_text("pinned runs (tiny): ada (1)").wait_for(timeout=60_000)  # ada's pin, seen by bob
+        pin_as(bob, class_server, "bob", "QK")
+        # ada opens the Class page and waits there: bob's second pin appears without a reload
+        ada.get_by_role("link", name="Class").click()
+        ada.get_by_text("pinned runs (tiny): ada (1), bob (1)").wait_for(timeout=60_000)
+        bob.get_by_role("link", name="Compare runs").click()
+        bob.get_by_role("button", name="Pin this run").click()
+        bob.get_by_text("Shared with class e2e as bob").wait_for(timeout=60_000)
+        ada.get_by_text("pinned runs (tiny): ada (1), bob (2)").wait_for(timeout=30_000)
         browser.close()

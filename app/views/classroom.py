@@ -23,7 +23,7 @@ if room is None:
             "on **Compare runs** and answer on **Lessons** appears here.")
     st.stop()
 
-st.caption(f"Class **{plain(room.name)}** · refreshes every {REFRESH_S:g} seconds · learners so far: {len(room.learners())}")
+st.caption(f"Class **{plain(room.name)}** · refreshes every {REFRESH_S:g} seconds")
 
 
 def method_of(spec_json: str) -> str:
@@ -39,6 +39,11 @@ def method_of(spec_json: str) -> str:
 def live():
     with friendly_errors():
         pins = room.pins(preset)
+        counts: dict[str, int] = {}
+        for nick, _ in pins:
+            counts[nick] = counts.get(nick, 0) + 1
+        st.caption(f"Learners so far: {len(room.learners())} · pinned runs ({preset}): "
+                   + (", ".join(f"{plain(n)} ({c})" for n, c in sorted(counts.items())) if counts else "none yet"))
         st.subheader(f"Pinned runs ({preset})")
         if not pins:
             st.info(f"No pinned runs for the **{preset}** preset yet: learners pin them on **Compare runs**.")

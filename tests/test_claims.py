@@ -117,9 +117,24 @@ DECLINES = re.compile(r"no measurable|cannot be told apart|not claimed|no orderi
 INTERVAL = re.compile(r"\[([+−-]?\d+\.\d+), ([+−-]?\d+\.\d+)\]")
 
 
-def _excludes_zero(lo: str, hi: str) -> bool:
-    lo, hi = (float(x.replace("−", "-")) for x in (lo, hi))
+#: a ratio with its interval ("×1.0139 [1.0131, 1.0147]", "x control 1.02 [...]"): no difference is 1, not 0
+RATIO = re.compile(r"[×x]\s*(?:[a-z0-9]+\s+)?\d+\.\d+\s*$")
+
+
+def _supports(s: str, m: re.Match) -> bool:
+    """Whether the interval ``m`` in sentence ``s`` excludes no difference: 1 for a ratio, 0 for a difference."""
+    lo, hi = (float(x.replace("−", "-")) for x in m.groups())
+    if RATIO.search(s[max(0, m.start() - 30):m.start()]):
+        return lo > 1 or hi < 1
     return lo > 0 or hi < 0
+
+
+def test_a_ratio_interval_must_exclude_one():
+    """The ordering check reads "×1.02 [0.99, 1.05]" as a ratio (holds 1: no support) and "+0.4 [0.1, 0.7]" as a difference."""
+    held = "A is ahead of B (×1.02 [0.99, 1.05])."
+    apart = "A is ahead of B (×1.02 [1.01, 1.05])."
+    diff = "A is ahead of B (+0.40 [+0.10, +0.70])."
+    assert [all(_supports(t, m) for m in INTERVAL.finditer(t)) for t in (held, apart, diff)] == [False, True, True]
 
 
 def test_readme_and_findings_order_only_what_an_interval_supports():
@@ -134,8 +149,8 @@ def test_readme_and_findings_order_only_what_an_interval_supports():
         for s in sentences(t):
             if not ORDER.search(s) or ATTRIBUTION.search(s) or DECLINES.search(s):
                 continue
-            cis = INTERVAL.findall(s)
-            if not cis or not all(_excludes_zero(lo, hi) for lo, hi in cis):
+            cis = list(INTERVAL.finditer(s))
+            if not cis or not all(_supports(s, m) for m in cis):
                 bad.append((where, s[:160]))
     assert not bad, f"orderings without an interval that supports them: {bad}"
 

@@ -159,7 +159,7 @@ def test_generated_findings_order_only_what_the_json_intervals_support():
     """Each committed table's finding is what the finding code writes from its JSON today; a table whose
     rows have one seed each orders nothing; and every "A > B" a finding states outside the survey's
     quoted order is backed by the rows' stored per-row results (interval of A - B above 0)."""
-    from binlab.experiments.findings import FINDINGS, _short, separated
+    from binlab.experiments.findings import FINDINGS, _short, finding_of, separated
 
     def row(rows, name):
         """A finding names a row by its label up to the colon, or (the survey's pairs) as 'method MODE'."""
@@ -173,7 +173,7 @@ def test_generated_findings_order_only_what_the_json_intervals_support():
         if payload["experiment"] not in FINDINGS:
             continue
         finding = payload.get("finding") or ""
-        assert finding == FINDINGS[payload["experiment"]](payload["rows"]), f"{p.name}: stale finding (run binlab experiments render)"
+        assert finding == finding_of(payload), f"{p.name}: stale finding (run binlab experiments render)"
         qat = [r for r in payload["rows"] if r["mode"] == "qat"]
         one_seed = all(len(r.get("random_seeds") or [0]) < 2 for r in qat)
         for s in sentences(finding):

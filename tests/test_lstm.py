@@ -184,3 +184,8 @@ def test_t10_finding_reads_the_rows():
                   "ratio_vs_control": sum(ci_ctl) / 2, "ratio_vs_control_ci95": list(ci_ctl)}
         text = t10_finding(rs)
         assert want in text and "3 seeds" in text, (want, text)
+    # on a transformer preset the same rows binarize the encoder linears, and the text names them
+    rs = rows(150.0)
+    assert "the recurrent weights" in t10_finding(rs, preset="lstm")
+    on_lm = t10_finding(rs, preset="lm")
+    assert "the encoder linears" in on_lm and "recurrent" not in on_lm

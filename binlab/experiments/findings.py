@@ -69,7 +69,7 @@ def separated(a: dict, b: dict) -> int:
 CHANCE = 25.0  # AG_NEWS has 4 balanced classes
 
 
-def t6_finding(rows: list[dict]) -> str:
+def t6_finding(rows: list[dict], preset: str | None = None) -> str:
     """Does PB-LLM's finding -- the classic BNN methods fall to (or below) random -- hold here, under PTQ
     and under QAT? A method "fails" when its accuracy is within 5 points of chance (25 %)."""
     fp = next((r["accuracy"] for r in rows if r["mode"] == "fp"), None)
@@ -103,7 +103,7 @@ def _short(r: dict) -> str:
     return f"{rules[0]['method']['method']} {r['mode'].upper()}" if rules else r["label"]
 
 
-def t8_finding(rows: list[dict]) -> str:
+def t8_finding(rows: list[dict], preset: str | None = None) -> str:
     """Perplexity after each method against fp32, beside the survey's LLaMA-7B numbers. With seeds and stored
     per-block log-likelihoods, each ratio carries its interval, the best QAT row is chosen on validation and
     the survey's pairs are confirmed, reversed or left unseparated by those intervals; with one seed (or no
@@ -177,7 +177,7 @@ def _survey_pairs(ordered: list[dict], name) -> str:
             + f" and cannot separate {len(pairs) - len(agree) - len(against)}.")
 
 
-def t9_finding(rows: list[dict]) -> str:
+def t9_finding(rows: list[dict], preset: str | None = None) -> str:
     """The BERT-era W1A1 recipes: how far from fp32, which one is best *by validation*, and which pairs
     the test rows and seeds separate, against the survey's GLUE order (quoted). With one seed per row
     no ordering is stated."""
@@ -214,12 +214,14 @@ def t9_finding(rows: list[dict]) -> str:
             "test rows and seeds): " + " ".join(out)) if out else ""
 
 
-def t10_finding(rows: list[dict]) -> str:
+def t10_finding(rows: list[dict], preset: str | None = None) -> str:
     """The LSTM era's question: which part holds the bits (the size each PTQ row saves), what binarizing it
     costs (perplexity against fp32), and whether Zheng and Tang's reading holds here (binarizing the
     recurrent weights alone lowers perplexity after training; adding the embeddings does worse). With
     seeds and stored per-block log-likelihoods each comparison is a perplexity ratio with its interval, and
-    only a separated one is stated as a difference; with one seed nothing is ranked."""
+    only a separated one is stated as a difference; with one seed nothing is ranked. On a transformer
+    preset (``preset`` not an LSTM one) the same rows binarize the encoder linears, and the text says so."""
+    part = "the recurrent weights" if preset is None or "lstm" in preset else "the encoder linears"
     def ppl(label_start: str, mode: str):
         return next((r for r in rows if r["label"].startswith(label_start) and r["mode"] == mode and "perplexity" in r), None)
 
@@ -232,9 +234,9 @@ def t10_finding(rows: list[dict]) -> str:
     out = []
     rec, emb = ppl("XNOR, recurrent weights only", "ptq"), ppl("XNOR, embeddings only", "ptq")
     if rec and emb:
-        bigger = "the embeddings" if emb["reduction_percent"] > rec["reduction_percent"] else "the recurrent weights"
-        out.append(f"Binarizing the embeddings saves {emb['reduction_percent']:.1f} % of the model, the recurrent weights "
-                   f"{rec['reduction_percent']:.1f} %: {bigger} hold more of the bits. Post-training, XNOR on the recurrent weights gives "
+        bigger = "the embeddings" if emb["reduction_percent"] > rec["reduction_percent"] else part
+        out.append(f"Binarizing the embeddings saves {emb['reduction_percent']:.1f} % of the model, {part} "
+                   f"{rec['reduction_percent']:.1f} %: {bigger} hold more of the bits. Post-training, XNOR on {part} gives "
                    f"perplexity {rec['perplexity']:.1f} and on the embeddings {emb['perplexity']:.1f} (fp32 {fp:.1f}"
                    + (f"; x fp32 {ratio_text(rec)} and {ratio_text(emb)}" if rec.get("ratio_ci95") and emb.get("ratio_ci95") else "") + ").")
     w, wb = ppl("XNOR on LSTMs (Zheng and Tang): recurrent weights only", "qat"), ppl("XNOR on LSTMs (Zheng and Tang): recurrent weights and", "qat")
@@ -247,30 +249,36 @@ def t10_finding(rows: list[dict]) -> str:
         reading = ("holds here: lower perplexity than fp32 and than its control" if lo_fp and lo_ctl else
                    "holds against fp32 but not against the control trained the same way, so the gain is the extra training, not "
                    "binarization" if lo_fp else
-                   "is not reproduced here: binarized, the recurrent weights cost perplexity" if hi_fp else
+                   f"is not reproduced here: binarized, {part} cost perplexity" if hi_fp else
                    "is not decided: the interval against fp32 holds 1")
-        out.append(f"After QAT ({seeds_of(w)} seeds each), weights-only XNOR: x fp32 {ratio_text(w)}, x its fp32 control "
+        out.append(f"After QAT ({seeds_of(w)} seeds each), XNOR on {part} alone: x fp32 {ratio_text(w)}, x its fp32 control "
                    f"{ratio_text(w, 'ratio_vs_control')}; Zheng and Tang's reading (a regularizer) {reading}.")
         if wb and wb.get("ratio_vs_control_ci95"):
             out.append(f"With the embeddings binarized too: x control {ratio_text(wb, 'ratio_vs_control')}, "
-                       + verdict(wb, w, "measurably better than weights only.", "measurably worse than weights only (their \"overfit\" "
-                                 "reading predicts worse).", "not separated from weights only."))
+                       + verdict(wb, w, f"measurably better than {part} alone.", f"measurably worse than {part} alone (their \"overfit\" "
+                                 "reading predicts worse).", f"not separated from {part} alone."))
         if lab and lab.get("ratio_vs_control_ci95"):
-            out.append(f"LAB on the recurrent weights: x control {ratio_text(lab, 'ratio_vs_control')}, "
+            out.append(f"LAB on {part}: x control {ratio_text(lab, 'ratio_vs_control')}, "
                        + verdict(lab, w, "measurably better than XNOR with the same training.", "measurably worse than XNOR with the "
                                  "same training.", "not separated from XNOR with the same training."))
         note = f"{seeds_of(w)} seeds for the QAT rows, perplexity ratios with 95 % intervals over test text and seeds"
     else:
         if w and ctl:
-            out.append(f"After QAT, weights-only XNOR reaches perplexity {w['perplexity']:.1f}, its fp32 control trained the same way "
+            out.append(f"After QAT, XNOR on {part} alone reaches perplexity {w['perplexity']:.1f}, its fp32 control trained the same way "
                        f"{ctl['perplexity']:.1f}" + (f", and with the embeddings binarized too {wb['perplexity']:.1f}" if wb else "")
                        + ". One seed and no interval on perplexity: whether binarization acts as a regularizer here (Zheng and "
                        "Tang's reading) is not decided by this table.")
         if lab and w:
-            out.append(f"LAB on the recurrent weights: {lab['perplexity']:.1f}; XNOR with the same training {w['perplexity']:.1f}.")
+            out.append(f"LAB on {part}: {lab['perplexity']:.1f}; XNOR with the same training {w['perplexity']:.1f}.")
         note = "one seed"
     return ("**Finding** (generated from the rows above, " + note + "; LSTM-era papers measured word-level LSTMs on Penn "
             "Treebank, this is AG_NEWS text): " + " ".join(out)) if out else ""
 
 
 FINDINGS = {"T6": t6_finding, "T8": t8_finding, "T9": t9_finding, "T10": t10_finding}
+
+
+def finding_of(payload: dict) -> str | None:
+    """The generated finding of a table's JSON payload (its rows, read for its preset), or None for a table without one."""
+    fn = FINDINGS.get(payload.get("experiment"))
+    return fn(payload["rows"], preset=payload.get("preset")) if fn else None

@@ -8,7 +8,7 @@ from pathlib import Path
 from .aggregate import match_controls
 from .budgets import fill_budgets
 from .catalog import EXPERIMENTS, is_control
-from .findings import FINDINGS
+from .findings import FINDINGS, finding_of
 from .provenance import RESULTS
 from .stats import INTERVAL, wilson_interval
 from .texts import accuracy_text, diff_text, fmt, ratio_text, seeds_text, vs_control_text
@@ -176,7 +176,7 @@ def render(out_dir: Path | None = None) -> list[Path]:
         if exp is not None:  # each QAT row against its matched control only
             match_controls(payload["rows"], payload["experiment"])
         if payload["experiment"] in FINDINGS:
-            payload["finding"] = FINDINGS[payload["experiment"]](payload["rows"])
+            payload["finding"] = finding_of(payload)
         path.write_text(json.dumps(payload, indent=2))
         path.with_suffix(".md").write_text(to_markdown(payload))
         written.append(path.with_suffix(".md"))

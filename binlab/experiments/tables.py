@@ -21,7 +21,7 @@ from . import sweep
 from .aggregate import against_control, aggregate, match_controls
 from .budgets import SEED_BUDGET, fill_budgets
 from .catalog import EXPERIMENTS, FP, Config, matched_control
-from .findings import FINDINGS
+from .findings import FINDINGS, finding_of
 from .provenance import RESULTS, machine
 from .report import to_markdown, write_index
 from .stats import INTERVAL
@@ -137,7 +137,7 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
 
         payload["bigram_perplexity"] = bigram_perplexity(splits)
     if name in FINDINGS:
-        payload["finding"] = FINDINGS[name](rows)
+        payload["finding"] = finding_of(payload)
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
     stem.with_suffix(".md").write_text(to_markdown(payload))
     if not fast:

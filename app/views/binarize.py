@@ -238,13 +238,14 @@ with friendly_errors():
                 m4.metric("bits / quantized weight", f"{r['bits_per_quantized_weight']:.3f}" if chosen else "-")
                 for col, x in zip(st.columns(2), more):  # a classifier's loss (it moves even where no prediction flips), an LM's next-token accuracy
                     col.metric(x.name, x.text(4 if not x.unit else 2), x.change_text(), delta_color=x.delta_color(), help=x.help())
-                # "change n": every move shows new text, even when two configurations give the same numbers
+                # "change n" (from the first move on): every move shows new text, even when two configurations give the same numbers
                 n = st.session_state.get("changes", 0)
+                count = f"change {n}, " if n else ""
                 if r.get("first_look"):
-                    st.caption(f"First look: {m.caption()} · change {n} · the full {len(lab.val):,} rows follow in a moment · sizes are exact")
+                    st.caption(f"First look: {m.caption()} · {count}the full {len(lab.val):,} rows follow in a moment · sizes are exact")
                 else:
-                    st.caption(f"{m.caption()} · change {n}, " + ("measured before on this server" if r.get("shared") else
-                                                                     f"updated in {r['seconds']:.2f} s")
+                    st.caption(f"{m.caption()} · {count}" + ("measured before on this server" if r.get("shared") else
+                                                            f"updated in {r['seconds']:.2f} s")
                                + " · sizes are exact (codes, scales, means, masks and fp32 rest)")
 
             with right:

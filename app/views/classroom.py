@@ -1,6 +1,7 @@
 """Class: the whole class at a glance, live. Every learner's pinned runs on one chart, the tallies of
 the lesson predictions (the measured answer hidden until the teacher reveals it), and the best runs."""
 import json
+from collections import Counter
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -39,9 +40,7 @@ def method_of(spec_json: str) -> str:
 def live():
     with friendly_errors():
         pins = room.pins(preset)
-        counts: dict[str, int] = {}
-        for nick, _ in pins:
-            counts[nick] = counts.get(nick, 0) + 1
+        counts = Counter(nick for nick, _ in pins)
         st.caption(f"Learners so far: {len(room.learners())} · pinned runs ({preset}): "
                    + (", ".join(f"{plain(n)} ({c})" for n, c in sorted(counts.items())) if counts else "none yet"))
         st.subheader(f"Pinned runs ({preset})")

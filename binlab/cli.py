@@ -488,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("numba", "numpy"), default="numba", help=BACKEND_HELP)
     p.set_defaults(fn=cmd_classify)
 
-    p = sub.add_parser("experiments", help="regenerate the seed tables (writes docs/results/)")
+    p = sub.add_parser("experiments", help="run the tables and write them to docs/results/")
     p.add_argument("action", choices=["list", "run", "render", "datasize"],
                    help="render: rewrite the markdown of every committed table from its JSON; "
                         "datasize: fp32 vs the best 1-bit recipe by training rows (docs/results/data-size-<preset>)")

@@ -92,7 +92,7 @@ def _committed_numbers() -> set[str]:
 
 def test_readme_accuracies_are_committed_numbers():
     """Every 'NN.NN %' (and every signed '+-N.NN' point difference) in the README's results is in a committed file,
-    or is attributed to the seed or a paper in the same sentence."""
+    or is attributed to the student project or a paper in the same sentence."""
     nums = _committed_numbers()
     text = (ROOT / "README.md").read_text()
     section = text.split("## Results", 1)[1].split("\n## ", 1)[0] if "## Results" in text else text

@@ -22,7 +22,7 @@ def test_run_writes_json_and_markdown(fixture_data, tmp_path):
     for r in payload["rows"][:2]:
         assert 0 <= r["accuracy"] <= 100 and 0 < r["reduction_percent"] < 100
     text = md.read_text()
-    assert "| QK | qat |" in text and "seed accuracy" in text
+    assert "| QK | qat |" in text and "student project accuracy" in text
     assert not (tmp_path / "README.md").exists()  # fast runs stay out of the index
 
 

@@ -189,3 +189,33 @@ def test_t10_finding_reads_the_rows():
     assert "the recurrent weights" in t10_finding(rs, preset="lstm")
     on_lm = t10_finding(rs, preset="lm")
     assert "the encoder linears" in on_lm and "recurrent" not in on_lm
+
+
+def test_t10_finding_on_a_classifier_reads_accuracy_intervals():
+    """On a classifier preset (scratch) the rows carry accuracy, not perplexity: the verdicts follow the
+    accuracy differences' intervals (higher is better, so the orientation flips against perplexity)."""
+    from binlab.experiments.catalog import control
+    from binlab.experiments.findings import t10_finding
+
+    def rows():
+        return [{"label": "fp32 baseline", "mode": "fp", "accuracy": 87.0, "reduction_percent": 0.0},
+                {"label": "XNOR, recurrent weights only (PTQ)", "mode": "ptq", "accuracy": 70.0, "reduction_percent": 4.0,
+                 "diff": -17.0, "diff_ci95": [-18.0, -16.0]},
+                {"label": "XNOR, embeddings only (PTQ)", "mode": "ptq", "accuracy": 80.0, "reduction_percent": 90.0,
+                 "diff": -7.0, "diff_ci95": [-8.0, -6.0]},
+                {"label": "XNOR on LSTMs (Zheng and Tang): recurrent weights only, QAT", "mode": "qat", "accuracy": 86.0,
+                 "reduction_percent": 4.0, "control": control().label},
+                {"label": control().label, "mode": "qat", "accuracy": 87.1, "reduction_percent": 0.0}]
+
+    text = t10_finding(rows(), preset="scratch")
+    assert "accuracy 70.00 % and on the embeddings 80.00 % (fp32 87.00 %" in text and "-17.00 points [-18.00, -16.00]" in text
+    assert "the embeddings hold more of the bits" in text and "the encoder linears" in text and "is not decided" in text
+    cases = {((+0.2, +0.9), (+0.1, +0.5)): "holds here", ((+0.2, +0.9), (-0.5, -0.1)): "not against the control",
+             ((-1.5, -0.4), (-1.2, -0.3)): "is not reproduced here: binarized, the encoder linears cost accuracy",
+             ((-0.3, +0.4), (-0.3, +0.3)): "is not decided"}
+    for (ci_fp, ci_ctl), want in cases.items():
+        rs = rows()
+        rs[3] |= {"random_seeds": [0, 1, 2], "diff": sum(ci_fp) / 2, "diff_ci95": list(ci_fp),
+                  "diff_vs_control": sum(ci_ctl) / 2, "diff_vs_control_ci95": list(ci_ctl)}
+        text = t10_finding(rs, preset="scratch")
+        assert want in text and "accuracy differences in points" in text, (want, text)

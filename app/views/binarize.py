@@ -311,7 +311,7 @@ with friendly_errors():
                                        error_y=dict(type="data", symmetric=False, thickness=1,
                                                     array=[(p["high"] if p["high"] is not None else p["value"]) - p["value"] for p in ps],
                                                     arrayminus=[p["value"] - (p["low"] if p["low"] is not None else p["value"]) for p in ps]))
-                if lab.info.shows_seed_points:  # the seed project's reported (reduction, accuracy) points
+                if lab.info.shows_seed_points:  # the student project's reported (reduction, accuracy) points
                     sc.add_scatter(x=[p["reduction"] for p in SEED_POINTS], y=[p["accuracy"] for p in SEED_POINTS], mode="markers", name="student project (reported)",
                                    text=[p["label"] for p in SEED_POINTS], marker=dict(size=9, symbol="x", color="gray"))
                 sc.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), yaxis_type="log" if m.log_scale else "linear",

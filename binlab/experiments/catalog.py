@@ -385,10 +385,11 @@ T10_CONFIGS = (
 
 EXPERIMENTS["T10"] = Experiment("T10", "The LSTM era: which part holds the bits, and what binarizing it costs", (
     "On the lstm preset: a 2-layer LSTM language model (d = 256) trained from scratch on AG_NEWS text with the lm preset's "
-    "tokenizer, perplexity on the test text; on the lm preset the same rows run on its 2-layer transformer LM. 'Recurrent "
-    "weights' are every LSTM's input-to-hidden and hidden-to-hidden matrices (on the transformer, the encoder linears: "
+    "tokenizer, perplexity on the test text; on the lm preset the same rows run on its 2-layer transformer LM, and on "
+    "scratch on the 2-layer transformer classifier (test accuracy). 'Recurrent "
+    "weights' are every LSTM's input-to-hidden and hidden-to-hidden matrices (on a transformer, the encoder linears: "
     "attention Q/K/V/O and the feed-forward pair); 'embeddings' the token table; the "
-    "head (the output embedding) stays fp32. XNOR on LSTMs is XNOR-Net's scaled sign (Zheng and Tang 2016, a course "
+    "head (the output embedding, or the classifier) stays fp32. XNOR on LSTMs is XNOR-Net's scaled sign (Zheng and Tang 2016, a course "
     "report with no code); LAB is loss-aware binarization (Hou et al. 2017) with Adam's second moments, one scale per "
-    "gate matrix as its code keeps them. QAT rows distil from the fp32 model token by token. The papers' findings are "
+    "gate matrix as its code keeps them. QAT rows distil from the fp32 model (token by token on the language models). The papers' findings are "
     "quoted, not measured: their models are word-level LSTMs on Penn Treebank."), T10_CONFIGS)

@@ -216,63 +216,89 @@ def t9_finding(rows: list[dict], preset: str | None = None) -> str:
 
 def t10_finding(rows: list[dict], preset: str | None = None) -> str:
     """The LSTM era's question: which part holds the bits (the size each PTQ row saves), what binarizing it
-    costs (perplexity against fp32), and whether Zheng and Tang's reading holds here (binarizing the
-    recurrent weights alone lowers perplexity after training; adding the embeddings does worse). With
-    seeds and stored per-block log-likelihoods each comparison is a perplexity ratio with its interval, and
-    only a separated one is stated as a difference; with one seed nothing is ranked. On a transformer
-    preset (``preset`` not an LSTM one) the same rows binarize the encoder linears, and the text says so."""
+    costs (perplexity against fp32; accuracy on a classifier preset), and whether Zheng and Tang's reading
+    holds here (binarizing the recurrent weights alone helps after training; adding the embeddings does
+    worse). With seeds and stored per-row results each comparison carries its interval (a perplexity ratio,
+    or an accuracy difference), and only a separated one is stated as a difference; with one seed nothing is
+    ranked. On a transformer preset (``preset`` not an LSTM one) the same rows binarize the encoder linears,
+    and the text says so."""
     part = "the recurrent weights" if preset is None or "lstm" in preset else "the encoder linears"
-    def ppl(label_start: str, mode: str):
-        return next((r for r in rows if r["label"].startswith(label_start) and r["mode"] == mode and "perplexity" in r), None)
+    lm = any("perplexity" in r for r in rows)
+    key = "perplexity" if lm else "accuracy"
+
+    def row(label_start: str, mode: str):
+        return next((r for r in rows if r["label"].startswith(label_start) and r["mode"] == mode and key in r), None)
+
+    def val(r: dict) -> str:
+        return f"{r[key]:.1f}" if lm else f"{r[key]:.2f} %"
+
+    def points(r: dict, k: str) -> str:  # an accuracy change in points with its interval
+        lo, hi = r[f"{k}_ci95"]
+        return f"{r[k]:+.2f} points [{lo:+.2f}, {hi:+.2f}]" + (", no measurable difference" if lo <= 0 <= hi else "")
+
+    def vs_fp(r: dict) -> str:
+        return f"x fp32 {ratio_text(r)}" if lm else f"against fp32 {points(r, 'diff')}"
+
+    def vs_ctl(r: dict, its: str = "") -> str:
+        return f"x {its}control {ratio_text(r, 'ratio_vs_control')}" if lm else f"against {its or 'its '}control {points(r, 'diff_vs_control')}"
+
+    def interval(r: dict, against: str):  # (low, high) of the change, oriented so that > 0 is better
+        if lm:
+            ci = r.get("ratio_ci95" if against == "fp" else "ratio_vs_control_ci95")
+            return (1 - ci[1], 1 - ci[0]) if ci else None
+        return r.get("diff_ci95" if against == "fp" else "diff_vs_control_ci95")
 
     def verdict(a: dict, b: dict, better: str, worse: str, level: str) -> str:
         return {1: better, -1: worse, 0: level}[separated(a, b)]
 
-    fp = next((r["perplexity"] for r in rows if r["mode"] == "fp" and "perplexity" in r), None)
+    fp = next((r[key] for r in rows if r["mode"] == "fp" and key in r), None)
     if fp is None:
         return ""
+    metric, cost = ("perplexity", "cost perplexity") if lm else ("accuracy", "cost accuracy")
     out = []
-    rec, emb = ppl("XNOR, recurrent weights only", "ptq"), ppl("XNOR, embeddings only", "ptq")
+    rec, emb = row("XNOR, recurrent weights only", "ptq"), row("XNOR, embeddings only", "ptq")
     if rec and emb:
         bigger = "the embeddings" if emb["reduction_percent"] > rec["reduction_percent"] else part
+        both_ci = (rec.get("ratio_ci95") and emb.get("ratio_ci95")) if lm else (rec.get("diff_ci95") and emb.get("diff_ci95"))
         out.append(f"Binarizing the embeddings saves {emb['reduction_percent']:.1f} % of the model, {part} "
                    f"{rec['reduction_percent']:.1f} %: {bigger} hold more of the bits. Post-training, XNOR on {part} gives "
-                   f"perplexity {rec['perplexity']:.1f} and on the embeddings {emb['perplexity']:.1f} (fp32 {fp:.1f}"
-                   + (f"; x fp32 {ratio_text(rec)} and {ratio_text(emb)}" if rec.get("ratio_ci95") and emb.get("ratio_ci95") else "") + ").")
-    w, wb = ppl("XNOR on LSTMs (Zheng and Tang): recurrent weights only", "qat"), ppl("XNOR on LSTMs (Zheng and Tang): recurrent weights and", "qat")
-    ctl = next((r for r in rows if w and r["label"] == w.get("control") and "perplexity" in r), None)
-    lab = ppl("LAB: recurrent weights only", "qat")
-    seeded = bool(w and seeds_of(w) >= 2 and w.get("ratio_ci95") and w.get("ratio_vs_control_ci95"))
+                   f"{metric} {val(rec)} and on the embeddings {val(emb)} (fp32 {val({key: fp})}"
+                   + ((f"; x fp32 {ratio_text(rec)} and {ratio_text(emb)}" if lm else f"; {points(rec, 'diff')} and {points(emb, 'diff')}")
+                      if both_ci else "") + ").")
+    w, wb = row("XNOR on LSTMs (Zheng and Tang): recurrent weights only", "qat"), row("XNOR on LSTMs (Zheng and Tang): recurrent weights and", "qat")
+    ctl = next((r for r in rows if w and r["label"] == w.get("control") and key in r), None)
+    lab = row("LAB: recurrent weights only", "qat")
+    seeded = bool(w and seeds_of(w) >= 2 and interval(w, "fp") and interval(w, "control"))
     if w and ctl and seeded:
-        lo_fp, lo_ctl = w["ratio_ci95"][1] < 1, w["ratio_vs_control_ci95"][1] < 1
-        hi_fp = w["ratio_ci95"][0] > 1
-        reading = ("holds here: lower perplexity than fp32 and than its control" if lo_fp and lo_ctl else
+        (lo_fp, hi_fp), (lo_ctl, _) = interval(w, "fp"), interval(w, "control")
+        reading = (f"holds here: better {metric} than fp32 and than its control" if lo_fp > 0 and lo_ctl > 0 else
                    "holds against fp32 but not against the control trained the same way, so the gain is the extra training, not "
-                   "binarization" if lo_fp else
-                   f"is not reproduced here: binarized, {part} cost perplexity" if hi_fp else
-                   "is not decided: the interval against fp32 holds 1")
-        out.append(f"After QAT ({seeds_of(w)} seeds each), XNOR on {part} alone: x fp32 {ratio_text(w)}, x its fp32 control "
-                   f"{ratio_text(w, 'ratio_vs_control')}; Zheng and Tang's reading (a regularizer) {reading}.")
-        if wb and wb.get("ratio_vs_control_ci95"):
-            out.append(f"With the embeddings binarized too: x control {ratio_text(wb, 'ratio_vs_control')}, "
+                   "binarization" if lo_fp > 0 else
+                   f"is not reproduced here: binarized, {part} {cost}" if hi_fp < 0 else
+                   "is not decided: the interval against fp32 holds no change")
+        out.append(f"After QAT ({seeds_of(w)} seeds each), XNOR on {part} alone: {vs_fp(w)}, {vs_ctl(w, 'its fp32 ')}; Zheng and Tang's "
+                   f"reading (a regularizer) {reading}.")
+        if wb and interval(wb, "control"):
+            out.append(f"With the embeddings binarized too: {vs_ctl(wb)}, "
                        + verdict(wb, w, f"measurably better than {part} alone.", f"measurably worse than {part} alone (their \"overfit\" "
                                  "reading predicts worse).", f"not separated from {part} alone."))
-        if lab and lab.get("ratio_vs_control_ci95"):
-            out.append(f"LAB on {part}: x control {ratio_text(lab, 'ratio_vs_control')}, "
+        if lab and interval(lab, "control"):
+            out.append(f"LAB on {part}: {vs_ctl(lab)}, "
                        + verdict(lab, w, "measurably better than XNOR with the same training.", "measurably worse than XNOR with the "
                                  "same training.", "not separated from XNOR with the same training."))
-        note = f"{seeds_of(w)} seeds for the QAT rows, perplexity ratios with 95 % intervals over test text and seeds"
+        note = (f"{seeds_of(w)} seeds for the QAT rows, " + ("perplexity ratios" if lm else "accuracy differences in points")
+                + " with 95 % intervals over test " + ("text" if lm else "rows") + " and seeds")
     else:
         if w and ctl:
-            out.append(f"After QAT, XNOR on {part} alone reaches perplexity {w['perplexity']:.1f}, its fp32 control trained the same way "
-                       f"{ctl['perplexity']:.1f}" + (f", and with the embeddings binarized too {wb['perplexity']:.1f}" if wb else "")
-                       + ". One seed and no interval on perplexity: whether binarization acts as a regularizer here (Zheng and "
+            out.append(f"After QAT, XNOR on {part} alone reaches {metric} {val(w)}, its fp32 control trained the same way "
+                       f"{val(ctl)}" + (f", and with the embeddings binarized too {val(wb)}" if wb else "")
+                       + f". One seed and no interval on {metric}: whether binarization acts as a regularizer here (Zheng and "
                        "Tang's reading) is not decided by this table.")
         if lab and w:
-            out.append(f"LAB on {part}: {lab['perplexity']:.1f}; XNOR with the same training {w['perplexity']:.1f}.")
+            out.append(f"LAB on {part}: {val(lab)}; XNOR with the same training {val(w)}.")
         note = "one seed"
     return ("**Finding** (generated from the rows above, " + note + "; LSTM-era papers measured word-level LSTMs on Penn "
-            "Treebank, this is AG_NEWS text): " + " ".join(out)) if out else ""
+            "Treebank, this is AG_NEWS " + ("text" if lm else "classification") + "): " + " ".join(out)) if out else ""
 
 
 FINDINGS = {"T6": t6_finding, "T8": t8_finding, "T9": t9_finding, "T10": t10_finding}

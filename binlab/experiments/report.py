@@ -104,7 +104,7 @@ def to_markdown(payload: dict) -> str:
     fp = next((r["accuracy"] for r in payload["rows"] if r["mode"] == "fp"), None)
     lines = _header(payload) + [
              "| configuration | mode | budget | seeds | accuracy % (mean ± sd) | vs fp32, pts [95 % CI] | McNemar p | vs control, pts [95 % CI] | "
-             "val accuracy % | seed accuracy % | seed budget | size MB (exact) | seed size | reduction % | seed reduction % | "
+             "val accuracy % | student project accuracy % | student project budget | size MB (exact) | student project size | reduction % | student project reduction % | "
              "bits / quantized weight | train s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
@@ -216,7 +216,7 @@ def write_index(out_dir: Path | None = None) -> Path:
             lines.append("")
             continue
         lines += [f"## [{pl['experiment']} ({pl['preset']})]({pl['experiment']}-{pl['preset']}.md): {pl['title']}", "",
-                  "| configuration | mode | seeds | accuracy % | vs fp32, pts [95 % CI] | reduction % | seed accuracy % |",
+                  "| configuration | mode | seeds | accuracy % | vs fp32, pts [95 % CI] | reduction % | student project accuracy % |",
                   "|---|---|---|---|---|---|---|"]
         for r in pl["rows"]:
             seed = (r.get("seed") or [None])[0]
@@ -294,8 +294,8 @@ def table_view(payload: dict, rows: list[dict]) -> dict:
               "accuracy %": round(r["accuracy"], 2), "± sd (seeds)": round(r["accuracy_std"], 2) if r.get("accuracy_std") else None,
               "vs fp32, pts [95 % CI]": diff_text(r, fp), "McNemar p": r.get("mcnemar_p"),
               "vs equal-budget control [95 % CI]": vs_control_text(r),
-              "seed accuracy %": (r.get("seed") or [None])[0], "seed budget": r.get("seed_budget"), "size MB": round(r["megabytes"], 3),
-              "reduction %": round(r["reduction_percent"], 2), "seed reduction %": (r.get("seed") or [None, None, None])[2],
+              "student project accuracy %": (r.get("seed") or [None])[0], "student project budget": r.get("seed_budget"), "size MB": round(r["megabytes"], 3),
+              "reduction %": round(r["reduction_percent"], 2), "student project reduction %": (r.get("seed") or [None, None, None])[2],
               "bits/weight": round(r["bits_per_quantized_weight"], 3)}
              | ({"val accuracy %": round(r["val_accuracy"], 2)} if r.get("val_accuracy") is not None else {})
              | ({"attention entropy (nats)": round(r["attention_entropy"], 3)} if r.get("attention_entropy") is not None else {})
@@ -305,5 +305,5 @@ def table_view(payload: dict, rows: list[dict]) -> dict:
     return {"table": table,
             "bars": {"x": x, "y": [r["accuracy %"] for r in table], "name": "binlab",
                      "plus": [h - r["accuracy %"] for r, h in zip(table, highs)], "minus": [r["accuracy %"] - lo for r, lo in zip(table, lows)]},
-            "reported": {"x": x, "y": [r["seed accuracy %"] for r in table], "name": "the seed reports"},
+            "reported": {"x": x, "y": [r["student project accuracy %"] for r in table], "name": "the student project reports"},
             "y_title": "accuracy %", "log_y": False, "y_range": [0, 100], "hline": None, "caption": None}

@@ -30,7 +30,7 @@ class TaskInfo:
     live_rows: int  # validation rows the live lab evaluates on every change
     can_generate: bool  # greedy text continuation makes sense
     classifies_text: bool  # a headline in, a class out
-    shows_seed_points: bool  # the seed project's (reduction, accuracy) points are on this metric's scale
+    shows_seed_points: bool  # the student project's (reduction, accuracy) points are on this metric's scale
 
 
 TASKS = {

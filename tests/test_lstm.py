@@ -219,3 +219,11 @@ def test_t10_finding_on_a_classifier_reads_accuracy_intervals():
                   "diff_vs_control": sum(ci_ctl) / 2, "diff_vs_control_ci95": list(ci_ctl)}
         text = t10_finding(rs, preset="scratch")
         assert want in text and "accuracy differences in points" in text, (want, text)
+    # the embeddings-only QAT row is set beside the linears-only one, with the share of the model each saves
+    rs[3] |= {"reduction_percent": 4.0}
+    rs.append({"label": "XNOR: embeddings only, QAT", "mode": "qat", "accuracy": 86.5, "reduction_percent": 90.0,
+               "random_seeds": [0, 1, 2], "diff": -0.5, "diff_ci95": [-0.9, -0.1], "diff_vs_control": -0.6,
+               "diff_vs_control_ci95": [-1.0, -0.2], "control": control().label})
+    text = t10_finding(rs, preset="scratch")
+    assert "The embeddings alone (XNOR, QAT): against its control -0.60 points [-1.00, -0.20]" in text
+    assert "saving 90.0 % of the model against 4.0 %" in text

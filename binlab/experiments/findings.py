@@ -278,6 +278,12 @@ def t10_finding(rows: list[dict], preset: str | None = None) -> str:
                    "is not decided: the interval against fp32 holds no change")
         out.append(f"After QAT ({seeds_of(w)} seeds each), XNOR on {part} alone: {vs_fp(w)}, {vs_ctl(w, 'its fp32 ')}; Zheng and Tang's "
                    f"reading (a regularizer) {reading}.")
+        e = row("XNOR: embeddings only", "qat")
+        if e and interval(e, "control"):
+            out.append(f"The embeddings alone (XNOR, QAT): {vs_ctl(e)}, "
+                       + verdict(e, w, f"measurably better than {part} alone", f"measurably worse than {part} alone",
+                                 f"not separated from {part} alone")
+                       + f", while saving {e['reduction_percent']:.1f} % of the model against {w['reduction_percent']:.1f} %.")
         if wb and interval(wb, "control"):
             out.append(f"With the embeddings binarized too: {vs_ctl(wb)}, "
                        + verdict(wb, w, f"measurably better than {part} alone.", f"measurably worse than {part} alone (their \"overfit\" "

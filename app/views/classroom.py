@@ -68,7 +68,7 @@ def live():
             best = room.best(preset, 10)
             st.subheader("Best so far")
             st.dataframe([{"learner": n, "label": r.label, "mode": r.mode, r.metric.name: round(r.metric.value, 2),
-                           "95 % interval": r.metric.interval_text(), "reduction %": round(r.reduction, 2),
+                           "95 % interval": r.metric.interval_text().removeprefix("95 % interval "), "reduction %": round(r.reduction, 2),
                            "bits / weight": round(r.bits_per_weight, 3)} for n, r in best], hide_index=True, width="stretch")
 
         st.subheader("Lesson predictions")
@@ -77,7 +77,9 @@ def live():
         tally = room.tally(key)
         counts = [tally.get(c, 0) for c in les.choices]
         fig = go.Figure(go.Bar(x=[chart_text(c) for c in les.choices], y=counts, text=counts, textposition="outside"))
-        fig.update_layout(height=300, yaxis_title="learners", margin=dict(l=10, r=10, t=30, b=10), title=chart_text(les.question[:90]))
+        st.markdown(f"**{plain(les.question)}**")
+        fig.update_layout(height=300, yaxis_title="learners", margin=dict(l=10, r=10, t=30, b=10))
+        fig.update_yaxes(tick0=0, dtick=max(1, round(max(counts, default=0) / 5)))  # whole learners on the axis
         st.plotly_chart(fig, width="stretch", key="class_tally")
         shown = room.revealed(key)
         if is_teacher() and st.button("Hide the answer" if shown else "Reveal the measured answer", key=f"class_reveal:{key}"):

@@ -14,8 +14,9 @@ st.title("Sensitivity")
 st.markdown("Each bar binarizes **only** the named component (or pair, or group) with the chosen method, "
             "post-training, and measures it on the validation rows. The student project this lab reproduces reported QK as "
             "the cheapest attention pair to binarize and the head as the most damaging component (binarizing it too fell "
-            "to chance). After QAT on our `scratch` model the committed tables disagree: QK costs the most of the three "
-            "pairs (-2.22 points [-3.08, -1.45] against fp32, QV -1.01, KV -0.67; 3 seeds, `docs/results/T4-scratch.md`), and "
+            "to chance). After QAT on our `scratch` model the committed tables disagree: every pair costs 1.5-2.5 points "
+            "against fp32 and the three cannot be told apart (QK -2.53 [-4.24, -0.82], QV -1.46 [-2.08, -0.85], KV -1.59 "
+            "[-2.74, -0.44]; 3 seeds, `docs/results/T4-scratch.md`), and "
             "binarizing the head too kept 75.12 % (one seed, `docs/results/T3-scratch.md`). See what post-training "
             "binarization says here.")
 

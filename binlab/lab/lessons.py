@@ -194,7 +194,7 @@ LESSONS: dict[str, Lesson] = {les.key: les for les in (
            "Binarize one pair of attention projections in every layer with unscaled sign, no retraining. Which pair costs "
            "the least validation accuracy?", ("QK", "QV", "KV"),
            "Q and K only decide where each token looks (through the attention weights), while V's values flow into the "
-           "output directly and on into every later layer; the student project's table found QK the cheapest pair (after training, T4 here finds the opposite).", _components),
+           "output directly and on into every later layer; the student project's table found QK the cheapest pair (after training, T4 here cannot tell the three pairs apart).", _components),
     Lesson("threshold", 3, "Thresholds and buckets", "03_threshold_and_buckets.ipynb",
            "Bucket binarization splits each row at a threshold and replaces each side by its mean. Move the threshold of "
            "layers.0.attn.q from its squared-error-optimal value to mean + 1.5 std. What happens to the relative error?",

@@ -1,13 +1,16 @@
 """Benchmark: the lab's live loop (widget change -> numbers updated) and evaluation speed.
 
 Measures, on the chosen preset's cached baseline, side by side in one run:
-- LiveLab.apply (PTQ re-binarization of what changed + accuracy on 1,000 validation rows + exact
+- LiveLab.apply (PTQ re-binarization of what changed + accuracy on the lab's validation rows + exact
   size) for a sequence of changes a learner makes: dragging tau on layers.0.attn.q, toggling
   components, switching methods; median and max over the changes;
-- the first look the page shows before that (LiveLab.glance: the same change measured on a fixed,
-  slice of 200 of those rows, stratified by class on a classifier), timed for the same changes: what a learner waits for
+- the first look the page shows before that (LiveLab.glance: the same change measured on a fixed
+  slice of those rows, stratified by class on a classifier), timed for the same changes: what a learner waits for
   the first numbers (the page's own drawing comes on top: bench/browser.py measures both together);
 - full test-set evaluation (7,600 rows) and a 1,000-row validation slice.
+
+The lab's rows are the Binarize page's: ``task_info(model).live_rows`` (1,000 on a classifier, 300 on a
+language model) and its first look ``glance_rows`` of them (200 and 60).
 
     python bench/live_loop.py --preset scratch      # writes docs/results/bench-live-loop-<preset>.{json,md}
     python bench/live_loop.py --preset lm           # the language model: PTQ methods with calibration, perplexity
@@ -25,7 +28,8 @@ import time
 import torch
 
 from binlab.experiments.provenance import RESULTS, cpu_flags, machine
-from binlab.lab.live import GLANCE_ROWS, LiveLab
+from binlab.lab.live import LiveLab
+from binlab.nn.metric import task_info
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
 from binlab.presets import get_baseline, get_preset, load_data
 from binlab.training.train import evaluate
@@ -74,7 +78,8 @@ def main():
     from binlab.training.calibration import calibration_set
 
     lm = p.model.task == "lm"
-    lab = LiveLab(model, splits.val, val_rows=1000, calib=calibration_set(splits))
+    lab = LiveLab(model, splits.val, val_rows=task_info(model).live_rows, calib=calibration_set(splits))  # as the page builds it
+    n_rows, n_glance = len(lab.val), len(lab.glance_val)
     lab.apply(QuantSpec.simple("QK", "bucket"))  # warm-up
     hessian_s = None
     if lm:  # the Hessians of the components the changes touch, computed once (what a first visit pays)
@@ -105,7 +110,7 @@ def main():
         head_gemm_s = min(_timed(lambda: z @ w.T) for _ in range(3))
         gflop = 2 * n_tok * w.shape[0] * w.shape[1] / 1e9
     payload = {"preset": args.preset, "machine": machine(), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
-               "cpu_flags": cpu_flags(), "glance_rows": GLANCE_ROWS,
+               "cpu_flags": cpu_flags(), "live_rows": n_rows, "glance_rows": n_glance,
                "first_look_median_s": statistics.median(firsts), "first_look_max_s": max(firsts),
                "first_to_final_median_s": statistics.median(finals),
                "live_median_s": statistics.median(secs), "live_max_s": max(secs), "val_1000_eval_s": val_s,
@@ -117,11 +122,11 @@ def main():
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
     md = [f"# Live loop benchmark ({args.preset})", "", f"Machine: {payload['machine']}, {payload['threads']} threads; CPU flags: "
           f"{' '.join(payload['cpu_flags'])}. Date: {payload['date']}.", f"Reproduce: `{payload['command']}`", "",
-          f"- first look (the change on a fixed slice of {GLANCE_ROWS} of the rows below, "
+          f"- first look (the change on a fixed slice of {n_glance} of the {n_rows} rows below, "
           + ("the first ones" if lm else "stratified by class") + f", shown first): median "
           f"**{payload['first_look_median_s']:.3f} s**, max {payload['first_look_max_s']:.3f} s; first look then the full numbers: "
           f"median {payload['first_to_final_median_s']:.3f} s",
-          f"- live change (PTQ of what changed + 1,000-row validation accuracy + exact size): median **{payload['live_median_s']:.3f} s**, max {payload['live_max_s']:.3f} s",
+          f"- live change (PTQ of what changed + {n_rows:,}-row validation {'perplexity' if lm else 'accuracy'} + exact size): median **{payload['live_median_s']:.3f} s**, max {payload['live_max_s']:.3f} s",
           f"- 1,000-row validation evaluation: **{val_s:.3f} s**",
           f"- full test set ({len(splits.test):,} rows): **{test_s:.2f} s**", ""]
     if lm:

@@ -138,7 +138,8 @@ def _accuracy_keys(m: Metric) -> dict:
             "diff_high": m.change_high, "p_value": float("nan") if m.p_value is None else m.p_value, "within_noise": m.within_noise}
 
 
-#: rows of a change's first look (:meth:`LiveLab.glance`): a fixed slice of the lab's rows, stratified by class
+#: rows of a classifier's first look (:meth:`LiveLab.glance`): a fixed slice of the lab's rows, stratified by class
+#: (a language model's is its task's ``glance_rows``, fewer: every token pays for the vocabulary-wide head)
 GLANCE_ROWS = 200
 
 
@@ -174,7 +175,7 @@ class LiveLab:
     _families = itertools.count()
 
     def __init__(self, baseline: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000, batch_size: int = EVAL_BATCH, device: str = "auto",
-                 calib: EncodedSplit | None = None, glance_rows: int = GLANCE_ROWS):
+                 calib: EncodedSplit | None = None, glance_rows: int | None = None):
         from binlab.training.train import pick_device
 
         self.device = pick_device(device)  # a GPU when there is one
@@ -193,6 +194,7 @@ class LiveLab:
         self.fp_size = model_size(self.model).summary()
         self.family = next(LiveLab._families)  # clones share it (and so their measured results)
         # the first look's rows: a fixed slice of the same rows, stratified by class (a language model: the first rows)
+        glance_rows = self.info.glance_rows if glance_rows is None else glance_rows  # the task's default (classifiers: GLANCE_ROWS)
         idx = np.arange(min(glance_rows, len(self.val))) if self.task == "lm" else stratified_rows(self.val.labels, glance_rows)
         self.glance_val = self.val.subset(idx)
         self.glance_batches = list(self.glance_val.batches(batch_size, device=self.device))
@@ -307,7 +309,8 @@ class LiveLab:
 
     def glance(self, spec: QuantSpec) -> dict:
         """A first look at ``spec``: binarized as :meth:`apply` does, measured on a fixed slice of the
-        lab's rows (``glance_rows``, default :data:`GLANCE_ROWS`, stratified by class) with the same keys as :meth:`apply`
+        lab's rows (``glance_rows``, default the task's: :data:`GLANCE_ROWS` stratified by class on a classifier, the
+        first 60 on a language model) with the same keys as :meth:`apply`
         (``rows`` says how many) plus ``first_look: True``; the size is exact already. A following
         :meth:`apply` of the same spec gives the full numbers, equal to an evaluation without the first look."""
         t0 = time.perf_counter()

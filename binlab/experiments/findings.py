@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .catalog import is_control
 from .stats import SeedDiff, SeedRatio, seed_diff, seed_ratio, unpack_correct, unpack_floats
-from .texts import diff_text, ratio_text
+from .texts import change_text, diff_text, ratio_text
 
 
 def seeds_of(r: dict) -> int:
@@ -233,8 +233,7 @@ def t10_finding(rows: list[dict], preset: str | None = None) -> str:
         return f"{r[key]:.1f}" if lm else f"{r[key]:.2f} %"
 
     def points(r: dict, k: str) -> str:  # an accuracy change in points with its interval
-        lo, hi = r[f"{k}_ci95"]
-        return f"{r[k]:+.2f} points [{lo:+.2f}, {hi:+.2f}]" + (", no measurable difference" if lo <= 0 <= hi else "")
+        return change_text(r[k], r[f"{k}_ci95"], " points", ", ")
 
     def vs_fp(r: dict) -> str:
         return f"x fp32 {ratio_text(r)}" if lm else f"against fp32 {points(r, 'diff')}"

@@ -13,12 +13,18 @@ def accuracy_text(r: dict, key: str = "accuracy") -> str:
     return fmt(v) if sd is None else f"{v:.2f} ± {sd:.2f}"
 
 
+def change_text(value: float, ci, unit: str = "", sep: str = " ") -> str:
+    """A signed change with its 95 % interval, e.g. ``+0.37 [-0.73, +1.48] no measurable difference`` (the words
+    where the interval holds 0); ``unit`` follows the value (" points"), ``sep`` precedes the words."""
+    lo, hi = ci
+    return f"{value:+.2f}{unit} [{lo:+.2f}, {hi:+.2f}]" + (f"{sep}no measurable difference" if lo <= 0 <= hi else "")
+
+
 def vs_control_text(r: dict) -> str:
     """A QAT row against the equal-budget control, with its interval (markdown and the Results page)."""
     if not r.get("diff_vs_control_ci95"):
         return "-" if r.get("diff_vs_control") is None else f"{r['diff_vs_control']:+.2f} (no interval)"
-    lo, hi = r["diff_vs_control_ci95"]
-    return f"{r['diff_vs_control']:+.2f} [{lo:+.2f}, {hi:+.2f}]" + (" no measurable difference" if lo <= 0 <= hi else "")
+    return change_text(r["diff_vs_control"], r["diff_vs_control_ci95"])
 
 
 def seeds_text(r: dict) -> str:

@@ -138,11 +138,6 @@ def _accuracy_keys(m: Metric) -> dict:
             "diff_high": m.change_high, "p_value": float("nan") if m.p_value is None else m.p_value, "within_noise": m.within_noise}
 
 
-#: rows of a classifier's first look (:meth:`LiveLab.glance`): a fixed slice of the lab's rows, stratified by class
-#: (a language model's is its task's ``glance_rows``, fewer: every token pays for the vocabulary-wide head)
-GLANCE_ROWS = 200
-
-
 def stratified_rows(labels: np.ndarray, n: int) -> np.ndarray:
     """The first ``n`` indices of ``labels`` taken round-robin over the classes in order of appearance
     (a fixed, balanced slice; all rows when ``n`` is at least their number)."""
@@ -194,7 +189,7 @@ class LiveLab:
         self.fp_size = model_size(self.model).summary()
         self.family = next(LiveLab._families)  # clones share it (and so their measured results)
         # the first look's rows: a fixed slice of the same rows, stratified by class (a language model: the first rows)
-        glance_rows = self.info.glance_rows if glance_rows is None else glance_rows  # the task's default (classifiers: GLANCE_ROWS)
+        glance_rows = self.info.glance_rows if glance_rows is None else glance_rows  # the task's (binlab.nn.metric.TASKS)
         idx = np.arange(min(glance_rows, len(self.val))) if self.task == "lm" else stratified_rows(self.val.labels, glance_rows)
         self.glance_val = self.val.subset(idx)
         self.glance_batches = list(self.glance_val.batches(batch_size, device=self.device))
@@ -309,7 +304,7 @@ class LiveLab:
 
     def glance(self, spec: QuantSpec) -> dict:
         """A first look at ``spec``: binarized as :meth:`apply` does, measured on a fixed slice of the
-        lab's rows (``glance_rows``, default the task's: :data:`GLANCE_ROWS` stratified by class on a classifier, the
+        lab's rows (``glance_rows``, default the task's ``glance_rows``: 200 stratified by class on a classifier, the
         first 60 on a language model) with the same keys as :meth:`apply`
         (``rows`` says how many) plus ``first_look: True``; the size is exact already. A following
         :meth:`apply` of the same spec gives the full numbers, equal to an evaluation without the first look."""

@@ -31,15 +31,16 @@ class TaskInfo:
     can_generate: bool  # greedy text continuation makes sense
     classifies_text: bool  # a headline in, a class out
     shows_seed_points: bool  # the student project's (reduction, accuracy) points are on this metric's scale
-    glance_rows: int = 200  # rows of a change's first look (binlab.lab.live.LiveLab.glance), shown before the live_rows
+    glance_rows: int  # rows of a change's first look (binlab.lab.live.LiveLab.glance), shown before the live_rows
 
 
 TASKS = {
-    "classify": TaskInfo("classify", "accuracy", " %", True, False, "difference", "Classifier", 1000, False, True, True),
+    "classify": TaskInfo("classify", "accuracy", " %", True, False, "difference", "Classifier", 1000, False, True, True, glance_rows=200),
     # a language model's exact perplexity costs a vocabulary-wide head per token: on 1,000 rows a change takes 2.6 s
     # median on 2 cores (docs/results/bench-live-loop-lm.md); 300 rows cut that work to about a third, and the
-    # interval shown widens to match. Its first look takes 60 of those rows: 200 took 0.62 s median on the same
-    # machine (bench-live-loop-lm.md), above the 0.6 s a learner should wait for first numbers, page included
+    # interval shown widens to match. Its first look takes 60 of those rows: on 200 it took 0.57 s median, 2.9x as
+    # long in interleaved pairs (bench-live-loop-lm.md), leaving nothing of the 0.6 s a learner should wait for
+    # first numbers for the page to draw
     "lm": TaskInfo("lm", "perplexity", "", False, True, "ratio", "LM head", 300, True, False, False, glance_rows=60),
 }
 

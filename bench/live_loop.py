@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -48,6 +49,13 @@ def changes():
     out.append(("all but head, sign", QuantSpec.simple("all-except-head", "sign")))
     out.append(("back to fp32", QuantSpec()))
     return out
+
+
+WIDE = 200  # a classifier's first-look rows (binlab.nn.metric.TASKS), the comparison for a smaller one
+
+
+def _ratios(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
 def _timed(fn) -> float:
@@ -78,8 +86,12 @@ def main():
     from binlab.training.calibration import calibration_set
 
     lm = p.model.task == "lm"
+    load0 = os.getloadavg()[0]
     lab = LiveLab(model, splits.val, val_rows=task_info(model).live_rows, calib=calibration_set(splits))  # as the page builds it
     n_rows, n_glance = len(lab.val), len(lab.glance_val)
+    # where the task's first look is smaller than a classifier's 200 rows (a language model), the same changes' first
+    # look on 200 rows is timed beside it, in the same run, for the comparison
+    wide = LiveLab(model, splits.val, val_rows=n_rows, calib=lab.calib, glance_rows=WIDE) if n_glance < WIDE else None
     lab.apply(QuantSpec.simple("QK", "bucket"))  # warm-up
     hessian_s = None
     if lm:  # the Hessians of the components the changes touch, computed once (what a first visit pays)
@@ -87,14 +99,20 @@ def main():
         for comp in ("layers.0.attn.q", "layers.1.ffn.up"):
             lab.hessian(comp)
         hessian_s = time.perf_counter() - t0
+    if wide is not None:
+        wide.hessians = lab.hessians  # the calibration is shared, as the page's clones share it
     rows = []
-    for label, spec in (lm_changes() if lm else changes()):
-        t0 = time.perf_counter()
-        g = lab.glance(spec)  # what the page shows first
-        t1 = time.perf_counter()
-        r = lab.apply(spec)  # then refines to the full rows
-        t2 = time.perf_counter()
-        rows.append({"change": label, "first_look_seconds": t1 - t0, "seconds": t2 - t1, "first_to_final_seconds": t2 - t0,
+    for i, (label, spec) in enumerate(lm_changes() if lm else changes()):
+        out = {}
+        # the page's first look and the 200-row one in interleaved pairs (their order alternates), then the full numbers
+        wide_s = _timed(lambda: wide.glance(spec)) if wide is not None and i % 2 else None
+        first_s = _timed(lambda: out.update(g=lab.glance(spec)))  # what the page shows first
+        if wide is not None and not i % 2:
+            wide_s = _timed(lambda: wide.glance(spec))
+        full_s = _timed(lambda: out.update(r=lab.apply(spec)))  # then refines to the full rows
+        g, r = out["g"], out["r"]
+        rows.append({"change": label, "first_look_seconds": first_s, "seconds": full_s, "first_to_final_seconds": first_s + full_s,
+                     **({"first_look_200_seconds": wide_s} if wide_s is not None else {}),
                      "first_look_accuracy": g["accuracy"], "accuracy": r["accuracy"], "reduction_percent": r["reduction_percent"],
                      **({"perplexity": r["perplexity"], "first_look_perplexity": g["perplexity"]} if lm else {})})
     evaluate(model, splits.val.head(200))  # warm-up
@@ -113,6 +131,9 @@ def main():
                "cpu_flags": cpu_flags(), "live_rows": n_rows, "glance_rows": n_glance,
                "first_look_median_s": statistics.median(firsts), "first_look_max_s": max(firsts),
                "first_to_final_median_s": statistics.median(finals),
+               "first_look_200_median_s": statistics.median(r["first_look_200_seconds"] for r in rows) if wide is not None else None,
+               "first_look_200_ratio": _ratios([r["first_look_200_seconds"] / r["first_look_seconds"] for r in rows]) if wide is not None else None,
+               "load_average": [load0, os.getloadavg()[0]],
                "live_median_s": statistics.median(secs), "live_max_s": max(secs), "val_1000_eval_s": val_s,
                "test_eval_s": test_s, "test_rows": len(splits.test), "changes": rows, "hessians_first_s": hessian_s,
                "head_gemm_s": head_gemm_s,
@@ -121,11 +142,15 @@ def main():
     stem = RESULTS / f"bench-live-loop-{args.preset}"
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
     md = [f"# Live loop benchmark ({args.preset})", "", f"Machine: {payload['machine']}, {payload['threads']} threads; CPU flags: "
-          f"{' '.join(payload['cpu_flags'])}. Date: {payload['date']}.", f"Reproduce: `{payload['command']}`", "",
+          f"{' '.join(payload['cpu_flags'])}. Date: {payload['date']}. 1-minute load average {load0:.2f} at the start, "
+          f"{payload['load_average'][1]:.2f} at the end.", f"Reproduce: `{payload['command']}`", "",
           f"- first look (the change on a fixed slice of {n_glance} of the {n_rows} rows below, "
           + ("the first ones" if lm else "stratified by class") + f", shown first): median "
           f"**{payload['first_look_median_s']:.3f} s**, max {payload['first_look_max_s']:.3f} s; first look then the full numbers: "
-          f"median {payload['first_to_final_median_s']:.3f} s",
+          f"median {payload['first_to_final_median_s']:.3f} s"
+          + (f" (the same changes' first look on {WIDE} rows, timed in interleaved pairs with it: median "
+             f"{payload['first_look_200_median_s']:.3f} s, {payload['first_look_200_ratio']['median']:.2f}x the page's per pair, range "
+             f"{payload['first_look_200_ratio']['min']:.2f}-{payload['first_look_200_ratio']['max']:.2f}x)" if wide is not None else ""),
           f"- live change (PTQ of what changed + {n_rows:,}-row validation {'perplexity' if lm else 'accuracy'} + exact size): median **{payload['live_median_s']:.3f} s**, max {payload['live_max_s']:.3f} s",
           f"- 1,000-row validation evaluation: **{val_s:.3f} s**",
           f"- full test set ({len(splits.test):,} rows): **{test_s:.2f} s**", ""]

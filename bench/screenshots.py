@@ -6,7 +6,7 @@ opens each page in Chromium (Playwright) and saves ``docs/img/<page>.png``.
     python bench/screenshots.py --preset scratch      # needs Chromium (apt-get install chromium) and playwright
 
 The Class page is shown with a demo class (``--class-name``, default ``screenshot-demo``, in the cache
-folder's class store): three learners' pins, each a configuration measured here on the validation rows
+folder's class store, emptied and filled anew on every run): three learners' pins, each a configuration measured here on the validation rows
 (PTQ of the cached baseline, numbers as the Compare page would pin them), and a few lesson predictions.
 """
 from __future__ import annotations
@@ -65,10 +65,8 @@ def demo_class(name: str, preset: str) -> None:
         raise SystemExit(f"no cached {preset} baseline: train it first (binlab train --preset {preset})")
     baseline, _ = hit
     room = ClassRoom(name)
-    have = {(n, run.label) for n, run in room.pins(preset)}
+    room.clear()  # every pin measured now, on the baseline the pages show
     for nick, label, rules in DEMO_PINS:
-        if (nick, label) in have:
-            continue
         spec = QuantSpec(tuple(Rule(t, MethodConfig(m)) for t, m in rules))
         run = measure(ptq(baseline, spec), baseline, r.splits.val, preset=preset, mode="PTQ", label=label, spec_json=spec.to_json())
         room.pin(nick, run)
@@ -87,7 +85,9 @@ def main():
     ap.add_argument("--pages", help="comma-separated page titles to capture (default: every page), e.g. Class")
     ap.add_argument("--class-name", default="screenshot-demo", help="the demo class the Class page shows (filled with measured pins)")
     args = ap.parse_args()
-    demo_class(args.class_name, args.preset)
+    wanted = {t.strip() for t in args.pages.split(",")} if args.pages else None
+    if wanted is None or "Class" in wanted:
+        demo_class(args.class_name, args.preset)
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
@@ -109,7 +109,6 @@ def main():
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium)
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
-            wanted = {t.strip() for t in args.pages.split(",")} if args.pages else None
             for _, file, title, _, _ in PAGES:
                 if wanted is not None and title not in wanted:
                     continue

@@ -73,3 +73,16 @@ def test_a_learner_keeps_at_most_fifty_pins_and_names_are_checked(tmp_path):
             check_class_name(bad)
     with pytest.raises(ValueError, match="class name"):
         ClassRoom("../x", tmp_path / "s.sqlite")
+
+
+def test_clear_forgets_one_class_only(tmp_path):
+    room, other = ClassRoom("c1", tmp_path / "s.sqlite"), ClassRoom("c2", tmp_path / "s.sqlite")
+    for r in (room, other):
+        r.pin("ann", _run(80.0))
+        r.predict("ann", "qat", "higher")
+        r.record_answer("qat", ["higher"], "measured")
+        r.reveal("qat")
+    room.clear()
+    assert room.pins() == [] and room.tally("qat") == {} and room.answer("qat") is None and not room.revealed("qat")
+    assert room.learners() == []
+    assert len(other.pins()) == 1 and other.tally("qat") == {"higher": 1} and other.revealed("qat")  # untouched

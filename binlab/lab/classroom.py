@@ -143,6 +143,13 @@ class ClassRoom:
         with self._db() as db:
             return db.execute("SELECT 1 FROM reveals WHERE class = ? AND lesson = ?", (self.name, str(lesson))).fetchone() is not None
 
+    def clear(self) -> None:
+        """Forget this class's pins, predictions, answers and reveals (other classes in the store keep theirs):
+        a class started over, or a demo class filled anew."""
+        with self._db() as db:
+            for table in ("pins", "predictions", "answers", "reveals"):
+                db.execute(f"DELETE FROM {table} WHERE class = ?", (self.name,))
+
     def learners(self) -> list[str]:
         """Everyone who pinned or predicted something in this class."""
         with self._db() as db:

@@ -9,8 +9,9 @@ Measures, on the chosen preset's cached baseline, side by side in one run:
   the first numbers (the page's own drawing comes on top: bench/browser.py measures both together);
 - full test-set evaluation (7,600 rows) and a 1,000-row validation slice.
 
-The lab's rows are the Binarize page's: ``task_info(model).live_rows`` (1,000 on a classifier, 300 on a
-language model) and its first look ``glance_rows`` of them (200 and 60).
+The lab's rows are the Binarize page's (``LiveLab.for_page``): ``task_info(model).live_rows`` (1,000 on a
+classifier, 300 on a language model) and its first look of them (the preset's ``glance_rows``, else the task's:
+200 on scratch, 120 on minilm-l2, 60 on lm).
 
     python bench/live_loop.py --preset scratch      # writes docs/results/bench-live-loop-<preset>.{json,md}
     python bench/live_loop.py --preset lm           # the language model: PTQ methods with calibration, perplexity
@@ -30,7 +31,6 @@ import torch
 
 from binlab.experiments.provenance import RESULTS, cpu_flags, machine
 from binlab.lab.live import LiveLab
-from binlab.nn.metric import task_info
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
 from binlab.presets import get_baseline, get_preset, load_data
 from binlab.training.train import evaluate
@@ -83,14 +83,13 @@ def main():
     p = get_preset(args.preset)
     splits = load_data(p, source=args.data)
     model, _ = get_baseline(p, splits)
-    from binlab.training.calibration import calibration_set
 
     lm = p.model.task == "lm"
     load0 = os.getloadavg()[0]
-    lab = LiveLab(model, splits.val, val_rows=task_info(model).live_rows, calib=calibration_set(splits))  # as the page builds it
+    lab = LiveLab.for_page(model, splits, p)  # as the page builds it
     n_rows, n_glance = len(lab.val), len(lab.glance_val)
-    # where the task's first look is smaller than a classifier's 200 rows (a language model), the same changes' first
-    # look on 200 rows is timed beside it, in the same run, for the comparison
+    # where the page's first look is smaller than a classifier's 200 rows (a language model, minilm-l2), the same
+    # changes' first look on 200 rows is timed beside it, in the same run, for the comparison
     wide = LiveLab(model, splits.val, val_rows=n_rows, calib=lab.calib, glance_rows=WIDE) if n_glance < WIDE else None
     lab.apply(QuantSpec.simple("QK", "bucket"))  # warm-up
     hessian_s = None

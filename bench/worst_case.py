@@ -24,7 +24,6 @@ from binlab.lab.live import LiveLab
 from binlab.methods import BINARIZERS
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule
 from binlab.presets import resolve
-from binlab.training.calibration import calibration_set
 
 from common import cpu_flags
 
@@ -48,7 +47,7 @@ def main():
     only = set(args.methods.split(",")) if args.methods else None
     rp = resolve(args.preset, source=args.data)
     model, _ = rp.baseline()
-    lab = LiveLab(model, rp.splits.val, val_rows=rp.task.live_rows, calib=calibration_set(rp.splits))
+    lab = LiveLab.for_page(model, rp.splits, rp.preset)  # as the Binarize page builds it
     lab.apply(QuantSpec.simple("QK", "bucket"))  # warm-up
     rows, refused = [], []
     for name, opts in settings():

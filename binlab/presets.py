@@ -38,6 +38,13 @@ class Preset:
     pretrained: bool = False
     probe_rows: int = 256  # validation rows a loss-landscape probe evaluates on (the Loss landscape page's default)
     probe_grid: int = 11  # points per axis of a 2-D landscape slice (the page's default)
+    # validation rows of the Binarize page's first look (binlab.lab.live.LiveLab.glance); None: the task's
+    # (binlab.nn.metric.TASKS). A model that costs more per row gets fewer, so first numbers still come fast.
+    glance_rows: int | None = None
+
+    def __post_init__(self):
+        if self.glance_rows is not None and self.glance_rows < 1:
+            raise ValueError(f"preset {self.name!r}: glance_rows must be a positive row count, got {self.glance_rows}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,6 +115,7 @@ PRESETS: dict[str, Preset] = {
         TrainConfig(epochs=2, batch_size=32, lr=1e-4, warmup=0.1),
         QATConfig(TrainConfig(epochs=1, lr=2e-4, warmup=0.05, distill=0.5), freeze=("embed.token.*",)),
         pretrained=True,
+        glance_rows=120,  # about 2.6 ms a row on 2 cores (docs/results/bench-live-loop-minilm-l2.md): 200 rows took 0.71 s
     ),
 }
 

@@ -1031,6 +1031,30 @@ def test_first_look_then_full_numbers_equal_a_full_evaluation(preset, fixture_da
         assert list(stratified_rows(labels, 4)) == [0, 3, 5, 9] and len(stratified_rows(labels, 20)) == 10
 
 
+def test_the_page_lab_takes_the_presets_first_look(tiny_model, tiny_splits):
+    """LiveLab.for_page builds what the Binarize page measures: the task's live rows and the preset's
+    first look (minilm-l2 sets a smaller one, its rows cost more), else the task's; a preset with a
+    first look of no rows is refused."""
+    from dataclasses import replace
+
+    from binlab.lab.live import LiveLab, stratified_rows
+    from binlab.nn.metric import task_info
+    from binlab.presets import get_preset
+
+    assert get_preset("minilm-l2").glance_rows == 120 and get_preset("scratch").glance_rows is None
+    tiny = get_preset("tiny")
+    own = LiveLab.for_page(tiny_model, tiny_splits, replace(tiny, glance_rows=20))
+    assert len(own.val) == min(task_info(tiny_model).live_rows, len(tiny_splits.val))
+    assert len(own.glance_val) == 20  # the preset's
+    assert own.calib is not None  # the methods that need data can run on the page
+    idx = stratified_rows(own.val.labels, 20)
+    assert (own.glance_val.labels == own.val.labels[idx]).all()  # the same stratified slice as glance_rows=20 picks
+    task_default = LiveLab.for_page(tiny_model, tiny_splits, "tiny")
+    assert len(task_default.glance_val) == min(task_info(tiny_model).glance_rows, len(task_default.val))
+    with pytest.raises(ValueError, match="glance_rows"):
+        replace(tiny, glance_rows=0)
+
+
 def test_pbllm_paper_bits_is_the_papers_count():
     assert BINARIZERS["pbllm"]().paper_bits() == pytest.approx(1.7)  # PB-LLM's "1.7 bits" at 10 % salient
 

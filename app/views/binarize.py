@@ -12,10 +12,8 @@ from binlab.methods.activations import ACT_HELP, ACT_NAMES, QKV_HELP
 from binlab.methods.attention import ATTENTION, ATTENTION_HELP
 from binlab.methods.ste import STES
 from binlab.nn.generate import greedy
-from binlab.nn.metric import task_info
 from binlab.nn.quantize import MethodConfig, QuantSpec, Rule, plan
 from binlab.seed import SEED_POINTS
-from binlab.training.calibration import calibration_set
 from binlab.training.recipes import RECIPES
 from binlab.training.train import evaluate
 
@@ -29,9 +27,9 @@ st.title("Binarize (live)")
 def lab_family(_baseline, _splits, preset: str, source: str | None, rows: int | None, baseline_id: int) -> LiveLab:
     """One lab per baseline for the whole server; every session works on a clone of it (shared rows,
     baseline numbers, Hessians and measured results)."""
-    # calibration rows (train only) for the methods that need data; their Hessians are cached in the lab.
-    # The rows evaluated on every change are the task's (a language model's perplexity costs more per row).
-    return LiveLab(_baseline, _splits.val, val_rows=task_info(_baseline).live_rows, calib=calibration_set(_splits))
+    # the task's rows on every change, the preset's first look, calibration rows (train only) for the methods
+    # that need data (their Hessians are cached in the lab)
+    return LiveLab.for_page(_baseline, _splits, preset)
 
 
 def live_lab(baseline, splits) -> LiveLab:

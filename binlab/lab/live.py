@@ -196,6 +196,19 @@ class LiveLab:
         self.glance_base = self._plain_stats(self.glance_batches)  # (NLL, units, hits) of fp32 on those rows
         self._before = None  # the plan a first look changed from, for apply()'s partial recompute
 
+    @classmethod
+    def for_page(cls, baseline: torch.nn.Module, splits, preset=None) -> "LiveLab":
+        """The lab the Binarize page builds (its benches build the same): the task's ``live_rows`` of the
+        validation split, the preset's first look (``Preset.glance_rows``, else the task's) and 128
+        calibration rows from the training split for the methods that need data. ``preset``: a
+        :class:`binlab.presets.Preset` or its name (None: the task's first look)."""
+        from binlab.presets import get_preset
+        from binlab.training.calibration import calibration_set
+
+        p = get_preset(preset) if isinstance(preset, str) else preset
+        return cls(baseline, splits.val, val_rows=task_info(baseline).live_rows, calib=calibration_set(splits),
+                   glance_rows=None if p is None else p.glance_rows)
+
     def clone(self) -> "LiveLab":
         """A lab for another learner: its own copy of the model (at the fp32 baseline), everything else shared."""
         from binlab.nn.quantize import restore_

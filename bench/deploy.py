@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from common import cpu_flags, paired, timeit  # noqa: E402 - bench/common.py, beside this script
 
 SPECS = ("w1a1", "w1a32")
+ROUNDED = ("int8", "bf16")  # W1A32 with rounded inputs (load_packed(path, inputs=...)), timed beside the exact path
 # fresh processes: fp32 torch, W1A1 in torch, W1A1 and W1A32 torch-free (numba backend), W1A1 torch-free on the numpy backend
 KINDS = ("fp32", "packed", "torchfree", "torchfree_w1a32", "numpy")
 
@@ -147,12 +148,13 @@ def main():
                "torchfree_agreement": float((pc == pb).mean()),
                "torchfree_max_logit_rel_diff": float(np.abs(c - b).max() / max(np.abs(b).max(), 1e-30)),
                "numpy_agreement": float((pn == pb).mean()), "numpy_max_logit_rel_diff": float(np.abs(n - b).max() / max(np.abs(b).max(), 1e-30))}
-        if kind == "w1a32":  # the integer path: inputs rounded to int8 per token, an int8 GEMM
-            int8 = load_packed(path, int8_inputs=True)
-            pd, d = outputs(torch_fn(int8), test, lm, keep)
-            cfg |= {"int8_metric": metric(evaluate(int8, test)), "int8_agreement": float((pd == pa).mean()),
-                    "int8_max_logit_rel_diff": float(np.abs(d - a).max() / max(np.abs(a).max(), 1e-30))}
-            models["packed_w1a32_int8"] = int8
+        if kind == "w1a32":  # rounded inputs: int8 per token through an int8 GEMM, bfloat16 through a bf16 GEMM
+            for mode in ROUNDED:
+                fast = load_packed(path, inputs=mode)
+                pd, d = outputs(torch_fn(fast), test, lm, keep)
+                cfg |= {f"{mode}_metric": metric(evaluate(fast, test)), f"{mode}_agreement": float((pd == pa).mean()),
+                        f"{mode}_max_logit_rel_diff": float(np.abs(d - a).max() / max(np.abs(a).max(), 1e-30))}
+                models[f"packed_w1a32_{mode}"] = fast
         out["configs"][kind] = cfg
         models[f"packed_{kind}"], lites[kind] = packed, lite
         print(kind, cfg, flush=True)
@@ -163,7 +165,7 @@ def main():
     def whole(fn):
         return lambda: outputs(fn, test, lm, 0)
     sides = [(f"packed_{kind}", torch_fn(models[f"packed_{kind}"])) for kind in SPECS]
-    sides.append(("packed_w1a32_int8", torch_fn(models["packed_w1a32_int8"])))
+    sides += [(f"packed_w1a32_{mode}", torch_fn(models[f"packed_w1a32_{mode}"])) for mode in ROUNDED]
     for side, fn in sides:
         r = paired(whole(torch_fn(fp)), whole(fn), pairs=3, warmup=1)
         out[f"{side}_s"], out[f"{side}_vs_fp32"] = r["b_s"], r
@@ -277,11 +279,12 @@ def markdown(out: dict) -> str:
         for side, name in sides:
             md.append(f"| {name} | {out[f'{side}_s']:.2f} | {_ratio(out[f'{side}_vs_fp32'])} | {out[f'batch1_{side}_ms']:.2f} | "
                       f"{_ratio(out[f'batch1_{side}_vs_fp32'])} | {fmt(c['packed_metric'])} | {c['file_bytes']:,} | {c['predicted_bytes']:,.0f} |")
-        if kind == "w1a32":
-            side = "packed_w1a32_int8"
-            md.append(f"| packed W1A32, torch, int8 inputs | {out[f'{side}_s']:.2f} | {_ratio(out[f'{side}_vs_fp32'])} | "
-                      f"{out[f'batch1_{side}_ms']:.2f} | {_ratio(out[f'batch1_{side}_vs_fp32'])} | {fmt(c['int8_metric'])} | "
-                      f"{c['file_bytes']:,} | {c['predicted_bytes']:,.0f} |")
+        for mode in ROUNDED if kind == "w1a32" else ():
+            side = f"packed_w1a32_{mode}"
+            if f"{side}_s" in out:
+                md.append(f"| packed W1A32, torch, {mode} inputs | {out[f'{side}_s']:.2f} | {_ratio(out[f'{side}_vs_fp32'])} | "
+                          f"{out[f'batch1_{side}_ms']:.2f} | {_ratio(out[f'batch1_{side}_vs_fp32'])} | {fmt(c[f'{mode}_metric'])} | "
+                          f"{c['file_bytes']:,} | {c['predicted_bytes']:,.0f} |")
     c1, c32 = out["configs"]["w1a1"], out["configs"]["w1a32"]
     md += ["", f"The file carries its tokenizer ({c1['tokenizer_bytes']:,} bytes of the file bytes above); the rest is the weights' "
                "accounting plus the header. Torch packed vs fake quantization: W1A1 "
@@ -290,9 +293,11 @@ def markdown(out: dict) -> str:
                f"Torch-free vs torch packed: W1A1 {100 * c1['torchfree_agreement']:.2f} % ({c1['torchfree_max_logit_rel_diff']:.1e}), "
                f"W1A32 {100 * c32['torchfree_agreement']:.2f} % ({c32['torchfree_max_logit_rel_diff']:.1e})"
                + (f"; the numpy backend W1A1 {100 * c1['numpy_agreement']:.2f} % ({c1['numpy_max_logit_rel_diff']:.1e})" if "numpy_agreement" in c1 else "")
-               + ". The int8-input W1A32 "
-               "path (`load_packed(path, int8_inputs=True)`: inputs rounded to 8 bits per token, an int8 GEMM) against fake "
-               f"quantization: {100 * c32['int8_agreement']:.2f} % ({c32['int8_max_logit_rel_diff']:.1e}). Fake-quant "
+               + ". W1A32 with rounded inputs (`load_packed(path, inputs=...)`; int8: 8 bits per token, an int8 GEMM; bf16: "
+               "bfloat16 inputs and output of a bfloat16 GEMM) against fake quantization: "
+               + ", ".join(f"{mode} {100 * c32[f'{mode}_agreement']:.2f} % ({c32[f'{mode}_max_logit_rel_diff']:.1e})"
+                           for mode in ROUNDED if f"{mode}_agreement" in c32)
+               + f". Fake-quant "
                f"{unit}: W1A1 {fmt(c1['fake_quant_metric'])}, W1A32 {fmt(c32['fake_quant_metric'])}.", "",
            "Fresh processes (three of each, interleaved; medians): a process that loads the model, predicts one text, then "
            "the whole test set, then texts one at a time.", "",

@@ -394,7 +394,7 @@ def test_w1a32_int8_inputs_path_equals_its_arithmetic():
     bias = torch.from_numpy(rng.normal(size=N).astype(np.float32))
     x = torch.from_numpy(rng.normal(size=(M, K)).astype(np.float32))
     exact = PackedLinear(codec, bias)(x).numpy()
-    fast_layer = PackedLinear(codec, bias, int8_inputs=True)
+    fast_layer = PackedLinear(codec, bias, inputs="int8")
     fast = fast_layer(x).numpy()
     assert "path=int8" in fast_layer.extra_repr()
     x64 = x.numpy().astype(np.float64)
@@ -405,8 +405,44 @@ def test_w1a32_int8_inputs_path_equals_its_arithmetic():
     np.testing.assert_allclose(fast, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     assert np.abs(fast - exact).max() <= 0.02 * np.abs(exact).max()
     assert np.abs(fast - exact).max() > 0  # it is a different (rounded) computation
-    few = PackedLinear(codec, bias, int8_inputs=True)(x[:3]).numpy()  # few rows: the exact lookup-table path
+    few = PackedLinear(codec, bias, inputs="int8")(x[:3]).numpy()  # few rows: the exact lookup-table path
     np.testing.assert_allclose(few, exact[:3], rtol=1e-5, atol=1e-5)
+
+
+def _round_bf16(a: np.ndarray) -> np.ndarray:
+    """float32 -> the nearest bfloat16 (ties to even), as float64: the top 16 bits of the float32 pattern after
+    adding half of the dropped part's range (IEEE round to nearest even on the bit pattern)."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    return r.view(np.float32).astype(np.float64)
+
+
+def test_w1a32_bf16_inputs_path_equals_its_arithmetic():
+    """The bf16 W1A32 path computes (lo + hi)/2 sum(x) + (hi - lo)/2 bf16(bf16(x) . s): inputs and the product
+    rounded to bfloat16 (a float64 reference with its own rounding of the bit patterns), within that rounding of
+    exact W1A32; an unknown input mode is refused."""
+    from binlab.runtime.codecs import BinaryCodec
+
+    rng = np.random.default_rng(4)
+    N, K, M = 48, 100, 40
+    s = np.where(rng.normal(size=(N, K)) >= 0, 1.0, -1.0)
+    hi = rng.uniform(0.1, 0.5, N).astype(np.float32)
+    lo = (-hi * rng.uniform(0.5, 1.5, N)).astype(np.float32)
+    codec = BinaryCodec((N, K), {}, {"words": pack_bits(s), "lo": lo, "hi": hi})
+    x = torch.from_numpy(rng.normal(size=(M, K)).astype(np.float32))
+    exact = PackedLinear(codec, None)(x).numpy()
+    layer = PackedLinear(codec, None, inputs="bf16")
+    fast = layer(x).numpy()
+    assert "path=bf16" in layer.extra_repr()
+    x64 = x.numpy().astype(np.float64)
+    p = _round_bf16((_round_bf16(x.numpy()) @ s.T).astype(np.float32))
+    lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
+    ref = (lo64 + hi64)[None] / 2 * x64.sum(1, keepdims=True) + (hi64 - lo64)[None] / 2 * p
+    np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    assert 0 < np.abs(fast - exact).max() <= 0.01 * np.abs(exact).max()
+    assert _round_bf16(np.array([1 + 2 ** -8], np.float32))[0] == 1.0  # a tie goes to the even neighbour
+    with pytest.raises(ValueError, match="inputs must be one of"):
+        PackedLinear(codec, None, inputs="fp8")
 
 
 def test_binarymos_packs_its_token_adaptive_layer(tmp_path):

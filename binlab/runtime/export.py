@@ -160,12 +160,13 @@ def save_packed(model: nn.Module, path: str | Path, tokenizer=None, **extra_meta
             "components": len(comps)}
 
 
-def load_packed(path: str | Path, tokenizer=None, int8_inputs: bool = False) -> nn.Module:
+def load_packed(path: str | Path, tokenizer=None, inputs: str = "exact") -> nn.Module:
     """The runnable packed model in ``path`` (eval mode, CPU): quantized components are
     :class:`~binlab.runtime.packed.PackedLinear`/:class:`~binlab.runtime.packed.PackedEmbedding`; no latent weights.
-    ``int8_inputs``: W1A32 linears run batches through an int8 GEMM with their inputs rounded to 8 bits
-    per token (faster than the float path on CPUs with int8 dot products; the outputs then differ from
-    fake quantization by that rounding, which the deploy bench measures).
+    ``inputs``: how W1A32 linears take a batch's inputs (:data:`binlab.runtime.packed.INPUTS`): ``exact``
+    (float32, equal to fake quantization), ``int8`` (rounded to 8 bits per token, an int8 GEMM) or ``bf16``
+    (rounded to bfloat16, a bfloat16 GEMM); the rounded ones can be faster and differ from fake
+    quantization by that rounding, which the deploy bench measures.
     ``model.packed_meta`` keeps the file's metadata. A damaged file raises ``ValueError``, and so does a
     ``tokenizer`` other than the one the file was written with (its fingerprint is in the header): the
     model would read other token ids and answer wrongly without a word."""
@@ -211,7 +212,7 @@ def load_packed(path: str | Path, tokenizer=None, int8_inputs: bool = False) -> 
                     mc = MethodConfig(info["method"], act=info["act"])
                     act = make_act(info["act"], ste=mc.make().act_estimator(), features=codec.shape[1])
                 mod = PackedLinear(codec, base.bias, act, info.get("shortcut", False), info["method"], info.get("post_norm", False),
-                                   int8_inputs=int8_inputs)
+                                   inputs=inputs)
             else:
                 mod = PackedEmbedding(codec, info.get("padding_idx"), info["method"])
             set_submodule(model, name, mod)

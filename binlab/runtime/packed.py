@@ -41,6 +41,11 @@ def _xnor_input(act) -> tuple[float, torch.Tensor | None] | None:
 
 
 
+#: how a W1A32 layer's batches take their inputs (``PackedLinear(inputs=...)``, ``load_packed(inputs=...)``):
+#: the dtype of the signs' GEMM. ``exact``: float32, as fake quantization computes; the others round the inputs.
+INPUTS = {"exact": torch.float32, "int8": torch.int8, "bf16": torch.bfloat16}
+
+
 class PackedLinear(nn.Module):
     """A quantized linear that holds only its codec, bias and input quantizer (no latent weight).
 
@@ -55,7 +60,7 @@ class PackedLinear(nn.Module):
     LUT_ROWS = 32
 
     def __init__(self, codec: Codec, bias: torch.Tensor | None, act: nn.Module | None = None, shortcut: bool = False,
-                 method: str = "", post_norm: bool = False, int8_inputs: bool = False):
+                 method: str = "", post_norm: bool = False, inputs: str = "exact"):
         super().__init__()
         self.codec = codec
         self.post_norm = post_norm  # OneBit: a parameter-free LayerNorm on the output, before the bias
@@ -69,9 +74,12 @@ class PackedLinear(nn.Module):
         self._wt = np.ascontiguousarray(codec.words.T) if self.xnor else None
         self._lut = LutWeights(codec.words, self.in_features) if plain and act is None else None
         self._zeros = np.zeros(self.out_features, np.float32)
-        # W1A32 batches through an integer GEMM: the signs as int8 once, inputs rounded to int8 per token
-        self._signs8 = (torch.from_numpy(unpack_bits(codec.words, self.in_features)).to(torch.int8)
-                        if int8_inputs and plain and act is None else None)
+        # W1A32 batches with rounded inputs (see INPUTS): the signs unpacked once, in the GEMM's type
+        if inputs not in INPUTS:
+            raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
+        self.inputs = inputs if plain and act is None else "exact"
+        self._signs = (torch.from_numpy(unpack_bits(codec.words, self.in_features)).to(INPUTS[self.inputs])
+                       if self.inputs != "exact" else None)
 
     def _bias_np(self) -> np.ndarray:
         # the bias arrives after construction (load_state_dict(assign=True)); read it as numpy each call (no copy)
@@ -109,8 +117,8 @@ class PackedLinear(nn.Module):
                     n1 = min(N, n0 + TILE)
                     torch.mm(xs, torch.from_numpy(self.codec.signs(slice(n0, n1))).T, out=y[:, n0:n1])
                 y *= s_out
-            elif self._signs8 is not None and xa.shape[0] >= self.LUT_ROWS:
-                y = self._int8_forward(xa)
+            elif self._signs is not None and xa.shape[0] >= self.LUT_ROWS:
+                y = self._rounded_forward(xa)
             elif self._lut is not None and xa.shape[0] < self.LUT_ROWS:
                 P = torch.from_numpy(binary_gemm(xa.numpy(), self._lut, K))
                 lo, hi = torch.from_numpy(self.codec.lo)[None], torch.from_numpy(self.codec.hi)[None]
@@ -130,18 +138,27 @@ class PackedLinear(nn.Module):
             y += x2
         return y.reshape(*shape[:-1], N).to(x.dtype)
 
-    def _int8_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """W1A32 on a batch through torch's int8 GEMM: ``x ~ (g / 127) round(127 x / g)`` per token (g = max|x|,
-        BitNet's absmax8), then with signs s = 2b - 1 of the weights,
-        ``x . (lo + (hi - lo) b) = (lo + hi) / 2 sum(x) + (hi - lo) / 2 (x . s)``, the last product in int32."""
-        g = x.abs().amax(1, keepdim=True).clamp_min(1e-8)
-        xq = torch.clamp(torch.round(x * (127.0 / g)), -127, 127).to(torch.int8)
-        p = torch._int_mm(xq, self._signs8.T).float() * (g / 127.0)
+    def _rounded_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """W1A32 on a batch with rounded inputs. With signs s = 2b - 1 of the weights,
+        ``x . (lo + (hi - lo) b) = (lo + hi) / 2 sum(x) + (hi - lo) / 2 (x . s)``; the sum stays exact and
+        the product ``x . s`` takes the rounded inputs:
+
+        - ``int8``: ``x ~ (g / 127) round(127 x / g)`` per token (g = max|x|, BitNet's absmax8), the
+          product in int32 through torch's int8 GEMM;
+        - ``bf16``: x rounded to bfloat16 (8 significant bits, relative error at most 2^-9) and the product
+          through torch's bfloat16 GEMM (fast on CPUs with AVX-512 BF16 or AMX), which accumulates in float32
+          and rounds its output to bfloat16 as well (torch's CPU GEMM has no float32 output for bfloat16 inputs)."""
+        if self.inputs == "int8":
+            g = x.abs().amax(1, keepdim=True).clamp_min(1e-8)
+            xq = torch.clamp(torch.round(x * (127.0 / g)), -127, 127).to(torch.int8)
+            p = torch._int_mm(xq, self._signs.T).float() * (g / 127.0)
+        else:
+            p = torch.mm(x.to(torch.bfloat16), self._signs.T).float()
         lo, hi = torch.from_numpy(self.codec.lo)[None], torch.from_numpy(self.codec.hi)[None]
         return (lo + hi) / 2 * x.sum(1, keepdim=True) + (hi - lo) / 2 * p
 
     def extra_repr(self):
-        path = "xnor" if self.xnor else ("int8" if self._signs8 is not None else "lut/tiles" if self._lut is not None else "tiles")
+        path = "xnor" if self.xnor else (self.inputs if self._signs is not None else "lut/tiles" if self._lut is not None else "tiles")
         return f"{self.in_features}, {self.out_features}, codec={self.codec.kind}, method={self.method_name}, path={path}"
 
 

@@ -447,6 +447,20 @@ def test_t9_rows_name_their_methods_and_the_finding_compares_orderings():
     assert "Best W1A1 by validation (3 seeds each): BiBERT W1A1" in f and "measurably behind BiT W1A1" in f
     assert "no measurable difference from BinaryBERT W1A1" in f
     assert "our intervals confirm 2 (BiT W1A1 > BiBERT W1A1, BiT W1A1 > BinaryBERT W1A1), reverse 0 and cannot separate 1" in f
+    # a one-seed screen with the rows chosen on validation re-run with seeds: the seeded rows are compared with
+    # each other and their controls, the one-seed rows listed and not ranked, no "best" over the whole table
+    screen = [dict(r) for r in rows]
+    single = screen[3]
+    for k in ("test_correct_per_seed", "baseline_seeds"):
+        single.pop(k)
+    single |= {"random_seeds": [0], "diff": -3.0, "diff_ci95": [-3.5, -2.5]}
+    screen[1] |= {"diff_vs_control": -1.0, "diff_vs_control_ci95": [-1.6, -0.4]}
+    f = t9_finding(screen)
+    assert "Rows re-run with 3 seeds" in f and "BiBERT W1A1, validation 89.00 % in the one-seed screen" in f
+    assert "against its matched control -1.00 [-1.60, -0.40]" in f
+    assert "Between them: BiT W1A1 measurably ahead of BiBERT W1A1." in f
+    assert "The other W1A1 row has one seed" in f and f"BinaryBERT W1A1 {single['accuracy']:.2f} % (-3.00 [-3.50, -2.50])" in f
+    assert "Best" not in f and "One seed per row" not in f
 
 
 def test_bert_era_logit_term_is_the_codes_soft_cross_entropy():

@@ -27,12 +27,23 @@ def test_run_writes_json_and_markdown(fixture_data, tmp_path):
 
 
 def test_index_lists_every_table_with_drops(tmp_path):
+    """Each table's rows without an interval compare with that table's own fp32 (another table of the same
+    preset may rest on another baseline), and a merged table's kept rows with the baseline of their run."""
     rows = [{"label": "fp32 baseline", "mode": "fp", "accuracy": 90.0, "reduction_percent": 0.0, "seed": [91.8]},
             {"label": "b", "mode": "qat", "accuracy": 88.5, "reduction_percent": 95.0, "seed": None}]
     for name in ("T1", "T2"):
         (tmp_path / f"{name}-scratch.json").write_text(json.dumps({"experiment": name, "preset": "scratch", "title": name, "rows": rows}))
+    other = [dict(rows[0], accuracy=89.0), rows[1]]  # T3: another baseline
+    (tmp_path / "T3-scratch.json").write_text(json.dumps({"experiment": "T3", "preset": "scratch", "title": "T3", "rows": other}))
+    merged = [dict(rows[0], accuracy=91.0), rows[1], dict(rows[1], label="c", accuracy=90.0)]  # T5: 'b' kept from a run at 90 %
+    (tmp_path / "T5-scratch.json").write_text(json.dumps({
+        "experiment": "T5", "preset": "scratch", "title": "T5", "rows": merged,
+        "base_run": {"date": "d", "machine": "m", "fp32": 90.0, "metric": "accuracy"},
+        "partial_runs": [{"date": "d2", "machine": "m2", "rows": ["fp32 baseline", "c"]}]}))
     text = report.write_index(tmp_path).read_text()
-    assert text.count("| b | qat | 1 | 88.50 | -1.50 (no interval) | 95.00 | - |") == 2  # a one-seed row from before intervals
+    assert text.count("| b | qat | 1 | 88.50 | -1.50 (no interval) | 95.00 | - |") == 3  # T1, T2 and T5's kept row
+    assert "| b | qat | 1 | 88.50 | -0.50 (no interval) | 95.00 | - |" in text  # T3, against its own 89 %
+    assert "| c | qat | 1 | 90.00 | -1.00 (no interval) | 95.00 | - |" in text  # T5's re-run row, against 91 %
     assert "[T2 (scratch)](T2-scratch.md)" in text
 
 
@@ -225,6 +236,9 @@ def test_a_merged_table_says_which_rows_came_from_which_run(fixture_data, tmp_pa
     assert merged["base_run"]["fp32"] == fp and merged["base_run"]["date"] == first["date"]
     assert merged["partial_runs"][-1]["rows"] == [catalog.EXPERIMENTS["T6"].configs[3].label]
     assert "Rows from more than one run" in md.read_text() and f"was {fp:.2f}" in md.read_text()
+    # the partial run's own baseline (the same seed-0 baseline here, from the cache), which its rows compare with
+    assert merged["partial_runs"][-1]["fp32"] == pytest.approx(fp) and merged["partial_runs"][-1]["metric"] == "accuracy"
+    assert f"its fp32 baseline's accuracy {fp:.2f})" in md.read_text()
     again = tables.run("T6", preset="tiny", source=str(fixture_data), fast=True, out_dir=tmp_path, only=[0, 1, 3])
     assert "base_run" not in json.loads(again.with_suffix(".json").read_text())
 

@@ -118,7 +118,9 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     provenance = {}
     if prior is not None:
         rows = _merge_rows(prior["rows"], rows, [c.label for c in EXPERIMENTS[name].configs])
-        provenance = _provenance(prior, [c.label for c in exp.configs], {r["label"] for r in rows})
+        own = aggregate(fp, reference, reference)  # this run's fp32 (its seeds' baselines), which its rows compare with
+        provenance = _provenance(prior, [c.label for c in exp.configs], {r["label"] for r in rows},
+                                 own.get("perplexity", own.get("accuracy")), "perplexity" if "perplexity" in own else "accuracy")
     match_controls(rows, name)
     command = (f"binlab experiments run {name} --preset {preset}" + (" --fast" if fast else "")
                + (f" --seeds {seeds}" if seeds > 1 else "") + (f" --only {','.join(map(str, only))}" if only is not None else "")
@@ -145,16 +147,18 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
     return stem.with_suffix(".md")
 
 
-def _provenance(prior: dict, rerun: list[str], kept: set[str]) -> dict:
+def _provenance(prior: dict, rerun: list[str], kept: set[str], fp32: float | None = None, metric: str = "accuracy") -> dict:
     """Where a merged table's rows come from: the run that made the rows this partial run keeps
     (``base_run``: its date, machine and fp32 result, the baseline those rows compare with) and every
-    partial run since (``partial_runs``: date, machine, rows). Empty when this run replaces every row."""
+    partial run since (``partial_runs``: date, machine, rows and, from this version on, the fp32 result
+    of that run's own baselines, ``fp32``). Empty when this run replaces every row."""
     if not (kept - set(rerun)):
         return {}
     fp = next((r for r in prior["rows"] if r["mode"] == "fp"), {})
     base = prior.get("base_run") or {"date": prior.get("date"), "machine": prior.get("machine"),
                                       "fp32": fp.get("perplexity", fp.get("accuracy")), "metric": "perplexity" if "perplexity" in fp else "accuracy"}
-    runs = list(prior.get("partial_runs") or []) + [{"date": time.strftime("%Y-%m-%d"), "machine": machine(), "rows": list(rerun)}]
+    runs = list(prior.get("partial_runs") or []) + [{"date": time.strftime("%Y-%m-%d"), "machine": machine(), "rows": list(rerun),
+                                                     **({"fp32": fp32, "metric": metric} if fp32 is not None else {})}]
     return {"base_run": base, "partial_runs": runs}
 
 

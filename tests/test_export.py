@@ -256,6 +256,38 @@ def test_every_bert_era_recipe_packs(fp_tiny, tiny_splits, tmp_path):
 
 
 
+@pytest.mark.parametrize("table, preset", [("T8", "tiny-lm"), ("T10", "tiny-lm"), ("T10", "tiny-lstm")])
+def test_every_row_of_the_language_model_tables_packs(table, preset, fixture_data, tmp_path):
+    """Every quantized row of T8 (the LLM-era methods) and T10 (the LSTM era), binarized as its spec says on a
+    small causal transformer LM (and T10's on a small LSTM LM), writes to a packed file whose next-token logits
+    equal the fake-quantized model's, in torch and in the torch-free runtime: the tables' rows all run through
+    the packed path."""
+    from binlab.experiments.catalog import EXPERIMENTS
+    from binlab.presets import build_model, get_preset, load_data
+    from binlab.runtime import standalone
+    from binlab.training.calibration import calibration_set
+
+    p = get_preset(preset)
+    splits = load_data(p, source=str(fixture_data), val_size=40, test_size=20)
+    model, calib = build_model(p, splits, seed=0).eval(), calibration_set(splits, 16)
+    ids = torch.from_numpy(next(splits.test.padded(8))[0]).long()
+    specs = {c.spec.to_json(): c.label for c in EXPERIMENTS[table].configs if c.spec.rules}
+    assert len(specs) >= (10 if table == "T8" else 4)
+    for i, (spec_json, label) in enumerate(specs.items()):
+        q = ptq(model, QuantSpec.from_json(spec_json), calib=calib).eval()
+        with torch.no_grad():
+            q(ids)  # learned activation scales start from a first batch
+            path = tmp_path / f"{i}.safetensors"
+            save_packed(q, path, tokenizer=splits.tokenizer)
+            want = q(ids).numpy()
+            got = load_packed(path)(ids).numpy()
+        lite = standalone.load(path).logits(ids.numpy())
+        scale = np.abs(want).max()
+        assert np.abs(got - want).max() <= 2e-3 * scale, label
+        assert np.abs(lite - want).max() <= 2e-3 * scale, label
+        assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.99, label
+
+
 def test_codecs_hold_each_row_to_its_own_scale():
     """A row of tiny weights beside large ones: a shared coarse grid would round it to zero; the codec must not."""
     q = np.array([[1.0, -1.0, 0.0, 1.0], [1e-6, -1e-6, 0.0, 1e-6]], np.float32)

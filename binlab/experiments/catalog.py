@@ -310,7 +310,10 @@ EXPERIMENTS["T8"] = Experiment("T8", "The LLM-era methods: perplexity on a small
     "quantized, embeddings and head kept in fp32 as the LLM papers keep them. PTQ methods that need data are calibrated on 128 training rows (sequentially, block by block, as "
     "GPTQ does). QAT rows distil from the fp32 model token by token. Bits per quantized weight count everything "
     "stored (scales, masks, indices); 'paper bits' is the paper's own count where it differs. The survey's numbers "
-    "are for LLaMA-7B on WikiText2 and are quoted, not measured: compare orderings, not values."), LM_CONFIGS,
+    "are for LLaMA-7B on WikiText2 and are quoted, not measured: compare orderings, not values. Packed inference: every "
+    "quantized row's model writes to a packed file (binlab.runtime.export) that stores what its bits column counts and "
+    "gives the same logits, in torch and in the torch-free runtime (tests/test_export.py); the numbers here are measured "
+    "with fake quantization."), LM_CONFIGS,
     seeded_baseline=True)  # seed k retrains the fp32 baseline with seed k: PTQ rows get seeds too
 
 
@@ -392,4 +395,6 @@ EXPERIMENTS["T10"] = Experiment("T10", "The LSTM era: which part holds the bits,
     "head (the output embedding, or the classifier) stays fp32. XNOR on LSTMs is XNOR-Net's scaled sign (Zheng and Tang 2016, a course "
     "report with no code); LAB is loss-aware binarization (Hou et al. 2017) with Adam's second moments, one scale per "
     "gate matrix as its code keeps them. QAT rows distil from the fp32 model (token by token on the language models). The papers' findings are "
-    "quoted, not measured: their models are word-level LSTMs on Penn Treebank."), T10_CONFIGS)
+    "quoted, not measured: their models are word-level LSTMs on Penn Treebank. Every quantized row's model writes to a "
+    "packed file (binlab.runtime.export) that gives the same logits, in torch and in the torch-free runtime, which runs "
+    "the LSTM too (tests/test_export.py); the numbers here are measured with fake quantization."), T10_CONFIGS)

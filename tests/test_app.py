@@ -273,6 +273,48 @@ def test_the_gate_lets_first_looks_ahead_of_full_evaluations():
     assert order == ["running", "first look", "full 1", "full 2"]
 
 
+def test_a_running_full_evaluation_steps_aside_for_a_first_look_between_batches():
+    """A full evaluation that calls its turn's checkpoint between batches lets a first look that arrives
+    meanwhile run before its remaining batches, then finishes ahead of a full evaluation that arrived after
+    it; with no first look waiting a checkpoint does nothing."""
+    import threading
+    import time
+
+    from binlab.lab.gate import EvalGate
+
+    g = EvalGate(slots=1)
+    order, running, first_in = [], threading.Event(), threading.Event()
+    turns = {}
+
+    def full(name, batches):
+        with g(0) as turn:
+            turns[name] = turn
+            order.append(f"{name} start")
+            running.set()
+            for _ in range(batches):
+                turn.checkpoint()
+                time.sleep(0.02)
+            order.append(f"{name} end")
+
+    def first_look():
+        with g(1):
+            order.append("first look")
+            first_in.set()
+
+    a = threading.Thread(target=full, args=("A", 40))
+    a.start()
+    running.wait(5)
+    c = threading.Thread(target=full, args=("C", 2))
+    c.start()
+    time.sleep(0.1)
+    f = threading.Thread(target=first_look)
+    f.start()
+    for t in (a, c, f):
+        t.join(10)
+    assert order == ["A start", "first look", "A end", "C start", "C end"], order
+    assert turns["A"].yielded == 1 and turns["C"].yielded == 0
+
+
 def test_binarize_restores_from_url(env, trained):
     spec = {"rules": [{"target": "layers.0.attn.v", "method": {"method": "xnor", "options": {"per_channel": False}, "ste": "tanh", "act": None}}],
             "attn_probs": None}

@@ -224,10 +224,10 @@ class LiveLab:
         """Per-row (NLL, units, hits) on the lab's rows, recomputing only from layer ``start`` on
         (-1: from the embeddings): the inputs of earlier layers are kept from the last evaluation,
         so the result equals a full evaluation of the same rows (tested)."""
-        with GATE():  # one evaluation per free core set at a time (binlab.lab.gate)
-            return self._stats_locked(start)
+        with GATE() as turn:  # one evaluation per free core set at a time (binlab.lab.gate)
+            return self._stats_locked(start, turn.checkpoint)
 
-    def _stats_locked(self, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _stats_locked(self, start: int, checkpoint=lambda: None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from binlab.nn import objective
 
         m = self.model
@@ -240,6 +240,8 @@ class LiveLab:
         out = [[], [], []]
         new_inputs = []
         for b, (x, y) in enumerate(self.batches):
+            if b:
+                checkpoint()  # a waiting first look (another learner's) goes ahead of the rest of this evaluation
             xs = list(self._inputs[b]) if start >= 0 else [m.embed(x)]
             k = max(start, 0)
             xs = xs[: k + 1]

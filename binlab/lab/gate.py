@@ -37,6 +37,7 @@ class EvalGate:
         if slots < 1:
             raise ValueError(f"an evaluation gate needs at least 1 slot, got {slots}")
         self.slots = slots
+        self.step_aside = True  # Turn.checkpoint hands the slot to waiting higher priorities (False: it never does; benches compare)
         self._cond = threading.Condition()
         self._running = 0
         self._queue: list[tuple[int, int]] = []  # (-priority, ticket) of the waiting ones, a heap: its head goes next
@@ -84,7 +85,7 @@ class Turn:
         Cheap when nobody of higher priority waits: call it between batches."""
         g = self.gate
         with g._cond:
-            if not g._queue or g._queue[0][0] >= self.me[0]:  # the head of the line does not outrank this turn
+            if not g.step_aside or not g._queue or g._queue[0][0] >= self.me[0]:  # the head of the line does not outrank this turn
                 return
             g._running -= 1
             g._cond.notify_all()

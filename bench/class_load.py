@@ -38,34 +38,41 @@ def _p95(xs: list[float]) -> float:
     return xs[min(len(xs) - 1, round(0.95 * (len(xs) - 1)))]
 
 
-def one_round(lab: LiveLab, learners: int, changes: int, seed: int, offset: float) -> list[dict]:
-    """One class: ``learners`` threads, each ``changes`` changes; returns one record per change."""
+def one_round(lab: LiveLab, learners: int, changes: int, seed: int) -> list[dict]:
+    """One class: ``learners`` threads, each ``changes`` changes; returns one record per change. Rounds with
+    the same ``seed`` make the same changes with the same think times."""
     clones = [lab.clone() for _ in range(learners)]
     LiveLab._shared_results.clear()  # every change is new to the server
-    out, lock, start = [], threading.Lock(), threading.Barrier(learners)
+    out, errors, lock, start = [], [], threading.Lock(), threading.Barrier(learners)
 
     def learner(i: int):
-        rng = random.Random(seed * 1000 + i)
-        me = clones[i]
-        start.wait()
-        time.sleep(rng.uniform(0, 0.5))  # learners do not all press at the same instant
-        for k in range(changes):
-            tau = offset + 0.01 * (i * changes + k)  # a configuration nobody measured
-            spec = QuantSpec((Rule("layers.0.attn.q", MethodConfig("bucket", options={"tau": round(tau, 4)})),))
-            t0 = time.perf_counter()
-            me.glance(spec)
-            t1 = time.perf_counter()
-            me.apply(spec)
-            t2 = time.perf_counter()
-            with lock:
-                out.append({"learner": i, "change": k, "first_s": t1 - t0, "final_s": t2 - t0})
-            time.sleep(rng.uniform(0.2, 1.0))
+        try:
+            rng = random.Random(seed * 1000 + i)
+            me = clones[i]
+            start.wait()
+            time.sleep(rng.uniform(0, 0.5))  # learners do not all press at the same instant
+            for k in range(changes):
+                tau = -1.0 + 0.005 * (i * changes + k)  # a configuration no other learner of this round measures
+                spec = QuantSpec((Rule("layers.0.attn.q", MethodConfig("bucket", options={"tau": round(tau, 4)})),))
+                t0 = time.perf_counter()
+                me.glance(spec)
+                t1 = time.perf_counter()
+                me.apply(spec)
+                t2 = time.perf_counter()
+                with lock:
+                    out.append({"learner": i, "change": k, "first_s": t1 - t0, "final_s": t2 - t0})
+                time.sleep(rng.uniform(0.2, 1.0))
+        except BaseException as err:  # a learner that fails fails the bench, not silently its numbers
+            errors.append(err)
+            start.abort()
 
     threads = [threading.Thread(target=learner, args=(i,)) for i in range(learners)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} learner(s) failed: {errors[0]!r}") from errors[0]
     return out
 
 
@@ -77,6 +84,8 @@ def main():
     ap.add_argument("--changes", type=int, default=5, help="changes per learner per round")
     ap.add_argument("--rounds", type=int, default=2, help="rounds per setting (alternating)")
     args = ap.parse_args()
+    if not (1 <= args.learners * args.changes <= 800):
+        raise SystemExit("learners x changes must be 1 to 800 (the thresholds stay within the bucket method's range)")
     p = get_preset(args.preset)
     splits = load_data(p, source=args.data)
     model, _ = get_baseline(p, splits)
@@ -87,7 +96,7 @@ def main():
     for r in range(2 * args.rounds):
         aside = r % 2 == 0 if (r // 2) % 2 == 0 else r % 2 == 1  # on, off, off, on, ...: neither always goes first
         GATE.step_aside = aside
-        results[aside] += one_round(lab, args.learners, args.changes, seed=r // 2, offset=-1.0 + 0.5 * r)
+        results[aside] += one_round(lab, args.learners, args.changes, seed=r // 2)
     GATE.step_aside = True
 
     def summary(rows):
@@ -113,7 +122,7 @@ def main():
           f"{args.learners} learners (threads, each with its own clone of the Binarize page's lab: {len(lab.val)} validation rows, a "
           f"first look on {len(lab.glance_val)}), each making {args.changes} threshold changes nobody measured before, thinking "
           "0.2-1.0 s between them; seconds from a change to its first numbers and to its final numbers, the evaluation queue "
-          f"included. The two settings alternate over {2 * args.rounds} rounds (on, off, off, on ...; the same think times in each pair of rounds).", "",
+          f"included. The two settings alternate over {2 * args.rounds} rounds (on, off, off, on ...; the same changes and think times in each pair of rounds).", "",
           "| server setting | changes | first numbers median / p95 s | final numbers median / p95 s |", "|---|---|---|---|",
           f"| a full evaluation steps aside between batches for waiting first looks (the lab's setting) | {a['changes']} | "
           f"**{a['first_median_s']:.2f}** / {a['first_p95_s']:.2f} | {a['final_median_s']:.2f} / {a['final_p95_s']:.2f} |",

@@ -47,6 +47,7 @@ from common import cpu_flags, paired, timeit  # noqa: E402 - bench/common.py, be
 
 SPECS = ("w1a1", "w1a32")
 ROUNDED = ("int8", "bf16")  # W1A32 with rounded inputs (load_packed(path, inputs=...)), timed beside the exact path
+ROUNDED_TEXT = {"int8": "int8: 8 bits per token, an int8 GEMM", "bf16": "bf16: bfloat16 inputs and output of a bfloat16 GEMM"}
 # fresh processes: fp32 torch, W1A1 in torch, W1A1 and W1A32 torch-free (numba backend), W1A1 torch-free on the numpy backend
 KINDS = ("fp32", "packed", "torchfree", "torchfree_w1a32", "numpy")
 
@@ -293,8 +294,8 @@ def markdown(out: dict) -> str:
                f"Torch-free vs torch packed: W1A1 {100 * c1['torchfree_agreement']:.2f} % ({c1['torchfree_max_logit_rel_diff']:.1e}), "
                f"W1A32 {100 * c32['torchfree_agreement']:.2f} % ({c32['torchfree_max_logit_rel_diff']:.1e})"
                + (f"; the numpy backend W1A1 {100 * c1['numpy_agreement']:.2f} % ({c1['numpy_max_logit_rel_diff']:.1e})" if "numpy_agreement" in c1 else "")
-               + ". W1A32 with rounded inputs (`load_packed(path, inputs=...)`; int8: 8 bits per token, an int8 GEMM; bf16: "
-               "bfloat16 inputs and output of a bfloat16 GEMM) against fake quantization: "
+               + ". W1A32 with rounded inputs (`load_packed(path, inputs=...)`; "
+               + "; ".join(ROUNDED_TEXT[mode] for mode in ROUNDED if f"{mode}_agreement" in c32) + ") against fake quantization: "
                + ", ".join(f"{mode} {100 * c32[f'{mode}_agreement']:.2f} % ({c32[f'{mode}_max_logit_rel_diff']:.1e})"
                            for mode in ROUNDED if f"{mode}_agreement" in c32)
                + f". Fake-quant "

@@ -315,6 +315,44 @@ def test_a_running_full_evaluation_steps_aside_for_a_first_look_between_batches(
     assert turns["A"].yielded == 1 and turns["C"].yielded == 0
 
 
+def test_an_evaluation_interrupted_while_waiting_leaves_the_gate_usable():
+    """A waiter whose wait is interrupted (an exception inside the gate's wait) leaves the line and the slot
+    count as they were: later evaluations still get in, and a holder's block exits cleanly."""
+    import threading
+
+    from binlab.lab.gate import EvalGate
+
+    g = EvalGate(slots=1)
+    real_wait, victim = g._cond.wait, {}
+
+    def wait(timeout=None):
+        if threading.current_thread().name == "victim" and not victim:
+            victim["hit"] = True
+            raise RuntimeError("interrupted")
+        return real_wait(timeout)
+
+    g._cond.wait = wait
+    errors = []
+
+    def waiter():
+        try:
+            with g(0):
+                pass
+        except RuntimeError as err:
+            errors.append(str(err))
+
+    with g(1) as turn:
+        t = threading.Thread(target=waiter, name="victim")
+        t.start()
+        t.join(5)
+        turn.checkpoint()  # nobody of higher priority waits: nothing happens
+        assert turn.held and turn.yielded == 0
+    assert errors == ["interrupted"] and g._queue == [] and g._running == 0
+    with g(0):  # the gate still admits evaluations
+        assert g._running == 1
+    assert g._running == 0
+
+
 def test_binarize_restores_from_url(env, trained):
     spec = {"rules": [{"target": "layers.0.attn.v", "method": {"method": "xnor", "options": {"per_channel": False}, "ste": "tanh", "act": None}}],
             "attn_probs": None}

@@ -456,7 +456,7 @@ def test_t9_rows_name_their_methods_and_the_finding_compares_orderings():
     single |= {"random_seeds": [0], "diff": -3.0, "diff_ci95": [-3.5, -2.5]}
     screen[1] |= {"diff_vs_control": -1.0, "diff_vs_control_ci95": [-1.6, -0.4]}
     f = t9_finding(screen)
-    assert "Rows re-run with 3 seeds" in f and "BiBERT W1A1, validation 89.00 % in the one-seed screen" in f
+    assert "Rows re-run with 3 seeds" in f and "BiBERT W1A1, validation 89.00 % (mean over seeds)" in f
     assert "against its matched control -1.00 [-1.60, -0.40]" in f
     assert "Between them: BiT W1A1 measurably ahead of BiBERT W1A1." in f
     assert "The other W1A1 row has one seed" in f and f"BinaryBERT W1A1 {single['accuracy']:.2f} % (-3.00 [-3.50, -2.50])" in f

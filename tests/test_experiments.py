@@ -40,7 +40,13 @@ def test_index_lists_every_table_with_drops(tmp_path):
         "experiment": "T5", "preset": "scratch", "title": "T5", "rows": merged,
         "base_run": {"date": "d", "machine": "m", "fp32": 90.0, "metric": "accuracy"},
         "partial_runs": [{"date": "d2", "machine": "m2", "rows": ["fp32 baseline", "c"]}]}))
+    kept = [rows[0], dict(rows[1], label="d", accuracy=91.0)]  # T6: 'd' from a partial run whose own baseline was 92 %
+    (tmp_path / "T6-scratch.json").write_text(json.dumps({
+        "experiment": "T6", "preset": "scratch", "title": "T6", "rows": kept,
+        "base_run": {"date": "d", "machine": "m", "fp32": 90.0, "metric": "accuracy"},
+        "partial_runs": [{"date": "d2", "machine": "m2", "rows": ["d"], "fp32": 92.0, "metric": "accuracy"}]}))
     text = report.write_index(tmp_path).read_text()
+    assert "| d | qat | 1 | 91.00 | -1.00 (no interval) | 95.00 | - |" in text
     assert text.count("| b | qat | 1 | 88.50 | -1.50 (no interval) | 95.00 | - |") == 3  # T1, T2 and T5's kept row
     assert "| b | qat | 1 | 88.50 | -0.50 (no interval) | 95.00 | - |" in text  # T3, against its own 89 %
     assert "| c | qat | 1 | 90.00 | -1.00 (no interval) | 95.00 | - |" in text  # T5's re-run row, against 91 %

@@ -470,7 +470,11 @@ def test_w1a32_bf16_inputs_path_equals_its_arithmetic():
     p = _round_bf16((_round_bf16(x.numpy()) @ s.T).astype(np.float32))
     lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
     ref = (lo64 + hi64)[None] / 2 * x64.sum(1, keepdims=True) + (hi64 - lo64)[None] / 2 * p
-    np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    # the float32 sums before the product's rounding may differ in their last bit between torch's GEMM and numpy,
+    # which can move a rare product by one bfloat16 step (8 significant bits): allow that, and nothing more
+    err, tight = np.abs(fast - ref), 1e-5 * np.abs(ref).max()
+    assert (err <= (hi64 - lo64)[None] / 2 * np.abs(p) * 2.0 ** -7 + tight).all()
+    assert (err > tight).mean() <= 0.02
     assert 0 < np.abs(fast - exact).max() <= 0.01 * np.abs(exact).max()
     assert _round_bf16(np.array([1 + 2 ** -8], np.float32))[0] == 1.0  # a tie goes to the even neighbour
     with pytest.raises(ValueError, match="inputs must be one of"):

@@ -199,20 +199,24 @@ def t9_finding(rows: list[dict], preset: str | None = None) -> str:
         out.append(f"W1A1 rows against fp32 {fp:.2f} %: " + ", ".join(f"{name(r)} {r['accuracy']:.2f} % ({diff_text(r, fp)})" for r in w1a1)
                    + ". One seed per row: the intervals hold the test rows' noise only, so no ordering of the recipes is claimed.")
     elif seeds < 2:  # a one-seed screen, then the rows chosen on validation re-run with seeds
-        k = min(seeds_of(r) for r in seeded)
 
         def control(r: dict) -> str:
             return f"; against its matched control {vs_control_text(r)}" if r.get("diff_vs_control") is not None else ""
 
-        out.append(f"Rows re-run with {k} seeds (against fp32 {fp:.2f} %): " + ", ".join(
-            f"{name(r)}, validation {r['val_accuracy']:.2f} % in the one-seed screen, test {r['accuracy']:.2f} % "
+        ks = sorted({seeds_of(r) for r in seeded})
+        out.append(f"Rows re-run with {' or '.join(map(str, ks))} seeds (against fp32 {fp:.2f} %): " + ", ".join(
+            f"{name(r)}, validation {r['val_accuracy']:.2f} % (mean over seeds), test {r['accuracy']:.2f} % "
             f"({diff_text(r, fp)}{control(r)})" if r.get("val_accuracy") is not None else
             f"{name(r)}, test {r['accuracy']:.2f} % ({diff_text(r, fp)}{control(r)})" for r in seeded) + ".")
-        pairs = [(a, b, separated(a, b)) for i, a in enumerate(seeded) for b in seeded[i + 1:]]
+        def between(a: dict, b: dict) -> str:
+            if compare(a, b) is None:
+                return f"{name(a)} and {name(b)}: not compared (no per-row results stored)"
+            v = separated(a, b)
+            return f"{name(a)} measurably {'ahead of' if v > 0 else 'behind'} {name(b)}" if v else f"{name(a)} and {name(b)}: no measurable difference"
+
+        pairs = [between(a, b) for i, a in enumerate(seeded) for b in seeded[i + 1:]]
         if pairs:
-            out.append("Between them: " + "; ".join(
-                f"{name(a)} measurably {'ahead of' if v > 0 else 'behind'} {name(b)}" if v else f"{name(a)} and {name(b)}: no measurable difference"
-                for a, b, v in pairs) + ".")
+            out.append("Between them: " + "; ".join(pairs) + ".")
         single = [r for r in w1a1 if seeds_of(r) < 2]
         other = "The other W1A1 row has" if len(single) == 1 else f"The other {len(single)} W1A1 rows have"
         out.append(f"{other} one seed (the seeds column): " + ", ".join(

@@ -38,10 +38,14 @@ def _provenance_lines(payload: dict) -> list[str]:
 
 def _fp_of_own_run(payload: dict, fp: float | None):
     """``label -> the fp32 result of the run that made that row``: in a merged table the rows kept from an
-    earlier run compare with that run's fp32 (``base_run``), the re-run rows with the table's."""
+    earlier run compare with that run's fp32 (``base_run``), the re-run rows with the fp32 their partial run
+    recorded (``partial_runs[].fp32``), else with the table's."""
     base = (payload.get("base_run") or {}).get("fp32")
-    rerun = {label for run in payload.get("partial_runs") or [] for label in run["rows"]}
-    return lambda label: base if base is not None and label not in rerun else fp
+    own = {}  # label -> the fp32 of the last partial run that made it, where that run recorded one
+    for run in payload.get("partial_runs") or []:
+        for label in run["rows"]:
+            own[label] = run.get("fp32")
+    return lambda label: (own[label] if own[label] is not None else fp) if label in own else (base if base is not None else fp)
 
 
 def lm_markdown(payload: dict) -> str:
@@ -196,7 +200,7 @@ def write_index(out_dir: Path | None = None) -> Path:
              "'vs fp32' is against the same preset's fp32 baseline, with a 95 % interval over test rows and seeds where the "
              "table stored per-row results ('no interval': a one-seed row whose table stored none, so its difference "
              "is against the baseline of its own run, and differences under about 1 point are within the test set's "
-             "noise); sizes count every scale, threshold and mask.", ""]
+             "noise; '-': the table has no fp32 row of its own to compare with); sizes count every scale, threshold and mask.", ""]
     payloads = load_results(d)
     for pl in sorted(payloads, key=lambda q: (q["preset"], q["experiment"])):
         if any("perplexity" in r for r in pl["rows"]):

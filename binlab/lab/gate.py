@@ -51,8 +51,14 @@ class EvalGate:
 
     def _enter(self, me: tuple[int, int]) -> None:  # with self._cond held: wait in line, then take a slot
         heapq.heappush(self._queue, me)
-        while self._running >= self.slots or self._queue[0] != me:
-            self._cond.wait()
+        try:
+            while self._running >= self.slots or self._queue[0] != me:
+                self._cond.wait()
+        except BaseException:  # interrupted while waiting: leave the line, or everyone behind would wait forever
+            self._queue.remove(me)
+            heapq.heapify(self._queue)
+            self._cond.notify_all()
+            raise
         heapq.heappop(self._queue)
         self._running += 1
         self._cond.notify_all()  # a free slot may remain for the next in line
@@ -64,11 +70,14 @@ class EvalGate:
         with self._cond:
             turn = Turn(self, (-priority, next(self._tickets)))
             self._enter(turn.me)
+            turn.held = True
         try:
             yield turn
         finally:
             with self._cond:
-                self._running -= 1
+                if turn.held:  # not when a checkpoint was interrupted while it waited to come back
+                    self._running -= 1
+                    turn.held = False
                 self._cond.notify_all()  # the next in line may be any waiter
 
 
@@ -77,6 +86,7 @@ class Turn:
 
     def __init__(self, gate: EvalGate, me: tuple[int, int]):
         self.gate, self.me = gate, me
+        self.held = False  # whether this turn holds a slot now
         self.yielded = 0  # how many times it stepped aside
 
     def checkpoint(self) -> None:
@@ -85,11 +95,13 @@ class Turn:
         Cheap when nobody of higher priority waits: call it between batches."""
         g = self.gate
         with g._cond:
-            if not g.step_aside or not g._queue or g._queue[0][0] >= self.me[0]:  # the head of the line does not outrank this turn
-                return
+            if not self.held or not g.step_aside or not g._queue or g._queue[0][0] >= self.me[0]:
+                return  # outside its block, or the head of the line does not outrank this turn
             g._running -= 1
+            self.held = False
             g._cond.notify_all()
             g._enter(self.me)
+            self.held = True
             self.yielded += 1
 
 

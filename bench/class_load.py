@@ -38,7 +38,7 @@ def _p95(xs: list[float]) -> float:
     return xs[min(len(xs) - 1, round(0.95 * (len(xs) - 1)))]
 
 
-def one_round(lab: LiveLab, learners: int, changes: int, seed: int) -> list[dict]:
+def one_round(lab: LiveLab, learners: int, changes: int, seed: int, rnd: int = 0) -> list[dict]:
     """One class: ``learners`` threads, each ``changes`` changes; returns one record per change. Rounds with
     the same ``seed`` make the same changes with the same think times."""
     clones = [lab.clone() for _ in range(learners)]
@@ -60,7 +60,7 @@ def one_round(lab: LiveLab, learners: int, changes: int, seed: int) -> list[dict
                 me.apply(spec)
                 t2 = time.perf_counter()
                 with lock:
-                    out.append({"learner": i, "change": k, "first_s": t1 - t0, "final_s": t2 - t0})
+                    out.append({"round": rnd, "learner": i, "change": k, "first_s": t1 - t0, "final_s": t2 - t0})
                 time.sleep(rng.uniform(0.2, 1.0))
         except BaseException as err:  # a learner that fails fails the bench, not silently its numbers
             errors.append(err)
@@ -76,6 +76,55 @@ def one_round(lab: LiveLab, learners: int, changes: int, seed: int) -> list[dict
     return out
 
 
+def median_gap(a: list[dict], b: list[dict], key: str = "first_s", draws: int = 4000, seed: int = 0) -> dict:
+    """Median of ``b`` minus median of ``a`` (seconds) with a 95 % percentile-bootstrap interval that resamples
+    whole learners of a round (their changes queue behind each other, so they are not independent draws);
+    records without a round are grouped by learner alone."""
+    import numpy as np
+
+    def clusters(recs):
+        groups = {}
+        for x in recs:
+            groups.setdefault((x.get("round"), x["learner"]), []).append(x[key])
+        return list(groups.values())
+
+    ca, cb = clusters(a), clusters(b)
+    rng = np.random.default_rng(seed)
+
+    def med(cs, pick):
+        return float(np.median(np.concatenate([cs[i] for i in pick])))
+
+    gaps = [med(cb, rng.integers(0, len(cb), len(cb))) - med(ca, rng.integers(0, len(ca), len(ca))) for _ in range(draws)]
+    point = float(np.median([x[key] for x in b]) - np.median([x[key] for x in a]))
+    return {"gap_s": point, "ci95": [float(np.percentile(gaps, 2.5)), float(np.percentile(gaps, 97.5))], "clusters": [len(ca), len(cb)]}
+
+
+def markdown(payload: dict) -> str:
+    a, h = payload["step_aside"], payload["hold"]
+    gap = payload.get("first_gap") or median_gap(payload["records"]["step_aside"], payload["records"]["hold"])
+    fgap = payload.get("final_gap") or median_gap(payload["records"]["step_aside"], payload["records"]["hold"], "final_s")
+    rounds = payload["rounds"]
+    return "\n".join([
+        f"# Many learners on one server, without browsers ({payload['preset']})", "",
+        f"Machine: {payload['machine']}, {payload['threads']} torch threads, {payload['gate_slots']} evaluation(s) at a time; CPU flags: "
+        f"{' '.join(payload['cpu_flags'])}. Date: {payload['date']}. 1-minute load average {payload['load_average'][0]:.2f} at the start, "
+        f"{payload['load_average'][1]:.2f} at the end.", f"Reproduce: `{payload['command']}`", "",
+        f"{payload['learners']} learners (threads, each with its own clone of the Binarize page's lab: {payload['live_rows']} validation rows, a "
+        f"first look on {payload['glance_rows']}), each making {payload['changes']} threshold changes nobody measured before, thinking "
+        "0.2-1.0 s between them; seconds from a change to its first numbers and to its final numbers, the evaluation queue "
+        f"included. The two settings alternate over {2 * rounds} rounds (on, off, off, on ...; the same changes and think times "
+        "in each pair of rounds).", "",
+        "| server setting | changes | first numbers median / p95 s | final numbers median / p95 s |", "|---|---|---|---|",
+        f"| a full evaluation steps aside between batches for waiting first looks (the lab's setting) | {a['changes']} | "
+        f"**{a['first_median_s']:.2f}** / {a['first_p95_s']:.2f} | {a['final_median_s']:.2f} / {a['final_p95_s']:.2f} |",
+        f"| a full evaluation holds its slot to the end | {h['changes']} | **{h['first_median_s']:.2f}** / {h['first_p95_s']:.2f} | "
+        f"{h['final_median_s']:.2f} / {h['final_p95_s']:.2f} |", "",
+        f"Holding minus stepping aside, medians: first numbers {gap['gap_s']:+.2f} s [{gap['ci95'][0]:+.2f}, {gap['ci95'][1]:+.2f}], "
+        f"final numbers {fgap['gap_s']:+.2f} s [{fgap['ci95'][0]:+.2f}, {fgap['ci95'][1]:+.2f}] (95 % percentile bootstrap that "
+        f"resamples whole learners, {gap['clusters'][0]} and {gap['clusters'][1]} groups of changes, since one learner's changes "
+        "queue behind each other and are not independent)."]) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="scratch")
@@ -83,7 +132,13 @@ def main():
     ap.add_argument("--learners", type=int, default=8)
     ap.add_argument("--changes", type=int, default=5, help="changes per learner per round")
     ap.add_argument("--rounds", type=int, default=2, help="rounds per setting (alternating)")
+    ap.add_argument("--render", action="store_true", help="rewrite the markdown from the committed JSON (no measuring)")
     args = ap.parse_args()
+    if args.render:
+        stem = RESULTS / f"bench-class-load-{args.preset}"
+        payload = json.loads(stem.with_suffix(".json").read_text())
+        stem.with_suffix(".md").write_text(markdown(payload))
+        return
     if not (1 <= args.learners * args.changes <= 800):
         raise SystemExit("learners x changes must be 1 to 800 (the thresholds stay within the bucket method's range)")
     p = get_preset(args.preset)
@@ -96,7 +151,7 @@ def main():
     for r in range(2 * args.rounds):
         aside = r % 2 == 0 if (r // 2) % 2 == 0 else r % 2 == 1  # on, off, off, on, ...: neither always goes first
         GATE.step_aside = aside
-        results[aside] += one_round(lab, args.learners, args.changes, seed=r // 2)
+        results[aside] += one_round(lab, args.learners, args.changes, seed=r // 2, rnd=r)
     GATE.step_aside = True
 
     def summary(rows):
@@ -110,26 +165,14 @@ def main():
                "load_average": [load0, os.getloadavg()[0]],
                "step_aside": summary(results[True]), "hold": summary(results[False]),
                "records": {"step_aside": results[True], "hold": results[False]},
+               "first_gap": median_gap(results[True], results[False]), "final_gap": median_gap(results[True], results[False], "final_s"),
                "command": f"python bench/class_load.py --preset {p.name} --learners {args.learners} --changes {args.changes} --rounds {args.rounds}"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"bench-class-load-{p.name}"
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
-    a, h = payload["step_aside"], payload["hold"]
-    md = [f"# Many learners on one server, without browsers ({p.name})", "",
-          f"Machine: {payload['machine']}, {payload['threads']} torch threads, {GATE.slots} evaluation(s) at a time; CPU flags: "
-          f"{' '.join(payload['cpu_flags'])}. Date: {payload['date']}. 1-minute load average {load0:.2f} at the start, "
-          f"{payload['load_average'][1]:.2f} at the end.", f"Reproduce: `{payload['command']}`", "",
-          f"{args.learners} learners (threads, each with its own clone of the Binarize page's lab: {len(lab.val)} validation rows, a "
-          f"first look on {len(lab.glance_val)}), each making {args.changes} threshold changes nobody measured before, thinking "
-          "0.2-1.0 s between them; seconds from a change to its first numbers and to its final numbers, the evaluation queue "
-          f"included. The two settings alternate over {2 * args.rounds} rounds (on, off, off, on ...; the same changes and think times in each pair of rounds).", "",
-          "| server setting | changes | first numbers median / p95 s | final numbers median / p95 s |", "|---|---|---|---|",
-          f"| a full evaluation steps aside between batches for waiting first looks (the lab's setting) | {a['changes']} | "
-          f"**{a['first_median_s']:.2f}** / {a['first_p95_s']:.2f} | {a['final_median_s']:.2f} / {a['final_p95_s']:.2f} |",
-          f"| a full evaluation holds its slot to the end | {h['changes']} | **{h['first_median_s']:.2f}** / {h['first_p95_s']:.2f} | "
-          f"{h['final_median_s']:.2f} / {h['final_p95_s']:.2f} |"]
-    stem.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    text = markdown(payload)
+    stem.with_suffix(".md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

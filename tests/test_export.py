@@ -411,20 +411,24 @@ def test_ready_models_are_trained_once_then_read_from_the_cache(fp_tiny, tiny_sp
     assert not np.allclose(trained, first_guess)
 
 
-def test_w1a32_int8_inputs_path_equals_its_arithmetic():
-    """The int8 W1A32 path computes (lo + hi)/2 sum(x) + (hi - lo)/2 (x~ . s), with x~ = (g/127) round(127 x / g)
-    per token and s the weights' signs (a float64 reference), and stays within the rounding of 8-bit inputs
-    of exact W1A32."""
+def _binary_w1a32_layer(rng, N: int = 48, K: int = 100, M: int = 40):
+    """Random ±1 weights s (N, K) with per-row levels lo < 0 < hi, their codec, and float32 inputs x (M, K)."""
     from binlab.runtime.codecs import BinaryCodec
 
-    rng = np.random.default_rng(3)
-    N, K, M = 48, 100, 40
     s = np.where(rng.normal(size=(N, K)) >= 0, 1.0, -1.0)
     hi = rng.uniform(0.1, 0.5, N).astype(np.float32)
     lo = (-hi * rng.uniform(0.5, 1.5, N)).astype(np.float32)
     codec = BinaryCodec((N, K), {}, {"words": pack_bits(s), "lo": lo, "hi": hi})
-    bias = torch.from_numpy(rng.normal(size=N).astype(np.float32))
-    x = torch.from_numpy(rng.normal(size=(M, K)).astype(np.float32))
+    return s, lo, hi, codec, torch.from_numpy(rng.normal(size=(M, K)).astype(np.float32))
+
+
+def test_w1a32_int8_inputs_path_equals_its_arithmetic():
+    """The int8 W1A32 path computes (lo + hi)/2 sum(x) + (hi - lo)/2 (x~ . s), with x~ = (g/127) round(127 x / g)
+    per token and s the weights' signs (a float64 reference), and stays within the rounding of 8-bit inputs
+    of exact W1A32."""
+    rng = np.random.default_rng(3)
+    s, lo, hi, codec, x = _binary_w1a32_layer(rng)
+    bias = torch.from_numpy(rng.normal(size=len(lo)).astype(np.float32))
     exact = PackedLinear(codec, bias)(x).numpy()
     fast_layer = PackedLinear(codec, bias, inputs="int8")
     fast = fast_layer(x).numpy()
@@ -453,15 +457,7 @@ def test_w1a32_bf16_inputs_path_equals_its_arithmetic():
     """The bf16 W1A32 path computes (lo + hi)/2 sum(x) + (hi - lo)/2 bf16(bf16(x) . s): inputs and the product
     rounded to bfloat16 (a float64 reference with its own rounding of the bit patterns), within that rounding of
     exact W1A32; an unknown input mode is refused."""
-    from binlab.runtime.codecs import BinaryCodec
-
-    rng = np.random.default_rng(4)
-    N, K, M = 48, 100, 40
-    s = np.where(rng.normal(size=(N, K)) >= 0, 1.0, -1.0)
-    hi = rng.uniform(0.1, 0.5, N).astype(np.float32)
-    lo = (-hi * rng.uniform(0.5, 1.5, N)).astype(np.float32)
-    codec = BinaryCodec((N, K), {}, {"words": pack_bits(s), "lo": lo, "hi": hi})
-    x = torch.from_numpy(rng.normal(size=(M, K)).astype(np.float32))
+    s, lo, hi, codec, x = _binary_w1a32_layer(np.random.default_rng(4))
     exact = PackedLinear(codec, None)(x).numpy()
     layer = PackedLinear(codec, None, inputs="bf16")
     fast = layer(x).numpy()

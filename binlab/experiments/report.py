@@ -41,11 +41,12 @@ def _fp_of_own_run(payload: dict, fp: float | None):
     earlier run compare with that run's fp32 (``base_run``), the re-run rows with the fp32 their partial run
     recorded (``partial_runs[].fp32``), else with the table's."""
     base = (payload.get("base_run") or {}).get("fp32")
-    own = {}  # label -> the fp32 of the last partial run that made it, where that run recorded one
-    for run in payload.get("partial_runs") or []:
-        for label in run["rows"]:
-            own[label] = run.get("fp32")
-    return lambda label: (own[label] if own[label] is not None else fp) if label in own else (base if base is not None else fp)
+    made_by = {label: run for run in payload.get("partial_runs") or [] for label in run["rows"]}  # the last run wins
+
+    def of(label: str) -> float | None:
+        own = made_by[label].get("fp32") if label in made_by else base
+        return fp if own is None else own
+    return of
 
 
 def lm_markdown(payload: dict) -> str:

@@ -150,8 +150,8 @@ def run(name: str, preset: str = "scratch", source: str | None = None, fast: boo
 def _provenance(prior: dict, rerun: list[str], kept: set[str], fp32: float | None = None, metric: str = "accuracy") -> dict:
     """Where a merged table's rows come from: the run that made the rows this partial run keeps
     (``base_run``: its date, machine and fp32 result, the baseline those rows compare with) and every
-    partial run since (``partial_runs``: date, machine, rows and, from this version on, the fp32 result
-    of that run's own baselines, ``fp32``). Empty when this run replaces every row."""
+    partial run since (``partial_runs``: date, machine, rows and, where the run recorded it, the fp32
+    result of that run's own baselines, ``fp32``). Empty when this run replaces every row."""
     if not (kept - set(rerun)):
         return {}
     fp = next((r for r in prior["rows"] if r["mode"] == "fp"), {})

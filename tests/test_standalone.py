@@ -249,3 +249,24 @@ def test_a_packed_lstm_runs_without_torch(spec, backend, tmp_path):
     assert _rel(a[real], fq[real]) <= 1e-5 and _rel(b[real], a[real]) <= 1e-5, (_rel(a[real], fq[real]), _rel(b[real], a[real]))
     assert np.abs(a[real]).max() > 1  # the logits vary: a wrong gate order or a missing bias would show
     assert lite.generate("w5 w7 w9", 8)["ids"] == greedy(packed, tok, "w5 w7 w9", 8)["ids"]
+
+
+@pytest.mark.parametrize("name", ["w1a1-sign", "w1a32-xnor", "bibert", "binary01-absmax8", "bit-elastic"])
+def test_a_batch_runs_in_chunks_of_max_tokens_with_the_same_logits(name, fp_tiny, calib, tiny_splits, tmp_path):
+    """Model.logits bounds its working memory by running a large batch in chunks of rows: each row's logits
+    equal the whole batch's in one pass, in the same order; BiT's unsigned k-bit attention quantizer takes the
+    minimum of the whole tensor, so that model keeps its batches whole (as the torch packed path does)."""
+    q = ptq(fp_tiny, SPECS[name], calib=calib)
+    packed, lite = _export(q, tmp_path / "m.safetensors", tiny_splits.tokenizer, tiny_splits.test)
+    x, _ = next(tiny_splits.test.padded(48))
+    assert x.shape[0] == 48 and len(set((x != 0).sum(1))) > 3
+    lite.max_tokens = 10**9
+    whole = lite.logits(x)
+    lite.max_tokens = 5 * x.shape[1]  # five rows a pass: ten passes
+    calls = []
+    run = lite._logits
+    lite._logits = lambda ids: calls.append(len(ids)) or run(ids)
+    chunked = lite.logits(x)
+    assert lite.rows_independent == (name != "bit-elastic")
+    assert calls == ([5] * 9 + [3] if lite.rows_independent else [48])
+    assert chunked.shape == whole.shape and _rel(chunked, whole) <= 1e-6, _rel(chunked, whole)

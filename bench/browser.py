@@ -12,8 +12,8 @@ lab served locally from this machine.
   move show new text, even where two configurations give the same numbers). Captions, not a status
   indicator, so a fast rerun is never missed;
 - learners: for each count, as many browser pages at once, each loading the page and stepping the
-  slider; a page that shows no numbers within 30 s counts as failed; medians and 95th percentiles over
-  every step that finished;
+  slider; a page that shows no numbers within 30 s is counted as slow, one that shows none within 120 s
+  as failed (it never loaded); medians and 95th percentiles over every step that finished;
 - ``--app-root``: serve the app of another checkout (e.g. a git worktree of an earlier commit) against
   this binlab, to time a page change before and after on the same machine in one sitting.
 The server, the computation and the browsers share this machine's cores; in a classroom the browsers run
@@ -66,6 +66,7 @@ def serve(preset: str, app_root: Path = ROOT) -> tuple[subprocess.Popen, str]:
 CLASS = "bench"
 NUMBERS = ("sizes are exact (", "First look:")  # the final numbers' caption, the first look's
 BUSY = "The server is busy"
+LOAD_SLOW_S, LOAD_FAILED_S = 30, 120  # a page without numbers after this long: slow; after this long: failed (never loaded)
 
 
 async def texts(page) -> tuple[str, str, bool]:
@@ -174,7 +175,7 @@ async def run(url: str, steps: int, counts: list[int], browser_nice: int = 0, pi
         await learner(browser, url, 1, 120)  # warm-up: the first session builds the lab's caches
         res = {}
         for n in counts:
-            res[n] = list(await asyncio.gather(*(learner(browser, url, steps if n == 1 else max(2, steps // 2), 120 if n == 1 else 30)
+            res[n] = list(await asyncio.gather(*(learner(browser, url, steps if n == 1 else max(2, steps // 2), LOAD_FAILED_S)
                                                  for _ in range(n))))
         seen = await class_view(browser, url, pins) if pins else []
         await browser.close()
@@ -190,6 +191,7 @@ def summary(runs: list[dict]) -> dict:
         xs = sorted(xs)
         return xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))] if xs else None
     out = {"failed_pages": sum(r["failed"] for r in runs), "load_s": [r["load_s"] for r in runs],
+           "slow_pages": sum(r["failed"] or r["load_s"] > LOAD_SLOW_S for r in runs),
            "timed_out_steps": sum(s["final_s"] is None for r in runs for s in r["steps"])}
     for k in ("response", "first", "final"):
         xs = [s[f"{k}_s"] for r in runs for s in r["steps"] if s[f"{k}_s"] is not None]
@@ -232,7 +234,7 @@ def main():
         w = WORDS.get(n, f"learners_{n}")
         out |= {f"{w}_first_median_s": sm["first_median_s"], f"{w}_first_p95_s": sm["first_p95_s"],
                 f"{w}_final_median_s": sm["final_median_s"], f"{w}_response_p95_s": sm["response_p95_s"],
-                f"{w}_failed_pages": sm["failed_pages"]}
+                f"{w}_failed_pages": sm["failed_pages"], f"{w}_pages_without_numbers_in_30_s": sm["slow_pages"]}
     done = [x for x in seen if x is not None]
     out |= {"class_page_pin_s": seen, "class_page_update_median_s": statistics.median(done) if done else None,
             "class_page_update_max_s": max(done) if done else None, "class_page_pins_missed": len(seen) - len(done)}
@@ -249,11 +251,11 @@ def main():
           "run on the server's own cores (in a classroom they run on the learners' machines), so rows with many learners "
           "are pessimistic" + (f"; here at nice {args.browser_nice}, so the server gets the cores first." if args.browser_nice else "."), "",
           "| learners | first response median / p95 | first numbers median / p95 | final numbers median / p95 | steps timed out (60 s) | "
-          "pages without numbers in 30 s | page loads s (median) |", "|---|---|---|---|---|---|---|"]
+          "pages without numbers in 30 s | pages that never loaded (120 s) | page loads s (median) |", "|---|---|---|---|---|---|---|---|"]
     for n in counts:
         sm = out["by_learners"][str(n)]
         md.append(f"| {n} | {f(sm['response_median_s'])} / {f(sm['response_p95_s'])} | {f(sm['first_median_s'])} / {f(sm['first_p95_s'])} | "
-                  f"{f(sm['final_median_s'])} / {f(sm['final_p95_s'])} | {sm['timed_out_steps']} | {sm['failed_pages']} of {n} | "
+                  f"{f(sm['final_median_s'])} / {f(sm['final_p95_s'])} | {sm['timed_out_steps']} | {sm.get('slow_pages', sm['failed_pages'])} of {n} | {sm['failed_pages']} of {n} | "
                   f"{f(statistics.median(sm['load_s']))} |")
     if seen:
         md += ["", f"Class page (a teacher's page left open, refreshing by itself; one learner pins {len(seen)} runs, one after another): "

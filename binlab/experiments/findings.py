@@ -209,10 +209,13 @@ def t9_finding(rows: list[dict], preset: str | None = None) -> str:
             f"({diff_text(r, fp)}{control(r)})" if r.get("val_accuracy") is not None else
             f"{name(r)}, test {r['accuracy']:.2f} % ({diff_text(r, fp)}{control(r)})" for r in seeded) + ".")
         def between(a: dict, b: dict) -> str:
-            if compare(a, b) is None:
+            d = compare(a, b)
+            if d is None:
                 return f"{name(a)} and {name(b)}: not compared (no per-row results stored)"
             v = separated(a, b)
-            return f"{name(a)} measurably {'ahead of' if v > 0 else 'behind'} {name(b)}" if v else f"{name(a)} and {name(b)}: no measurable difference"
+            ci = f"{100 * d.diff:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]"
+            return (f"{name(a)} measurably {'ahead of' if v > 0 else 'behind'} {name(b)} ({ci} points)" if v
+                    else f"{name(a)} and {name(b)}: no measurable difference ({ci} points)")
 
         pairs = [between(a, b) for i, a in enumerate(seeded) for b in seeded[i + 1:]]
         if pairs:

@@ -458,7 +458,12 @@ def test_t9_rows_name_their_methods_and_the_finding_compares_orderings():
     f = t9_finding(screen)
     assert "Rows re-run with 3 seeds" in f and "BiBERT W1A1, validation 89.00 % (mean over seeds)" in f
     assert "against its matched control -1.00 [-1.60, -0.40]" in f
-    assert "Between them: BiT W1A1 measurably ahead of BiBERT W1A1." in f
+    from binlab.experiments.findings import compare
+
+    bit, bibert = (next(r for r in screen if r["label"].split(":")[0] == n) for n in ("BiT W1A1", "BiBERT W1A1"))
+    d = compare(bit, bibert)  # the pair's interval, printed with the claim
+    assert d.low > 0
+    assert f"Between them: BiT W1A1 measurably ahead of BiBERT W1A1 ({100 * d.diff:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}] points)." in f
     assert "The other W1A1 row has one seed" in f and f"BinaryBERT W1A1 {single['accuracy']:.2f} % (-3.00 [-3.50, -2.50])" in f
     assert "Best" not in f and "One seed per row" not in f
 

@@ -420,7 +420,12 @@ class Model:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.ndim == 2 and ids.shape[0] > 1 and ids.size > self.max_tokens and self.rows_independent:
             step = max(1, self.max_tokens // max(ids.shape[1], 1))
-            return np.concatenate([self._logits(ids[s:s + step]) for s in range(0, ids.shape[0], step)])
+            first = self._logits(ids[:step])
+            out = np.empty((ids.shape[0],) + first.shape[1:], first.dtype)  # filled in place: no second copy of the output
+            out[:step] = first
+            for s in range(step, ids.shape[0], step):
+                out[s:s + step] = self._logits(ids[s:s + step])
+            return out
         return self._logits(ids)
 
     def _logits(self, ids: np.ndarray) -> np.ndarray:

@@ -255,7 +255,7 @@ def main():
     for n in counts:
         sm = out["by_learners"][str(n)]
         md.append(f"| {n} | {f(sm['response_median_s'])} / {f(sm['response_p95_s'])} | {f(sm['first_median_s'])} / {f(sm['first_p95_s'])} | "
-                  f"{f(sm['final_median_s'])} / {f(sm['final_p95_s'])} | {sm['timed_out_steps']} | {sm.get('slow_pages', sm['failed_pages'])} of {n} | {sm['failed_pages']} of {n} | "
+                  f"{f(sm['final_median_s'])} / {f(sm['final_p95_s'])} | {sm['timed_out_steps']} | {sm['slow_pages']} of {n} | {sm['failed_pages']} of {n} | "
                   f"{f(statistics.median(sm['load_s']))} |")
     if seen:
         md += ["", f"Class page (a teacher's page left open, refreshing by itself; one learner pins {len(seen)} runs, one after another): "

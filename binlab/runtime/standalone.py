@@ -37,6 +37,7 @@ large test set a few predictions may differ (the deploy bench reports the share 
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -287,9 +288,10 @@ class Model:
             res = {k: self._tensor(f"{pre}.residual.{k}") for k in ("maps", "bias", "v", "v_bias")} if self.attn["residual_rank"] else None
             self.attn_quant.append((pq, qkv, res))
 
-    @property
+    @functools.cached_property
     def rows_independent(self) -> bool:
-        """True when each row's output depends on that row alone (no quantizer takes a batch statistic)."""
+        """True when each row's output depends on that row alone (no quantizer takes a batch statistic);
+        computed once, not on every call of :meth:`logits`."""
         quantizers = [lin.act for lin in self.linears.values()] + [self.head.act]
         quantizers += [q for pq, qkv, _ in self.attn_quant for q in [pq, *(qkv or {}).values()]]
         return not any(q is not None and q.batchwise for q in quantizers)

@@ -12,7 +12,13 @@ times): a running full evaluation that steps aside between batches for waiting f
 ``bench/browser.py`` add the page's drawing on top; here the learners cost the server nothing but their
 evaluations.
 
-    python bench/class_load.py --preset scratch --learners 8     # docs/results/bench-class-load-<preset>.{json,md}
+With ``--same`` every learner makes the same changes, within half a second of each other (a class told
+to try the same thresholds), and the settings compared are a clone that waits for the numbers of a
+configuration another clone is measuring (``LiveLab.share_in_flight``, the lab's setting) and one that
+measures it again.
+
+    python bench/class_load.py --preset scratch --learners 8          # docs/results/bench-class-load-<preset>.{json,md}
+    python bench/class_load.py --preset scratch --learners 8 --same   # docs/results/bench-class-load-<preset>-same.{json,md}
 """
 from __future__ import annotations
 
@@ -38,12 +44,15 @@ def _p95(xs: list[float]) -> float:
     return xs[min(len(xs) - 1, round(0.95 * (len(xs) - 1)))]
 
 
-def one_round(lab: LiveLab, learners: int, changes: int, seed: int, rnd: int = 0) -> list[dict]:
+def one_round(lab: LiveLab, learners: int, changes: int, seed: int, rnd: int = 0, same: bool = False) -> list[dict]:
     """One class: ``learners`` threads, each ``changes`` changes; returns one record per change. Rounds with
-    the same ``seed`` make the same changes with the same think times."""
+    the same ``seed`` make the same changes with the same think times. ``same``: every learner's k-th change
+    is the same configuration (a class told to try the same thresholds), each learner starting at once."""
     clones = [lab.clone() for _ in range(learners)]
     LiveLab._shared_results.clear()  # every change is new to the server
+    LiveLab._shared_glances.clear()
     out, errors, lock, start = [], [], threading.Lock(), threading.Barrier(learners)
+    go = threading.Barrier(learners)
 
     def learner(i: int):
         try:
@@ -52,7 +61,8 @@ def one_round(lab: LiveLab, learners: int, changes: int, seed: int, rnd: int = 0
             start.wait()
             time.sleep(rng.uniform(0, 0.5))  # learners do not all press at the same instant
             for k in range(changes):
-                tau = -1.0 + 0.005 * (i * changes + k)  # a configuration no other learner of this round measures
+                # a configuration no other learner of this round measures, or (same) the one all of them try
+                tau = -1.0 + 0.005 * (k if same else i * changes + k)
                 spec = QuantSpec((Rule("layers.0.attn.q", MethodConfig("bucket", options={"tau": round(tau, 4)})),))
                 t0 = time.perf_counter()
                 me.glance(spec)
@@ -61,10 +71,13 @@ def one_round(lab: LiveLab, learners: int, changes: int, seed: int, rnd: int = 0
                 t2 = time.perf_counter()
                 with lock:
                     out.append({"round": rnd, "learner": i, "change": k, "first_s": t1 - t0, "final_s": t2 - t0})
+                if same:
+                    go.wait()  # the class moves on together
                 time.sleep(rng.uniform(0.2, 1.0))
         except BaseException as err:  # a learner that fails fails the bench, not silently its numbers
             errors.append(err)
             start.abort()
+            go.abort()
 
     threads = [threading.Thread(target=learner, args=(i,)) for i in range(learners)]
     for t in threads:
@@ -125,6 +138,29 @@ def markdown(payload: dict) -> str:
         "queue behind each other and are not independent)."]) + "\n"
 
 
+def markdown_same(payload: dict) -> str:
+    """The --same comparison: clones that share a configuration another is measuring, against each measuring it."""
+    a, h = payload["share"], payload["alone"]
+    gap, fgap = payload["first_gap"], payload["final_gap"]
+    return "\n".join([
+        f"# A class trying the same changes at once, without browsers ({payload['preset']})", "",
+        f"Machine: {payload['machine']}, {payload['threads']} torch threads, {payload['gate_slots']} evaluation(s) at a time; CPU flags: "
+        f"{' '.join(payload['cpu_flags'])}. Date: {payload['date']}. 1-minute load average {payload['load_average'][0]:.2f} at the start, "
+        f"{payload['load_average'][1]:.2f} at the end.", f"Reproduce: `{payload['command']}`", "",
+        f"{payload['learners']} learners (threads, each with its own clone of the Binarize page's lab: {payload['live_rows']} validation rows, a "
+        f"first look on {payload['glance_rows']}) make the same {payload['changes']} threshold changes, each change within half a second "
+        "of the others (a class told to try the same thresholds), then think 0.2-1.0 s; seconds from a change to its first numbers "
+        f"and to its final numbers. The two settings alternate over {2 * payload['rounds']} rounds (on, off, off, on ...).", "",
+        "| server setting | changes | first numbers median / p95 s | final numbers median / p95 s |", "|---|---|---|---|",
+        f"| a learner asking for a configuration another is measuring waits for its numbers (the lab's setting) | {a['changes']} | "
+        f"**{a['first_median_s']:.2f}** / {a['first_p95_s']:.2f} | **{a['final_median_s']:.2f}** / {a['final_p95_s']:.2f} |",
+        f"| every learner measures it again | {h['changes']} | **{h['first_median_s']:.2f}** / {h['first_p95_s']:.2f} | "
+        f"**{h['final_median_s']:.2f}** / {h['final_p95_s']:.2f} |", "",
+        f"Measuring again minus sharing, medians: first numbers {gap['gap_s']:+.2f} s [{gap['ci95'][0]:+.2f}, {gap['ci95'][1]:+.2f}], "
+        f"final numbers {fgap['gap_s']:+.2f} s [{fgap['ci95'][0]:+.2f}, {fgap['ci95'][1]:+.2f}] (95 % percentile bootstrap that "
+        f"resamples whole learners, {gap['clusters'][0]} and {gap['clusters'][1]} groups of changes)."]) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="scratch")
@@ -132,12 +168,16 @@ def main():
     ap.add_argument("--learners", type=int, default=8)
     ap.add_argument("--changes", type=int, default=5, help="changes per learner per round")
     ap.add_argument("--rounds", type=int, default=2, help="rounds per setting (alternating)")
+    ap.add_argument("--same", action="store_true",
+                    help="every learner makes the same changes at once; compares sharing a measurement in progress with measuring it again "
+                         "(docs/results/bench-class-load-<preset>-same)")
     ap.add_argument("--render", action="store_true", help="rewrite the markdown from the committed JSON (no measuring)")
     args = ap.parse_args()
+    name = f"bench-class-load-{args.preset}" + ("-same" if args.same else "")
     if args.render:
-        stem = RESULTS / f"bench-class-load-{args.preset}"
+        stem = RESULTS / name
         payload = json.loads(stem.with_suffix(".json").read_text())
-        stem.with_suffix(".md").write_text(markdown(payload))
+        stem.with_suffix(".md").write_text((markdown_same if args.same else markdown)(payload))
         return
     if not (1 <= args.learners * args.changes <= 800):
         raise SystemExit("learners x changes must be 1 to 800 (the thresholds stay within the bucket method's range)")
@@ -149,10 +189,13 @@ def main():
     load0 = os.getloadavg()[0]
     results = {True: [], False: []}
     for r in range(2 * args.rounds):
-        aside = r % 2 == 0 if (r // 2) % 2 == 0 else r % 2 == 1  # on, off, off, on, ...: neither always goes first
-        GATE.step_aside = aside
-        results[aside] += one_round(lab, args.learners, args.changes, seed=r // 2, rnd=r)
-    GATE.step_aside = True
+        on = r % 2 == 0 if (r // 2) % 2 == 0 else r % 2 == 1  # on, off, off, on, ...: neither always goes first
+        if args.same:
+            LiveLab.share_in_flight = on
+        else:
+            GATE.step_aside = on
+        results[on] += one_round(lab, args.learners, args.changes, seed=r // 2, rnd=r, same=args.same)
+    GATE.step_aside = LiveLab.share_in_flight = True
 
     def summary(rows):
         f, g = [x["first_s"] for x in rows], [x["final_s"] for x in rows]
@@ -163,14 +206,17 @@ def main():
                "gate_slots": GATE.slots, "date": time.strftime("%Y-%m-%d"), "learners": args.learners, "changes": args.changes,
                "rounds": args.rounds, "live_rows": len(lab.val), "glance_rows": len(lab.glance_val),
                "load_average": [load0, os.getloadavg()[0]],
-               "step_aside": summary(results[True]), "hold": summary(results[False]),
-               "records": {"step_aside": results[True], "hold": results[False]},
+               **({"share": summary(results[True]), "alone": summary(results[False]),
+                   "records": {"share": results[True], "alone": results[False]}} if args.same else
+                  {"step_aside": summary(results[True]), "hold": summary(results[False]),
+                   "records": {"step_aside": results[True], "hold": results[False]}}),
                "first_gap": median_gap(results[True], results[False]), "final_gap": median_gap(results[True], results[False], "final_s"),
-               "command": f"python bench/class_load.py --preset {p.name} --learners {args.learners} --changes {args.changes} --rounds {args.rounds}"}
+               "command": f"python bench/class_load.py --preset {p.name} --learners {args.learners} --changes {args.changes} --rounds {args.rounds}"
+                          + (" --same" if args.same else "")}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"bench-class-load-{p.name}"
+    stem = RESULTS / name
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
-    text = markdown(payload)
+    text = (markdown_same if args.same else markdown)(payload)
     stem.with_suffix(".md").write_text(text)
     print(text)
 

@@ -1,4 +1,7 @@
-"""The weight histogram the Binarize page draws: binned on the server over every weight."""
+"""The weight histogram the Binarize page draws: binned on the server over every weight; the live lab's
+clones sharing what they measure."""
+import time
+
 import numpy as np
 import torch
 
@@ -41,6 +44,87 @@ def test_clones_share_rows_and_results_but_not_models(tiny_splits):
     assert r2["accuracy"] == fresh["accuracy"] and r2["loss"] == fresh["loss"]
     assert current_plan(a.model) != current_plan(b.model)  # a is untouched by b's change
     assert not current_plan(proto.model)  # the family's own model stays fp32
+
+
+def _same_spec_at_once(lab, n, spec, monkeypatch, fail_first=False):
+    """``n`` clones of ``lab`` asked for ``spec`` at the same instant (threads): (their apply() results, how
+    many full evaluations and first looks ran). ``fail_first``: the first full evaluation raises."""
+    import threading
+
+    from binlab.lab.live import LiveLab
+
+    calls = {"full": 0, "glance": 0}
+    lock = threading.Lock()
+    stats, plain = LiveLab._stats, LiveLab._plain_stats
+
+    def counted_stats(self, start):
+        with lock:
+            calls["full"] += 1
+            first = calls["full"] == 1
+        time.sleep(0.3)  # long enough that every other clone asks while this one measures
+        if fail_first and first:
+            raise RuntimeError("the first evaluation fails")
+        return stats(self, start)
+
+    def counted_plain(self, batches, priority=0):
+        with lock:
+            calls["glance"] += 1
+        time.sleep(0.2)
+        return plain(self, batches, priority)
+    monkeypatch.setattr(LiveLab, "_stats", counted_stats)
+    monkeypatch.setattr(LiveLab, "_plain_stats", counted_plain)
+    clones = [lab.clone() for _ in range(n)]
+    out, errors, go = [None] * n, [], threading.Barrier(n)
+
+    def learner(i):
+        go.wait()
+        try:
+            clones[i].glance(spec)
+            out[i] = clones[i].apply(spec)
+        except RuntimeError as err:
+            errors.append(err)
+    threads = [threading.Thread(target=learner, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out, calls, errors
+
+
+def test_learners_asking_for_the_same_change_at_once_share_one_evaluation(tiny_splits, monkeypatch):
+    """A class told to try the same threshold: the first clone measures it, the others wait for its
+    numbers (one full evaluation and one first look, not one each), and the numbers equal a lab's own."""
+    from binlab.lab.live import LiveLab
+    from binlab.nn.quantize import QuantSpec
+    from binlab.presets import get_baseline
+
+    fp, _ = get_baseline("tiny", tiny_splits)
+    spec = QuantSpec.simple("QK", "bucket", options={"tau": 0.35})
+    alone = LiveLab(fp, tiny_splits.val, val_rows=80).apply(spec)
+    out, calls, errors = _same_spec_at_once(LiveLab(fp, tiny_splits.val, val_rows=80), 4, spec, monkeypatch)
+    assert not errors and calls == {"full": 1, "glance": 1}, calls
+    assert sum(bool(r.get("shared")) for r in out) == 3
+    assert all(r["accuracy"] == alone["accuracy"] and r["loss"] == alone["loss"] for r in out)
+    monkeypatch.setattr(LiveLab, "share_in_flight", False)  # the setting bench/class_load.py compares against
+    out, calls, errors = _same_spec_at_once(LiveLab(fp, tiny_splits.val, val_rows=80), 3, spec, monkeypatch)
+    assert not errors and calls["full"] == 3 and all(r["accuracy"] == alone["accuracy"] for r in out)
+
+
+def test_a_failed_evaluation_leaves_the_waiting_learners_to_measure(tiny_splits, monkeypatch):
+    """When the clone measuring a change fails, the clones waiting for it measure it themselves (no hang,
+    no missing numbers)."""
+    from binlab.lab.live import LiveLab
+    from binlab.nn.quantize import QuantSpec
+    from binlab.presets import get_baseline
+
+    fp, _ = get_baseline("tiny", tiny_splits)
+    spec = QuantSpec.simple("QK", "bucket", options={"tau": 0.45})
+    alone = LiveLab(fp, tiny_splits.val, val_rows=80).apply(spec)
+    t0 = time.perf_counter()
+    out, calls, errors = _same_spec_at_once(LiveLab(fp, tiny_splits.val, val_rows=80), 3, spec, monkeypatch, fail_first=True)
+    assert len(errors) == 1 and time.perf_counter() - t0 < 30
+    done = [r for r in out if r is not None]
+    assert len(done) == 2 and calls["full"] == 2 and all(r["accuracy"] == alone["accuracy"] for r in done), calls
 
 
 def test_progress_bars_follow_the_work(capsys):

@@ -13,6 +13,7 @@ import copy
 import fnmatch
 import itertools
 import json
+import threading
 import time
 from typing import Callable
 
@@ -31,6 +32,8 @@ from .gate import GATE
 
 #: a first look's place in the evaluation gate: ahead of full evaluations (binlab.lab.gate)
 GLANCE_PRIORITY = 1
+#: longest wait for another clone measuring the same configuration before measuring it here instead
+SAME_WAIT_S = 120.0
 
 PARTS = (("Q", "attn.q"), ("K", "attn.k"), ("V", "attn.v"), ("O", "attn.o"), ("FFN up", "ffn.up"), ("FFN down", "ffn.down"),
          ("W_ih", "rnn.ih"), ("W_hh", "rnn.hh"))  # the transformer's parts, then the LSTM's (binlab.nn.lstm)
@@ -166,6 +169,13 @@ class LiveLab:
 
     #: (lab family, spec JSON) -> the numbers apply() returned: identical for every clone of one lab
     _shared_results: dict = {}
+    #: (lab family, spec JSON) -> a first look's numbers (glance()): identical for every clone of one lab
+    _shared_glances: dict = {}
+    #: (table id, lab family, spec JSON) -> an Event set when the clone measuring it is done (see _once)
+    _inflight: dict = {}
+    _inflight_lock = threading.Lock()
+    #: False: every clone measures a configuration itself, even while another is measuring it (bench/class_load.py's comparison)
+    share_in_flight = True
     #: family numbers: never reused (an ``id()`` can be, once a lab is freed, and would hand a new lab old results)
     _families = itertools.count()
 
@@ -313,6 +323,42 @@ class LiveLab:
             calibrate_(self.model, self.calib, sequential=False, cache=self.hessians)
         return before
 
+    @staticmethod
+    def _once(table: dict, key: tuple, compute: Callable[[], dict]) -> tuple[dict, bool]:
+        """``table[key]``, computed by one clone only: when learners ask for the same configuration at
+        once (a class told to try the same threshold), the first one measures it and the others wait
+        for its numbers instead of queueing the same evaluation again. Returns (numbers, whether another
+        clone measured them). A clone whose wait ends without numbers (the first one failed, or took
+        longer than ``SAME_WAIT_S``) measures it itself."""
+        flight = (id(table),) + key
+
+        def store(out: dict) -> tuple[dict, bool]:
+            if len(table) > 2000:
+                table.clear()
+            table[key] = out
+            return out, False
+        for _ in range(2):
+            done = table.get(key)
+            if done is not None:
+                return done, True
+            if not LiveLab.share_in_flight:
+                break
+            with LiveLab._inflight_lock:
+                event = LiveLab._inflight.get(flight)
+                mine = event is None
+                if mine:
+                    event = LiveLab._inflight[flight] = threading.Event()
+            if mine:
+                try:
+                    return store(compute())
+                finally:
+                    with LiveLab._inflight_lock:
+                        LiveLab._inflight.pop(flight, None)
+                    event.set()
+            event.wait(SAME_WAIT_S)
+        done = table.get(key)
+        return (done, True) if done is not None else store(compute())
+
     def measured(self, spec: QuantSpec) -> dict | None:
         """The numbers :meth:`apply` already returned for ``spec`` on this lab's rows (any clone's), or None."""
         return LiveLab._shared_results.get((self.family, spec.to_json()))
@@ -325,12 +371,15 @@ class LiveLab:
         :meth:`apply` of the same spec gives the full numbers, equal to an evaluation without the first look."""
         t0 = time.perf_counter()
         self._before = self._switch(spec)
-        nll, units, hits = self._plain_stats(self.glance_batches, priority=GLANCE_PRIORITY)
-        base_nll, base_units, base_hits = self.glance_base
-        size = model_size(self.model).summary()
-        out = {"loss": float(nll.sum() / units.sum()), "baseline_loss": float(base_nll.sum() / base_units.sum()), **size,
-               "fp32_bytes": self.fp_size["total_bytes"], "rows": len(nll), "baseline_accuracy": 100 * float(base_hits.sum() / base_units.sum())}
-        out |= self._metrics(nll, units, hits, out, base=(base_nll, base_hits))
+
+        def measure() -> dict:
+            nll, units, hits = self._plain_stats(self.glance_batches, priority=GLANCE_PRIORITY)
+            base_nll, base_units, base_hits = self.glance_base
+            size = model_size(self.model).summary()
+            out = {"loss": float(nll.sum() / units.sum()), "baseline_loss": float(base_nll.sum() / base_units.sum()), **size,
+                   "fp32_bytes": self.fp_size["total_bytes"], "rows": len(nll), "baseline_accuracy": 100 * float(base_hits.sum() / base_units.sum())}
+            return out | self._metrics(nll, units, hits, out, base=(base_nll, base_hits))
+        out, _ = self._once(LiveLab._shared_glances, (self.family, spec.to_json()), measure)
         return out | {"seconds": time.perf_counter() - t0, "first_look": True}
 
     def apply(self, spec: QuantSpec) -> dict:
@@ -344,22 +393,21 @@ class LiveLab:
         t0 = time.perf_counter()
         before, probs_before = self._switch(spec)
         self._before = None
-        shared = LiveLab._shared_results.get((self.family, spec.to_json()))
-        if shared is not None:  # another learner measured this spec on the same rows: the same numbers
+
+        def measure() -> dict:
+            after = current_plan(self.model)
+            changed = {n for n in set(before) | set(after) if before.get(n) != after.get(n)}
+            start = -1 if (spec.attn_probs, spec.attn_qkv, spec.attn_residual) != probs_before else first_changed_layer(changed, len(self.model.layers))
+            nll, units, hits = self._stats(start)
+            size = model_size(self.model).summary()
+            out = {"loss": float(nll.sum() / units.sum()), "baseline_loss": float(self.baseline_nll.sum() / self.units.sum()), **size,
+                   "fp32_bytes": self.fp_size["total_bytes"], "rows": len(nll), "baseline_accuracy": 100 * self.baseline_accuracy}
+            out |= self._metrics(nll, units, hits, out)
+            return out | {"seconds": time.perf_counter() - t0}
+        out, shared = self._once(LiveLab._shared_results, (self.family, spec.to_json()), measure)
+        if shared:  # another learner measured this spec on the same rows (before, or just now): the same numbers
             self._inputs = None  # this copy's layer inputs are not computed: the next change starts from the embeddings
-            return shared | {"seconds": time.perf_counter() - t0, "shared": True}
-        after = current_plan(self.model)
-        changed = {n for n in set(before) | set(after) if before.get(n) != after.get(n)}
-        start = -1 if (spec.attn_probs, spec.attn_qkv, spec.attn_residual) != probs_before else first_changed_layer(changed, len(self.model.layers))
-        nll, units, hits = self._stats(start)
-        size = model_size(self.model).summary()
-        out = {"loss": float(nll.sum() / units.sum()), "baseline_loss": float(self.baseline_nll.sum() / self.units.sum()), **size, "fp32_bytes": self.fp_size["total_bytes"], "rows": len(nll),
-               "baseline_accuracy": 100 * self.baseline_accuracy}
-        out |= self._metrics(nll, units, hits, out)
-        out["seconds"] = time.perf_counter() - t0
-        if len(LiveLab._shared_results) > 2000:
-            LiveLab._shared_results.clear()
-        LiveLab._shared_results[(self.family, spec.to_json())] = out
+            return out | {"seconds": time.perf_counter() - t0, "shared": True}
         return out
 
 

@@ -217,6 +217,7 @@ def main():
                                                        "ratio_max": max(ratios), "pairs": len(ratios), "fresh_processes": True}
     out["torchfree_imports_torch"] = any(r["torch_imported"] for k in ("torchfree", "numpy") for r in runs[k])
     out["numpy_imports_numba"] = any(r.get("numba_imported", True) for r in runs["numpy"])
+    out["torchfree_imports_scipy"] = any(r.get("scipy_imported", True) for r in runs["torchfree"])
     # the keys the runtime's targets are stated in
     out["torchfree_s"] = out["torchfree_w1a1_s"]
     out["torchfree_batch1_ms"] = out["batch1_torchfree_w1a1_ms"]
@@ -310,7 +311,8 @@ def markdown(out: dict) -> str:
         md.append(f"| {name} | {out[f'{k}_start_s']:.2f} | {out[f'peak_rss_{k}_mb']:.0f} | {out[f'base_rss_{k}_mb']:.0f} |")
     md += ["", f"Torch-free against fp32 torch: start {out['fp32_start_s'] / out['torchfree_start_s']:.2f}x sooner, peak memory "
                f"{out['peak_rss_torchfree_mb'] / out['peak_rss_fp32_mb']:.2f} of fp32's; torch imported by the torch-free process: "
-               f"{'yes' if out['torchfree_imports_torch'] else 'no'}"
+               f"{'yes' if out['torchfree_imports_torch'] else 'no'}, scipy (which numba's start would load): "
+               f"{'yes' if out['torchfree_imports_scipy'] else 'no'}"
                + (f"; the numpy backend: start {out['fp32_start_s'] / out['numpy_start_s']:.2f}x sooner, peak memory "
                   f"{out['peak_rss_numpy_mb'] / out['peak_rss_fp32_mb']:.2f} of fp32's, numba imported: "
                   f"{'yes' if out['numpy_imports_numba'] else 'no'}" if "numpy_start_s" in out else "") + ".", "",

@@ -7,8 +7,8 @@ here only, in a process of its own, as it is deployed (beside torch its thread p
     python bench/deploy_child.py KIND PATH IDS.npy OFFSETS.npy SPAWN_TIME [ONE_BY_ONE]
 
 KIND: ``fp32`` (a torch checkpoint), ``packed`` (:func:`binlab.runtime.export.load_packed`, torch) or
-``torchfree`` (:func:`binlab.runtime.standalone.load`: numpy and numba only) or ``numpy`` (the same on its
-numpy backend: no numba). All four read the same
+``torchfree`` (:func:`binlab.runtime.standalone.load`: numpy and numba only, scipy kept out as
+``binlab classify`` keeps it out) or ``numpy`` (the same on its numpy backend: no numba). All four read the same
 token ids, so the tokenizer is not part of the figures. Nothing here imports torch unless KIND needs it.
 """
 from __future__ import annotations
@@ -36,8 +36,9 @@ def main(kind: str, path: str, ids_path: str, offsets_path: str, spawned: float,
     lens = np.diff(offsets)
     base = _rss_mb()
     if kind in ("torchfree", "numpy"):
-        from binlab.runtime.standalone import load
+        from binlab.runtime.standalone import keep_scipy_out, load
 
+        keep_scipy_out()  # as `binlab classify` runs it: numba's start loads no scipy
         run = load(path, backend="numpy" if kind == "numpy" else "numba").logits
     else:
         import torch
@@ -84,7 +85,7 @@ def main(kind: str, path: str, ids_path: str, offsets_path: str, spawned: float,
     print(json.dumps({"kind": kind, "start_to_first_s": first_s, "test_s": test_s, "batch1_ms": batch1_ms, "base_mb": base,
                       "loaded_mb": loaded, "peak_mb": _rss_mb("VmHWM"), "first_class": int(np.argmax(first)),
                       "preds_sum": int(preds.sum()), "torch_imported": "torch" in sys.modules,
-                      "numba_imported": "numba" in sys.modules}))
+                      "numba_imported": "numba" in sys.modules, "scipy_imported": "scipy" in sys.modules}))
 
 
 if __name__ == "__main__":

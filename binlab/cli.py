@@ -131,7 +131,7 @@ BACKEND_HELP = ("numba: the packed kernels (fastest on batches); numpy: no numba
 
 def cmd_classify(args):
     """Classify texts with a packed model, without torch (binlab.runtime.standalone)."""
-    from .runtime.standalone import load
+    from .runtime.standalone import keep_scipy_out, load
 
     texts = list(args.texts)
     if args.file:
@@ -141,6 +141,7 @@ def cmd_classify(args):
         texts += [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     if not texts:
         raise ValueError("give one or more texts to classify, or --file with one text per line")
+    keep_scipy_out()  # this process runs only the runtime: numba's start need not load scipy (16 MiB)
     out = load(args.model, backend=args.backend).classify(texts)
     for r in out:
         print(json.dumps(r) if args.json else f"{r['label']}\t{r['probs'][r['label']]:.3f}\t{r['text']}")
@@ -149,8 +150,9 @@ def cmd_classify(args):
 
 def cmd_generate(args):
     if args.model:  # a packed language model, without torch
-        from .runtime.standalone import load
+        from .runtime.standalone import keep_scipy_out, load
 
+        keep_scipy_out()
         print(json.dumps({"prompt": args.prompt, "packed": load(args.model, backend=args.backend).generate(args.prompt, args.tokens)["text"]}, indent=2))
         return 0
     from .nn.generate import greedy

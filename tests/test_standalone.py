@@ -163,7 +163,8 @@ def test_damaged_files_are_refused(fp_tiny, tiny_splits, tmp_path):
 @pytest.mark.parametrize("backend, kept_out", [("numba", ("torch",)), ("numpy", ("torch", "numba", "llvmlite"))])
 def test_no_torch_in_the_process(backend, kept_out, fp_tiny, tiny_splits, tmp_path):
     """A prediction in a fresh interpreter imports no torch module (the Python API and the command line);
-    the numpy backend keeps numba (and its llvmlite) out too, and predicts what the numba backend does."""
+    the numpy backend keeps numba (and its llvmlite) out too, and predicts what the numba backend does;
+    the command line keeps scipy out as well (numba's start would load it: keep_scipy_out)."""
     q = ptq(fp_tiny, SPECS["w1a1-sign"])
     path = tmp_path / "m.safetensors"
     save_packed(q, path, tokenizer=tiny_splits.tokenizer)
@@ -182,6 +183,12 @@ def test_no_torch_in_the_process(backend, kept_out, fp_tiny, tiny_splits, tmp_pa
     imported = [line.rsplit("|", 1)[-1].strip() for line in cli.stderr.splitlines() if line.startswith("import time:")]
     assert "binlab.runtime.standalone" in imported and not [m for m in imported if m.split(".")[0] in kept_out]
     assert cli.stdout.split("\t")[0] == labels[0], cli.stdout
+    # the command line's process loads no scipy module either (importtime also lists imports that failed, so ask sys.modules)
+    run = (f"import atexit, runpy, sys; sys.argv = ['binlab', 'classify', {str(path)!r}, {texts[0]!r}, '--backend', {backend!r}]; "
+           "atexit.register(lambda: print('SCIPY', sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))); "
+           "runpy.run_module('binlab.cli', run_name='__main__')")
+    cli = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert "SCIPY []" in cli.stdout and cli.stdout.split("\t")[0] == labels[0], (cli.stdout, cli.stderr[-2000:])
 
 
 def test_an_unknown_backend_is_refused(fp_tiny, tmp_path):

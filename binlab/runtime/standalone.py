@@ -517,6 +517,32 @@ def _ops(backend: str):
     return elementwise
 
 
+class _NoScipy:
+    """An import hook that finds no ``scipy`` (see :func:`keep_scipy_out`)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "scipy" or name.startswith("scipy."):
+            raise ModuleNotFoundError(f"No module named {name!r} (kept out of this process by binlab's runtime)", name=name)
+        return None
+
+
+def keep_scipy_out() -> bool:
+    """Keep scipy out of a process that only runs this runtime (``binlab classify`` and ``binlab generate``
+    call it before numba starts). When numba's compiler starts, at the first kernel call, it imports
+    scipy's BLAS and LAPACK (for ``np.dot`` and ``np.linalg`` inside compiled code, which binlab's kernels
+    never use), and scipy brings its own OpenBLAS: about 16 MiB of the process's memory
+    (bench/deploy.py's torch-free process). After this call nothing in the process can import scipy,
+    and numba's compiled code has no linear algebra. Returns False (and changes nothing) where scipy or
+    numba's compiler is already loaded."""
+    import sys
+
+    if "scipy" in sys.modules or "numba.np.arraymath" in sys.modules:
+        return False
+    if not any(isinstance(f, _NoScipy) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoScipy())
+    return True
+
+
 def load(path: str | Path, numba_threads: int | None = 1, backend: str = "numba") -> Model:
     """The packed model in ``path``, ready to run without torch; a damaged or altered file raises
     ``ValueError`` (format and checksum are checked first, as :func:`~binlab.runtime.export.load_packed` does).
@@ -524,7 +550,8 @@ def load(path: str | Path, numba_threads: int | None = 1, backend: str = "numba"
     ``backend``: ``"numba"`` (the packed kernels: XNOR-popcount, lookup tables, tiles decoded per call)
     or ``"numpy"`` (no numba in the process: every packed matrix decoded to float32 once at load, then
     numpy's BLAS). numba's compiler takes about 130 MiB of a process before any model (65 MiB to import,
-    66 MiB more at the first call of a cached kernel: bench/numba_memory.py); the numpy backend saves that
+    66 MiB more at the first call of a cached kernel, 16 of them scipy's, which :func:`keep_scipy_out` saves a
+    process that runs only this runtime: bench/numba_memory.py); the numpy backend saves that
     and holds the binary matrices at 32 bits a weight instead (a few MB on scratch and minilm-l2).
     Both compute the same function; bench/deploy.py measures each one's memory and speed.
 

@@ -141,7 +141,7 @@ def cmd_classify(args):
         texts += [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     if not texts:
         raise ValueError("give one or more texts to classify, or --file with one text per line")
-    keep_scipy_out()  # this process runs only the runtime: numba's start need not load scipy (16 MiB)
+    keep_scipy_out()  # this process runs only the runtime: numba's start need not load scipy (15 MiB)
     out = load(args.model, backend=args.backend).classify(texts)
     for r in out:
         print(json.dumps(r) if args.json else f"{r['label']}\t{r['probs'][r['label']]:.3f}\t{r['text']}")

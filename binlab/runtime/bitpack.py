@@ -7,7 +7,7 @@ Padding bits are 0 in every operand, so they never contribute.
 The kernels that compute on packed words (XNOR-popcount, lookup tables) are numba's, in
 :mod:`binlab.runtime.kernels`; this module keeps the codecs and the numpy backend of the torch-free
 runtime (:func:`binlab.runtime.standalone.load` with ``backend="numpy"``) free of numba, whose compiler
-alone takes about 130 MiB of a process.
+alone takes about 125 MiB of a process.
 """
 from __future__ import annotations
 

@@ -530,8 +530,8 @@ def keep_scipy_out() -> bool:
     """Keep scipy out of a process that only runs this runtime (``binlab classify`` and ``binlab generate``
     call it before numba starts). When numba's compiler starts, at the first kernel call, it imports
     scipy's BLAS and LAPACK (for ``np.dot`` and ``np.linalg`` inside compiled code, which binlab's kernels
-    never use), and scipy brings its own OpenBLAS: about 16 MiB of the process's memory
-    (bench/deploy.py's torch-free process). After this call nothing in the process can import scipy,
+    never use), and scipy brings its own OpenBLAS: about 15 MiB of the process's memory
+    (bench/numba_memory.py). After this call nothing in the process can import scipy,
     and numba's compiled code has no linear algebra. Returns False (and changes nothing) where scipy or
     numba's compiler is already loaded."""
     import sys
@@ -549,8 +549,8 @@ def load(path: str | Path, numba_threads: int | None = 1, backend: str = "numba"
 
     ``backend``: ``"numba"`` (the packed kernels: XNOR-popcount, lookup tables, tiles decoded per call)
     or ``"numpy"`` (no numba in the process: every packed matrix decoded to float32 once at load, then
-    numpy's BLAS). numba's compiler takes about 130 MiB of a process before any model (65 MiB to import,
-    66 MiB more at the first call of a cached kernel, 16 of them scipy's, which :func:`keep_scipy_out` saves a
+    numpy's BLAS). numba's compiler takes about 125 MiB of a process before any model (59 MiB to import,
+    66 MiB more at the first call of a cached kernel, 15 of them scipy's, which :func:`keep_scipy_out` saves a
     process that runs only this runtime: bench/numba_memory.py); the numpy backend saves that
     and holds the binary matrices at 32 bits a weight instead (a few MB on scratch and minilm-l2).
     Both compute the same function; bench/deploy.py measures each one's memory and speed.

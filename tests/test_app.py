@@ -156,6 +156,16 @@ def test_binarize_numbers_follow_the_configuration(env, trained):
     # (the easy fixture's accuracy may or may not: on some CPUs no prediction flips, so it is not required to)
     assert_core_numbers(at)
     assert loss1 != loss0 and metric(at, "model size") == size0
+    # the histogram marks the threshold and the two levels where component_view puts them
+    from binlab.lab.live import component_view
+    from binlab.nn.quantize import MethodConfig
+    from binlab.presets import cached_baseline, load_data
+
+    hist = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "relative error" in c.proto.spec))["layout"]
+    view = component_view(cached_baseline("tiny", load_data("tiny"))[0], at.selectbox(key="view").value,
+                          MethodConfig("bucket", options={"tau": 2.0}))
+    assert [a["text"] for a in hist["annotations"]] == ["threshold", "low mean", "high mean"]
+    assert [sh["x0"] for sh in hist["shapes"]] == pytest.approx([view["threshold"], *view["levels"]], rel=1e-6)
     at.checkbox(key="c:embed.token").check().run()
     assert metric(at, "model size") != size0
     spec = json.loads(at.query_params["spec"][0] if isinstance(at.query_params["spec"], list) else at.query_params["spec"])

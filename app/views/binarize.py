@@ -17,7 +17,7 @@ from binlab.seed import SEED_POINTS
 from binlab.training.recipes import RECIPES
 from binlab.training.train import evaluate
 
-from common import chart_text, friendly_errors, require_baseline, sidebar, train_rows
+from common import chart_text, friendly_errors, require_baseline, sidebar, train_rows, vertical_lines
 
 preset, source = sidebar()
 st.title("Binarize (live)")
@@ -283,10 +283,8 @@ with friendly_errors():
                 fig.add_bar(x=lh["centers"], y=lh["counts"], width=lh["width"], name="latent (fp32) weights", opacity=0.75)
                 fig.add_bar(x=qh["centers"], y=qh["counts"], width=qh["width"], name=f"{method} values (right axis)", opacity=0.5, yaxis="y2")
                 if v["threshold"] is not None:
-                    fig.add_vline(x=v["threshold"], line_dash="dash", line_color="black", annotation_text="threshold",
-                                  annotation_position="top")
-                    for lv, nm, where in zip(v["levels"], ("low mean", "high mean"), ("top left", "top right")):
-                        fig.add_vline(x=lv, line_color="crimson", annotation_text=nm, annotation_position=where)
+                    vertical_lines(fig, [(v["threshold"], "threshold", dict(color="black", dash="dash"), "top")]
+                                   + [(lv, nm, dict(color="crimson"), where) for lv, nm, where in zip(v["levels"], ("low mean", "high mean"), ("top left", "top right"))])
                 fig.update_layout(barmode="overlay", height=320, margin=dict(l=10, r=10, t=40, b=10),
                                   title=f"{comp} {v['shape']}: relative error {v['relative_error']:.3f}, SQNR {v['sqnr_db']:.1f} dB",
                                   xaxis_title=f"weight, in {v['units']}", legend=dict(orientation="h", y=-0.25),

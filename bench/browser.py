@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common import cpu_flags  # noqa: E402 - bench/common.py
+from binlab.experiments.provenance import cpu_flags  # noqa: E402 - not bench/common: the app has a module of that name
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

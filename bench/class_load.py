@@ -112,6 +112,13 @@ def median_gap(a: list[dict], b: list[dict], key: str = "first_s", draws: int = 
     return {"gap_s": point, "ci95": [float(np.percentile(gaps, 2.5)), float(np.percentile(gaps, 97.5))], "clusters": [len(ca), len(cb)]}
 
 
+def _machine_lines(payload: dict) -> list[str]:
+    """The machine, load and command lines both tables start with."""
+    return [f"Machine: {payload['machine']}, {payload['threads']} torch threads, {payload['gate_slots']} evaluation(s) at a time; CPU flags: "
+            f"{' '.join(payload['cpu_flags'])}. Date: {payload['date']}. 1-minute load average {payload['load_average'][0]:.2f} at the start, "
+            f"{payload['load_average'][1]:.2f} at the end.", f"Reproduce: `{payload['command']}`", ""]
+
+
 def markdown(payload: dict) -> str:
     a, h = payload["step_aside"], payload["hold"]
     gap = payload.get("first_gap") or median_gap(payload["records"]["step_aside"], payload["records"]["hold"])
@@ -119,9 +126,7 @@ def markdown(payload: dict) -> str:
     rounds = payload["rounds"]
     return "\n".join([
         f"# Many learners on one server, without browsers ({payload['preset']})", "",
-        f"Machine: {payload['machine']}, {payload['threads']} torch threads, {payload['gate_slots']} evaluation(s) at a time; CPU flags: "
-        f"{' '.join(payload['cpu_flags'])}. Date: {payload['date']}. 1-minute load average {payload['load_average'][0]:.2f} at the start, "
-        f"{payload['load_average'][1]:.2f} at the end.", f"Reproduce: `{payload['command']}`", "",
+        *_machine_lines(payload),
         f"{payload['learners']} learners (threads, each with its own clone of the Binarize page's lab: {payload['live_rows']} validation rows, a "
         f"first look on {payload['glance_rows']}), each making {payload['changes']} threshold changes nobody measured before, thinking "
         "0.2-1.0 s between them; seconds from a change to its first numbers and to its final numbers, the evaluation queue "
@@ -144,9 +149,7 @@ def markdown_same(payload: dict) -> str:
     gap, fgap = payload["first_gap"], payload["final_gap"]
     return "\n".join([
         f"# A class trying the same changes at once, without browsers ({payload['preset']})", "",
-        f"Machine: {payload['machine']}, {payload['threads']} torch threads, {payload['gate_slots']} evaluation(s) at a time; CPU flags: "
-        f"{' '.join(payload['cpu_flags'])}. Date: {payload['date']}. 1-minute load average {payload['load_average'][0]:.2f} at the start, "
-        f"{payload['load_average'][1]:.2f} at the end.", f"Reproduce: `{payload['command']}`", "",
+        *_machine_lines(payload),
         f"{payload['learners']} learners (threads, each with its own clone of the Binarize page's lab: {payload['live_rows']} validation rows, a "
         f"first look on {payload['glance_rows']}) make the same {payload['changes']} threshold changes, each change within half a second "
         "of the others (a class told to try the same thresholds), then think 0.2-1.0 s; seconds from a change to its first numbers "

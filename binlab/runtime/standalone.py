@@ -52,7 +52,12 @@ from .fileformat import SEP, packed_tokenizer, read_packed
 from .layouts import CODECS, MoSCodec
 
 BACKENDS = ("numba", "numpy")
-MAX_TOKENS = 1024  # padded tokens per pass of Model.logits: bounds the working memory (see Model.logits)
+#: padded tokens per pass of Model.logits, by (backend, task): bounds the working memory (see Model.logits) and sets
+#: the speed. The numba kernels are fastest while a pass's activations stay in the core's cache, numpy's array passes
+#: pay a fixed cost per call and want long passes; a language model's pass is dominated by its vocabulary-wide
+#: output, which longer passes serve better. The values are the fastest of bench/pass_tokens.py's settings on a core
+#: with 1 MiB of level-2 cache (docs/results/bench-pass-tokens.md)
+MAX_TOKENS = {("numba", "classify"): 128, ("numba", "lm"): 1024, ("numpy", "classify"): 1024, ("numpy", "lm"): 1024}
 
 #: OneBit's output LayerNorm (no parameters, torch's default eps)
 POST_NORM_EPS = 1e-5
@@ -237,7 +242,6 @@ class Model:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.path, self.meta, self.backend = str(path), meta, backend
-        self.max_tokens = MAX_TOKENS
         self.ops = _ops(backend)
         try:
             cfg = json.loads(meta["config"])
@@ -245,6 +249,7 @@ class Model:
             attn = json.loads(meta["attention"]) if "attention" in meta else None
             self.d_model, self.n_heads, self.n_layers = int(cfg["d_model"]), int(cfg["n_heads"]), int(cfg["n_layers"])
             self.max_len, self.eps, self.task = int(cfg["max_len"]), float(cfg["norm_eps"]), cfg.get("task", "classify")
+            self.max_tokens = MAX_TOKENS.get((backend, self.task), 1024)
             if not isinstance(comps, dict):
                 raise ValueError("'components' must map names to objects")
         except (KeyError, TypeError, ValueError) as err:

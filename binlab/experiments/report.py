@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from .aggregate import match_controls
@@ -14,12 +15,21 @@ from .stats import INTERVAL, wilson_interval
 from .texts import accuracy_text, diff_text, fmt, ratio_text, seeds_text, vs_control_text
 
 
+def machine_text(machine: str) -> str:
+    """A table's machine as its JSON records it; a table run before binlab recorded the CPU's vector unit
+    ("AMD EPYC, 2 cores, ...") says that it was not recorded, so AVX2 and AVX-512 runs are not taken for one another."""
+    if re.search(r"\((AVX|no AVX2|flags not recorded)", machine):  # provenance.hardware_text's vector summary
+        return machine
+    cpu, _, rest = machine.partition(", ")
+    return f"{cpu} (vector unit not recorded), {rest}" if rest else f"{machine} (vector unit not recorded)"
+
+
 def _header(payload: dict) -> list[str]:
     b = payload["budget"]["train"]
     calib = f"; calibration: {payload['calibration_rows']} train rows" if payload.get("calibration_rows") else ""
     return [f"# {payload['experiment']}: {payload['title']} ({payload['preset']})", "", payload["note"], "",
             f"Data: {payload['data']['train']} train / {payload['data']['test']} test rows{calib}. QAT budget: {b['epochs']} epoch(s), "
-            f"lr {b['lr']}, distillation weight {b['distill']}. Machine: {payload['machine']}. Date: {payload['date']}.",
+            f"lr {b['lr']}, distillation weight {b['distill']}. Machine: {machine_text(payload['machine'])}. Date: {payload['date']}.",
             f"Reproduce: `{payload['command']}`", ""] + _provenance_lines(payload)
 
 

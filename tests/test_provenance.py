@@ -1,8 +1,7 @@
 """A table says which machine measured it, and whether that machine's vector unit was recorded."""
 import pytest
 
-from binlab.experiments.provenance import hardware_text, vector_summary
-from binlab.experiments.report import machine_text
+from binlab.experiments.provenance import hardware_text, machine_text, vector_summary
 
 
 @pytest.mark.parametrize("flags, want", [(["avx2", "avx512f", "avx512_vpopcntdq"], "AVX-512 with VPOPCNTDQ"),

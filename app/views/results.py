@@ -6,7 +6,7 @@ import math
 import plotly.graph_objects as go
 import streamlit as st
 
-from binlab.experiments.provenance import RESULTS
+from binlab.experiments.provenance import RESULTS, machine_text
 from binlab.experiments.report import load_results, table_view
 
 st.title("Results")
@@ -52,7 +52,7 @@ def sort(rows: list[dict]) -> list[dict]:
 
 for p in [p for p in payloads if p["preset"] == preset and p["experiment"] in chosen]:
     st.subheader(f"{p['experiment']}: {p['title']}")
-    st.caption(p["note"] + f"  \nMachine: {p['machine']} · {p['date']} · `{p['command']}`"
+    st.caption(p["note"] + f"  \nMachine: {machine_text(p['machine'])} · {p['date']} · `{p['command']}`"
                + (f" · {p['seeds']} seed(s) per trained row" if p.get("seeds") else " · one seed per row"))
     shown = sort([r for r in p["rows"] if keep(r)])
     if not shown:
@@ -80,7 +80,7 @@ curve = RESULTS / f"data-size-{preset}.json"
 if curve.exists():
     d = json.loads(curve.read_text())
     st.subheader("fp32 vs the best 1-bit recipe by training rows")
-    st.caption(f"{d['binary']}; mean ± sd over {d['rows'][0]['seeds']} seed(s) per point; `{d['command']}` · {d['machine']} · {d['date']}")
+    st.caption(f"{d['binary']}; mean ± sd over {d['rows'][0]['seeds']} seed(s) per point; `{d['command']}` · {machine_text(d['machine'])} · {d['date']}")
     fig = go.Figure()
     x = [r["train_rows"] for r in d["rows"]]
     for name, key in (("fp32", "fp32_accuracy"), ("1-bit", "binary_accuracy")):

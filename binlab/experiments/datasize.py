@@ -11,7 +11,7 @@ from . import sweep
 from .aggregate import against_control, aggregate
 from .budgets import baseline_budget
 from .catalog import EXPERIMENTS, FP, Config, matched_control
-from .provenance import RESULTS, machine
+from .provenance import RESULTS, machine, machine_text
 from .stats import INTERVAL
 from .texts import accuracy_text
 
@@ -81,7 +81,7 @@ def data_size_markdown(payload: dict) -> str:
              "('-': this file was made before the curve had controls). "
              + ("" if payload.get("interval") == INTERVAL else "Its intervals predate binlab's current one (a percentile bootstrap "
                 "that covers less than 95 % with three seeds): read them as too narrow. ")
-             + f"Machine: {payload['machine']}. Date: {payload['date']}.", f"Reproduce: `{payload['command']}`", "",
+             + f"Machine: {machine_text(payload['machine'])}. Date: {payload['date']}.", f"Reproduce: `{payload['command']}`", "",
              "| training rows | seeds | fp32 accuracy % | 1-bit accuracy % | gap, pts [95 % CI] | equal-budget control % | "
              "1-bit vs control, pts [95 % CI] | reduction % |", "|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:

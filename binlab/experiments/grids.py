@@ -24,7 +24,7 @@ from binlab.presets import get_preset
 from binlab.training.train import TrainConfig
 
 from .catalog import EXPERIMENTS, Config
-from .provenance import machine
+from .provenance import machine, machine_text
 from .sweep import Task, budget_of
 
 
@@ -181,7 +181,7 @@ def summary(tasks: list[Task], rows: list[dict], grid: str | None = None) -> dic
 
 def summary_markdown(payload: dict) -> str:
     lines = [f"# Sweep: {payload.get('grid') or 'tasks'}", "",
-             f"Machine: {payload['machine']}. Date: {payload['date']}." + (f" Reproduce: `{payload['command']}`" if payload.get("command") else ""),
+             f"Machine: {machine_text(payload['machine'])}. Date: {payload['date']}." + (f" Reproduce: `{payload['command']}`" if payload.get("command") else ""),
              "", "Chosen on validation (the highest mean validation accuracy over seeds, per configuration); a selection grid "
                  "does not evaluate the test split. A validation sample of n rows measures an accuracy near p to about "
                  "+-1.96 sqrt(p(1-p)/n) (+-1.9 points at p = 0.89, n = 1,000): budgets closer than that are not told apart, "

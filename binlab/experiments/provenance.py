@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
@@ -46,3 +47,12 @@ def machine() -> str:
     import torch
 
     return f"{hardware_text(hardware())}, torch {torch.__version__}"
+
+
+def machine_text(machine: str) -> str:
+    """A table's machine as its JSON records it; a table run before binlab recorded the CPU's vector unit
+    ("AMD EPYC, 2 cores, ...") says that it was not recorded, so AVX2 and AVX-512 runs are not taken for one another."""
+    if re.search(r"\((AVX|no AVX2|flags not recorded)", machine):  # hardware_text's vector summary
+        return machine
+    cpu, _, rest = machine.partition(", ")
+    return f"{cpu} (vector unit not recorded), {rest}" if rest else f"{machine} (vector unit not recorded)"

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from .aggregate import match_controls
 from .budgets import fill_budgets
 from .catalog import EXPERIMENTS, is_control
 from .findings import FINDINGS, finding_of
-from .provenance import RESULTS
+from .provenance import RESULTS, machine_text
 from .stats import INTERVAL, wilson_interval
 from .texts import accuracy_text, diff_text, fmt, ratio_text, seeds_text, vs_control_text
-
-
-def machine_text(machine: str) -> str:
-    """A table's machine as its JSON records it; a table run before binlab recorded the CPU's vector unit
-    ("AMD EPYC, 2 cores, ...") says that it was not recorded, so AVX2 and AVX-512 runs are not taken for one another."""
-    if re.search(r"\((AVX|no AVX2|flags not recorded)", machine):  # provenance.hardware_text's vector summary
-        return machine
-    cpu, _, rest = machine.partition(", ")
-    return f"{cpu} (vector unit not recorded), {rest}" if rest else f"{machine} (vector unit not recorded)"
 
 
 def _header(payload: dict) -> list[str]:
@@ -38,11 +28,11 @@ def _provenance_lines(payload: dict) -> list[str]:
     base = payload.get("base_run")
     if not base:
         return []
-    parts = [f"rows {', '.join(repr(r) for r in run['rows'])} on {run['date']} ({run['machine']}"
+    parts = [f"rows {', '.join(repr(r) for r in run['rows'])} on {run['date']} ({machine_text(run['machine'])}"
              + (f"; its fp32 baseline's {run['metric']} {run['fp32']:.2f}" if run.get("fp32") is not None else "") + ")"
              for run in payload.get("partial_runs", [])]
     fp = f", where the fp32 baseline's {base['metric']} was {base['fp32']:.2f}" if base.get("fp32") is not None else ""
-    return [f"Rows from more than one run: {'; '.join(parts)}. The other rows are from the run of {base['date']} ({base['machine']}){fp}; "
+    return [f"Rows from more than one run: {'; '.join(parts)}. The other rows are from the run of {base['date']} ({machine_text(base['machine'])}){fp}; "
             "each row's 'vs fp32' compares with the baseline of its own run.", ""]
 
 

@@ -27,6 +27,21 @@ def _rss_mb(field: str = "VmRSS") -> float:
     return float("nan")
 
 
+def length_sorted_batches(ids, offsets, pad: int, size: int = 64):
+    """The test set as the deploy benches run it: (row indices, token ids padded with ``pad``) per batch of
+    ``size`` rows, length-sorted (binlab.training.train.predict's order)."""
+    import numpy as np
+
+    lens = np.diff(offsets)
+    order = np.argsort(lens, kind="stable")
+    for s in range(0, len(order), size):
+        rows = order[s:s + size]
+        x = np.full((len(rows), max(int(lens[rows].max()), 1)), pad, dtype=np.int64)
+        for j, r in enumerate(rows):
+            x[j, :lens[r]] = ids[offsets[r]:offsets[r + 1]]
+        yield rows, x
+
+
 def main(kind: str, path: str, ids_path: str, offsets_path: str, spawned: float, one_by_one: int = 200) -> None:
     import numpy as np
 
@@ -64,14 +79,9 @@ def main(kind: str, path: str, ids_path: str, offsets_path: str, spawned: float,
     first = run(ids[offsets[0]:offsets[1]].astype(np.int64)[None])
     first_s = time.time() - spawned
     loaded = _rss_mb()
-    order = np.argsort(lens, kind="stable")
     preds = np.empty(len(lens), np.int64)
     t0 = time.perf_counter()
-    for s in range(0, len(order), 64):
-        rows = order[s:s + 64]
-        x = np.full((len(rows), max(int(lens[rows].max()), 1)), PAD_ID, dtype=np.int64)
-        for j, r in enumerate(rows):
-            x[j, :lens[r]] = ids[offsets[r]:offsets[r + 1]]
+    for rows, x in length_sorted_batches(ids, offsets, PAD_ID):
         lg = run(x)
         preds[rows] = (lg[:, -1] if lg.ndim == 3 else lg).argmax(-1)
     test_s = time.perf_counter() - t0

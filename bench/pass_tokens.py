@@ -40,21 +40,16 @@ def rss(field):
 path, ids_path, offsets_path, backend, max_tokens = sys.argv[1:6]
 from binlab.data import PAD_ID
 from binlab.runtime.standalone import keep_scipy_out, load
+from deploy_child import length_sorted_batches
 keep_scipy_out()
 ids, offsets = np.load(ids_path), np.load(offsets_path)
-lens = np.diff(offsets)
 m = load(path, backend=backend)
 m.max_tokens = int(max_tokens)
 m.logits(ids[offsets[0]:offsets[1]].astype(np.int64)[None])
 loaded = rss("VmRSS")
-order = np.argsort(lens, kind="stable")
 checksum = 0.0
 t0 = time.perf_counter()
-for s in range(0, len(order), 64):
-    rows = order[s:s + 64]
-    x = np.full((len(rows), max(int(lens[rows].max()), 1)), PAD_ID, dtype=np.int64)
-    for j, r in enumerate(rows):
-        x[j, :lens[r]] = ids[offsets[r]:offsets[r + 1]]
+for rows, x in length_sorted_batches(ids, offsets, PAD_ID):
     lg = m.logits(x)
     checksum += float(lg[:, -1].sum() if lg.ndim == 3 else lg.sum())
 test_s = time.perf_counter() - t0
@@ -101,7 +96,7 @@ def l2_size() -> str:
 
 
 def child(path: str, ids: str, offsets: str, backend: str, tokens: int) -> dict:
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "bench")]), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", CHILD, path, ids, offsets, backend, str(tokens)], capture_output=True, text=True, env=env)
     if r.returncode:
         raise RuntimeError(f"child failed: {r.stderr[-2000:]}")
@@ -166,15 +161,19 @@ def render(out: dict, out_dir: Path) -> None:
           f"at the end. Reproduce: `{out['command']}`", "",
           "Each preset's fp32 baseline binarized W1A1 by PTQ and packed; a fresh process per setting (one thread) loads it, "
           "predicts one text, then runs the whole test set in batches of 64 length-sorted rows, each batch in passes of at "
-          f"most the given padded tokens. Medians over {out['rounds']} interleaved rounds. **bold**: the runtime's default "
+          f"most the given padded tokens. Medians over {out['rounds']} interleaved rounds (every setting once per round); per round, "
+          "each setting's time over the default's of the same round. **bold**: the runtime's default "
           "(`binlab.runtime.standalone.MAX_TOKENS`).", "",
-          "| preset | backend | tokens per pass | test set s | vs the fastest | peak MiB | after the first prediction MiB |",
-          "|---|---|---|---|---|---|---|"]
+          "| preset | backend | tokens per pass | test set s | vs the fastest | time / the default's, per round | peak MiB | "
+          "after the first prediction MiB |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         best = min(x["test_s"] for x in rows if x["preset"] == r["preset"] and x["backend"] == r["backend"])
-        default = MAX_TOKENS.get((r["backend"], r["task"])) == r["tokens"]
-        tok = f"**{r['tokens']}**" if default else str(r["tokens"])
-        md.append(f"| {r['preset']} | {r['backend']} | {tok} | {r['test_s']:.2f} | {r['test_s'] / best:.2f}x | {r['peak_mb']:.0f} | {r['loaded_mb']:.0f} |")
+        default = MAX_TOKENS.get((r["backend"], r["task"]))
+        tok = f"**{r['tokens']}**" if default == r["tokens"] else str(r["tokens"])
+        mine, ref = out["runs"][f"{r['preset']}/{r['backend']}/{r['tokens']}"], out["runs"].get(f"{r['preset']}/{r['backend']}/{default}")
+        per_round = ", ".join(f"{a['test_s'] / b['test_s']:.2f}" for a, b in zip(mine, ref)) if ref else "-"
+        md.append(f"| {r['preset']} | {r['backend']} | {tok} | {r['test_s']:.2f} | {r['test_s'] / best:.2f}x | {per_round} | "
+                  f"{r['peak_mb']:.0f} | {r['loaded_mb']:.0f} |")
     md += ["", "Sum of every logit over the test set equal (relative 1e-4) at every setting of a preset and backend: "
            + ("yes" if all(r.get("same_logits_sum", True) for r in rows) else "no: " + ", ".join(
                f"{r['preset']}/{r['backend']}/{r['tokens']}" for r in rows if not r.get("same_logits_sum", True)))]

@@ -8,7 +8,8 @@ here only, in a process of its own, as it is deployed (beside torch its thread p
 
 KIND: ``fp32`` (a torch checkpoint), ``packed`` (:func:`binlab.runtime.export.load_packed`, torch) or
 ``torchfree`` (:func:`binlab.runtime.standalone.load`: numpy and numba only, scipy kept out as
-``binlab classify`` keeps it out) or ``numpy`` (the same on its numpy backend: no numba). All four read the same
+``binlab classify`` keeps it out), ``aot`` (the same kernels compiled ahead of time: :mod:`binlab.runtime.aot`, no numba)
+or ``numpy`` (the numpy backend: no numba). All read the same
 token ids, so the tokenizer is not part of the figures. Nothing here imports torch unless KIND needs it.
 """
 from __future__ import annotations
@@ -50,11 +51,13 @@ def main(kind: str, path: str, ids_path: str, offsets_path: str, spawned: float,
     ids, offsets = np.load(ids_path), np.load(offsets_path)
     lens = np.diff(offsets)
     base = _rss_mb()
-    if kind in ("torchfree", "numpy"):
-        from binlab.runtime.standalone import keep_scipy_out, load
+    if kind in ("torchfree", "numpy", "aot"):
+        from binlab.runtime.process import hold_freed_memory, keep_scipy_out
+        from binlab.runtime.standalone import load
 
-        keep_scipy_out()  # as `binlab classify` runs it: numba's start loads no scipy
-        run = load(path, backend="numpy" if kind == "numpy" else "numba").logits
+        keep_scipy_out()  # as `binlab classify` runs it: numba's start loads no scipy, and glibc keeps freed arrays
+        hold_freed_memory()
+        run = load(path, backend={"torchfree": "numba"}.get(kind, kind)).logits
     else:
         import torch
 

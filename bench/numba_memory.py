@@ -24,7 +24,7 @@ def rss():
 out = {"start": rss()}
 import numpy as np
 out["numpy"] = rss()
-from binlab.runtime.standalone import keep_scipy_out
+from binlab.runtime.process import keep_scipy_out
 out["binlab's runtime imported"] = rss()
 if sys.argv[1:] == ["keep-scipy-out"]:
     keep_scipy_out()
@@ -60,7 +60,7 @@ def main() -> None:
           f"Machine: {out['machine']}; CPU flags: {' '.join(out['cpu_flags'])}. Date: {out['date']}. Python {out['python']}, "
           f"numba {out['numba']}. Reproduce: `python bench/numba_memory.py`", "",
           "Resident memory of a fresh interpreter, the median of three (numba's cache filled by a run before them): as numba "
-          "starts by default, and with scipy kept out (`binlab.runtime.standalone.keep_scipy_out()`, as `binlab classify` "
+          "starts by default, and with scipy kept out (`binlab.runtime.process.keep_scipy_out()`, as `binlab classify` "
           "runs), the two interleaved.", "",
           "| after | MiB | added MiB | MiB, scipy kept out | added MiB |", "|---|---|---|---|---|"]
     prev = None

@@ -39,7 +39,8 @@ def rss(field):
             return int(line.split()[1]) / 1024
 path, ids_path, offsets_path, backend, max_tokens = sys.argv[1:6]
 from binlab.data import PAD_ID
-from binlab.runtime.standalone import keep_scipy_out, load
+from binlab.runtime.process import keep_scipy_out
+from binlab.runtime.standalone import load
 from deploy_child import length_sorted_batches
 keep_scipy_out()
 ids, offsets = np.load(ids_path), np.load(offsets_path)

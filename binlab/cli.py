@@ -1,4 +1,4 @@
-"""Command line: ``binlab data | train | eval | size | export | classify | experiments | sweep | landscape | bench | methods | app``.
+"""Command line: ``binlab data | train | eval | size | export | classify | runtime | experiments | sweep | landscape | bench | methods | app``.
 
 Examples::
 
@@ -8,6 +8,7 @@ Examples::
     binlab size --preset scratch --target all-except-head --method bucket
     binlab export --preset scratch --target encoder --method xnor --act sign --out model.safetensors --verify
     binlab classify model.safetensors "Stocks rally as oil falls"   # no torch in this process
+    binlab runtime build                # once: its kernels compiled ahead of time, no numba in that process either
     binlab experiments run T4 --preset scratch
     binlab methods recu                 # one method card; --write regenerates docs/methods.md
 """
@@ -18,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -125,13 +127,33 @@ def cmd_eval(args):
     return 0
 
 
-BACKEND_HELP = ("numba: the packed kernels (fastest on batches); numpy: no numba in the process, the smallest memory "
-                "(the binary matrices decoded to float32 at load)")
+BACKEND_HELP = ("auto (default): aot where `binlab runtime build` compiled the kernels on this machine, else numba; "
+                "numba: the packed kernels, compiled by numba in this process; aot: the same kernels compiled ahead of time, "
+                "without numba's compiler (the least memory at their speed); numpy: no compiled kernels, the binary matrices "
+                "decoded to float32 at load")
+BACKENDS = ("auto", "numba", "aot", "numpy")
+
+
+def cmd_runtime(args):
+    """Compile the torch-free runtime's kernels ahead of time for this machine (binlab.runtime.aot), or say where they are."""
+    from .runtime import aot
+
+    if args.action == "build":
+        t0 = time.perf_counter()
+        print("compiling the kernels for this CPU (about 10 s) ...", flush=True)
+        path = aot.build(args.dir)
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.0f} s: "
+              "`binlab classify` and `binlab generate --model` now run without numba's compiler")
+    else:
+        path = aot.module_path(args.dir)
+        print(f"{path}: {'built' if path.exists() else 'not built (run: binlab runtime build)'}")
+    return 0
 
 
 def cmd_classify(args):
     """Classify texts with a packed model, without torch (binlab.runtime.standalone)."""
-    from .runtime.standalone import keep_scipy_out, load
+    from .runtime.process import hold_freed_memory, keep_scipy_out
+    from .runtime.standalone import load
 
     texts = list(args.texts)
     if args.file:
@@ -141,7 +163,8 @@ def cmd_classify(args):
         texts += [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     if not texts:
         raise ValueError("give one or more texts to classify, or --file with one text per line")
-    keep_scipy_out()  # this process runs only the runtime: numba's start need not load scipy (15 MiB)
+    keep_scipy_out()  # this process runs only the runtime: numba's start need not load scipy (15 MiB),
+    hold_freed_memory()  # and glibc may keep freed arrays for the next batch
     out = load(args.model, backend=args.backend).classify(texts)
     for r in out:
         print(json.dumps(r) if args.json else f"{r['label']}\t{r['probs'][r['label']]:.3f}\t{r['text']}")
@@ -150,9 +173,11 @@ def cmd_classify(args):
 
 def cmd_generate(args):
     if args.model:  # a packed language model, without torch
-        from .runtime.standalone import keep_scipy_out, load
+        from .runtime.process import hold_freed_memory, keep_scipy_out
+        from .runtime.standalone import load
 
         keep_scipy_out()
+        hold_freed_memory()
         print(json.dumps({"prompt": args.prompt, "packed": load(args.model, backend=args.backend).generate(args.prompt, args.tokens)["text"]}, indent=2))
         return 0
     from .nn.generate import greedy
@@ -474,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--prompt", required=True)
             p.add_argument("--model", default=None, help="a packed language model file (binlab export): run it without torch")
             p.add_argument("--tokens", type=int, default=20, help="at most this many new tokens")
-            p.add_argument("--backend", choices=("numba", "numpy"), default="numba", help=BACKEND_HELP)
+            p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
         elif name == "export":
             p.add_argument("--out", required=True, help="the .safetensors file to write")
             p.add_argument("--verify", action="store_true", help="load the file back and compare its predictions on the test split")
@@ -487,8 +512,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="texts to classify (one argument each)")
     p.add_argument("--file", default=None, help="a text file: one text per line")
     p.add_argument("--json", action="store_true", help="one JSON object per text (label and class probabilities)")
-    p.add_argument("--backend", choices=("numba", "numpy"), default="numba", help=BACKEND_HELP)
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     p.set_defaults(fn=cmd_classify)
+
+    p = sub.add_parser("runtime", help="compile the torch-free runtime's kernels ahead of time for this machine (binlab.runtime.aot)")
+    p.add_argument("action", choices=["build", "status"], help="build: compile them (needs a C compiler); status: are they built here")
+    p.add_argument("--dir", default=None, help="where the compiled module goes (default: the cache folder's aot/)")
+    p.set_defaults(fn=cmd_runtime)
 
     p = sub.add_parser("experiments", help="run the tables and write them to docs/results/")
     p.add_argument("action", choices=["list", "run", "render", "datasize"],

@@ -58,6 +58,18 @@ def _isolated_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def aot_built(_isolated_cache):
+    """The runtime's kernels compiled ahead of time into this session's cache (binlab.runtime.aot); the
+    tests that need them are skipped, saying why, where this machine cannot compile them (no C compiler)."""
+    from binlab.runtime import aot
+
+    try:
+        return aot.build()
+    except RuntimeError as err:
+        pytest.skip(f"the kernels cannot be compiled ahead of time here: {err}")
+
+
+@pytest.fixture(scope="session")
 def fixture_data(tmp_path_factory) -> Path:
     return make_ag_news_fixture(tmp_path_factory.mktemp("ag_news_fixture"))
 

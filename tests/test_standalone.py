@@ -43,6 +43,14 @@ SPECS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _aot_kernels(request):
+    """A test run with ``backend="aot"`` gets the kernels compiled ahead of time (once per session)."""
+    spec = getattr(request.node, "callspec", None)
+    if spec is not None and spec.params.get("backend") == "aot":
+        request.getfixturevalue("aot_built")
+
+
 def _export(model, path, tokenizer, split, backend="numba"):
     with torch.no_grad():  # the elastic quantizers take their scale from a first batch
         model(next(iter(split.batches(8)))[0])
@@ -160,10 +168,12 @@ def test_damaged_files_are_refused(fp_tiny, tiny_splits, tmp_path):
         standalone.load(tmp_path / "missing.safetensors")
 
 
-@pytest.mark.parametrize("backend, kept_out", [("numba", ("torch",)), ("numpy", ("torch", "numba", "llvmlite"))])
+@pytest.mark.parametrize("backend, kept_out", [("numba", ("torch",)), ("numpy", ("torch", "numba", "llvmlite")),
+                                               ("aot", ("torch", "numba", "llvmlite"))])
 def test_no_torch_in_the_process(backend, kept_out, fp_tiny, tiny_splits, tmp_path):
     """A prediction in a fresh interpreter imports no torch module (the Python API and the command line);
-    the numpy backend keeps numba (and its llvmlite) out too, and predicts what the numba backend does;
+    the numpy backend and the kernels compiled ahead of time keep numba (and its llvmlite) out too, and predict
+    what the numba backend does;
     the command line keeps scipy out as well (numba's start would load it: keep_scipy_out)."""
     q = ptq(fp_tiny, SPECS["w1a1-sign"])
     path = tmp_path / "m.safetensors"
@@ -176,7 +186,7 @@ def test_no_torch_in_the_process(backend, kept_out, fp_tiny, tiny_splits, tmp_pa
     assert out.returncode == 0, out.stderr[-2000:]
     labels, mods = json.loads(out.stdout.strip().splitlines()[-1])
     assert mods == [] and set(labels) <= {"World", "Sports", "Business", "Sci/Tech"}
-    assert labels == [r["label"] for r in standalone.load(path).classify(texts)]
+    assert labels == [r["label"] for r in standalone.load(path, backend="numba").classify(texts)]
     cli = subprocess.run([sys.executable, "-X", "importtime", "-m", "binlab.cli", "classify", str(path), texts[0], "--backend", backend],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert cli.returncode == 0, cli.stderr[-2000:]
@@ -213,9 +223,9 @@ def test_load_leaves_the_cores_to_numpy_unless_told_otherwise(tmp_path, tiny_mod
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        load(path, numba_threads=None)
+        load(path, numba_threads=None, backend="numba")
         assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
-        load(path)
+        load(path, backend="numba")
         assert numba.get_num_threads() == 1
     finally:
         numba.set_num_threads(before)
@@ -277,3 +287,20 @@ def test_a_batch_runs_in_chunks_of_max_tokens_with_the_same_logits(name, fp_tiny
     assert lite.rows_independent == (name != "bit-elastic")
     assert calls == ([5] * 9 + [3] if lite.rows_independent else [48])
     assert chunked.shape == whole.shape and _rel(chunked, whole) <= 1e-6, _rel(chunked, whole)
+
+
+@pytest.mark.parametrize("backend", ["numba", "aot", "numpy"])
+def test_passes_are_short_on_the_xnor_path_and_long_where_tiles_are_decoded(backend, fp_tiny, calib, tiny_splits, tmp_path):
+    """A classifier whose packed linears all run XNOR-popcount takes the backend's pass length (MAX_TOKENS: short
+    passes keep the kernels' activations in cache); one with a linear that decodes tiles (W1A32 here) runs long
+    passes, since every pass decodes those tiles again."""
+    got = {}
+    for name in ("w1a1-sign", "w1a32-xnor"):
+        _, lite = _export(ptq(fp_tiny, SPECS[name], calib=calib), tmp_path / f"{name}.safetensors", tiny_splits.tokenizer,
+                          tiny_splits.test, backend)
+        got[name] = (lite.max_tokens, sorted({lin.path for lin in lite.linears.values()}))
+    assert got["w1a1-sign"][0] == standalone.MAX_TOKENS[(backend, "classify")]
+    if backend == "numpy":  # every packed matrix decoded once at load: no tiles
+        assert got["w1a32-xnor"] == (standalone.MAX_TOKENS[("numpy", "classify")], ["decoded"])
+    else:
+        assert got["w1a1-sign"][1] == ["xnor"] and got["w1a32-xnor"] == (standalone.TILE_MAX_TOKENS, ["lut/tiles"])

@@ -78,8 +78,8 @@ with friendly_errors():
     st.download_button("Download the packed model (.safetensors)", data=Path(info["path"]).read_bytes(),
                        file_name=f"binlab-{preset}.safetensors", mime="application/octet-stream", key="deploy_download")
     st.caption("Run it without torch: `binlab classify binlab-" + preset + ".safetensors \"a headline\"` (or "
-               "`binlab.runtime.standalone.load(path)` in Python; add `--backend numpy` to keep numba out too, for the smallest "
-               "memory); in torch, `binlab.runtime.export.load_packed(path)`. "
+               "`binlab.runtime.standalone.load(path)` in Python; run `binlab runtime build` once first and it runs with numpy "
+               "alone, in about 40 MB on scratch); in torch, `binlab.runtime.export.load_packed(path)`. "
                "`binlab export --help` writes the same file from the command line.")
 
     if not task_info(baseline).classifies_text:

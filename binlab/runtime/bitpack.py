@@ -57,16 +57,27 @@ def check_packed(a, name):
 def dequant_rows(Wp: np.ndarray, lo: np.ndarray, hi: np.ndarray, K: int, n0: int, n1: int) -> np.ndarray:
     """Float32 weights of rows n0 .. n1, ``lo + (hi - lo) B`` from packed bits B and per-row levels (a tile,
     not the matrix). numba's parallel loop when :mod:`binlab.runtime.kernels` is loaded in this process
-    (the torch paths and the numba backend), else numpy's ``unpackbits``: the same float32 values."""
+    (the torch paths and the numba backend), the compiled one when the ``aot`` backend has loaded it
+    (:func:`use_unpack_kernel`), else numpy's ``unpackbits``: the same float32 values."""
     check_packed(Wp, "Wp")
     N = Wp.shape[0]
     if not (0 <= n0 <= n1 <= N) or n_words(K) != Wp.shape[1]:
         raise ValueError(f"rows {n0}..{n1} or K={K} do not fit packed weights of shape {Wp.shape}")
     lo32, hi32 = (np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float32), (N,))) for v in (lo, hi))
     kernels = sys.modules.get("binlab.runtime.kernels")
-    if kernels is not None:
+    kernel = kernels._unpack_rows_kernel if kernels is not None else _UNPACK_KERNEL[0]
+    if kernel is not None:
         out = np.empty((n1 - n0, K), dtype=np.float32)
-        kernels._unpack_rows_kernel(Wp, lo32, hi32, np.int64(K), np.int64(n0), out)
+        kernel(Wp, lo32, hi32, np.int64(K), np.int64(n0), out)
         return out
     bits = np.unpackbits(Wp[n0:n1].view(np.uint8).reshape(n1 - n0, -1), axis=1, bitorder="little")[:, :K].astype(bool)
     return np.where(bits, hi32[n0:n1, None], lo32[n0:n1, None])
+
+
+_UNPACK_KERNEL = [None]
+
+
+def use_unpack_kernel(kernel) -> None:
+    """Decode tiles with ``kernel`` (the ahead-of-time compiled ``unpack_rows``: :mod:`binlab.runtime.aot`)
+    where numba's is not loaded."""
+    _UNPACK_KERNEL[0] = kernel

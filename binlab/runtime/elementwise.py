@@ -23,11 +23,13 @@ binary matrix products; each is one pass here.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numba as nb
 import numpy as np
 
-from .npops import ERF_P, ERF_Q, softmax_args  # the erf's coefficients (numpy-only module: the numpy backend shares them)
+from . import fused
+from .npops import ERF_P, ERF_Q  # the erf's coefficients (numpy-only module: the numpy backend shares them)
 
 P0, P1, P2, P3, P4, P5, P6 = (np.float32(c) for c in ERF_P)
 Q0, Q1, Q2, Q3, Q4 = (np.float32(c) for c in ERF_Q)
@@ -54,10 +56,7 @@ def _gelu_kernel(f):
 
 def gelu_(x: np.ndarray) -> np.ndarray:
     """GELU of a C-contiguous float32 array, in place (returns it)."""
-    if x.dtype != np.float32 or not x.flags.c_contiguous:
-        raise ValueError("gelu_ needs a C-contiguous float32 array")
-    _gelu_kernel(x.reshape(-1))
-    return x
+    return fused.gelu_(JIT, x)
 
 
 def erf32(t: np.ndarray) -> np.ndarray:
@@ -88,17 +87,7 @@ def _add_layer_norm_kernel(x, r, w, b, eps, out):
 def add_layer_norm(x: np.ndarray, r: np.ndarray | None, w: np.ndarray | None, b: np.ndarray | None, eps: float) -> np.ndarray:
     """``LayerNorm(x + r)`` over the last axis (``r`` None: ``LayerNorm(x)``; ``w``/``b`` None: no affine
     part), float32, as a new array of ``x``'s shape."""
-    shape = x.shape
-    d = shape[-1]
-    x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, d)
-    r2 = np.zeros((1, d), np.float32) if r is None else np.ascontiguousarray(r, dtype=np.float32).reshape(-1, d)
-    if r is None:
-        r2 = np.broadcast_to(r2, x2.shape)
-    w = np.ones(d, np.float32) if w is None else np.ascontiguousarray(w, dtype=np.float32)
-    b = np.zeros(d, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32)
-    out = np.empty(x2.shape, np.float32)
-    _add_layer_norm_kernel(x2, r2, w, b, float(eps), out)
-    return out.reshape(shape)
+    return fused.add_layer_norm(JIT, x, r, w, b, eps)
 
 
 @nb.njit(cache=True, error_model="numpy")  # no fastmath: it would assume no infinities, and -inf marks masked keys
@@ -136,8 +125,9 @@ def masked_softmax_(s: np.ndarray, key_mask: np.ndarray, causal: bool, scale: fl
     """``softmax(scale * s)`` over the last axis of attention scores ``s`` (B, heads, queries, keys), in
     place, where key j is seen by query i when ``key_mask[b, j]`` and (``causal``) ``j <= i``; masked
     entries are 0, and a query that sees no key is all zeros."""
-    km = softmax_args(s, key_mask)
-    _softmax_shift_kernel(s, km, bool(causal), np.float32(scale))
-    np.exp(s, out=s)  # numpy's float32 exp is SIMD; numba's calls libm once per element
-    _normalize_rows_kernel(s.reshape(-1, s.shape[3]))
-    return s
+    return fused.masked_softmax_(JIT, s, key_mask, causal, scale)
+
+
+#: this module's kernels under binlab.runtime.fused.KERNELS' names
+JIT = SimpleNamespace(gelu=_gelu_kernel, add_layer_norm=_add_layer_norm_kernel, softmax_shift=_softmax_shift_kernel,
+                      normalize_rows=_normalize_rows_kernel)

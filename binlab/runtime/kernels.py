@@ -20,6 +20,10 @@ contribute.
   runtime's path for a batch of many tokens: dense GEMM tile by tile, never the whole matrix), with
   this module's parallel loop once the module is loaded.
 
+The Python wrappers here check arguments and allocate through :mod:`binlab.runtime.fused`, which the kernels
+compiled ahead of time (:mod:`binlab.runtime.aot`, no numba in the process) share; :data:`JIT` names this
+module's kernels as that module expects.
+
 Hardware note (what LLVM emits, from the assembly; ``bench/kernels.py`` records the counts each
 run): the ``popcount64`` intrinsic below is ``llvm.ctpop.i64``. On this project's AVX2-only
 machines (AMD EPYC Zen 3) the vectorized word loops use AVX2's nibble-lookup popcount
@@ -33,13 +37,18 @@ hardware popcount is used on every run.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numba as nb
 import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
+from . import elementwise as _elementwise
+from . import fused as _fused
 from .bitpack import WORD, dequant_rows, n_words, pack_bits, unpack_bits  # noqa: F401 (re-exported)
 from .bitpack import check_packed as _check_packed
+from .fused import LUT_GROUP, LutWeights  # noqa: F401 (re-exported)
 
 
 @intrinsic
@@ -156,32 +165,6 @@ def _build_lut(x, lut):
         _build_lut_group(x, lut, g)
 
 
-LUT_GROUP = 16  # weight bytes per block: a block's tables (16 x 256 fp32 = 16 KiB) stay in L1
-
-
-class LutWeights:
-    """Packed 1-bit weights re-laid for :func:`binary_gemm`: bytes ``(blocks, N, LUT_GROUP)``, block
-    ``b`` holding bytes ``b*G .. b*G+G-1`` of every row contiguously (zero bytes pad the last block;
-    a zero byte reads ``lut[g, 0] = 0``). While one block's tables sit in L1, the kernel streams that
-    block's bytes for all N rows; the plain (N, words) layout would re-read a 512 KiB table set per row
-    at K = 4096, which does not fit L2. Same bits as the packed words, rearranged once at load time."""
-
-    def __init__(self, Wp: np.ndarray, K: int):
-        _check_packed(Wp, "Wp")
-        if n_words(K) != Wp.shape[1]:
-            raise ValueError(f"weights were packed for {Wp.shape[1]} words, which does not match K={K}")
-        N, nbytes = Wp.shape[0], 8 * Wp.shape[1]
-        blocks = -(-nbytes // LUT_GROUP)
-        b = np.zeros((N, blocks * LUT_GROUP), dtype=np.uint8)
-        b[:, :nbytes] = Wp.view(np.uint8)  # byte g holds bits 8g .. 8g+7 (little-endian words)
-        self.bytes = np.ascontiguousarray(b.reshape(N, blocks, LUT_GROUP).transpose(1, 0, 2))
-        self.N, self.K = N, K
-
-    @property
-    def nbytes(self) -> int:
-        return self.bytes.nbytes
-
-
 @nb.njit(parallel=True, cache=True, nogil=True)
 def _binary_gemm_few_rows(X, Wt, out, nt):
     """Few input rows (GEMV-like), split along K: each of the ``nt`` threads owns a contiguous range of
@@ -257,18 +240,7 @@ def binary_gemm(X: np.ndarray, W, K: int) -> np.ndarray:
     """``P[r, n] = sum_{k: bit(n, k) = 1} X[r, k]`` for float32 X (B, K) and 1-bit weights W given as
     a :class:`LutWeights` (fast path) or packed words (N, ceil(K/64)) from :func:`pack_bits`
     (re-laid on every call, which costs about a copy of the weights)."""
-    if not isinstance(W, LutWeights):
-        W = LutWeights(W, K)
-    if not isinstance(X, np.ndarray) or X.dtype != np.float32 or X.ndim != 2 or not X.flags.c_contiguous:
-        raise ValueError(f"X must be a C-contiguous 2-D float32 array, got {getattr(X, 'dtype', type(X))} {getattr(X, 'shape', None)}")
-    if X.shape[1] != K or W.K != K:
-        raise ValueError(f"X has K={X.shape[1]}, the weights have K={W.K}; they must match (and match the K given, {K})")
-    out = np.empty((X.shape[0], W.N), dtype=np.float32)
-    if X.shape[0] < 4 * nb.get_num_threads():
-        _binary_gemm_few_rows(X, W.bytes, out, nb.get_num_threads())
-    else:
-        _binary_gemm_many_rows(X, W.bytes, out)
-    return out
+    return _fused.binary_gemm(JIT, nb.get_num_threads(), X, W, K)
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,19 +325,7 @@ def w1a1_linear(X: np.ndarray, Wt: np.ndarray, lo: np.ndarray, hi: np.ndarray, b
     constant ``scale``) on float32 X (M, K) and the
     weight bits *transposed*, ``Wt = pack_bits(B).T`` (ceil(K/64), N) contiguous (bit set: the
     row's ``hi`` level); float32 (M, N)."""
-    _check_packed(Wt, "Wt")
-    if not isinstance(X, np.ndarray) or X.dtype != np.float32 or X.ndim != 2 or X.shape[1] != K or not X.flags.c_contiguous:
-        raise ValueError(f"X must be a C-contiguous float32 (M, {K}) array, got {getattr(X, 'dtype', type(X))} {getattr(X, 'shape', None)}")
-    if n_words(K) != Wt.shape[0]:
-        raise ValueError(f"weights were packed for {Wt.shape[0]} words, which does not match K={K} (pass pack_bits(B).T)")
-    N = Wt.shape[1]
-    lo32, hi32 = (np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float32), (N,))) for v in (lo, hi))
-    b32 = np.zeros(N, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
-    if b32.shape != (N,):
-        raise ValueError(f"bias has shape {b32.shape}, the layer has {N} outputs")
-    out = np.empty((X.shape[0], N), dtype=np.float32)
-    w1a1_linear_kernel(X, Wt, lo32, hi32, b32, np.int64(K), np.float32(scale if scale is not None else -1.0), out)
-    return out
+    return _fused.w1a1_linear(JIT, X, Wt, lo, hi, bias, K, scale)
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
@@ -380,3 +340,8 @@ def _unpack_rows_kernel(Wp, lo, hi, K, n0, out):
             k0 = w * WORD
             for b in range(min(WORD, K - k0)):
                 out[i, k0 + b] = h if (word >> np.uint64(b)) & np.uint64(1) else l
+
+
+#: the kernels compiled just in time, under binlab.runtime.fused.KERNELS' names
+JIT = SimpleNamespace(w1a1_linear=w1a1_linear_kernel, binary_gemm_few_rows=_binary_gemm_few_rows,
+                      binary_gemm_many_rows=_binary_gemm_many_rows, unpack_rows=_unpack_rows_kernel, **vars(_elementwise.JIT))

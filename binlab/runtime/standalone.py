@@ -27,7 +27,8 @@ step), in float32:
 - between the linears, GELU, the residual add with LayerNorm and the masked softmax as one-pass numba
   loops (:mod:`binlab.runtime.elementwise`).
 
-That is the ``numba`` backend. The ``numpy`` backend (``load(path, backend="numpy")``, ``binlab classify
+That is the ``numba`` backend; the ``aot`` backend runs the same kernels compiled ahead of time for this
+machine (``binlab runtime build``, :mod:`binlab.runtime.aot`), without numba's compiler in the process. The ``numpy`` backend (``load(path, backend="numpy")``, ``binlab classify
 --backend numpy``) keeps numba out of the process, for the smallest memory: it decodes every packed
 matrix to float32 once at load and runs numpy's BLAS and array passes (:mod:`binlab.runtime.npops`).
 
@@ -51,13 +52,18 @@ from .codecs import TILE, BinaryCodec
 from .fileformat import SEP, packed_tokenizer, read_packed
 from .layouts import CODECS, MoSCodec
 
-BACKENDS = ("numba", "numpy")
+BACKENDS = ("numba", "numpy", "aot")
 #: padded tokens per pass of Model.logits, by (backend, task): bounds the working memory (see Model.logits) and sets
 #: the speed. The numba kernels are fastest while a pass's activations stay in the core's cache, numpy's array passes
 #: pay a fixed cost per call and want long passes; a language model's pass is dominated by its vocabulary-wide
 #: output, which longer passes serve better. The values are the fastest of bench/pass_tokens.py's settings on a core
 #: with 1 MiB of level-2 cache (docs/results/bench-pass-tokens.md)
-MAX_TOKENS = {("numba", "classify"): 128, ("numba", "lm"): 1024, ("numpy", "classify"): 1024, ("numpy", "lm"): 1024}
+MAX_TOKENS = {("numba", "classify"): 128, ("numba", "lm"): 1024, ("numpy", "classify"): 1024, ("numpy", "lm"): 1024,
+              ("aot", "classify"): 128, ("aot", "lm"): 1024}  # aot: numba's kernels, compiled ahead of time
+#: padded tokens per pass of a model whose packed linears decode tiles (W1A32, k-bit, planes, ...): every pass
+#: decodes each such matrix once, which long passes amortize (the scratch W1A32 test set took 6.5 s in passes of 128
+#: tokens, 3.5 s in passes of 1,024: kernels compiled ahead of time, one fresh process each)
+TILE_MAX_TOKENS = 1024
 
 #: OneBit's output LayerNorm (no parameters, torch's default eps)
 POST_NORM_EPS = 1e-5
@@ -155,13 +161,13 @@ class Linear:
         if backend == "numpy":  # the whole matrix decoded to float32 once, for numpy's BLAS (BinaryMoS mixes its scales per token)
             if self.codec is not None and not isinstance(self.codec, MoSCodec):
                 self._decoded = np.ascontiguousarray(self.codec.rows(slice(0, self.out_features)), dtype=np.float32)
-        else:
-            from .kernels import LutWeights, binary_gemm, w1a1_linear_kernel
-
-            self._w1a1, self._binary_gemm = w1a1_linear_kernel, binary_gemm
+        else:  # the numba kernels, compiled just in time or ahead of time
+            self._w1a1, self._binary_gemm = self.ops.w1a1_linear_kernel, self.ops.binary_gemm
             self.xnor = act.xnor_form() if (plain and act is not None) else None
             self._wt = np.ascontiguousarray(self.codec.words.T) if self.xnor is not None else None
-            self._lut = LutWeights(self.codec.words, self.in_features) if plain and act is None else None
+            self._lut = self.ops.LutWeights(self.codec.words, self.in_features) if plain and act is None else None
+            if self.xnor is not None:
+                self._lo, self._hi = (np.ascontiguousarray(v, dtype=np.float32) for v in (self.codec.lo, self.codec.hi))
         self._zeros = np.zeros(self.out_features, np.float32)
 
     @property
@@ -185,7 +191,7 @@ class Linear:
             xs = x if shift is None else np.ascontiguousarray(x + shift)
             y = np.empty((x.shape[0], N), np.float32)
             bias = self._zeros if (self.post_norm or self.bias is None) else self.bias
-            self._w1a1(xs, self._wt, self.codec.lo, self.codec.hi, bias, np.int64(K), np.float32(scale), y)
+            self._w1a1(xs, self._wt, self._lo, self._hi, bias, np.int64(K), np.float32(scale), y)
         else:
             xa = np.ascontiguousarray(self.act(x), dtype=np.float32) if self.act is not None else x
             if self._decoded is not None:
@@ -249,7 +255,6 @@ class Model:
             attn = json.loads(meta["attention"]) if "attention" in meta else None
             self.d_model, self.n_heads, self.n_layers = int(cfg["d_model"]), int(cfg["n_heads"]), int(cfg["n_layers"])
             self.max_len, self.eps, self.task = int(cfg["max_len"]), float(cfg["norm_eps"]), cfg.get("task", "classify")
-            self.max_tokens = MAX_TOKENS.get((backend, self.task), 1024)
             if not isinstance(comps, dict):
                 raise ValueError("'components' must map names to objects")
         except (KeyError, TypeError, ValueError) as err:
@@ -292,6 +297,14 @@ class Model:
                    for n in "qkv"} if self.attn["qkv"] else None
             res = {k: self._tensor(f"{pre}.residual.{k}") for k in ("maps", "bias", "v", "v_bias")} if self.attn["residual_rank"] else None
             self.attn_quant.append((pq, qkv, res))
+
+    @functools.cached_property
+    def max_tokens(self) -> int:
+        """Padded tokens per pass of :meth:`logits`: :data:`MAX_TOKENS` for the backend and task, or
+        :data:`TILE_MAX_TOKENS` when a packed linear decodes tiles (every codec but the XNOR path's, on
+        many rows): each pass decodes those matrices' tiles again, so short passes would repeat that work."""
+        tiles = any(lin.path in ("tiles", "lut/tiles") for lin in [*self.linears.values(), self.head])
+        return TILE_MAX_TOKENS if tiles else MAX_TOKENS.get((self.backend, self.task), 1024)
 
     @functools.cached_property
     def rows_independent(self) -> bool:
@@ -512,60 +525,55 @@ class Model:
 
 
 def _ops(backend: str):
-    """The elementwise operations of a backend: numba's one-pass loops or numpy's array passes."""
+    """A backend's operations: numpy's array passes, or numba's kernels (one-pass elementwise loops, the packed
+    linears) compiled just in time (``numba``) or ahead of time (``aot``: :mod:`binlab.runtime.aot`)."""
     if backend == "numpy":
         from . import npops
 
         return npops
-    from . import elementwise
+    if backend == "aot":
+        from . import aot
 
-    return elementwise
+        return aot.ops()
+    import numba
 
+    from . import fused
+    from .kernels import JIT
 
-class _NoScipy:
-    """An import hook that finds no ``scipy`` (see :func:`keep_scipy_out`)."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "scipy" or name.startswith("scipy."):
-            raise ModuleNotFoundError(f"No module named {name!r} (kept out of this process by binlab's runtime)", name=name)
-        return None
+    return fused.ops(JIT, numba.get_num_threads)
 
 
-def keep_scipy_out() -> bool:
-    """Keep scipy out of a process that only runs this runtime (``binlab classify`` and ``binlab generate``
-    call it before numba starts). When numba's compiler starts, at the first kernel call, it imports
-    scipy's BLAS and LAPACK (for ``np.dot`` and ``np.linalg`` inside compiled code, which binlab's kernels
-    never use), and scipy brings its own OpenBLAS: about 15 MiB of the process's memory
-    (bench/numba_memory.py). After this call nothing in the process can import scipy,
-    and numba's compiled code has no linear algebra. Returns False (and changes nothing) where scipy or
-    numba's compiler is already loaded."""
-    import sys
+def resolve_backend(backend: str) -> str:
+    """``auto``: the kernels compiled ahead of time when :func:`binlab.runtime.aot.build` made them on this
+    machine, else numba's compiler; any other name as given (checked)."""
+    if backend == "auto":
+        from . import aot
 
-    if "scipy" in sys.modules or "numba.np.arraymath" in sys.modules:
-        return False
-    if not any(isinstance(f, _NoScipy) for f in sys.meta_path):
-        sys.meta_path.insert(0, _NoScipy())
-    return True
+        return "aot" if aot.load_kernels() is not None else "numba"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
+    return backend
 
 
-def load(path: str | Path, numba_threads: int | None = 1, backend: str = "numba") -> Model:
+def load(path: str | Path, numba_threads: int | None = 1, backend: str = "auto") -> Model:
     """The packed model in ``path``, ready to run without torch; a damaged or altered file raises
     ``ValueError`` (format and checksum are checked first, as :func:`~binlab.runtime.export.load_packed` does).
 
-    ``backend``: ``"numba"`` (the packed kernels: XNOR-popcount, lookup tables, tiles decoded per call)
-    or ``"numpy"`` (no numba in the process: every packed matrix decoded to float32 once at load, then
-    numpy's BLAS). numba's compiler takes about 125 MiB of a process before any model (59 MiB to import,
-    66 MiB more at the first call of a cached kernel, 15 of them scipy's, which :func:`keep_scipy_out` saves a
-    process that runs only this runtime: bench/numba_memory.py); the numpy backend saves that
-    and holds the binary matrices at 32 bits a weight instead (a few MB on scratch and minilm-l2).
-    Both compute the same function; bench/deploy.py measures each one's memory and speed.
+    ``backend``: ``"numba"`` (the packed kernels: XNOR-popcount, lookup tables, tiles decoded per call,
+    compiled by numba in this process), ``"aot"`` (the same kernels compiled ahead of time by
+    ``binlab runtime build``: :mod:`binlab.runtime.aot`), ``"numpy"`` (no compiled kernels: every packed
+    matrix decoded to float32 once at load, then numpy's BLAS), or ``"auto"`` (``aot`` where it is built on this
+    machine, else ``numba``). numba's compiler takes about 125 MiB of a process before any model (59 MiB to import,
+    66 MiB more at the first call of a cached kernel, 15 of them scipy's, which :func:`~binlab.runtime.process.keep_scipy_out` saves a
+    process that runs only this runtime: bench/numba_memory.py); the ``aot`` and ``numpy`` backends save that,
+    and ``numpy`` holds the binary matrices at 32 bits a weight instead (a few MB on scratch and minilm-l2).
+    All compute the same function; bench/deploy.py measures each one's memory and speed.
 
     ``numba_threads``: the threads numba's kernels use in this process (None: leave numba's setting).
     The default, 1, leaves the cores to numpy's BLAS (attention, float32 linears and tiles): numba's
     OpenMP workers and OpenBLAS's threads both spin while they wait, so two pools on a 2-core machine
     take the cores from each other (bench/deploy.py times the runtime in a fresh process)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    backend = resolve_backend(backend)
     if numba_threads is not None and backend == "numba":
         import numba
 

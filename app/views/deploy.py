@@ -79,7 +79,7 @@ with friendly_errors():
                        file_name=f"binlab-{preset}.safetensors", mime="application/octet-stream", key="deploy_download")
     st.caption("Run it without torch: `binlab classify binlab-" + preset + ".safetensors \"a headline\"` (or "
                "`binlab.runtime.standalone.load(path)` in Python; run `binlab runtime build` once first and it runs with numpy "
-               "alone, in about 40 MB on scratch); in torch, `binlab.runtime.export.load_packed(path)`. "
+               "alone, at a peak of 40 MiB on scratch: docs/benchmarks.md); in torch, `binlab.runtime.export.load_packed(path)`. "
                "`binlab export --help` writes the same file from the command line.")
 
     if not task_info(baseline).classifies_text:

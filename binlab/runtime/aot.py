@@ -113,7 +113,7 @@ def _forwarder(kernel, n_args: int):
 
 def build(directory: str | Path | None = None, verbose: bool = False) -> Path:
     """Compile the kernels for this machine into ``directory`` (default ``<cache>/aot``); returns the
-    module's path (an existing one is rebuilt). About 10 s on 2 cores."""
+    module's path (an existing one is rebuilt). 7-8 s on 2 cores (``aot_build_s`` in docs/results/bench-deploy-*.json)."""
     try:
         import numba
 

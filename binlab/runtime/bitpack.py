@@ -54,6 +54,11 @@ def check_packed(a, name):
         raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
 
 
+def levels(v, N: int) -> np.ndarray:
+    """Per-row levels (a scalar or N values) as a contiguous float32 array of N."""
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float32), (N,)))
+
+
 def dequant_rows(Wp: np.ndarray, lo: np.ndarray, hi: np.ndarray, K: int, n0: int, n1: int) -> np.ndarray:
     """Float32 weights of rows n0 .. n1, ``lo + (hi - lo) B`` from packed bits B and per-row levels (a tile,
     not the matrix). numba's parallel loop when :mod:`binlab.runtime.kernels` is loaded in this process
@@ -63,7 +68,7 @@ def dequant_rows(Wp: np.ndarray, lo: np.ndarray, hi: np.ndarray, K: int, n0: int
     N = Wp.shape[0]
     if not (0 <= n0 <= n1 <= N) or n_words(K) != Wp.shape[1]:
         raise ValueError(f"rows {n0}..{n1} or K={K} do not fit packed weights of shape {Wp.shape}")
-    lo32, hi32 = (np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float32), (N,))) for v in (lo, hi))
+    lo32, hi32 = levels(lo, N), levels(hi, N)
     kernels = sys.modules.get("binlab.runtime.kernels")
     kernel = kernels._unpack_rows_kernel if kernels is not None else _UNPACK_KERNEL[0]
     if kernel is not None:

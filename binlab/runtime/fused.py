@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .bitpack import check_packed, n_words
+from .bitpack import check_packed, levels, n_words
 from .npops import softmax_args
 
 #: the compiled loops a kernel set provides (the names the ahead-of-time module exports)
@@ -67,11 +67,6 @@ def binary_gemm(k, threads: int, X: np.ndarray, W, K: int) -> np.ndarray:
     else:
         k.binary_gemm_many_rows(X, W.bytes, out)
     return out
-
-
-def levels(v, N: int) -> np.ndarray:
-    """Per-row levels (a scalar or N values) as a contiguous float32 array of N."""
-    return np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float32), (N,)))
 
 
 def w1a1_linear(k, X: np.ndarray, Wt: np.ndarray, lo, hi, bias: np.ndarray | None, K: int, scale: float | None = None) -> np.ndarray:

@@ -35,9 +35,8 @@ def hold_freed_memory(mmap_threshold: int = 32 << 20) -> bool:
     """Let glibc's allocator serve arrays up to ``mmap_threshold`` bytes from its heap and keep freed heap memory for
     the next pass (``mallopt``: M_MMAP_THRESHOLD, and M_TRIM_THRESHOLD at twice it), in a process that runs only this
     runtime (``binlab classify`` and ``binlab generate`` call it). By default glibc maps each array of more than
-    128 KiB afresh and returns it on free, so every pass pays page faults on new memory: the scratch test set took
-    3.3-3.4 s so and 2.35 s with the arrays kept, at the same 40 MiB peak (kernels compiled ahead of time;
-    bench/deploy.py). Returns False where the C library has no ``mallopt`` (not glibc)."""
+    128 KiB afresh and returns it on free, so every pass pays page faults on new memory (bench/deploy.py gives fp32
+    torch the same setting through GLIBC_TUNABLES beside its default and reports both). Returns False where the C library has no ``mallopt`` (not glibc)."""
     import ctypes
 
     try:

@@ -61,8 +61,8 @@ BACKENDS = ("numba", "numpy", "aot")
 MAX_TOKENS = {("numba", "classify"): 128, ("numba", "lm"): 1024, ("numpy", "classify"): 1024, ("numpy", "lm"): 1024,
               ("aot", "classify"): 128, ("aot", "lm"): 1024}  # aot: numba's kernels, compiled ahead of time
 #: padded tokens per pass of a model whose packed linears decode tiles (W1A32, k-bit, planes, ...): every pass
-#: decodes each such matrix once, which long passes amortize (the scratch W1A32 test set took 6.5 s in passes of 128
-#: tokens, 3.5 s in passes of 1,024: kernels compiled ahead of time, one fresh process each)
+#: decodes each such matrix once, which long passes amortize (the value every backend used before MAX_TOKENS, and what
+#: bench/deploy.py's W1A32 rows run)
 TILE_MAX_TOKENS = 1024
 
 #: OneBit's output LayerNorm (no parameters, torch's default eps)
@@ -148,14 +148,14 @@ class Linear:
     norm and Bi-Real's shortcut."""
 
     def __init__(self, name: str, weight, bias: np.ndarray | None, act: Quantizer | None = None,
-                 shortcut: bool = False, post_norm: bool = False, backend: str = "numba"):
+                 shortcut: bool = False, post_norm: bool = False, backend: str = "numba", ops=None):
         self.name = name
         self.codec = weight if not isinstance(weight, np.ndarray) else None
         self.dense = weight if isinstance(weight, np.ndarray) else None
         self.out_features, self.in_features = weight.shape
         self.bias = bias
         self.act, self.shortcut, self.post_norm = act, shortcut, post_norm
-        self.ops = _ops(backend)
+        self.ops = ops if ops is not None else _ops(backend)  # the model's, so a backend is resolved once per model
         plain = isinstance(self.codec, BinaryCodec) and self.codec.plain
         self.xnor = self._wt = self._lut = self._decoded = None
         if backend == "numpy":  # the whole matrix decoded to float32 once, for numpy's BLAS (BinaryMoS mixes its scales per token)
@@ -338,7 +338,7 @@ class Model:
                 raise ValueError(f"{self.path} was written before packed files described their input quantizers: export it again")
             act = Quantizer(info["act_form"], self._params(f"{name}.act."), name)
         bias = self._tensor(f"{name}.bias") if f"{name}.bias" in self.tensors else None
-        return Linear(name, self._weight(name), bias, act, bool(info.get("shortcut")), bool(info.get("post_norm")), self.backend)
+        return Linear(name, self._weight(name), bias, act, bool(info.get("shortcut")), bool(info.get("post_norm")), self.backend, self.ops)
 
     def _norm(self, name: str, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
         """LayerNorm ``name`` of ``x`` (plus ``residual``, added in the same pass)."""

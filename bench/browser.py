@@ -43,14 +43,17 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
-def serve(preset: str, app_root: Path = ROOT) -> tuple[subprocess.Popen, str]:
+def serve(preset: str, app_root: Path = ROOT, options: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """The lab served for a class on a free port: (process, url). ``options``: Streamlit settings
+    ``"section.name=value"`` given on its command line, over the lab's own (.streamlit/config.toml)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # a classroom server (binlab app --class --name bench), as a teacher starts it for a class
     env = {**os.environ, "BINLAB_PRESET": preset, "BINLAB_CLASS": "1", "BINLAB_CLASS_NAME": CLASS, "BINLAB_TEACHER_TOKEN": "bench"}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app_root / "app" / "Home.py"), "--server.headless", "true",
-                             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+                             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+                            + [x for o in options for x in (f"--{o.split('=', 1)[0]}", o.split("=", 1)[1])],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
@@ -61,6 +64,16 @@ def serve(preset: str, app_root: Path = ROOT) -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
     proc.kill()
     raise RuntimeError("the lab did not start within 120 s")
+
+
+def server_memory(proc: subprocess.Popen) -> dict:
+    """The served lab's memory now (Linux /proc), MiB: its peak resident set so far and its resident set."""
+    out = {}
+    with open(f"/proc/{proc.pid}/status") as fh:
+        for ln in fh:
+            if ln.startswith(("VmHWM:", "VmRSS:")):
+                out["server_peak_rss_mib" if ln.startswith("VmHWM") else "server_rss_mib"] = int(ln.split()[1]) / 1024
+    return out
 
 
 CLASS = "bench"

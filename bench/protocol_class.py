@@ -7,7 +7,7 @@ the server runs everything a browser makes it run: the page script of each sessi
 every slider move, the first look and the full numbers, the charts it sends. What is left out is the
 browser's own drawing, which in a classroom happens on the learners' machines.
 
-    python bench/protocol_class.py [--preset scratch] [--steps 8] [--learners 1,8,16,32]
+    python bench/protocol_class.py [--preset scratch] [--steps 8] [--learners 1,8,16,32] [--compare runner.postScriptGC=true]
     # writes docs/results/bench-protocol-<preset>.{json,md}
 
 - a step: the threshold slider of Binarize (live) moved one notch to the right (what a right-arrow key
@@ -18,8 +18,11 @@ browser's own drawing, which in a classroom happens on the learners' machines.
 - two kinds of moves: ``same`` (every learner presses right from the default, as in ``bench/browser.py``:
   the first learner to reach a value measures it, the others get it as measured before) and ``new``
   (every move of every learner is a value nobody asked for before: the server evaluates each one);
+- each learner sends, with every rerun, the value of every widget the page shows, as a browser does
+  (tested against the messages Chromium sends);
 - every class size gets a fresh server (``binlab app --class``), warmed by one page load, so no row
-  reuses another's results; 300 ms between a learner's final numbers and its next move, as in the
+  reuses another's results; with ``--compare``, a second fresh server with other Streamlit settings runs
+  the same moves just before or after (each first in turn), and the table shows both; 300 ms between a learner's final numbers and its next move, as in the
   browser bench; a page with no numbers after 30 s is slow, after 120 s failed.
 """
 from __future__ import annotations
@@ -36,21 +39,61 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from browser import BUSY, LOAD_FAILED_S, NUMBERS, WORDS, cpu_flags, serve, summary  # noqa: E402 - bench/browser.py
+from browser import BUSY, LOAD_FAILED_S, NUMBERS, WORDS, cpu_flags, serve, server_memory, summary  # noqa: E402 - bench/browser.py
 
 PAGE = "binarize"
 STEP_TIMEOUT_S = 60
 
 
+WIDGETS = ("checkbox", "selectbox", "slider", "number_input", "text_input", "file_uploader")
+
+
+def widget_state(kind: str, el):
+    """The value a browser page holds for a widget element the server just sent (``kind`` the element's type),
+    as a ``WidgetState``; None for an element whose value a page does not send (a button, a chart). A page
+    takes the element's value where the server set one, else its default, and keeps its own value after that."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+    if kind not in WIDGETS or not el.id:
+        return None
+    ws = WidgetState(id=el.id)
+    if kind == "checkbox":
+        ws.bool_value = el.value if el.set_value else el.default
+    elif kind == "selectbox":
+        if el.set_value and el.HasField("raw_value"):
+            ws.string_value = el.raw_value
+        elif el.HasField("default") and 0 <= el.default < len(el.options):
+            ws.string_value = el.options[el.default]
+        else:
+            return None  # nothing chosen: a page sends no value
+    elif kind == "slider":
+        ws.double_array_value.data.extend(el.value if el.set_value else el.default)
+    elif kind == "number_input":
+        v = el.value if el.set_value else el.default
+        if el.data_type == el.INT:
+            ws.int_value = int(v)
+        else:
+            ws.double_value = float(v)
+    elif kind == "text_input":
+        ws.string_value = el.value if el.set_value else el.default
+    else:  # a file uploader with no file chosen
+        ws.file_uploader_state_value.SetInParent()
+    return ws
+
+
 class Learner:
     """One learner's session, spoken over the websocket: the page's messages are read as they come, and
-    what a browser would show is kept (the two captions, the busy message, the first slider)."""
+    what a browser would show is kept (the two captions, the busy message, the first slider), with the value
+    of every widget the page shows, which each rerun sends, as a browser's does."""
 
-    def __init__(self, ws):
-        self.ws = ws
+    def __init__(self, ws, url: str = ""):
+        self.ws, self.url = ws, url
         self.final = self.first = ""
         self.busy = False
         self.slider = self.fragment = self.page_hash = None
+        self.widgets = {}  # widget id -> WidgetState: what the page holds
+        self.sent = []  # every BackMsg sent, in order
+        self.runs_finished = 0
         self.changed = asyncio.Event()
         self.error: str | None = None
 
@@ -62,11 +105,18 @@ class Learner:
                 fm = ForwardMsg()
                 fm.ParseFromString(raw)
                 kind = fm.WhichOneof("type")
-                if kind == "navigation":
+                if kind == "navigation":  # the page the app's navigation chose (a new session names the main script first)
                     self.page_hash = fm.navigation.page_script_hash
+                elif kind == "script_finished":
+                    self.runs_finished += 1
+                    self.changed.set()
                 elif kind == "delta" and fm.delta.WhichOneof("type") == "new_element":
                     el = fm.delta.new_element
                     what = el.WhichOneof("type")
+                    sub = getattr(el, what) if what else None
+                    state = widget_state(what, sub)
+                    if state is not None and (state.id not in self.widgets or getattr(sub, "set_value", False)):
+                        self.widgets[state.id] = state
                     if what == "slider" and self.slider is None:
                         self.slider, self.fragment = el.slider, fm.delta.fragment_id
                     elif what == "markdown" and NUMBERS[0] in el.markdown.body:
@@ -99,7 +149,8 @@ class Learner:
         return True
 
     async def send(self, value: float | None = None) -> None:
-        """A rerun: the page's first load (``value`` None), or the slider moved to ``value`` (the fragment only)."""
+        """A rerun: the page's first load (``value`` None), or the slider moved to ``value`` (the fragment only),
+        with every widget's value, as a browser sends them."""
         from streamlit.proto.BackMsg_pb2 import BackMsg
 
         msg = BackMsg()
@@ -107,24 +158,34 @@ class Learner:
         cs.page_name = PAGE
         if value is not None:
             cs.page_script_hash, cs.fragment_id = self.page_hash, self.fragment
-            w = cs.widget_states.widgets.add()
-            w.id = self.slider.id
+            from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+            w = self.widgets.setdefault(self.slider.id, WidgetState(id=self.slider.id))
+            del w.double_array_value.data[:]
             w.double_array_value.data.append(value)
+        cs.widget_states.widgets.extend(self.widgets.values())
+        cs.context_info.url = f"{self.url}/{PAGE}"
+        self.sent.append(msg)
         await self.ws.send(msg.SerializeToString())
 
 
-async def learner(url: str, values: list[float]) -> dict:
-    """Load the page, then move the slider to each of ``values`` in turn; the same record as bench/browser.py's."""
+async def learner(url: str, values: list[float], settle: bool = False, sent: list | None = None) -> dict:
+    """Load the page, then move the slider to each of ``values`` in turn; the same record as bench/browser.py's.
+    ``settle``: wait for the page's first run to finish before the first move (else a move follows the first
+    numbers, as the browsers of bench/browser.py press); ``sent``: a list that receives every BackMsg sent."""
     import websockets
 
     t0 = time.perf_counter()
     try:
         async with websockets.connect(url.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"],
                                       max_size=None, ping_interval=None, open_timeout=LOAD_FAILED_S) as ws:
-            me = Learner(ws)
+            me = Learner(ws, url)
+            if sent is not None:
+                me.sent = sent
             reader = asyncio.create_task(me.read())
             await me.send()
-            if not await me.wait(lambda: bool(me.final) and me.slider is not None, LOAD_FAILED_S - (time.perf_counter() - t0)):
+            loaded = (lambda: me.runs_finished > 0 and bool(me.final)) if settle else (lambda: bool(me.final) and me.slider is not None)
+            if not await me.wait(loaded, LOAD_FAILED_S - (time.perf_counter() - t0)):
                 reader.cancel()
                 return {"failed": True, "load_s": time.perf_counter() - t0, "error": me.error or "timeout", "steps": []}
             load, out = time.perf_counter() - t0, []
@@ -182,6 +243,9 @@ def main():
     ap.add_argument("--moves", default="same,new", help="which kinds of moves: same, new or both")
     ap.add_argument("--out", default=None, help="results file stem (default bench-protocol-<preset>)")
     ap.add_argument("--render", action="store_true", help="rewrite the markdown from the committed JSON (no measuring)")
+    ap.add_argument("--compare", action="append", default=[], metavar="SECTION.NAME=VALUE",
+                    help="also time each row on a server with this Streamlit setting (repeatable: all of them on one "
+                         "server), right after the lab's own, e.g. runner.postScriptGC=true")
     args = ap.parse_args()
     if args.render:
         stem = RESULTS / (args.out or f"bench-protocol-{args.preset}")
@@ -192,26 +256,36 @@ def main():
     if not set(kinds) <= {"same", "new"}:
         ap.error("--moves takes same, new or both")
     load0 = os.getloadavg()[0]
+    compare = tuple(args.compare)
     out = {"preset": args.preset, "machine": machine(), "cpu_flags": cpu_flags(), "date": time.strftime("%Y-%m-%d"),
-           "command": f"python bench/protocol_class.py --preset {args.preset} --steps {args.steps} --learners {args.learners} --moves {args.moves}",
+           "command": f"python bench/protocol_class.py --preset {args.preset} --steps {args.steps} --learners {args.learners} --moves {args.moves}"
+           + "".join(f" --compare {o}" for o in compare),
            "load_average_start": load0, "by_moves": {}}
+    if compare:
+        out["compared"] = {"options": list(compare), "by_moves": {}}
     for kind in kinds:
         out["by_moves"][kind] = {}
-        for n in counts:
-            proc, url = serve(args.preset)
-            try:
-                runs = asyncio.run(one_class(url, moves(n, args.steps if n == 1 else max(2, args.steps // 2), kind, seed=n)))
-            finally:
-                proc.terminate()
-                proc.wait(timeout=20)
-            sm = summary(runs)
-            sm["errors"] = sorted({r["error"] for r in runs if r.get("error")} | {s["error"] for r in runs for s in r["steps"] if s.get("error")})
-            out["by_moves"][kind][str(n)] = sm
-            w = WORDS.get(n, f"learners_{n}")
-            out |= {f"{kind}_{w}_first_median_s": sm["first_median_s"], f"{kind}_{w}_first_p95_s": sm["first_p95_s"],
-                    f"{kind}_{w}_final_median_s": sm["final_median_s"], f"{kind}_{w}_response_p95_s": sm["response_p95_s"],
-                    f"{kind}_{w}_failed_pages": sm["failed_pages"]}
-            print(kind, n, {k: v for k, v in sm.items() if k not in ("steps", "load_s")}, flush=True)
+        for i, n in enumerate(counts):
+            plans = moves(n, args.steps if n == 1 else max(2, args.steps // 2), kind, seed=n)
+            for options in (((), compare) if i % 2 == 0 else (compare, ())) if compare else ((),):  # each first in turn
+                proc, url = serve(args.preset, options=options)
+                try:
+                    runs = asyncio.run(one_class(url, plans))
+                    memory = server_memory(proc)
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=20)
+                sm = summary(runs) | memory
+                sm["errors"] = sorted({r["error"] for r in runs if r.get("error")} | {s["error"] for r in runs for s in r["steps"] if s.get("error")})
+                print(kind, n, options or "the lab's settings", {k: v for k, v in sm.items() if k not in ("steps", "load_s")}, flush=True)
+                if options:
+                    out["compared"]["by_moves"].setdefault(kind, {})[str(n)] = sm
+                    continue
+                out["by_moves"][kind][str(n)] = sm
+                w = WORDS.get(n, f"learners_{n}")
+                out |= {f"{kind}_{w}_first_median_s": sm["first_median_s"], f"{kind}_{w}_first_p95_s": sm["first_p95_s"],
+                        f"{kind}_{w}_final_median_s": sm["final_median_s"], f"{kind}_{w}_response_p95_s": sm["response_p95_s"],
+                        f"{kind}_{w}_failed_pages": sm["failed_pages"]}
     out["load_average_end"] = os.getloadavg()[0]
     stem = RESULTS / (args.out or f"bench-protocol-{args.preset}")
     stem.with_suffix(".json").write_text(json.dumps(out, indent=2))
@@ -243,15 +317,23 @@ def markdown(out: dict) -> str:
           "a value measures it, the others get its numbers (measured before, or waited for while it is measured);",
           "- *new*: every move is a value nobody asked for before, so the server evaluates each one (a first look on 200 "
           "rows, then all 1,000).", "",
-          "| moves | learners | first response median / p95 / slowest | steps over 1 s without a response | first numbers median / p95 | "
-          "final numbers median / p95 | steps timed out (60 s) | pages that never loaded (120 s) | page loads s (median) |",
-          "|---|---|---|---|---|---|---|---|---|"]
+          "| moves | learners | server | first response median / p95 / slowest | steps over 1 s without a response | first numbers median / p95 | "
+          "final numbers median / p95 | steps timed out (60 s) | pages that never loaded (120 s) | page loads s (median) | server memory MiB (peak) |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+    other = out.get("compared")
     for kind in kinds:
         for n, sm in out["by_moves"][kind].items():
-            slowest, over, steps = late(sm)
-            md.append(f"| {kind} | {n} | {f(sm['response_median_s'])} / {f(sm['response_p95_s'])} / {f(slowest)} | {over} of {steps} | "
-                      f"{f(sm['first_median_s'])} / {f(sm['first_p95_s'])} | {f(sm['final_median_s'])} / {f(sm['final_p95_s'])} | "
-                      f"{sm['timed_out_steps']} | {sm['failed_pages']} of {n} | {f(statistics.median(sm['load_s']))} |")
+            for label, row in (("the lab's", sm), (", ".join(other["options"]) if other else "", (other or {}).get("by_moves", {}).get(kind, {}).get(n))):
+                if row is None:
+                    continue
+                slowest, over, steps = late(row)
+                md.append(f"| {kind} | {n} | {label} | {f(row['response_median_s'])} / {f(row['response_p95_s'])} / {f(slowest)} | {over} of {steps} | "
+                          f"{f(row['first_median_s'])} / {f(row['first_p95_s'])} | {f(row['final_median_s'])} / {f(row['final_p95_s'])} | "
+                          f"{row['timed_out_steps']} | {row['failed_pages']} of {n} | {f(statistics.median(row['load_s']))} | "
+                          f"{f(row.get('server_peak_rss_mib'))} |")
+    if other:
+        md += ["", f"Each row is timed on two fresh servers, one after the other (each first in turn), with the same moves: "
+               f"the lab's settings (`binlab app`, .streamlit/config.toml) and {', '.join(f'`{o}`' for o in other['options'])}."]
     return "\n".join(md) + "\n"
 
 

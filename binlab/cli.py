@@ -385,6 +385,11 @@ def cmd_methods(args):
 #: to visitors, XSRF protection, uploads no larger than a run file (MB)
 SAFE_SERVER = {"browser.gatherUsageStats": "false", "client.showErrorDetails": "none", "client.toolbarMode": "viewer",
                "server.enableXsrfProtection": "true", "server.maxUploadSize": "5"}
+#: what every start of the lab sets for speed: no full garbage collection after each rerun (Streamlit's default
+#: runs one after every rerun, a fragment's too; on a class server it took most of the time of a threshold change
+#: whose numbers were measured before: bench/browser.py --client websocket, docs/benchmarks.md). Python's own
+#: collector still runs as in any program.
+FAST_SERVER = {"runner.postScriptGC": "false"}
 
 
 def app_command(port: int = 8501, address: str | None = None, classroom: bool = False, token: str | None = None,
@@ -405,7 +410,7 @@ def app_command(port: int = 8501, address: str | None = None, classroom: bool = 
     where = address or ("0.0.0.0" if classroom else "localhost")
     app = Path(__file__).resolve().parents[1] / "app" / "Home.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address", where]
-    for k, v in SAFE_SERVER.items():
+    for k, v in (SAFE_SERVER | FAST_SERVER).items():
         cmd += [f"--{k}", v]
     return cmd, env
 

@@ -148,6 +148,9 @@ def test_the_lab_serves_this_machine_only_unless_asked(capsys):
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["address"] == "localhost" and cfg["browser"]["gatherUsageStats"] is False
     assert cfg["client"]["showErrorDetails"] == "none" and cfg["server"]["enableXsrfProtection"] is True
+    from binlab.cli import FAST_SERVER  # the speed setting: in the config `make lab` reads and on binlab app's command line
+    assert cfg["runner"]["postScriptGC"] is False and FAST_SERVER == {"runner.postScriptGC": "false"}
+    assert cmd[cmd.index("--runner.postScriptGC") + 1] == "false"
 
 
 def test_labels_are_shown_as_text():

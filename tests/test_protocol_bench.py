@@ -4,6 +4,7 @@ slider and see the server send new numbers, as a browser would show them."""
 import asyncio
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,50 @@ def test_moves_new_never_repeat_a_value(bench):
         assert all(len(p) == min(4, 120 // n) for p in plans)
     same = bench.moves(3, 2, "same")
     assert same == [[0.05, 0.1]] * 3
+
+
+def test_a_protocol_learner_sends_what_a_browser_sends(bench, url):
+    """Chromium as the reference: after one right-arrow press on the threshold slider, the rerun a protocol
+    learner sends carries the same widget values, page and fragment as the one the browser sends (both after
+    the page's first run has finished), and its move brings new final numbers."""
+    from playwright.sync_api import sync_playwright
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from test_e2e_browser import CHROMIUM, need_browser, wait_settled
+
+    need_browser()
+
+    def state(cs) -> tuple:
+        vals = {w.id: (w.WhichOneof("value"), str(getattr(w, w.WhichOneof("value"))).strip()) for w in cs.widget_states.widgets}
+        return vals, cs.page_script_hash, cs.fragment_id
+
+    frames = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.on("websocket", lambda ws: ws.on("framesent", lambda f: frames.append(f)))
+        page.goto(url + "/binarize", wait_until="networkidle")
+        page.get_by_text("sizes are exact (", exact=False).first.wait_for(timeout=60_000)
+        wait_settled(page)  # the page's run finished: every widget shown
+        n = len(frames)
+        page.get_by_role("slider").first.focus()
+        page.keyboard.press("ArrowRight")
+        deadline = time.time() + 30
+        while len(frames) == n and time.time() < deadline:
+            page.wait_for_timeout(50)
+        browser.close()
+    msgs = [BackMsg.FromString(f if isinstance(f, bytes) else f.encode("latin1")) for f in frames[n:]]
+    reruns = [m.rerun_script for m in msgs if m.HasField("rerun_script")]
+    assert reruns, "the browser sent no rerun for the key press"
+    reference = state(reruns[0])
+    value = reruns[0].widget_states.widgets  # the browser's new slider value: the learner moves to the same
+    tau = next(w.double_array_value.data[0] for w in value if w.WhichOneof("value") == "double_array_value")
+
+    sent = []
+    r = asyncio.run(bench.learner(url, [tau], settle=True, sent=sent))
+    assert not r["failed"] and r["steps"] and r["steps"][0]["final_s"] is not None, r
+    assert len(sent) == 2  # the page's load, then the move
+    ours = state(sent[1].rerun_script)
+    assert ours[1:] == reference[1:], "page or fragment differ from the browser's"
+    assert ours[0] == reference[0], {k: (ours[0].get(k), reference[0].get(k)) for k in set(ours[0]) | set(reference[0])
+                                     if ours[0].get(k) != reference[0].get(k)}

@@ -46,6 +46,39 @@ def test_clones_share_rows_and_results_but_not_models(tiny_splits):
     assert not current_plan(proto.model)  # the family's own model stays fp32
 
 
+def test_layer_inputs_stay_within_the_servers_budget(tiny_splits, monkeypatch):
+    """Each lab keeps every layer's input for its next change; all labs together keep at most
+    BINLAB_LAYER_CACHE_MB: the labs that evaluated longest ago drop theirs, and their next change gives the
+    numbers of a full evaluation all the same."""
+    from collections import OrderedDict
+
+    import pytest
+
+    from binlab.lab.live import LiveLab, layer_cache_bytes
+    from binlab.nn.quantize import QuantSpec
+    from binlab.presets import get_baseline
+
+    monkeypatch.setattr(LiveLab, "_kept", OrderedDict())  # this test's labs only
+    fp, _ = get_baseline("tiny", tiny_splits)
+    proto = LiveLab(fp, tiny_splits.val, val_rows=80)
+    one = sum(t.numel() * t.element_size() for xs in proto._inputs for t in xs)  # one lab's layer inputs
+    assert one > 0
+    monkeypatch.setenv("BINLAB_LAYER_CACHE_MB", str(2.5 * one / 2**20))  # room for two labs
+    labs = [proto.clone() for _ in range(4)]
+    specs = [QuantSpec.simple("QK", "bucket", options={"tau": t}) for t in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    for lab, spec in zip(labs, specs):
+        lab.apply(spec)
+    kept = [lab._inputs is not None for lab in [proto, *labs]]
+    assert kept == [False, False, False, True, True], kept  # the two that evaluated last
+    assert sum(n for _, _, n in LiveLab._kept.values()) <= layer_cache_bytes()
+    r = labs[0].apply(specs[4])  # dropped: recomputed from the embeddings, the numbers of a full evaluation
+    fresh = LiveLab(fp, tiny_splits.val, val_rows=80).apply(specs[4])
+    assert r["loss"] == fresh["loss"] and r["accuracy"] == fresh["accuracy"]
+    monkeypatch.setenv("BINLAB_LAYER_CACHE_MB", "lots")
+    with pytest.raises(ValueError, match="BINLAB_LAYER_CACHE_MB"):
+        layer_cache_bytes()
+
+
 def _same_spec_at_once(lab, n, spec, monkeypatch, fail_first=False):
     """``n`` clones of ``lab`` asked for ``spec`` at the same instant (threads): (their apply() results, how
     many full evaluations and first looks ran). ``fail_first``: the first full evaluation raises."""

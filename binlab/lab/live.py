@@ -13,8 +13,11 @@ import copy
 import fnmatch
 import itertools
 import json
+import os
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from typing import Callable
 
 import numpy as np
@@ -34,6 +37,11 @@ from .gate import GATE
 GLANCE_PRIORITY = 1
 #: longest wait for another clone measuring the same configuration before measuring it here instead
 SAME_WAIT_S = 120.0
+#: MiB of layer inputs all labs of a server keep together (``BINLAB_LAYER_CACHE_MB``): each learner's lab keeps the
+#: input of every layer from its last evaluation, so its next change recomputes only from the layer it touches
+#: (on ``scratch`` about 100 MB a learner). Past this, the labs that evaluated longest ago drop theirs and their
+#: next change recomputes from the embeddings (the same numbers, a little later): a class's memory stays bounded.
+LAYER_CACHE_MB = 1024
 
 PARTS = (("Q", "attn.q"), ("K", "attn.k"), ("V", "attn.v"), ("O", "attn.o"), ("FFN up", "ffn.up"), ("FFN down", "ffn.down"),
          ("W_ih", "rnn.ih"), ("W_hh", "rnn.hh"))  # the transformer's parts, then the LSTM's (binlab.nn.lstm)
@@ -156,6 +164,19 @@ def stratified_rows(labels: np.ndarray, n: int) -> np.ndarray:
     return np.sort(np.asarray(out))
 
 
+def layer_cache_bytes() -> int:
+    """Bytes of layer inputs all labs of this process keep together: ``BINLAB_LAYER_CACHE_MB`` (MiB), else
+    :data:`LAYER_CACHE_MB`."""
+    raw = os.environ.get("BINLAB_LAYER_CACHE_MB", "").strip()
+    try:
+        mb = float(raw) if raw else LAYER_CACHE_MB
+    except ValueError:
+        raise ValueError(f"BINLAB_LAYER_CACHE_MB must be a number of MiB, got {raw!r}") from None
+    if mb < 0:
+        raise ValueError(f"BINLAB_LAYER_CACHE_MB must be 0 or more, got {raw!r}")
+    return int(mb * 2**20)
+
+
 class LiveLab:
     """One working copy of a baseline that follows the spec it is given (PTQ), fast enough for a slider.
 
@@ -178,6 +199,9 @@ class LiveLab:
     share_in_flight = True
     #: family numbers: never reused (an ``id()`` can be, once a lab is freed, and would hand a new lab old results)
     _families = itertools.count()
+    #: the labs keeping layer inputs, least recently stored first: id(lab) -> (weak reference, the inputs' id, bytes)
+    _kept: "OrderedDict[int, tuple]" = OrderedDict()
+    _kept_lock = threading.Lock()
 
     def __init__(self, baseline: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000, batch_size: int = EVAL_BATCH, device: str = "auto",
                  calib: EncodedSplit | None = None, glance_rows: int | None = None):
@@ -242,7 +266,8 @@ class LiveLab:
 
         m = self.model
         m.eval()
-        if self._inputs is None:
+        inputs = self._inputs  # read once: another lab may drop them (_keep_inputs) while this evaluation runs
+        if inputs is None:
             start = -1
         L = len(m.layers)
         if start > L:  # nothing changed
@@ -252,7 +277,7 @@ class LiveLab:
         for b, (x, y) in enumerate(self.batches):
             if b:
                 checkpoint()  # a waiting first look (another learner's) goes ahead of the rest of this evaluation
-            xs = list(self._inputs[b]) if start >= 0 else [m.embed(x)]
+            xs = list(inputs[b]) if start >= 0 else [m.embed(x)]
             k = max(start, 0)
             xs = xs[: k + 1]
             key_mask = x != PAD_ID
@@ -261,9 +286,32 @@ class LiveLab:
             new_inputs.append(xs)
             for acc, v in zip(out, objective.stats_from_states(m, xs[-1], x, y)):
                 acc.append(v.double().cpu())
-        self._inputs = new_inputs
+        self._keep_inputs(new_inputs)
         self.last_start = start  # the layer this evaluation started from (-1: the embeddings)
         return tuple(torch.cat(v).numpy() for v in out)
+
+    def _keep_inputs(self, inputs: list[list[torch.Tensor]]) -> None:
+        """Keep ``inputs`` (every layer's input, per batch) for the next change, within :func:`layer_cache_bytes`
+        for all labs together: the labs that stored theirs longest ago drop them first (never this one)."""
+        nbytes = sum(t.numel() * t.element_size() for xs in inputs for t in xs)
+        budget = layer_cache_bytes()
+        with LiveLab._kept_lock:
+            self._inputs = inputs
+            kept = LiveLab._kept
+            kept.pop(id(self), None)
+            for key, (ref, which, _) in list(kept.items()):  # labs freed, or whose inputs were dropped since
+                lab = ref()
+                if lab is None or id(lab._inputs) != which:
+                    del kept[key]
+            kept[id(self)] = (weakref.ref(self), id(inputs), nbytes)
+            total = sum(n for _, _, n in kept.values())
+            while total > budget and len(kept) > 1:
+                key, (ref, which, n) = next(iter(kept.items()))
+                del kept[key]
+                lab = ref()
+                if lab is not None and id(lab._inputs) == which:
+                    lab._inputs = None  # its next change starts from the embeddings
+                total -= n
 
     @torch.inference_mode()
     def _plain_stats(self, batches, priority: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -39,7 +39,7 @@ GLANCE_PRIORITY = 1
 SAME_WAIT_S = 120.0
 #: MiB of layer inputs all labs of a server keep together (``BINLAB_LAYER_CACHE_MB``): each learner's lab keeps the
 #: input of every layer from its last evaluation, so its next change recomputes only from the layer it touches
-#: (on ``scratch`` about 100 MB a learner). Past this, the labs that evaluated longest ago drop theirs and their
+#: (83 MiB a learner on ``scratch``, 1,000 rows). Past this, the labs that evaluated longest ago drop theirs and their
 #: next change recomputes from the embeddings (the same numbers, a little later): a class's memory stays bounded.
 LAYER_CACHE_MB = 1024
 

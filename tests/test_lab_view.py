@@ -79,6 +79,35 @@ def test_layer_inputs_stay_within_the_servers_budget(tiny_splits, monkeypatch):
         layer_cache_bytes()
 
 
+def test_a_weight_view_is_computed_once_for_the_clones_of_a_lab(tiny_splits, monkeypatch):
+    """Learners on the same configuration share the histogram of a weight matrix (LiveLab.view): computed
+    once, equal to component_view's; another configuration computes its own."""
+    from binlab.lab import live
+    from binlab.nn.quantize import QuantSpec
+    from binlab.presets import get_baseline
+
+    monkeypatch.setattr(live.LiveLab, "_shared_views", {})
+    fp, _ = get_baseline("tiny", tiny_splits)
+    proto = live.LiveLab(fp, tiny_splits.val, val_rows=40)
+    a, b = proto.clone(), proto.clone()
+    spec = QuantSpec.simple("QK", "bucket", options={"tau": 0.3})
+    mc = MethodConfig("bucket", options={"tau": 0.3})
+    a.apply(spec)
+    b.apply(spec)
+    calls, orig = [], live.component_view
+    monkeypatch.setattr(live, "component_view", lambda *args, **kw: calls.append(1) or orig(*args, **kw))
+    va, vb = a.view("layers.0.attn.q", mc), b.view("layers.0.attn.q", mc)
+    assert len(calls) == 1 and vb is va
+    ref = orig(a.model, "layers.0.attn.q", mc)  # the full view, sampled points and all
+    for k in ("latent_hist", "quantized_hist"):
+        np.testing.assert_array_equal(va[k]["counts"], ref[k]["counts"])
+    assert va["relative_error"] == ref["relative_error"] and va["threshold"] == ref["threshold"] and va["levels"] == ref["levels"]
+    assert va["latent"].size == 0 and ref["latent"].size > 0
+    b.apply(QuantSpec.simple("QK", "bucket", options={"tau": 0.6}))
+    b.view("layers.0.attn.q", mc)
+    assert len(calls) == 2  # another configuration: its own view
+
+
 def _same_spec_at_once(lab, n, spec, monkeypatch, fail_first=False):
     """``n`` clones of ``lab`` asked for ``spec`` at the same instant (threads): (their apply() results, how
     many full evaluations and first looks ran). ``fail_first``: the first full evaluation raises."""

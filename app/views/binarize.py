@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from binlab.lab.gate import GATE
-from binlab.lab.live import GLANCE_PRIORITY, LiveLab, component_view, layout, spec_components, widget_representable
+from binlab.lab.live import GLANCE_PRIORITY, LiveLab, layout, spec_components, widget_representable
 from binlab.lab.runs import RunStore
 from binlab.methods import BINARIZERS, PAGE_DEFAULTS, method_card
 from binlab.methods.activations import ACT_HELP, ACT_NAMES, QKV_HELP
@@ -277,7 +277,7 @@ with friendly_errors():
 
                 view_default = chosen[0] if chosen else names[0]
                 comp = st.selectbox("Weight matrix to inspect", names, index=names.index(view_default), key="view")
-                v = component_view(lab.model, comp, mc, hessian=lab.hessian)
+                v = lab.view(comp, mc)
                 fig = go.Figure()
                 lh, qh = v["latent_hist"], v["quantized_hist"]  # binned on the server: every weight counted, a few hundred bars sent
                 fig.add_bar(x=lh["centers"], y=lh["counts"], width=lh["width"], name="latent (fp32) weights", opacity=0.75)

@@ -192,6 +192,8 @@ class LiveLab:
     _shared_results: dict = {}
     #: (lab family, spec JSON) -> a first look's numbers (glance()): identical for every clone of one lab
     _shared_glances: dict = {}
+    #: (lab family, spec JSON, component, method key) -> :meth:`view`'s histograms: identical for every clone of one lab
+    _shared_views: dict = {}
     #: (table id, lab family, spec JSON) -> an Event set when the clone measuring it is done (see _once)
     _inflight: dict = {}
     _inflight_lock = threading.Lock()
@@ -407,6 +409,19 @@ class LiveLab:
         done = table.get(key)
         return (done, True) if done is not None else store(compute())
 
+    def view(self, name: str, method: MethodConfig | None) -> dict:
+        """:func:`component_view` of component ``name`` under ``method`` in this lab's current configuration,
+        histograms only (no sampled points), computed once for all clones of the lab: learners trying the
+        same configuration share it (at most 256 kept)."""
+        key = (self.family, self.spec.to_json(), name, None if method is None else method.key())
+        out = LiveLab._shared_views.get(key)
+        if out is None:
+            out = component_view(self.model, name, method, max_points=0, hessian=self.hessian)
+            if len(LiveLab._shared_views) >= 256:
+                LiveLab._shared_views.clear()
+            LiveLab._shared_views[key] = out
+        return out
+
     def measured(self, spec: QuantSpec) -> dict | None:
         """The numbers :meth:`apply` already returned for ``spec`` on this lab's rows (any clone's), or None."""
         return LiveLab._shared_results.get((self.family, spec.to_json()))
@@ -509,7 +524,8 @@ def component_view(model: torch.nn.Module, name: str, method: MethodConfig | Non
 
     With a per-channel method the values are shown per row in std units, ``(w - mean_row) / std_row``,
     so a bucket threshold ``tau`` is one vertical line for every row. A method that needs data gets
-    the component's Hessian from ``hessian(name)`` (:meth:`LiveLab.hessian`).
+    the component's Hessian from ``hessian(name)`` (:meth:`LiveLab.hessian`). ``max_points``: how many
+    (latent, quantized) pairs to sample for a scatter; 0 gives the histograms only.
     """
     mod = quantizable(model).get(name)
     if mod is None:
@@ -532,7 +548,9 @@ def component_view(model: torch.nn.Module, name: str, method: MethodConfig | Non
         mu, sd = w2.mean().reshape(1, 1), w2.std(unbiased=False).clamp_min(1e-12).reshape(1, 1)
     wn, qn = ((w2 - mu) / sd).flatten(), ((q2 - mu) / sd).flatten()
     hists = {k: _histogram(v.numpy(), bins) for k, v, bins in (("latent_hist", wn, 120), ("quantized_hist", qn, 240))}
-    if wn.numel() > max_points:
+    if max_points <= 0:  # histograms only
+        wn, qn = wn[:0], qn[:0]
+    elif wn.numel() > max_points:
         idx = torch.randperm(wn.numel(), generator=torch.Generator().manual_seed(0))[:max_points]
         wn, qn = wn[idx], qn[idx]
     err = float(((q - w) ** 2).sum())

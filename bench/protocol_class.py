@@ -306,7 +306,8 @@ def markdown(out: dict) -> str:
     kinds = list(out["by_moves"])
     md = [f"# A class on one server, learners as protocol clients ({out['preset']})", "",
           f"Machine: {out['machine']}; CPU flags: {' '.join(out['cpu_flags'])}. Date: {out['date']}. 1-minute load average "
-          f"{out['load_average_start']:.2f} at the start, {out['load_average_end']:.2f} at the end. Reproduce: `{out['command']}`", "",
+          f"{out['load_average_start']:.2f} at the start, {out['load_average_end']:.2f} at the end. Reproduce: `{out['command']}`"
+          + (f". This run: {out['note']}." if out.get("note") else ""), "",
           "Each learner is a client of the page's websocket protocol (no browser), so the server's two cores run only the lab: "
           "every session's page script, its fragment rerun on each move, the first look, the full numbers and the charts it "
           "sends; in a classroom the drawing happens on the learners' machines. A step is one notch of the threshold slider "

@@ -49,6 +49,25 @@ def test_unpack_rows_decodes_a_tile(compiled):
     np.testing.assert_array_equal(out, np.where(B[4:9] == 1, hi[4:9, None], lo[4:9, None]))
 
 
+def test_tiles_decode_with_the_compiled_kernel_once_it_is_loaded(aot_built, monkeypatch):
+    """With the aot backend loaded, tiles decode with its kernel even where numba's kernels are imported too
+    (a process that builds them imports them), and give the same values as numpy's decoding."""
+    import binlab.runtime.kernels  # noqa: F401 - numba's kernels in this process as well
+    from binlab.runtime import bitpack
+
+    monkeypatch.setattr(bitpack, "_UNPACK_KERNEL", [None])
+    aot.ops()  # what the aot backend runs when a model loads
+    calls, kernel = [], bitpack._UNPACK_KERNEL[0]
+    assert kernel is not None
+    monkeypatch.setattr(bitpack, "_UNPACK_KERNEL", [lambda *a: calls.append(1) or kernel(*a)])
+    rng = np.random.default_rng(5)
+    B = rng.integers(0, 2, (9, 77))
+    lo, hi = rng.normal(0, 1, 9).astype(np.float32), rng.normal(0, 1, 9).astype(np.float32)
+    got = bitpack.dequant_rows(pack_bits(B, signed=False), lo, hi, 77, 2, 7)
+    assert calls == [1]
+    np.testing.assert_array_equal(got, np.where(B[2:7] == 1, hi[2:7, None], lo[2:7, None]))
+
+
 def test_a_module_for_other_kernels_or_another_cpu_is_not_loaded(aot_built, tmp_path, monkeypatch):
     """The module's name digests the kernels' source and this CPU: change either and it is not found, and
     ``auto`` falls back to numba's compiler; with it, ``auto`` is ``aot``."""

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from binlab.data import PAD_ID, EncodedSplit
-from binlab.experiments.stats import paired_difference, paired_ratio_difference, ratio_interval, wilson_interval
+from binlab.experiments.stats import ratio_interval, wilson_interval
 from binlab.nn.metric import Metric, headline, task_info
 from binlab.nn.objective import perplexity, task_of
 from binlab.nn.quantize import GROUPS, MethodConfig, QuantSpec, Rule, current_plan, quantizable, quantize_
@@ -32,6 +32,7 @@ from binlab.runtime.size import model_size
 from binlab.training.train import EVAL_BATCH, stats_on
 
 from .gate import GATE
+from .scores import accuracy_keys, accuracy_metric, lm_metrics, next_token_metric, perplexity_metric
 
 #: a first look's place in the evaluation gate: ahead of full evaluations (binlab.lab.gate)
 GLANCE_PRIORITY = 1
@@ -100,53 +101,6 @@ def first_changed_layer(changed: set[str], n_layers: int) -> int:
         else:
             idx.append(n_layers)
     return min(idx)
-
-
-def lm_metrics(nll: np.ndarray, units: np.ndarray, base_nll: np.ndarray) -> dict:
-    """Perplexity on the rows with its 95 % interval, and the change of mean NLL per token against
-    the baseline on the same rows (paired, delta method); ``ppl_ratio`` = exp of that change."""
-    r = ratio_interval(nll, units)
-    d = paired_ratio_difference(nll, base_nll, units)
-    return {"perplexity": perplexity(r.value), "perplexity_low": perplexity(r.low), "perplexity_high": perplexity(r.high),
-            "baseline_perplexity": perplexity(float(base_nll.sum() / units.sum())), "ppl_ratio": perplexity(d.value),
-            "ppl_ratio_low": perplexity(d.low), "ppl_ratio_high": perplexity(d.high), "ppl_within_noise": d.within_noise,
-            "tokens": int(units.sum())}
-
-
-def accuracy_metric(correct: np.ndarray, reference: np.ndarray, reference_label: str = "fp32") -> Metric:
-    """A classifier's accuracy on these rows (95 % Wilson interval) and its change against ``reference``
-    on the same rows (paired 95 % interval, McNemar p), in percent and percentage points."""
-    n = len(correct)
-    lo, hi = wilson_interval(int(correct.sum()), n)
-    pd = paired_difference(correct, reference)
-    return headline(task_info("classify"), 100 * float(correct.mean()), low=100 * lo, high=100 * hi, rows=n,
-                    reference=100 * float(reference.mean()), reference_label=reference_label, change=100 * pd.diff,
-                    change_low=100 * pd.low, change_high=100 * pd.high, within_noise=pd.within_noise, p_value=pd.p_value)
-
-
-def perplexity_metric(nll: np.ndarray, units: np.ndarray, reference_nll: np.ndarray, reference_label: str = "fp32",
-                      m: dict | None = None) -> Metric:
-    """A language model's perplexity on these rows and its ratio to ``reference``'s on the same rows
-    (:func:`lm_metrics`: delta-method intervals; pass its result as ``m`` when it is computed already)."""
-    m = m or lm_metrics(nll, units, reference_nll)
-    return headline(task_info("lm"), m["perplexity"], low=m["perplexity_low"], high=m["perplexity_high"], rows=len(units),
-                    tokens=m["tokens"], reference=m["baseline_perplexity"], reference_label=reference_label, change=m["ppl_ratio"],
-                    change_low=m["ppl_ratio_low"], change_high=m["ppl_ratio_high"], within_noise=m["ppl_within_noise"])
-
-
-def next_token_metric(hits: np.ndarray, reference_hits: np.ndarray, units: np.ndarray, reference_label: str = "fp32") -> Metric:
-    """A language model's next-token top-1 accuracy (percent) and its change against ``reference``."""
-    acc, d = ratio_interval(hits, units), paired_ratio_difference(hits, reference_hits, units)
-    ref = ratio_interval(reference_hits, units)
-    return Metric("next-token accuracy", 100 * acc.value, " %", True, low=100 * acc.low, high=100 * acc.high, rows=len(units),
-                  tokens=int(units.sum()), reference=100 * ref.value, reference_label=reference_label, change=100 * d.value,
-                  change_low=100 * d.low, change_high=100 * d.high, within_noise=d.within_noise)
-
-
-def _accuracy_keys(m: Metric) -> dict:
-    """An accuracy :class:`~binlab.nn.metric.Metric` as the plain keys the live lab has always returned."""
-    return {"accuracy": m.value, "accuracy_low": m.low, "accuracy_high": m.high, "diff": m.change, "diff_low": m.change_low,
-            "diff_high": m.change_high, "p_value": float("nan") if m.p_value is None else m.p_value, "within_noise": m.within_noise}
 
 
 def stratified_rows(labels: np.ndarray, n: int) -> np.ndarray:
@@ -352,11 +306,11 @@ class LiveLab:
         if self.info.name == "lm":
             lm = lm_metrics(nll, units, base_nll)
             acc = next_token_metric(hits, base_hits, units)
-            return _accuracy_keys(acc) | lm | {"metric": perplexity_metric(nll, units, base_nll, m=lm), "more": [acc]}
+            return accuracy_keys(acc) | lm | {"metric": perplexity_metric(nll, units, base_nll, m=lm), "more": [acc]}
         acc = accuracy_metric(hits.astype(bool), base_hits.astype(bool))
         loss = Metric("validation loss", out["loss"], higher_is_better=False, rows=len(nll), reference=out["baseline_loss"],
                       change=out["loss"] - out["baseline_loss"])
-        return _accuracy_keys(acc) | {"metric": acc, "more": [loss]}
+        return accuracy_keys(acc) | {"metric": acc, "more": [loss]}
 
     def _switch(self, spec: QuantSpec) -> tuple[dict, tuple]:
         """Binarize to ``spec`` (only changed components are redone; methods that need data calibrated);
@@ -505,7 +459,7 @@ def compare_models(model_a: torch.nn.Module, model_b: torch.nn.Module, val: Enco
     m = accuracy_metric(correct[0], correct[1], reference_label=reference_label)
     out["metric"] = m
     out["metric_b"] = headline(task_info("classify"), out["accuracy_b"], low=out["low_b"], high=out["high_b"], rows=len(correct[1]))
-    return out | {k: v for k, v in _accuracy_keys(m).items() if k.startswith(("diff", "p_", "within"))} | {"rows": len(correct[0])}
+    return out | {k: v for k, v in accuracy_keys(m).items() if k.startswith(("diff", "p_", "within"))} | {"rows": len(correct[0])}
 
 
 def _histogram(v: np.ndarray, bins: int) -> dict:

@@ -61,16 +61,20 @@ def levels(v, N: int) -> np.ndarray:
 
 def dequant_rows(Wp: np.ndarray, lo: np.ndarray, hi: np.ndarray, K: int, n0: int, n1: int) -> np.ndarray:
     """Float32 weights of rows n0 .. n1, ``lo + (hi - lo) B`` from packed bits B and per-row levels (a tile,
-    not the matrix). numba's parallel loop when :mod:`binlab.runtime.kernels` is loaded in this process
-    (the torch paths and the numba backend), the compiled one when the ``aot`` backend has loaded it
-    (:func:`use_unpack_kernel`), else numpy's ``unpackbits``: the same float32 values."""
+    not the matrix). The compiled one once the ``aot`` backend has loaded it (:func:`use_unpack_kernel`), else
+    numba's parallel loop when :mod:`binlab.runtime.kernels` is loaded in this process (the torch paths and the
+    numba backend), else numpy's ``unpackbits``: the same float32 values. The compiled kernel goes first: a
+    process that builds the kernels also imports numba's, whose parallel loop on numba's default threads then
+    competed with numpy's BLAS threads for the two cores and made every tile wait."""
     check_packed(Wp, "Wp")
     N = Wp.shape[0]
     if not (0 <= n0 <= n1 <= N) or n_words(K) != Wp.shape[1]:
         raise ValueError(f"rows {n0}..{n1} or K={K} do not fit packed weights of shape {Wp.shape}")
     lo32, hi32 = levels(lo, N), levels(hi, N)
-    kernels = sys.modules.get("binlab.runtime.kernels")
-    kernel = kernels._unpack_rows_kernel if kernels is not None else _UNPACK_KERNEL[0]
+    kernel = _UNPACK_KERNEL[0]
+    if kernel is None:
+        kernels = sys.modules.get("binlab.runtime.kernels")
+        kernel = kernels._unpack_rows_kernel if kernels is not None else None
     if kernel is not None:
         out = np.empty((n1 - n0, K), dtype=np.float32)
         kernel(Wp, lo32, hi32, np.int64(K), np.int64(n0), out)

@@ -43,14 +43,18 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
-def serve(preset: str, app_root: Path = ROOT, options: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
-    """The lab served for a class on a free port: (process, url). ``options``: Streamlit settings
-    ``"section.name=value"`` given on its command line, over the lab's own (.streamlit/config.toml)."""
+def serve(preset: str, app_root: Path = ROOT, options: tuple[str, ...] = (), env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """The lab served for a class on a free port, in the environment ``binlab app`` gives it: (process, url).
+    ``options``: Streamlit settings ``"section.name=value"`` given on its command line, over the lab's own
+    (.streamlit/config.toml); ``env``: environment variables over those."""
+    from binlab.cli import SERVER_ENV
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # a classroom server (binlab app --class --name bench), as a teacher starts it for a class
-    env = {**os.environ, "BINLAB_PRESET": preset, "BINLAB_CLASS": "1", "BINLAB_CLASS_NAME": CLASS, "BINLAB_TEACHER_TOKEN": "bench"}
+    env = {**SERVER_ENV, **os.environ, "BINLAB_PRESET": preset, "BINLAB_CLASS": "1", "BINLAB_CLASS_NAME": CLASS, "BINLAB_TEACHER_TOKEN": "bench",
+           **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app_root / "app" / "Home.py"), "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
                             + [x for o in options for x in (f"--{o.split('=', 1)[0]}", o.split("=", 1)[1])],

@@ -245,7 +245,8 @@ def main():
     ap.add_argument("--render", action="store_true", help="rewrite the markdown from the committed JSON (no measuring)")
     ap.add_argument("--compare", action="append", default=[], metavar="SECTION.NAME=VALUE",
                     help="also time each row on a server with this Streamlit setting (repeatable: all of them on one "
-                         "server), right after the lab's own, e.g. runner.postScriptGC=true")
+                         "server), right after the lab's own, e.g. runner.postScriptGC=true; env:NAME=VALUE sets an "
+                         "environment variable of that server instead, e.g. env:MALLOC_ARENA_MAX=16")
     args = ap.parse_args()
     if args.render:
         stem = RESULTS / (args.out or f"bench-protocol-{args.preset}")
@@ -268,7 +269,8 @@ def main():
         for i, n in enumerate(counts):
             plans = moves(n, args.steps if n == 1 else max(2, args.steps // 2), kind, seed=n)
             for options in (((), compare) if i % 2 == 0 else (compare, ())) if compare else ((),):  # each first in turn
-                proc, url = serve(args.preset, options=options)
+                proc, url = serve(args.preset, options=tuple(o for o in options if not o.startswith("env:")),
+                                  env=dict(o[4:].split("=", 1) for o in options if o.startswith("env:")))
                 try:
                     runs = asyncio.run(one_class(url, plans))
                     memory = server_memory(proc)

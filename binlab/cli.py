@@ -390,6 +390,11 @@ SAFE_SERVER = {"browser.gatherUsageStats": "false", "client.showErrorDetails": "
 #: whose numbers were measured before: bench/browser.py --client websocket, docs/benchmarks.md). Python's own
 #: collector still runs as in any program.
 FAST_SERVER = {"runner.postScriptGC": "false"}
+#: the lab server's environment, unless set already: glibc's malloc keeps at most two arenas of freed memory instead
+#: of up to eight per core, one per busy thread (every learner's session is a thread): 8 learners each trying new
+#: thresholds peaked at 2.0 GiB with it against 2.9 GiB with glibc's default, 32 at 3.4 against 3.6 GiB, no slower
+#: (docs/results/bench-protocol-scratch-memory.md)
+SERVER_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 
 def app_command(port: int = 8501, address: str | None = None, classroom: bool = False, token: str | None = None,
@@ -422,7 +427,7 @@ def cmd_app(args):
               f"Learners open http://<this machine's address>:{args.port} and pick a nickname; the Class page shows their pinned "
               f"runs and lesson answers. The teacher enters this token in the sidebar to reveal answers, retrain "
               f"baselines, change the training rows and delete runs:\n\n    {env['BINLAB_TEACHER_TOKEN']}\n", flush=True)
-    return subprocess.call(cmd, env=os.environ | env, cwd=Path(__file__).resolve().parents[1])
+    return subprocess.call(cmd, env=SERVER_ENV | os.environ | env, cwd=Path(__file__).resolve().parents[1])
 
 
 def finite_float(text: str) -> float:

@@ -153,6 +153,19 @@ def test_the_lab_serves_this_machine_only_unless_asked(capsys):
     assert cmd[cmd.index("--runner.postScriptGC") + 1] == "false"
 
 
+def test_the_lab_server_gets_two_malloc_arenas_unless_set(monkeypatch):
+    """binlab app starts the server with MALLOC_ARENA_MAX=2 (a class's sessions are threads: fewer arenas of freed
+    memory), and leaves a value the person starting it set."""
+    from binlab import cli
+
+    seen = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, env, cwd: seen.append(env) or 0)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert cli.main(["app"]) == 0 and seen[-1]["MALLOC_ARENA_MAX"] == "2"
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert cli.main(["app"]) == 0 and seen[-1]["MALLOC_ARENA_MAX"] == "4"
+
+
 def test_labels_are_shown_as_text():
     import sys
 

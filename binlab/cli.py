@@ -381,19 +381,14 @@ def cmd_methods(args):
     return 0
 
 
-#: what every start of the lab sets, whatever config Streamlit finds: no usage statistics, no error details
-#: to visitors, XSRF protection, uploads no larger than a run file (MB)
+#: every start, whatever config Streamlit finds: no usage statistics or error details to visitors, XSRF protection, uploads <= 5 MB
 SAFE_SERVER = {"browser.gatherUsageStats": "false", "client.showErrorDetails": "none", "client.toolbarMode": "viewer",
                "server.enableXsrfProtection": "true", "server.maxUploadSize": "5"}
-#: what every start of the lab sets for speed: no full garbage collection after each rerun (Streamlit's default
-#: runs one after every rerun, a fragment's too; on a class server it took most of the time of a threshold change
-#: whose numbers were measured before: bench/browser.py --client websocket, docs/benchmarks.md). Python's own
-#: collector still runs as in any program.
+#: for speed: no full garbage collection after every rerun, a fragment's too (Streamlit's default; on a class server
+#: it took most of a rerun's time: bench/protocol_class.py, docs/benchmarks.md); Python's own collector still runs
 FAST_SERVER = {"runner.postScriptGC": "false"}
-#: the lab server's environment, unless set already: glibc's malloc keeps at most two arenas of freed memory instead
-#: of up to eight per core, one per busy thread (every learner's session is a thread): 8 learners each trying new
-#: thresholds peaked at 2.0 GiB with it against 2.9 GiB with glibc's default, 32 at 3.4 against 3.6 GiB, no slower
-#: (docs/results/bench-protocol-scratch-memory.md)
+#: the server's environment unless set: glibc keeps two malloc arenas, not one per busy session thread (8 learners
+#: peaked at 2.0 against 2.9 GiB, 32 at 3.4 against 3.6, no slower: docs/results/bench-protocol-scratch-memory.md)
 SERVER_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 

@@ -72,12 +72,9 @@ def serve(preset: str, app_root: Path = ROOT, options: tuple[str, ...] = (), env
 
 def server_memory(proc: subprocess.Popen) -> dict:
     """The served lab's memory now (Linux /proc), MiB: its peak resident set so far and its resident set."""
-    out = {}
-    with open(f"/proc/{proc.pid}/status") as fh:
-        for ln in fh:
-            if ln.startswith(("VmHWM:", "VmRSS:")):
-                out["server_peak_rss_mib" if ln.startswith("VmHWM") else "server_rss_mib"] = int(ln.split()[1]) / 1024
-    return out
+    from binlab.runtime.process import status_mib
+
+    return {"server_peak_rss_mib": status_mib("VmHWM", proc.pid), "server_rss_mib": status_mib("VmRSS", proc.pid)}
 
 
 CLASS = "bench"

@@ -21,11 +21,10 @@ from pathlib import Path
 
 
 def _rss_mb(field: str = "VmRSS") -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    from binlab.runtime.process import status_mib
+
+    mib = status_mib(field)
+    return float("nan") if mib is None else mib
 
 
 def length_sorted_batches(ids, offsets, pad: int, size: int = 64):

@@ -33,13 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, sys, time
 import numpy as np
-def rss(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
 path, ids_path, offsets_path, backend, max_tokens = sys.argv[1:6]
 from binlab.data import PAD_ID
-from binlab.runtime.process import keep_scipy_out
+from binlab.runtime.process import keep_scipy_out, status_mib as rss
 from binlab.runtime.standalone import load
 from deploy_child import length_sorted_batches
 keep_scipy_out()

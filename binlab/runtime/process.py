@@ -47,16 +47,25 @@ def hold_freed_memory(mmap_threshold: int = 32 << 20) -> bool:
     return bool(mallopt(m_mmap_threshold, int(mmap_threshold))) and bool(mallopt(m_trim_threshold, 2 * int(mmap_threshold)))
 
 
-def peak_memory_mib() -> float:
-    """This process's peak resident memory in MiB: ``VmHWM`` on Linux (it restarts at ``exec``, so a child started from
-    a large parent reports its own), else ``getrusage``'s ``ru_maxrss`` (kilobytes on Linux, bytes on macOS)."""
+def status_mib(field: str, pid: int | str = "self") -> float | None:
+    """A memory line of a process's ``/proc/<pid>/status`` in MiB (``VmRSS``: resident now, ``VmHWM``: its peak);
+    None where there is no such file (not Linux) or line."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def peak_memory_mib() -> float:
+    """This process's peak resident memory in MiB: ``VmHWM`` on Linux (it restarts at ``exec``, so a child started from
+    a large parent reports its own), else ``getrusage``'s ``ru_maxrss`` (kilobytes on Linux, bytes on macOS)."""
+    peak = status_mib("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -384,11 +384,11 @@ def cmd_methods(args):
 #: every start, whatever config Streamlit finds: no usage statistics or error details to visitors, XSRF protection, uploads <= 5 MB
 SAFE_SERVER = {"browser.gatherUsageStats": "false", "client.showErrorDetails": "none", "client.toolbarMode": "viewer",
                "server.enableXsrfProtection": "true", "server.maxUploadSize": "5"}
-#: for speed: no full garbage collection after every rerun, a fragment's too (Streamlit's default; on a class server
-#: it took most of a rerun's time: bench/protocol_class.py, docs/benchmarks.md); Python's own collector still runs
+#: for speed: no full garbage collection after every rerun, a fragment's too (Streamlit's default; a class's final
+#: numbers come sooner without it: docs/results/bench-protocol-scratch*.md); Python's own collector still runs
 FAST_SERVER = {"runner.postScriptGC": "false"}
 #: the server's environment unless set: glibc keeps two malloc arenas, not one per busy session thread (8 learners
-#: peaked at 2.0 against 2.9 GiB, 32 at 3.4 against 3.6, no slower: docs/results/bench-protocol-scratch-memory.md)
+#: peaked at 2.0 against 2.9 GiB, 32 at 3.4 against 3.6, one run each: docs/results/bench-protocol-scratch-memory.md)
 SERVER_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 

@@ -86,6 +86,23 @@ def vertical_lines(fig, lines: list[tuple[float, str, dict, str]]) -> None:
                           yanchor=anchor[where][1]) for x, label, _, where in lines])
 
 
+#: Streamlit fades the parts of a page that a rerun is refreshing (after 0.5 s, over 1 s: a CSS transition on
+#: each element and expander). On a live page that reruns at every slider notch, that fade makes the browser
+#: draw a new frame every 16 ms while the server computes, and on a 2-core machine without a GPU the browser's
+#: drawing takes CPU from the computation: bench/browser.py, one learner with Chromium on the server's cores
+#: (docs/benchmarks.md). The live page keeps those parts as they are until their new version arrives; its
+#: captions say what is a first look and when the server is busy.
+STEADY_CSS = """<style>
+[data-testid="stElementContainer"][data-stale="true"] { opacity: 1 !important; transition: none !important; }
+[data-testid="stExpander"] details, [data-testid="stExpander"] summary { opacity: 1 !important; transition: none !important; }
+</style>"""
+
+
+def steady_page() -> None:
+    """No fading of the parts a rerun refreshes (:data:`STEADY_CSS`), for a page that reruns on every move."""
+    st.html(STEADY_CSS)
+
+
 def data_source() -> str | None:
     """Where AG_NEWS comes from: the server's setting (``BINLAB_DATA``: a local folder), else the hub. A
     visitor cannot change it: a typed path would let anyone make the server read any folder."""

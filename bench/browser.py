@@ -14,8 +14,13 @@ lab served locally from this machine.
 - learners: for each count, as many browser pages at once, each loading the page and stepping the
   slider; a page that shows no numbers within 30 s is counted as slow, one that shows none within 120 s
   as failed (it never loaded); medians and 95th percentiles over every step that finished;
+- timing: a watcher in the page (a MutationObserver) records when each caption changes, in the page's clock
+  from the key's keydown event (``--watch poll``: read the page's whole text from here every 20 ms instead);
+- servers: each row (and each ``--rounds`` repeat) on a fresh server after one warm-up page, so its learners
+  step from the default to values no earlier row measured;
 - ``--app-root``: serve the app of another checkout (e.g. a git worktree of an earlier commit) against
-  this binlab, to time a page change before and after on the same machine in one sitting.
+  this binlab; ``--compare-app DIR``: time every row with this app and with DIR's, each first in turn, and
+  give the shift of the medians with a bootstrap interval (``--compare-watch``: the two ways of timing).
 The server, the computation and the browsers share this machine's cores; in a classroom the browsers run
 on the learners' own machines, so with many learners these numbers are pessimistic (every page's
 rendering takes CPU from the server here). The machine is printed with the numbers.
@@ -91,8 +96,85 @@ async def texts(page) -> tuple[str, str, bool]:
     return pick(NUMBERS[0]), pick(NUMBERS[1]), any(BUSY in ln for ln in lines)
 
 
-async def learner(browser, url: str, steps: int, load_timeout: float) -> dict:
+#: the page's own watcher (``--watch observer``): a MutationObserver that, after each DOM change, reads the
+#: captions (their elements' textContent: no layout) and, from the last right-arrow key press on, records in
+#: the page's clock when the busy message, a changed caption and a changed final caption first appear; the
+#: bench reads the record every 100 ms. Polling ``document.body.innerText`` every 20 ms instead (``--watch
+#: poll``) lays the whole page out each time, in the browser that shares the server's cores.
+WATCH_JS = """
+(() => {
+  const NUM = %s, FIRST = %s, BUSY = %s;
+  const pick = (needle) => {
+    for (const el of document.querySelectorAll('[data-testid="stCaptionContainer"]')) {
+      if (el.textContent.includes(needle)) return el.textContent;
+    }
+    return "";
+  };
+  const busyNow = () => {
+    for (const el of document.querySelectorAll('[data-testid="stAlertContainer"]')) {
+      if (el.textContent.includes(BUSY)) return true;
+    }
+    return false;
+  };
+  const w = window.__blWatch = {key: null, final0: "", first0: "", response: null, first: null, final: null};
+  const look = () => {
+    if (w.key === null || w.final !== null) return;
+    const now = performance.now() - w.key, fin = pick(NUM), fst = pick(FIRST);
+    if (w.first === null && ((fin && fin !== w.final0) || (fst && fst !== w.first0))) w.first = now;
+    if (w.response === null && (w.first !== null || busyNow())) w.response = now;
+    if (fin && fin !== w.final0) w.final = now;
+  };
+  document.addEventListener("keydown", (e) => {
+    if (e.key !== "ArrowRight") return;
+    Object.assign(w, {key: performance.now(), final0: pick(NUM), first0: pick(FIRST), response: null, first: null, final: null});
+  }, true);
+  const start = () => new MutationObserver(look).observe(document.documentElement, {subtree: true, childList: true, characterData: true, attributes: false});
+  if (document.documentElement) start(); else document.addEventListener("DOMContentLoaded", start);
+})();
+""" % (json.dumps(NUMBERS[0]), json.dumps(NUMBERS[1]), json.dumps(BUSY))
+WATCHES = ("observer", "poll")
+
+
+async def step_observed(page, thumb) -> dict:
+    """One step timed by the page's watcher (:data:`WATCH_JS`): seconds from the key press (the page's
+    keydown event) to each time; None past 60 s."""
+    await thumb.focus(timeout=60_000)
+    await page.keyboard.press("ArrowRight")
+    t = time.perf_counter()
+    w = {}
+    while time.perf_counter() - t < 61:
+        await page.wait_for_timeout(100)
+        w = await page.evaluate("window.__blWatch")
+        if w["final"] is not None:
+            break
+    sec = lambda k: None if w.get(k) is None or w[k] > 60_000 else w[k] / 1000  # noqa: E731
+    return {"response_s": sec("response"), "first_s": sec("first"), "final_s": sec("final")}
+
+
+async def step_polled(page, thumb) -> dict:
+    """One step timed from here, reading the page's text every 20 ms; None past 60 s."""
+    step = {"response_s": None, "first_s": None, "final_s": None}
+    final0, first0, _ = await texts(page)
+    await thumb.focus(timeout=60_000)
+    t = time.perf_counter()
+    await page.keyboard.press("ArrowRight")
+    while time.perf_counter() - t < 60 and step["final_s"] is None:
+        await page.wait_for_timeout(20)
+        now = time.perf_counter() - t
+        final, first, busy = await texts(page)
+        if step["first_s"] is None and ((final and final != final0) or (first and first != first0)):
+            step["first_s"] = now
+        if step["response_s"] is None and (step["first_s"] is not None or busy):
+            step["response_s"] = now
+        if final and final != final0:
+            step["final_s"] = now
+    return step
+
+
+async def learner(browser, url: str, steps: int, load_timeout: float, watch: str = "observer") -> dict:
     page = await browser.new_page(viewport={"width": 1400, "height": 1600})
+    if watch == "observer":
+        await page.add_init_script(WATCH_JS)
     t0 = time.perf_counter()
     try:
         await page.goto(url + "/binarize", wait_until="domcontentloaded", timeout=load_timeout * 1000)
@@ -104,25 +186,11 @@ async def learner(browser, url: str, steps: int, load_timeout: float) -> dict:
     thumb = page.get_by_role("slider").first
     out = []
     for _ in range(steps):
-        step = {"response_s": None, "first_s": None, "final_s": None}
         try:
-            final0, first0, _ = await texts(page)
-            await thumb.focus(timeout=60_000)
-            t = time.perf_counter()
-            await page.keyboard.press("ArrowRight")
+            step = await (step_observed if watch == "observer" else step_polled)(page, thumb)
         except Exception as err:  # noqa: BLE001 - a page too slow to take the key press: the step counts as timed out
-            out.append(step | {"error": type(err).__name__})
+            out.append({"response_s": None, "first_s": None, "final_s": None, "error": type(err).__name__})
             break
-        while time.perf_counter() - t < 60 and step["final_s"] is None:
-            await page.wait_for_timeout(20)
-            now = time.perf_counter() - t
-            final, first, busy = await texts(page)
-            if step["first_s"] is None and ((final and final != final0) or (first and first != first0)):
-                step["first_s"] = now
-            if step["response_s"] is None and (step["first_s"] is not None or busy):
-                step["response_s"] = now
-            if final and final != final0:
-                step["final_s"] = now
         out.append(step)
         await page.wait_for_timeout(300)
     await page.close()
@@ -180,16 +248,19 @@ def niced_chromium(level: int) -> str:
     return str(path)
 
 
-async def run(url: str, steps: int, counts: list[int], browser_nice: int = 0, pins: int = 0) -> tuple[dict[int, list[dict]], list]:
+async def run(url: str, steps: int, counts: list[int], browser_nice: int = 0, pins: int = 0,
+              watch: str = "observer") -> tuple[dict[int, list[dict]], list]:
+    """Rows for ``counts`` learners on the lab at ``url``, one after another, after one warm-up page (the first
+    session builds the lab's caches); then the Class page timing with ``pins`` pins (0: none)."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
         exe = niced_chromium(browser_nice) if browser_nice else CHROMIUM
         browser = await p.chromium.launch(executable_path=exe, headless=True, args=ARGS)
-        await learner(browser, url, 1, 120)  # warm-up: the first session builds the lab's caches
+        await learner(browser, url, 1, 120, watch)  # warm-up
         res = {}
         for n in counts:
-            res[n] = list(await asyncio.gather(*(learner(browser, url, steps if n == 1 else max(2, steps // 2), LOAD_FAILED_S)
+            res[n] = list(await asyncio.gather(*(learner(browser, url, steps if n == 1 else max(2, steps // 2), LOAD_FAILED_S, watch)
                                                  for _ in range(n))))
         seen = await class_view(browser, url, pins) if pins else []
         await browser.close()
@@ -214,6 +285,28 @@ def summary(runs: list[dict]) -> dict:
     return out
 
 
+def median_shift(a: list[float], b: list[float], draws: int = 4000, seed: int = 0) -> dict:
+    """median(a) - median(b) and its 95 % percentile-bootstrap interval (steps resampled with replacement
+    within each side, ``draws`` times, a fixed seed)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    d = np.median(rng.choice(a, (draws, len(a))), axis=1) - np.median(rng.choice(b, (draws, len(b))), axis=1)
+    lo, hi = np.percentile(d, [2.5, 97.5])
+    return {"difference_s": float(np.median(a) - np.median(b)), "low_s": float(lo), "high_s": float(hi), "steps": [len(a), len(b)]}
+
+
+def serve_and_run(args, counts: list[int], watch: str, pins: int, app_root: Path = ROOT) -> tuple[dict[int, list[dict]], list]:
+    """A fresh lab server for the app of ``app_root``, the rows for ``counts`` on it, the server stopped."""
+    proc, url = serve(args.preset, app_root)
+    try:
+        return asyncio.run(run(url, args.steps, counts, args.browser_nice, pins, watch))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
 def main():
     from binlab.experiments.provenance import RESULTS, machine
 
@@ -227,34 +320,72 @@ def main():
     ap.add_argument("--browser-nice", type=int, default=0,
                     help="run the browsers at this nice level (e.g. 19), so the server gets the cores first, as when "
                          "the learners' browsers run on their own machines")
+    ap.add_argument("--watch", choices=WATCHES, default="observer",
+                    help="how a step is timed: observer (the page records its own changes) or poll (read the page's text every 20 ms)")
+    ap.add_argument("--compare-watch", action="store_true",
+                    help="time each row twice, with each watch on a fresh server (each first in turn)")
+    ap.add_argument("--compare-app", default=None, metavar="DIR",
+                    help="time each row twice, the app of this checkout (or --app-root) and the app of DIR, each on a fresh server (each first in turn)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time each row this many times (per variant, their order alternating), each on a fresh server")
     args = ap.parse_args()
+    if args.compare_watch and args.compare_app:
+        ap.error("--compare-watch and --compare-app: one comparison at a time")
     counts = [int(x) for x in args.learners.split(",")]
-    proc, url = serve(args.preset, Path(args.app_root).resolve() if args.app_root else ROOT)
     load0 = os.getloadavg()[0]
-    try:
-        res, seen = asyncio.run(run(url, args.steps, counts, args.browser_nice, args.class_pins))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    root = Path(args.app_root).resolve() if args.app_root else ROOT
+    # the variants a row is timed with: (label, app root, watch); the first is the main one (its keys in the JSON)
+    variants = [("this checkout" if not args.app_root else args.app_root, root, args.watch)]
+    if args.compare_watch:
+        variants = [(w, root, w) for w in ((args.watch,) + tuple(w for w in WATCHES if w != args.watch))]
+    elif args.compare_app:
+        variants.append((args.compare_app, Path(args.compare_app).resolve(), args.watch))
+    rows = []  # (learners, variant label, runs)
+    for i, n in enumerate(counts):  # each row on fresh servers: its learners step to values no earlier row measured
+        runs = {v[0]: [] for v in variants}
+        for k in range(args.rounds):
+            for label, app_root, w in (variants if (i + k) % 2 == 0 else variants[::-1]):
+                res, _ = serve_and_run(args, [n], w, 0, app_root)
+                runs[label] += [r | {"round": k} for r in res[n]]
+        rows += [(n, label, runs[label]) for label, _, _ in variants]
+    seen = serve_and_run(args, [], args.watch, args.class_pins, root)[1] if args.class_pins else []
     command = (f"python bench/browser.py --preset {args.preset} --steps {args.steps} --learners {args.learners}"
                + (f" --app-root {args.app_root}" if args.app_root else "") + (f" --out {args.out}" if args.out else "")
-               + (f" --browser-nice {args.browser_nice}" if args.browser_nice else "") + (f" --class-pins {args.class_pins}" if args.class_pins != 5 else ""))
+               + (f" --browser-nice {args.browser_nice}" if args.browser_nice else "") + (f" --class-pins {args.class_pins}" if args.class_pins != 5 else "")
+               + (f" --watch {args.watch}" if args.watch != "observer" else "") + (" --compare-watch" if args.compare_watch else "")
+               + (f" --compare-app {args.compare_app}" if args.compare_app else "") + (f" --rounds {args.rounds}" if args.rounds != 1 else ""))
     out = {"preset": args.preset, "machine": machine(), "cpu_flags": cpu_flags(), "date": time.strftime("%Y-%m-%d"), "command": command,
            "app": "this checkout" if not args.app_root else f"the app of {args.app_root}", "load_average_start": load0,
-           "load_average_end": os.getloadavg()[0], "browser_nice": args.browser_nice, "by_learners": {}}
-    for n, runs in res.items():
+           "load_average_end": os.getloadavg()[0], "browser_nice": args.browser_nice, "watch": args.watch,
+           "compare_watch": args.compare_watch, "compare_app": args.compare_app, "variants": [v[0] for v in variants], "by_learners": {}, "rows": []}
+    for n, label, runs in rows:
         sm = summary(runs)
+        sm["round_final_medians_s"] = [statistics.median(xs) if xs else None for xs in
+                                           ([s["final_s"] for r in runs if r.get("round") == k for s in r["steps"] if s["final_s"] is not None]
+                                            for k in range(args.rounds))]
+        if label != variants[0][0]:  # the shift against the main variant
+            main_runs = next(rs for m, lb, rs in rows if m == n and lb == variants[0][0])
+            for k in ("first", "final"):
+                xs = [[s[f"{k}_s"] for r in rr for s in r["steps"] if s[f"{k}_s"] is not None] for rr in (main_runs, runs)]
+                if all(xs):
+                    sm[f"{k}_shift"] = median_shift(*xs)
+        out["rows"].append({"learners": n, "variant": label, **sm})
+        if label != variants[0][0]:
+            continue
         out["by_learners"][str(n)] = sm
-        w = WORDS.get(n, f"learners_{n}")
-        out |= {f"{w}_first_median_s": sm["first_median_s"], f"{w}_first_p95_s": sm["first_p95_s"],
-                f"{w}_final_median_s": sm["final_median_s"], f"{w}_response_p95_s": sm["response_p95_s"],
-                f"{w}_failed_pages": sm["failed_pages"], f"{w}_pages_without_numbers_in_30_s": sm["slow_pages"]}
+        k = WORDS.get(n, f"learners_{n}")
+        out |= {f"{k}_first_median_s": sm["first_median_s"], f"{k}_first_p95_s": sm["first_p95_s"],
+                f"{k}_final_median_s": sm["final_median_s"], f"{k}_response_p95_s": sm["response_p95_s"],
+                f"{k}_failed_pages": sm["failed_pages"], f"{k}_pages_without_numbers_in_30_s": sm["slow_pages"]}
     done = [x for x in seen if x is not None]
     out |= {"class_page_pin_s": seen, "class_page_update_median_s": statistics.median(done) if done else None,
             "class_page_update_max_s": max(done) if done else None, "class_page_pins_missed": len(seen) - len(done)}
     stem = RESULTS / (args.out or f"bench-browser-{args.preset}")
     stem.with_suffix(".json").write_text(json.dumps(out, indent=2))
     f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    timing = {"observer": "the page records when its text changes (a MutationObserver reading the captions after each DOM change, "
+                          "in the page's clock from the key's keydown event; read from here every 100 ms)",
+              "poll": "the bench reads the page's whole text (innerText, which lays the page out) every 20 ms"}
     md = [f"# Browser benchmark ({args.preset})", "", f"Machine: {out['machine']}; CPU flags: {' '.join(out['cpu_flags'])}. "
           f"Date: {out['date']}. 1-minute load average {load0:.2f} at the start, {out['load_average_end']:.2f} at the end. "
           f"Reproduce: `{command}`" + (f" (served: {out['app']})" if args.app_root else ""), "",
@@ -263,14 +394,29 @@ def main():
           "the first numbers (a first look on a small slice, or the final numbers of a configuration measured before), and "
           "the final numbers. Seconds; the learners of a row work at once, each page loading and then stepping. The browsers "
           "run on the server's own cores (in a classroom they run on the learners' machines), so rows with many learners "
-          "are pessimistic" + (f"; here at nice {args.browser_nice}, so the server gets the cores first." if args.browser_nice else "."), "",
-          "| learners | first response median / p95 | first numbers median / p95 | final numbers median / p95 | steps timed out (60 s) | "
-          "pages without numbers in 30 s | pages that never loaded (120 s) | page loads s (median) |", "|---|---|---|---|---|---|---|---|"]
-    for n in counts:
-        sm = out["by_learners"][str(n)]
-        md.append(f"| {n} | {f(sm['response_median_s'])} / {f(sm['response_p95_s'])} | {f(sm['first_median_s'])} / {f(sm['first_p95_s'])} | "
-                  f"{f(sm['final_median_s'])} / {f(sm['final_p95_s'])} | {sm['timed_out_steps']} | {sm['slow_pages']} of {n} | {sm['failed_pages']} of {n} | "
-                  f"{f(statistics.median(sm['load_s']))} |")
+          "are pessimistic" + (f"; here at nice {args.browser_nice}, so the server gets the cores first." if args.browser_nice else ".")
+          + (" Each row on a fresh server, timed twice (each way first in turn): " + "; ".join(f"*{w}*: {timing[w]}" for w in WATCHES) + "."
+             if args.compare_watch else f" Timing: {timing[args.watch]}.")
+          + (f" Each row timed on two fresh servers (each first in turn{f', {args.rounds} rounds' if args.rounds > 1 else ''}): the app of this checkout and the app of `{args.compare_app}`."
+             if args.compare_app else "" if args.compare_watch else f" Each row on a fresh server ({args.rounds} round{'s' if args.rounds > 1 else ''}), after one warm-up page."), "",
+          "| learners |" + (" timed with |" if len(variants) > 1 else "") + " first response median / p95 | first numbers median / p95 | final numbers median / p95 | "
+          "steps timed out (60 s) | pages without numbers in 30 s | pages that never loaded (120 s) | page loads s (median) |",
+          "|---|" + ("---|" if len(variants) > 1 else "") + "---|---|---|---|---|---|---|"]
+    for r in out["rows"]:
+        n = r["learners"]
+        md.append(f"| {n} |" + (f" {r['variant']} |" if len(variants) > 1 else "") + f" {f(r['response_median_s'])} / {f(r['response_p95_s'])} | "
+                  f"{f(r['first_median_s'])} / {f(r['first_p95_s'])} | {f(r['final_median_s'])} / {f(r['final_p95_s'])} | {r['timed_out_steps']} | "
+                  f"{r['slow_pages']} of {len(r['load_s'])} | {r['failed_pages']} of {len(r['load_s'])} | {f(statistics.median(r['load_s']))} |")
+    shifts = [r for r in out["rows"] if "final_shift" in r and "first_shift" in r]
+    if shifts:
+        md += ["", f"Median of *{variants[0][0]}* minus median of *{variants[1][0]}*, seconds, with a 95 % bootstrap interval over "
+               "the steps (each side resampled apart); per-round medians of the final numbers in brackets:", ""]
+        for r in shifts:
+            main = next(m for m in out["rows"] if m["learners"] == r["learners"] and m["variant"] == variants[0][0])
+            md.append(f"- {r['learners']} learner{'s' if r['learners'] > 1 else ''}: first numbers {r['first_shift']['difference_s']:+.2f}"
+                      f" ({r['first_shift']['low_s']:+.2f} to {r['first_shift']['high_s']:+.2f}); final numbers {r['final_shift']['difference_s']:+.2f} "
+                      f"({r['final_shift']['low_s']:+.2f} to {r['final_shift']['high_s']:+.2f}) "
+                      f"[{', '.join(f(x) for x in main['round_final_medians_s'])} against {', '.join(f(x) for x in r['round_final_medians_s'])}]")
     if seen:
         md += ["", f"Class page (a teacher's page left open, refreshing by itself; one learner pins {len(seen)} runs, one after another): "
                f"seconds from the learner's page confirming a pin to the Class page listing it: median "

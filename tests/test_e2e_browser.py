@@ -213,3 +213,85 @@ def test_two_learners_in_one_class_see_each_others_pins(class_server):
         bob.get_by_text("Shared with class e2e as bob").wait_for(timeout=60_000)
         ada.get_by_text("pinned runs (tiny): ada (1), bob (2)").wait_for(timeout=30_000)
         browser.close()
+
+
+# a watcher in the page: each time an element container's data-stale attribute turns "true", its computed
+# opacity and transition duration at that moment (Chromium's own style resolution is the reference)
+STALE_JS = """
+window.__stale = [];
+new MutationObserver((ms) => {
+  for (const m of ms) {
+    const el = m.target;
+    if (el.getAttribute('data-stale') === 'true' && el.getAttribute('data-testid') === 'stElementContainer') {
+      const cs = getComputedStyle(el);
+      window.__stale.push([cs.opacity, cs.transitionDuration]);
+    }
+  }
+}).observe(document.documentElement, {subtree: true, attributes: true, attributeFilter: ['data-stale']});
+"""
+
+
+def test_the_live_page_does_not_fade_what_a_move_refreshes(server):
+    """Binarize (live) reruns at every slider notch; Streamlit would fade the parts being refreshed (a CSS
+    transition of 1 s after 0.5 s, drawn frame by frame while the server computes). The page turns that off:
+    every element the browser marks stale during the moves keeps full opacity and no transition."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(server + "/binarize", wait_until="networkidle")
+        page.get_by_text("sizes are exact (", exact=False).first.wait_for(timeout=60_000)
+        m0 = wait_settled(page)
+        page.evaluate(STALE_JS)
+        thumb = page.get_by_role("slider").first
+        thumb.focus()
+        for _ in range(3):
+            page.keyboard.press("ArrowRight")
+            page.wait_for_timeout(400)
+        wait_settled(page)
+        seen = page.evaluate("window.__stale")
+        browser.close()
+    assert m0 is not None
+    assert seen, "no element was marked stale during three moves: the test saw no rerun"
+    assert all(op == "1" for op, _ in seen), f"stale elements fade: opacities {sorted({op for op, _ in seen})}"
+    assert all(set(d.split(", ")) == {"0s"} for _, d in seen), f"stale elements transition: {sorted({d for _, d in seen})}"
+
+
+def test_the_browser_bench_watcher_times_what_polling_sees(server):
+    """bench/browser.py's page watcher (a MutationObserver, times in the page's clock from the keydown) against
+    polling the page's text from outside every 20 ms, on the same key press: the watcher sees the first and the
+    final numbers, no later than polling does (plus the key press's own round trip) and not long before."""
+    import asyncio
+    import importlib.util
+
+    from playwright.async_api import async_playwright
+
+    spec = importlib.util.spec_from_file_location("browser_bench", Path(__file__).resolve().parents[1] / "bench" / "browser.py")
+    bb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bb)
+
+    async def steps():
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=bb.ARGS)
+            page = await browser.new_page(viewport={"width": 1400, "height": 1600})
+            await page.add_init_script(bb.WATCH_JS)
+            await page.goto(server + "/binarize", wait_until="domcontentloaded")
+            await page.get_by_text(bb.NUMBERS[0], exact=False).first.wait_for(timeout=60_000)
+            await page.wait_for_timeout(2000)
+            out = []
+            for _ in range(2):
+                polled = await bb.step_polled(page, page.get_by_role("slider").first)
+                out.append((polled, await page.evaluate("window.__blWatch")))
+                await page.wait_for_timeout(1000)
+            await browser.close()
+            return out
+
+    for polled, watched in asyncio.run(steps()):
+        assert polled["final_s"] is not None, polled
+        assert watched["key"] is not None and watched["final"] is not None and watched["first"] is not None, watched
+        obs_first, obs_final = watched["first"] / 1000, watched["final"] / 1000
+        assert 0 < obs_first <= obs_final
+        assert obs_final <= polled["final_s"] + 0.1, (watched, polled)
+        assert polled["final_s"] - obs_final < 0.5, (watched, polled)

@@ -17,7 +17,7 @@ from binlab.seed import SEED_POINTS
 from binlab.training.recipes import RECIPES
 from binlab.training.train import evaluate
 
-from common import chart_text, friendly_errors, require_baseline, sidebar, train_rows, vertical_lines
+from common import chart_text, friendly_errors, require_baseline, sidebar, steady_page, train_rows, vertical_lines
 
 preset, source = sidebar()
 st.title("Binarize (live)")
@@ -138,6 +138,7 @@ def set_selection(names, chosen):
 
 with friendly_errors():
     splits, baseline = require_baseline(preset, source)
+    steady_page()  # no fade while a slider move refreshes the numbers and charts (a laptop's CPU goes to the numbers)
     lab = live_lab(baseline, splits)
     lay = layout(lab.model)
     names = lay["embeddings"] + [n for row in lay["layers"] for _, n in row] + [lay["head"]]

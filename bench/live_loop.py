@@ -7,6 +7,8 @@ Measures, on the chosen preset's cached baseline, side by side in one run:
 - the first look the page shows before that (LiveLab.glance: the same change measured on a fixed
   slice of those rows, stratified by class on a classifier), timed for the same changes: what a learner waits for
   the first numbers (the page's own drawing comes on top: bench/browser.py measures both together);
+- with ``--against DIR``: the first look then the full numbers of the LiveLab of another checkout (DIR's
+  binlab/lab/live.py, on this binlab otherwise), timed beside this one's, first in turn per change;
 - full test-set evaluation (7,600 rows) and a 1,000-row validation slice.
 
 The lab's rows are the Binarize page's (``LiveLab.for_page``): ``task_info(model).live_rows`` (1,000 on a
@@ -26,6 +28,7 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -78,6 +81,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="scratch")
     ap.add_argument("--data", default=None)
+    ap.add_argument("--against", default=None, metavar="DIR", help="also time the LiveLab of the checkout in DIR, change by change")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     p = get_preset(args.preset)
@@ -91,6 +95,16 @@ def main():
     # where the page's first look is smaller than a classifier's 200 rows (a language model, minilm-l2), the same
     # changes' first look on 200 rows is timed beside it, in the same run, for the comparison
     wide = LiveLab(model, splits.val, val_rows=n_rows, calib=lab.calib, glance_rows=WIDE) if n_glance < WIDE else None
+    other = None
+    if args.against:  # another checkout's live lab (its binlab/lab/live.py, with this binlab's other modules)
+        import importlib.util
+
+        path = Path(args.against).resolve() / "binlab" / "lab" / "live.py"
+        spec_ = importlib.util.spec_from_file_location("binlab.lab.live_against", path)
+        mod = importlib.util.module_from_spec(spec_)
+        spec_.loader.exec_module(mod)
+        other = mod.LiveLab.for_page(model, splits, p)
+        other.apply(QuantSpec.simple("QK", "bucket"))  # warm-up
     lab.apply(QuantSpec.simple("QK", "bucket"))  # warm-up
     hessian_s = None
     if lm:  # the Hessians of the components the changes touch, computed once (what a first visit pays)
@@ -100,17 +114,24 @@ def main():
         hessian_s = time.perf_counter() - t0
     if wide is not None:
         wide.hessians = lab.hessians  # the calibration is shared, as the page's clones share it
+    if other is not None:
+        other.hessians = lab.hessians
     rows = []
     for i, (label, spec) in enumerate(lm_changes() if lm else changes()):
         out = {}
+        against = lambda: (other.glance(spec), other.apply(spec))  # noqa: E731
+        other_s = _timed(against) if other is not None and i % 2 else None
         # the page's first look and the 200-row one in interleaved pairs (their order alternates), then the full numbers
         wide_s = _timed(lambda: wide.glance(spec)) if wide is not None and i % 2 else None
         first_s = _timed(lambda: out.update(g=lab.glance(spec)))  # what the page shows first
         if wide is not None and not i % 2:
             wide_s = _timed(lambda: wide.glance(spec))
         full_s = _timed(lambda: out.update(r=lab.apply(spec)))  # then refines to the full rows
+        if other is not None and other_s is None:
+            other_s = _timed(against)
         g, r = out["g"], out["r"]
         rows.append({"change": label, "first_look_seconds": first_s, "seconds": full_s, "first_to_final_seconds": first_s + full_s,
+                     **({"against_first_to_final_seconds": other_s} if other is not None else {}),
                      **({"first_look_200_seconds": wide_s} if wide_s is not None else {}),
                      "first_look_accuracy": g["accuracy"], "accuracy": r["accuracy"], "reduction_percent": r["reduction_percent"],
                      **({"perplexity": r["perplexity"], "first_look_perplexity": g["perplexity"]} if lm else {})})
@@ -130,13 +151,16 @@ def main():
                "cpu_flags": cpu_flags(), "live_rows": n_rows, "glance_rows": n_glance,
                "first_look_median_s": statistics.median(firsts), "first_look_max_s": max(firsts),
                "first_to_final_median_s": statistics.median(finals),
+               "against": args.against,
+               "against_first_to_final_median_s": statistics.median(r["against_first_to_final_seconds"] for r in rows) if other else None,
+               "against_ratio": _ratios([r["against_first_to_final_seconds"] / r["first_to_final_seconds"] for r in rows]) if other else None,
                "first_look_200_median_s": statistics.median(r["first_look_200_seconds"] for r in rows) if wide is not None else None,
                "first_look_200_ratio": _ratios([r["first_look_200_seconds"] / r["first_look_seconds"] for r in rows]) if wide is not None else None,
                "load_average": [load0, os.getloadavg()[0]],
                "live_median_s": statistics.median(secs), "live_max_s": max(secs), "val_1000_eval_s": val_s,
                "test_eval_s": test_s, "test_rows": len(splits.test), "changes": rows, "hessians_first_s": hessian_s,
                "head_gemm_s": head_gemm_s,
-               "command": f"python bench/live_loop.py --preset {args.preset}"}
+               "command": f"python bench/live_loop.py --preset {args.preset}" + (f" --against {args.against}" if args.against else "")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"bench-live-loop-{args.preset}"
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
@@ -147,6 +171,9 @@ def main():
           + ("the first ones" if lm else "stratified by class") + f", shown first): median "
           f"**{payload['first_look_median_s']:.3f} s**, max {payload['first_look_max_s']:.3f} s; first look then the full numbers: "
           f"median {payload['first_to_final_median_s']:.3f} s"
+          + (f" (the LiveLab of `{args.against}`, timed beside it change by change, first in turn: median "
+             f"{payload['against_first_to_final_median_s']:.3f} s, {payload['against_ratio']['median']:.2f}x this one's per change, range "
+             f"{payload['against_ratio']['min']:.2f}-{payload['against_ratio']['max']:.2f}x)" if other is not None else "")
           + (f" (the same changes' first look on {WIDE} rows, timed in interleaved pairs with it: median "
              f"{payload['first_look_200_median_s']:.3f} s, {payload['first_look_200_ratio']['median']:.2f}x the page's per pair, range "
              f"{payload['first_look_200_ratio']['min']:.2f}-{payload['first_look_200_ratio']['max']:.2f}x)" if wide is not None else ""),

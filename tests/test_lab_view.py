@@ -113,28 +113,22 @@ def _same_spec_at_once(lab, n, spec, monkeypatch, fail_first=False):
     many full evaluations and first looks ran). ``fail_first``: the first full evaluation raises."""
     import threading
 
-    from binlab.lab.live import LiveLab
+    from binlab.lab.live import GLANCE_PRIORITY, LiveLab
 
     calls = {"full": 0, "glance": 0}
     lock = threading.Lock()
-    stats, plain = LiveLab._stats, LiveLab._plain_stats
+    stats = LiveLab._stats
 
-    def counted_stats(self, start):
+    def counted_stats(self, first, stop, priority=0):
+        kind = "glance" if priority == GLANCE_PRIORITY else "full"
         with lock:
-            calls["full"] += 1
-            first = calls["full"] == 1
-        time.sleep(0.3)  # long enough that every other clone asks while this one measures
-        if fail_first and first:
+            calls[kind] += 1
+            fail = fail_first and kind == "full" and calls["full"] == 1
+        time.sleep(0.3 if kind == "full" else 0.2)  # long enough that every other clone asks while this one measures
+        if fail:
             raise RuntimeError("the first evaluation fails")
-        return stats(self, start)
-
-    def counted_plain(self, batches, priority=0):
-        with lock:
-            calls["glance"] += 1
-        time.sleep(0.2)
-        return plain(self, batches, priority)
+        return stats(self, first, stop, priority)
     monkeypatch.setattr(LiveLab, "_stats", counted_stats)
-    monkeypatch.setattr(LiveLab, "_plain_stats", counted_plain)
     clones = [lab.clone() for _ in range(n)]
     out, errors, go = [None] * n, [], threading.Barrier(n)
 
@@ -162,13 +156,13 @@ def test_learners_asking_for_the_same_change_at_once_share_one_evaluation(tiny_s
 
     fp, _ = get_baseline("tiny", tiny_splits)
     spec = QuantSpec.simple("QK", "bucket", options={"tau": 0.35})
-    alone = LiveLab(fp, tiny_splits.val, val_rows=80).apply(spec)
-    out, calls, errors = _same_spec_at_once(LiveLab(fp, tiny_splits.val, val_rows=80), 4, spec, monkeypatch)
+    alone = LiveLab(fp, tiny_splits.val, val_rows=80, glance_rows=20).apply(spec)
+    out, calls, errors = _same_spec_at_once(LiveLab(fp, tiny_splits.val, val_rows=80, glance_rows=20), 4, spec, monkeypatch)
     assert not errors and calls == {"full": 1, "glance": 1}, calls
     assert sum(bool(r.get("shared")) for r in out) == 3
     assert all(r["accuracy"] == alone["accuracy"] and r["loss"] == alone["loss"] for r in out)
     monkeypatch.setattr(LiveLab, "share_in_flight", False)  # the setting bench/class_load.py compares against
-    out, calls, errors = _same_spec_at_once(LiveLab(fp, tiny_splits.val, val_rows=80), 3, spec, monkeypatch)
+    out, calls, errors = _same_spec_at_once(LiveLab(fp, tiny_splits.val, val_rows=80, glance_rows=20), 3, spec, monkeypatch)
     assert not errors and calls["full"] == 3 and all(r["accuracy"] == alone["accuracy"] for r in out)
 
 
@@ -181,12 +175,50 @@ def test_a_failed_evaluation_leaves_the_waiting_learners_to_measure(tiny_splits,
 
     fp, _ = get_baseline("tiny", tiny_splits)
     spec = QuantSpec.simple("QK", "bucket", options={"tau": 0.45})
-    alone = LiveLab(fp, tiny_splits.val, val_rows=80).apply(spec)
+    alone = LiveLab(fp, tiny_splits.val, val_rows=80, glance_rows=20).apply(spec)
     t0 = time.perf_counter()
-    out, calls, errors = _same_spec_at_once(LiveLab(fp, tiny_splits.val, val_rows=80), 3, spec, monkeypatch, fail_first=True)
+    out, calls, errors = _same_spec_at_once(LiveLab(fp, tiny_splits.val, val_rows=80, glance_rows=20), 3, spec, monkeypatch, fail_first=True)
     assert len(errors) == 1 and time.perf_counter() - t0 < 30
     done = [r for r in out if r is not None]
     assert len(done) == 2 and calls["full"] == 2 and all(r["accuracy"] == alone["accuracy"] for r in done), calls
+
+
+def test_full_numbers_after_a_first_look_compute_only_the_other_rows(tiny_splits, monkeypatch):
+    """A change's first look measures the first look's rows; the full numbers that follow reuse them and compute
+    only the other rows (the lab's batches put the first look's rows first), and equal the numbers of a lab that
+    never took a first look. A first look at another configuration is not reused."""
+    from binlab.lab.live import LiveLab
+    from binlab.nn.quantize import QuantSpec
+    from binlab.presets import get_baseline
+
+    fp, _ = get_baseline("tiny", tiny_splits)
+    lab = LiveLab(fp, tiny_splits.val, val_rows=80, glance_rows=20)
+    ref = LiveLab(fp, tiny_splits.val, val_rows=80, glance_rows=20)  # the same rows in the same batches, no first looks
+    seen, stats = [], LiveLab._stats
+
+    def spy(self, first, stop, priority=0):
+        if self is lab:
+            seen.append((first, stop))
+        return stats(self, first, stop, priority)
+    monkeypatch.setattr(LiveLab, "_stats", spy)
+    g0, g1 = lab._groups
+    assert len(g0) and len(g1) and sum(len(y) for _, y in (lab.batches[b] for b in g0)) == 20
+    specs = [QuantSpec.simple("QK", "bucket", options={"tau": t}) for t in (0.1, 0.6)] + [QuantSpec.simple("encoder", "xnor"), QuantSpec()]
+    losses = set()
+    for spec in specs:
+        seen.clear()
+        g = lab.glance(spec)
+        r, want = lab.apply(spec), ref.apply(spec)
+        assert seen == [(g0.start, g0.stop), (g1.start, g1.stop)], seen
+        assert r["rows"] == want["rows"] == 80 and g["rows"] == 20
+        assert r["loss"] == want["loss"] and r["accuracy"] == want["accuracy"], spec
+        losses.add(r["loss"])
+    assert len(losses) == len(specs)  # the configurations differ in their numbers: a reused wrong slice would show
+    seen.clear()
+    looked, moved = (QuantSpec.simple("QK", "bucket", options={"tau": t}) for t in (0.2, 0.3))  # new to both labs
+    lab.glance(looked)
+    r = lab.apply(moved)  # the learner moved on before the full numbers: every row is computed
+    assert seen == [(g0.start, g0.stop), (g0.start, g1.stop)] and r["loss"] == ref.apply(moved)["loss"]
 
 
 def test_progress_bars_follow_the_work(capsys):

@@ -1011,7 +1011,8 @@ def test_first_look_then_full_numbers_equal_a_full_evaluation(preset, fixture_da
     p = replace(p, model=replace(p.model, n_layers=2))
     splits = load_data(p, source=str(fixture_data), val_size=100, test_size=50)
     model, calib = build_model(p, splits), calibration_set(splits, 16)
-    a, b = LiveLab(model, splits.val, val_rows=80, calib=calib, glance_rows=30), LiveLab(model, splits.val, val_rows=80, calib=calib)
+    # b: the same rows in the same batches, never taking a first look
+    a, b = LiveLab(model, splits.val, val_rows=80, calib=calib, glance_rows=30), LiveLab(model, splits.val, val_rows=80, calib=calib, glance_rows=30)
     specs = [QuantSpec.simple("layers.1.attn.q", "xnor"), QuantSpec.simple(["layers.1.attn.q", "layers.0.ffn.up"], "xnor"),
              QuantSpec((Rule("layers.1.attn.q", MethodConfig("gptq", options={"bits": 2})),)), QuantSpec()]
     for spec in specs:
@@ -1024,8 +1025,8 @@ def test_first_look_then_full_numbers_equal_a_full_evaluation(preset, fixture_da
         assert full["loss"] == pytest.approx(plain["loss"], rel=1e-12) and full["accuracy"] == pytest.approx(plain["accuracy"], rel=1e-12)
         assert g["total_bytes"] == full["total_bytes"]  # the size is exact from the first look on
         assert a.last_start == b.last_start
-    # b's first look takes the task's default: 200 stratified rows on a classifier (all 80 here), 60 on a language model
-    assert len(b.glance_val) == (60 if preset == "tiny-lm" else 80)
+    # the task's default first look: 200 stratified rows on a classifier (all 80 here), 60 on a language model
+    assert len(LiveLab(model, splits.val, val_rows=80).glance_val) == (60 if preset == "tiny-lm" else 80)
     if preset == "tiny":  # the slice is balanced over the classes
         labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
         assert list(stratified_rows(labels, 4)) == [0, 3, 5, 9] and len(stratified_rows(labels, 20)) == 10

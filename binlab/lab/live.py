@@ -168,23 +168,29 @@ class LiveLab:
         self.task = task_of(self.model)
         self.info = task_info(self.model)  # what the headline metric is and what the model can do
         self.val = val.head(val_rows)
-        self.batches = list(self.val.batches(batch_size, device=self.device))  # padded once, reused on every change
-        self.calib = calib
-        self.hessians: dict[tuple[str, str], torch.Tensor] = {}  # (component, "layer" | "output") -> H
-        self.spec = QuantSpec()
-        self._inputs: list[list[torch.Tensor]] | None = None  # per batch: the input of every layer, for the current model
-        self.baseline_nll, self.units, hits = self._stats(-1)
-        self.baseline_correct = hits.astype(bool) if self.task == "classify" else hits
-        self.baseline_accuracy = float(hits.sum() / self.units.sum())
-        self.fp_size = model_size(self.model).summary()
-        self.family = next(LiveLab._families)  # clones share it (and so their measured results)
         # the first look's rows: a fixed slice of the same rows, stratified by class (a language model: the first rows)
         glance_rows = self.info.glance_rows if glance_rows is None else glance_rows  # the task's (binlab.nn.metric.TASKS)
         idx = np.arange(min(glance_rows, len(self.val))) if self.task == "lm" else stratified_rows(self.val.labels, glance_rows)
         self.glance_val = self.val.subset(idx)
         self.glance_batches = list(self.glance_val.batches(batch_size, device=self.device))
-        self.glance_base = self._plain_stats(self.glance_batches)  # (NLL, units, hits) of fp32 on those rows
-        self._before = None  # the plan a first look changed from, for apply()'s partial recompute
+        # padded once, reused on every change: the first look's rows, then the others, so that the full numbers of a
+        # change reuse its first look's rows and compute only the rest (every per-row array below is in this order)
+        rest = self.val.subset(np.setdiff1d(np.arange(len(self.val)), idx))
+        self.batches = self.glance_batches + list(rest.batches(batch_size, device=self.device))
+        self._groups = (range(len(self.glance_batches)), range(len(self.glance_batches), len(self.batches)))  # first look, rest
+        self.calib = calib
+        self.hessians: dict[tuple[str, str], torch.Tensor] = {}  # (component, "layer" | "output") -> H
+        self.spec = QuantSpec()
+        self._inputs: list | None = None  # per batch: the input of every layer (None: not computed), see _plans
+        self._plans: list = [None, None]  # per group of batches: the configuration its kept inputs were computed in
+        self._first_look = None  # (spec JSON, configuration, per-row stats) of this lab's last first look
+        self.baseline_nll, self.units, hits = self._stats(self._groups[0].start, len(self.batches))
+        self.baseline_correct = hits.astype(bool) if self.task == "classify" else hits
+        self.baseline_accuracy = float(hits.sum() / self.units.sum())
+        self.fp_size = model_size(self.model).summary()
+        self.family = next(LiveLab._families)  # clones share it (and so their measured results)
+        n = len(self.glance_val)  # (NLL, units, hits) of fp32 on the first look's rows: the first of every row
+        self.glance_base = (self.baseline_nll[:n], self.units[:n], hits[:n])
 
     @classmethod
     def for_page(cls, baseline: torch.nn.Module, splits, preset=None) -> "LiveLab":
@@ -206,50 +212,66 @@ class LiveLab:
         new = copy.copy(self)
         new.model = restore_(copy.deepcopy(self.model))
         new.spec = QuantSpec()
-        new._inputs = None  # the next evaluation recomputes every layer for this copy
+        new._inputs, new._plans, new._first_look = None, [None, None], None  # its next evaluation computes every layer
         return new
 
-    @torch.inference_mode()
-    def _stats(self, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-row (NLL, units, hits) on the lab's rows, recomputing only from layer ``start`` on
-        (-1: from the embeddings): the inputs of earlier layers are kept from the last evaluation,
-        so the result equals a full evaluation of the same rows (tested)."""
-        with GATE() as turn:  # one evaluation per free core set at a time (binlab.lab.gate)
-            return self._stats_locked(start, turn.checkpoint)
+    def _configuration(self) -> tuple:
+        """What the kept layer inputs depend on: the binarization plan and the attention settings."""
+        return current_plan(self.model), (self.spec.attn_probs, self.spec.attn_qkv, self.spec.attn_residual)
 
-    def _stats_locked(self, start: int, checkpoint=lambda: None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _start(self, group: int, now: tuple, inputs) -> int:
+        """The layer a group of batches recomputes from in configuration ``now``: the first layer that changed since
+        its inputs were kept (-1: the embeddings; ``n_layers``: the head alone)."""
+        then = self._plans[group]
+        if inputs is None or then is None or then[1] != now[1]:
+            return -1
+        changed = {n for n in set(then[0]) | set(now[0]) if then[0].get(n) != now[0].get(n)}
+        return min(first_changed_layer(changed, len(self.model.layers)), len(self.model.layers))
+
+    @torch.inference_mode()
+    def _stats(self, first: int, stop: int, priority: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-row (NLL, units, hits) on the lab's batches ``first`` to ``stop`` (whole groups: the first look's, the
+        rest's, or both), each group recomputed only from the first layer that changed since its layer inputs were
+        kept, so the result equals a full evaluation of the same batches (tested). ``priority`` in the evaluation gate
+        (a first look: :data:`GLANCE_PRIORITY`); a full evaluation steps aside between batches for waiting first looks."""
+        with GATE(priority) as turn:  # one evaluation per free core set at a time (binlab.lab.gate)
+            return self._stats_locked(first, stop, turn.checkpoint if priority == 0 else (lambda: None))
+
+    def _stats_locked(self, first: int, stop: int, checkpoint=lambda: None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from binlab.nn import objective
 
         m = self.model
         m.eval()
+        now = self._configuration()
         inputs = self._inputs  # read once: another lab may drop them (_keep_inputs) while this evaluation runs
-        if inputs is None:
-            start = -1
-        L = len(m.layers)
-        if start > L:  # nothing changed
-            start = L
+        groups = [g for g, r in enumerate(self._groups) if len(r) and first <= r.start < stop]
+        starts = {g: self._start(g, now, inputs) for g in groups}
         out = [[], [], []]
-        new_inputs = []
-        for b, (x, y) in enumerate(self.batches):
-            if b:
-                checkpoint()  # a waiting first look (another learner's) goes ahead of the rest of this evaluation
-            xs = list(inputs[b]) if start >= 0 else [m.embed(x)]
-            k = max(start, 0)
-            xs = xs[: k + 1]
-            key_mask = x != PAD_ID
-            for layer in m.layers[k:]:
-                xs.append(layer(xs[-1], key_mask))
-            new_inputs.append(xs)
-            for acc, v in zip(out, objective.stats_from_states(m, xs[-1], x, y)):
-                acc.append(v.double().cpu())
+        new_inputs = list(inputs) if inputs is not None else [None] * len(self.batches)
+        for g in groups:
+            start = starts[g]
+            for b in self._groups[g]:
+                x, y = self.batches[b]
+                if b > first:
+                    checkpoint()  # a waiting first look (another learner's) goes ahead of the rest of this evaluation
+                k = max(start, 0)
+                xs = list(inputs[b][: k + 1]) if start >= 0 else [m.embed(x)]
+                key_mask = x != PAD_ID
+                for layer in m.layers[k:]:
+                    xs.append(layer(xs[-1], key_mask))
+                new_inputs[b] = xs
+                for acc, v in zip(out, objective.stats_from_states(m, xs[-1], x, y)):
+                    acc.append(v.double().cpu())
+            self.last_start = start  # the layer this group started from (-1: the embeddings)
+        plans = [now if g in groups else (self._plans[g] if inputs is not None else None) for g in range(len(self._groups))]
+        self._plans = plans
         self._keep_inputs(new_inputs)
-        self.last_start = start  # the layer this evaluation started from (-1: the embeddings)
-        return tuple(torch.cat(v).numpy() for v in out)
+        return tuple(torch.cat(v).numpy() if v else np.zeros(0) for v in out)
 
     def _keep_inputs(self, inputs: list[list[torch.Tensor]]) -> None:
         """Keep ``inputs`` (every layer's input, per batch) for the next change, within :func:`layer_cache_bytes`
         for all labs together: the labs that stored theirs longest ago drop them first (never this one)."""
-        nbytes = sum(t.numel() * t.element_size() for xs in inputs for t in xs)
+        nbytes = sum(t.numel() * t.element_size() for xs in inputs if xs is not None for t in xs)
         budget = layer_cache_bytes()
         with LiveLab._kept_lock:
             self._inputs = inputs
@@ -268,20 +290,6 @@ class LiveLab:
                 if lab is not None and id(lab._inputs) == which:
                     lab._inputs = None  # its next change starts from the embeddings
                 total -= n
-
-    @torch.inference_mode()
-    def _plain_stats(self, batches, priority: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-row (NLL, units, hits) of the current model on ``batches``, every layer computed (no cache);
-        ``priority`` in the evaluation gate (a first look: 1, ahead of full evaluations)."""
-        from binlab.nn import objective
-
-        m = self.model.eval()
-        out = [[], [], []]
-        with GATE(priority):
-            for x, y in batches:
-                for acc, v in zip(out, objective.row_stats(m(x), x, y, self.task)):
-                    acc.append(v.double().cpu())
-        return tuple(torch.cat(v).numpy() for v in out)
 
     def hessian(self, name: str, kind: str = "layer") -> torch.Tensor:
         """The full-precision Hessian of a component on the calibration rows (cached): ``"layer"``
@@ -312,12 +320,10 @@ class LiveLab:
                       change=out["loss"] - out["baseline_loss"])
         return accuracy_keys(acc) | {"metric": acc, "more": [loss]}
 
-    def _switch(self, spec: QuantSpec) -> tuple[dict, tuple]:
-        """Binarize to ``spec`` (only changed components are redone; methods that need data calibrated);
-        returns the plan and attention settings the model had before (before a first look, if one ran)."""
+    def _switch(self, spec: QuantSpec) -> None:
+        """Binarize to ``spec`` (only changed components are redone; methods that need data calibrated)."""
         from binlab.training.calibration import calibrate_, needs_calibration
 
-        before = self._before or (current_plan(self.model), (self.spec.attn_probs, self.spec.attn_qkv, self.spec.attn_residual))
         quantize_(self.model, spec)
         self.spec = spec
         todo = needs_calibration(self.model)
@@ -325,7 +331,6 @@ class LiveLab:
             if self.calib is None:
                 raise ValueError(f"{todo[0]}'s method needs calibration data, and this lab has none (pass calib=...)")
             calibrate_(self.model, self.calib, sequential=False, cache=self.hessians)
-        return before
 
     @staticmethod
     def _once(table: dict, key: tuple, compute: Callable[[], dict]) -> tuple[dict, bool]:
@@ -385,12 +390,15 @@ class LiveLab:
         lab's rows (``glance_rows``, default the task's ``glance_rows``: 200 stratified by class on a classifier, the
         first 60 on a language model) with the same keys as :meth:`apply`
         (``rows`` says how many) plus ``first_look: True``; the size is exact already. A following
-        :meth:`apply` of the same spec gives the full numbers, equal to an evaluation without the first look."""
+        :meth:`apply` of the same spec gives the full numbers, equal to an evaluation without the first look, and
+        computes only the rows the first look did not (the lab's batches hold the first look's rows first)."""
         t0 = time.perf_counter()
-        self._before = self._switch(spec)
+        self._switch(spec)
 
         def measure() -> dict:
-            nll, units, hits = self._plain_stats(self.glance_batches, priority=GLANCE_PRIORITY)
+            g = self._groups[0]
+            nll, units, hits = self._stats(g.start, g.stop, priority=GLANCE_PRIORITY)
+            self._first_look = (spec.to_json(), self._configuration(), (nll, units, hits))  # apply() reuses these rows
             base_nll, base_units, base_hits = self.glance_base
             size = model_size(self.model).summary()
             out = {"loss": float(nll.sum() / units.sum()), "baseline_loss": float(base_nll.sum() / base_units.sum()), **size,
@@ -408,14 +416,17 @@ class LiveLab:
         A language model adds :func:`lm_metrics` (perplexity; ``accuracy`` is next-token top-1)."""
 
         t0 = time.perf_counter()
-        before, probs_before = self._switch(spec)
-        self._before = None
+        self._switch(spec)
+        looked, self._first_look = self._first_look, None
 
         def measure() -> dict:
-            after = current_plan(self.model)
-            changed = {n for n in set(before) | set(after) if before.get(n) != after.get(n)}
-            start = -1 if (spec.attn_probs, spec.attn_qkv, spec.attn_residual) != probs_before else first_changed_layer(changed, len(self.model.layers))
-            nll, units, hits = self._stats(start)
+            g0, g1 = self._groups
+            if looked is not None and looked[0] == spec.to_json() and looked[1] == self._configuration() == self._plans[0]:
+                # this lab's first look at this configuration measured its first rows: only the rest is computed
+                rest = self._stats(g1.start, g1.stop) if len(g1) else (np.zeros(0),) * 3
+                nll, units, hits = (np.concatenate([a, b]) for a, b in zip(looked[2], rest))
+            else:
+                nll, units, hits = self._stats(g0.start, g1.stop)
             size = model_size(self.model).summary()
             out = {"loss": float(nll.sum() / units.sum()), "baseline_loss": float(self.baseline_nll.sum() / self.units.sum()), **size,
                    "fp32_bytes": self.fp_size["total_bytes"], "rows": len(nll), "baseline_accuracy": 100 * self.baseline_accuracy}
@@ -424,6 +435,7 @@ class LiveLab:
         out, shared = self._once(LiveLab._shared_results, (self.family, spec.to_json()), measure)
         if shared:  # another learner measured this spec on the same rows (before, or just now): the same numbers
             self._inputs = None  # this copy's layer inputs are not computed: the next change starts from the embeddings
+            self._plans = [None, None]
             return out | {"seconds": time.perf_counter() - t0, "shared": True}
         return out
 

@@ -152,7 +152,9 @@ async def step_observed(page, thumb) -> dict:
 
 
 async def step_polled(page, thumb) -> dict:
-    """One step timed from here, reading the page's text every 20 ms; None past 60 s."""
+    """One step timed from here, reading the page's text every 20 ms; None past 60 s. Its reference text is read
+    before the key press, so a rerun without the key just before it (the caption then says "measured before")
+    counts as the key's: the page's watcher (:func:`step_observed`) takes its reference at the keydown."""
     step = {"response_s": None, "first_s": None, "final_s": None}
     final0, first0, _ = await texts(page)
     await thumb.focus(timeout=60_000)

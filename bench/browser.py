@@ -20,7 +20,7 @@ lab served locally from this machine.
   step from the default to values no earlier row measured;
 - ``--app-root``: serve the app of another checkout (e.g. a git worktree of an earlier commit) against
   this binlab; ``--compare-app DIR``: time every row with this app and with DIR's, each first in turn, and
-  give the shift of the medians with a bootstrap interval (``--compare-watch``: the two ways of timing).
+  give the shift of the medians with a bootstrap interval over pages (``--compare-watch``: the two ways of timing).
 The server, the computation and the browsers share this machine's cores; in a classroom the browsers run
 on the learners' own machines, so with many learners these numbers are pessimistic (every page's
 rendering takes CPU from the server here). The machine is printed with the numbers.
@@ -283,20 +283,15 @@ def summary(runs: list[dict]) -> dict:
     for k in ("response", "first", "final"):
         xs = [s[f"{k}_s"] for r in runs for s in r["steps"] if s[f"{k}_s"] is not None]
         out[f"{k}_median_s"], out[f"{k}_p95_s"] = (statistics.median(xs) if xs else None), q(xs, 0.95)
-    out["steps"] = [s for r in runs for s in r["steps"]]
+    out["steps"] = [s | {"page": j, "round": r.get("round")} for j, r in enumerate(runs) for s in r["steps"]]
     return out
 
 
-def median_shift(a: list[float], b: list[float], draws: int = 4000, seed: int = 0) -> dict:
-    """median(a) - median(b) and its 95 % percentile-bootstrap interval (steps resampled with replacement
-    within each side, ``draws`` times, a fixed seed)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    d = np.median(rng.choice(a, (draws, len(a))), axis=1) - np.median(rng.choice(b, (draws, len(b))), axis=1)
-    lo, hi = np.percentile(d, [2.5, 97.5])
-    return {"difference_s": float(np.median(a) - np.median(b)), "low_s": float(lo), "high_s": float(hi), "steps": [len(a), len(b)]}
+def step_records(runs: list[dict], key: str) -> list[dict]:
+    """The steps of ``runs`` that reached ``key``, as bench/class_load.py's :func:`median_gap` takes them: each
+    tagged with its page ("learner") and round, the clusters its bootstrap resamples (a page's steps queue behind
+    each other, so they are not independent draws)."""
+    return [{"round": r.get("round"), "learner": j, key: st[key]} for j, r in enumerate(runs) for st in r["steps"] if st[key] is not None]
 
 
 def serve_and_run(args, counts: list[int], watch: str, pins: int, app_root: Path = ROOT) -> tuple[dict[int, list[dict]], list]:
@@ -365,12 +360,15 @@ def main():
         sm["round_final_medians_s"] = [statistics.median(xs) if xs else None for xs in
                                            ([s["final_s"] for r in runs if r.get("round") == k for s in r["steps"] if s["final_s"] is not None]
                                             for k in range(args.rounds))]
-        if label != variants[0][0]:  # the shift against the main variant
+        if label != variants[0][0]:  # the shift of the main variant's medians against this one's
+            sys.path.insert(0, str(ROOT / "bench"))
+            from class_load import median_gap
+
             main_runs = next(rs for m, lb, rs in rows if m == n and lb == variants[0][0])
-            for k in ("first", "final"):
-                xs = [[s[f"{k}_s"] for r in rr for s in r["steps"] if s[f"{k}_s"] is not None] for rr in (main_runs, runs)]
-                if all(xs):
-                    sm[f"{k}_shift"] = median_shift(*xs)
+            for k in ("first_s", "final_s"):
+                a, b = step_records(runs, k), step_records(main_runs, k)
+                if a and b:
+                    sm[f"{k[:-2]}_shift"] = median_gap(a, b, key=k)
         out["rows"].append({"learners": n, "variant": label, **sm})
         if label != variants[0][0]:
             continue
@@ -411,13 +409,13 @@ def main():
                   f"{r['slow_pages']} of {len(r['load_s'])} | {r['failed_pages']} of {len(r['load_s'])} | {f(statistics.median(r['load_s']))} |")
     shifts = [r for r in out["rows"] if "final_shift" in r and "first_shift" in r]
     if shifts:
-        md += ["", f"Median of *{variants[0][0]}* minus median of *{variants[1][0]}*, seconds, with a 95 % bootstrap interval over "
-               "the steps (each side resampled apart); per-round medians of the final numbers in brackets:", ""]
+        md += ["", f"Median of *{variants[0][0]}* minus median of *{variants[1][0]}*, seconds, with a 95 % percentile-bootstrap "
+               "interval that resamples whole pages of a round (a page's steps queue behind each other; bench/class_load.py's median_gap); per-round medians of the final numbers in brackets:", ""]
         for r in shifts:
             main = next(m for m in out["rows"] if m["learners"] == r["learners"] and m["variant"] == variants[0][0])
-            md.append(f"- {r['learners']} learner{'s' if r['learners'] > 1 else ''}: first numbers {r['first_shift']['difference_s']:+.2f}"
-                      f" ({r['first_shift']['low_s']:+.2f} to {r['first_shift']['high_s']:+.2f}); final numbers {r['final_shift']['difference_s']:+.2f} "
-                      f"({r['final_shift']['low_s']:+.2f} to {r['final_shift']['high_s']:+.2f}) "
+            fs, ls = r["first_shift"], r["final_shift"]
+            md.append(f"- {r['learners']} learner{'s' if r['learners'] > 1 else ''}: first numbers {fs['gap_s']:+.2f} ({fs['ci95'][0]:+.2f} to "
+                      f"{fs['ci95'][1]:+.2f}); final numbers {ls['gap_s']:+.2f} ({ls['ci95'][0]:+.2f} to {ls['ci95'][1]:+.2f}) "
                       f"[{', '.join(f(x) for x in main['round_final_medians_s'])} against {', '.join(f(x) for x in r['round_final_medians_s'])}]")
     if seen:
         md += ["", f"Class page (a teacher's page left open, refreshing by itself; one learner pins {len(seen)} runs, one after another): "

@@ -93,6 +93,7 @@ class Learner:
         self.slider = self.fragment = self.page_hash = None
         self.widgets = {}  # widget id -> WidgetState: what the page holds
         self.sent = []  # every BackMsg sent, in order
+        self.elements = []  # (type, label) of every element the server sent, and ("move", value) where a move was sent
         self.runs_finished = 0
         self.changed = asyncio.Event()
         self.error: str | None = None
@@ -114,6 +115,7 @@ class Learner:
                     el = fm.delta.new_element
                     what = el.WhichOneof("type")
                     sub = getattr(el, what) if what else None
+                    self.elements.append((what, getattr(sub, "label", "")))
                     state = widget_state(what, sub)
                     if state is not None and (state.id not in self.widgets or getattr(sub, "set_value", False)):
                         self.widgets[state.id] = state
@@ -157,6 +159,7 @@ class Learner:
         cs = msg.rerun_script
         cs.page_name = PAGE
         if value is not None:
+            self.elements.append(("move", value))
             cs.page_script_hash, cs.fragment_id = self.page_hash, self.fragment
             from streamlit.proto.WidgetStates_pb2 import WidgetState
 
@@ -169,10 +172,11 @@ class Learner:
         await self.ws.send(msg.SerializeToString())
 
 
-async def learner(url: str, values: list[float], settle: bool = False, sent: list | None = None) -> dict:
+async def learner(url: str, values: list[float], settle: bool = False, sent: list | None = None, elements: list | None = None) -> dict:
     """Load the page, then move the slider to each of ``values`` in turn; the same record as bench/browser.py's.
     ``settle``: wait for the page's first run to finish before the first move (else a move follows the first
-    numbers, as the browsers of bench/browser.py press); ``sent``: a list that receives every BackMsg sent."""
+    numbers, as the browsers of bench/browser.py press); ``sent``: a list that receives every BackMsg sent;
+    ``elements``: a list that receives :attr:`Learner.elements`."""
     import websockets
 
     t0 = time.perf_counter()
@@ -182,6 +186,8 @@ async def learner(url: str, values: list[float], settle: bool = False, sent: lis
             me = Learner(ws, url)
             if sent is not None:
                 me.sent = sent
+            if elements is not None:
+                me.elements = elements
             reader = asyncio.create_task(me.read())
             await me.send()
             loaded = (lambda: me.runs_finished > 0 and bool(me.final)) if settle else (lambda: bool(me.final) and me.slider is not None)

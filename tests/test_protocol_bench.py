@@ -113,3 +113,19 @@ def test_a_protocol_learner_sends_what_a_browser_sends(bench, url):
     assert ours[1:] == reference[1:], "page or fragment differ from the browser's"
     assert ours[0] == reference[0], {k: (ours[0].get(k), reference[0].get(k)) for k in set(ours[0]) | set(reference[0])
                                      if ours[0].get(k) != reference[0].get(k)}
+
+
+def test_a_threshold_move_redraws_the_results_not_the_choice_of_components(bench, url):
+    """A move of the threshold slider reruns only the part of the page that depends on it (the method's
+    options and the results): the server sends the slider and the new numbers again, but neither the
+    component checkboxes nor the method's select box, which the page's first run did send."""
+    els = []
+    r = asyncio.run(bench.learner(url, [0.05], settle=True, elements=els))
+    assert not r["failed"] and r["steps"][0]["final_s"] is not None, r
+    cut = next(i for i, (what, _) in enumerate(els) if what == "move")
+    load, move = els[:cut], els[cut + 1:]
+    for part in (load, move):  # both runs: the slider and the final numbers
+        assert ("slider", "") not in part and any(w == "slider" for w, _ in part), part
+        assert any(w == "markdown" for w, _ in part)
+    assert ("checkbox", "head") in load and ("selectbox", "Binarizer") in load, load
+    assert ("checkbox", "head") not in move and ("selectbox", "Binarizer") not in move, move

@@ -148,8 +148,10 @@ with friendly_errors():
     for k, v in {"method": PAGE_DEFAULTS["binarize"], "ste": "(default)", "act": "none", "attn_probs": "softmax (fp32)", "attn_qkv": "none"}.items():
         st.session_state.setdefault(k, v)
 
-    # a widget change reruns only this part (st.fragment): the sidebar, the data and the lab above are not
-    # rebuilt on every slider move; a button that changes the selection still reruns the page
+    # a widget change reruns only the fragment it is in: the sidebar, the data and the lab above are not rebuilt on
+    # a move. The outer fragment holds the choice of components and method; the inner one (tuning) the method's
+    # options and everything that shows results, so a threshold move redraws neither the components nor the
+    # method's card. A button that changes the selection still reruns the page.
     @st.fragment
     def live_part():
         with friendly_errors():
@@ -186,8 +188,16 @@ with friendly_errors():
                 with st.expander(f"Method card: {method}"):
                     st.markdown(method_help(method))
                     st.code(method_card(method)["doc"], language=None)
-                ste = st.selectbox("Straight-through estimator (for QAT)", ["(default)"] + sorted(STES), key="ste",
-                                   help=f"default for {method}: {cls.default_ste}; " + "; ".join(f"{k}: {v.doc}" for k, v in sorted(STES.items())))
+                st.selectbox("Straight-through estimator (for QAT)", ["(default)"] + sorted(STES), key="ste",
+                             help=f"default for {method}: {cls.default_ste}; " + "; ".join(f"{k}: {v.doc}" for k, v in sorted(STES.items())))
+            tuning(left, right)
+
+    @st.fragment
+    def tuning(left, right):
+        with friendly_errors():
+            method, ste = st.session_state["method"], st.session_state["ste"]
+            cls = BINARIZERS[method]
+            with left:
                 options = option_widgets(method)
                 act = st.selectbox("Input activations", ["none"] + list(ACT_NAMES), key="act",
                                    help=f"{ACT_HELP}; in QAT the stateless kinds use the method's estimator ({cls.act_ste}); embeddings have no "

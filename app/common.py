@@ -103,6 +103,22 @@ def steady_page() -> None:
     st.html(STEADY_CSS)
 
 
+def newer_change_waiting() -> bool:
+    """Whether this session has sent a newer change (a widget moved, a page asked for) while its run goes on.
+
+    A widget inside an ``st.fragment`` does not interrupt a run in progress: Streamlit keeps the request and
+    starts it when the run ends, so a threshold move made while the last one's numbers are still refining would
+    wait for them. A long evaluation checks this (``LiveLab.apply(spec, superseded=newer_change_waiting)``) and
+    stops, so the newer change runs at once. Reads the session's pending request, which Streamlit keeps
+    in ``ScriptRunContext.script_requests`` (not a public API: tested against the installed Streamlit; where it
+    is missing this says False and evaluations run to their end, as before)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+    from streamlit.runtime.scriptrunner_utils.script_requests import ScriptRequestType
+
+    requests = getattr(get_script_run_ctx(suppress_warning=True), "script_requests", None)
+    return getattr(requests, "_state", None) == ScriptRequestType.RERUN
+
+
 def data_source() -> str | None:
     """Where AG_NEWS comes from: the server's setting (``BINLAB_DATA``: a local folder), else the hub. A
     visitor cannot change it: a typed path would let anyone make the server read any folder."""

@@ -94,6 +94,7 @@ class Learner:
         self.widgets = {}  # widget id -> WidgetState: what the page holds
         self.sent = []  # every BackMsg sent, in order
         self.elements = []  # (type, label) of every element the server sent, and ("move", value) where a move was sent
+        self.events = []  # (time.perf_counter(), "query" | "first" | "final", text): the page's URL query and its two captions, as they came
         self.runs_finished = 0
         self.changed = asyncio.Event()
         self.error: str | None = None
@@ -108,6 +109,8 @@ class Learner:
                 kind = fm.WhichOneof("type")
                 if kind == "navigation":  # the page the app's navigation chose (a new session names the main script first)
                     self.page_hash = fm.navigation.page_script_hash
+                elif kind == "page_info_changed":  # the page wrote its URL query (Binarize: the configuration it is showing)
+                    self.events.append((time.perf_counter(), "query", fm.page_info_changed.query_string))
                 elif kind == "script_finished":
                     self.runs_finished += 1
                     self.changed.set()
@@ -123,8 +126,10 @@ class Learner:
                         self.slider, self.fragment = el.slider, fm.delta.fragment_id
                     elif what == "markdown" and NUMBERS[0] in el.markdown.body:
                         self.final = el.markdown.body
+                        self.events.append((time.perf_counter(), "final", self.final))
                     elif what == "markdown" and NUMBERS[1] in el.markdown.body:
                         self.first = el.markdown.body
+                        self.events.append((time.perf_counter(), "first", self.first))
                     elif what == "alert" and BUSY in el.alert.body:
                         self.busy = True
                     elif what == "exception":

@@ -363,6 +363,69 @@ def test_an_evaluation_interrupted_while_waiting_leaves_the_gate_usable():
     assert g._running == 0
 
 
+def test_a_waiter_or_holder_whose_change_is_superseded_stops_and_leaves_the_gate_usable():
+    """With a ``superseded`` check, a waiter stops waiting once the check says so and a holder stops at its next
+    checkpoint, both with Superseded, leaving the line and the slots as they were; without the check, or while
+    it says False, nothing changes."""
+    import threading
+    import time
+
+    from binlab.lab.gate import EvalGate, Superseded
+
+    g = EvalGate(slots=1)
+    newer = threading.Event()
+    outcome = []
+
+    def waiter():
+        try:
+            with g(0, superseded=newer.is_set):
+                outcome.append("ran")
+        except Superseded:
+            outcome.append("superseded")
+
+    with g(1) as turn:
+        t = threading.Thread(target=waiter)
+        t.start()
+        time.sleep(0.2)
+        assert outcome == [] and g.ahead(0) == 2  # still waiting: the check said False
+        newer.set()
+        t.join(5)
+        assert outcome == ["superseded"] and g._queue == []
+        turn.checkpoint()  # no check on this turn: nothing happens
+    assert g._running == 0
+    with pytest.raises(Superseded):
+        with g(0, superseded=newer.is_set) as turn:  # a free slot: it gets in, and stops at its first checkpoint
+            assert g._running == 1
+            turn.checkpoint()
+    assert g._running == 0 and g._queue == []
+    with g(0):
+        assert g._running == 1
+
+
+def test_a_newer_change_is_seen_while_a_run_goes_on(monkeypatch):
+    """The page's check for a newer change reads the session's pending request in the installed Streamlit:
+    False with none, True once a widget of a fragment asks for a rerun (a request Streamlit itself holds
+    until the run ends: it does not interrupt the run at the page's next element), False again once taken."""
+    import sys
+    import types
+
+    import streamlit.runtime.scriptrunner as runner
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData, ScriptRequests
+
+    sys.path.insert(0, str(Path(APP).parent))
+    from common import newer_change_waiting
+
+    assert newer_change_waiting() is False  # outside a run
+    requests = ScriptRequests()
+    monkeypatch.setattr(runner, "get_script_run_ctx", lambda suppress_warning=False: types.SimpleNamespace(script_requests=requests))
+    assert newer_change_waiting() is False
+    requests.request_rerun(RerunData(fragment_id="tuning"))
+    assert requests.on_scriptrunner_yield() is None  # Streamlit lets the running script go on
+    assert newer_change_waiting() is True
+    requests.on_scriptrunner_ready()  # the run ended: Streamlit takes the request and starts it
+    assert newer_change_waiting() is False
+
+
 def test_binarize_restores_from_url(env, trained):
     spec = {"rules": [{"target": "layers.0.attn.v", "method": {"method": "xnor", "options": {"per_channel": False}, "ste": "tanh", "act": None}}],
             "attn_probs": None}

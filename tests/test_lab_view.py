@@ -3,6 +3,7 @@ clones sharing what they measure."""
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from binlab.lab.live import component_view
@@ -119,7 +120,7 @@ def _same_spec_at_once(lab, n, spec, monkeypatch, fail_first=False):
     lock = threading.Lock()
     stats = LiveLab._stats
 
-    def counted_stats(self, first, stop, priority=0):
+    def counted_stats(self, first, stop, priority=0, superseded=None):
         kind = "glance" if priority == GLANCE_PRIORITY else "full"
         with lock:
             calls[kind] += 1
@@ -127,7 +128,7 @@ def _same_spec_at_once(lab, n, spec, monkeypatch, fail_first=False):
         time.sleep(0.3 if kind == "full" else 0.2)  # long enough that every other clone asks while this one measures
         if fail:
             raise RuntimeError("the first evaluation fails")
-        return stats(self, first, stop, priority)
+        return stats(self, first, stop, priority, superseded)
     monkeypatch.setattr(LiveLab, "_stats", counted_stats)
     clones = [lab.clone() for _ in range(n)]
     out, errors, go = [None] * n, [], threading.Barrier(n)
@@ -196,10 +197,10 @@ def test_full_numbers_after_a_first_look_compute_only_the_other_rows(tiny_splits
     ref = LiveLab(fp, tiny_splits.val, val_rows=80, glance_rows=20)  # the same rows in the same batches, no first looks
     seen, stats = [], LiveLab._stats
 
-    def spy(self, first, stop, priority=0):
+    def spy(self, first, stop, priority=0, superseded=None):
         if self is lab:
             seen.append((first, stop))
-        return stats(self, first, stop, priority)
+        return stats(self, first, stop, priority, superseded)
     monkeypatch.setattr(LiveLab, "_stats", spy)
     g0, g1 = lab._groups
     assert len(g0) and len(g1) and sum(len(y) for _, y in (lab.batches[b] for b in g0)) == 20
@@ -219,6 +220,63 @@ def test_full_numbers_after_a_first_look_compute_only_the_other_rows(tiny_splits
     lab.glance(looked)
     r = lab.apply(moved)  # the learner moved on before the full numbers: every row is computed
     assert seen == [(g0.start, g0.stop), (g0.start, g1.stop)] and r["loss"] == ref.apply(moved)["loss"]
+
+
+def test_an_evaluation_superseded_by_a_newer_change_stops_and_leaves_the_lab_sound(tiny_splits):
+    """A learner's newer change stops the running full evaluation between batches, or its first look or full
+    evaluation while they wait for a turn (Superseded): nothing is stored for it, no turn is left held, and
+    the lab's next numbers, for another configuration or the same one, equal those of a lab that never
+    stopped."""
+    import threading
+
+    from binlab.lab.gate import GATE, Superseded
+    from binlab.lab.live import LiveLab
+    from binlab.nn.quantize import QuantSpec, Rule
+    from binlab.presets import get_baseline
+
+    fp, _ = get_baseline("tiny", tiny_splits)
+    lab = LiveLab(fp, tiny_splits.val, val_rows=80, glance_rows=20, batch_size=8)
+    ref = LiveLab(fp, tiny_splits.val, val_rows=80, glance_rows=20, batch_size=8)
+    assert len(lab._groups[1]) >= 4  # batches enough for a stop between them
+    a, b = QuantSpec.simple("QK", "bucket", options={"tau": 0.4}), QuantSpec.simple("encoder", "xnor")
+    lab.apply(QuantSpec.simple("QK", "bucket", options={"tau": 0.9}))  # layer inputs kept from another configuration
+    lab.glance(a)
+    asked = []
+
+    def after_two():  # the learner moves again while the second batch of the rest computes
+        asked.append(1)
+        return len(asked) > 2
+    with pytest.raises(Superseded):
+        lab.apply(a, superseded=after_two)
+    assert len(asked) == 3 and lab.measured(a) is None
+    assert GATE._running == 0 and GATE._queue == []
+    head = QuantSpec(a.rules + (Rule("head", MethodConfig("xnor")),))  # differs from `a` only after the last layer
+    for spec in (head, b, a):  # the rows the stopped evaluation never reached must not pass for `a`'s
+        r, want = lab.apply(spec), ref.apply(spec)
+        assert (r["loss"], r["accuracy"], r["rows"]) == (want["loss"], want["accuracy"], 80), spec
+
+    held, release = threading.Event(), threading.Event()
+
+    def busy():  # other learners' evaluations take every slot
+        with GATE(0):
+            held.set()
+            release.wait(10)
+    holders = [threading.Thread(target=busy) for _ in range(GATE.slots)]
+    for t in holders:
+        held.clear()
+        t.start()
+        held.wait(5)
+    c = QuantSpec.simple("QK", "bucket", options={"tau": 1.3})
+    try:
+        for step in (lab.glance, lab.apply):
+            with pytest.raises(Superseded):
+                step(c, superseded=lambda: True)
+    finally:
+        release.set()
+        for t in holders:
+            t.join(5)
+    assert lab.measured(c) is None and GATE._running == 0 and GATE._queue == []
+    assert lab.apply(c)["loss"] == ref.apply(c)["loss"]
 
 
 def test_progress_bars_follow_the_work(capsys):

@@ -129,3 +129,38 @@ def test_a_threshold_move_redraws_the_results_not_the_choice_of_components(bench
         assert any(w == "markdown" for w, _ in part)
     assert ("checkbox", "head") in load and ("selectbox", "Binarizer") in load, load
     assert ("checkbox", "head") not in move and ("selectbox", "Binarizer") not in move, move
+
+
+@pytest.fixture(scope="module")
+def drag_bench(bench):
+    spec = importlib.util.spec_from_file_location("drag", BENCH / "drag.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_drag_reads_the_value_a_run_shows_from_the_pages_url(drag_bench):
+    """bench/drag.py times a drag to the numbers of its last value: the captions that follow the first URL
+    query naming that value (a stale run's captions before it do not count)."""
+    import json
+    import urllib.parse
+
+    def query(tau):
+        rule = {"target": "layers.0.attn.q", "method": {"method": "bucket", "options": {"tau": tau}}}
+        return urllib.parse.urlencode({"preset": "tiny", "spec": json.dumps({"rules": [rule], "attn_probs": None})})
+    assert drag_bench.tau_of(query(0.15)) == 0.15 and drag_bench.tau_of("preset=tiny") is None
+    assert drag_bench.tau_of(urllib.parse.urlencode({"spec": "not json"})) is None
+    events = [(1.0, "query", query(0.1)), (1.1, "first", "a"), (1.2, "final", "b"), (1.3, "query", query(0.15)), (1.4, "first", "c"), (1.7, "final", "d")]
+    first, final = drag_bench.last_value_times(events, 0, 0.15, 1.0)
+    assert first == pytest.approx(0.4) and final == pytest.approx(0.7)
+    assert drag_bench.last_value_times(events[:4], 0, 0.15, 1.0) == (None, None)  # its run has sent no caption yet
+    assert drag_bench.last_value_times(events, 0, 0.2, 1.0) == (None, None)
+    assert drag_bench.plan(2, 3) == [[0.05, 0.1, 0.15], [0.2, 0.25, 0.3]]
+
+
+def test_a_dragging_learner_gets_the_numbers_of_the_last_value(drag_bench, url):
+    steps = asyncio.run(drag_bench.dragger(url, drag_bench.plan(2, 3), 0.05))
+    assert len(steps) == 2
+    for s in steps:
+        assert s["final_s"] is not None and 0 < s["first_s"] <= s["final_s"] < 40, s
+        assert 1 <= s["finals_sent"] <= 3, s

@@ -4,7 +4,7 @@ import json
 import plotly.graph_objects as go
 import streamlit as st
 
-from binlab.lab.gate import GATE
+from binlab.lab.gate import GATE, Superseded
 from binlab.lab.live import GLANCE_PRIORITY, LiveLab, layout, spec_components, widget_representable
 from binlab.lab.runs import RunStore
 from binlab.methods import BINARIZERS, PAGE_DEFAULTS, method_card
@@ -17,7 +17,7 @@ from binlab.seed import SEED_POINTS
 from binlab.training.recipes import RECIPES
 from binlab.training.train import evaluate
 
-from common import chart_text, friendly_errors, require_baseline, sidebar, steady_page, train_rows, vertical_lines
+from common import chart_text, friendly_errors, newer_change_waiting, require_baseline, sidebar, steady_page, train_rows, vertical_lines
 
 preset, source = sidebar()
 st.title("Binarize (live)")
@@ -271,20 +271,28 @@ with friendly_errors():
                 if ahead:  # a busy server: say so at once rather than freeze
                     busy.info(f"The server is busy: queued behind {ahead} change{'s' if ahead > 1 else ''} from other learners. "
                               "Your numbers follow as soon as it is their turn.")
-                if lab.measured(spec) is None:  # a new configuration: numbers on a small, balanced slice first, then on every row
-                    with numbers.container():
-                        show_numbers(lab.glance(spec))
-                r = lab.apply(spec)
-                with numbers.container():
-                    show_numbers(r)
-                if ahead:
-                    busy.caption(f"This change waited behind {ahead} other{'s' if ahead > 1 else ''} on a busy server.")
-                m = r["metric"]
-
+                # a newer change by this learner stops this one's evaluation (Superseded): the page then draws what it
+                # has (the first look, the charts) and ends its run, and Streamlit starts the newer change at once
+                looked = r = None
+                try:
+                    if lab.measured(spec) is None:  # a new configuration: numbers on a small, balanced slice first, then on every row
+                        looked = lab.glance(spec, superseded=newer_change_waiting)
+                        with numbers.container():
+                            show_numbers(looked)
+                    r = lab.apply(spec, superseded=newer_change_waiting)
+                except Superseded:
+                    if looked is None:
+                        numbers.caption("A newer change of yours is on its way.")
                 points = st.session_state.setdefault("points", {})
-                label = ", ".join(chosen[:3]) + (f" +{len(chosen) - 3}" if len(chosen) > 3 else "") if chosen else "fp32"
-                points[spec.to_json()] = {"label": f"{label} · {method}", "reduction": r["reduction_percent"], "value": m.value,
-                                          "low": m.low, "high": m.high, "source": "PTQ"}
+                if r is not None:
+                    with numbers.container():
+                        show_numbers(r)
+                    if ahead:
+                        busy.caption(f"This change waited behind {ahead} other{'s' if ahead > 1 else ''} on a busy server.")
+                    m = r["metric"]
+                    label = ", ".join(chosen[:3]) + (f" +{len(chosen) - 3}" if len(chosen) > 3 else "") if chosen else "fp32"
+                    points[spec.to_json()] = {"label": f"{label} · {method}", "reduction": r["reduction_percent"], "value": m.value,
+                                              "low": m.low, "high": m.high, "source": "PTQ"}
 
                 view_default = chosen[0] if chosen else names[0]
                 comp = st.selectbox("Weight matrix to inspect", names, index=names.index(view_default), key="view")
@@ -321,9 +329,10 @@ with friendly_errors():
                 if lab.info.shows_seed_points:  # the student project's reported (reduction, accuracy) points
                     sc.add_scatter(x=[p["reduction"] for p in SEED_POINTS], y=[p["accuracy"] for p in SEED_POINTS], mode="markers", name="student project (reported)",
                                    text=[p["label"] for p in SEED_POINTS], marker=dict(size=9, symbol="x", color="gray"))
-                sc.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), yaxis_type="log" if m.log_scale else "linear",
-                                 title=f"validation {m.name} vs size reduction (bars: 95 % interval)",
-                                 xaxis_title="size reduction %", yaxis_title=m.name + (" (log)" if m.log_scale else m.unit))
+                info = lab.info  # the headline metric's name and scale (a superseded change has no numbers of its own)
+                sc.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), yaxis_type="log" if info.log_scale else "linear",
+                                 title=f"validation {info.metric} vs size reduction (bars: 95 % interval)",
+                                 xaxis_title="size reduction %", yaxis_title=info.metric + (" (log)" if info.log_scale else info.unit))
                 st.plotly_chart(sc, width="stretch")
                 if lab.info.shows_seed_points:
                     st.caption("Grey crosses: what the student project reports for its own model (2 layers, a BERT tokenizer, 10 epochs "

@@ -17,6 +17,11 @@ A running evaluation does not hold its slot to the end: a full evaluation calls 
 ahead of later full evaluations, when they are done. So a first look waits for one batch of a running
 full evaluation (64 rows: about 0.03 s on ``scratch`` and 0.2 s on ``minilm-l2``, from the live-loop
 benches' 1,000-row times), not for all of it (0.4 s and 3 s).
+
+An evaluation whose learner has made a newer change need not finish: a holder or waiter given a
+``superseded`` check (the page's: "has this learner changed something since?") stops with
+:class:`Superseded` where it stands, while it waits for a slot (checked every :data:`POLL_S`) or
+between batches, and leaves its slot or place in line to the others.
 """
 from __future__ import annotations
 
@@ -25,6 +30,13 @@ import itertools
 import os
 import threading
 from contextlib import contextmanager
+
+#: how often a waiter with a ``superseded`` check looks at it, seconds
+POLL_S = 0.05
+
+
+class Superseded(Exception):
+    """The learner made a newer change: this evaluation stopped before its end, its numbers unmeasured."""
 
 
 class EvalGate:
@@ -50,11 +62,13 @@ class EvalGate:
         with self._cond:
             return sum(1 for p, _ in self._queue if -p >= priority) + max(0, self._running - self.slots + 1)
 
-    def _enter(self, me: tuple[int, int]) -> None:  # with self._cond held: wait in line, then take a slot
+    def _enter(self, me: tuple[int, int], superseded=None) -> None:  # with self._cond held: wait in line, then take a slot
         heapq.heappush(self._queue, me)
         try:
             while self._running >= self.slots or self._queue[0] != me:
-                self._cond.wait()
+                self._cond.wait(None if superseded is None else POLL_S)
+                if superseded is not None and superseded():
+                    raise Superseded()
         except BaseException:  # interrupted while waiting: leave the line, or everyone behind would wait forever
             self._queue.remove(me)
             heapq.heapify(self._queue)
@@ -65,12 +79,13 @@ class EvalGate:
         self._cond.notify_all()  # a free slot may remain for the next in line
 
     @contextmanager
-    def __call__(self, priority: int = 0):
+    def __call__(self, priority: int = 0, superseded=None):
         """Hold a slot for the block; yields a :class:`Turn` whose ``checkpoint()`` lets higher-priority
-        waiters go first."""
+        waiters go first. ``superseded``: a check (no arguments, True when the evaluation is no longer wanted)
+        made while waiting for the slot and at each checkpoint, which then raise :class:`Superseded`."""
         with self._cond:
-            turn = Turn(self, (-priority, next(self._tickets)))
-            self._enter(turn.me)
+            turn = Turn(self, (-priority, next(self._tickets)), superseded)
+            self._enter(turn.me, superseded)
             turn.held = True
         try:
             yield turn
@@ -85,15 +100,18 @@ class EvalGate:
 class Turn:
     """A holder's place in an :class:`EvalGate` (what ``with gate(priority) as turn`` gives)."""
 
-    def __init__(self, gate: EvalGate, me: tuple[int, int]):
-        self.gate, self.me = gate, me
+    def __init__(self, gate: EvalGate, me: tuple[int, int], superseded=None):
+        self.gate, self.me, self.superseded = gate, me, superseded
         self.held = False  # whether this turn holds a slot now
         self.yielded = 0  # how many times it stepped aside
 
     def checkpoint(self) -> None:
         """If an evaluation of higher priority is waiting, hand it this slot and wait until it is done,
         then go on ahead of every waiter of this priority that arrived later (this turn keeps its ticket).
-        Cheap when nobody of higher priority waits: call it between batches."""
+        Cheap when nobody of higher priority waits: call it between batches. Raises :class:`Superseded` when
+        the turn's ``superseded`` check says so (here, or while it waits to come back)."""
+        if self.superseded is not None and self.superseded():
+            raise Superseded()
         g = self.gate
         with g._cond:
             if not self.held or not g.step_aside or not g._queue or g._queue[0][0] >= self.me[0]:
@@ -101,7 +119,7 @@ class Turn:
             g._running -= 1
             self.held = False
             g._cond.notify_all()
-            g._enter(self.me)
+            g._enter(self.me, self.superseded)
             self.held = True
             self.yielded += 1
 

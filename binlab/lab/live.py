@@ -229,12 +229,13 @@ class LiveLab:
         return min(first_changed_layer(changed, len(self.model.layers)), len(self.model.layers))
 
     @torch.inference_mode()
-    def _stats(self, first: int, stop: int, priority: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _stats(self, first: int, stop: int, priority: int = 0, superseded=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-row (NLL, units, hits) on the lab's batches ``first`` to ``stop`` (whole groups: the first look's, the
         rest's, or both), each group recomputed only from the first layer that changed since its layer inputs were
         kept, so the result equals a full evaluation of the same batches (tested). ``priority`` in the evaluation gate
-        (a first look: :data:`GLANCE_PRIORITY`); a full evaluation steps aside between batches for waiting first looks."""
-        with GATE(priority) as turn:  # one evaluation per free core set at a time (binlab.lab.gate)
+        (a first look: :data:`GLANCE_PRIORITY`); a full evaluation steps aside between batches for waiting first looks.
+        ``superseded``: see :meth:`apply` (checked while waiting for the gate and, in a full evaluation, between batches)."""
+        with GATE(priority, superseded) as turn:  # one evaluation per free core set at a time (binlab.lab.gate)
             return self._stats_locked(first, stop, turn.checkpoint if priority == 0 else (lambda: None))
 
     def _stats_locked(self, first: int, stop: int, checkpoint=lambda: None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -385,19 +386,20 @@ class LiveLab:
         """The numbers :meth:`apply` already returned for ``spec`` on this lab's rows (any clone's), or None."""
         return LiveLab._shared_results.get((self.family, spec.to_json()))
 
-    def glance(self, spec: QuantSpec) -> dict:
+    def glance(self, spec: QuantSpec, superseded=None) -> dict:
         """A first look at ``spec``: binarized as :meth:`apply` does, measured on a fixed slice of the
         lab's rows (``glance_rows``, default the task's ``glance_rows``: 200 stratified by class on a classifier, the
         first 60 on a language model) with the same keys as :meth:`apply`
         (``rows`` says how many) plus ``first_look: True``; the size is exact already. A following
         :meth:`apply` of the same spec gives the full numbers, equal to an evaluation without the first look, and
-        computes only the rows the first look did not (the lab's batches hold the first look's rows first)."""
+        computes only the rows the first look did not (the lab's batches hold the first look's rows first).
+        ``superseded``: as in :meth:`apply` (checked while the first look waits for its turn)."""
         t0 = time.perf_counter()
         self._switch(spec)
 
         def measure() -> dict:
             g = self._groups[0]
-            nll, units, hits = self._stats(g.start, g.stop, priority=GLANCE_PRIORITY)
+            nll, units, hits = self._stats(g.start, g.stop, priority=GLANCE_PRIORITY, superseded=superseded)
             self._first_look = (spec.to_json(), self._configuration(), (nll, units, hits))  # apply() reuses these rows
             base_nll, base_units, base_hits = self.glance_base
             size = model_size(self.model).summary()
@@ -407,13 +409,18 @@ class LiveLab:
         out, _ = self._once(LiveLab._shared_glances, (self.family, spec.to_json()), measure)
         return out | {"seconds": time.perf_counter() - t0, "first_look": True}
 
-    def apply(self, spec: QuantSpec) -> dict:
+    def apply(self, spec: QuantSpec, superseded=None) -> dict:
         """Binarize to ``spec`` (only changed components are redone) and measure; returns plain numbers.
 
         Accuracies on the sample carry their 95 % Wilson interval (``accuracy_low``/``accuracy_high``), and
         the change against fp32 on the same rows its paired 95 % interval (``diff_low``/``diff_high``) and
         McNemar p-value; ``within_noise`` is True when that interval contains 0 (:mod:`binlab.experiments.stats`).
-        A language model adds :func:`lm_metrics` (perplexity; ``accuracy`` is next-token top-1)."""
+        A language model adds :func:`lm_metrics` (perplexity; ``accuracy`` is next-token top-1).
+
+        ``superseded``: a check (no arguments) that says the learner has made a newer change: then the evaluation
+        stops where it stands, while it waits for its turn or between batches, with
+        :class:`~binlab.lab.gate.Superseded`; nothing is stored, the model is left binarized to ``spec``, and
+        the next call measures whatever it is asked as if this one had not run (tested)."""
 
         t0 = time.perf_counter()
         self._switch(spec)
@@ -423,10 +430,10 @@ class LiveLab:
             g0, g1 = self._groups
             if looked is not None and looked[0] == spec.to_json() and looked[1] == self._configuration() == self._plans[0]:
                 # this lab's first look at this configuration measured its first rows: only the rest is computed
-                rest = self._stats(g1.start, g1.stop) if len(g1) else (np.zeros(0),) * 3
+                rest = self._stats(g1.start, g1.stop, superseded=superseded) if len(g1) else (np.zeros(0),) * 3
                 nll, units, hits = (np.concatenate([a, b]) for a, b in zip(looked[2], rest))
             else:
-                nll, units, hits = self._stats(g0.start, g1.stop)
+                nll, units, hits = self._stats(g0.start, g1.stop, superseded=superseded)
             size = model_size(self.model).summary()
             out = {"loss": float(nll.sum() / units.sum()), "baseline_loss": float(self.baseline_nll.sum() / self.units.sum()), **size,
                    "fp32_bytes": self.fp_size["total_bytes"], "rows": len(nll), "baseline_accuracy": 100 * self.baseline_accuracy}

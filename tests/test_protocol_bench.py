@@ -164,3 +164,53 @@ def test_a_dragging_learner_gets_the_numbers_of_the_last_value(drag_bench, url):
     for s in steps:
         assert s["final_s"] is not None and 0 < s["first_s"] <= s["final_s"] < 40, s
         assert 1 <= s["finals_sent"] <= 3, s
+
+
+#: loaded by the server of `paced_url` (a sitecustomize module on its PYTHONPATH): every batch of every evaluation
+#: takes 0.15 s more, so the tiny lab's full numbers (its 300 rows after the first look, 5 batches) take about 0.75 s
+PACED = '''
+import os
+import pathlib
+import time
+
+from binlab.nn import objective
+
+_stats = objective.stats_from_states
+
+
+def _paced(*args, **kwargs):
+    time.sleep(0.15)
+    return _stats(*args, **kwargs)
+
+
+objective.stats_from_states = _paced
+pathlib.Path(os.environ["BINLAB_TEST_PACED"]).touch()
+'''
+
+
+@pytest.fixture(scope="module")
+def paced_url(tmp_path_factory):
+    import os
+
+    hook = tmp_path_factory.mktemp("paced")
+    (hook / "sitecustomize.py").write_text(PACED)
+    marker = hook / "loaded"
+    data = make_ag_news_fixture(tmp_path_factory.mktemp("paced_data"), n_train=900, n_test=300)
+    path = os.pathsep.join([str(hook)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    proc, url = start_server(data, {"BINLAB_CACHE": str(tmp_path_factory.mktemp("paced_cache")), "PYTHONPATH": path,
+                                    "BINLAB_TEST_PACED": str(marker)})
+    yield url, marker
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_a_move_made_while_the_numbers_refine_stops_the_older_change(drag_bench, paced_url):
+    """Three notches 0.1 s apart on a server whose evaluations are slowed: the first notch's full numbers are
+    still computing when the next notches arrive, so its evaluation stops and only the last value's full
+    numbers are computed and sent (a lab whose changes run to their end sends the first notch's too)."""
+    url, marker = paced_url
+    steps = asyncio.run(drag_bench.dragger(url, [[0.05, 0.1, 0.15]], 0.1))
+    assert marker.exists(), "the server did not load the slowing hook"
+    s = steps[0]
+    assert s["final_s"] is not None and s["first_s"] <= s["final_s"], s
+    assert s["finals_sent"] == 1, s

@@ -82,6 +82,7 @@ def main():
     ap.add_argument("--preset", default="scratch")
     ap.add_argument("--data", default=None)
     ap.add_argument("--against", default=None, metavar="DIR", help="also time the LiveLab of the checkout in DIR, change by change")
+    ap.add_argument("--out", default=None, help="results file stem (default bench-live-loop-<preset>)")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     p = get_preset(args.preset)
@@ -119,7 +120,9 @@ def main():
     rows = []
     for i, (label, spec) in enumerate(lm_changes() if lm else changes()):
         out = {}
-        against = lambda: (other.glance(spec), other.apply(spec))  # noqa: E731
+        def against():  # the other lab's first look (timed on its own too), then its full numbers
+            out["other_first"] = _timed(lambda: other.glance(spec))
+            other.apply(spec)
         other_s = _timed(against) if other is not None and i % 2 else None
         # the page's first look and the 200-row one in interleaved pairs (their order alternates), then the full numbers
         wide_s = _timed(lambda: wide.glance(spec)) if wide is not None and i % 2 else None
@@ -131,7 +134,7 @@ def main():
             other_s = _timed(against)
         g, r = out["g"], out["r"]
         rows.append({"change": label, "first_look_seconds": first_s, "seconds": full_s, "first_to_final_seconds": first_s + full_s,
-                     **({"against_first_to_final_seconds": other_s} if other is not None else {}),
+                     **({"against_first_to_final_seconds": other_s, "against_first_look_seconds": out["other_first"]} if other is not None else {}),
                      **({"first_look_200_seconds": wide_s} if wide_s is not None else {}),
                      "first_look_accuracy": g["accuracy"], "accuracy": r["accuracy"], "reduction_percent": r["reduction_percent"],
                      **({"perplexity": r["perplexity"], "first_look_perplexity": g["perplexity"]} if lm else {})})
@@ -154,15 +157,17 @@ def main():
                "against": args.against,
                "against_first_to_final_median_s": statistics.median(r["against_first_to_final_seconds"] for r in rows) if other else None,
                "against_ratio": _ratios([r["against_first_to_final_seconds"] / r["first_to_final_seconds"] for r in rows]) if other else None,
+               "against_first_look_median_s": statistics.median(r["against_first_look_seconds"] for r in rows) if other else None,
+               "against_first_look_ratio": _ratios([r["against_first_look_seconds"] / r["first_look_seconds"] for r in rows]) if other else None,
                "first_look_200_median_s": statistics.median(r["first_look_200_seconds"] for r in rows) if wide is not None else None,
                "first_look_200_ratio": _ratios([r["first_look_200_seconds"] / r["first_look_seconds"] for r in rows]) if wide is not None else None,
                "load_average": [load0, os.getloadavg()[0]],
                "live_median_s": statistics.median(secs), "live_max_s": max(secs), "val_1000_eval_s": val_s,
                "test_eval_s": test_s, "test_rows": len(splits.test), "changes": rows, "hessians_first_s": hessian_s,
                "head_gemm_s": head_gemm_s,
-               "command": f"python bench/live_loop.py --preset {args.preset}" + (f" --against {args.against}" if args.against else "")}
+               "command": f"python bench/live_loop.py --preset {args.preset}" + (f" --against {args.against}" if args.against else "") + (f" --out {args.out}" if args.out else "")}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"bench-live-loop-{args.preset}"
+    stem = RESULTS / (args.out or f"bench-live-loop-{args.preset}")
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
     md = [f"# Live loop benchmark ({args.preset})", "", f"Machine: {payload['machine']}, {payload['threads']} threads; CPU flags: "
           f"{' '.join(payload['cpu_flags'])}. Date: {payload['date']}. 1-minute load average {load0:.2f} at the start, "
@@ -173,7 +178,9 @@ def main():
           f"median {payload['first_to_final_median_s']:.3f} s"
           + (f" (the LiveLab of `{args.against}`, timed beside it change by change, first in turn: median "
              f"{payload['against_first_to_final_median_s']:.3f} s, {payload['against_ratio']['median']:.2f}x this one's per change, range "
-             f"{payload['against_ratio']['min']:.2f}-{payload['against_ratio']['max']:.2f}x)" if other is not None else "")
+             f"{payload['against_ratio']['min']:.2f}-{payload['against_ratio']['max']:.2f}x; its first look alone: median "
+             f"{payload['against_first_look_median_s']:.3f} s, {payload['against_first_look_ratio']['median']:.2f}x this one's per change, range "
+             f"{payload['against_first_look_ratio']['min']:.2f}-{payload['against_first_look_ratio']['max']:.2f}x)" if other is not None else "")
           + (f" (the same changes' first look on {WIDE} rows, timed in interleaved pairs with it: median "
              f"{payload['first_look_200_median_s']:.3f} s, {payload['first_look_200_ratio']['median']:.2f}x the page's per pair, range "
              f"{payload['first_look_200_ratio']['min']:.2f}-{payload['first_look_200_ratio']['max']:.2f}x)" if wide is not None else ""),

@@ -15,8 +15,8 @@ first look is followed by their own full evaluation, so the queue drains when th
 A running evaluation does not hold its slot to the end: a full evaluation calls the handle's
 :meth:`Turn.checkpoint` between batches, which hands the slot to waiting first looks and takes it back,
 ahead of later full evaluations, when they are done. So a first look waits for one batch of a running
-full evaluation (64 rows: about 0.03 s on ``scratch`` and 0.2 s on ``minilm-l2``, from the live-loop
-benches' 1,000-row times), not for all of it (0.4 s and 3 s).
+full evaluation (32 rows, :data:`binlab.lab.live.LIVE_BATCH`: about 0.01 s on ``scratch`` and 0.08 s on
+``minilm-l2``, from the live-loop benches' 1,000-row times), not for all of it (0.34 s and 2.5 s).
 
 An evaluation whose learner has made a newer change need not finish: a holder or waiter given a
 ``superseded`` check (the page's: "has this learner changed something since?") stops with

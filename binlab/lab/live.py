@@ -118,6 +118,13 @@ def stratified_rows(labels: np.ndarray, n: int) -> np.ndarray:
     return np.sort(np.asarray(out))
 
 
+#: rows per batch of the live lab's evaluations. Rows are sorted by length and a batch is padded to its longest
+#: row, so the batch holding the longest rows (AG_NEWS has rows of 128 tokens) pads the most; 32 rows instead of 64
+#: cut minilm-l2's first look (120 rows) from 10,560 padded tokens to 8,128 (docs/results/bench-live-loop-minilm-l2.md
+#: times both), and a running full evaluation steps aside for a waiting first look after a smaller batch
+LIVE_BATCH = 32
+
+
 def layer_cache_bytes() -> int:
     """Bytes of layer inputs all labs of this process keep together: ``BINLAB_LAYER_CACHE_MB`` (MiB), else
     :data:`LAYER_CACHE_MB`."""
@@ -159,7 +166,7 @@ class LiveLab:
     _kept: "OrderedDict[int, tuple]" = OrderedDict()
     _kept_lock = threading.Lock()
 
-    def __init__(self, baseline: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000, batch_size: int = EVAL_BATCH, device: str = "auto",
+    def __init__(self, baseline: torch.nn.Module, val: EncodedSplit, val_rows: int = 1000, batch_size: int = LIVE_BATCH, device: str = "auto",
                  calib: EncodedSplit | None = None, glance_rows: int | None = None):
         from binlab.training.train import pick_device
 

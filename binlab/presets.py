@@ -115,7 +115,7 @@ PRESETS: dict[str, Preset] = {
         TrainConfig(epochs=2, batch_size=32, lr=1e-4, warmup=0.1),
         QATConfig(TrainConfig(epochs=1, lr=2e-4, warmup=0.05, distill=0.5), freeze=("embed.token.*",)),
         pretrained=True,
-        glance_rows=120,  # 200 rows took 0.71 s in batches of 64 (docs/results/bench-live-loop-minilm-l2.md); 120 take 0.45 s in the lab's batches of 32 (-batch.md)
+        glance_rows=120,  # 200 rows took 0.71 s in batches of 64 (docs/results/bench-live-loop-minilm-l2.md); 120 take 0.45 s in the lab's batches of 32 (bench-live-loop-minilm-l2-batch.md)
     ),
 }
 

@@ -120,8 +120,8 @@ def stratified_rows(labels: np.ndarray, n: int) -> np.ndarray:
 
 #: rows per batch of the live lab's evaluations. Rows are sorted by length and a batch is padded to its longest
 #: row, so the batch holding the longest rows (AG_NEWS has rows of 128 tokens) pads the most; 32 rows instead of 64
-#: cut minilm-l2's first look (120 rows) from 10,560 padded tokens to 8,128 (docs/results/bench-live-loop-minilm-l2.md
-#: times both), and a running full evaluation steps aside for a waiting first look after a smaller batch
+#: cut minilm-l2's first look (120 rows) from 10,560 padded tokens to 8,128 (docs/results/bench-live-loop-minilm-l2-batch.md
+#: times both, change by change), and a running full evaluation steps aside for a waiting first look after a smaller batch
 LIVE_BATCH = 32
 
 
